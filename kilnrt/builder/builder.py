@@ -1,0 +1,286 @@
+"""The builder: Network + BuilderConfig -> Engine.
+
+validate -> optimize (passes) -> infer shapes -> choose a tactic per layer (timing the
+candidates on the device, with a timing cache) -> plan activation memory -> Engine.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from kilnrt.builder.config import BuilderConfig, BuilderFlag, OptimizationProfile
+from kilnrt.builder.memory import plan_memory
+from kilnrt.builder.timing import TimingCache, device_name, layer_signature, time_callable
+from kilnrt.engine.engine import Engine, EngineLayer, IOTensor
+from kilnrt.errors import BuildError, ErrorCode, KilnError, NetworkError, ShapeError
+from kilnrt.kernels.registry import TacticContext, tactics_for
+from kilnrt.network.dtypes import numpy_to_torch
+from kilnrt.network.graph import Network
+from kilnrt.network.infer import concrete_shapes
+from kilnrt.network.layers import LayerKind
+
+log = logging.getLogger("kilnrt.builder")
+
+
+class Builder:
+    """TensorRT's ``IBuilder``: creates networks, configs and profiles, and builds engines."""
+
+    def __init__(self, logger: Any = None) -> None:
+        self.logger = logger
+        self.max_threads = 1
+
+    def create_network(self, flags: int = 0) -> Network:
+        return Network()
+
+    def create_builder_config(self) -> BuilderConfig:
+        return BuilderConfig()
+
+    def create_optimization_profile(self) -> OptimizationProfile:
+        return OptimizationProfile()
+
+    @property
+    def platform_has_fast_fp16(self) -> bool:
+        return torch.cuda.is_available()
+
+    @property
+    def platform_has_tf32(self) -> bool:
+        return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+
+    def build_engine_with_config(self, network: Network, config: BuilderConfig) -> Engine:
+        return build_engine(network, config)
+
+    def build_serialized_network(self, network: Network, config: BuilderConfig) -> bytes | None:
+        """Build and serialize; like TensorRT, returns None (and logs the error) on failure."""
+        try:
+            return build_engine(network, config).serialize()
+        except KilnError as exc:
+            log.error("%s", exc)
+            if self.logger is not None and hasattr(self.logger, "log"):
+                self.logger.log(getattr(type(self.logger), "ERROR", 1), str(exc))
+            return None
+
+    def is_network_supported(self, network: Network, config: BuilderConfig) -> bool:
+        try:
+            validate_network(network)
+            return True
+        except KilnError:
+            return False
+
+
+def validate_network(net: Network) -> None:
+    if not net.outputs:
+        raise NetworkError(ErrorCode.INVALID_NETWORK, "the network has no outputs: call mark_output(tensor)")
+    for t in net.inputs:
+        if t.dtype is None or t.shape is None:
+            raise NetworkError(ErrorCode.INVALID_NETWORK, f"input {t.name!r} needs a dtype and a shape")
+    produced = {t.name for t in net.inputs}
+    for layer in net.layers:
+        for t in layer.inputs:
+            if t is not None and t.name not in produced:
+                raise NetworkError(ErrorCode.INVALID_NETWORK,
+                                   f"layer {layer.name!r} reads {t.name!r} before any layer produces it")
+        produced.update(t.name for t in layer.outputs)
+
+
+def _dynamic(shape) -> bool:
+    return any(not isinstance(d, int) or d < 0 for d in shape)
+
+
+def _profiles(net: Network, config: BuilderConfig) -> list[dict[str, tuple]]:
+    out = []
+    names = {t.name: t for t in net.inputs}
+    for i, prof in enumerate(config.profiles):
+        for name in prof.shapes:
+            if name not in names:
+                raise ShapeError(ErrorCode.INVALID_PROFILE,
+                                 f"optimization profile {i} names {name!r}, which is not a network input; "
+                                 f"inputs: {', '.join(names)}")
+        entry = {}
+        for t in net.inputs:
+            if t.name in prof.shapes:
+                lo, opt, hi = prof.shapes[t.name]
+                if len(opt) != len(t.shape):
+                    raise ShapeError(ErrorCode.INVALID_PROFILE,
+                                     f"optimization profile {i}: input {t.name!r} has rank {len(t.shape)} "
+                                     f"(shape {t.shape}), but the profile gives rank {len(opt)} ({opt})")
+                for k, d in enumerate(t.shape):
+                    if isinstance(d, int) and d >= 0 and not (lo[k] == opt[k] == hi[k] == d):
+                        raise ShapeError(ErrorCode.INVALID_PROFILE,
+                                         f"optimization profile {i}: input {t.name!r} dim {k} is fixed at {d}, "
+                                         f"but the profile gives min/opt/max {lo[k]}/{opt[k]}/{hi[k]}")
+                entry[t.name] = (lo, opt, hi)
+            elif _dynamic(t.shape):
+                raise ShapeError(ErrorCode.INVALID_PROFILE,
+                                 f"optimization profile {i} gives no shapes for dynamic input {t.name!r} "
+                                 f"{t.shape}; call profile.set_shape({t.name!r}, min, opt, max)")
+        out.append(entry)
+    return out
+
+
+def _opt_shapes(net: Network, profiles: list[dict[str, tuple]]) -> dict[str, tuple[int, ...]] | None:
+    shapes = {}
+    for t in net.inputs:
+        if profiles and t.name in profiles[0]:
+            shapes[t.name] = tuple(profiles[0][t.name][1])
+        elif not _dynamic(t.shape):
+            shapes[t.name] = tuple(t.shape)
+        else:
+            return None
+    return shapes
+
+
+def _random_input(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if dtype.is_floating_point:
+        return torch.randn(shape, device=device).to(dtype)
+    if dtype == torch.bool:
+        return torch.rand(shape, device=device) > 0.5
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
+def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, progress: Any = None) -> list[EngineLayer]:
+    device = torch.device(config.device)
+    constants = {l.outputs[0].name: numpy_to_torch(l.params.weights).to(device)
+                 for l in net.layers if l.kind == LayerKind.CONSTANT}
+    ctx = TacticContext(device, constants)
+    cache = config.timing_cache if BuilderFlag.DISABLE_TIMING_CACHE not in config.flags else None
+    layers = []
+    for layer in net.layers:
+        if layer.kind == LayerKind.CONSTANT:
+            continue
+        candidates = tactics_for(layer, config.device, ctx)
+        if not candidates:
+            raise BuildError(ErrorCode.NO_TACTIC,
+                             f"no {config.device} tactic supports this {layer.kind.value} layer "
+                             f"(from ONNX node(s) {', '.join(layer.origin)}) with input dtypes "
+                             f"{[t.dtype.name if t is not None and t.dtype else None for t in layer.inputs]}",
+                             layer=layer.name)
+        chosen, timings = candidates[0], {}
+        if len(candidates) > 1 and shapes is not None:
+            chosen, timings = _time_candidates(layer, candidates, ctx, shapes, cache, config)
+        layers.append(EngineLayer(
+            name=layer.name, kind=layer.kind, params=layer.params,
+            inputs=[None if t is None else t.name for t in layer.inputs],
+            outputs=[t.name for t in layer.outputs], origin=layer.origin, tactic=chosen.name,
+            precision=layer.precision,
+            output_dtypes=[t.dtype.name if t.dtype else None for t in layer.outputs],
+            output_shapes=[None if t.shape is None else tuple(d if isinstance(d, int) else -1 for d in t.shape)
+                           for t in layer.outputs],
+            timing_ms=timings.get(chosen.name), candidates=timings))
+        if progress is not None:
+            progress()
+    return layers
+
+
+def _time_candidates(layer, candidates, ctx, shapes, cache, config):
+    ins = []
+    for i, t in enumerate(layer.inputs):
+        if t is None:
+            ins.append(None)
+        elif t.name in ctx.constants:
+            ins.append(ctx.constants[t.name])
+        else:
+            shape_dtype = shapes.get(t.name)
+            if shape_dtype is None:
+                return candidates[0], {}
+            ins.append(_random_input(shape_dtype[0], shape_dtype[1].torch, ctx.device))
+    signature = layer_signature(layer, [None if a is None else [list(a.shape), str(a.dtype)] for a in ins])
+    timings = {}
+    for cand in candidates:
+        key = TimingCache.key(signature, config.device, cand.name)
+        ms = cache.get(key) if cache is not None else None
+        if ms is None:
+            try:
+                state = cand.prepare(layer, ctx)
+                ms = time_callable(lambda: cand.run(state, ins), config.device)
+            except Exception as exc:  # noqa: BLE001 - a tactic that fails here is not chosen
+                log.debug("tactic %s failed on %s: %s", cand.name, layer.name, exc)
+                continue
+            if cache is not None:
+                cache.put(key, ms)
+        timings[cand.name] = ms
+        log.debug("  %-40s %-36s %.4f ms", layer.name[:40], cand.name, ms)
+    if not timings:
+        return candidates[0], {}
+    best = min(timings, key=timings.get)
+    log.info("layer %s: chose %s (%.4f ms) of %d candidates", layer.name, best, timings[best], len(timings))
+    return next(c for c in candidates if c.name == best), timings
+
+
+def build_engine(network: Network, config: BuilderConfig | None = None) -> Engine:
+    from kilnrt.optimize import optimize
+
+    config = config or BuilderConfig()
+    t0 = time.perf_counter()
+    validate_network(network)
+    profiles = _profiles(network, config)
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise BuildError(ErrorCode.INVALID_ARGUMENT, "device 'cuda' was asked for, but no CUDA GPU is available")
+    layers_in = len(network.layers)
+    passes: list = []
+    net = optimize(network, config.builder_optimization_level, report=passes)
+    net.infer()
+    opt = _opt_shapes(net, profiles)
+    shapes = concrete_shapes(net, opt) if opt is not None else None
+
+    bar = None
+    if config.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(1 for l in net.layers if l.kind != LayerKind.CONSTANT), desc="kilnrt: tactics",
+                   unit="layer", leave=False)
+    try:
+        layers = select_tactics(net, config, shapes, (lambda: bar.update(1)) if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    constants = {l.outputs[0].name: l.params.weights for l in net.layers if l.kind == LayerKind.CONSTANT}
+    io_names = {t.name for t in net.inputs} | {t.name for t in net.outputs}
+    memory = None
+    if shapes is not None:
+        sizes = {name: (None if v is None else int(np.prod(v[0], dtype=np.int64)) * v[1].itemsize)
+                 for name, v in shapes.items()}
+        memory = plan_memory([([n for n in l.inputs if n], l.outputs) for l in layers], sizes,
+                             io_names | set(constants))
+    io = []
+    for t in net.inputs:
+        io.append(IOTensor(t.name, "input", t.dtype, tuple(d if isinstance(d, int) else -1 for d in t.shape),
+                           tuple(t.shape)))
+    for t in net.outputs:
+        shape = t.shape if t.shape is not None else ()
+        if t.dtype is None:
+            probe = shapes.get(t.name) if shapes else None
+            if probe is None:
+                raise BuildError(ErrorCode.INVALID_NETWORK, f"the data type of output {t.name!r} could not be inferred")
+            t._dtype = probe[1]
+        io.append(IOTensor(t.name, "output", t.dtype,
+                           tuple(d if isinstance(d, int) else -1 for d in shape) if t.shape is not None else (-1,),
+                           tuple(shape)))
+    tensors = {}
+    for layer in net.layers:
+        for t in layer.outputs:
+            concrete = shapes.get(t.name) if shapes else None
+            tensors[t.name] = {"dtype": t.dtype.name if t.dtype else None,
+                               "shape": None if t.shape is None else list(t.shape),
+                               "opt_shape": list(concrete[0]) if concrete else None}
+    if BuilderFlag.FP16 in config.flags or BuilderFlag.BF16 in config.flags:
+        if config.device == "cpu":
+            log.warning("FP16/BF16 was allowed, but the CPU backend runs every layer in FP32")
+    build_info = {
+        "seconds": round(time.perf_counter() - t0, 3), "layers_in": layers_in,
+        "layers_out": len(layers), "constants": len(constants), "passes": passes,
+        "optimization_level": config.builder_optimization_level,
+        "flags": sorted(f.value for f in config.flags),
+        "timing_cache": None if config.timing_cache is None else
+        {"hits": config.timing_cache.hits, "misses": config.timing_cache.misses},
+    }
+    engine = Engine(name=network.name, device=config.device, device_name=device_name(config.device), io=io,
+                    layers=layers, constants=constants, profiles=profiles, memory=memory, build_info=build_info,
+                    tensors=tensors, portable=BuilderFlag.PORTABLE in config.flags)
+    log.info("built %s: %d layers -> %d engine layers in %.2f s", network.name, layers_in, len(layers),
+             build_info["seconds"])
+    return engine

@@ -1,0 +1,121 @@
+"""Tactic timing and the persistent timing cache.
+
+A timing is keyed by (layer signature, input shapes and dtypes, device name, library
+versions, tactic name), so a second build of the same or a similar model reuses it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+
+from kilnrt import __version__
+
+
+def device_name(device: str) -> str:
+    if device == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return "cpu"
+
+
+def library_versions() -> str:
+    import triton  # noqa: F401  (only on GPU machines)
+
+    return f"kilnrt {__version__}, torch {torch.__version__}, triton {triton.__version__}"
+
+
+def _library_versions() -> str:
+    try:
+        return library_versions()
+    except ImportError:
+        return f"kilnrt {__version__}, torch {torch.__version__}"
+
+
+def layer_signature(layer, shapes: list) -> str:
+    from kilnrt.engine.serialize import encode_params
+
+    params = encode_params(layer.params, None) if layer.kind.value != "constant" else {}
+    blob = json.dumps([layer.kind.value, params, shapes], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+class TimingCache:
+    """Timings in milliseconds by key; saved as JSON."""
+
+    def __init__(self, entries: dict[str, float] | None = None) -> None:
+        self.entries: dict[str, float] = dict(entries or {})
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(signature: str, device: str, tactic: str) -> str:
+        return f"{signature}|{device_name(device)}|{_library_versions()}|{tactic}"
+
+    def get(self, key: str) -> float | None:
+        v = self.entries.get(key)
+        if v is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return v
+
+    def put(self, key: str, ms: float) -> None:
+        self.entries[key] = float(ms)
+
+    def serialize(self) -> bytes:
+        return json.dumps({"format": "kilnrt-timing-cache", "version": 1, "entries": self.entries},
+                          indent=0, sort_keys=True).encode()
+
+    @classmethod
+    def deserialize(cls, blob: bytes) -> "TimingCache":
+        data = json.loads(bytes(blob).decode())
+        if data.get("format") != "kilnrt-timing-cache":
+            raise ValueError("not a kilnrt timing cache")
+        return cls(data.get("entries", {}))
+
+    @classmethod
+    def load(cls, path: str) -> "TimingCache":
+        if not os.path.exists(path):
+            return cls()
+        with open(path, "rb") as f:
+            return cls.deserialize(f.read())
+
+    def save(self, path: str) -> None:
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(self.serialize())
+        os.replace(tmp, path)
+
+    def combine(self, other: "TimingCache", ignore_mismatch: bool = False) -> bool:
+        self.entries.update(other.entries)
+        return True
+
+    def reset(self) -> bool:
+        self.entries.clear()
+        return True
+
+
+def time_callable(fn: Callable[[], Any], device: str, *, warmup: int = 3, iters: int = 10) -> float:
+    """Median milliseconds of ``fn`` (CUDA events on the GPU, perf_counter on the CPU)."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    if device == "cuda":
+        for _ in range(iters):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+    else:
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)

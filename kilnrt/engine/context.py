@@ -1,0 +1,256 @@
+"""ExecutionContext: bind inputs and outputs, run, read results.
+
+Two calling styles:
+
+* TensorRT's: ``set_input_shape``, ``set_tensor_address`` (numpy arrays, torch tensors,
+  or raw pointers), ``execute_async_v3(stream)`` / ``execute_v2(bindings)``;
+* Pythonic: ``context.run({"input": array}) -> {"output": array}``.
+"""
+from __future__ import annotations
+
+import ctypes
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from kilnrt.errors import DTypeError, ErrorCode, ExecutionError, KilnError
+from kilnrt.network.dtypes import DataType, numpy_to_torch, torch_to_numpy
+
+
+class ExecutionContext:
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.name = ""
+        self.profiler = None
+        self.debug_sync = False
+        self.active_optimization_profile = 0
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._addresses: dict[str, Any] = {}
+        self._allocators: dict[str, Any] = {}
+        self._output_shapes: dict[str, tuple[int, ...]] = {}
+
+    # -- shapes ----------------------------------------------------------------------
+    def set_input_shape(self, name: str, shape: Sequence[int]) -> bool:
+        self._shapes[name] = self.engine.check_input_shape(name, shape, self.active_optimization_profile)
+        return True
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        io = self.engine._io(name)
+        if io.mode == "input":
+            return self._shapes.get(name, tuple(io.shape))
+        if name in self._output_shapes:
+            return self._output_shapes[name]
+        if all(t.name in self._shapes or all(d >= 0 for d in t.shape)
+               for t in self.engine.io if t.mode == "input"):
+            return self._infer_output_shapes().get(name, tuple(io.shape))
+        return tuple(io.shape)
+
+    def _infer_output_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Output shapes for the bound input shapes, by running the program on meta tensors."""
+        feeds = {}
+        for t in self.engine.io:
+            if t.mode == "input":
+                feeds[t.name] = torch.empty(self._shapes.get(t.name, tuple(t.shape)), dtype=t.dtype.torch,
+                                            device="meta")
+        out: dict[str, tuple[int, ...]] = {}
+        try:
+            from kilnrt.engine.shapes import engine_output_shapes
+
+            out = engine_output_shapes(self.engine, feeds)
+        except Exception:  # noqa: BLE001 - data-dependent: known only after running
+            pass
+        return out
+
+    @property
+    def all_binding_shapes_specified(self) -> bool:
+        return all(t.name in self._shapes or all(d >= 0 for d in t.shape)
+                   for t in self.engine.io if t.mode == "input")
+
+    @property
+    def all_shape_inputs_specified(self) -> bool:
+        return True
+
+    def infer_shapes(self) -> list[str]:
+        return [t.name for t in self.engine.io
+                if t.mode == "input" and t.name not in self._shapes and any(d < 0 for d in t.shape)]
+
+    def set_optimization_profile_async(self, profile_index: int, stream_handle: int = 0) -> bool:
+        if not 0 <= profile_index < self.engine.num_optimization_profiles:
+            raise KilnError(ErrorCode.INVALID_ARGUMENT,
+                            f"profile index {profile_index} out of range: the engine has "
+                            f"{self.engine.num_optimization_profiles} profile(s)")
+        self.active_optimization_profile = profile_index
+        return True
+
+    # -- bindings --------------------------------------------------------------------
+    def set_tensor_address(self, name: str, address: Any) -> bool:
+        self.engine._io(name)
+        self._addresses[name] = address
+        return True
+
+    def get_tensor_address(self, name: str) -> Any:
+        return self._addresses.get(name)
+
+    def set_output_allocator(self, name: str, allocator: Any) -> bool:
+        self.engine._io(name)
+        self._allocators[name] = allocator
+        return True
+
+    def get_output_allocator(self, name: str) -> Any:
+        return self._allocators.get(name)
+
+    def _as_tensor(self, name: str, buf: Any, shape: tuple[int, ...] | None, dtype: DataType) -> torch.Tensor:
+        if isinstance(buf, torch.Tensor):
+            return buf
+        if isinstance(buf, np.ndarray):
+            return numpy_to_torch(buf)
+        if isinstance(buf, int) or hasattr(buf, "__int__"):
+            ptr = int(buf)
+            if shape is None:
+                raise ExecutionError(ErrorCode.INVALID_ARGUMENT,
+                                     f"tensor {name!r} is bound to a raw pointer but its shape is unknown; "
+                                     "call set_input_shape first")
+            return _from_pointer(ptr, shape, dtype, self.engine.device)
+        if hasattr(buf, "__cuda_array_interface__") or hasattr(buf, "__dlpack__"):
+            return torch.from_dlpack(buf) if hasattr(buf, "__dlpack__") else torch.as_tensor(buf, device="cuda")
+        raise ExecutionError(ErrorCode.INVALID_ARGUMENT,
+                             f"tensor {name!r} is bound to a {type(buf).__name__}; bind a numpy array, "
+                             "a torch tensor, an object with __dlpack__, or an integer pointer")
+
+    # -- running ---------------------------------------------------------------------
+    def execute_async_v3(self, stream_handle: int = 0) -> bool:
+        feeds = {}
+        for t in self.engine.io:
+            if t.mode != "input":
+                continue
+            if t.name not in self._addresses:
+                raise ExecutionError(ErrorCode.INVALID_ARGUMENT,
+                                     f"input {t.name!r} has no address: call set_tensor_address({t.name!r}, buffer)")
+            buf = self._addresses[t.name]
+            shape = self._shapes.get(t.name) or (tuple(t.shape) if all(d >= 0 for d in t.shape) else None)
+            tensor = self._as_tensor(t.name, buf, shape, t.dtype)
+            if shape is not None and tuple(tensor.shape) != shape:
+                if tensor.numel() < int(np.prod(shape)):
+                    raise ExecutionError(ErrorCode.INVALID_SHAPE,
+                                         f"input {t.name!r}: the bound buffer holds {tensor.numel()} elements, "
+                                         f"the input shape {shape} needs {int(np.prod(shape))}")
+                tensor = tensor.reshape(-1)[: int(np.prod(shape))].reshape(shape)
+            feeds[t.name] = tensor
+        outputs = self._execute(feeds, stream_handle)
+        for name, value in outputs.items():
+            self._output_shapes[name] = tuple(value.shape)
+            io = self.engine._io(name)
+            if name in self._allocators:
+                alloc = self._allocators[name]
+                nbytes = value.numel() * value.element_size()
+                ptr = alloc.reallocate_output(name, self._addresses.get(name), nbytes, 256)
+                target = self._as_tensor(name, ptr, tuple(value.shape), io.dtype)
+                self._write(target, value, name)
+                if hasattr(alloc, "notify_shape"):
+                    alloc.notify_shape(name, tuple(value.shape))
+                continue
+            if name not in self._addresses:
+                raise ExecutionError(ErrorCode.INVALID_ARGUMENT,
+                                     f"output {name!r} has no address: call set_tensor_address({name!r}, buffer) "
+                                     "or set_output_allocator, or use engine.run()")
+            target = self._as_tensor(name, self._addresses[name], tuple(value.shape), io.dtype)
+            self._write(target, value, name)
+        return True
+
+    execute_async_v2 = None  # removed in TensorRT 10, as here
+
+    def execute_v2(self, bindings: Sequence[Any]) -> bool:
+        """Synchronous run with one buffer (array, tensor or pointer) per I/O tensor, in I/O order."""
+        if len(bindings) != self.engine.num_io_tensors:
+            raise ExecutionError(ErrorCode.INVALID_ARGUMENT,
+                                 f"execute_v2 needs {self.engine.num_io_tensors} bindings (one per I/O tensor: "
+                                 f"{', '.join(t.name for t in self.engine.io)}), got {len(bindings)}")
+        for t, b in zip(self.engine.io, bindings):
+            self.set_tensor_address(t.name, b)
+        ok = self.execute_async_v3(0)
+        if self.engine.device == "cuda":
+            torch.cuda.synchronize()
+        return ok
+
+    @staticmethod
+    def _write(target: torch.Tensor, value: torch.Tensor, name: str) -> None:
+        if target.numel() < value.numel():
+            raise ExecutionError(ErrorCode.INVALID_SHAPE,
+                                 f"output {name!r} needs {value.numel()} elements (shape {tuple(value.shape)}), "
+                                 f"but its buffer holds {target.numel()}; use set_output_allocator for "
+                                 "data-dependent shapes")
+        flat = target.reshape(-1)[: value.numel()]
+        flat.copy_(value.reshape(-1).to(flat.dtype))
+
+    def _execute(self, feeds: Mapping[str, torch.Tensor], stream_handle: int = 0) -> dict[str, torch.Tensor]:
+        return self.engine.program.execute(feeds, self.profiler)
+
+    def run(self, feeds: Mapping[str, Any] | None = None, **named: Any) -> dict[str, Any]:
+        """Run on numpy arrays or torch tensors; returns outputs of the same kind."""
+        feeds = dict(feeds or {})
+        feeds.update(named)
+        inputs = [t for t in self.engine.io if t.mode == "input"]
+        expected = {t.name for t in inputs}
+        unknown = [n for n in feeds if n not in expected]
+        if unknown:
+            raise KilnError(ErrorCode.UNKNOWN_TENSOR,
+                            f"unknown input name(s) {', '.join(map(repr, unknown))}; the engine's inputs are: "
+                            + ", ".join(f"{t.name} {t.dtype.name}{list(t.symbolic or t.shape)}" for t in inputs))
+        missing = [t.name for t in inputs if t.name not in feeds]
+        if missing:
+            raise KilnError(ErrorCode.INVALID_ARGUMENT,
+                            f"missing input(s) {', '.join(map(repr, missing))}; the engine's inputs are: "
+                            + ", ".join(f"{t.name} {t.dtype.name}{list(t.symbolic or t.shape)}" for t in inputs))
+        as_numpy = True
+        tensors: dict[str, torch.Tensor] = {}
+        for t in inputs:
+            value = feeds[t.name]
+            if isinstance(value, torch.Tensor):
+                as_numpy = False
+                got = DataType.from_torch(value.dtype) if value.dtype in _TORCH_TYPES else None
+                tensor = value
+            else:
+                arr = np.asarray(value)
+                try:
+                    got = DataType.from_numpy(arr.dtype)
+                except TypeError:
+                    got = None
+                tensor = numpy_to_torch(arr) if got is not None else None
+            if got != t.dtype:
+                shown = getattr(value, "dtype", type(value).__name__)
+                raise DTypeError(ErrorCode.INVALID_DTYPE,
+                                 f"input {t.name!r} expects {t.dtype.name} ({t.dtype.value}), got {shown}; "
+                                 f"convert it first, e.g. array.astype(np.{t.dtype.numpy.name})")
+            self.set_input_shape(t.name, tuple(tensor.shape))
+            tensors[t.name] = tensor
+        outputs = self._execute(tensors)
+        for name, value in outputs.items():
+            self._output_shapes[name] = tuple(value.shape)
+        if as_numpy:  # numpy results are always the caller's own arrays
+            return {name: torch_to_numpy(v).copy() for name, v in outputs.items()}
+        owned = list(tensors.values()) + list(self.engine.program.constants.values())
+        return {name: v.clone() if _aliases(v, owned) else v for name, v in outputs.items()}
+
+
+_TORCH_TYPES = {dt.torch for dt in DataType}
+
+
+def _aliases(v: torch.Tensor, others: list[torch.Tensor]) -> bool:
+    """Whether ``v`` shares memory with an input or a constant (then the caller gets a copy)."""
+    ptr = v.untyped_storage().data_ptr()
+    return any(ptr == o.untyped_storage().data_ptr() for o in others)
+
+
+def _from_pointer(ptr: int, shape: tuple[int, ...], dtype: DataType, device: str) -> torch.Tensor:
+    count = int(np.prod(shape)) if shape else 1
+    if device == "cuda":
+        class _CudaArray:
+            __cuda_array_interface__ = {"shape": tuple(shape), "typestr": np.dtype(dtype.numpy).str,
+                                        "data": (ptr, False), "version": 3}
+
+        return torch.as_tensor(_CudaArray(), device="cuda")
+    nbytes = count * dtype.itemsize
+    raw = (ctypes.c_char * nbytes).from_address(ptr)
+    arr = np.frombuffer(raw, dtype=np.uint8).view(dtype.numpy).reshape(shape)
+    return numpy_to_torch(arr)

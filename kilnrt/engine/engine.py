@@ -1,0 +1,240 @@
+"""The Engine: a built, device-specific program as data, and its I/O table."""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import threading
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from kilnrt.errors import ErrorCode, KilnError, ShapeError
+from kilnrt.network.dtypes import DataType
+from kilnrt.network.layers import LayerKind
+
+
+class TensorIOMode(enum.Enum):
+    NONE = "none"
+    INPUT = "input"
+    OUTPUT = "output"
+
+
+@dataclasses.dataclass
+class IOTensor:
+    name: str
+    mode: str                           # "input" | "output"
+    dtype: DataType
+    shape: tuple                        # ints, -1 for dynamic
+    symbolic: tuple = ()                # the same dims with symbolic names where known
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "mode": self.mode, "dtype": self.dtype.name, "shape": list(self.shape),
+                "symbolic": [d if isinstance(d, (int, str)) else -1 for d in self.symbolic]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "IOTensor":
+        return cls(d["name"], d["mode"], DataType[d["dtype"]], tuple(d["shape"]), tuple(d.get("symbolic", ())))
+
+
+@dataclasses.dataclass
+class EngineLayer:
+    name: str
+    kind: LayerKind
+    params: Any
+    inputs: list[str | None]
+    outputs: list[str]
+    origin: tuple[str, ...]
+    tactic: str
+    precision: DataType | None = None
+    output_dtypes: list[str | None] = dataclasses.field(default_factory=list)
+    output_shapes: list[Any] = dataclasses.field(default_factory=list)
+    timing_ms: float | None = None
+    candidates: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def as_network_layer(self):
+        """A detached :class:`~kilnrt.network.graph.Layer` view, for tactics' ``prepare``."""
+        from kilnrt.network.graph import Layer, Network, Tensor
+
+        net = Network("engine")
+        ins = [None if n is None else Tensor(net, n) for n in self.inputs]
+        layer = Layer(net, self.kind, self.params, ins, self.name, self.origin)
+        for n, dt, shp in zip(self.outputs, self.output_dtypes or [None] * len(self.outputs),
+                              self.output_shapes or [None] * len(self.outputs)):
+            t = Tensor(net, n, DataType[dt] if dt else None, shp)
+            t.producer = layer
+            layer.outputs.append(t)
+        return layer
+
+
+class Engine:
+    """A built engine. Run it with :meth:`run`, or through :meth:`create_execution_context`."""
+
+    def __init__(self, *, name: str, device: str, device_name: str, io: list[IOTensor],
+                 layers: list[EngineLayer], constants: dict[str, np.ndarray],
+                 profiles: list[dict[str, tuple]], memory: Any = None, build_info: dict | None = None,
+                 tensors: dict[str, dict] | None = None, portable: bool = False,
+                 kernels: dict[str, str] | None = None, version: str | None = None) -> None:
+        from kilnrt import __version__
+
+        self.name = name
+        self.device = device
+        self.device_name = device_name
+        self.io = io
+        self.layers = layers
+        self.constants = constants
+        self.profiles = profiles
+        self.memory = memory
+        self.build_info = build_info or {}
+        self.tensors = tensors or {}
+        self.portable = portable
+        self.kernels = kernels or {}
+        self.version = version or __version__
+        self._program = None
+        self._program_lock = threading.Lock()
+        self._contexts = threading.local()
+
+    # -- TensorRT's ICudaEngine ------------------------------------------------------
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self.io)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def num_optimization_profiles(self) -> int:
+        return max(1, len(self.profiles))
+
+    def _io(self, name: str) -> IOTensor:
+        for t in self.io:
+            if t.name == name:
+                return t
+        raise KilnError(ErrorCode.UNKNOWN_TENSOR, f"the engine has no I/O tensor named {name!r}; "
+                                                  f"its tensors are: {', '.join(t.name for t in self.io)}")
+
+    def get_tensor_name(self, index: int) -> str:
+        return self.io[index].name
+
+    def get_tensor_mode(self, name: str) -> TensorIOMode:
+        return TensorIOMode(self._io(name).mode)
+
+    def get_tensor_dtype(self, name: str) -> DataType:
+        return self._io(name).dtype
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._io(name).shape)
+
+    def get_tensor_profile_shape(self, name: str, profile_index: int = 0) -> list[tuple[int, ...]]:
+        io = self._io(name)
+        if io.mode != "input":
+            raise KilnError(ErrorCode.INVALID_ARGUMENT, f"{name!r} is an output; profiles bind inputs")
+        if profile_index < len(self.profiles) and name in self.profiles[profile_index]:
+            return [tuple(s) for s in self.profiles[profile_index][name]]
+        return [tuple(io.shape)] * 3
+
+    def is_shape_inference_io(self, name: str) -> bool:
+        return False
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.io if t.mode == "input"]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.io if t.mode == "output"]
+
+    @property
+    def device_memory_size(self) -> int:
+        return int(self.memory.arena_bytes) if self.memory is not None else 0
+
+    @property
+    def weights_bytes(self) -> int:
+        return int(sum(a.nbytes for a in self.constants.values()))
+
+    # -- shapes ----------------------------------------------------------------------
+    def check_input_shape(self, name: str, shape: Sequence[int], profile_index: int = 0) -> tuple[int, ...]:
+        io = self._io(name)
+        if io.mode != "input":
+            raise ShapeError(ErrorCode.INVALID_SHAPE, f"{name!r} is an output; only inputs take shapes")
+        shape = tuple(int(d) for d in shape)
+        expected = tuple(io.shape)
+        if len(shape) != len(expected):
+            raise ShapeError(ErrorCode.INVALID_SHAPE,
+                             f"input {name!r} has rank {len(expected)} (shape {_fmt(io)}), got shape {shape}")
+        prof = self.profiles[profile_index].get(name) if profile_index < len(self.profiles) else None
+        for i, (got, want) in enumerate(zip(shape, expected)):
+            if want >= 0 and got != want:
+                raise ShapeError(ErrorCode.INVALID_SHAPE,
+                                 f"input {name!r} dim {i} must be {want} (shape {_fmt(io)}), got shape {shape}")
+            if prof is not None and not (prof[0][i] <= got <= prof[2][i]):
+                raise ShapeError(ErrorCode.INVALID_SHAPE,
+                                 f"input {name!r} shape {shape} is outside optimization profile "
+                                 f"{profile_index}: dim {i} must be in [{prof[0][i]}, {prof[2][i]}] "
+                                 f"(min {tuple(prof[0])}, max {tuple(prof[2])})")
+        return shape
+
+    # -- running ---------------------------------------------------------------------
+    @property
+    def program(self):
+        if self._program is None:
+            with self._program_lock:
+                if self._program is None:
+                    from kilnrt.engine.program import Program
+
+                    self._program = Program(self)
+        return self._program
+
+    def create_execution_context(self, strategy: Any = None):
+        from kilnrt.engine.context import ExecutionContext
+
+        return ExecutionContext(self)
+
+    def create_execution_context_without_device_memory(self):
+        return self.create_execution_context()
+
+    def run(self, feeds: Mapping[str, Any] | None = None, **named: Any) -> dict[str, Any]:
+        """Run once: ``engine.run({"input": array})`` -> ``{"output": array}``.
+
+        Takes numpy arrays (returns numpy) or torch tensors (returns torch tensors on the
+        engine's device).  Safe to call from several threads.
+        """
+        ctx = getattr(self._contexts, "default", None)
+        if ctx is None:  # one context per thread: contexts hold per-run state
+            ctx = self._contexts.default = self.create_execution_context()
+        return ctx.run(feeds, **named)
+
+    __call__ = run
+
+    # -- plans -----------------------------------------------------------------------
+    def serialize(self) -> bytes:
+        from kilnrt.engine.planio import engine_to_bytes
+
+        return engine_to_bytes(self)
+
+    def save(self, path: str) -> None:
+        data = self.serialize()
+        with open(path, "wb") as f:
+            f.write(data)
+
+    @classmethod
+    def deserialize(cls, data: bytes, *, check_device: bool = True) -> "Engine":
+        from kilnrt.engine.planio import engine_from_bytes
+
+        return engine_from_bytes(data, check_device=check_device)
+
+    def create_engine_inspector(self):
+        from kilnrt.engine.inspector import EngineInspector
+
+        return EngineInspector(self)
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{t.name}{list(t.shape)}" for t in self.io if t.mode == "input")
+        outs = ", ".join(f"{t.name}{list(t.shape)}" for t in self.io if t.mode == "output")
+        return f"<kilnrt.Engine {self.name!r} on {self.device} ({self.device_name}): {len(self.layers)} layers, ({ins}) -> ({outs})>"
+
+
+def _fmt(io: IOTensor) -> str:
+    dims = io.symbolic if io.symbolic else io.shape
+    return "(" + ", ".join(str(d) for d in dims) + ")"
+

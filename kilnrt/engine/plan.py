@@ -1,0 +1,86 @@
+"""The plan file: a versioned binary container.
+
+    offset  size  field
+    0       8     magic b"KILNPLAN"
+    8       4     format version (uint32, little endian)
+    12      8     header length H (uint64)
+    20      8     weights length W (uint64)
+    28      8     kernels length K (uint64)
+    36      H     header: UTF-8 JSON (kilnrt version, device, I/O, layers, tactics, memory plan)
+    36+H    W     weights: safetensors
+    36+H+W  K     generated kernels: UTF-8 JSON (name -> source / binary, base64)
+    end-32  32    SHA-256 of everything before it
+
+Loading checks, in order: magic, length (truncation), checksum (corruption), format
+version, kilnrt version, device.  Nothing in the file is executed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+
+import numpy as np
+
+
+from kilnrt.errors import ErrorCode, PlanError
+from kilnrt.network.dtypes import numpy_to_torch, torch_to_numpy
+
+MAGIC = b"KILNPLAN"
+FORMAT_VERSION = 1
+_PREFIX = struct.Struct("<8sIQQQ")
+_DIGEST = 32
+
+
+def pack(header: dict, weights: dict[str, np.ndarray], kernels: dict[str, str]) -> bytes:
+    from safetensors.torch import save
+
+    header_bytes = json.dumps(header, sort_keys=True).encode("utf-8")
+    tensors = {k: numpy_to_torch(v).contiguous() for k, v in weights.items()}
+    weights_bytes = save(tensors) if tensors else b""
+    kernels_bytes = json.dumps(kernels, sort_keys=True).encode("utf-8")
+    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes), len(weights_bytes), len(kernels_bytes))
+    body += header_bytes + weights_bytes + kernels_bytes
+    return body + hashlib.sha256(body).digest()
+
+
+def unpack(data: bytes) -> tuple[dict, dict[str, np.ndarray], dict[str, str]]:
+    """(header, weights, kernels) of a plan, or a :class:`PlanError` saying what is wrong."""
+    data = bytes(data)
+    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+        raise PlanError(ErrorCode.PLAN_NOT_A_PLAN,
+                        "this is not a kilnrt plan (its first bytes are not the KILNPLAN magic); "
+                        "build one with kilnrt.build() or `kilnrt build MODEL.onnx -o MODEL.plan`")
+    if len(data) < _PREFIX.size:
+        raise PlanError(ErrorCode.PLAN_TRUNCATED, f"the plan is truncated: {len(data)} bytes, "
+                                                  f"shorter than its {_PREFIX.size}-byte prefix")
+    _, version, h, w, k = _PREFIX.unpack_from(data)
+    if version != FORMAT_VERSION:
+        raise PlanError(ErrorCode.PLAN_VERSION,
+                        f"the plan has format version {version}; this kilnrt reads version {FORMAT_VERSION}. "
+                        "Rebuild the plan with this kilnrt")
+    expected = _PREFIX.size + h + w + k + _DIGEST
+    if len(data) < expected:
+        raise PlanError(ErrorCode.PLAN_TRUNCATED,
+                        f"the plan is truncated: {len(data)} bytes, but its prefix says {expected}")
+    if len(data) > expected:
+        raise PlanError(ErrorCode.PLAN_CORRUPT,
+                        f"the plan has {len(data) - expected} unexpected trailing bytes")
+    body, digest = data[:-_DIGEST], data[-_DIGEST:]
+    if hashlib.sha256(body).digest() != digest:
+        raise PlanError(ErrorCode.PLAN_CORRUPT, "the plan is corrupt: its SHA-256 checksum does not match its contents")
+    off = _PREFIX.size
+    try:
+        header = json.loads(body[off: off + h].decode("utf-8"))
+        weights_bytes = body[off + h: off + h + w]
+        kernels = json.loads(body[off + h + w: off + h + w + k].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PlanError(ErrorCode.PLAN_CORRUPT, f"the plan's header is unreadable: {exc}") from None
+    weights: dict[str, np.ndarray] = {}
+    if weights_bytes:
+        from safetensors.torch import load
+
+        weights = {name: torch_to_numpy(t) for name, t in load(weights_bytes).items()}
+    return header, weights, kernels
+
+

@@ -1,0 +1,99 @@
+"""Engine <-> plan bytes (the container format lives in :mod:`kilnrt.engine.plan`)."""
+from __future__ import annotations
+
+import torch
+
+from kilnrt.builder.memory import MemoryPlan
+from kilnrt.engine.engine import Engine, EngineLayer, IOTensor
+from kilnrt.engine.plan import FORMAT_VERSION, pack, unpack
+from kilnrt.engine.serialize import decode_params, encode_params
+from kilnrt.errors import ErrorCode, PlanError
+from kilnrt.network.dtypes import DataType
+from kilnrt.network.layers import LayerKind
+
+
+def engine_to_bytes(engine: Engine) -> bytes:
+    weights = dict(engine.constants)
+    counter = [0]
+
+    def put(array):
+        key = f"param/{counter[0]}"
+        counter[0] += 1
+        weights[key] = array
+        return key
+
+    layers = []
+    for l in engine.layers:
+        layers.append({
+            "name": l.name, "kind": l.kind.value, "params": encode_params(l.params, put),
+            "inputs": l.inputs, "outputs": l.outputs, "origin": list(l.origin), "tactic": l.tactic,
+            "precision": l.precision.name if l.precision else None, "output_dtypes": l.output_dtypes,
+            "output_shapes": [None if s is None else list(s) for s in l.output_shapes],
+            "timing_ms": l.timing_ms, "candidates": l.candidates,
+        })
+    header = {
+        "format_version": FORMAT_VERSION, "kilnrt_version": engine.version, "name": engine.name,
+        "device": engine.device, "device_name": engine.device_name, "portable": engine.portable,
+        "io": [t.to_json() for t in engine.io], "layers": layers, "constants": sorted(engine.constants),
+        "profiles": [{k: [list(s) for s in v] for k, v in p.items()} for p in engine.profiles],
+        "memory": engine.memory.to_json() if engine.memory is not None else None,
+        "build_info": engine.build_info, "tensors": engine.tensors,
+    }
+    return pack(header, weights, engine.kernels)
+
+
+def current_device_name(device: str) -> str | None:
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda":
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return None
+
+
+def engine_from_bytes(data: bytes, *, check_device: bool = True) -> Engine:
+    from kilnrt import __version__
+
+    header, weights, kernels = unpack(data)
+    if header.get("kilnrt_version") != __version__:
+        raise PlanError(ErrorCode.PLAN_VERSION,
+                        f"the plan was built by kilnrt {header.get('kilnrt_version')}; this is kilnrt {__version__}. "
+                        "Plans are specific to the kilnrt version that built them: rebuild it")
+    device = header.get("device")
+    if check_device and device not in ("cpu",):
+        here = current_device_name(device)
+        if here is None:
+            raise PlanError(ErrorCode.PLAN_DEVICE,
+                            f"the plan was built for {device} ({header.get('device_name')}), "
+                            f"but this machine has no {device} device; build a cpu plan here instead")
+        if here != header.get("device_name") and not header.get("portable"):
+            raise PlanError(ErrorCode.PLAN_DEVICE,
+                            f"the plan was built for {header.get('device_name')}, but this GPU is {here}; "
+                            "plans are specific to the GPU model: rebuild it on this GPU (or build with --portable)")
+    try:
+        layers = []
+        for d in header["layers"]:
+            kind = LayerKind(d["kind"])
+            layers.append(EngineLayer(
+                name=d["name"], kind=kind, params=decode_params(kind, d["params"], weights),
+                inputs=list(d["inputs"]), outputs=list(d["outputs"]), origin=tuple(d["origin"]),
+                tactic=d["tactic"], precision=DataType[d["precision"]] if d.get("precision") else None,
+                output_dtypes=list(d.get("output_dtypes") or []),
+                output_shapes=[None if s is None else tuple(s) for s in d.get("output_shapes") or []],
+                timing_ms=d.get("timing_ms"), candidates=dict(d.get("candidates") or {})))
+        constants = {name: weights[name] for name in header["constants"]}
+        engine = Engine(
+            name=header["name"], device=device, device_name=header["device_name"],
+            io=[IOTensor.from_json(t) for t in header["io"]], layers=layers, constants=constants,
+            profiles=[{k: tuple(tuple(s) for s in v) for k, v in p.items()} for p in header["profiles"]],
+            memory=MemoryPlan.from_json(header["memory"]) if header.get("memory") else None,
+            build_info=header.get("build_info") or {}, tensors=header.get("tensors") or {},
+            portable=bool(header.get("portable")), kernels=kernels, version=header["kilnrt_version"])
+    except PlanError:
+        raise
+    except (KeyError, ValueError, TypeError) as exc:
+        raise PlanError(ErrorCode.PLAN_CORRUPT, f"the plan's header is malformed: {type(exc).__name__}: {exc}") from None
+    for layer in engine.layers:
+        from kilnrt.kernels.registry import get_tactic
+
+        get_tactic(layer.tactic)  # unknown tactic names are refused at load, not at first run
+    return engine

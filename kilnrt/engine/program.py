@@ -1,0 +1,97 @@
+"""The executable form of an engine: prepared tactics, device constants, and the step loop.
+
+One :class:`Program` per engine is shared by all of its execution contexts (weights are
+uploaded once).  Each activation is released after its last use, so memory is reused
+by liveness, as the engine's memory plan describes.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Mapping
+
+import torch
+
+from kilnrt.errors import ErrorCode, ExecutionError, KilnError
+from kilnrt.kernels.registry import TacticContext, get_tactic
+from kilnrt.network.dtypes import numpy_to_torch
+from kilnrt.network.layers import SHAPE_INPUTS
+
+
+class Step:
+    __slots__ = ("name", "tactic", "state", "inputs", "outputs", "release", "shape_inputs", "kind")
+
+    def __init__(self, name, tactic, state, inputs, outputs, shape_inputs, kind) -> None:
+        self.name, self.tactic, self.state = name, tactic, state
+        self.inputs, self.outputs, self.shape_inputs, self.kind = inputs, outputs, shape_inputs, kind
+        self.release: list[str] = []
+
+
+class Program:
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.device = torch.device(engine.device)
+        self.constants: dict[str, torch.Tensor] = {}
+        self.host_constants: dict[str, torch.Tensor] = {}
+        for name, array in engine.constants.items():
+            host = numpy_to_torch(array)
+            self.host_constants[name] = host
+            self.constants[name] = host.to(self.device) if self.device.type != "cpu" else host
+        ctx = TacticContext(self.device, self.constants)
+        self.steps: list[Step] = []
+        for layer in engine.layers:
+            tactic = get_tactic(layer.tactic)
+            net_layer = layer.as_network_layer()
+            state = tactic.prepare(net_layer, ctx)
+            self.steps.append(Step(layer.name, tactic, state, list(layer.inputs), list(layer.outputs),
+                                   SHAPE_INPUTS.get(layer.kind, frozenset()), layer.kind))
+        keep = {t.name for t in engine.io} | set(self.constants)
+        last_use: dict[str, int] = {}
+        for i, s in enumerate(self.steps):
+            for n in s.inputs:
+                if n is not None:
+                    last_use[n] = i
+        for n, i in last_use.items():
+            if n not in keep:
+                self.steps[i].release.append(n)
+        self.lock = threading.Lock()
+
+    def execute(self, feeds: Mapping[str, torch.Tensor], profiler: Any = None) -> dict[str, torch.Tensor]:
+        values: dict[str, torch.Tensor] = dict(self.constants)
+        values.update(feeds)
+        dev = self.device
+        for s in self.steps:
+            args = []
+            for i, n in enumerate(s.inputs):
+                if n is None:
+                    args.append(None)
+                    continue
+                v = values[n]
+                if i in s.shape_inputs:
+                    if n in self.host_constants:
+                        v = self.host_constants[n]
+                    elif v.device.type != "cpu":
+                        v = v.cpu()
+                elif v.device != dev and v.device.type == "cpu":
+                    v = v.to(dev, non_blocking=True)
+                args.append(v)
+            t0 = time.perf_counter() if profiler is not None else 0.0
+            try:
+                outs = s.tactic.run(s.state, args)
+            except KilnError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                shapes = ", ".join("-" if a is None else f"{tuple(a.shape)}:{str(a.dtype).replace('torch.', '')}"
+                                   for a in args)
+                raise ExecutionError(ErrorCode.RUNTIME,
+                                     f"failed in tactic {s.tactic.name} with inputs [{shapes}]: "
+                                     f"{type(exc).__name__}: {exc}", layer=s.name) from exc
+            if profiler is not None:
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                profiler.report_layer_time(s.name, (time.perf_counter() - t0) * 1e3)
+            for n, v in zip(s.outputs, outs):
+                values[n] = v
+            for n in s.release:
+                values.pop(n, None)
+        return {t.name: values[t.name] for t in self.engine.io if t.mode == "output"}

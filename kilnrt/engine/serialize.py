@@ -1,0 +1,68 @@
+"""Layer params <-> JSON, without pickle: enums by name, tuples tagged, arrays by weight key.
+
+Decoding builds only the params dataclasses of :data:`kilnrt.network.layers.PARAMS` and the
+enums of :data:`kilnrt.network.layers.ENUMS`; anything else in a plan is refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from kilnrt.errors import ErrorCode, PlanError
+from kilnrt.network.layers import ENUMS, PARAMS, LayerKind
+
+
+def _encode(v: Any, put_weight: Callable[[np.ndarray], str] | None) -> Any:
+    if isinstance(v, enum.Enum):
+        return {"enum": type(v).__name__, "name": v.name}
+    if isinstance(v, np.ndarray):
+        if put_weight is None:
+            return {"array": list(v.shape), "dtype": str(v.dtype)}
+        return {"weight": put_weight(v)}
+    if isinstance(v, (tuple, list)):
+        return {"tuple": [_encode(x, put_weight) for x in v]}
+    if isinstance(v, float) and not math.isfinite(v):
+        return {"float": repr(v)}
+    if isinstance(v, (np.generic,)):
+        return _encode(v.item(), put_weight)
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    raise TypeError(f"cannot serialize a {type(v).__name__} in layer params")
+
+
+def _decode(v: Any, weights: dict[str, np.ndarray]) -> Any:
+    if isinstance(v, dict):
+        if "enum" in v:
+            cls = ENUMS.get(v["enum"])
+            if cls is None or v["name"] not in cls.__members__:
+                raise PlanError(ErrorCode.PLAN_CORRUPT, f"unknown enum value {v['enum']}.{v['name']} in the plan")
+            return cls[v["name"]]
+        if "tuple" in v:
+            return tuple(_decode(x, weights) for x in v["tuple"])
+        if "weight" in v:
+            if v["weight"] not in weights:
+                raise PlanError(ErrorCode.PLAN_CORRUPT, f"the plan refers to missing weights {v['weight']!r}")
+            return weights[v["weight"]]
+        if "float" in v:
+            return float(v["float"])
+        raise PlanError(ErrorCode.PLAN_CORRUPT, f"unexpected value {v!r} in layer params")
+    if isinstance(v, list):
+        raise PlanError(ErrorCode.PLAN_CORRUPT, "unexpected list in layer params")
+    return v
+
+
+def encode_params(params: Any, put_weight: Callable[[np.ndarray], str] | None) -> dict:
+    return {f.name: _encode(getattr(params, f.name), put_weight) for f in dataclasses.fields(params)}
+
+
+def decode_params(kind: LayerKind, data: dict, weights: dict[str, np.ndarray]) -> Any:
+    cls = PARAMS[kind]
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise PlanError(ErrorCode.PLAN_CORRUPT, f"{kind.value} params have unknown fields {sorted(unknown)}")
+    return cls(**{k: _decode(v, weights) for k, v in data.items()})

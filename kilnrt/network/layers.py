@@ -1,0 +1,599 @@
+"""The layer taxonomy: one kind per TensorRT layer type, each with a frozen params dataclass.
+
+A layer's *inputs* are tensors (weights arrive as the outputs of CONSTANT layers); its
+*params* are plain values.  ``SHAPE_INPUTS[kind]`` lists the input positions whose
+*values* (not only shapes) a layer needs on the host, like TensorRT's shape tensors:
+reshape dims, slice bounds, pads, ``k`` of TopK.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kilnrt.network.dtypes import DataType
+
+
+class LayerKind(enum.Enum):
+    ACTIVATION = "activation"
+    CAST = "cast"
+    CONCATENATION = "concatenation"
+    CONSTANT = "constant"
+    CONVOLUTION = "convolution"
+    CUMULATIVE = "cumulative"
+    DECONVOLUTION = "deconvolution"
+    DEQUANTIZE = "dequantize"
+    EINSUM = "einsum"
+    ELEMENTWISE = "elementwise"
+    EXPAND = "expand"
+    FILL = "fill"
+    GATHER = "gather"
+    GRID_SAMPLE = "grid_sample"
+    IDENTITY = "identity"
+    LRN = "lrn"
+    MATRIX_MULTIPLY = "matrix_multiply"
+    NMS = "nms"
+    NON_ZERO = "non_zero"
+    NORMALIZATION = "normalization"
+    ONE_HOT = "one_hot"
+    PADDING = "padding"
+    PLUGIN = "plugin"
+    POOLING = "pooling"
+    QUANTIZE = "quantize"
+    REDUCE = "reduce"
+    RESIZE = "resize"
+    REVERSE_SEQUENCE = "reverse_sequence"
+    SCALE = "scale"
+    SCATTER = "scatter"
+    SELECT = "select"
+    SHAPE = "shape"
+    SHUFFLE = "shuffle"
+    SLICE = "slice"
+    SOFTMAX = "softmax"
+    SQUEEZE = "squeeze"
+    TILE = "tile"
+    TOPK = "topk"
+    UNARY = "unary"
+    UNSQUEEZE = "unsqueeze"
+
+
+# ----------------------------------------------------------------------------- enums
+class ActivationType(enum.Enum):
+    RELU = "relu"
+    SIGMOID = "sigmoid"
+    TANH = "tanh"
+    LEAKY_RELU = "leaky_relu"        # alpha: negative slope
+    ELU = "elu"                      # alpha
+    SELU = "selu"                    # alpha, beta(gamma)
+    SOFTSIGN = "softsign"
+    SOFTPLUS = "softplus"
+    CLIP = "clip"                    # alpha: min, beta: max
+    HARD_SIGMOID = "hard_sigmoid"    # alpha, beta: max(0, min(1, alpha*x + beta))
+    SCALED_TANH = "scaled_tanh"      # alpha * tanh(beta * x)
+    THRESHOLDED_RELU = "thresholded_relu"  # alpha: threshold
+    GELU_ERF = "gelu_erf"
+    GELU_TANH = "gelu_tanh"
+    SILU = "silu"
+    MISH = "mish"
+    HARD_SWISH = "hard_swish"
+    CELU = "celu"                    # alpha
+
+
+class ElementWiseOperation(enum.Enum):
+    SUM = "sum"
+    PROD = "prod"
+    MAX = "max"
+    MIN = "min"
+    SUB = "sub"
+    DIV = "div"                      # true division for floats, truncation for integers (ONNX)
+    POW = "pow"
+    FLOOR_DIV = "floor_div"
+    AND = "and"
+    OR = "or"
+    XOR = "xor"
+    EQUAL = "equal"
+    GREATER = "greater"
+    LESS = "less"
+    GREATER_EQUAL = "greater_equal"
+    LESS_EQUAL = "less_equal"
+    MOD = "mod"                      # sign of the divisor (python)
+    FMOD = "fmod"                    # sign of the dividend (C)
+    BITWISE_AND = "bitwise_and"
+    BITWISE_OR = "bitwise_or"
+    BITWISE_XOR = "bitwise_xor"
+    SHIFT_LEFT = "shift_left"
+    SHIFT_RIGHT = "shift_right"
+
+
+class UnaryOperation(enum.Enum):
+    EXP = "exp"
+    LOG = "log"
+    SQRT = "sqrt"
+    RECIP = "recip"
+    ABS = "abs"
+    NEG = "neg"
+    SIN = "sin"
+    COS = "cos"
+    TAN = "tan"
+    SINH = "sinh"
+    COSH = "cosh"
+    ASIN = "asin"
+    ACOS = "acos"
+    ATAN = "atan"
+    ASINH = "asinh"
+    ACOSH = "acosh"
+    ATANH = "atanh"
+    CEIL = "ceil"
+    FLOOR = "floor"
+    ERF = "erf"
+    NOT = "not"
+    SIGN = "sign"
+    ROUND = "round"                  # half to even
+    ISINF = "isinf"
+    ISINF_POS = "isinf_pos"
+    ISINF_NEG = "isinf_neg"
+    ISNAN = "isnan"
+    BITWISE_NOT = "bitwise_not"
+
+
+class MatrixOperation(enum.Enum):
+    NONE = "none"
+    TRANSPOSE = "transpose"          # swap the last two dims
+    VECTOR = "vector"                # the operand is a (batch of) vector(s)
+
+
+class PaddingMode(enum.Enum):
+    EXPLICIT_ROUND_DOWN = "explicit_round_down"
+    EXPLICIT_ROUND_UP = "explicit_round_up"   # ONNX ceil_mode=1
+    SAME_UPPER = "same_upper"
+    SAME_LOWER = "same_lower"
+
+
+class PoolingType(enum.Enum):
+    MAX = "max"
+    AVERAGE = "average"
+    LP = "lp"
+
+
+class ScaleMode(enum.Enum):
+    UNIFORM = "uniform"
+    CHANNEL = "channel"
+    ELEMENTWISE = "elementwise"
+
+
+class ReduceOperation(enum.Enum):
+    SUM = "sum"
+    PROD = "prod"
+    MAX = "max"
+    MIN = "min"
+    AVG = "avg"
+
+
+class TopKOperation(enum.Enum):
+    MAX = "max"
+    MIN = "min"
+
+
+class GatherMode(enum.Enum):
+    DEFAULT = "default"              # ONNX Gather
+    ELEMENT = "element"              # ONNX GatherElements
+    ND = "nd"                        # ONNX GatherND
+
+
+class ScatterMode(enum.Enum):
+    ELEMENT = "element"              # ONNX ScatterElements
+    ND = "nd"                        # ONNX ScatterND
+
+
+class FillOperation(enum.Enum):
+    CONSTANT = "constant"            # ConstantOfShape: input 0 is the shape
+    RANGE = "range"                  # inputs start, limit, delta
+
+
+# ----------------------------------------------------------------------------- params
+@dataclass(frozen=True)
+class ActivationParams:
+    type: ActivationType
+    alpha: float = 0.0
+    beta: float = 0.0
+
+
+@dataclass(frozen=True)
+class CastParams:
+    to: DataType
+
+
+@dataclass(frozen=True)
+class ConcatenationParams:
+    axis: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class ConstantParams:
+    weights: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.weights.shape)
+
+
+@dataclass(frozen=True)
+class ConvolutionParams:
+    """Inputs: x [N, C, *spatial], kernel [K, C/groups, *window], bias [K] (optional)."""
+
+    num_output_maps: int
+    kernel_size_nd: tuple[int, ...]
+    stride_nd: tuple[int, ...] = ()
+    pre_padding: tuple[int, ...] = ()
+    post_padding: tuple[int, ...] = ()
+    dilation_nd: tuple[int, ...] = ()
+    num_groups: int = 1
+    padding_mode: PaddingMode = PaddingMode.EXPLICIT_ROUND_DOWN
+
+
+@dataclass(frozen=True)
+class DeconvolutionParams:
+    """Inputs: x [N, C, *spatial], kernel [C, K/groups, *window], bias [K] (optional)."""
+
+    num_output_maps: int
+    kernel_size_nd: tuple[int, ...]
+    stride_nd: tuple[int, ...] = ()
+    pre_padding: tuple[int, ...] = ()
+    post_padding: tuple[int, ...] = ()
+    dilation_nd: tuple[int, ...] = ()
+    num_groups: int = 1
+    output_padding: tuple[int, ...] = ()
+    padding_mode: PaddingMode = PaddingMode.EXPLICIT_ROUND_DOWN
+
+
+@dataclass(frozen=True)
+class CumulativeParams:
+    """Inputs: x, axis (shape input, scalar)."""
+
+    exclusive: bool = False
+    reverse: bool = False
+
+
+@dataclass(frozen=True)
+class QuantizeParams:
+    """Inputs: x, scale, zero_point (optional). y = saturate(round(x / scale) + zero_point)."""
+
+    axis: int = 1
+    to_type: DataType = DataType.INT8
+    block_size: int = 0
+    saturate: bool = True
+
+
+@dataclass(frozen=True)
+class DequantizeParams:
+    """Inputs: x, scale, zero_point (optional). y = (x - zero_point) * scale."""
+
+    axis: int = 1
+    block_size: int = 0
+    to_type: DataType = DataType.FLOAT
+
+
+@dataclass(frozen=True)
+class EinsumParams:
+    equation: str
+
+
+@dataclass(frozen=True)
+class ElementWiseParams:
+    op: ElementWiseOperation
+
+
+@dataclass(frozen=True)
+class ExpandParams:
+    """Inputs: x, shape (shape input). Numpy bidirectional broadcast (ONNX Expand)."""
+
+
+@dataclass(frozen=True)
+class FillParams:
+    """CONSTANT: input shape (shape input) filled with ``value``; RANGE: inputs start, limit, delta."""
+
+    op: FillOperation
+    value: Any = 0.0
+    dtype: DataType = DataType.FLOAT
+
+
+@dataclass(frozen=True)
+class GatherParams:
+    """Inputs: data, indices. Negative indices count from the end."""
+
+    axis: int = 0
+    mode: GatherMode = GatherMode.DEFAULT
+    num_elementwise_dims: int = 0       # GatherND batch_dims
+
+
+@dataclass(frozen=True)
+class GridSampleParams:
+    mode: str = "linear"                # linear, nearest, cubic
+    padding_mode: str = "zeros"         # zeros, border, reflection
+    align_corners: bool = False
+
+
+@dataclass(frozen=True)
+class IdentityParams:
+    pass
+
+
+@dataclass(frozen=True)
+class LRNParams:
+    window_size: int
+    alpha: float = 1e-4
+    beta: float = 0.75
+    k: float = 1.0
+
+
+@dataclass(frozen=True)
+class MatrixMultiplyParams:
+    op0: MatrixOperation = MatrixOperation.NONE
+    op1: MatrixOperation = MatrixOperation.NONE
+
+
+@dataclass(frozen=True)
+class NMSParams:
+    """Inputs: boxes, scores, max_output_boxes_per_class, iou_threshold, score_threshold."""
+
+    center_point_box: int = 0
+
+
+@dataclass(frozen=True)
+class NonZeroParams:
+    pass
+
+
+@dataclass(frozen=True)
+class NormalizationParams:
+    """Inputs: x, scale, bias (optional).
+
+    ``y = (x - mean) / sqrt(var + epsilon) * scale + bias``, with mean and variance over
+    ``axes`` of x viewed as ``[N, num_groups, C / num_groups, *rest]`` when ``num_groups > 1``
+    (then ``axes`` refer to the grouped view).  ``rms`` skips the mean (RMSNorm).  Statistics
+    are computed in float32 at least.
+    """
+
+    axes: tuple[int, ...]
+    epsilon: float = 1e-5
+    num_groups: int = 1
+    rms: bool = False
+
+
+@dataclass(frozen=True)
+class OneHotParams:
+    """Inputs: indices, depth (shape input), values [off, on]."""
+
+    axis: int = -1
+
+
+@dataclass(frozen=True)
+class PaddingParams:
+    """Inputs: x, pads (shape input, ONNX layout [begins..., ends...]), value (optional), axes (optional)."""
+
+    mode: str = "constant"              # constant, reflect, edge, wrap
+
+
+@dataclass(frozen=True)
+class PluginParams:
+    """A built-in or user plugin, looked up by name and version. ``fields``: (key, value) pairs."""
+
+    name: str
+    version: str = "1"
+    fields: tuple[tuple[str, Any], ...] = ()
+
+    def field(self, key: str, default: Any = None) -> Any:
+        for k, v in self.fields:
+            if k == key:
+                return v
+        return default
+
+
+@dataclass(frozen=True)
+class PoolingParams:
+    type: PoolingType
+    window_size_nd: tuple[int, ...]
+    stride_nd: tuple[int, ...] = ()
+    pre_padding: tuple[int, ...] = ()
+    post_padding: tuple[int, ...] = ()
+    dilation_nd: tuple[int, ...] = ()
+    padding_mode: PaddingMode = PaddingMode.EXPLICIT_ROUND_DOWN
+    average_count_excludes_padding: bool = True
+    p: int = 2                          # LP pooling norm
+
+
+@dataclass(frozen=True)
+class ReduceParams:
+    op: ReduceOperation
+    axes: tuple[int, ...] | None = None   # None: every axis
+    keep_dims: bool = True
+
+
+@dataclass(frozen=True)
+class ResizeParams:
+    """Inputs: x, scales (optional, shape input), sizes (optional, shape input). ONNX Resize semantics."""
+
+    mode: str = "nearest"               # nearest, linear, cubic
+    coordinate_transformation: str = "half_pixel"
+    nearest_mode: str = "round_prefer_floor"
+    cubic_coeff_a: float = -0.75
+    exclude_outside: bool = False
+    extrapolation_value: float = 0.0
+    axes: tuple[int, ...] | None = None
+    keep_aspect_ratio_policy: str = "stretch"
+    antialias: bool = False
+
+
+@dataclass(frozen=True)
+class ReverseSequenceParams:
+    """Inputs: x, sequence_lens."""
+
+    batch_axis: int = 1
+    time_axis: int = 0
+
+
+@dataclass(frozen=True)
+class ScaleParams:
+    """Inputs: x, shift, scale, power (each optional). y = (x * scale + shift) ** power."""
+
+    mode: ScaleMode = ScaleMode.CHANNEL
+    channel_axis: int = 1
+
+
+@dataclass(frozen=True)
+class ScatterParams:
+    """Inputs: data, indices, updates."""
+
+    mode: ScatterMode = ScatterMode.ELEMENT
+    axis: int = 0
+    reduction: str = "none"             # none, add, mul, max, min
+
+
+@dataclass(frozen=True)
+class SelectParams:
+    """Inputs: condition, then, else (numpy broadcasting)."""
+
+
+@dataclass(frozen=True)
+class ShapeParams:
+    """Output: int64 vector of the input's shape."""
+
+
+@dataclass(frozen=True)
+class ShuffleParams:
+    """transpose -> reshape -> transpose. Input 1 (optional, shape input) gives reshape dims."""
+
+    first_transpose: tuple[int, ...] | None = None
+    reshape_dims: tuple[int, ...] | None = None
+    second_transpose: tuple[int, ...] | None = None
+    zero_is_placeholder: bool = True    # a 0 in the dims copies the input dim (ONNX allowzero=0)
+
+
+@dataclass(frozen=True)
+class SliceParams:
+    """Inputs: x, starts, ends, axes (optional), steps (optional); all but x shape inputs.
+
+    ONNX Slice semantics (negative indices count from the end; bounds are clamped).
+    """
+
+
+@dataclass(frozen=True)
+class SoftmaxParams:
+    axis: int = -1
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class SqueezeParams:
+    """Axes to drop; None: every dim of size 1. Input 1 (optional, shape input) gives the axes."""
+
+    axes: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TileParams:
+    """Inputs: x, repeats (shape input)."""
+
+
+@dataclass(frozen=True)
+class TopKParams:
+    """Inputs: x, k (optional shape input, overrides ``k``). Outputs: values, int64 indices."""
+
+    op: TopKOperation = TopKOperation.MAX
+    k: int = 1
+    axis: int = -1
+    sorted: bool = True
+
+
+@dataclass(frozen=True)
+class UnaryParams:
+    op: UnaryOperation
+
+
+@dataclass(frozen=True)
+class UnsqueezeParams:
+    """Axes of the output at which to insert size-1 dims. Input 1 (optional, shape input) gives them."""
+
+    axes: tuple[int, ...] | None = None
+
+
+PARAMS: dict[LayerKind, type] = {
+    LayerKind.ACTIVATION: ActivationParams,
+    LayerKind.CAST: CastParams,
+    LayerKind.CONCATENATION: ConcatenationParams,
+    LayerKind.CONSTANT: ConstantParams,
+    LayerKind.CONVOLUTION: ConvolutionParams,
+    LayerKind.CUMULATIVE: CumulativeParams,
+    LayerKind.DECONVOLUTION: DeconvolutionParams,
+    LayerKind.DEQUANTIZE: DequantizeParams,
+    LayerKind.EINSUM: EinsumParams,
+    LayerKind.ELEMENTWISE: ElementWiseParams,
+    LayerKind.EXPAND: ExpandParams,
+    LayerKind.FILL: FillParams,
+    LayerKind.GATHER: GatherParams,
+    LayerKind.GRID_SAMPLE: GridSampleParams,
+    LayerKind.IDENTITY: IdentityParams,
+    LayerKind.LRN: LRNParams,
+    LayerKind.MATRIX_MULTIPLY: MatrixMultiplyParams,
+    LayerKind.NMS: NMSParams,
+    LayerKind.NON_ZERO: NonZeroParams,
+    LayerKind.NORMALIZATION: NormalizationParams,
+    LayerKind.ONE_HOT: OneHotParams,
+    LayerKind.PADDING: PaddingParams,
+    LayerKind.PLUGIN: PluginParams,
+    LayerKind.POOLING: PoolingParams,
+    LayerKind.QUANTIZE: QuantizeParams,
+    LayerKind.REDUCE: ReduceParams,
+    LayerKind.RESIZE: ResizeParams,
+    LayerKind.REVERSE_SEQUENCE: ReverseSequenceParams,
+    LayerKind.SCALE: ScaleParams,
+    LayerKind.SCATTER: ScatterParams,
+    LayerKind.SELECT: SelectParams,
+    LayerKind.SHAPE: ShapeParams,
+    LayerKind.SHUFFLE: ShuffleParams,
+    LayerKind.SLICE: SliceParams,
+    LayerKind.SOFTMAX: SoftmaxParams,
+    LayerKind.SQUEEZE: SqueezeParams,
+    LayerKind.TILE: TileParams,
+    LayerKind.TOPK: TopKParams,
+    LayerKind.UNARY: UnaryParams,
+    LayerKind.UNSQUEEZE: UnsqueezeParams,
+}
+
+# Input positions read as host values (TensorRT's shape tensors).
+SHAPE_INPUTS: dict[LayerKind, frozenset[int]] = {
+    LayerKind.CUMULATIVE: frozenset({1}),
+    LayerKind.EXPAND: frozenset({1}),
+    LayerKind.FILL: frozenset({0, 1, 2}),
+    LayerKind.NMS: frozenset({2, 3, 4}),
+    LayerKind.ONE_HOT: frozenset({1}),
+    LayerKind.PADDING: frozenset({1, 3}),
+    LayerKind.RESIZE: frozenset({1, 2}),
+    LayerKind.SHUFFLE: frozenset({1}),
+    LayerKind.SLICE: frozenset({1, 2, 3, 4}),
+    LayerKind.SQUEEZE: frozenset({1}),
+    LayerKind.TILE: frozenset({1}),
+    LayerKind.TOPK: frozenset({1}),
+    LayerKind.UNSQUEEZE: frozenset({1}),
+}
+
+# Layers whose output shape depends on input values that are not shape inputs.
+DATA_DEPENDENT: frozenset[LayerKind] = frozenset({LayerKind.NON_ZERO, LayerKind.NMS})
+
+ENUMS: dict[str, type[enum.Enum]] = {
+    e.__name__: e
+    for e in (LayerKind, ActivationType, ElementWiseOperation, UnaryOperation, MatrixOperation,
+              PaddingMode, PoolingType, ScaleMode, ReduceOperation, TopKOperation, GatherMode,
+              ScatterMode, FillOperation, DataType)
+}
+
+
+def params_replace(params: Any, **changes: Any) -> Any:
+    """A copy of a frozen params dataclass with some fields changed."""
+    return dataclasses.replace(params, **changes)
+
+
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("annotations", "dataclasses", "enum", "np")]

@@ -1,0 +1,240 @@
+"""ONNX -> Network.
+
+:func:`parse` checks every node first and raises once with the complete list of what is
+unsupported (op, attribute, opset), then calls one importer per node.
+"""
+from __future__ import annotations
+
+import collections
+import difflib
+import inspect
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from kilnrt.errors import ErrorCode, ImportErrors, KilnError, UnsupportedNodeError
+from kilnrt.network.dtypes import DataType
+from kilnrt.network.graph import Network, Tensor
+from kilnrt.network.layers import IdentityParams, LayerKind
+from kilnrt.onnx import registry
+from kilnrt.onnx.context import ImportContext
+
+log = logging.getLogger("kilnrt.onnx")
+
+MIN_OPSET = 1
+
+
+def load_model(model: Any) -> tuple[onnx.ModelProto, str | None]:
+    """An ONNX ModelProto from a path, bytes or a ModelProto; and the folder for external data."""
+    if isinstance(model, onnx.ModelProto):
+        return model, None
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        try:
+            return onnx.load_from_string(bytes(model)), None
+        except Exception as exc:  # noqa: BLE001
+            raise KilnError(ErrorCode.INVALID_MODEL, f"the bytes given are not an ONNX model: {exc}") from None
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if not os.path.exists(path):
+            raise KilnError(ErrorCode.INVALID_MODEL, f"ONNX file {path!r} does not exist")
+        try:
+            return onnx.load(path), os.path.dirname(os.path.abspath(path))
+        except Exception as exc:  # noqa: BLE001
+            raise KilnError(ErrorCode.INVALID_MODEL, f"{path!r} could not be read as an ONNX model: {exc}") from None
+    raise KilnError(ErrorCode.INVALID_ARGUMENT,
+                    f"expected an ONNX path, bytes or onnx.ModelProto, got {type(model).__name__}")
+
+
+def model_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in registry.DEFAULT_DOMAINS:
+            return imp.version
+    return 1
+
+
+def attribute_value(attr: onnx.AttributeProto, model_dir: str | None = None) -> Any:
+    v = helper.get_attribute_value(attr)
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    if isinstance(v, onnx.TensorProto):
+        return numpy_helper.to_array(v, base_dir=model_dir or "")
+    if isinstance(v, list):
+        if v and isinstance(v[0], bytes):
+            return tuple(x.decode("utf-8") for x in v)
+        if v and isinstance(v[0], onnx.TensorProto):
+            return tuple(numpy_helper.to_array(x) for x in v)
+        return tuple(v)
+    return v
+
+
+def check_model(model: onnx.ModelProto) -> list[UnsupportedNodeError]:
+    """Every node kilnrt cannot import, found before importing anything."""
+    opset = model_opset(model)
+    errors: list[UnsupportedNodeError] = []
+    unknown: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
+    for i, node in enumerate(model.graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        if node.domain not in registry.DEFAULT_DOMAINS and registry.lookup(node.op_type, opset, node.domain) is None:
+            unknown[(node.domain, node.op_type)].append(name)
+            continue
+        imp = registry.lookup(node.op_type, opset, node.domain)
+        if imp is None:
+            unknown[(node.domain, node.op_type)].append(name)
+            continue
+        if not imp.accepts_any_attribute:
+            allowed = imp.attributes
+            for attr in node.attribute:
+                if attr.name not in allowed:
+                    errors.append(UnsupportedNodeError(
+                        ErrorCode.UNSUPPORTED_NODE_ATTR,
+                        f"attribute {attr.name!r} is not supported; supported attributes: "
+                        f"{', '.join(sorted(allowed)) or 'none'}",
+                        node=name, op=node.op_type, opset=opset))
+    supported = registry.supported_ops()
+    for (domain, op), names in unknown.items():
+        close = difflib.get_close_matches(op, supported, n=3, cutoff=0.5)
+        versions = [e.since for e in registry.registered().get(("", op), [])]
+        if versions:
+            hint = (f"kilnrt supports {op} from opset {min(versions)}; the model uses opset {opset}: "
+                    f"re-export it with opset >= {min(versions)}")
+        elif close:
+            hint = f"nearest supported ops: {', '.join(close)}"
+        else:
+            hint = "see docs/operators.md for the supported ops, or add a plugin"
+        dom = f" (domain {domain!r})" if domain not in registry.DEFAULT_DOMAINS else ""
+        count = f"{len(names)} node{'s' if len(names) > 1 else ''}"
+        errors.append(UnsupportedNodeError(
+            ErrorCode.UNSUPPORTED_NODE,
+            f"op {op}{dom} is not supported ({count}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); {hint}",
+            node=names[0], op=op, opset=opset))
+    return errors
+
+
+def _input_shape(value_info: onnx.ValueInfoProto) -> tuple:
+    shape = []
+    tt = value_info.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    for d in tt.shape.dim:
+        if d.HasField("dim_value"):
+            shape.append(int(d.dim_value))
+        elif d.HasField("dim_param") and d.dim_param:
+            shape.append(d.dim_param)
+        else:
+            shape.append(-1)
+    return tuple(shape)
+
+
+def parse(model: Any, *, name: str | None = None) -> Network:
+    """Import an ONNX model (path, bytes or ModelProto) into a :class:`Network`."""
+    proto, model_dir = load_model(model)
+    return parse_proto(proto, model_dir=model_dir, name=name)
+
+
+def parse_proto(proto: onnx.ModelProto, *, model_dir: str | None = None, name: str | None = None) -> Network:
+    graph = proto.graph
+    opset = model_opset(proto)
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise KilnError(ErrorCode.INVALID_MODEL,
+                        f"the model uses opset {opset}, newer than the installed onnx knows ({newest}); "
+                        "upgrade onnx or export with an older opset")
+    errors = check_model(proto)
+    if errors:
+        raise ImportErrors(errors)
+
+    net = Network(name or graph.name or "onnx")
+    net.opset = opset
+    ctx = ImportContext(net, opset, model_dir)
+    init_names = set()
+    for init in graph.initializer:
+        ctx.initializers[init.name] = init
+        init_names.add(init.name)
+    for sparse in graph.sparse_initializer:
+        dense = numpy_helper.to_array(sparse.values)
+        idx = numpy_helper.to_array(sparse.indices)
+        full = np.zeros(tuple(sparse.dims), dtype=dense.dtype)
+        if idx.ndim == 1:
+            full.reshape(-1)[idx] = dense
+        else:
+            full[tuple(idx.T)] = dense
+        ctx.initializers[sparse.values.name] = numpy_helper.from_array(full, sparse.values.name)
+        init_names.add(sparse.values.name)
+    for vi in graph.input:
+        if vi.name in init_names:
+            continue
+        if not vi.type.HasField("tensor_type"):
+            raise UnsupportedNodeError(ErrorCode.UNSUPPORTED_NODE_DATATYPE,
+                                       f"graph input {vi.name!r} is not a tensor (sequence/map/optional inputs are not supported)")
+        try:
+            dtype = DataType.from_onnx(vi.type.tensor_type.elem_type)
+        except TypeError as exc:
+            raise UnsupportedNodeError(ErrorCode.UNSUPPORTED_NODE_DATATYPE,
+                                       f"graph input {vi.name!r}: {exc}") from None
+        shape = _input_shape(vi)
+        if shape is None:
+            raise UnsupportedNodeError(ErrorCode.UNSUPPORTED_NODE_SHAPE,
+                                       f"graph input {vi.name!r} has no shape (unknown rank); give it one")
+        ctx.tensors[vi.name] = net.add_input(vi.name, dtype, shape)
+
+    for i, node in enumerate(graph.node):
+        import_node(ctx, node, i)
+
+    for vi in graph.output:
+        t = ctx.get(vi.name)
+        if t.name != vi.name and vi.name not in net.tensors and not (t.is_network_input or t.is_network_output):
+            t.name = vi.name
+        elif t.name != vi.name or t.is_network_input or t.is_network_output:
+            out_name = vi.name if vi.name not in net.tensors else net.unique_name(vi.name)
+            t = net.add_layer(LayerKind.IDENTITY, IdentityParams(), [t], name=net.unique_name(f"{vi.name}/identity"),
+                              output_names=[out_name]).outputs[0]
+        net.mark_output(t)
+    return net
+
+
+def _call_args(imp, ctx: ImportContext, node: onnx.NodeProto) -> tuple[list, dict]:
+    inputs = [ctx.get(n) for n in node.input]
+    attrs = {a.name: attribute_value(a, ctx.model_dir) for a in node.attribute}
+    return inputs, attrs
+
+
+def import_node(ctx: ImportContext, node: onnx.NodeProto, index: int) -> None:
+    imp = registry.lookup(node.op_type, ctx.opset, node.domain)
+    ctx.node = node
+    ctx.node_name = node.name or f"{node.op_type}_{index}"
+    ctx._layer_count = 0
+    start = len(ctx.net.layers)
+    inputs, attrs = _call_args(imp, ctx, node)
+    sig = inspect.signature(imp.fn)
+    positional = [p for p in list(sig.parameters.values())[2:]
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    variadic = any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values())
+    required = [p for p in positional if p.default is p.empty]
+    ctx.require(len(inputs) >= len(required) and all(inputs[i] is not None for i in range(len(required))),
+                ErrorCode.INVALID_NODE,
+                f"needs inputs {', '.join(p.name for p in required)}; got {len(inputs)} input(s)")
+    ctx.require(variadic or len(inputs) <= len(positional), ErrorCode.UNSUPPORTED_NODE_INPUT,
+                f"takes at most {len(positional)} inputs ({', '.join(p.name for p in positional)}); got {len(inputs)}")
+    try:
+        result = imp.fn(ctx, node, *inputs, **attrs)
+    except KilnError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an importer bug or an input it did not expect
+        raise ctx.error(ErrorCode.INVALID_NODE, f"could not be imported: {type(exc).__name__}: {exc}") from exc
+    outputs = list(result) if isinstance(result, (tuple, list)) else [result]
+    for k, onnx_name in enumerate(node.output):
+        if onnx_name == "":
+            continue
+        if k >= len(outputs) or outputs[k] is None:
+            ctx.unavailable[onnx_name] = (f"output {k} ({onnx_name!r}) of node '{ctx.node_name}' ({node.op_type}) "
+                                          "is not produced by kilnrt's importer, but a later node or the graph uses it")
+            continue
+        t = outputs[k]
+        ctx.tensors[onnx_name] = t
+        created = t.producer is not None and t.producer in ctx.net.layers[start:]
+        if created and t.name != onnx_name and onnx_name not in ctx.net.tensors:
+            t.name = onnx_name

@@ -1,0 +1,1 @@
+"""Optimization passes: each a pure function ``Network -> Network``."""
