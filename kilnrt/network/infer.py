@@ -45,11 +45,15 @@ def run_layer(layer, inputs: Sequence[torch.Tensor | None]) -> list[torch.Tensor
 
 
 def propagate(network, feeds: Mapping[str, torch.Tensor], *, start: int = 0,
-              probes: dict[str, torch.Tensor | None] | None = None) -> dict[str, torch.Tensor | None]:
+              probes: dict[str, torch.Tensor | None] | None = None,
+              run: int | None = None) -> dict[str, torch.Tensor | None]:
     """Run the network on ``feeds`` (real or meta tensors); returns every tensor's probe value.
 
-    A layer that fails on its probe gives None for its outputs (unknown), and so do the
-    layers that depend on it.
+    A layer that cannot run on meta tensors (data-dependent output shapes) is retried on
+    zero-filled real inputs to learn its outputs' rank and dtype; in probing run ``run``
+    its outputs then get placeholder sizes, so that every dim depending on it reads as -1.
+    Without ``run``, or when that fails too, its outputs are None (unknown), and so are
+    the outputs of the layers that depend on it.
     """
     values: dict[str, torch.Tensor | None] = dict(probes or {})
     values.update(feeds)
@@ -63,12 +67,31 @@ def propagate(network, feeds: Mapping[str, torch.Tensor], *, start: int = 0,
             try:
                 outs = run_layer(layer, ins)
                 outs = [_demote(o) for o in outs]
-            except Exception as exc:  # noqa: BLE001 - data-dependent or failing layers become unknown
+            except Exception as exc:  # noqa: BLE001 - data-dependent or failing layers
                 log.debug("layer %s (%s): no static shape: %s", layer.name, layer.kind.value, exc)
-                outs = [None] * len(layer.outputs)
+                outs = _data_dependent_probe(layer, ins, run) if run is not None else [None] * len(layer.outputs)
         for t, v in zip(layer.outputs, outs):
             values[t.name] = v
     return values
+
+
+_DATA_DEPENDENT_SIZE = (7, 11)
+
+
+def _data_dependent_probe(layer, inputs, run: int) -> list[torch.Tensor | None]:
+    real = []
+    for t in inputs:
+        if t is not None and _is_meta(t):
+            if t.numel() > _MAX_REAL_ELEMENTS:
+                return [None] * len(layer.outputs)
+            t = torch.zeros(t.shape, dtype=t.dtype)
+        real.append(t)
+    try:
+        outs = run_layer(layer, real)
+    except Exception:  # noqa: BLE001
+        return [None] * len(layer.outputs)
+    size = _DATA_DEPENDENT_SIZE[run]
+    return [torch.empty((size,) * o.dim(), dtype=o.dtype, device="meta") for o in outs]
 
 
 def _demote(t: torch.Tensor) -> torch.Tensor:
@@ -115,10 +138,10 @@ def infer_network(network) -> None:
     if start == 0:
         probes.clear()
         for r in range(2):
-            probes[r] = propagate(network, _feeds(network, runs[r]))
+            probes[r] = propagate(network, _feeds(network, runs[r]), run=r)
     else:
         for r in range(2):
-            probes[r] = propagate(network, {}, start=start, probes=probes[r])
+            probes[r] = propagate(network, {}, start=start, probes=probes[r], run=r)
     by_size = [{v: k for k, v in run.items()} for run in runs]
     for layer in network.layers[start:]:
         for t in layer.outputs:

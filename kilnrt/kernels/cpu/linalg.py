@@ -5,8 +5,7 @@ import torch
 
 from kilnrt.kernels.registry import kernel
 from kilnrt.network.layers import (LayerKind, MatrixMultiplyParams, MatrixOperation as M,
-                                   NormalizationParams, ReduceOperation as R, ReduceParams,
-                                   SoftmaxParams)
+                                   ReduceOperation as R, ReduceParams, SoftmaxParams)
 
 
 @kernel(LayerKind.MATRIX_MULTIPLY)
@@ -32,7 +31,7 @@ def softmax(p: SoftmaxParams, x: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(x, p.axis) if p.log else torch.softmax(x, p.axis)
 
 
-def _axes(p_axes: tuple[int, ...] | None, rank: int) -> tuple[int, ...]:
+def normalize_axes(p_axes: tuple[int, ...] | None, rank: int) -> tuple[int, ...]:
     if p_axes is None:
         return tuple(range(rank))
     return tuple(sorted({a % rank for a in p_axes})) if rank else ()
@@ -40,7 +39,7 @@ def _axes(p_axes: tuple[int, ...] | None, rank: int) -> tuple[int, ...]:
 
 @kernel(LayerKind.REDUCE)
 def reduce(p: ReduceParams, x: torch.Tensor) -> torch.Tensor:
-    axes = _axes(p.axes, x.dim())
+    axes = normalize_axes(p.axes, x.dim())
     if not axes:
         return x.clone()
     if p.op == R.SUM:
@@ -69,29 +68,3 @@ def reduce(p: ReduceParams, x: torch.Tensor) -> torch.Tensor:
     for a in sorted(axes, reverse=True):
         y = torch.prod(y, dim=a, keepdim=p.keep_dims, dtype=x.dtype)
     return y
-
-
-@kernel(LayerKind.NORMALIZATION)
-def normalization(p: NormalizationParams, x: torch.Tensor, scale: torch.Tensor | None = None,
-                  bias: torch.Tensor | None = None) -> torch.Tensor:
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    xf = x.to(compute)
-    if p.num_groups > 1:
-        shape = xf.shape
-        g = xf.reshape(shape[0], p.num_groups, -1)
-        dims: tuple[int, ...] = (2,)
-    else:
-        g = xf
-        dims = _axes(p.axes, xf.dim())
-    if p.rms:
-        y = g * torch.rsqrt(g.pow(2).mean(dim=dims, keepdim=True) + p.epsilon)
-    else:
-        var, mean = torch.var_mean(g, dim=dims, keepdim=True, unbiased=False)
-        y = (g - mean) * torch.rsqrt(var + p.epsilon)
-    if p.num_groups > 1:
-        y = y.reshape(shape)
-    if scale is not None:
-        y = y * scale.to(compute)
-    if bias is not None:
-        y = y + bias.to(compute)
-    return y.to(x.dtype)

@@ -12,27 +12,9 @@ from kilnrt.network.layers import (ConcatenationParams, ExpandParams, FillOperat
 from kilnrt.onnx.registry import importer
 
 
-def _dtype(ctx, to: int) -> DataType:
-    try:
-        return DataType.from_onnx(int(to))
-    except TypeError as exc:
-        raise ctx.error(ErrorCode.UNSUPPORTED_NODE_DATATYPE, str(exc)) from None
-
-
 @importer("Identity")
 def identity(ctx, node, x):
     return ctx.out(LayerKind.IDENTITY, IdentityParams(), x)
-
-
-@importer("Cast")
-def cast(ctx, node, x, *, to=None, saturate=1, round_mode="up"):
-    ctx.require(to is not None, ErrorCode.INVALID_NODE, "attribute 'to' is required")
-    return ctx.cast(x, _dtype(ctx, to))
-
-
-@importer("CastLike", since=15)
-def cast_like(ctx, node, x, target, *, saturate=1, round_mode="up"):
-    return ctx.cast(x, ctx.dtype(target))
 
 
 @importer("Constant")
