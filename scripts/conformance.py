@@ -21,6 +21,31 @@ warnings.filterwarnings("ignore")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+EXPECTED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data",
+                        "conformance_cpu_expected.txt")
+
+
+def expected_path(device: str = "CPU") -> str:
+    return EXPECTED.replace("_cpu_", f"_{device.lower()}_")
+
+
+def read_expected(device: str = "CPU") -> set[str]:
+    path = expected_path(device)
+    if not os.path.exists(path):
+        return set()
+    with open(path) as f:
+        return {line.strip() for line in f if line.strip() and not line.startswith("#")}
+
+
+def write_expected(names: list[str], device: str = "CPU") -> None:
+    path = expected_path(device)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(f"# ONNX backend-suite cases that pass on {device}; a case listed here that fails is a\n"
+                "# regression. Regenerate with: python scripts/conformance.py --update-expected\n")
+        f.write("\n".join(names) + "\n")
+
+
 def suite_cases(device: str = "CPU"):
     import onnx.backend.test
 
@@ -74,8 +99,16 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="CPU", choices=["CPU", "CUDA"])
     p.add_argument("--show-failures", action="store_true")
     p.add_argument("-o", "--output", default=None, help="write per-case results as JSON")
+    p.add_argument("--update-expected", action="store_true",
+                   help=f"rewrite {os.path.relpath(EXPECTED)} with every case that passes now")
     args = p.parse_args(argv)
-    run(args.filter, args.device, args.show_failures, args.output)
+    result = run(args.filter, args.device, args.show_failures, args.output)
+    if args.update_expected:
+        if args.filter:
+            p.error("--update-expected needs the whole suite (no -k)")
+        passed = sorted(n for n, r in result["cases"].items() if r["status"] == "passed")
+        write_expected(passed, args.device)
+        print(f"wrote {len(passed)} expected passes to {expected_path(args.device)}")
     return 0
 
 
