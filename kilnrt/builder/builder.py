@@ -17,8 +17,9 @@ from kilnrt.builder.memory import plan_memory
 from kilnrt.builder.timing import TimingCache, device_name, layer_signature, time_callable
 from kilnrt.engine.engine import Engine, EngineLayer, IOTensor
 from kilnrt.errors import BuildError, ErrorCode, KilnError, NetworkError, ShapeError
+from kilnrt.kernels.precision import tf32_mode
 from kilnrt.kernels.registry import TacticContext, tactics_for
-from kilnrt.network.dtypes import numpy_to_torch
+from kilnrt.network.dtypes import DataType, numpy_to_torch
 from kilnrt.network.graph import Network
 from kilnrt.network.infer import concrete_shapes
 from kilnrt.network.layers import LayerKind
@@ -210,6 +211,36 @@ def _time_candidates(layer, candidates, ctx, shapes, cache, config):
     return next(c for c in candidates if c.name == best), timings
 
 
+def _low_precision(config: BuilderConfig) -> DataType | None:
+    """The reduced precision the builder lowers float32 layers to, if any (GPU only)."""
+    wanted = DataType.HALF if BuilderFlag.FP16 in config.flags else (
+        DataType.BF16 if BuilderFlag.BF16 in config.flags else None)
+    if wanted is not None and config.device == "cpu":
+        log.warning("%s was allowed, but the CPU backend runs every layer in FP32", wanted.name)
+        return None
+    return wanted
+
+
+def specialize_static_profiles(net: Network, profiles: list[dict[str, tuple]]) -> Network:
+    """Fix the dims that the (single) profile pins (min == max), so shape computations fold."""
+    if len(profiles) != 1:
+        return net
+    fixed = {}
+    for t in net.inputs:
+        lo, _, hi = profiles[0].get(t.name, (None, None, None))
+        if lo is not None and _dynamic(t.shape):
+            dims = tuple(l if l == h else d for l, h, d in zip(lo, hi, t.shape))
+            if dims != tuple(t.shape):
+                fixed[t.name] = dims
+    if not fixed:
+        return net
+    clone = net.clone()
+    for t in clone.inputs:
+        if t.name in fixed:
+            t.shape = fixed[t.name]
+    return clone
+
+
 def build_engine(network: Network, config: BuilderConfig | None = None) -> Engine:
     from kilnrt.optimize import optimize
 
@@ -221,7 +252,14 @@ def build_engine(network: Network, config: BuilderConfig | None = None) -> Engin
         raise BuildError(ErrorCode.INVALID_ARGUMENT, "device 'cuda' was asked for, but no CUDA GPU is available")
     layers_in = len(network.layers)
     passes: list = []
-    net = optimize(network, config.builder_optimization_level, report=passes)
+    net = specialize_static_profiles(network, profiles)
+    net = optimize(net, config.builder_optimization_level, report=passes)
+    low = _low_precision(config)
+    if low is not None:
+        from kilnrt.optimize.passes.precision import lower_precision
+
+        net = lower_precision(net, low)
+        net = optimize(net, 0)
     net.infer()
     opt = _opt_shapes(net, profiles)
     shapes = concrete_shapes(net, opt) if opt is not None else None
@@ -233,7 +271,8 @@ def build_engine(network: Network, config: BuilderConfig | None = None) -> Engin
         bar = tqdm(total=sum(1 for l in net.layers if l.kind != LayerKind.CONSTANT), desc="kilnrt: tactics",
                    unit="layer", leave=False)
     try:
-        layers = select_tactics(net, config, shapes, (lambda: bar.update(1)) if bar else None)
+        with tf32_mode(BuilderFlag.TF32 in config.flags):
+            layers = select_tactics(net, config, shapes, (lambda: bar.update(1)) if bar else None)
     finally:
         if bar is not None:
             bar.close()
@@ -267,9 +306,6 @@ def build_engine(network: Network, config: BuilderConfig | None = None) -> Engin
             tensors[t.name] = {"dtype": t.dtype.name if t.dtype else None,
                                "shape": None if t.shape is None else list(t.shape),
                                "opt_shape": list(concrete[0]) if concrete else None}
-    if BuilderFlag.FP16 in config.flags or BuilderFlag.BF16 in config.flags:
-        if config.device == "cpu":
-            log.warning("FP16/BF16 was allowed, but the CPU backend runs every layer in FP32")
     build_info = {
         "seconds": round(time.perf_counter() - t0, 3), "layers_in": layers_in,
         "layers_out": len(layers), "constants": len(constants), "passes": passes,

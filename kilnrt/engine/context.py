@@ -29,6 +29,8 @@ class ExecutionContext:
         self._addresses: dict[str, Any] = {}
         self._allocators: dict[str, Any] = {}
         self._output_shapes: dict[str, tuple[int, ...]] = {}
+        self._graphs = None
+        self.use_cuda_graph = True
 
     # -- shapes ----------------------------------------------------------------------
     def set_input_shape(self, name: str, shape: Sequence[int]) -> bool:
@@ -120,6 +122,15 @@ class ExecutionContext:
 
     # -- running ---------------------------------------------------------------------
     def execute_async_v3(self, stream_handle: int = 0) -> bool:
+        """Run on ``stream_handle`` (a CUDA stream pointer; 0: the current stream): reads the
+        bound inputs, writes the bound outputs, all ordered on that stream."""
+        if self.engine.device != "cuda":
+            return self._execute_bound(0)
+        stream = torch.cuda.ExternalStream(stream_handle) if stream_handle else torch.cuda.current_stream()
+        with torch.cuda.stream(stream):
+            return self._execute_bound(stream_handle)
+
+    def _execute_bound(self, stream_handle: int) -> bool:
         feeds = {}
         for t in self.engine.io:
             if t.mode != "input":
@@ -184,7 +195,18 @@ class ExecutionContext:
         flat.copy_(value.reshape(-1).to(flat.dtype))
 
     def _execute(self, feeds: Mapping[str, torch.Tensor], stream_handle: int = 0) -> dict[str, torch.Tensor]:
-        return self.engine.program.execute(feeds, self.profiler)
+        program = self.engine.program
+        if program.device.type != "cuda":
+            return program.execute(feeds, self.profiler)
+        stream = torch.cuda.ExternalStream(stream_handle) if stream_handle else torch.cuda.current_stream()
+        if self.profiler is not None or not self.use_cuda_graph:
+            with torch.cuda.stream(stream):
+                return program.execute(feeds, self.profiler)
+        if self._graphs is None:
+            from kilnrt.engine.cudagraph import GraphCache
+
+            self._graphs = GraphCache(program)
+        return self._graphs.run(feeds, stream)
 
     def run(self, feeds: Mapping[str, Any] | None = None, **named: Any) -> dict[str, Any]:
         """Run on numpy arrays or torch tensors; returns outputs of the same kind."""
@@ -229,6 +251,8 @@ class ExecutionContext:
             self._output_shapes[name] = tuple(value.shape)
         if as_numpy:  # numpy results are always the caller's own arrays
             return {name: torch_to_numpy(v).copy() for name, v in outputs.items()}
+        if self._graphs is not None:  # graph outputs are rewritten by the next replay
+            return {name: v.clone() for name, v in outputs.items()}
         owned = list(tensors.values()) + list(self.engine.program.constants.values())
         return {name: v.clone() if _aliases(v, owned) else v for name, v in outputs.items()}
 

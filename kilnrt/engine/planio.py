@@ -54,6 +54,8 @@ def engine_from_bytes(data: bytes, *, check_device: bool = True) -> Engine:
     from kilnrt import __version__
 
     header, weights, kernels = unpack(data)
+    if not isinstance(header, dict):
+        raise PlanError(ErrorCode.PLAN_CORRUPT, f"the plan's header is a JSON {type(header).__name__}, not an object")
     if header.get("kilnrt_version") != __version__:
         raise PlanError(ErrorCode.PLAN_VERSION,
                         f"the plan was built by kilnrt {header.get('kilnrt_version')}; this is kilnrt {__version__}. "
@@ -90,10 +92,12 @@ def engine_from_bytes(data: bytes, *, check_device: bool = True) -> Engine:
             portable=bool(header.get("portable")), kernels=kernels, version=header["kilnrt_version"])
     except PlanError:
         raise
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise PlanError(ErrorCode.PLAN_CORRUPT, f"the plan's header is malformed: {type(exc).__name__}: {exc}") from None
     for layer in engine.layers:
         from kilnrt.kernels.registry import get_tactic
 
+        if not isinstance(layer.tactic, str):
+            raise PlanError(ErrorCode.PLAN_CORRUPT, f"layer {layer.name!r} names tactic {layer.tactic!r}, not a string")
         get_tactic(layer.tactic)  # unknown tactic names are refused at load, not at first run
     return engine

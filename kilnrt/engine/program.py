@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import torch
 
 from kilnrt.errors import ErrorCode, ExecutionError, KilnError
+from kilnrt.kernels.precision import tf32_mode
 from kilnrt.kernels.registry import TacticContext, get_tactic
 from kilnrt.network.dtypes import numpy_to_torch
 from kilnrt.network.layers import SHAPE_INPUTS
@@ -55,8 +56,15 @@ class Program:
             if n not in keep:
                 self.steps[i].release.append(n)
         self.lock = threading.Lock()
+        self.tf32 = "tf32" in engine.build_info.get("flags", ())
 
     def execute(self, feeds: Mapping[str, torch.Tensor], profiler: Any = None) -> dict[str, torch.Tensor]:
+        if self.device.type != "cuda":
+            return self._execute(feeds, profiler)
+        with tf32_mode(self.tf32):
+            return self._execute(feeds, profiler)
+
+    def _execute(self, feeds: Mapping[str, torch.Tensor], profiler: Any = None) -> dict[str, torch.Tensor]:
         values: dict[str, torch.Tensor] = dict(self.constants)
         values.update(feeds)
         dev = self.device

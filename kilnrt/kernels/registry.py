@@ -110,18 +110,19 @@ def _load_builtin() -> None:
     import kilnrt.kernels.cpu  # noqa: F401  (registers the CPU kernels)
 
 
-def tactics_for(layer: Layer, device: str, ctx: TacticContext) -> list[Tactic]:
+def _load_device(device: str) -> None:
     _load_builtin()
+    if device == "cuda":
+        import kilnrt.kernels.cuda  # noqa: F401
+
+
+def tactics_for(layer: Layer, device: str, ctx: TacticContext) -> list[Tactic]:
+    _load_device(device)
     return [t for t in _TACTICS.values() if t.kind == layer.kind and t.device == device and t.supports(layer, ctx)]
 
 
 def get_tactic(name: str) -> Tactic:
-    _load_builtin()
-    if name.startswith("cuda."):
-        try:
-            import kilnrt.kernels.cuda  # noqa: F401
-        except ImportError:
-            pass
+    _load_device(name.split(".", 1)[0])
     if name not in _TACTICS:
         raise PlanError(ErrorCode.PLAN_UNKNOWN_TACTIC,
                         f"the plan uses tactic {name!r}, which this kilnrt does not have; "

@@ -26,6 +26,15 @@ class DataType(enum.Enum):
     BOOL = "bool"
     FP8 = "float8_e4m3fn"
     FP8_E5M2 = "float8_e5m2"
+    FP8_E4M3FNUZ = "float8_e4m3fnuz"
+    FP8_E5M2FNUZ = "float8_e5m2fnuz"
+    FP8_E8M0 = "float8_e8m0fnu"
+    # sub-byte integers: one element per byte, the value in the low bits (ml_dtypes' layout);
+    # torch has no arithmetic for them: kernels decode them (see kernels/cpu/quantize.py)
+    INT4 = "int4"
+    UINT4 = "uint4"
+    INT2 = "int2"
+    UINT2 = "uint2"
 
     @property
     def itemsize(self) -> int:
@@ -42,7 +51,8 @@ class DataType(enum.Enum):
     @property
     def is_floating(self) -> bool:
         return self in (DataType.FLOAT, DataType.HALF, DataType.BF16, DataType.DOUBLE,
-                        DataType.FP8, DataType.FP8_E5M2)
+                        DataType.FP8, DataType.FP8_E5M2, DataType.FP8_E4M3FNUZ, DataType.FP8_E5M2FNUZ,
+                        DataType.FP8_E8M0)
 
     @classmethod
     def from_numpy(cls, dtype) -> "DataType":
@@ -69,6 +79,8 @@ class DataType(enum.Enum):
             T.INT8: cls.INT8, T.UINT8: cls.UINT8, T.INT16: cls.INT16, T.UINT16: cls.UINT16,
             T.INT32: cls.INT32, T.UINT32: cls.UINT32, T.INT64: cls.INT64, T.UINT64: cls.UINT64,
             T.BOOL: cls.BOOL, T.FLOAT8E4M3FN: cls.FP8, T.FLOAT8E5M2: cls.FP8_E5M2,
+            T.FLOAT8E4M3FNUZ: cls.FP8_E4M3FNUZ, T.FLOAT8E5M2FNUZ: cls.FP8_E5M2FNUZ, T.FLOAT8E8M0: cls.FP8_E8M0,
+            T.INT4: cls.INT4, T.UINT4: cls.UINT4, T.INT2: cls.INT2, T.UINT2: cls.UINT2,
         }
         if elem_type not in table:
             from onnx import helper
@@ -88,6 +100,10 @@ _NUMPY = {
     DataType.INT64: np.dtype(np.int64), DataType.UINT64: np.dtype(np.uint64),
     DataType.BOOL: np.dtype(np.bool_), DataType.FP8: np.dtype(ml_dtypes.float8_e4m3fn),
     DataType.FP8_E5M2: np.dtype(ml_dtypes.float8_e5m2),
+    DataType.FP8_E4M3FNUZ: np.dtype(ml_dtypes.float8_e4m3fnuz), DataType.FP8_E5M2FNUZ: np.dtype(ml_dtypes.float8_e5m2fnuz),
+    DataType.FP8_E8M0: np.dtype(ml_dtypes.float8_e8m0fnu), DataType.INT4: np.dtype(ml_dtypes.int4),
+    DataType.UINT4: np.dtype(ml_dtypes.uint4), DataType.INT2: np.dtype(ml_dtypes.int2),
+    DataType.UINT2: np.dtype(ml_dtypes.uint2),
 }
 _TORCH = {
     DataType.FLOAT: torch.float32, DataType.HALF: torch.float16, DataType.BF16: torch.bfloat16,
@@ -96,7 +112,16 @@ _TORCH = {
     DataType.UINT32: torch.uint32, DataType.INT64: torch.int64, DataType.UINT64: torch.uint64,
     DataType.BOOL: torch.bool, DataType.FP8: torch.float8_e4m3fn,
     DataType.FP8_E5M2: torch.float8_e5m2,
+    DataType.FP8_E4M3FNUZ: torch.float8_e4m3fnuz, DataType.FP8_E5M2FNUZ: torch.float8_e5m2fnuz,
+    DataType.FP8_E8M0: torch.float8_e8m0fnu, DataType.INT4: torch.int4, DataType.UINT4: torch.uint4,
+    DataType.INT2: torch.int2, DataType.UINT2: torch.uint2,
 }
+# dtypes that torch.from_numpy / .numpy() do not know: moved as raw bytes and re-viewed
+_RAW = {DataType.BF16: (np.uint16, torch.uint16), DataType.FP8: (np.uint8, torch.uint8),
+        DataType.FP8_E5M2: (np.uint8, torch.uint8), DataType.FP8_E4M3FNUZ: (np.uint8, torch.uint8),
+        DataType.FP8_E5M2FNUZ: (np.uint8, torch.uint8), DataType.FP8_E8M0: (np.uint8, torch.uint8),
+        DataType.INT4: (np.uint8, torch.uint8), DataType.UINT4: (np.uint8, torch.uint8),
+        DataType.INT2: (np.uint8, torch.uint8), DataType.UINT2: (np.uint8, torch.uint8)}
 
 
 def numpy_to_torch(array: np.ndarray) -> torch.Tensor:
@@ -104,10 +129,10 @@ def numpy_to_torch(array: np.ndarray) -> torch.Tensor:
     or not writeable), for every kilnrt dtype including bfloat16 and float8."""
     array = np.asarray(array)
     if not array.flags.c_contiguous or not array.flags.writeable:
-        array = np.ascontiguousarray(array).copy()
+        array = np.array(array, order="C", copy=True)  # (ascontiguousarray makes 0-d arrays 1-d)
     dt = DataType.from_numpy(array.dtype)
-    if dt in (DataType.BF16, DataType.FP8, DataType.FP8_E5M2):
-        return torch.from_numpy(array.view(np.uint16 if dt == DataType.BF16 else np.uint8)).view(dt.torch)
+    if dt in _RAW:
+        return torch.from_numpy(array.view(_RAW[dt][0])).view(dt.torch)
     return torch.from_numpy(array)
 
 
@@ -117,7 +142,7 @@ def torch_to_numpy(tensor: torch.Tensor) -> np.ndarray:
     if t.device.type != "cpu":
         t = t.cpu()
     dt = DataType.from_torch(t.dtype)
-    if dt in (DataType.BF16, DataType.FP8, DataType.FP8_E5M2):
-        raw = t.contiguous().view(torch.uint16 if dt == DataType.BF16 else torch.uint8).numpy()
+    if dt in _RAW:
+        raw = t.view(_RAW[dt][1]).contiguous().numpy()
         return raw.view(dt.numpy)
     return t.numpy()

@@ -13,11 +13,32 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from kilnrt.errors import ErrorCode, NetworkError
+from kilnrt.network.definition import ALIASES, NetworkDefinition, trt_input_index
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import PARAMS, LayerKind
 
 Dim = int | str
 Shape = tuple[Dim, ...]
+
+
+def _as_dtype(dtype: Any) -> DataType:
+    if isinstance(dtype, DataType):
+        return dtype
+    if isinstance(dtype, str) and dtype in DataType.__members__:
+        return DataType[dtype]
+    try:
+        import torch
+
+        if isinstance(dtype, torch.dtype):
+            return DataType.from_torch(dtype)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        return DataType.from_numpy(dtype)
+    except TypeError:
+        raise NetworkError(ErrorCode.INVALID_ARGUMENT,
+                           f"dtype {dtype!r} is not a kilnrt DataType; use one of "
+                           + ", ".join(d.name for d in DataType)) from None
 
 
 class Tensor:
@@ -80,6 +101,30 @@ class Tensor:
         self.dynamic_range = (float(low), float(high))
         return True
 
+    def reset_dynamic_range(self) -> None:
+        self.dynamic_range = None
+
+    @property
+    def is_shape_tensor(self) -> bool:
+        return False
+
+    @property
+    def is_execution_tensor(self) -> bool:
+        return True
+
+    def set_dimension_name(self, index: int, name: str | None) -> None:
+        """Name dim ``index`` of a network input (a symbolic dim; dims with one name are equal)."""
+        if not self.is_network_input:
+            raise NetworkError(ErrorCode.INVALID_ARGUMENT,
+                               f"set_dimension_name applies to network inputs; {self._name!r} is not one")
+        dims = list(self._shape or ())
+        dims[index] = name if name else -1
+        self.shape = dims
+
+    def get_dimension_name(self, index: int) -> str | None:
+        d = (self.shape or ())[index]
+        return d if isinstance(d, str) else None
+
     @property
     def is_static(self) -> bool:
         return self.shape is not None and all(isinstance(d, int) and d >= 0 for d in self.shape)
@@ -125,10 +170,17 @@ class Layer:
         return self.outputs[index]
 
     def set_input(self, index: int, tensor: Tensor) -> None:
+        """Replace input ``index`` (TensorRT's positions where they differ from kilnrt's, see
+        :func:`~kilnrt.network.definition.trt_input_index`)."""
+        index = trt_input_index(self, index, tensor)
         while len(self.inputs) <= index:
             self.inputs.append(None)
         self.inputs[index] = tensor
-        self._network._changed()
+        net = self._network
+        if tensor is not None and tensor.producer is not None and \
+                net.layers.index(tensor.producer) > net.layers.index(self):
+            net._sort_layers()  # TensorRT lets a layer read a tensor made by a later-added layer
+        net._changed()
 
     def set_output_type(self, index: int, dtype: DataType) -> None:
         self.output_types[index] = dtype
@@ -144,26 +196,33 @@ class Layer:
         object.__setattr__(self, "precision", None)
 
     # Params fields read and write as attributes, as TensorRT's layer classes do
-    # (``conv.stride_nd = (2, 2)``).
+    # (``conv.stride_nd = (2, 2)``); TensorRT attributes that are not fields go through ALIASES.
     def __getattr__(self, key: str) -> Any:
+        alias = ALIASES.get((self.__dict__.get("kind"), key))
+        if alias is not None and alias.get is not None:
+            return alias.get(self)
         params = self.__dict__.get("params")
         if params is not None and key in getattr(params, "__dataclass_fields__", {}):
             return getattr(params, key)
         raise AttributeError(f"{type(self).__name__} of kind {self.__dict__.get('kind')} has no attribute {key!r}")
 
     def __setattr__(self, key: str, value: Any) -> None:
-        if key in ("name", "precision", "metadata", "origin"):
+        if key in ("name", "precision", "metadata", "origin", "__class__"):
             object.__setattr__(self, key, value)
             return
         if key == "params":
             object.__setattr__(self, "params", value)
             self._network._changed()
             return
+        alias = ALIASES.get((self.kind, key))
+        if alias is not None and alias.set is not None:
+            alias.set(self, value)
+            return
         fields = getattr(self.params, "__dataclass_fields__", {})
         if key in fields:
             import dataclasses
 
-            if isinstance(value, list):
+            if isinstance(value, list) or (isinstance(value, tuple) and type(value) is not tuple):
                 value = tuple(value)
             object.__setattr__(self, "params", dataclasses.replace(self.params, **{key: value}))
             self._network._changed()
@@ -177,11 +236,12 @@ class Layer:
         return f"Layer({self.name!r}, {self.kind.value}, [{ins}] -> [{outs}])"
 
 
-class Network:
+class Network(NetworkDefinition):
     """A network definition: inputs, layers in topological order, outputs.
 
-    Build one by hand with the ``add_*`` methods (TensorRT's ``INetworkDefinition``), from
-    ONNX with :func:`kilnrt.onnx.parse`, or copy one with :meth:`clone`.
+    Build one by hand with the ``add_*`` methods (TensorRT's ``INetworkDefinition``, see
+    :mod:`kilnrt.network.definition`), from ONNX with :func:`kilnrt.onnx.parse`, or copy one
+    with :meth:`clone`.
     """
 
     def __init__(self, name: str = "network") -> None:
@@ -204,10 +264,11 @@ class Network:
             if candidate not in self.tensors:
                 return candidate
 
-    def add_input(self, name: str, dtype: DataType, shape: Sequence[Dim]) -> Tensor:
+    def add_input(self, name: str, dtype: Any, shape: Sequence[Dim]) -> Tensor:
+        """A network input; ``dtype`` a DataType (or numpy/torch dtype), -1 or a name for dynamic dims."""
         if name in self.tensors:
             raise NetworkError(ErrorCode.INVALID_NETWORK, f"a tensor named {name!r} already exists")
-        t = Tensor(self, name, DataType(dtype) if not isinstance(dtype, DataType) else dtype, shape)
+        t = Tensor(self, name, _as_dtype(dtype), shape)
         self.tensors[name] = t
         self.inputs.append(t)
         self._changed()
@@ -243,6 +304,54 @@ class Network:
     def unmark_output(self, tensor: Tensor) -> None:
         self.outputs.remove(tensor)
 
+    def remove_tensor(self, tensor: Tensor) -> None:
+        """Remove an unused network input (TensorRT's ``remove_tensor``)."""
+        if tensor.name in self.consumers() or tensor.is_network_output:
+            raise NetworkError(ErrorCode.INVALID_NETWORK, f"tensor {tensor.name!r} is still used; it cannot be removed")
+        if tensor in self.inputs:
+            self.inputs.remove(tensor)
+        self.tensors.pop(tensor.name, None)
+        self._changed()
+
+    def adopt(self, other: "Network") -> None:
+        """Take over ``other``'s inputs, layers, tensors and outputs, leaving ``other`` empty.
+
+        How a parser fills a network the caller created (TensorRT's ``OnnxParser(network)``).
+        """
+        if self.layers or self.inputs:
+            raise NetworkError(ErrorCode.INVALID_NETWORK,
+                               f"network {self.name!r} already has {len(self.inputs)} inputs and "
+                               f"{len(self.layers)} layers; parse into an empty network")
+        for t in other.tensors.values():
+            t._network = self
+        for layer in other.layers:
+            object.__setattr__(layer, "_network", self)
+        self.inputs, self.outputs, self.layers, self.tensors = other.inputs, other.outputs, other.layers, other.tensors
+        self.opset, self._names = other.opset, other._names
+        if self.name == "network":
+            self.name = other.name
+        other.inputs, other.outputs, other.layers, other.tensors = [], [], [], {}
+        other._changed()
+        self._changed()
+
+    # TensorRT 10 networks are always explicit-batch; these exist so that scripts run unchanged.
+    @property
+    def has_implicit_batch_dimension(self) -> bool:
+        return False
+
+    @property
+    def flags(self) -> int:
+        return 0
+
+    def get_flag(self, flag: Any) -> bool:
+        return False
+
+    def __enter__(self) -> "Network":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
     def _rename(self, tensor: Tensor, new: str) -> None:
         if new == tensor._name:
             return
@@ -258,6 +367,32 @@ class Network:
     def _changed(self) -> None:
         self._inferred.clear()
         self._probes.clear()
+        for layer in self.layers:  # inferred shapes and types are stale: redone on the next read
+            for t in layer.outputs:
+                t._shape = None
+                t._dtype = None
+
+    def _sort_layers(self) -> None:
+        """Restore topological order, moving as little as possible (producers first)."""
+        order: list[Layer] = []
+        state: dict[int, int] = {}  # id -> 1 visiting, 2 done
+
+        def visit(layer: Layer) -> None:
+            mark = state.get(id(layer))
+            if mark == 2:
+                return
+            if mark == 1:
+                raise NetworkError(ErrorCode.INVALID_NETWORK, f"layer {layer.name!r} is part of a cycle")
+            state[id(layer)] = 1
+            for t in layer.inputs:
+                if t is not None and t.producer is not None:
+                    visit(t.producer)
+            state[id(layer)] = 2
+            order.append(layer)
+
+        for layer in list(self.layers):
+            visit(layer)
+        self.layers[:] = order
 
     # -- TensorRT's INetworkDefinition queries -----------------------------------------
     @property

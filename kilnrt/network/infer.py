@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from kilnrt.network.dtypes import DataType, numpy_to_torch
-from kilnrt.network.layers import SHAPE_INPUTS, LayerKind
+from kilnrt.network.layers import DATA_DEPENDENT, SHAPE_INPUTS, LayerKind
 
 log = logging.getLogger("kilnrt.infer")
 
@@ -69,16 +69,60 @@ def propagate(network, feeds: Mapping[str, torch.Tensor], *, start: int = 0,
                 outs = [_demote(o) for o in outs]
             except Exception as exc:  # noqa: BLE001 - data-dependent or failing layers
                 log.debug("layer %s (%s): no static shape: %s", layer.name, layer.kind.value, exc)
-                outs = _data_dependent_probe(layer, ins, run) if run is not None else [None] * len(layer.outputs)
+                outs = _meta_probe(layer, ins)
+                if outs is None:
+                    outs = _data_dependent_probe(layer, ins, run) if run is not None else [None] * len(layer.outputs)
         for t, v in zip(layer.outputs, outs):
             values[t.name] = v
     return values
 
 
+def _meta_probe(layer, inputs) -> list[torch.Tensor] | None:
+    """Retry on meta data a layer that failed on real values.  Values derived from the
+    placeholder sizes can be invalid for the real model (e.g. positions 0..95 gathered from
+    a 64-row embedding table, when ``seq`` is really at most 64); the shapes still hold."""
+    shape_inputs = SHAPE_INPUTS.get(layer.kind, frozenset())
+    meta = [t if (t is None or i in shape_inputs or _is_meta(t)) else t.to("meta") for i, t in enumerate(inputs)]
+    if all(a is b for a, b in zip(meta, inputs)):
+        return None
+    try:
+        return run_layer(layer, meta)
+    except Exception:  # noqa: BLE001
+        return None
+
+
 _DATA_DEPENDENT_SIZE = (7, 11)
 
 
+def _rank_rule(layer, inputs) -> list[tuple[int, torch.dtype]] | None:
+    """The kernel's ``rank_rule(params, *inputs)``, if it has one: each output's rank and dtype
+    from the inputs' ranks, dtypes and the *lengths* of shape inputs alone (like TensorRT,
+    which knows a shape tensor's length at build time but not always its values)."""
+    from kilnrt.kernels.registry import reference_kernel
+
+    rule = getattr(reference_kernel(layer.kind), "rank_rule", None)
+    if rule is None:
+        return None
+    try:
+        return list(rule(layer.params, *inputs))
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def _data_dependent_probe(layer, inputs, run: int) -> list[torch.Tensor | None]:
+    """Outputs of a layer that could not run on meta tensors, run on zero-filled real inputs.
+
+    Kinds in ``DATA_DEPENDENT`` keep only rank and dtype (every dim a per-run placeholder,
+    so whatever depends on it reads as -1); other kinds (a kernel without a meta
+    implementation) keep the shapes they produced, unless the values of their shape inputs
+    are unknown.  A kernel's ``rank_rule`` (see :func:`_rank_rule`) takes precedence.
+    """
+    size = _DATA_DEPENDENT_SIZE[run]
+    ranks = _rank_rule(layer, inputs)
+    if ranks is not None:
+        return [torch.empty((size,) * r, dtype=dt, device="meta") for r, dt in ranks]
+    shape_inputs = SHAPE_INPUTS.get(layer.kind, frozenset())
+    unknown_values = any(_is_meta(t) for i, t in enumerate(inputs) if i in shape_inputs)
     real = []
     for t in inputs:
         if t is not None and _is_meta(t):
@@ -90,7 +134,8 @@ def _data_dependent_probe(layer, inputs, run: int) -> list[torch.Tensor | None]:
         outs = run_layer(layer, real)
     except Exception:  # noqa: BLE001
         return [None] * len(layer.outputs)
-    size = _DATA_DEPENDENT_SIZE[run]
+    if layer.kind not in DATA_DEPENDENT and not unknown_values:
+        return [o.to("meta") for o in outs]
     return [torch.empty((size,) * o.dim(), dtype=o.dtype, device="meta") for o in outs]
 
 

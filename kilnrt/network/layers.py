@@ -19,6 +19,7 @@ from kilnrt.network.dtypes import DataType
 
 class LayerKind(enum.Enum):
     ACTIVATION = "activation"
+    ATTENTION = "attention"
     CAST = "cast"
     CONCATENATION = "concatenation"
     CONSTANT = "constant"
@@ -46,6 +47,7 @@ class LayerKind(enum.Enum):
     REDUCE = "reduce"
     RESIZE = "resize"
     REVERSE_SEQUENCE = "reverse_sequence"
+    RNN = "rnn"
     SCALE = "scale"
     SCATTER = "scatter"
     SELECT = "select"
@@ -202,8 +204,37 @@ class ActivationParams:
 
 
 @dataclass(frozen=True)
+class AttentionParams:
+    """Scaled dot-product attention (ONNX Attention semantics on 4-D tensors).
+
+    Inputs: q [B, Hq, Sq, D], k [B, Hkv, Skv, D], v [B, Hkv, Skv, Dv], then optional mask
+    (bool: True attends; float: added to the scores; broadcast to [B, Hq, Sq, T], a shorter
+    last dim is padded as masked), past_key, past_value (concatenated before k, v along the
+    sequence) and nonpad_kv_seqlen (int64 [B]: keys at or past it are masked).
+    Outputs: y [B, Hq, Sq, Dv], present_key, present_value, and when ``qk_output_mode >= 0``
+    the scores (0: Q.K^T, 1: after softcap, 2: plus the mask bias, 3: the probabilities).
+    Causal masking and the windows are bottom-right aligned (offset = past length, or
+    nonpad_kv_seqlen - Sq); ``Hq`` a multiple of ``Hkv`` is grouped-query attention; fully
+    masked rows give zeros.
+    """
+
+    causal: bool = False
+    scale: float | None = None          # None: 1 / sqrt(D)
+    softcap: float = 0.0                # > 0: softcap * tanh(scores / softcap)
+    left_window: int = -1               # -1: unbounded
+    right_window: int = -1
+    softmax_precision: DataType | None = None
+    qk_output_mode: int = -1            # -1: no scores output
+
+
+@dataclass(frozen=True)
 class CastParams:
+    """Float8 targets: ``saturate`` clamps out-of-range values to the largest finite value
+    (else they become inf/NaN); ``round_mode`` (up, down, nearest) applies to FP8_E8M0."""
+
     to: DataType
+    saturate: bool = True
+    round_mode: str = "up"
 
 
 @dataclass(frozen=True)
@@ -222,7 +253,12 @@ class ConstantParams:
 
 @dataclass(frozen=True)
 class ConvolutionParams:
-    """Inputs: x [N, C, *spatial], kernel [K, C/groups, *window], bias [K] (optional)."""
+    """Inputs: x [N, C, *spatial], kernel [K, C/groups, *window], bias [K] (optional),
+    residual (optional, same shape as the output).
+
+    Fused epilogue (set by the optimizer): ``y = act(conv(x) + bias + residual)`` where
+    ``act`` is ``activation`` (with ``activation_alpha/beta``) when not None.
+    """
 
     num_output_maps: int
     kernel_size_nd: tuple[int, ...]
@@ -232,6 +268,9 @@ class ConvolutionParams:
     dilation_nd: tuple[int, ...] = ()
     num_groups: int = 1
     padding_mode: PaddingMode = PaddingMode.EXPLICIT_ROUND_DOWN
+    activation: ActivationType | None = None
+    activation_alpha: float = 0.0
+    activation_beta: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -251,10 +290,11 @@ class DeconvolutionParams:
 
 @dataclass(frozen=True)
 class CumulativeParams:
-    """Inputs: x, axis (shape input, scalar)."""
+    """Inputs: x, axis (shape input, scalar). ``op``: SUM (CumSum) or PROD (CumProd)."""
 
     exclusive: bool = False
     reverse: bool = False
+    op: ReduceOperation = ReduceOperation.SUM
 
 
 @dataclass(frozen=True)
@@ -331,8 +371,16 @@ class LRNParams:
 
 @dataclass(frozen=True)
 class MatrixMultiplyParams:
+    """Inputs: a, b, bias (optional, broadcast over the output; set by the optimizer).
+
+    Fused epilogue: ``y = act(op0(a) @ op1(b) + bias)`` with ``act`` = ``activation`` when set.
+    """
+
     op0: MatrixOperation = MatrixOperation.NONE
     op1: MatrixOperation = MatrixOperation.NONE
+    activation: ActivationType | None = None
+    activation_alpha: float = 0.0
+    activation_beta: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -407,14 +455,21 @@ class PoolingParams:
 
 @dataclass(frozen=True)
 class ReduceParams:
+    """Input 1 (optional, shape input) gives the axes, overriding ``axes``; an empty axes
+    input reduces every axis, or none when ``noop_with_empty_axes``."""
+
     op: ReduceOperation
     axes: tuple[int, ...] | None = None   # None: every axis
     keep_dims: bool = True
+    noop_with_empty_axes: bool = False
 
 
 @dataclass(frozen=True)
 class ResizeParams:
-    """Inputs: x, scales (optional, shape input), sizes (optional, shape input). ONNX Resize semantics."""
+    """Inputs: x, scales, sizes, roi (each optional, shape inputs; roi for tf_crop_and_resize).
+
+    ONNX Resize semantics; ``axes`` (None: all) says which dims scales/sizes/roi describe.
+    """
 
     mode: str = "nearest"               # nearest, linear, cubic
     coordinate_transformation: str = "half_pixel"
@@ -433,6 +488,30 @@ class ReverseSequenceParams:
 
     batch_axis: int = 1
     time_axis: int = 0
+
+
+@dataclass(frozen=True)
+class RNNParams:
+    """A recurrent layer (ONNX RNN / GRU / LSTM semantics; TensorRT's RNNv2).
+
+    Inputs: x [S, B, I] (``batch_first``: [B, S, I]), w [D, G*H, I], r [D, G*H, H], then
+    optional bias [D, 2*G*H], sequence_lens [B], initial_h [D, B, H], initial_c [D, B, H]
+    (LSTM), peepholes [D, 3*H] (LSTM); D = 2 when bidirectional.  Gate order: LSTM i, o, f, c;
+    GRU z, r, h.  Outputs: y [S, D, B, H] (``batch_first``: [B, S, D, H]), y_h [D, B, H]
+    (``batch_first``: [B, D, H]), and y_c for LSTM.  Steps past a sequence's length leave
+    its state unchanged and give zeros in y.
+    """
+
+    cell: str                           # rnn, gru, lstm
+    hidden_size: int
+    direction: str = "forward"          # forward, reverse, bidirectional
+    activations: tuple[str, ...] = ()   # per direction: f (rnn); f, g (gru); f, g, h (lstm)
+    activation_alpha: tuple[float, ...] = ()   # one per activation (ignored where unused)
+    activation_beta: tuple[float, ...] = ()
+    clip: float | None = None           # clip gate pre-activations to [-clip, clip]
+    linear_before_reset: bool = False   # GRU
+    input_forget: bool = False          # LSTM: couple the input and forget gates
+    batch_first: bool = False
 
 
 @dataclass(frozen=True)
@@ -522,6 +601,7 @@ class UnsqueezeParams:
 
 PARAMS: dict[LayerKind, type] = {
     LayerKind.ACTIVATION: ActivationParams,
+    LayerKind.ATTENTION: AttentionParams,
     LayerKind.CAST: CastParams,
     LayerKind.CONCATENATION: ConcatenationParams,
     LayerKind.CONSTANT: ConstantParams,
@@ -549,6 +629,7 @@ PARAMS: dict[LayerKind, type] = {
     LayerKind.REDUCE: ReduceParams,
     LayerKind.RESIZE: ResizeParams,
     LayerKind.REVERSE_SEQUENCE: ReverseSequenceParams,
+    LayerKind.RNN: RNNParams,
     LayerKind.SCALE: ScaleParams,
     LayerKind.SCATTER: ScatterParams,
     LayerKind.SELECT: SelectParams,
@@ -571,7 +652,8 @@ SHAPE_INPUTS: dict[LayerKind, frozenset[int]] = {
     LayerKind.NMS: frozenset({2, 3, 4}),
     LayerKind.ONE_HOT: frozenset({1}),
     LayerKind.PADDING: frozenset({1, 3}),
-    LayerKind.RESIZE: frozenset({1, 2}),
+    LayerKind.REDUCE: frozenset({1}),
+    LayerKind.RESIZE: frozenset({1, 2, 3}),
     LayerKind.SHUFFLE: frozenset({1}),
     LayerKind.SLICE: frozenset({1, 2, 3, 4}),
     LayerKind.SQUEEZE: frozenset({1}),

@@ -7,6 +7,8 @@ from typing import Callable
 
 from kilnrt.network.graph import Network
 from kilnrt.optimize.passes.cleanup import eliminate_dead_layers, fold_constants, remove_identities
+from kilnrt.optimize.passes.fusion import fuse_conv_epilogue, fuse_conv_scale
+from kilnrt.optimize.passes.transformer import fuse_attention, fuse_gelu, fuse_matmul_epilogue
 
 log = logging.getLogger("kilnrt.optimize")
 
@@ -17,6 +19,13 @@ PIPELINE: list[tuple[str, Pass, int]] = [
     ("fold_constants", fold_constants, 0),
     ("remove_identities", remove_identities, 0),
     ("eliminate_dead_layers", eliminate_dead_layers, 0),
+    ("fuse_conv_scale", fuse_conv_scale, 1),
+    ("fold_constants", fold_constants, 1),
+    ("eliminate_dead_layers", eliminate_dead_layers, 1),
+    ("fuse_conv_epilogue", fuse_conv_epilogue, 2),
+    ("fuse_gelu", fuse_gelu, 2),
+    ("fuse_attention", fuse_attention, 2),
+    ("fuse_matmul_epilogue", fuse_matmul_epilogue, 2),
 ]
 
 

@@ -1,11 +1,13 @@
-"""CPU kernels for pointwise layers: activation, elementwise, unary, cast, select, scale, identity."""
+"""CPU kernels for pointwise layers: activation, elementwise, unary, select, scale, identity
+(CAST is in quantize.py, with the dtype codecs)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from kilnrt.kernels.registry import kernel
-from kilnrt.network.layers import (ActivationParams, ActivationType as A, CastParams,
+from kilnrt.network.layers import (ActivationParams, ActivationType as A,
                                    ElementWiseOperation as E, ElementWiseParams, IdentityParams,
                                    LayerKind, ScaleMode, ScaleParams, SelectParams,
                                    UnaryOperation as U, UnaryParams)
@@ -92,8 +94,49 @@ _ELEMENTWISE = {
 }
 
 
+_COMPARISONS = {E.EQUAL, E.GREATER, E.LESS, E.GREATER_EQUAL, E.LESS_EQUAL}
+# unsigned types torch has (almost) no arithmetic kernels for
+_WIDE_UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)
+# ops whose result bits do not depend on signedness (two's complement)
+_SIGN_AGNOSTIC = {E.SUM, E.SUB, E.PROD, E.BITWISE_AND, E.BITWISE_OR, E.BITWISE_XOR, E.SHIFT_LEFT, E.EQUAL}
+_SIGNED_ORDER = {E.GREATER: torch.gt, E.LESS: torch.lt, E.GREATER_EQUAL: torch.ge, E.LESS_EQUAL: torch.le}
+
+
+def _unsigned_elementwise(op: E, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """uint16/32 are computed exactly in int64 (wrapping back); uint64 on its int64 bits."""
+    f = _ELEMENTWISE[op]
+    if a.dtype != torch.uint64:
+        y = f(a.to(torch.int64), b.to(torch.int64))
+        return y if op in _COMPARISONS else y.to(a.dtype)
+    ia, ib = a.view(torch.int64), b.view(torch.int64)
+    if op in _SIGN_AGNOSTIC:
+        y = f(ia, ib)
+        return y if op in _COMPARISONS else y.view(torch.uint64)
+    lowest = torch.iinfo(torch.int64).min    # flipping the sign bit maps unsigned order to signed order
+    ka, kb = ia ^ lowest, ib ^ lowest
+    if op in _SIGNED_ORDER:
+        return _SIGNED_ORDER[op](ka, kb)
+    if op in (E.MAX, E.MIN):
+        pick_a = ka >= kb if op == E.MAX else ka <= kb
+        return torch.where(pick_a, ia, ib).view(torch.uint64)
+    # division, remainder and logical right shift of 64-bit unsigned values: numpy has them
+    shape = torch.broadcast_shapes(a.shape, b.shape)
+    if a.device.type == "meta":
+        return torch.empty(shape, dtype=a.dtype, device="meta")
+    na, nb = ia.cpu().numpy().view(np.uint64), ib.cpu().numpy().view(np.uint64)
+    with np.errstate(divide="ignore"):
+        y = _NUMPY_UNSIGNED[op](na, nb)
+    return torch.from_numpy(np.ascontiguousarray(y).astype(np.uint64).view(np.int64)).view(torch.uint64).to(a.device)
+
+
+_NUMPY_UNSIGNED = {E.DIV: np.floor_divide, E.FLOOR_DIV: np.floor_divide, E.MOD: np.remainder,
+                   E.FMOD: np.fmod, E.SHIFT_RIGHT: np.right_shift, E.POW: np.power}
+
+
 @kernel(LayerKind.ELEMENTWISE)
 def elementwise(p: ElementWiseParams, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if a.dtype in _WIDE_UNSIGNED and a.dtype == b.dtype:
+        return _unsigned_elementwise(p.op, a, b)
     return _ELEMENTWISE[p.op](a, b)
 
 
@@ -108,14 +151,19 @@ _UNARY = {
 }
 
 
+_SAME_SIZE_SIGNED = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
+
+
 @kernel(LayerKind.UNARY)
 def unary(p: UnaryParams, x: torch.Tensor) -> torch.Tensor:
+    if x.dtype in _WIDE_UNSIGNED:
+        if p.op == U.BITWISE_NOT:
+            return torch.bitwise_not(x.view(_SAME_SIZE_SIGNED[x.dtype])).view(x.dtype)
+        if p.op == U.ABS:
+            return x.clone()
+        if p.op == U.SIGN:
+            return (x != 0).to(x.dtype)
     return _UNARY[p.op](x)
-
-
-@kernel(LayerKind.CAST)
-def cast(p: CastParams, x: torch.Tensor) -> torch.Tensor:
-    return x.to(p.to.torch)
 
 
 @kernel(LayerKind.SELECT)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kilnrt.kernels.cpu.plugin import builtin_plugin
 from kilnrt.kernels.registry import kernel
 from kilnrt.network.dtypes import numpy_to_torch
 from kilnrt.network.layers import (ConcatenationParams, ConstantParams, ExpandParams, FillOperation,
-                                   FillParams, GatherMode, GatherParams, LayerKind, PaddingParams,
+                                   FillParams, GatherMode, GatherParams, LayerKind, PaddingParams, PluginParams,
                                    ShapeParams, ShuffleParams, SliceParams, SqueezeParams,
                                    TileParams, UnsqueezeParams)
 
@@ -20,6 +21,22 @@ def host_values(t: torch.Tensor | None) -> list | None:
     if t is None:
         return None
     return t.reshape(-1).tolist()
+
+
+def rank_rule(rule):
+    """Attach ``rule(params, *inputs) -> [(rank, dtype), ...]`` to a kernel: its outputs' ranks
+    and dtypes when shape-input *values* are unknown at build time (only their lengths are);
+    shape inference then marks every output dim unknown (-1)."""
+
+    def attach(fn):
+        fn.rank_rule = rule
+        return fn
+
+    return attach
+
+
+def _length(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel()
 
 
 @kernel(LayerKind.CONSTANT)
@@ -37,7 +54,14 @@ def _reshape_dims(dims: list[int], source: tuple[int, ...], zero_is_placeholder:
     return out
 
 
+def _shuffle_rank(p: ShuffleParams, x: torch.Tensor, dims: torch.Tensor | None = None):
+    rank = x.dim() if dims is None and p.reshape_dims is None else (
+        _length(dims) if dims is not None else len(p.reshape_dims))
+    return [(rank, x.dtype)]
+
+
 @kernel(LayerKind.SHUFFLE)
+@rank_rule(_shuffle_rank)
 def shuffle(p: ShuffleParams, x: torch.Tensor, dims: torch.Tensor | None = None) -> torch.Tensor:
     if p.first_transpose is not None:
         x = x.permute(p.first_transpose)
@@ -55,6 +79,7 @@ def concatenation(p: ConcatenationParams, *xs: torch.Tensor) -> torch.Tensor:
 
 
 @kernel(LayerKind.SLICE)
+@rank_rule(lambda p, x, *bounds: [(x.dim(), x.dtype)])
 def slice_(p: SliceParams, x: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor,
            axes: torch.Tensor | None = None, steps: torch.Tensor | None = None) -> torch.Tensor:
     s, e = host_values(starts), host_values(ends)
@@ -74,6 +99,7 @@ def slice_(p: SliceParams, x: torch.Tensor, starts: torch.Tensor, ends: torch.Te
 
 
 @kernel(LayerKind.SQUEEZE)
+@rank_rule(lambda p, x, axes=None: [(x.dim() - _length(axes), x.dtype)])
 def squeeze(p: SqueezeParams, x: torch.Tensor, axes: torch.Tensor | None = None) -> torch.Tensor:
     ax = host_values(axes) if axes is not None else p.axes
     if ax is None:
@@ -82,6 +108,7 @@ def squeeze(p: SqueezeParams, x: torch.Tensor, axes: torch.Tensor | None = None)
 
 
 @kernel(LayerKind.UNSQUEEZE)
+@rank_rule(lambda p, x, axes=None: [(x.dim() + _length(axes), x.dtype)])
 def unsqueeze(p: UnsqueezeParams, x: torch.Tensor, axes: torch.Tensor | None = None) -> torch.Tensor:
     ax = host_values(axes) if axes is not None else p.axes
     rank = x.dim() + len(ax)
@@ -91,12 +118,14 @@ def unsqueeze(p: UnsqueezeParams, x: torch.Tensor, axes: torch.Tensor | None = N
 
 
 @kernel(LayerKind.EXPAND)
+@rank_rule(lambda p, x, shape_: [(max(x.dim(), _length(shape_)), x.dtype)])
 def expand(p: ExpandParams, x: torch.Tensor, shape_: torch.Tensor) -> torch.Tensor:
     target = torch.broadcast_shapes(tuple(x.shape), tuple(int(d) for d in host_values(shape_)))
     return x.expand(target)
 
 
 @kernel(LayerKind.TILE)
+@rank_rule(lambda p, x, repeats: [(x.dim(), x.dtype)])
 def tile(p: TileParams, x: torch.Tensor, repeats: torch.Tensor) -> torch.Tensor:
     return x.repeat([int(r) for r in host_values(repeats)])
 
@@ -137,6 +166,7 @@ def _gather_nd(data: torch.Tensor, indices: torch.Tensor, batch_dims: int) -> to
 
 
 @kernel(LayerKind.FILL)
+@rank_rule(lambda p, a, *rest: [(_length(a) if p.op == FillOperation.CONSTANT else 1, p.dtype.torch)])
 def fill(p: FillParams, a: torch.Tensor, b: torch.Tensor | None = None,
          c: torch.Tensor | None = None) -> torch.Tensor:
     if p.op == FillOperation.CONSTANT:
@@ -150,6 +180,7 @@ def fill(p: FillParams, a: torch.Tensor, b: torch.Tensor | None = None,
 
 
 @kernel(LayerKind.PADDING)
+@rank_rule(lambda p, x, *rest: [(x.dim(), x.dtype)])
 def padding(p: PaddingParams, x: torch.Tensor, pads: torch.Tensor, value: torch.Tensor | None = None,
             axes: torch.Tensor | None = None) -> torch.Tensor:
     pv = [int(v) for v in host_values(pads)]
@@ -165,13 +196,15 @@ def padding(p: PaddingParams, x: torch.Tensor, pads: torch.Tensor, value: torch.
         for a in reversed(range(rank)):
             flat += [pre[a], post[a]]
         return F.pad(x, flat, value=fill)
-    # reflect / edge / wrap: pad one axis at a time with index arithmetic (any rank)
-    y = x
+    # reflect / edge / wrap: negative pads crop first (as onnxruntime does), then each axis
+    # is padded by index arithmetic (any rank)
+    y = x[tuple(slice(max(-pre[a], 0), x.shape[a] - max(-post[a], 0)) for a in range(rank))]
+    pre, post = [max(v, 0) for v in pre], [max(v, 0) for v in post]
     for a in range(rank):
         if pre[a] == 0 and post[a] == 0:
             continue
         size = y.shape[a]
-        idx = torch.arange(-pre[a], size + post[a], device=x.device)
+        idx = torch.arange(-pre[a], size + post[a], device=y.device)
         if p.mode == "edge":
             idx = idx.clamp(0, size - 1)
         elif p.mode == "wrap":
@@ -182,3 +215,49 @@ def padding(p: PaddingParams, x: torch.Tensor, pads: torch.Tensor, value: torch.
             idx = torch.where(idx >= size, period - idx, idx)
         y = y.index_select(a, idx)
     return y
+
+
+# ----------------------------------------------------------------------------- built-in plugins
+
+@builtin_plugin("BitCast", rank_rule=lambda p, x: [(x.dim(), p.field("to").torch)])
+def bitcast(p: PluginParams, x: torch.Tensor) -> torch.Tensor:
+    """Reinterpret the bits of ``x`` as ``to`` (same bit width, same shape)."""
+    return x.view(p.field("to").torch)
+
+
+def _col2im_ranks(p: PluginParams, x: torch.Tensor, image_shape: torch.Tensor, block_shape: torch.Tensor):
+    return [(2 + _length(image_shape), x.dtype)]
+
+
+@builtin_plugin("Col2Im", rank_rule=_col2im_ranks)
+def col2im(p: PluginParams, x: torch.Tensor, image_shape: torch.Tensor, block_shape: torch.Tensor) -> torch.Tensor:
+    """Sum the columns of x [N, C*prod(block), L] back into an image [N, C, *image_shape]
+    (the adjoint of im2col; torch's ``fold`` generalized to N spatial dims)."""
+    image = [int(v) for v in host_values(image_shape)]
+    block = [int(v) for v in host_values(block_shape)]
+    nd = len(image)
+    strides = list(p.field("strides") or [1] * nd)
+    dilations = list(p.field("dilations") or [1] * nd)
+    pads = list(p.field("pads") or [0] * (2 * nd))
+    padded = [image[i] + pads[i] + pads[i + nd] for i in range(nd)]
+    grid = [(padded[i] - dilations[i] * (block[i] - 1) - 1) // strides[i] + 1 for i in range(nd)]
+
+    def coords(sizes: list[int]) -> torch.Tensor:  # every index of a box, [prod(sizes), nd]
+        axes = torch.meshgrid(*[torch.arange(s) for s in sizes], indexing="ij")
+        return torch.stack(axes, -1).reshape(-1, nd)
+
+    pos = coords(grid)[None] * torch.tensor(strides) + coords(block)[:, None] * torch.tensor(dilations)
+    place = [1] * nd
+    for i in range(nd - 2, -1, -1):
+        place[i] = place[i + 1] * padded[i + 1]
+    linear = (pos * torch.tensor(place)).sum(-1).reshape(-1)
+    n, columns = x.shape[0], x.shape[1]
+    channels = columns // max(1, int(torch.tensor(block).prod()))
+    total = int(torch.tensor(padded).prod())
+    if x.device.type == "meta":
+        out = x.new_empty((n, channels, total))
+    else:
+        out = x.new_zeros((n, channels, total)).index_add_(2, linear.to(x.device), x.reshape(n, channels, -1))
+    out = out.reshape([n, channels] + padded)
+    crop = tuple(slice(pads[i], pads[i] + image[i]) for i in range(nd))
+    return out[(slice(None), slice(None)) + crop]

@@ -24,10 +24,20 @@ def _foldable(layer, inputs) -> bool:
 
 
 def fold_constants(net: Network, stats: dict | None = None) -> Network:
-    """layer(constants...) -> constant: evaluate every layer whose inputs are all constants."""
+    """layer(constants...) -> constant: evaluate every layer whose inputs are all constants;
+    shape(x) -> constant when x's shape is static."""
+    net.infer()
     c = NetworkCopier(net)
     for layer in net.layers:
         ins = [c.mapped(t) for t in layer.inputs]
+        if layer.kind == LayerKind.SHAPE and layer.inputs[0].is_static:
+            value = np.asarray(layer.inputs[0].shape, dtype=np.int64)
+            new = c.net.add_layer(LayerKind.CONSTANT, ConstantParams(value), [], name=c.net.unique_name(layer.name),
+                                  origin=layer.origin, output_names=[layer.outputs[0].name])
+            c.alias(layer.outputs[0], new.outputs[0])
+            if stats is not None:
+                stats["fold_constants"] = stats.get("fold_constants", 0) + 1
+            continue
         if _foldable(layer, ins):
             try:
                 args = [None if t is None else run_layer(t.producer, [])[0] for t in ins]
@@ -37,7 +47,7 @@ def fold_constants(net: Network, stats: dict | None = None) -> Network:
                 values = []
             if values and sum(v.nbytes for v in values) <= MAX_FOLDED_BYTES:
                 for old_t, v in zip(layer.outputs, values):
-                    new = c.net.add_layer(LayerKind.CONSTANT, ConstantParams(np.ascontiguousarray(v)), [],
+                    new = c.net.add_layer(LayerKind.CONSTANT, ConstantParams(np.array(v, order="C")), [],
                                           name=c.net.unique_name(old_t.name), origin=layer.origin,
                                           output_names=[old_t.name])
                     c.alias(old_t, new.outputs[0])

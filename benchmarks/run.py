@@ -1,0 +1,252 @@
+"""The headline benchmark: kilnrt vs torch eager and torch.compile, same GPU, same run.
+
+    python benchmarks/run.py                              # all headline rows
+    python benchmarks/run.py --models resnet50 --batches 1,256
+    python benchmarks/run.py --models bert --no-compile   # skip torch.compile (fast check)
+
+Every peer is timed the same way: its forward pass captured in a CUDA graph, then the
+median of >= 50 replays timed with CUDA events after a warm-up.  kilnrt's outputs are
+checked against the fp32 PyTorch model first (relative L2 error < 1e-2 for fp16).
+Writes JSON to benchmarks/results/ and prints the table last.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+warnings.filterwarnings("ignore")
+
+import kilnrt  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+GFLOP_PER_IMAGE = {"resnet50": 8.2}
+
+
+def time_graph(fn, iters: int = 100, warmup: int = 10) -> float:
+    """Median ms of replays of ``fn`` captured in a CUDA graph."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    for _ in range(warmup):
+        g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().flatten(), b.double().flatten()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _bert_config(attention: str):
+    """BERT-base's config; ``attention``: "eager" (exports to plain ONNX ops) or "sdpa"."""
+    from transformers import BertConfig
+
+    config = BertConfig()
+    config._attn_implementation = attention
+    return config
+
+
+def make_model(name: str, batch: int, seq: int):
+    """(fp32 model on GPU, example inputs dict, input names, is_cnn)."""
+    torch.manual_seed(0)
+    if name == "resnet50":
+        import torchvision
+
+        model = torchvision.models.resnet50().eval().cuda()
+        x = torch.randn(batch, 3, 224, 224, device="cuda")
+        return model, {"input": x}, True
+    if name == "bert":
+        from transformers import BertModel
+
+        model = BertModel(_bert_config("eager"), add_pooling_layer=True).eval().cuda()
+        ids = torch.randint(0, 30522, (batch, seq), device="cuda")
+        lengths = torch.randint(seq // 2, seq + 1, (batch,))
+        mask = (torch.arange(seq)[None, :] < lengths[:, None]).to(torch.int64).cuda()
+        types = torch.randint(0, 2, (batch, seq), device="cuda")
+        return model, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, False
+    raise ValueError(name)
+
+
+def forward(model, inputs, is_cnn):
+    if is_cnn:
+        return model(inputs["input"])
+    return model(**inputs).last_hidden_state
+
+
+def export_onnx(model, inputs, is_cnn, path):
+    names = list(inputs)
+    args = tuple(inputs[n] for n in names)
+    outputs = ["output"] if is_cnn else ["last_hidden_state", "pooler_output"]
+
+    class Wrap(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, *a):
+            if is_cnn:
+                return self.m(a[0])
+            out = self.m(**dict(zip(names, a)))
+            return out.last_hidden_state, out.pooler_output
+
+    torch.onnx.export(Wrap(model), args, path, input_names=names, output_names=outputs,
+                      opset_version=17, dynamo=False, do_constant_folding=True)
+
+
+def bench_row(name, batch, seq, precision, use_compile, iters, cache_path, log):
+    row = {"model": name, "batch": batch, "seq": seq if name == "bert" else None, "precision": precision,
+           "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+    import triton
+
+    row["triton"] = triton.__version__
+    model32, inputs, is_cnn = make_model(name, batch, seq)
+    with torch.no_grad():
+        ref = forward(model32, inputs, is_cnn).float()
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+
+    # kilnrt: export -> build (cold and warm timing cache) -> save -> load -> check -> time
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = os.path.join(tmp, f"{name}.onnx")
+        export_onnx(model32.cpu(), {k: v.cpu() for k, v in inputs.items()}, is_cnn, onnx_path)
+        model32.cuda()
+        t0 = time.perf_counter()
+        engine = kilnrt.build(onnx_path, device="cuda", fp16=precision == "fp16", bf16=precision == "bf16",
+                              timing_cache=cache_path)
+        row["build_s"] = round(time.perf_counter() - t0, 2)
+        t0 = time.perf_counter()
+        kilnrt.build(onnx_path, device="cuda", fp16=precision == "fp16", bf16=precision == "bf16",
+                     timing_cache=cache_path)
+        row["build_warm_cache_s"] = round(time.perf_counter() - t0, 2)
+        plan_path = os.path.join(tmp, f"{name}.plan")
+        engine.save(plan_path)
+        row["plan_bytes"] = os.path.getsize(plan_path)
+        t0 = time.perf_counter()
+        engine = kilnrt.load(plan_path)
+        row["load_s"] = round(time.perf_counter() - t0, 3)
+    row["engine_layers"] = len(engine.layers)
+    row["tactics"] = sorted({l.tactic for l in engine.layers})
+    torch.cuda.reset_peak_memory_stats()
+    feeds = {k: v for k, v in inputs.items() if k in engine.input_names}
+    out = engine.run(feeds)
+    first = out[engine.output_names[0]]
+    row["rel_l2_vs_fp32"] = rel_l2(first.float(), ref)
+    row["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+    limit = 1e-3 if precision == "fp32" else 1e-2
+    row["correct"] = row["rel_l2_vs_fp32"] < limit
+    program = engine.program
+    static = {k: v.contiguous() for k, v in feeds.items()}
+    row["kilnrt_ms"] = time_graph(lambda: program.execute(static), iters)
+    log(f"  kilnrt: {row['kilnrt_ms']:.3f} ms, rel L2 {row['rel_l2_vs_fp32']:.2e}, build {row['build_s']} s")
+
+    # torch eager, same precision, channels_last for CNNs, CUDA graph replay
+    model = make_model(name, batch, seq)[0].to(dtype)
+    model.load_state_dict(model32.state_dict())
+    model = model.to(dtype)
+    if is_cnn:
+        model = model.to(memory_format=torch.channels_last)
+        inputs_p = {"input": inputs["input"].to(dtype).contiguous(memory_format=torch.channels_last)}
+    else:
+        from transformers import BertModel
+
+        model = BertModel(_bert_config("sdpa"), add_pooling_layer=True).eval().cuda().to(dtype)
+        model.load_state_dict(model32.state_dict())
+        inputs_p = inputs
+    with torch.no_grad():
+        row["torch_eager_ms"] = time_graph(lambda: forward(model, inputs_p, is_cnn), iters)
+        log(f"  torch eager: {row['torch_eager_ms']:.3f} ms")
+        if use_compile:
+            compiled = torch.compile(model, mode="max-autotune-no-cudagraphs")
+            t0 = time.perf_counter()
+            forward(compiled, inputs_p, is_cnn)
+            torch.cuda.synchronize()
+            row["torch_compile_s"] = round(time.perf_counter() - t0, 1)
+            row["torch_compile_ms"] = time_graph(lambda: forward(compiled, inputs_p, is_cnn), iters)
+            log(f"  torch.compile: {row['torch_compile_ms']:.3f} ms (compile {row['torch_compile_s']} s)")
+    peers = [row[k] for k in ("torch_eager_ms", "torch_compile_ms") if row.get(k)]
+    row["speedup_vs_best_peer"] = round(min(peers) / row["kilnrt_ms"], 3)
+    row["speedup_vs_eager"] = round(row["torch_eager_ms"] / row["kilnrt_ms"], 3)
+    if row.get("torch_compile_ms"):
+        row["speedup_vs_compile"] = round(row["torch_compile_ms"] / row["kilnrt_ms"], 3)
+    items = batch
+    row["kilnrt_items_per_s"] = round(items / row["kilnrt_ms"] * 1e3, 1)
+    if name in GFLOP_PER_IMAGE:
+        row["kilnrt_tflops"] = round(GFLOP_PER_IMAGE[name] * batch / row["kilnrt_ms"], 1)
+    del model, model32
+    torch.cuda.empty_cache()
+    return row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="resnet50,bert")
+    p.add_argument("--batches", default=None, help="comma list; default resnet50: 1,256; bert: 1,32")
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--precision", default="fp16", choices=["fp16", "bf16", "fp32"])
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--iters", type=int, default=100)
+    p.add_argument("--out", default=None)
+    p.add_argument("--timing-cache", default=os.path.join(tempfile.gettempdir(), "kilnrt-bench.timing"))
+    args = p.parse_args(argv)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    rows = []
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    for name in args.models.split(","):
+        batches = [int(b) for b in args.batches.split(",")] if args.batches else ([1, 256] if name == "resnet50" else [1, 32])
+        for b in batches:
+            log(f"{name} batch {b} {args.precision}")
+            try:
+                rows.append(bench_row(name, b, args.seq, args.precision, not args.no_compile, args.iters,
+                                      args.timing_cache, log))
+            except Exception as exc:  # noqa: BLE001 - report and go on with the other rows
+                import traceback
+
+                traceback.print_exc()
+                rows.append({"model": name, "batch": b, "error": f"{type(exc).__name__}: {exc}"})
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
+    gpu = torch.cuda.get_device_name().replace(" ", "_")
+    out = args.out or os.path.join(RESULTS, f"{stamp}-{gpu}-{args.models.replace(',', '+')}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"date": stamp, "gpu": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+    print(f"\nresults: {out}\n")
+    hdr = f"{'model':10} {'shape':>10} {'prec':5} {'eager ms':>9} {'compile ms':>10} {'kilnrt ms':>9} {'vs best':>8} {'relL2':>8} {'build s':>7}"
+    print(hdr)
+    for r in rows:
+        if "error" in r:
+            print(f"{r['model']:10} {r['batch']:>10} ERROR {r['error'][:80]}")
+            continue
+        shape = f"{r['batch']}x{r['seq']}" if r.get("seq") else str(r["batch"])
+        comp = f"{r['torch_compile_ms']:.3f}" if r.get("torch_compile_ms") else "-"
+        print(f"{r['model']:10} {shape:>10} {r['precision']:5} {r['torch_eager_ms']:9.3f} {comp:>10} "
+              f"{r['kilnrt_ms']:9.3f} {r['speedup_vs_best_peer']:7.2f}x {r['rel_l2_vs_fp32']:8.1e} {r['build_s']:7.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ``kilnrt`` command: build, run, bench, inspect, compare, exec (trtexec flags) and demo."""

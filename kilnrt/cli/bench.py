@@ -1,0 +1,62 @@
+"""Measure a plan's latency and throughput, as trtexec reports them.
+
+    kilnrt bench model.plan --iterations 200 --warmup 20
+    kilnrt bench model.plan --shapes input:32x3x224x224 --json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from kilnrt.cli.args import (add_shape_option, batch_size, console, engine_inputs, engine_runner,
+                             latency_summary, load_engine, parse_shapes, time_runs)
+
+HELP = "measure latency and throughput of a plan"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("plan", metavar="PLAN", help="a plan file (or an ONNX model, built with defaults)")
+    p.add_argument("--iterations", "-n", type=int, default=100, metavar="N", help="timed runs (default 100)")
+    p.add_argument("--warmup", type=int, default=10, metavar="N", help="untimed runs first (default 10)")
+    p.add_argument("--duration", type=float, default=0.0, metavar="S", help="also run for at least S seconds")
+    add_shape_option(p, help="input shapes for dynamic dims, e.g. input:32x3x224x224")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def benchmark(engine, feeds, *, iterations: int, warmup: int = 0, warmup_ms: float = 0.0,
+              duration_s: float = 0.0) -> dict[str, Any]:
+    run, sync = engine_runner(engine, feeds)
+    samples = time_runs(run, iterations=iterations, warmup=warmup, warmup_ms=warmup_ms,
+                        duration_s=duration_s, sync=sync)
+    summary = latency_summary(samples, batch_size(feeds))
+    summary.update({"engine": engine.name, "device": engine.device_name,
+                    "shapes": {k: list(v.shape) for k, v in feeds.items()}})
+    return summary
+
+
+def summary_table(s: dict[str, Any]):
+    from rich.table import Table
+
+    table = Table(title=f"{s['engine']} on {s['device']}: {s['iterations']} runs, batch {s['batch']}")
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    for key, label in (("min_ms", "min"), ("mean_ms", "mean"), ("median_ms", "median"), ("p90_ms", "p90"),
+                       ("p95_ms", "p95"), ("p99_ms", "p99"), ("max_ms", "max")):
+        table.add_row(f"latency {label}", f"{s[key]:.4f} ms")
+    table.add_row("throughput", f"{s['throughput_qps']:.2f} inferences/s")
+    table.add_row("throughput (items)", f"{s['throughput_items_per_s']:.2f} items/s")
+    return table
+
+
+def main(args: argparse.Namespace) -> int:
+    engine = load_engine(args.plan)
+    feeds = engine_inputs(engine, args.seed, parse_shapes(args.shapes))
+    summary = benchmark(engine, feeds, iterations=args.iterations, warmup=args.warmup, duration_s=args.duration)
+    out = console()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        out.print(summary_table(summary))
+    return 0

@@ -1,0 +1,73 @@
+"""Build an engine from an ONNX model and save it as a plan file.
+
+    kilnrt build model.onnx -o model.plan --fp16 --shapes input:8x3x224x224
+    kilnrt build model.onnx --min-shapes input:1x3x224x224 --opt-shapes input:8x3x224x224 \\
+                            --max-shapes input:32x3x224x224 --timing-cache model.cache
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from kilnrt.cli.args import add_build_options, build_kwargs, console, require_file
+
+HELP = "build a plan file from an ONNX model"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model")
+    p.add_argument("-o", "--output", metavar="PLAN", help="where to write the plan (default: MODEL.plan)")
+    p.add_argument("--portable", action="store_true", help="a plan that loads on any GPU of its kind")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_build_options(p)
+
+
+def build(args: argparse.Namespace, out=None):
+    """Parse and build with progress; returns (engine, parse seconds, build seconds)."""
+    import kilnrt
+
+    out = out or console()
+    require_file(args.model, "ONNX model")
+    t0 = time.perf_counter()
+    with out.status(f"parsing {args.model}", spinner="dots"):
+        network = kilnrt.to_network(os.fspath(args.model))
+    t1 = time.perf_counter()
+    kwargs = build_kwargs(args)
+    progress = not getattr(args, "no_progress", False) and console(stderr=True).is_terminal
+    engine = kilnrt.build(network, portable=getattr(args, "portable", False), progress=progress, **kwargs)
+    return engine, network, t1 - t0, time.perf_counter() - t1
+
+
+def main(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from kilnrt.engine.inspector import format_bytes
+
+    out = console()
+    engine, network, parse_s, build_s = build(args, out)
+    plan = Path(args.output) if args.output else Path(args.model).with_suffix(".plan")
+    plan.parent.mkdir(parents=True, exist_ok=True)
+    data = engine.serialize()
+    plan.write_bytes(data)
+    table = Table(title=f"built {plan}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    table.add_row("plan", f"{plan} ({format_bytes(len(data))})")
+    table.add_row("device", f"{engine.device} ({engine.device_name})")
+    table.add_row("time", f"parse {parse_s:.2f} s, build {build_s:.2f} s")
+    table.add_row("layers", f"{len(network.layers)} network layers -> {len(engine.layers)} engine layers")
+    for t in engine.io:
+        table.add_row(t.mode, f"{t.name} {t.dtype.name} {list(t.symbolic or t.shape)}")
+    for name, (lo, opt, hi) in (engine.profiles[0].items() if engine.profiles else ()):
+        table.add_row("profile", f"{name}: min {list(lo)} opt {list(opt)} max {list(hi)}")
+    if engine.memory is not None:
+        table.add_row("activations", f"{format_bytes(engine.memory.arena_bytes)} "
+                                     f"(without reuse: {format_bytes(engine.memory.naive_bytes)})")
+    table.add_row("weights", format_bytes(engine.weights_bytes))
+    cache = engine.build_info.get("timing_cache")
+    if cache:
+        table.add_row("timing cache", f"{args.timing_cache}: {cache['hits']} hits, {cache['misses']} misses")
+    out.print(table)
+    return 0

@@ -1,0 +1,243 @@
+"""The engine inspector: what a built engine is made of, as text, JSON and rich tables.
+
+    inspector = engine.create_engine_inspector()
+    print(inspector.get_engine_information(LayerInformationFormat.JSON))   # TensorRT's names
+    info = describe_engine(engine)          # a JSON-ready dict: layers, I/O, memory, build info
+    rich.print(layer_table(engine), summary_table(engine))
+
+Per layer: name, kind, tactic, precision, input and output tensors (shape, dtype), the
+source ONNX nodes it came from (``Conv_12 + Relu_13``), and its time when known: the
+chosen tactic's build-time measurement, or the per-layer times of a profiled run
+(:class:`LayerTimer` as a context's ``profiler``).
+"""
+from __future__ import annotations
+
+import enum
+import json
+import statistics
+from typing import Any, Mapping
+
+import numpy as np
+
+
+class LayerInformationFormat(enum.Enum):
+    ONELINE = "oneline"
+    JSON = "json"
+
+
+class LayerTimer:
+    """A profiler (``context.profiler = LayerTimer()``) that keeps every layer's times in ms."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[float]] = {}
+
+    def report_layer_time(self, layer_name: str, ms: float) -> None:
+        self.samples.setdefault(layer_name, []).append(float(ms))
+
+    def median_ms(self) -> dict[str, float]:
+        return {name: statistics.median(v) for name, v in self.samples.items() if v}
+
+
+# ----------------------------------------------------------------------------- the data
+def _io(engine) -> dict[str, Any]:
+    return {t.name: t for t in engine.io}
+
+
+def tensor_info(engine, name: str | None) -> dict[str, Any] | None:
+    """``{"name", "shape", "dtype", "kind"}`` of a tensor of the engine (I/O, constant or activation)."""
+    if name is None:
+        return None
+    io = _io(engine).get(name)
+    if io is not None:
+        return {"name": name, "shape": list(io.symbolic or io.shape), "dtype": io.dtype.name, "kind": io.mode}
+    if name in engine.constants:
+        w = np.asarray(engine.constants[name])
+        from kilnrt.network.dtypes import DataType
+
+        try:
+            dt = DataType.from_numpy(w.dtype).name
+        except TypeError:
+            dt = str(w.dtype)
+        return {"name": name, "shape": list(w.shape), "dtype": dt, "kind": "constant"}
+    t = engine.tensors.get(name) or {}
+    shape = t.get("shape")
+    return {"name": name, "shape": None if shape is None else list(shape), "dtype": t.get("dtype"),
+            "kind": "activation", "opt_shape": t.get("opt_shape")}
+
+
+def layer_info(engine, index: int, timings: Mapping[str, float] | None = None) -> dict[str, Any]:
+    layer = engine.layers[index]
+    outs = []
+    for k, name in enumerate(layer.outputs):
+        info = tensor_info(engine, name)
+        if k < len(layer.output_dtypes) and layer.output_dtypes[k]:
+            info["dtype"] = layer.output_dtypes[k]
+        if info.get("shape") is None and k < len(layer.output_shapes) and layer.output_shapes[k] is not None:
+            info["shape"] = list(layer.output_shapes[k])
+        outs.append(info)
+    precision = layer.precision.name if layer.precision is not None else \
+        next((o["dtype"] for o in outs if o.get("dtype")), None)
+    measured = (timings or {}).get(layer.name)
+    return {
+        "index": index, "name": layer.name, "kind": layer.kind.name, "tactic": layer.tactic,
+        "precision": precision,
+        "inputs": [tensor_info(engine, n) for n in layer.inputs if n is not None],
+        "outputs": outs,
+        "origin": list(layer.origin), "origin_text": " + ".join(layer.origin),
+        "build_time_ms": layer.timing_ms, "time_ms": measured,
+        "candidates": dict(layer.candidates),
+    }
+
+
+def describe_engine(engine, timings: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Everything the inspector knows about ``engine``, as a JSON-ready dict."""
+    memory = engine.memory
+    build = dict(engine.build_info)
+    return {
+        "name": engine.name, "device": engine.device, "device_name": engine.device_name,
+        "kilnrt_version": engine.version, "portable": engine.portable,
+        "io": [{"name": t.name, "mode": t.mode, "dtype": t.dtype.name, "shape": list(t.symbolic or t.shape)}
+               for t in engine.io],
+        "profiles": [{name: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])} for name, s in p.items()}
+                     for p in engine.profiles],
+        "num_layers": len(engine.layers),
+        "weights_bytes": engine.weights_bytes,
+        "activation_bytes": None if memory is None else int(memory.arena_bytes),
+        "naive_activation_bytes": None if memory is None else int(memory.naive_bytes),
+        "build": build,
+        "layers": [layer_info(engine, i, timings) for i in range(len(engine.layers))],
+    }
+
+
+# ----------------------------------------------------------------------------- TensorRT's API
+def _trt_tensor(info: dict[str, Any]) -> dict[str, Any]:
+    return {"Name": info["name"], "Location": "Device", "Dimensions": info.get("shape"),
+            "Format/Datatype": f"Row major linear {info.get('dtype')}"}
+
+
+def _trt_layer(info: dict[str, Any]) -> dict[str, Any]:
+    out = {"Name": info["name"], "LayerType": info["kind"].title().replace("_", ""),
+           "Inputs": [_trt_tensor(t) for t in info["inputs"]],
+           "Outputs": [_trt_tensor(t) for t in info["outputs"]],
+           "TacticName": info["tactic"], "Precision": info["precision"], "Origin": info["origin_text"]}
+    if info.get("time_ms") is not None or info.get("build_time_ms") is not None:
+        out["TimeMs"] = info["time_ms"] if info.get("time_ms") is not None else info["build_time_ms"]
+    return out
+
+
+def format_shape(shape: Any) -> str:
+    return "?" if shape is None else "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def _oneline(info: dict[str, Any]) -> str:
+    ins = ", ".join(f"{t['name']}{format_shape(t.get('shape'))}:{t.get('dtype')}" for t in info["inputs"])
+    outs = ", ".join(f"{t['name']}{format_shape(t.get('shape'))}:{t.get('dtype')}" for t in info["outputs"])
+    return f"{info['name']} [{info['kind']}, {info['tactic']}] ({ins}) -> ({outs}) from {info['origin_text']}"
+
+
+class EngineInspector:
+    """TensorRT's ``IEngineInspector``: ``get_layer_information`` / ``get_engine_information``.
+
+    Set ``execution_context`` to a context whose ``profiler`` is a :class:`LayerTimer` to see
+    measured per-layer times.
+    """
+
+    def __init__(self, engine, timings: Mapping[str, float] | None = None) -> None:
+        self.engine = engine
+        self.execution_context = None
+        self.error_recorder = None
+        self._timings = dict(timings or {})
+
+    def timings(self) -> dict[str, float]:
+        profiler = getattr(self.execution_context, "profiler", None)
+        measured = profiler.median_ms() if isinstance(profiler, LayerTimer) else {}
+        return {**self._timings, **measured}
+
+    def get_layer_information(self, layer_index: int,
+                              format: LayerInformationFormat = LayerInformationFormat.ONELINE) -> str:
+        info = layer_info(self.engine, layer_index, self.timings())
+        if format == LayerInformationFormat.JSON:
+            return json.dumps(_trt_layer(info))
+        return _oneline(info)
+
+    def get_engine_information(self, format: LayerInformationFormat = LayerInformationFormat.ONELINE) -> str:
+        data = describe_engine(self.engine, self.timings())
+        if format == LayerInformationFormat.JSON:
+            return json.dumps({"Layers": [_trt_layer(l) for l in data["layers"]],
+                               "Bindings": [t["name"] for t in data["io"]]})
+        return "\n".join(_oneline(l) for l in data["layers"])
+
+
+# ----------------------------------------------------------------------------- rich tables
+def format_bytes(n: int | None) -> str:
+    if n is None:
+        return "unknown (dynamic shapes, no profile)"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _tensor_text(t: dict[str, Any]) -> str:
+    return f"{t['name']} {format_shape(t.get('shape'))} {t.get('dtype') or ''}"
+
+
+def layer_table(engine, timings: Mapping[str, float] | None = None, *, title: str | None = None):
+    """A :class:`rich.table.Table` with one row per engine layer."""
+    from rich.table import Table
+
+    data = describe_engine(engine, timings)
+    table = Table(title=title or f"{engine.name}: {len(engine.layers)} layers on {engine.device_name}",
+                  show_lines=False)
+    for col, kw in (("#", {"justify": "right"}), ("layer", {}), ("kind", {}), ("tactic", {}),
+                    ("precision", {}), ("inputs", {}), ("outputs", {}), ("from ONNX nodes", {}),
+                    ("time ms", {"justify": "right"})):
+        table.add_column(col, **kw)
+    for l in data["layers"]:
+        t = l["time_ms"] if l["time_ms"] is not None else l["build_time_ms"]
+        table.add_row(str(l["index"]), l["name"], l["kind"].lower(), l["tactic"], l["precision"] or "",
+                      "\n".join(_tensor_text(i) for i in l["inputs"]), "\n".join(_tensor_text(o) for o in l["outputs"]),
+                      l["origin_text"], "" if t is None else f"{t:.4f}")
+    return table
+
+
+def summary_table(engine):
+    """A :class:`rich.table.Table` summarizing I/O, profiles, memory and the build."""
+    from rich.table import Table
+
+    data = describe_engine(engine)
+    table = Table(title="engine summary", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    table.add_row("device", f"{data['device']} ({data['device_name']})")
+    for t in data["io"]:
+        table.add_row(t["mode"], f"{t['name']} {t['dtype']} {format_shape(t['shape'])}")
+    for i, prof in enumerate(data["profiles"]):
+        for name, s in prof.items():
+            table.add_row(f"profile {i}", f"{name}: min {format_shape(s['min'])} opt {format_shape(s['opt'])} "
+                                          f"max {format_shape(s['max'])}")
+    table.add_row("layers", str(data["num_layers"]))
+    table.add_row("weights", format_bytes(data["weights_bytes"]))
+    act, naive = data["activation_bytes"], data["naive_activation_bytes"]
+    reuse = f" (without reuse: {format_bytes(naive)})" if act is not None and naive is not None else ""
+    table.add_row("activations", format_bytes(act) + reuse)
+    build = data["build"]
+    if build:
+        table.add_row("build", f"{build.get('seconds', '?')} s, optimization level "
+                               f"{build.get('optimization_level', '?')}, flags {', '.join(build.get('flags', [])) or '-'}")
+        table.add_row("layers in -> out", f"{build.get('layers_in', '?')} network layers -> "
+                                          f"{build.get('layers_out', '?')} engine layers "
+                                          f"(+{build.get('constants', 0)} constants)")
+        passes = [p for p in build.get("passes", []) if p.get("rewrites") or p["layers_before"] != p["layers_after"]]
+        for p in passes:
+            table.add_row(f"pass {p['pass']}", f"{p['layers_before']} -> {p['layers_after']} layers, "
+                                               f"{p.get('rewrites', 0)} rewrites")
+        cache = build.get("timing_cache")
+        if cache:
+            table.add_row("timing cache", f"{cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses")
+    return table
+
+
+__all__ = ["EngineInspector", "LayerInformationFormat", "LayerTimer", "describe_engine", "layer_info",
+           "tensor_info", "layer_table", "summary_table", "format_bytes", "format_shape"]

@@ -1,0 +1,38 @@
+"""Pooling on CUDA with PyTorch's native padding (no padded copy of the input)."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from kilnrt.kernels.registry import Tactic, tactic
+from kilnrt.network.layers import LayerKind, PaddingMode, PoolingType
+
+
+@tactic
+class CudaPoolNative(Tactic):
+    name = "cuda.pooling.native"
+    kind = LayerKind.POOLING
+    device = "cuda"
+
+    def supports(self, layer, ctx) -> bool:
+        p = layer.params
+        window = tuple(p.window_size_nd)
+        pre, post = tuple(p.pre_padding) or (0,) * len(window), tuple(p.post_padding) or (0,) * len(window)
+        if len(window) != 2 or p.type not in (PoolingType.MAX, PoolingType.AVERAGE) or pre != post:
+            return False
+        if p.padding_mode not in (PaddingMode.EXPLICIT_ROUND_DOWN, PaddingMode.EXPLICIT_ROUND_UP):
+            return False
+        if any(2 * pad > k for pad, k in zip(pre, window)):
+            return False
+        if p.type == PoolingType.AVERAGE:  # ceil-mode divisors differ between PyTorch and ONNX
+            return all(d == 1 for d in p.dilation_nd) and (p.padding_mode == PaddingMode.EXPLICIT_ROUND_DOWN
+                                                            or not any(pre))
+        return True
+
+    def run(self, p, inputs):
+        x = inputs[0]
+        stride = tuple(p.stride_nd) or (1, 1)
+        padding = tuple(p.pre_padding) or (0, 0)
+        ceil = p.padding_mode == PaddingMode.EXPLICIT_ROUND_UP
+        if p.type == PoolingType.MAX:
+            return [F.max_pool2d(x, p.window_size_nd, stride, padding, tuple(p.dilation_nd) or (1, 1), ceil)]
+        return [F.avg_pool2d(x, p.window_size_nd, stride, padding, ceil, not p.average_count_excludes_padding)]

@@ -1,0 +1,103 @@
+"""CUDA tactics for transformer layers: cuBLASLt GEMM with bias epilogue, fused attention
+(PyTorch's scaled-dot-product attention: flash / memory-efficient kernels), native LayerNorm."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kilnrt.kernels.cpu.epilogue import conv_epilogue
+from kilnrt.kernels.cpu.linalg import normalize_axes
+from kilnrt.kernels.registry import Tactic, tactic
+from kilnrt.network.layers import ActivationType, LayerKind, MatrixOperation
+
+
+@tactic
+class CublasLtLinear(Tactic):
+    """``x @ W + bias`` with a constant 2-D ``W`` as ``F.linear`` (W pre-transposed once),
+    so the bias is added in the GEMM's epilogue; ReLU also runs in the epilogue."""
+
+    name = "cuda.matrix_multiply.cublaslt"
+    kind = LayerKind.MATRIX_MULTIPLY
+    device = "cuda"
+
+    def supports(self, layer, ctx) -> bool:
+        w = ctx.constant(layer, 1)
+        return (w is not None and w.dim() == 2 and layer.params.op0 == MatrixOperation.NONE
+                and layer.params.op1 in (MatrixOperation.NONE, MatrixOperation.TRANSPOSE)
+                and layer.inputs[0] is not None and layer.inputs[0].shape is not None
+                and len(layer.inputs[0].shape) >= 2)
+
+    def prepare(self, layer, ctx):
+        w = ctx.constant(layer, 1)
+        weight = w.contiguous() if layer.params.op1 == MatrixOperation.TRANSPOSE else w.t().contiguous()  # [N, K]
+        bias = ctx.constant(layer, 2) if len(layer.inputs) > 2 else None
+        return layer.params, weight, bias
+
+    def run(self, state, inputs):
+        p, weight, bias = state
+        x = inputs[0]
+        if bias is None and len(inputs) > 2:
+            bias = inputs[2]
+        if p.activation == ActivationType.RELU and bias is not None and x.dim() == 2:
+            return [torch._addmm_activation(bias, x, weight.t())]
+        y = F.linear(x, weight, bias)
+        return [conv_epilogue(p, y)]
+
+
+@tactic
+class SdpaAttention(Tactic):
+    """Fused attention: PyTorch picks flash, memory-efficient or cuDNN attention by shape."""
+
+    name = "cuda.attention.sdpa"
+    kind = LayerKind.ATTENTION
+    device = "cuda"
+
+    def supports(self, layer, ctx) -> bool:
+        p = layer.params
+        extra = layer.inputs[4:] if len(layer.inputs) > 4 else []
+        return (len(layer.outputs) == 1 and all(t is None for t in extra) and p.softcap == 0.0
+                and p.left_window < 0 and p.right_window < 0 and p.qk_output_mode < 0
+                and not (p.causal and len(layer.inputs) > 3 and layer.inputs[3] is not None))
+
+    def run(self, p, inputs):
+        q, k, v = inputs[:3]
+        mask = inputs[3] if len(inputs) > 3 else None
+        if mask is not None and mask.dtype != torch.bool:
+            mask = mask.to(q.dtype)
+        gqa = q.shape[1] != k.shape[1]
+        return [F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=p.causal and mask is None,
+                                               scale=p.scale, enable_gqa=gqa)]
+
+
+@tactic
+class NativeLayerNorm(Tactic):
+    """LayerNorm over the trailing axes with ``F.layer_norm`` (one kernel, fp32 statistics)."""
+
+    name = "cuda.normalization.layer_norm"
+    kind = LayerKind.NORMALIZATION
+    device = "cuda"
+
+    def supports(self, layer, ctx) -> bool:
+        p = layer.params
+        x = layer.inputs[0]
+        if p.num_groups != 1 or p.rms or x is None or x.shape is None:
+            return False
+        rank = len(x.shape)
+        axes = normalize_axes(p.axes, rank)
+        if axes != tuple(range(rank - len(axes), rank)):
+            return False
+        shape = tuple(x.shape[rank - len(axes):])
+        for i in (1, 2):
+            t = layer.inputs[i] if i < len(layer.inputs) else None
+            if t is not None and (t.shape is None or tuple(t.shape) != shape):
+                return False
+        return all(isinstance(d, int) and d > 0 for d in shape)
+
+    def run(self, p, inputs):
+        x = inputs[0]
+        scale = inputs[1] if len(inputs) > 1 else None
+        bias = inputs[2] if len(inputs) > 2 else None
+        n = len(p.axes) if p.axes is not None else x.dim()
+        shape = tuple(x.shape[x.dim() - n:])
+        return [F.layer_norm(x, shape, None if scale is None else scale.to(x.dtype),
+                             None if bias is None else bias.to(x.dtype), p.epsilon)]

@@ -1,0 +1,43 @@
+"""kilnrt's own Triton kernels, registered as CUDA tactics beside the PyTorch/cuDNN/cuBLAS ones.
+
+* ``cuda.softmax.triton``: softmax / log-softmax over the last axis (:mod:`.softmax`).
+* ``cuda.normalization.triton``: LayerNorm and RMSNorm over trailing axes (:mod:`.norm`).
+* ``cuda.activation.triton``, ``cuda.elementwise.triton``, ``cuda.unary.triton``: kernels
+  generated from an expression tree (:mod:`.pointwise`), the generator that pointwise-region
+  fusion reuses.
+
+Every kernel loads its inputs, computes in float32 and stores in the output's dtype; the
+tactics accept float16, bfloat16 and float32 and decline everything else, so the PyTorch
+tactic runs it instead.  On a CPU machine the kernels run on CPU tensors under Triton's
+interpreter (``TRITON_INTERPRET=1``, set before triton is imported), which is how the tests run.
+"""
+from __future__ import annotations
+
+import triton
+
+from kilnrt.network.dtypes import DataType
+
+# the tensor types these kernels read and write (math is always float32)
+FLOAT_TYPES = frozenset({DataType.FLOAT, DataType.HALF, DataType.BF16})
+
+# a row kernel keeps up to this many elements of one or more rows in registers
+MAX_ROW = 32768
+_ROW_BLOCK_ELEMS = 2048
+
+
+def row_blocks(n_rows: int, n_cols: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) for a kernel that holds whole rows of ``n_cols`` in
+    registers: one row per program for long rows, several rows per program for short ones."""
+    block_n = triton.next_power_of_2(max(n_cols, 1))
+    block_m = max(1, min(_ROW_BLOCK_ELEMS // block_n, triton.next_power_of_2(max(n_rows, 1))))
+    num_warps = min(16, max(1, block_m * block_n // 256))
+    return block_m, block_n, num_warps
+
+
+def static_dims(shape) -> bool:
+    """True when every dim of ``shape`` is a known positive int (not symbolic, not -1)."""
+    return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
+
+
+# the tactic modules register themselves on import (after the helpers above, which they use)
+from kilnrt.kernels.triton import norm, pointwise, softmax  # noqa: E402,F401

@@ -1,0 +1,214 @@
+"""Pattern fusions for transformer blocks: GELU, GEMM bias/activation epilogues, attention.
+
+Each rule matches a small subgraph as ONNX exporters write it, checks that every
+intermediate tensor has one consumer (and is not an output), and replaces the subgraph
+with one layer that keeps the sources in ``origin``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from kilnrt.network.graph import Layer, Network, Tensor
+from kilnrt.network.layers import (ActivationParams, ActivationType, AttentionParams, ElementWiseOperation as E,
+                                   LayerKind, MatrixOperation, ShuffleParams, UnaryOperation)
+from kilnrt.network.rewrite import NetworkCopier
+
+
+class _Graph:
+    """Consumers and constant scalars of a network, for matching."""
+
+    def __init__(self, net: Network) -> None:
+        net.infer()
+        self.net = net
+        self.uses = net.consumers()
+        self.outputs = {t.name for t in net.outputs}
+
+    def single_use(self, t: Tensor) -> Layer | None:
+        users = self.uses.get(t.name, [])
+        return users[0][0] if len(users) == 1 and t.name not in self.outputs else None
+
+    def scalar(self, t: Tensor | None) -> float | None:
+        v = self.net.constant_value(t)
+        if v is None or v.size != 1:
+            return None
+        return float(np.asarray(v, dtype=np.float64).reshape(()))
+
+    @staticmethod
+    def is_op(layer: Layer | None, op: E) -> bool:
+        return layer is not None and layer.kind == LayerKind.ELEMENTWISE and layer.params.op == op
+
+    def other(self, layer: Layer, t: Tensor) -> Tensor:
+        return layer.inputs[1] if layer.inputs[0] is t else layer.inputs[0]
+
+
+def _replace(net: Network, rewrites: dict[int, tuple], drop: set[int], stats: dict | None, name: str) -> Network:
+    """Copy ``net``; at each layer id in ``rewrites`` emit ``(kind, params, inputs, absorbed)``."""
+    if not rewrites:
+        return net
+    c = NetworkCopier(net)
+    for layer in net.layers:
+        if id(layer) in rewrites:
+            kind, params, inputs, absorbed = rewrites[id(layer)]
+            new = c.net.add_layer(kind, params, [c.mapped(t) for t in inputs],
+                                  name=" + ".join(l.name for l in absorbed),
+                                  origin=tuple(o for l in absorbed for o in l.origin),
+                                  output_names=[layer.outputs[0].name])
+            c.alias(layer.outputs[0], new.outputs[0])
+        elif id(layer) not in drop:
+            c.copy(layer)
+    if stats is not None:
+        stats[name] = len(rewrites)
+    return c.finish()
+
+
+def fuse_gelu(net: Network, stats: dict | None = None) -> Network:
+    """x * 0.5 * (1 + erf(x / sqrt(2))) => gelu(x), in the orders exporters write it."""
+    g = _Graph(net)
+    rewrites, drop = {}, set()
+    for erf in net.layers:
+        if erf.kind != LayerKind.UNARY or erf.params.op != UnaryOperation.ERF:
+            continue
+        scale = erf.inputs[0].producer
+        if scale is None or g.single_use(scale.outputs[0]) is not erf:
+            continue
+        if g.is_op(scale, E.DIV) and g.scalar(scale.inputs[1]) is not None:
+            ok = math.isclose(g.scalar(scale.inputs[1]), math.sqrt(2.0), rel_tol=1e-3)
+        elif g.is_op(scale, E.PROD):
+            c = g.scalar(scale.inputs[1]) if g.scalar(scale.inputs[1]) is not None else g.scalar(scale.inputs[0])
+            ok = c is not None and math.isclose(c, 1 / math.sqrt(2.0), rel_tol=1e-3)
+        else:
+            ok = False
+        if not ok:
+            continue
+        x = scale.inputs[0] if g.net.constant_value(scale.inputs[0]) is None else scale.inputs[1]
+        plus = g.single_use(erf.outputs[0])
+        if not g.is_op(plus, E.SUM) or g.scalar(g.other(plus, erf.outputs[0])) != 1.0:
+            continue
+        m1 = g.single_use(plus.outputs[0])
+        if not g.is_op(m1, E.PROD):
+            continue
+        partner = g.other(m1, plus.outputs[0])
+        chain = [scale, erf, plus, m1]
+        if partner is x:                                  # (x * (1 + erf)) * 0.5
+            m2 = g.single_use(m1.outputs[0])
+            if not g.is_op(m2, E.PROD) or g.scalar(g.other(m2, m1.outputs[0])) != 0.5:
+                continue
+            chain.append(m2)
+        else:                                             # (x * 0.5) * (1 + erf)
+            half = partner.producer
+            if not g.is_op(half, E.PROD) or g.single_use(partner) is not m1 or \
+                    g.other(half, x) is x or x not in half.inputs or g.scalar(g.other(half, x)) != 0.5:
+                continue
+            chain.insert(0, half)
+        last = chain[-1]
+        rewrites[id(last)] = (LayerKind.ACTIVATION, ActivationParams(ActivationType.GELU_ERF), [x], chain)
+        drop.update(id(l) for l in chain[:-1])
+    return _replace(net, rewrites, drop, stats, "fuse_gelu")
+
+
+_GEMM_ACTIVATIONS = {ActivationType.RELU, ActivationType.GELU_ERF, ActivationType.GELU_TANH, ActivationType.TANH,
+                     ActivationType.SIGMOID, ActivationType.SILU}
+
+
+def fuse_matmul_epilogue(net: Network, stats: dict | None = None) -> Network:
+    """matmul(a, W) + bias [-> act] => matmul(a, W, bias, act): cuBLASLt's bias epilogue."""
+    g = _Graph(net)
+    rewrites, drop = {}, set()
+    for mm in net.layers:
+        if mm.kind != LayerKind.MATRIX_MULTIPLY or len(mm.inputs) > 2 or mm.params.activation is not None:
+            continue
+        w = net.constant_value(mm.inputs[1])
+        if w is None or w.ndim != 2 or mm.params.op0 != MatrixOperation.NONE:
+            continue
+        n = w.shape[0] if mm.params.op1 == MatrixOperation.TRANSPOSE else w.shape[1]
+        add = g.single_use(mm.outputs[0])
+        if not g.is_op(add, E.SUM):
+            continue
+        bias_t = g.other(add, mm.outputs[0])
+        bias = net.constant_value(bias_t)
+        if bias is None or bias.size != n or bias.shape[-1:] != (n,) or bias_t.dtype != mm.outputs[0].dtype:
+            continue
+        chain, params = [mm, add], mm.params
+        act = g.single_use(add.outputs[0])
+        if act is not None and act.kind == LayerKind.ACTIVATION and act.params.type in _GEMM_ACTIVATIONS:
+            params = dataclasses.replace(params, activation=act.params.type, activation_alpha=act.params.alpha,
+                                         activation_beta=act.params.beta)
+            chain.append(act)
+        rewrites[id(chain[-1])] = (LayerKind.MATRIX_MULTIPLY, params, [mm.inputs[0], mm.inputs[1], bias_t], chain)
+        drop.update(id(l) for l in chain[:-1])
+    return _replace(net, rewrites, drop, stats, "fuse_matmul_epilogue")
+
+
+def fuse_attention(net: Network, stats: dict | None = None) -> Network:
+    """softmax(q @ k^T * scale [+ mask]) @ v => attention(q, k, v, mask, scale): one fused
+    (flash / memory-efficient) kernel instead of materializing the scores."""
+    g = _Graph(net)
+    rewrites, drop = {}, set()
+    for sm in net.layers:
+        if sm.kind != LayerKind.SOFTMAX or sm.params.log:
+            continue
+        x = sm.inputs[0]
+        if x.shape is None or len(x.shape) != 4 or sm.params.axis not in (-1, 3):
+            continue
+        pv = g.single_use(sm.outputs[0])
+        if pv is None or pv.kind != LayerKind.MATRIX_MULTIPLY or pv.inputs[0] is not sm.outputs[0] \
+                or len(pv.inputs) > 2 or pv.params.activation is not None or pv.params.op0 != MatrixOperation.NONE \
+                or pv.params.op1 != MatrixOperation.NONE:
+            continue
+        chain, mask, scale = [sm, pv], None, 1.0
+        node = x.producer
+        if g.is_op(node, E.SUM) and g.single_use(node.outputs[0]) is sm:
+            qk_side = next((t for t in node.inputs if t.producer is not None and
+                            t.producer.kind in (LayerKind.MATRIX_MULTIPLY, LayerKind.ELEMENTWISE)
+                            and g.single_use(t) is node), None)
+            if qk_side is None:
+                continue
+            mask = g.other(node, qk_side)
+            chain.insert(0, node)
+            node = qk_side.producer
+        if (g.is_op(node, E.DIV) or g.is_op(node, E.PROD)) and g.single_use(node.outputs[0]) in chain:
+            c = g.scalar(node.inputs[1])
+            if c is None or c == 0:
+                continue
+            scale = 1.0 / c if node.params.op == E.DIV else c
+            chain.insert(0, node)
+            node = node.inputs[0].producer
+        if node is None or node.kind != LayerKind.MATRIX_MULTIPLY or len(node.inputs) > 2 \
+                or node.params.activation is not None or node.params.op0 != MatrixOperation.NONE \
+                or g.single_use(node.outputs[0]) not in chain:
+            continue
+        q, kt = node.inputs
+        if q.shape is None or len(q.shape) != 4 or kt.shape is None or len(kt.shape) != 4:
+            continue
+        chain.insert(0, node)
+        if node.params.op1 == MatrixOperation.TRANSPOSE:
+            k_input, k_perm = kt, None
+        else:
+            k_input, k_perm = kt, (0, 1, 3, 2)
+        v = pv.inputs[1]
+        rewrites[id(pv)] = ("attention", q, k_input, k_perm, v, mask, scale, chain)
+        drop.update(id(l) for l in chain[:-1])
+    if not rewrites:
+        return net
+    c = NetworkCopier(net)
+    for layer in net.layers:
+        if id(layer) in rewrites:
+            _, q, k, perm, v, mask, scale, chain = rewrites[id(layer)]
+            kk = c.mapped(k)
+            if perm is not None:
+                kk = c.net.add_layer(LayerKind.SHUFFLE, ShuffleParams(first_transpose=perm), [kk],
+                                     name=c.net.unique_name(f"{chain[0].name}/k"), origin=chain[0].origin).outputs[0]
+            ins = [c.mapped(q), kk, c.mapped(v)] + ([c.mapped(mask)] if mask is not None else [])
+            new = c.net.add_layer(LayerKind.ATTENTION, AttentionParams(scale=float(scale)), ins,
+                                  name=" + ".join(l.name for l in chain),
+                                  origin=tuple(o for l in chain for o in l.origin),
+                                  output_names=[layer.outputs[0].name])
+            c.alias(layer.outputs[0], new.outputs[0])
+        elif id(layer) not in drop:
+            c.copy(layer)
+    if stats is not None:
+        stats["fuse_attention"] = len(rewrites)
+    return c.finish()

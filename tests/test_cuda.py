@@ -1,0 +1,157 @@
+"""The CUDA backend against references: light models, digits, fp32 and fp16, plans, graphs.
+
+Marked ``cuda``: skipped without a GPU; run on the GPU machine.
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from onnx.backend.test.runner import Runner
+
+import kilnrt
+
+pytestmark = pytest.mark.cuda
+
+LIGHT = sorted(glob.glob(os.path.join(os.path.dirname(onnx.__file__), "backend/test/data/light/*.onnx")))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _light_input(path):
+    model = onnx.load(path)
+    inits = {i.name for i in model.graph.initializer}
+    vi = next(i for i in model.graph.input if i.name not in inits)
+    x = Runner.generate_dummy_data(vi, seed=0, name=os.path.basename(path)[:-5], random=False)
+    ref = numpy_helper.to_array(onnx.load_tensor(path[:-5] + "_output_0.pb"))
+    return vi.name, x, ref
+
+
+def rel_l2(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+@pytest.mark.parametrize("path", LIGHT, ids=[os.path.basename(p)[6:-5] for p in LIGHT])
+def test_light_fp32(path, tmp_path):
+    name, x, ref = _light_input(path)
+    engine = kilnrt.build(path, device="cuda", tf32=False)
+    engine.save(tmp_path / "m.plan")
+    engine = kilnrt.load(tmp_path / "m.plan")
+    out = engine.run({name: x})
+    np.testing.assert_allclose(list(out.values())[0], ref, rtol=1e-3, atol=1e-4)
+
+
+def _fp32_activation_peak(path, feeds) -> float:
+    """The largest |activation| anywhere in the fp32 network (every layer output made an output)."""
+    net = kilnrt.to_network(path)
+    for layer in net.layers:
+        for t in layer.outputs:
+            if t.dtype == kilnrt.DataType.FLOAT:
+                net.mark_output(t)
+    outs = kilnrt.build(net, optimization_level=0).run(feeds)
+    return max(float(np.abs(v).max()) for v in outs.values() if v.size and v.dtype == np.float32)
+
+
+@pytest.mark.parametrize("path", LIGHT, ids=[os.path.basename(p)[6:-5] for p in LIGHT])
+def test_light_fp16(path):
+    name, x, _ = _light_input(path)
+    x = x + np.random.default_rng(0).normal(0, 1, x.shape).astype(np.float32)
+    peak = _fp32_activation_peak(path, {name: x})
+    if peak > 6e4:  # the light models' synthetic constant weights grow activations past fp16's range
+        pytest.skip(f"fp32 activations reach {peak:.3g}, beyond fp16's 65504: fp16 cannot represent this network")
+    ref = list(kilnrt.build(path, device="cpu").run({name: x}).values())[0]
+    out = list(kilnrt.build(path, device="cuda", fp16=True).run({name: x}).values())[0]
+    assert out.dtype == np.float32
+    assert rel_l2(out, ref) < 1e-2
+
+
+def test_digits_cuda_matches_cpu():
+    data = np.load(os.path.join(ROOT, "examples", "digits_test.npz"))
+    cpu = kilnrt.build(os.path.join(ROOT, "examples", "digits.onnx"))
+    gpu = kilnrt.build(os.path.join(ROOT, "examples", "digits.onnx"), device="cuda", tf32=False,
+                       profiles={"input": [(1, 1, 8, 8), (64, 1, 8, 8), (512, 1, 8, 8)]})
+    a = cpu.run({"input": data["images"]})["logits"]
+    b = gpu.run({"input": data["images"]})["logits"]
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3)
+    assert (b.argmax(1) == data["labels"]).mean() > 0.97
+
+
+def test_torch_cuda_tensors_in_and_out_and_graph_replay():
+    path = LIGHT[-3]  # squeezenet
+    name, x, ref = _light_input(path)
+    engine = kilnrt.build(path, device="cuda", tf32=False)
+    xt = torch.from_numpy(x).cuda()
+    first = engine.run({name: xt})
+    second = engine.run({name: xt * 1.0})
+    for out in (first, second):
+        y = list(out.values())[0]
+        assert y.is_cuda
+        np.testing.assert_allclose(y.cpu().numpy(), ref, rtol=1e-3, atol=1e-4)
+
+
+def test_raw_device_pointers_and_stream():
+    path = LIGHT[-3]
+    name, x, ref = _light_input(path)
+    engine = kilnrt.build(path, device="cuda", tf32=False)
+    ctx = engine.create_execution_context()
+    xt = torch.from_numpy(x).cuda()
+    out_name = engine.get_tensor_name(1)
+    y = torch.empty(tuple(ctx.get_tensor_shape(out_name)), device="cuda")
+    ctx.set_input_shape(name, x.shape)
+    ctx.set_tensor_address(name, xt.data_ptr())
+    ctx.set_tensor_address(out_name, y.data_ptr())
+    stream = torch.cuda.Stream()
+    ctx.execute_async_v3(stream.cuda_stream)
+    stream.synchronize()
+    np.testing.assert_allclose(y.cpu().numpy(), ref, rtol=1e-3, atol=1e-4)
+
+
+def test_plan_refused_on_other_gpu():
+    path = LIGHT[-3]
+    data = kilnrt.build(path, device="cuda").serialize()
+    from kilnrt.engine import plan as planfile
+
+    header, weights, kernels = planfile.unpack(data)
+    header["device_name"] = "NVIDIA Imaginary GPU"
+    with pytest.raises(kilnrt.PlanError, match="Imaginary"):
+        kilnrt.load(planfile.pack(header, weights, kernels))
+
+
+@pytest.mark.parametrize("precision", ["tf32", "fp16", "bf16"])
+def test_digits_reduced_precision(precision):
+    data = np.load(os.path.join(ROOT, "examples", "digits_test.npz"))
+    ref = kilnrt.build(os.path.join(ROOT, "examples", "digits.onnx")).run({"input": data["images"]})["logits"]
+    engine = kilnrt.build(os.path.join(ROOT, "examples", "digits.onnx"), device="cuda",
+                          fp16=precision == "fp16", bf16=precision == "bf16",
+                          profiles={"input": [(1, 1, 8, 8), (64, 1, 8, 8), (512, 1, 8, 8)]})
+    out = engine.run({"input": data["images"]})["logits"]
+    assert rel_l2(out, ref) < (1e-3 if precision == "tf32" else 1e-2)
+    assert (out.argmax(1) == data["labels"]).mean() > 0.97
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_bert_style_encoder(precision):
+    """The BERT-style encoder (attention with a padding mask, LayerNorm, GELU) on the GPU,
+    with the attention, GELU and GEMM-epilogue fusions, against onnxruntime."""
+    import onnxruntime as ort
+
+    from tests.models import bert_inputs, export_bert, tiny_bert
+
+    model = export_bert(tiny_bert())
+    rng = np.random.default_rng()
+    feeds = bert_inputs(4, 24, rng)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    engine = kilnrt.build(model, device="cuda", fp16=precision == "fp16", tf32=False,
+                          profiles={n: [(1, 8), (4, 24), (8, 64)] for n in feeds})
+    assert any(l.kind.value == "attention" for l in engine.layers)
+    out = engine.run(feeds)
+    for name, r in zip(engine.output_names, ref):
+        if precision == "fp32":
+            np.testing.assert_allclose(out[name], r, rtol=1e-3, atol=1e-4)
+        else:
+            assert rel_l2(out[name], r) < 1e-2
