@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from kilnrt.errors import DTypeError, ErrorCode, ExecutionError, KilnError
+from kilnrt.errors import DTypeError, ErrorCode, ExecutionError, KilnError, ShapeError
 from kilnrt.network.dtypes import DataType, numpy_to_torch, torch_to_numpy
 
 
@@ -36,6 +36,23 @@ class ExecutionContext:
     def set_input_shape(self, name: str, shape: Sequence[int]) -> bool:
         self._shapes[name] = self.engine.check_input_shape(name, shape, self.active_optimization_profile)
         return True
+
+    def _check_shared_dims(self) -> None:
+        """Inputs that share a symbolic dim (``batch``) must be given the same size for it."""
+        seen: dict[str, tuple[str, int, int]] = {}
+        for t in self.engine.io:
+            if t.mode != "input" or t.name not in self._shapes:
+                continue
+            for i, sym in enumerate(t.symbolic):
+                if not isinstance(sym, str):
+                    continue
+                size = self._shapes[t.name][i]
+                if sym in seen and seen[sym][2] != size:
+                    other, j, other_size = seen[sym]
+                    raise ShapeError(ErrorCode.INVALID_SHAPE,
+                                     f"inputs {other!r} (dim {j} = {other_size}) and {t.name!r} (dim {i} = {size}) "
+                                     f"share the dynamic dim {sym!r}, so they must have the same size there")
+                seen.setdefault(sym, (t.name, i, size))
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
         io = self.engine._io(name)
@@ -148,6 +165,7 @@ class ExecutionContext:
                                          f"the input shape {shape} needs {int(np.prod(shape))}")
                 tensor = tensor.reshape(-1)[: int(np.prod(shape))].reshape(shape)
             feeds[t.name] = tensor
+        self._check_shared_dims()
         outputs = self._execute(feeds, stream_handle)
         for name, value in outputs.items():
             self._output_shapes[name] = tuple(value.shape)
@@ -246,6 +264,7 @@ class ExecutionContext:
                                  f"convert it first, e.g. array.astype(np.{t.dtype.numpy.name})")
             self.set_input_shape(t.name, tuple(tensor.shape))
             tensors[t.name] = tensor
+        self._check_shared_dims()
         outputs = self._execute(tensors)
         for name, value in outputs.items():
             self._output_shapes[name] = tuple(value.shape)

@@ -13,7 +13,10 @@ from typing import Any, Callable
 import numpy as np
 
 from kilnrt.errors import ErrorCode, PlanError
-from kilnrt.network.layers import ENUMS, PARAMS, LayerKind
+from kilnrt.network.layers import ENUMS, PARAMS, LayerKind, Subgraph, SubgraphLayer
+
+# dataclasses that may appear *inside* params (control-flow bodies), by class name
+_NESTED = {cls.__name__: cls for cls in (*PARAMS.values(), Subgraph, SubgraphLayer)}
 
 
 def _encode(v: Any, put_weight: Callable[[np.ndarray], str] | None) -> Any:
@@ -31,6 +34,9 @@ def _encode(v: Any, put_weight: Callable[[np.ndarray], str] | None) -> Any:
         return _encode(v.item(), put_weight)
     if v is None or isinstance(v, (bool, int, float, str)):
         return v
+    if dataclasses.is_dataclass(v) and type(v).__name__ in _NESTED:
+        return {"dataclass": type(v).__name__,
+                "fields": {f.name: _encode(getattr(v, f.name), put_weight) for f in dataclasses.fields(v)}}
     raise TypeError(f"cannot serialize a {type(v).__name__} in layer params")
 
 
@@ -49,6 +55,12 @@ def _decode(v: Any, weights: dict[str, np.ndarray]) -> Any:
             return weights[v["weight"]]
         if "float" in v:
             return float(v["float"])
+        if "dataclass" in v and v["dataclass"] in _NESTED and isinstance(v.get("fields"), dict):
+            cls = _NESTED[v["dataclass"]]
+            names = {f.name for f in dataclasses.fields(cls)}
+            if set(v["fields"]) - names:
+                raise PlanError(ErrorCode.PLAN_CORRUPT, f"{cls.__name__} has unknown fields in the plan")
+            return cls(**{k: _decode(x, weights) for k, x in v["fields"].items()})
         raise PlanError(ErrorCode.PLAN_CORRUPT, f"unexpected value {v!r} in layer params")
     if isinstance(v, list):
         raise PlanError(ErrorCode.PLAN_CORRUPT, "unexpected list in layer params")

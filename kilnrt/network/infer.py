@@ -94,10 +94,11 @@ def _meta_probe(layer, inputs) -> list[torch.Tensor] | None:
 _DATA_DEPENDENT_SIZE = (7, 11)
 
 
-def _rank_rule(layer, inputs) -> list[tuple[int, torch.dtype]] | None:
+def _rank_rule(layer, inputs) -> list[tuple[Any, torch.dtype]] | None:
     """The kernel's ``rank_rule(params, *inputs)``, if it has one: each output's rank and dtype
     from the inputs' ranks, dtypes and the *lengths* of shape inputs alone (like TensorRT,
-    which knows a shape tensor's length at build time but not always its values)."""
+    which knows a shape tensor's length at build time but not always its values).  A rule
+    may give dims instead of a rank: a tuple of ints (known) and None (unknown)."""
     from kilnrt.kernels.registry import reference_kernel
 
     rule = getattr(reference_kernel(layer.kind), "rank_rule", None)
@@ -120,7 +121,8 @@ def _data_dependent_probe(layer, inputs, run: int) -> list[torch.Tensor | None]:
     size = _DATA_DEPENDENT_SIZE[run]
     ranks = _rank_rule(layer, inputs)
     if ranks is not None:
-        return [torch.empty((size,) * r, dtype=dt, device="meta") for r, dt in ranks]
+        return [torch.empty(tuple(size if d is None else d for d in r) if isinstance(r, tuple) else (size,) * r,
+                            dtype=dt, device="meta") for r, dt in ranks]
     shape_inputs = SHAPE_INPUTS.get(layer.kind, frozenset())
     unknown_values = any(_is_meta(t) for i, t in enumerate(inputs) if i in shape_inputs)
     real = []

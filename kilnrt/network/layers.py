@@ -22,6 +22,7 @@ class LayerKind(enum.Enum):
     ATTENTION = "attention"
     CAST = "cast"
     CONCATENATION = "concatenation"
+    CONDITIONAL = "conditional"
     CONSTANT = "constant"
     CONVOLUTION = "convolution"
     CUMULATIVE = "cumulative"
@@ -34,6 +35,7 @@ class LayerKind(enum.Enum):
     GATHER = "gather"
     GRID_SAMPLE = "grid_sample"
     IDENTITY = "identity"
+    LOOP = "loop"
     LRN = "lrn"
     MATRIX_MULTIPLY = "matrix_multiply"
     NMS = "nms"
@@ -235,6 +237,58 @@ class CastParams:
     to: DataType
     saturate: bool = True
     round_mode: str = "up"
+
+
+@dataclass(frozen=True)
+class SubgraphLayer:
+    """One layer of a :class:`Subgraph`: its kind, params, and the names of its input and output values."""
+
+    kind: LayerKind
+    params: Any
+    inputs: tuple[str | None, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Subgraph:
+    """A branch or loop body as data (TensorRT's conditional/loop regions): named inputs, layers in
+    topological order, named outputs, and each output's (dtype, rank) (rank -1: unknown)."""
+
+    inputs: tuple[str, ...]
+    layers: tuple[SubgraphLayer, ...]
+    outputs: tuple[str, ...]
+    output_types: tuple[tuple[DataType, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class ConditionalParams:
+    """If-then-else (TensorRT's IIfConditional). Inputs: condition (shape input, bool scalar), then the
+    values the branches capture, bound to both branches' ``inputs`` in order; only the chosen branch runs."""
+
+    then_branch: Subgraph
+    else_branch: Subgraph
+
+
+@dataclass(frozen=True)
+class LoopParams:
+    """A loop (TensorRT's ILoop; ONNX Loop and Scan).
+
+    Inputs: trip count (optional shape input, int64), condition (optional shape input, bool),
+    ``num_carried`` initial values, one input per ``scan_input_axes`` (sliced along that axis,
+    backwards where ``scan_input_reverse``; its length caps the trip count), then captured values.
+    The body takes ([iteration, condition] when ``counter_inputs``, carried, slices, captured)
+    and returns ([condition] when ``counter_inputs``, carried, one value per ``scan_output_axes``).
+    Outputs: the final carried values, then each scan output's per-iteration values stacked
+    along its axis (in reverse order where ``scan_output_reverse``).
+    """
+
+    body: Subgraph
+    num_carried: int = 0
+    scan_input_axes: tuple[int, ...] = ()
+    scan_input_reverse: tuple[bool, ...] = ()
+    scan_output_axes: tuple[int, ...] = ()
+    scan_output_reverse: tuple[bool, ...] = ()
+    counter_inputs: bool = True
 
 
 @dataclass(frozen=True)
@@ -604,6 +658,7 @@ PARAMS: dict[LayerKind, type] = {
     LayerKind.ATTENTION: AttentionParams,
     LayerKind.CAST: CastParams,
     LayerKind.CONCATENATION: ConcatenationParams,
+    LayerKind.CONDITIONAL: ConditionalParams,
     LayerKind.CONSTANT: ConstantParams,
     LayerKind.CONVOLUTION: ConvolutionParams,
     LayerKind.CUMULATIVE: CumulativeParams,
@@ -616,6 +671,7 @@ PARAMS: dict[LayerKind, type] = {
     LayerKind.GATHER: GatherParams,
     LayerKind.GRID_SAMPLE: GridSampleParams,
     LayerKind.IDENTITY: IdentityParams,
+    LayerKind.LOOP: LoopParams,
     LayerKind.LRN: LRNParams,
     LayerKind.MATRIX_MULTIPLY: MatrixMultiplyParams,
     LayerKind.NMS: NMSParams,
@@ -646,9 +702,11 @@ PARAMS: dict[LayerKind, type] = {
 
 # Input positions read as host values (TensorRT's shape tensors).
 SHAPE_INPUTS: dict[LayerKind, frozenset[int]] = {
+    LayerKind.CONDITIONAL: frozenset({0}),
     LayerKind.CUMULATIVE: frozenset({1}),
     LayerKind.EXPAND: frozenset({1}),
     LayerKind.FILL: frozenset({0, 1, 2}),
+    LayerKind.LOOP: frozenset({0, 1}),
     LayerKind.NMS: frozenset({2, 3, 4}),
     LayerKind.ONE_HOT: frozenset({1}),
     LayerKind.PADDING: frozenset({1, 3}),

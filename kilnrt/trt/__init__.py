@@ -19,7 +19,7 @@ import functools
 import operator
 from typing import Any, Sequence
 
-from kilnrt import __version__
+from kilnrt import __version__  # noqa: F401  (the names below are re-exported)
 from kilnrt.builder import MemoryPoolType, OptimizationProfile, ProfilingVerbosity, TimingCache
 from kilnrt.builder.config import BuilderFlag
 from kilnrt.engine import Engine, ExecutionContext, TensorIOMode

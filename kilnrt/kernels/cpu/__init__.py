@@ -3,5 +3,5 @@
 These kernels are also the *reference* implementations: shape inference and constant
 folding evaluate them, and every other tactic is tested against them.
 """
-from kilnrt.kernels.cpu import (attention, conv, index, linalg, norm, plugin, pointwise, quantize, rnn,  # noqa: F401
+from kilnrt.kernels.cpu import (attention, control, conv, index, linalg, norm, plugin, pointwise, quantize, rnn,  # noqa: F401
                                 shape, signal, vision)

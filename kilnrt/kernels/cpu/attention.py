@@ -20,7 +20,7 @@ def _attention_bias(p: AttentionParams, mask: torch.Tensor | None, nonpad: torch
             m = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_fill(~mask, neg_inf)
         else:
             m = mask.to(torch.float32)
-        if m.shape[-1] < skv:
+        if m.dim() and m.shape[-1] < skv:
             pad = torch.full(tuple(m.shape[:-1]) + (skv - m.shape[-1],), neg_inf, dtype=m.dtype, device=device)
             m = torch.cat([m, pad], dim=-1)
         bias = bias + m

@@ -235,6 +235,8 @@ def deform_conv(p: PluginParams, x: torch.Tensor, w: torch.Tensor, offset: torch
     n, c, ih, iw = x.shape
     m, _, kh, kw = w.shape
     oh, ow = offset.shape[2], offset.shape[3]
+    if any(t is not None and t.device.type == "meta" for t in (x, w, offset, b, mask)):
+        return torch.empty((n, m, oh, ow), dtype=x.dtype, device="meta")
     dev = x.device
     off = offset.reshape(n, og, kh, kw, 2, oh, ow)
     rows = (torch.arange(kh, device=dev) * dh).reshape(kh, 1, 1, 1) + \

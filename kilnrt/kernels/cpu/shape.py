@@ -26,7 +26,8 @@ def host_values(t: torch.Tensor | None) -> list | None:
 def rank_rule(rule):
     """Attach ``rule(params, *inputs) -> [(rank, dtype), ...]`` to a kernel: its outputs' ranks
     and dtypes when shape-input *values* are unknown at build time (only their lengths are);
-    shape inference then marks every output dim unknown (-1)."""
+    shape inference then marks every output dim unknown (-1).  A rule may give a tuple of
+    dims instead of a rank, None for each unknown one."""
 
     def attach(fn):
         fn.rank_rule = rule
@@ -117,8 +118,15 @@ def unsqueeze(p: UnsqueezeParams, x: torch.Tensor, axes: torch.Tensor | None = N
     return x
 
 
+def _expand_dims(p: ExpandParams, x: torch.Tensor, shape_: torch.Tensor):
+    """Broadcasting keeps every dim of x larger than 1; the others follow the unknown shape values."""
+    rank = max(x.dim(), _length(shape_))
+    dims = (1,) * (rank - x.dim()) + tuple(x.shape)
+    return [(tuple(d if d > 1 else None for d in dims), x.dtype)]
+
+
 @kernel(LayerKind.EXPAND)
-@rank_rule(lambda p, x, shape_: [(max(x.dim(), _length(shape_)), x.dtype)])
+@rank_rule(_expand_dims)
 def expand(p: ExpandParams, x: torch.Tensor, shape_: torch.Tensor) -> torch.Tensor:
     target = torch.broadcast_shapes(tuple(x.shape), tuple(int(d) for d in host_values(shape_)))
     return x.expand(target)
@@ -134,6 +142,8 @@ def tile(p: TileParams, x: torch.Tensor, repeats: torch.Tensor) -> torch.Tensor:
 def gather(p: GatherParams, data: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     axis = p.axis % data.dim() if data.dim() else 0
     if p.mode == GatherMode.ELEMENT:
+        if data.device.type == "meta" or indices.device.type == "meta":  # the output is shaped like indices
+            return torch.empty(indices.shape, dtype=data.dtype, device="meta")
         idx = indices.to(torch.int64)
         idx = torch.where(idx < 0, idx + data.shape[axis], idx)
         return torch.gather(data, axis, idx)
@@ -190,7 +200,8 @@ def padding(p: PaddingParams, x: torch.Tensor, pads: torch.Tensor, value: torch.
     pre, post = [0] * rank, [0] * rank
     for i, a in enumerate(ax):
         pre[a], post[a] = pv[i], pv[n + i]
-    fill = host_values(value)[0] if value is not None and value.numel() else 0
+    # the fill value only matters with data (it is no shape input: meta during shape inference)
+    fill = host_values(value)[0] if value is not None and value.numel() and value.device.type != "meta" else 0
     if p.mode == "constant":
         flat = []
         for a in reversed(range(rank)):

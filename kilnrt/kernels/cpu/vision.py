@@ -169,6 +169,8 @@ _GRID_MODES = {"linear": "bilinear", "nearest": "nearest", "cubic": "bicubic"}
 @kernel(LayerKind.GRID_SAMPLE)
 def grid_sample(p: GridSampleParams, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """ONNX GridSample (PyTorch's semantics): x [N, C, *D], grid [N, *D_out, r] in (x, y, ...) order."""
+    if x.device.type == "meta" or grid.device.type == "meta":   # torch's meta path decomposes slowly
+        return torch.empty(tuple(x.shape[:2]) + tuple(grid.shape[1:-1]), dtype=x.dtype, device="meta")
     compute = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     y = F.grid_sample(x.to(compute), grid.to(compute), mode=_GRID_MODES[p.mode], padding_mode=p.padding_mode,
                       align_corners=p.align_corners)

@@ -100,10 +100,9 @@ def clamp(x, lo, hi):
 @triton.jit
 def pow_(a, b):
     # a ** b as torch.pow on floats: exact sign for integral b, NaN for a < 0 and fractional b
-    integral = tl.floor(b) == b
-    odd = integral & (tl.floor(b * 0.5) * 2.0 != b)
-    r = tl.exp2(b * tl.log2(tl.where(integral, tl.abs(a), a)))
-    r = tl.where((a < 0.0) & odd, -r, r)
+    r = tl.exp2(b * tl.log2(tl.where(tl.floor(b) == b, tl.abs(a), a)))
+    odd = b - 2.0 * tl.floor(b * 0.5) == 1.0
+    r = tl.where(a < 0.0, tl.where(odd, -r, r), r)
     return tl.where(b == 0.0, 1.0, r)
 
 
@@ -146,7 +145,8 @@ OPS: dict[Any, Callable[..., str]] = {
     A.SCALED_TANH: lambda x, a, b: f"{_lit(a)} * tanh({_lit(b)} * {x})",
     A.THRESHOLDED_RELU: lambda x, a, b: f"tl.where({x} > {_lit(a)}, {x}, 0.0)",
     A.GELU_ERF: lambda x, a, b: f"0.5 * {x} * (1.0 + tl.erf({x} * {_SQRT_HALF}))",
-    A.GELU_TANH: lambda x, a, b: f"0.5 * {x} * (1.0 + tanh({_SQRT_2_OVER_PI} * ({x} + 0.044715 * {x} * {x} * {x})))",
+    # 0.5 * (1 + tanh(u)) == sigmoid(2u)
+    A.GELU_TANH: lambda x, a, b: f"{x} * tl.sigmoid({2 * _SQRT_2_OVER_PI} * ({x} + 0.044715 * {x} * {x} * {x}))",
     A.SILU: lambda x, a, b: f"{x} * tl.sigmoid({x})",
     A.MISH: lambda x, a, b: f"{x} * tanh(softplus({x}))",
     A.HARD_SWISH: lambda x, a, b: f"{x} * clamp({x} / 6.0 + 0.5, 0.0, 1.0)",

@@ -1,12 +1,14 @@
-"""Importers for attention ops: Attention (one fused ATTENTION layer) and RotaryEmbedding."""
+"""Importers for attention ops: Attention and FlexAttention (ATTENTION layers), RotaryEmbedding,
+LinearAttention."""
 from __future__ import annotations
 
 import numpy as np
 
 from kilnrt.errors import ErrorCode
 from kilnrt.network.dtypes import DataType
-from kilnrt.network.layers import (AttentionParams, ConcatenationParams, ElementWiseOperation as E, GatherParams,
-                                   LayerKind, PluginParams, ShuffleParams, SliceParams)
+from kilnrt.network.layers import (AttentionParams, ConcatenationParams, ElementWiseOperation as E, ExpandParams,
+                                   GatherParams, LayerKind, MatrixMultiplyParams, MatrixOperation, PluginParams,
+                                   ShuffleParams, SliceParams, SoftmaxParams)
 from kilnrt.onnx.registry import importer
 
 _SOFTMAX_PRECISIONS = (1, 10, 11, 16)   # FLOAT, FLOAT16, DOUBLE, BFLOAT16
@@ -162,3 +164,81 @@ def linear_attention(ctx, node, query, key, value, past_state=None, decay=None, 
     params = PluginParams("LinearAttention", "1", (("update_rule", update_rule), ("q_num_heads", int(q_num_heads)),
                                                    ("kv_num_heads", int(kv_num_heads)), ("scale", float(scale))))
     return ctx.add(LayerKind.PLUGIN, params, [query, key, value, past_state, decay, beta], num_outputs=2).outputs
+
+
+def inline_subgraph(ctx, graph, inputs: list):
+    """Import the nodes of an ONNX subgraph (a graph attribute) with its inputs bound to
+    ``inputs``; returns its output tensors.  The subgraph's names shadow the outer graph's
+    only while it is imported; its layers are named ``<outer node>/<inner node>``."""
+    from onnx import helper
+
+    from kilnrt.onnx import registry
+    from kilnrt.onnx.parser import import_node
+
+    outer = (ctx.node, ctx.node_name, ctx._layer_count)
+    saved_tensors, saved_inits = dict(ctx.tensors), dict(ctx.initializers)
+    try:
+        for init in graph.initializer:
+            ctx.initializers[init.name] = init
+            ctx.tensors.pop(init.name, None)
+        for vi, t in zip(graph.input, inputs):
+            ctx.tensors[vi.name] = t
+        for i, node in enumerate(graph.node):
+            ctx.require(registry.lookup(node.op_type, ctx.opset, node.domain) is not None,
+                        ErrorCode.UNSUPPORTED_NODE,
+                        f"subgraph {graph.name!r} uses op {node.op_type}, which kilnrt does not support")
+            inner = helper.make_node(node.op_type, node.input, node.output,
+                                     name=f"{outer[1]}/{node.name or f'{node.op_type}_{i}'}", domain=node.domain)
+            inner.attribute.extend(node.attribute)
+            import_node(ctx, inner, i)
+        return [ctx.get(o.name) for o in graph.output]
+    finally:
+        ctx.tensors, ctx.initializers = saved_tensors, saved_inits
+        ctx.node, ctx.node_name, ctx._layer_count = outer
+
+
+def _repeat_heads(ctx, t, repeat: int):
+    """[B, H, S, D] -> [B, H * repeat, S, D], each head repeated ``repeat`` times in place."""
+    b, h, s, d = t.shape
+    shape = ctx.constant(np.asarray([1, 1, repeat, 1, 1], np.int64))
+    t = ctx.out(LayerKind.EXPAND, ExpandParams(), ctx.unsqueeze(t, [2]), shape)
+    return ctx.reshape(t, [0, h * repeat, -1, 0] if isinstance(h, int) else [0, -1, 0, 0])
+
+
+@importer("FlexAttention", since=1, domain="ai.onnx.preview")
+def flex_attention(ctx, node, q, k, v, *, scale=None, score_mod=None, prob_mod=None, softmax_precision=None):
+    """FlexAttention: one ATTENTION layer; with score_mod / prob_mod subgraphs, matmul, softmax and the
+    inlined subgraphs (each maps the [B, Hq, L, S] scores or probabilities to new ones)."""
+    ctx.require(all(ctx.rank(t) == 4 for t in (q, k, v)), ErrorCode.UNSUPPORTED_NODE_SHAPE,
+                "Q, K and V must be 4-D")
+    dtype = ctx.dtype(q)
+    if softmax_precision is not None:
+        ctx.require(softmax_precision in _SOFTMAX_PRECISIONS, ErrorCode.UNSUPPORTED_NODE_ATTR,
+                    f"softmax_precision={softmax_precision}; supported: 1, 10, 11, 16")
+        compute = DataType.from_onnx(int(softmax_precision))
+    else:
+        compute = DataType.DOUBLE if dtype == DataType.DOUBLE else DataType.FLOAT
+    head = q.shape[3]
+    ctx.require(scale is not None or isinstance(head, int), ErrorCode.UNSUPPORTED_NODE_DYNAMIC,
+                "the head size must be known at build time when scale is not given")
+    scale = float(scale) if scale is not None else 1.0 / float(np.sqrt(head))
+    if score_mod is None and prob_mod is None:
+        params = AttentionParams(scale=scale, softmax_precision=None if compute == dtype else compute)
+        return ctx.add(LayerKind.ATTENTION, params, [q, k, v], num_outputs=3).outputs[0]
+    hq, hkv = q.shape[1], k.shape[1]
+    ctx.require(isinstance(hq, int) and isinstance(hkv, int) and hq % hkv == 0, ErrorCode.UNSUPPORTED_NODE_DYNAMIC,
+                f"the head counts must be known at build time, and Q's a multiple of K's; got {hq}, {hkv}")
+    if hq != hkv:
+        k, v = _repeat_heads(ctx, k, hq // hkv), _repeat_heads(ctx, v, hq // hkv)
+    root = ctx.constant(np.asarray(np.sqrt(np.float32(scale)), dtype.numpy))
+    scores = ctx.out(LayerKind.MATRIX_MULTIPLY, MatrixMultiplyParams(MatrixOperation.NONE, MatrixOperation.TRANSPOSE),
+                     ctx.elementwise(E.PROD, q, root), ctx.elementwise(E.PROD, k, root))
+    scores = ctx.cast(scores, compute) if compute != dtype else scores
+    if score_mod is not None:
+        scores = inline_subgraph(ctx, score_mod, [scores])[0]
+    probs = ctx.out(LayerKind.SOFTMAX, SoftmaxParams(-1), scores)
+    if prob_mod is not None:
+        probs = inline_subgraph(ctx, prob_mod, [probs])[0]
+    y = ctx.out(LayerKind.MATRIX_MULTIPLY, MatrixMultiplyParams(), probs,
+                ctx.cast(v, compute) if compute != dtype else v)
+    return ctx.cast(y, dtype) if compute != dtype else y

@@ -172,13 +172,37 @@ def lrn(ctx, node, x, *, alpha=0.0001, beta=0.75, bias=1.0, size=None):
     return ctx.out(LayerKind.LRN, LRNParams(int(size), float(alpha), float(beta), float(bias)), x)
 
 
+def _batch_norm_training(ctx, x, scale, b, mean, var, epsilon: float, momentum: float):
+    """y from the batch's mean and (biased) variance over every axis but 1; running statistics
+    ``stat * momentum + batch_stat * (1 - momentum)``."""
+    rank = ctx.rank(x)
+    dtype = ctx.dtype(x).numpy
+    axes = (0,) + tuple(range(2, rank))
+    batch_mean = ctx.out(LayerKind.REDUCE, ReduceParams(ReduceOperation.AVG, axes, True), x)
+    diff = ctx.elementwise(E.SUB, x, batch_mean)
+    batch_var = ctx.out(LayerKind.REDUCE, ReduceParams(ReduceOperation.AVG, axes, True),
+                        ctx.elementwise(E.PROD, diff, diff))
+    tail = [1] * (rank - 2)
+    std = ctx.unary(U.SQRT, ctx.elementwise(E.SUM, batch_var, ctx.constant(np.asarray(epsilon, dtype))))
+    y = ctx.elementwise(E.PROD, ctx.elementwise(E.DIV, diff, std), ctx.reshape(scale, [-1] + tail))
+    y = ctx.elementwise(E.SUM, y, ctx.reshape(b, [-1] + tail))
+    keep, take = ctx.constant(np.asarray(momentum, dtype)), ctx.constant(np.asarray(1 - momentum, dtype))
+
+    def running(stat, batch_stat):
+        return ctx.elementwise(E.SUM, ctx.elementwise(E.PROD, stat, keep),
+                               ctx.elementwise(E.PROD, ctx.reshape(batch_stat, [-1]), take))
+
+    return y, running(mean, batch_mean), running(var, batch_var)
+
+
 @importer("BatchNormalization")
 def batch_normalization(ctx, node, x, scale, b, mean, var, *, epsilon=1e-5, momentum=0.9,
                         training_mode=0, spatial=1, is_test=0, consumed_inputs=None):
-    """BatchNormalization (inference): a per-channel SCALE layer when the statistics are constant."""
-    ctx.require(not training_mode, ErrorCode.UNSUPPORTED_NODE_ATTR,
-                "training_mode=1 is not supported (kilnrt runs inference); export the model in eval mode")
+    """BatchNormalization: a per-channel SCALE layer when the statistics are constant; training_mode=1
+    normalizes with the batch statistics and also returns the updated running mean and variance."""
     ctx.require(spatial == 1, ErrorCode.UNSUPPORTED_NODE_ATTR, "spatial=0 is not supported")
+    if training_mode:
+        return _batch_norm_training(ctx, x, scale, b, mean, var, float(epsilon), float(momentum))
     values = [ctx.value(t) for t in (scale, b, mean, var)]
     dtype = ctx.dtype(x).numpy
     if all(v is not None for v in values):
@@ -211,7 +235,8 @@ def _layer_norm_statistics(ctx, x, axes: tuple[int, ...], epsilon: float):
     xs = x if ctx.dtype(x) == DataType.FLOAT else ctx.cast(x, DataType.FLOAT)
     mean = ctx.out(LayerKind.REDUCE, ReduceParams(ReduceOperation.AVG, axes, True), xs)
     diff = ctx.elementwise(E.SUB, xs, mean)
-    var = ctx.out(LayerKind.REDUCE, ReduceParams(ReduceOperation.AVG, axes, True), ctx.elementwise(E.PROD, diff, diff))
+    var = ctx.out(LayerKind.REDUCE, ReduceParams(ReduceOperation.AVG, axes, True),
+                  ctx.elementwise(E.PROD, diff, diff))
     eps = ctx.constant(np.asarray(epsilon, dtype=np.float32))
     inv_std = ctx.unary(U.RECIP, ctx.unary(U.SQRT, ctx.elementwise(E.SUM, var, eps)))
     return mean, inv_std

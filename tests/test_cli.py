@@ -1,0 +1,206 @@
+"""The ``kilnrt`` command, called in-process: ``main([...])`` returns the exit code."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import kilnrt
+from kilnrt.cli.main import main
+
+
+def mlp(seed: int = 0, bias_shift: float = 0.0) -> onnx.ModelProto:
+    """x [batch, 4] -> MatMul -> Add -> Relu -> y [batch, 3], dynamic batch."""
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array((rng.standard_normal(3) + bias_shift).astype(np.float32), "b")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"], name="MatMul_0"),
+             helper.make_node("Add", ["mm", "b"], ["add"], name="Add_1"),
+             helper.make_node("Relu", ["add"], ["y"], name="Relu_2")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], [w, b])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    model = d / "mlp.onnx"
+    onnx.save(mlp(), model)
+    plan = d / "mlp.plan"
+    kilnrt.build(str(model), profiles={"x": ((1, 4), (2, 4), (8, 4))}).save(str(plan))
+    unsupported = d / "bad.onnx"
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"], name="relu"),
+                               helper.make_node("FancyOp", ["r"], ["y"], name="fancy_1"),
+                               helper.make_node("FancyOp", ["y"], ["z"], name="fancy_2")], "bad",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), unsupported)
+    return {"dir": d, "model": str(model), "plan": str(plan), "bad": str(unsupported)}
+
+
+# ----------------------------------------------------------------------------- build
+def test_build_writes_a_plan_with_the_profile(files, capsys):
+    out = files["dir"] / "built.plan"
+    cache = files["dir"] / "timing.cache"
+    rc = main(["build", files["model"], "-o", str(out), "--min-shapes", "x:1x4", "--opt-shapes", "x:4x4",
+               "--max-shapes", "x:16x4", "--timing-cache", str(cache), "--optimization-level", "2"])
+    text = capsys.readouterr().out
+    assert rc == 0 and out.is_file() and cache.is_file()
+    assert str(out) in text and "network layers" in text
+    engine = kilnrt.load(str(out))
+    assert engine.profiles[0]["x"] == ((1, 4), (4, 4), (16, 4))
+    assert engine.build_info["optimization_level"] == 2
+
+
+def test_build_static_shapes_and_default_output_path(files, tmp_path, capsys):
+    model = tmp_path / "static.onnx"
+    onnx.save(mlp(), model)
+    assert main(["build", str(model), "--shapes", "x:3x4", "--fp16"]) == 0
+    engine = kilnrt.load(str(tmp_path / "static.plan"))
+    assert engine.profiles[0]["x"] == ((3, 4), (3, 4), (3, 4))
+    assert "static.plan" in capsys.readouterr().out
+
+
+def test_errors_are_one_clean_red_line(files, capsys):
+    assert main(["build", str(files["dir"] / "missing.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "does not exist" in err and "Traceback" not in err
+    assert main(["build", files["bad"], "-o", str(files["dir"] / "bad.plan")]) == 1
+    err = capsys.readouterr().err
+    assert "FancyOp" in err and "fancy_1" in err and "Traceback" not in err
+    assert main(["run", files["plan"], "--shapes", "x:2by4"]) == 1
+    assert "write NAME:DIMS" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback(files, capsys):
+    assert main(["run", str(files["dir"] / "nothing.plan"), "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "error:" in err
+
+
+def test_usage_errors_help_and_version(capsys):
+    assert main([]) == 2
+    assert main(["--version"]) == 0 and kilnrt.__version__ in capsys.readouterr().out
+    assert main(["build"]) == 2                      # argparse: MODEL.onnx is required
+    assert main(["exec", "--noSuchFlag"]) == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- run / bench
+def test_run_random_inputs(files, capsys):
+    assert main(["run", files["plan"], "--seed", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "output y" in text and "[2, 3]" in text and "seed 3" in text  # batch = the profile's opt
+
+
+def test_run_with_input_file_saves_outputs(files, capsys):
+    x = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    np.save(files["dir"] / "x.npy", x)
+    out_dir = files["dir"] / "outputs"
+    assert main(["run", files["plan"], "--input", f"x={files['dir'] / 'x.npy'}", "--output-dir", str(out_dir)]) == 0
+    saved = np.load(out_dir / "y.npy")
+    np.testing.assert_array_equal(saved, kilnrt.load(files["plan"]).run({"x": x})["y"])
+    assert main(["run", files["plan"], "--input", "nope=x.npy"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    np.save(files["dir"] / "z.npy", x)
+    assert main(["run", files["plan"], "--input", f"z={files['dir'] / 'z.npy'}"]) == 1
+    assert "unknown input name" in capsys.readouterr().err
+
+
+def test_bench_json(files, capsys):
+    assert main(["bench", files["plan"], "--iterations", "5", "--warmup", "1", "--shapes", "x:8x4", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["iterations"] == 5 and s["batch"] == 8 and s["shapes"] == {"x": [8, 4]}
+    assert s["min_ms"] <= s["median_ms"] <= s["p90_ms"] <= s["p99_ms"] <= s["max_ms"]
+    assert s["throughput_items_per_s"] == pytest.approx(8 * s["throughput_qps"])
+
+
+def test_bench_table(files, capsys):
+    assert main(["bench", files["plan"], "-n", "3", "--warmup", "0"]) == 0
+    text = capsys.readouterr().out
+    for word in ("latency median", "latency p99", "inferences/s", "items/s"):
+        assert word in text
+
+
+# ----------------------------------------------------------------------------- inspect
+def test_inspect_plan(files, capsys):
+    assert main(["inspect", files["plan"]]) == 0
+    text = capsys.readouterr().out
+    assert "MatMul_0" in text and "cpu.matrix_multiply" in text and "activations" in text
+    assert main(["inspect", files["plan"], "--json", "--profile", "2"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert all(l["time_ms"] is not None for l in info["layers"])
+    layer = next(l for l in info["layers"] if "MatMul_0" in l["origin"])   # possibly fused with Add, Relu
+    assert layer["origin_text"] == " + ".join(layer["origin"]) and layer["inputs"][0]["name"] == "x"
+    assert layer["outputs"][0]["dtype"] == "FLOAT" and layer["tactic"].startswith("cpu.")
+    assert info["activation_bytes"] <= info["naive_activation_bytes"]
+    assert info["io"][0] == {"name": "x", "mode": "input", "dtype": "FLOAT", "shape": ["batch", 4]}
+    assert info["profiles"][0]["x"]["opt"] == [2, 4] and "passes" in info["build"]
+
+
+def test_inspect_onnx_model(files, capsys):
+    assert main(["inspect", files["model"]]) == 0
+    text = capsys.readouterr().out
+    assert "opset 17" in text and "matrix_multiply" in text and "Relu_2" in text
+    assert main(["inspect", files["model"], "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["supported"] and [l["kind"] for l in info["layers"]] == ["MATRIX_MULTIPLY", "ELEMENTWISE", "ACTIVATION"]
+
+
+def test_inspect_lists_unsupported_ops(files, capsys):
+    assert main(["inspect", files["bad"]]) == 1
+    text = capsys.readouterr().out
+    assert "FancyOp" in text and "UNSUPPORTED_NODE" in text
+    assert main(["inspect", files["bad"], "--json"]) == 1
+    info = json.loads(capsys.readouterr().out)
+    assert not info["supported"] and info["unsupported"][0]["op"] == "FancyOp"
+    assert "fancy_1, fancy_2" in info["unsupported"][0]["message"]
+
+
+# ----------------------------------------------------------------------------- compare
+def test_compare_passes_against_onnxruntime(files, capsys):
+    assert main(["compare", files["model"], "--shapes", "x:6x4", "--seed", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "PASSED | output 'y' [6, 3] float32: max abs error" in text and "rtol=0.001, atol=0.0001" in text
+    assert main(["compare", files["model"], "--plan", files["plan"]]) == 0
+
+
+def test_compare_reports_a_mismatch(files, tmp_path, capsys):
+    wrong = tmp_path / "wrong.plan"
+    kilnrt.build(mlp(bias_shift=0.5), profiles={"x": ((1, 4), (2, 4), (8, 4))}).save(str(wrong))
+    assert main(["compare", files["model"], "--plan", str(wrong)]) == 1
+    text = capsys.readouterr().out
+    assert "FAILED | output 'y'" in text and "outside tolerance" in text and "FAILED: 1 of 1" in text
+
+
+# ----------------------------------------------------------------------------- exec / demo
+def test_exec_builds_saves_and_benchmarks(files, tmp_path, capsys):
+    plan = tmp_path / "exec.plan"
+    rc = main(["exec", f"--onnx={files['model']}", f"--saveEngine={plan}", "--fp16", "--shapes=x:4x4",
+               "--iterations=3", "--warmUp=0", "--duration=0", "--memPoolSize=workspace:64M",
+               f"--exportTimes={tmp_path / 'times.json'}", "--dumpProfile", "--avgRuns=2"])
+    text = capsys.readouterr().out
+    assert rc == 0 and plan.is_file()
+    assert "&&&& PASSED" in text and "Throughput:" in text and "percentile(99%)" in text
+    assert json.loads((tmp_path / "times.json").read_text())["batch"] == 4
+    assert kilnrt.load(str(plan)).profiles[0]["x"][1] == (4, 4)
+    assert main(["exec", f"--loadEngine={plan}", "--iterations=2", "--warmUp=0", "--duration=0",
+                 "--shapes=x:4x4", "--dumpLayerInfo"]) == 0
+    assert "Engine loaded" in capsys.readouterr().out
+    assert main(["exec", "--iterations=2"]) == 1
+    assert "--onnx" in capsys.readouterr().err
+
+
+def test_demo(tmp_path, capsys):
+    plan = tmp_path / "digits.plan"
+    assert main(["demo", "--iterations", "2", "-o", str(plan)]) == 0
+    text = capsys.readouterr().out
+    assert "kilnrt (cpu)" in text and "ONNX Runtime" in text and "images/s" in text and str(plan) in text
+    accuracy = float(text.split("kilnrt (cpu)")[1].split("%")[0].split()[-1])
+    assert accuracy > 90
+    assert main(["demo", "--model", str(tmp_path / "none.onnx")]) == 1
+    assert "--model" in capsys.readouterr().err

@@ -1,0 +1,277 @@
+"""kilnrt's Triton tactics against the CPU reference kernels, on the CPU under Triton's interpreter.
+
+TRITON_INTERPRET=1 is set before kilnrt's kernels are defined (``@triton.jit`` reads it), so they
+run on CPU tensors (small shapes: the interpreter is slow).  fp16 results are compared with the
+reference on the float32 copy of the same input.  Skipped on GPU machines, where setting the
+variable would turn the whole process's Triton tactics into interpreted ones; there, run
+``benchmarks/triton_check.py``.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+if torch.cuda.is_available():  # the env var below would make every Triton tactic of this process interpreted
+    pytest.skip("interpreter tests run on CPU machines; on a GPU run benchmarks/triton_check.py",
+                allow_module_level=True)
+os.environ["TRITON_INTERPRET"] = "1"
+triton = pytest.importorskip("triton")
+
+from kilnrt.kernels.registry import TacticContext, get_tactic, reference_kernel, tactics_for  # noqa: E402
+from kilnrt.kernels.triton import pointwise, softmax  # noqa: E402
+from kilnrt.network.dtypes import DataType  # noqa: E402
+from kilnrt.network.graph import Network  # noqa: E402
+from kilnrt.network.layers import (ActivationParams, ActivationType as A, ElementWiseOperation as E,  # noqa: E402
+                                   ElementWiseParams, LayerKind, NormalizationParams, SoftmaxParams,
+                                   UnaryOperation as U, UnaryParams)
+from kilnrt.testing import fresh_seed  # noqa: E402
+
+if not isinstance(softmax._softmax_rows, triton.runtime.interpreter.InterpretedFunction):
+    pytest.skip("kilnrt.kernels.triton was imported before TRITON_INTERPRET=1 was set; run this file on its own",
+                allow_module_level=True)
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy, on masked-out lanes
+
+CTX = TacticContext(torch.device("cpu"))
+TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (1e-2, 1e-2), torch.bfloat16: (2e-2, 2e-2)}
+DT = {torch.float32: DataType.FLOAT, torch.float16: DataType.HALF, torch.bfloat16: DataType.BF16,
+      torch.float64: DataType.DOUBLE, torch.int32: DataType.INT32, torch.bool: DataType.BOOL}
+
+
+def make_layer(kind, params, *inputs):
+    """A layer of a fresh network whose inputs are ``(dtype, shape)`` pairs (None: omitted)."""
+    net = Network()
+    ts = [None if spec is None else net.add_input(f"in{i}", spec[0], spec[1]) for i, spec in enumerate(inputs)]
+    return net.add_layer(kind, params, ts)
+
+
+def nonzero(shape, dtype=torch.float32, positive=False, scale=1.0):
+    x = torch.randn(shape) * scale
+    x = torch.where(x.abs() < 1e-2, torch.full_like(x, 0.5), x)
+    return (x.abs() + 0.1 if positive else x).to(dtype)
+
+
+def check(name, layer, tensors, seed):
+    tac = get_tactic(name)
+    assert tac.supports(layer, CTX), f"{name} declined {layer}"
+    out = tac.run(tac.prepare(layer, CTX), tensors)[0]
+    ref = reference_kernel(layer.kind)(layer.params, *[None if t is None else t.float() for t in tensors])
+    x = tensors[0]
+    assert out.dtype == x.dtype and out.shape == ref.shape
+    rtol, atol = TOL[x.dtype]
+    torch.testing.assert_close(out.float(), ref.float(), rtol=rtol, atol=atol, equal_nan=True,
+                               msg=lambda m: f"{name} {layer.params} {[tuple(t.shape) for t in tensors if t is not None]} "
+                                             f"{x.dtype} seed={seed}\n{m}")
+    return out
+
+
+@pytest.fixture
+def seed():
+    s = fresh_seed()
+    torch.manual_seed(s)
+    return s
+
+
+ROWS = [1, 7, 33, 1000]
+LEADS = [(1,), (3, 5)]
+DTYPES = [torch.float32, torch.float16]
+
+
+# ----------------------------------------------------------------------------- softmax
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("lead", LEADS, ids=str)
+@pytest.mark.parametrize("n", ROWS)
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_softmax(n, lead, dtype, log, seed):
+    shape = lead + (n,)
+    layer = make_layer(LayerKind.SOFTMAX, SoftmaxParams(axis=len(shape) - 1, log=log), (DT[dtype], shape))
+    check("cuda.softmax.triton", layer, [nonzero(shape, dtype, scale=3.0)], seed)
+
+
+def test_softmax_bf16_and_non_contiguous(seed):
+    x = nonzero((33, 6), torch.bfloat16).t()  # [6, 33], not contiguous
+    layer = make_layer(LayerKind.SOFTMAX, SoftmaxParams(axis=-1), (DataType.BF16, (6, 33)))
+    check("cuda.softmax.triton", layer, [x], seed)
+
+
+@pytest.mark.parametrize("dtype,shape,axis", [
+    (DataType.FLOAT, (4, 7), 0),            # not the last axis
+    (DataType.FLOAT, (2, 40000), -1),       # row longer than 32768
+    (DataType.FLOAT, (2, "seq"), -1),       # row length unknown at build
+    (DataType.DOUBLE, (4, 7), -1),
+    (DataType.INT32, (4, 7), -1),
+])
+def test_softmax_declines(dtype, shape, axis):
+    layer = make_layer(LayerKind.SOFTMAX, SoftmaxParams(axis=axis), (dtype, shape))
+    assert not get_tactic("cuda.softmax.triton").supports(layer, CTX)
+
+
+# ----------------------------------------------------------------------------- normalization
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("lead", LEADS, ids=str)
+@pytest.mark.parametrize("n", ROWS)
+@pytest.mark.parametrize("variant", ["layernorm", "layernorm_no_affine", "rmsnorm"])
+def test_normalization(n, lead, dtype, variant, seed):
+    shape = lead + (n,)
+    rms = variant == "rmsnorm"
+    affine = variant != "layernorm_no_affine"
+    p = NormalizationParams(axes=(len(shape) - 1,), epsilon=1e-5, rms=rms)
+    specs = [(DT[dtype], shape)] + ([(DT[dtype], (n,))] * (1 if rms else 2) if affine else [])
+    layer = make_layer(LayerKind.NORMALIZATION, p, *specs)
+    tensors = [nonzero(shape, dtype, scale=2.0) + 0.7] + [nonzero((n,), dtype) for _ in specs[1:]]
+    check("cuda.normalization.triton", layer, tensors, seed)
+
+
+def test_normalization_two_trailing_axes_fp32_scale(seed):
+    p = NormalizationParams(axes=(1, 2), epsilon=1e-3)
+    layer = make_layer(LayerKind.NORMALIZATION, p, (DataType.HALF, (3, 5, 7)), (DataType.FLOAT, (1, 5, 7)),
+                       (DataType.FLOAT, (5, 7)))
+    check("cuda.normalization.triton", layer, [nonzero((3, 5, 7), torch.float16), nonzero((1, 5, 7)),
+                                               nonzero((5, 7))], seed)
+
+
+@pytest.mark.parametrize("p,specs", [
+    (NormalizationParams(axes=(2,), num_groups=2), [(DataType.FLOAT, (2, 4, 6))]),      # group norm
+    (NormalizationParams(axes=(1,)), [(DataType.FLOAT, (2, 4, 6))]),                    # not trailing
+    (NormalizationParams(axes=(1,)), [(DataType.FLOAT, (2, 40000))]),                   # row too long
+    (NormalizationParams(axes=(1,)), [(DataType.FLOAT, (2, "n"))]),                     # symbolic row
+    (NormalizationParams(axes=(1,)), [(DataType.FLOAT, (2, 6)), (DataType.FLOAT, (1,))]),   # broadcast scale
+    (NormalizationParams(axes=(1,)), [(DataType.DOUBLE, (2, 6))]),
+    (NormalizationParams(axes=(1,)), [(DataType.INT32, (2, 6))]),
+])
+def test_normalization_declines(p, specs):
+    layer = make_layer(LayerKind.NORMALIZATION, p, *specs)
+    assert not get_tactic("cuda.normalization.triton").supports(layer, CTX)
+
+
+# ----------------------------------------------------------------------------- activations
+ACTIVATIONS = [
+    (A.RELU, 0, 0), (A.SIGMOID, 0, 0), (A.TANH, 0, 0), (A.LEAKY_RELU, 0.1, 0), (A.ELU, 1.3, 0),
+    (A.SELU, 1.6732632, 1.0507010), (A.SOFTSIGN, 0, 0), (A.SOFTPLUS, 0, 0), (A.CLIP, -0.5, 0.7),
+    (A.CLIP, -math.inf, 0.7), (A.HARD_SIGMOID, 0.2, 0.5), (A.SCALED_TANH, 1.5, 0.7),
+    (A.THRESHOLDED_RELU, 0.3, 0), (A.GELU_ERF, 0, 0), (A.GELU_TANH, 0, 0), (A.SILU, 0, 0),
+    (A.MISH, 0, 0), (A.HARD_SWISH, 0, 0), (A.CELU, 0.8, 0),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("act,alpha,beta", ACTIVATIONS, ids=lambda v: getattr(v, "name", str(v)))
+def test_activation(act, alpha, beta, dtype, seed):
+    x = nonzero((3, 5, 33), dtype, scale=3.0)
+    x.view(-1)[:4] = torch.tensor([25.0, -25.0, 1e-4, -1e-4])  # softplus threshold, expm1 near 0
+    layer = make_layer(LayerKind.ACTIVATION, ActivationParams(act, alpha, beta), (DT[dtype], x.shape))
+    check("cuda.activation.triton", layer, [x], seed)
+
+
+# ----------------------------------------------------------------------------- unary
+UNARY_POSITIVE = {U.LOG, U.SQRT}
+UNARY = [U.EXP, U.LOG, U.SQRT, U.RECIP, U.ABS, U.NEG, U.SIN, U.COS, U.TAN, U.SINH, U.COSH, U.ERF,
+         U.FLOOR, U.CEIL, U.SIGN]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("op", UNARY, ids=lambda v: v.name)
+def test_unary(op, dtype, seed):
+    x = nonzero((3, 5, 7), dtype, positive=op in UNARY_POSITIVE, scale=2.0)
+    layer = make_layer(LayerKind.UNARY, UnaryParams(op), (DT[dtype], x.shape))
+    check("cuda.unary.triton", layer, [x], seed)
+
+
+# ----------------------------------------------------------------------------- elementwise
+BROADCASTS = [((3, 5, 33), (3, 5, 33)), ((3, 5, 33), (33,)), ((3, 1, 7), (5, 1)), ((1000,), (1,)),
+              ((1,), (3, 5, 7)), ((), ())]
+
+
+def _operands(op, sa, sb, dtype):
+    a = nonzero(sa, dtype, positive=op == E.POW, scale=2.0)
+    b = nonzero(sb, dtype, positive=op == E.DIV, scale=2.0)
+    if op == E.POW:
+        b = b.clamp(-3, 3)
+    return a, b
+
+
+@pytest.mark.parametrize("shapes", BROADCASTS, ids=str)
+@pytest.mark.parametrize("op", [E.SUM, E.PROD, E.SUB, E.DIV, E.MAX, E.MIN, E.POW], ids=lambda v: v.name)
+def test_elementwise_fp32(op, shapes, seed):
+    a, b = _operands(op, *shapes, torch.float32)
+    layer = make_layer(LayerKind.ELEMENTWISE, ElementWiseParams(op), (DataType.FLOAT, a.shape), (DataType.FLOAT, b.shape))
+    check("cuda.elementwise.triton", layer, [a, b], seed)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("op", [E.SUM, E.PROD, E.DIV, E.MAX, E.POW], ids=lambda v: v.name)
+def test_elementwise_low_precision(op, dtype, seed):
+    a, b = _operands(op, (3, 5, 33), (5, 1), dtype)
+    layer = make_layer(LayerKind.ELEMENTWISE, ElementWiseParams(op), (DT[dtype], a.shape), (DT[dtype], b.shape))
+    check("cuda.elementwise.triton", layer, [a, b], seed)
+
+
+def test_pow_negative_base(seed):
+    a = nonzero((4, 9))
+    b = torch.tensor([-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 0.5, 2.5])
+    layer = make_layer(LayerKind.ELEMENTWISE, ElementWiseParams(E.POW), (DataType.FLOAT, (4, 9)), (DataType.FLOAT, (9,)))
+    out = check("cuda.elementwise.triton", layer, [a, b], seed)
+    assert out[:, 7:][a[:, 7:] < 0].isnan().all()
+
+
+def test_elementwise_keeps_channels_last_layout(seed):
+    x = nonzero((2, 6, 5, 3)).contiguous(memory_format=torch.channels_last)
+    bias = nonzero((1, 6, 1, 1))
+    layer = make_layer(LayerKind.ELEMENTWISE, ElementWiseParams(E.SUM), (DataType.FLOAT, x.shape), (DataType.FLOAT, bias.shape))
+    out = check("cuda.elementwise.triton", layer, [x, bias], seed)
+    assert out.stride() == x.stride()
+
+
+def test_elementwise_non_contiguous_operands(seed):
+    a = nonzero((7, 5)).t()                # [5, 7], transposed
+    b = nonzero((5, 14))[:, ::2]           # [5, 7], every other column
+    layer = make_layer(LayerKind.ELEMENTWISE, ElementWiseParams(E.SUB), (DataType.FLOAT, (5, 7)), (DataType.FLOAT, (5, 7)))
+    check("cuda.elementwise.triton", layer, [a, b], seed)
+
+
+def test_int64_offsets_source_runs(seed):
+    """The int64-offset variant (for tensors past 2**31 elements) renders and computes the same."""
+    tree = pointwise.Node(E.SUM, (pointwise.input_node(0), pointwise.input_node(1)))
+    src = pointwise.kernel_source(tree, ("flat", "strided"), 2, big=True)
+    assert "tl.program_id(0).to(tl.int64)" in src
+    a, b = nonzero((5, 7)), nonzero((7,))
+    out = torch.empty_like(a)
+    pointwise.load_kernel(src)[(1,)](out, a, b, 35, 5, 7, 0, 1, BLOCK=64)
+    torch.testing.assert_close(out, a + b, msg=lambda m: f"seed={seed}\n{m}")
+
+
+def test_fused_expression_tree(seed):
+    """The generator renders a multi-op tree (the fusion use): gelu(a * b + c), b shared."""
+    x0, x1, x2 = (pointwise.input_node(i) for i in range(3))
+    tree = pointwise.Node(A.GELU_ERF, (pointwise.Node(E.SUM, (pointwise.Node(E.PROD, (x0, x1)), x2)),), (0.0, 0.0))
+    a, b, c = nonzero((3, 33)), nonzero((33,)), nonzero((3, 1))
+    out = pointwise.PointwiseKernel(tree, 3)(a, b, c)
+    torch.testing.assert_close(out, torch.nn.functional.gelu(a * b + c), msg=lambda m: f"seed={seed}\n{m}")
+
+
+@pytest.mark.parametrize("kind,params,specs", [
+    (LayerKind.ELEMENTWISE, ElementWiseParams(E.SUM), [(DataType.INT32, (4,)), (DataType.INT32, (4,))]),
+    (LayerKind.ELEMENTWISE, ElementWiseParams(E.AND), [(DataType.BOOL, (4,)), (DataType.BOOL, (4,))]),
+    (LayerKind.ELEMENTWISE, ElementWiseParams(E.MOD), [(DataType.FLOAT, (4,)), (DataType.FLOAT, (4,))]),
+    (LayerKind.ELEMENTWISE, ElementWiseParams(E.LESS), [(DataType.FLOAT, (4,)), (DataType.FLOAT, (4,))]),
+    (LayerKind.ELEMENTWISE, ElementWiseParams(E.SUM), [(DataType.DOUBLE, (4,)), (DataType.DOUBLE, (4,))]),
+    (LayerKind.ELEMENTWISE, ElementWiseParams(E.POW), [(DataType.FLOAT, (4,)), (DataType.INT32, (4,))]),
+    (LayerKind.ELEMENTWISE, ElementWiseParams(E.SUM), [(DataType.FLOAT, (1,) * 7), (DataType.FLOAT, (1,))]),
+    (LayerKind.UNARY, UnaryParams(U.ROUND), [(DataType.FLOAT, (4,))]),
+    (LayerKind.UNARY, UnaryParams(U.ISNAN), [(DataType.FLOAT, (4,))]),
+    (LayerKind.UNARY, UnaryParams(U.ABS), [(DataType.INT32, (4,))]),
+    (LayerKind.ACTIVATION, ActivationParams(A.RELU), [(DataType.INT32, (4,))]),
+    (LayerKind.ACTIVATION, ActivationParams(A.ELU, math.inf), [(DataType.FLOAT, (4,))]),
+])
+def test_pointwise_declines(kind, params, specs):
+    layer = make_layer(kind, params, *specs)
+    assert not get_tactic(f"cuda.{kind.value}.triton").supports(layer, CTX)
+
+
+def test_tactics_are_registered_beside_torch():
+    layer = make_layer(LayerKind.SOFTMAX, SoftmaxParams(axis=-1), (DataType.HALF, (4, 64)))
+    names = {t.name for t in tactics_for(layer, "cuda", CTX)}
+    assert {"cuda.softmax.triton", "cuda.softmax.torch"} <= names
