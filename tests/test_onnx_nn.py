@@ -93,6 +93,44 @@ def test_attention_fp16_matches_reference_precision(r):
     check("Attention", {"q": q, "k": k, "v": v}, 1, opset=23, is_causal=1, rtol=2e-3, atol=1e-3)
 
 
+def _flex_model(feeds: dict[str, np.ndarray], **attrs) -> onnx.ModelProto:
+    node = helper.make_node("FlexAttention", list(feeds), ["y"], domain="ai.onnx.preview", **attrs)
+    ins = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+           for n, v in feeds.items()]
+    graph = helper.make_graph([node], "flex", ins, [helper.make_empty_tensor_value_info("y")])
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 26),
+                                                                  helper.make_opsetid("ai.onnx.preview", 1)])
+
+
+@pytest.mark.parametrize("with_mods", [False, True])
+def test_flex_attention_gqa(r, with_mods):
+    feeds = {"q": randn(r, 1, 4, 3, 8), "k": randn(r, 1, 2, 5, 8), "v": randn(r, 1, 2, 5, 6)}
+    attrs = {"scale": 0.4}
+    if with_mods:   # score_mod: scores + (q_idx - k_idx) as a relative position bias; prob_mod: probs * 2
+        f = TensorProto.FLOAT
+        sm = helper.make_graph(
+            [helper.make_node("Shape", ["s"], ["shape"]),
+             helper.make_node("Gather", ["shape", "i2"], ["L"], axis=0),
+             helper.make_node("Gather", ["shape", "i3"], ["S"], axis=0),
+             helper.make_node("Range", ["zero", "L", "one"], ["qr"]),
+             helper.make_node("Range", ["zero", "S", "one"], ["kr"]),
+             helper.make_node("Unsqueeze", ["qr", "ax"], ["qi"]),
+             helper.make_node("Sub", ["qi", "kr"], ["rel"]),
+             helper.make_node("Cast", ["rel"], ["relf"], to=f),
+             helper.make_node("Add", ["s", "relf"], ["out"])], "score_mod",
+            [helper.make_tensor_value_info("s", f, None)], [helper.make_tensor_value_info("out", f, None)],
+            [helper.make_tensor(n, TensorProto.INT64, [], [v]) for n, v in
+             (("i2", 2), ("i3", 3), ("zero", 0), ("one", 1))]
+            + [helper.make_tensor("ax", TensorProto.INT64, [1], [1])])
+        pm = helper.make_graph([helper.make_node("Mul", ["p", "two"], ["out"])], "prob_mod",
+                               [helper.make_tensor_value_info("p", f, None)],
+                               [helper.make_tensor_value_info("out", f, None)],
+                               [helper.make_tensor("two", f, [], [2.0])])
+        attrs.update(score_mod=sm, prob_mod=pm)
+    m = _flex_model(feeds, **attrs)
+    assert_close(kilnrt.build(m).run(feeds)["y"], ReferenceEvaluator(m).run(None, feeds)[0])
+
+
 @pytest.mark.parametrize("interleaved,dim", [(0, 0), (1, 4), (0, 4), (1, 0)])
 def test_rotary_embedding(r, interleaved, dim):
     x = randn(r, 2, 3, 4, 8)
@@ -136,6 +174,12 @@ def test_rms_normalization(r):
 def test_group_normalization(r):
     x = randn(r, 2, 6, 3, 3)
     check("GroupNormalization", {"x": x, "s": randn(r, 6), "b": randn(r, 6)}, 1, opset=21, num_groups=3)
+
+
+def test_batch_normalization_training_mode(r):
+    x = randn(r, 2, 3, 4)
+    check("BatchNormalization", {"x": x, "s": randn(r, 3), "b": randn(r, 3), "m": randn(r, 3),
+                                 "v": np.abs(randn(r, 3))}, 3, opset=15, training_mode=1, momentum=0.8)
 
 
 # ----------------------------------------------------------------------------- vision

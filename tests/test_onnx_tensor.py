@@ -246,3 +246,81 @@ def test_sequence_ops_are_reported_unsupported():
         kilnrt.build(m)
     text = str(info.value)
     assert "op SequenceConstruct is not supported" in text and "op SequenceAt is not supported" in text
+
+
+# ----------------------------------------------------------------------------- control flow
+def _graph_model(nodes, inputs, outputs, opset=18) -> onnx.ModelProto:
+    g = helper.make_graph(nodes, "cf", inputs, outputs)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+
+
+def _compare(m: onnx.ModelProto, feeds: dict[str, np.ndarray], round_trip: bool = False,
+             reference: str = "onnx") -> None:
+    if reference == "ort":
+        import onnxruntime
+
+        sess = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        expected = sess.run(None, feeds)
+    else:
+        expected = ReferenceEvaluator(m).run(None, feeds)
+    engine = kilnrt.build(m)
+    if round_trip:  # bodies travel inside the plan as data
+        engine = kilnrt.engine.Engine.deserialize(engine.serialize())
+    got = engine.run(feeds)
+    for out, want in zip(m.graph.output, expected):
+        assert got[out.name].shape == want.shape
+        np.testing.assert_allclose(got[out.name], want, rtol=1e-5, atol=1e-6)
+
+
+def test_if_runs_only_the_chosen_branch_and_captures_outer_values():
+    r = rng()
+    x = randn(r, 3, 4)
+    then_g = helper.make_graph([helper.make_node("Mul", ["x", "x"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", F, [3, 4])])
+    else_g = helper.make_graph([helper.make_node("Reshape", ["x", "s"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", F, None)])
+    m = _graph_model([helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)],
+                     [helper.make_tensor_value_info("x", F, [3, 4]), helper.make_tensor_value_info("c", BOOL, []),
+                      helper.make_tensor_value_info("s", I64, [2])],
+                     [helper.make_tensor_value_info("y", F, None)])
+    # the else branch's reshape to [5, 5] would fail: it must not run when c is true
+    _compare(m, {"x": x, "c": np.asarray(True), "s": i64(5, 5)}, round_trip=True)
+    _compare(m, {"x": x, "c": np.asarray(False), "s": i64(4, 3)})
+
+
+def test_loop_with_trip_count_condition_carried_and_scan_outputs():
+    r = rng()
+    body = helper.make_graph(
+        [helper.make_node("Add", ["acc_in", "x"], ["acc_out"]),
+         helper.make_node("ReduceSum", ["acc_out"], ["total"], keepdims=0),
+         helper.make_node("Less", ["total", "limit"], ["cond_out"]),
+         helper.make_node("Cast", ["i"], ["i_f"], to=F),
+         helper.make_node("Mul", ["acc_out", "i_f"], ["scan"])], "body",
+        [helper.make_tensor_value_info("i", I64, []), helper.make_tensor_value_info("cond_in", BOOL, []),
+         helper.make_tensor_value_info("acc_in", F, [3])],
+        [helper.make_tensor_value_info("cond_out", BOOL, []), helper.make_tensor_value_info("acc_out", F, [3]),
+         helper.make_tensor_value_info("scan", F, [3])])
+    m = _graph_model([helper.make_node("Loop", ["n", "c", "acc0"], ["acc", "scans"], body=body)],
+                     [helper.make_tensor_value_info("n", I64, []), helper.make_tensor_value_info("c", BOOL, []),
+                      helper.make_tensor_value_info("acc0", F, [3]), helper.make_tensor_value_info("x", F, [3]),
+                      helper.make_tensor_value_info("limit", F, [])],
+                     [helper.make_tensor_value_info("acc", F, [3]), helper.make_tensor_value_info("scans", F, None)])
+    x = np.abs(randn(r, 3)) + 0.5
+    for n, limit in ((6, 1e9), (50, 12.0)):   # stops on the trip count, then on the condition
+        _compare(m, {"n": np.asarray(n, np.int64), "c": np.asarray(True), "acc0": randn(r, 3), "x": x,
+                     "limit": np.asarray(limit, np.float32)}, round_trip=n == 6)
+
+
+def test_scan_with_reverse_input_and_output_axes():
+    r = rng()
+    body = helper.make_graph(
+        [helper.make_node("Add", ["s_in", "row"], ["s_out"]), helper.make_node("Mul", ["s_out", "row"], ["y"])],
+        "body", [helper.make_tensor_value_info("s_in", F, [4]), helper.make_tensor_value_info("row", F, [4])],
+        [helper.make_tensor_value_info("s_out", F, [4]), helper.make_tensor_value_info("y", F, [4])])
+    m = _graph_model([helper.make_node("Scan", ["s0", "xs"], ["s", "ys"], body=body, num_scan_inputs=1,
+                                       scan_input_axes=[1], scan_input_directions=[1], scan_output_axes=[-1],
+                                       scan_output_directions=[1])],
+                     [helper.make_tensor_value_info("s0", F, [4]), helper.make_tensor_value_info("xs", F, [4, 5])],
+                     [helper.make_tensor_value_info("s", F, [4]), helper.make_tensor_value_info("ys", F, [4, 5])])
+    # the reference evaluator has no reverse directions: onnxruntime checks this one
+    _compare(m, {"s0": randn(r, 4), "xs": randn(r, 4, 5)}, round_trip=True, reference="ort")

@@ -60,11 +60,11 @@ def check(name, layer, tensors, seed):
     out = tac.run(tac.prepare(layer, CTX), tensors)[0]
     ref = reference_kernel(layer.kind)(layer.params, *[None if t is None else t.float() for t in tensors])
     x = tensors[0]
+    shapes = [tuple(t.shape) for t in tensors if t is not None]
     assert out.dtype == x.dtype and out.shape == ref.shape
     rtol, atol = TOL[x.dtype]
     torch.testing.assert_close(out.float(), ref.float(), rtol=rtol, atol=atol, equal_nan=True,
-                               msg=lambda m: f"{name} {layer.params} {[tuple(t.shape) for t in tensors if t is not None]} "
-                                             f"{x.dtype} seed={seed}\n{m}")
+                               msg=lambda m: f"{name} {layer.params} {shapes} {x.dtype} seed={seed}\n{m}")
     return out
 
 
@@ -185,6 +185,10 @@ BROADCASTS = [((3, 5, 33), (3, 5, 33)), ((3, 5, 33), (33,)), ((3, 1, 7), (5, 1))
               ((1,), (3, 5, 7)), ((), ())]
 
 
+def binary_layer(op, dtype, shape_a, shape_b):
+    return make_layer(LayerKind.ELEMENTWISE, ElementWiseParams(op), (dtype, shape_a), (dtype, shape_b))
+
+
 def _operands(op, sa, sb, dtype):
     a = nonzero(sa, dtype, positive=op == E.POW, scale=2.0)
     b = nonzero(sb, dtype, positive=op == E.DIV, scale=2.0)
@@ -197,7 +201,7 @@ def _operands(op, sa, sb, dtype):
 @pytest.mark.parametrize("op", [E.SUM, E.PROD, E.SUB, E.DIV, E.MAX, E.MIN, E.POW], ids=lambda v: v.name)
 def test_elementwise_fp32(op, shapes, seed):
     a, b = _operands(op, *shapes, torch.float32)
-    layer = make_layer(LayerKind.ELEMENTWISE, ElementWiseParams(op), (DataType.FLOAT, a.shape), (DataType.FLOAT, b.shape))
+    layer = binary_layer(op, DataType.FLOAT, a.shape, b.shape)
     check("cuda.elementwise.triton", layer, [a, b], seed)
 
 
@@ -205,14 +209,14 @@ def test_elementwise_fp32(op, shapes, seed):
 @pytest.mark.parametrize("op", [E.SUM, E.PROD, E.DIV, E.MAX, E.POW], ids=lambda v: v.name)
 def test_elementwise_low_precision(op, dtype, seed):
     a, b = _operands(op, (3, 5, 33), (5, 1), dtype)
-    layer = make_layer(LayerKind.ELEMENTWISE, ElementWiseParams(op), (DT[dtype], a.shape), (DT[dtype], b.shape))
+    layer = binary_layer(op, DT[dtype], a.shape, b.shape)
     check("cuda.elementwise.triton", layer, [a, b], seed)
 
 
 def test_pow_negative_base(seed):
     a = nonzero((4, 9))
     b = torch.tensor([-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 0.5, 2.5])
-    layer = make_layer(LayerKind.ELEMENTWISE, ElementWiseParams(E.POW), (DataType.FLOAT, (4, 9)), (DataType.FLOAT, (9,)))
+    layer = binary_layer(E.POW, DataType.FLOAT, (4, 9), (9,))
     out = check("cuda.elementwise.triton", layer, [a, b], seed)
     assert out[:, 7:][a[:, 7:] < 0].isnan().all()
 
@@ -220,7 +224,7 @@ def test_pow_negative_base(seed):
 def test_elementwise_keeps_channels_last_layout(seed):
     x = nonzero((2, 6, 5, 3)).contiguous(memory_format=torch.channels_last)
     bias = nonzero((1, 6, 1, 1))
-    layer = make_layer(LayerKind.ELEMENTWISE, ElementWiseParams(E.SUM), (DataType.FLOAT, x.shape), (DataType.FLOAT, bias.shape))
+    layer = binary_layer(E.SUM, DataType.FLOAT, x.shape, bias.shape)
     out = check("cuda.elementwise.triton", layer, [x, bias], seed)
     assert out.stride() == x.stride()
 
@@ -228,7 +232,7 @@ def test_elementwise_keeps_channels_last_layout(seed):
 def test_elementwise_non_contiguous_operands(seed):
     a = nonzero((7, 5)).t()                # [5, 7], transposed
     b = nonzero((5, 14))[:, ::2]           # [5, 7], every other column
-    layer = make_layer(LayerKind.ELEMENTWISE, ElementWiseParams(E.SUB), (DataType.FLOAT, (5, 7)), (DataType.FLOAT, (5, 7)))
+    layer = binary_layer(E.SUB, DataType.FLOAT, (5, 7), (5, 7))
     check("cuda.elementwise.triton", layer, [a, b], seed)
 
 

@@ -15,6 +15,7 @@ import torch
 from kilnrt.builder.config import BuilderConfig, BuilderFlag, OptimizationProfile
 from kilnrt.builder.memory import plan_memory
 from kilnrt.builder.timing import TimingCache, device_name, layer_signature, time_callable
+from kilnrt.engine import kernel_cache
 from kilnrt.engine.engine import Engine, EngineLayer, IOTensor
 from kilnrt.errors import BuildError, ErrorCode, KilnError, NetworkError, ShapeError
 from kilnrt.kernels.precision import tf32_mode
@@ -246,6 +247,7 @@ def build_engine(network: Network, config: BuilderConfig | None = None) -> Engin
 
     config = config or BuilderConfig()
     t0 = time.perf_counter()
+    since = kernel_cache.snapshot()
     validate_network(network)
     profiles = _profiles(network, config)
     if config.device == "cuda" and not torch.cuda.is_available():
@@ -316,7 +318,8 @@ def build_engine(network: Network, config: BuilderConfig | None = None) -> Engin
     }
     engine = Engine(name=network.name, device=config.device, device_name=device_name(config.device), io=io,
                     layers=layers, constants=constants, profiles=profiles, memory=memory, build_info=build_info,
-                    tensors=tensors, portable=BuilderFlag.PORTABLE in config.flags)
+                    tensors=tensors, portable=BuilderFlag.PORTABLE in config.flags,
+                    kernels=kernel_cache.collect(since) if config.device == "cuda" else {})
     log.info("built %s: %d layers -> %d engine layers in %.2f s", network.name, layers_in, len(layers),
              build_info["seconds"])
     return engine

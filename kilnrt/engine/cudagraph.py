@@ -8,6 +8,7 @@ shapes) cannot be captured; it runs eagerly, and the fallback is logged once.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Mapping
 
 import torch
@@ -50,8 +51,10 @@ class GraphCache:
                 self.program.execute(static_in)  # warm-up: library handles, autotuning, lazy init
             stream.wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=side):
-                static_out = self.program.execute(static_in)
+            with warnings.catch_warnings():  # a failed capture warns of an empty graph: we log instead
+                warnings.simplefilter("ignore")
+                with torch.cuda.graph(graph, stream=side):
+                    static_out = self.program.execute(static_in)
             stream.wait_stream(side)
         except Exception as exc:  # noqa: BLE001 - host syncs inside the run: no graph
             torch.cuda.synchronize()

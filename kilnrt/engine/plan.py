@@ -21,10 +21,13 @@ import json
 import struct
 
 import numpy as np
-
+import torch
 
 from kilnrt.errors import ErrorCode, PlanError
-from kilnrt.network.dtypes import numpy_to_torch, torch_to_numpy
+from kilnrt.network.dtypes import DataType, numpy_to_torch, torch_to_numpy
+
+# kilnrt dtypes safetensors has no type for (sub-byte integers, float8 e8m0)
+_NOT_IN_SAFETENSORS = (torch.int4, torch.uint4, torch.int2, torch.uint2, torch.float8_e8m0fnu)
 
 MAGIC = b"KILNPLAN"
 FORMAT_VERSION = 1
@@ -35,8 +38,15 @@ _DIGEST = 32
 def pack(header: dict, weights: dict[str, np.ndarray], kernels: dict[str, str]) -> bytes:
     from safetensors.torch import save
 
+    tensors, raw = {}, {}
+    for k, v in weights.items():
+        t = numpy_to_torch(v).contiguous()
+        if t.dtype in _NOT_IN_SAFETENSORS:   # stored as their bytes, re-viewed on load
+            raw[k], t = str(v.dtype), t.view(torch.uint8)
+        tensors[k] = t
+    if raw:
+        header = {**header, "raw_weight_dtypes": raw}
     header_bytes = json.dumps(header, sort_keys=True).encode("utf-8")
-    tensors = {k: numpy_to_torch(v).contiguous() for k, v in weights.items()}
     weights_bytes = save(tensors) if tensors else b""
     kernels_bytes = json.dumps(kernels, sort_keys=True).encode("utf-8")
     body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes), len(weights_bytes), len(kernels_bytes))
@@ -81,6 +91,13 @@ def unpack(data: bytes) -> tuple[dict, dict[str, np.ndarray], dict[str, str]]:
         from safetensors.torch import load
 
         weights = {name: torch_to_numpy(t) for name, t in load(weights_bytes).items()}
+    raw = header.get("raw_weight_dtypes") if isinstance(header, dict) else None
+    if raw is not None:
+        try:
+            for name, dtype in raw.items():
+                weights[name] = weights[name].view(DataType(dtype).numpy)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise PlanError(ErrorCode.PLAN_CORRUPT, f"the plan's raw weight types are unreadable: {exc!r}") from None
     return header, weights, kernels
 
 

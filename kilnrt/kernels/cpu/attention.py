@@ -11,15 +11,15 @@ from kilnrt.network.layers import AttentionParams, LayerKind, PluginParams
 
 
 def _attention_bias(p: AttentionParams, mask: torch.Tensor | None, nonpad: torch.Tensor | None,
-                    past_len: int, sq: int, skv: int, batch: int, device) -> torch.Tensor:
-    """The additive bias (0 or -inf, plus a float mask) broadcastable to [B, H, Sq, Skv], float32."""
+                    past_len: int, sq: int, skv: int, batch: int, device, dtype: torch.dtype) -> torch.Tensor:
+    """The additive bias (0 or -inf, plus a float mask) broadcastable to [B, H, Sq, Skv]."""
     neg_inf = float("-inf")
-    bias = torch.zeros((sq, skv), dtype=torch.float32, device=device)
+    bias = torch.zeros((sq, skv), dtype=dtype, device=device)
     if mask is not None:
         if mask.dtype == torch.bool:
-            m = torch.zeros(mask.shape, dtype=torch.float32, device=device).masked_fill(~mask, neg_inf)
+            m = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, neg_inf)
         else:
-            m = mask.to(torch.float32)
+            m = mask.to(dtype)
         if m.dim() and m.shape[-1] < skv:
             pad = torch.full(tuple(m.shape[:-1]) + (skv - m.shape[-1],), neg_inf, dtype=m.dtype, device=device)
             m = torch.cat([m, pad], dim=-1)
@@ -41,11 +41,11 @@ def _attention_bias(p: AttentionParams, mask: torch.Tensor | None, nonpad: torch
             allowed = allowed & (diff <= p.left_window)
         if p.right_window >= 0:
             allowed = allowed & (-diff <= p.right_window)
-        bias = bias + torch.zeros(allowed.shape, dtype=torch.float32, device=device).masked_fill(~allowed, neg_inf)
+        bias = bias + torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, neg_inf)
     if nonpad is not None:
         j = torch.arange(skv, device=device).reshape(1, skv)
         valid = (j < nonpad.to(torch.int64).reshape(-1, 1)).reshape(batch, 1, 1, skv)
-        bias = bias + torch.zeros(valid.shape, dtype=torch.float32, device=device).masked_fill(~valid, neg_inf)
+        bias = bias + torch.zeros(valid.shape, dtype=dtype, device=device).masked_fill(~valid, neg_inf)
     return bias
 
 
@@ -82,7 +82,8 @@ def attention(p: AttentionParams, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
         vs = vs.repeat_interleave(hq // hkv, dim=1)
     raw = _matmul(qs, ks.transpose(-1, -2))
     scores = torch.tanh(raw / p.softcap) * p.softcap if p.softcap > 0 else raw
-    bias = _attention_bias(p, mask, nonpad_kv_seqlen, past_len, sq, skv, batch, q.device)
+    bias_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    bias = _attention_bias(p, mask, nonpad_kv_seqlen, past_len, sq, skv, batch, q.device, bias_dtype)
     biased = scores + bias.to(dtype)
     logits = biased if p.softmax_precision is None else biased.to(p.softmax_precision.torch)
     probs = _softmax(logits)

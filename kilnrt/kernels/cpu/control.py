@@ -102,7 +102,8 @@ def loop(p: LoopParams, trip_count: torch.Tensor | None, cond: torch.Tensor | No
     while going and (limit is None or i < limit):
         slices = [s.select(axis % s.dim(), (s.shape[axis % s.dim()] - 1 - i) if rev else i)
                   for s, axis, rev in zip(scans, p.scan_input_axes, p.scan_input_reverse)]
-        counters = [torch.tensor(i, dtype=torch.int64), torch.tensor(going)] if p.counter_inputs else []
+        counters = ([torch.tensor(i, dtype=torch.int64, device=device), torch.tensor(going, device=device)]
+                    if p.counter_inputs else [])
         feed = counters + carried + slices + captured
         out = run_subgraph(p.body, dict(zip(p.body.inputs, feed)), device)
         if p.counter_inputs:

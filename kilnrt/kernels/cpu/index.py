@@ -2,6 +2,8 @@
 built-in Unique plugin (data-dependent output shapes)."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from kilnrt.kernels.cpu.plugin import builtin_plugin
@@ -52,7 +54,9 @@ def _scatter_nd(data: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor
     elif reduction == "add":
         out = flat.index_add(0, linear, src)
     else:
-        out = flat.index_reduce(0, linear, src, _REDUCE[reduction], include_self=True)
+        with warnings.catch_warnings():  # "index_reduce() is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            out = flat.index_reduce(0, linear, src, _REDUCE[reduction], include_self=True)
     return out.reshape(data.shape)
 
 

@@ -109,4 +109,4 @@ def mel_weight_matrix(p: PluginParams, num_mel_bins: torch.Tensor, dft_length: t
                 out[j, i] = (j - left) / (center - left)
         for j in range(center, right):
             out[j, i] = (right - j) / (right - center)
-    return out.to(DataType(p.field("to")).torch)
+    return out.to(device=num_mel_bins.device, dtype=DataType(p.field("to")).torch)

@@ -10,6 +10,5 @@ from kilnrt.kernels.cuda import conv, generic, pool, transformer  # noqa: F401
 
 try:  # Triton kernels need the triton package (always there on GPU machines)
     import kilnrt.kernels.triton  # noqa: F401  (cuda.softmax/normalization/activation/elementwise/unary.triton)
-    from kilnrt.kernels.cuda import triton_kernels  # noqa: F401
 except ImportError:  # pragma: no cover - CPU machines without triton
     pass

@@ -18,7 +18,7 @@ dims are coalesced, and each input is read as *flat* (same layout as the output)
 
 Generated source is ours, made at build/run time from the op tables (never read from a plan);
 :func:`load_kernel` executes it in a dedicated namespace and caches the kernel by its source.
-The helpers (tanh, expm1, log1p, pow) use only ``tl`` math that Triton's interpreter also
+The helpers (expm1, log1p, tanh, softplus, clamp, pow_) use only ``tl`` math that the interpreter also
 runs, so the kernels tested on the CPU are the kernels that run on the GPU.
 """
 from __future__ import annotations
@@ -229,7 +229,7 @@ def kernel_source(tree: Node, modes: tuple[str, ...], rank: int, big: bool) -> s
         names[input_node(i)] = f"x{i}"
     values: list[str] = []
     result = _render_values(tree, values, names)
-    if result.startswith("x") and modes[int(result[1:])] == "scalar":  # an output that is one input value
+    if all(modes[i] == "scalar" for i in _inputs(tree)):  # one value: broadcast it over the block
         values.append(f"t{len(values)} = {result} + tl.zeros([BLOCK], tl.float32)")
         result = f"t{len(values) - 1}"
     body += values
@@ -313,7 +313,7 @@ class PointwiseKernel:
         # walk the output in memory order; size-1 dims do not matter
         order = sorted((k for k in range(len(out_shape)) if out_shape[k] != 1), key=lambda k: -out_stride[k])
         sizes = [out_shape[k] for k in order]
-        strides = [[t.expand(out_shape).stride()[k] for k in order] for t in tensors]
+        strides = [[st[k] for k in order] for st in (t.expand(out_shape).stride() for t in tensors)]
         sizes, strides = _coalesce(sizes, strides)
         if len(sizes) > MAX_RANK:
             raise ValueError(f"pointwise kernel: {len(sizes)} dims after coalescing; at most {MAX_RANK}")
@@ -321,7 +321,7 @@ class PointwiseKernel:
         modes = tuple("flat" if tuple(st) == flat else "scalar" if not any(st) else "strided" for st in strides)
         n = math.prod(out_shape)
         reach = max([n] + [sum((s - 1) * st for s, st in zip(sizes, sts)) + 1 for sts in strides])
-        kernel = load_kernel(kernel_source(self.tree, modes, len(sizes), big=reach >= 2**31))
+        kernel = load_kernel(kernel_source(self.tree, modes, len(sizes), big=reach + BLOCK >= 2**31))
         args: list[int] = list(sizes) if "strided" in modes else []
         for sts, mode in zip(strides, modes):
             if mode == "strided":

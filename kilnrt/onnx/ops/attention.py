@@ -199,10 +199,12 @@ def inline_subgraph(ctx, graph, inputs: list):
 
 def _repeat_heads(ctx, t, repeat: int):
     """[B, H, S, D] -> [B, H * repeat, S, D], each head repeated ``repeat`` times in place."""
-    b, h, s, d = t.shape
+    _, h, s, d = t.shape
+    ctx.require(isinstance(d, int) or isinstance(s, int), ErrorCode.UNSUPPORTED_NODE_DYNAMIC,
+                "repeating K/V heads needs their sequence length or head size at build time")
     shape = ctx.constant(np.asarray([1, 1, repeat, 1, 1], np.int64))
     t = ctx.out(LayerKind.EXPAND, ExpandParams(), ctx.unsqueeze(t, [2]), shape)
-    return ctx.reshape(t, [0, h * repeat, -1, 0] if isinstance(h, int) else [0, -1, 0, 0])
+    return ctx.reshape(t, [0, h * repeat, -1, d] if isinstance(d, int) else [0, h * repeat, s, -1])
 
 
 @importer("FlexAttention", since=1, domain="ai.onnx.preview")

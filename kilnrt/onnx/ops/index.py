@@ -8,7 +8,7 @@ from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import ElementWiseOperation as E
 from kilnrt.network.layers import (ExpandParams, GatherParams, LayerKind, NonZeroParams, OneHotParams, PluginParams,
                                    ReverseSequenceParams, ScatterMode, ScatterParams)
-from kilnrt.onnx.ops.tensor import _arange, _dim
+from kilnrt.onnx.ops.tensor import arange_of, dim_of
 from kilnrt.onnx.registry import importer
 
 _REDUCTIONS = ("none", "add", "mul", "max", "min")
@@ -50,13 +50,13 @@ def tensor_scatter(ctx, node, past_cache, update, write_indices=None, *, mode="l
     rank = ctx.rank(past_cache)
     axis = int(axis) % rank
     ctx.require(axis > 0, ErrorCode.INVALID_NODE, f"axis={axis} must not be the batch axis 0")
-    steps = ctx.reshape(_arange(ctx, _dim(ctx, update, axis)), [-1] + [1] * (rank - 1 - axis))
+    steps = ctx.reshape(arange_of(ctx, dim_of(ctx, update, axis)), [-1] + [1] * (rank - 1 - axis))
     idx = steps
     if write_indices is not None:
         start = ctx.reshape(ctx.cast(write_indices, DataType.INT64), [-1] + [1] * (rank - 1))
         idx = ctx.elementwise(E.SUM, start, steps)
     if mode == "circular":
-        length = _dim(ctx, past_cache, axis)
+        length = dim_of(ctx, past_cache, axis)
         length = ctx.constant(np.asarray(length, np.int64)) if isinstance(length, int) else length
         idx = ctx.elementwise(E.MOD, idx, length)
     idx = ctx.out(LayerKind.EXPAND, ExpandParams(), idx, ctx.shape_of(update))

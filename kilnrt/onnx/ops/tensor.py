@@ -1,4 +1,8 @@
-"""Importers for tensor manipulation: reshape, transpose, slice, gather, concat, cast, constants."""
+"""Importers for tensor manipulation: reshape, transpose, slice, split, gather, concat, pad, constants,
+triangles and diagonals, block rearrangements (DepthToSpace...), crop-and-pad, BitCast and Col2Im.
+
+Dims computed at import time are python ints when known, else [1] int64 tensors built from SHAPE
+(see :func:`dim_of`), so the same importer serves static and dynamic shapes."""
 from __future__ import annotations
 
 import numpy as np
@@ -177,7 +181,8 @@ def _pad_mode(ctx, mode: str) -> str:
 # ----------------------------------------------------------------------------- shape arithmetic
 # A dim is a python int when it is known at import time, else a [1] int64 tensor computed from
 # SHAPE (constant folding turns what becomes static later into constants).
-def _dim(ctx, x, i: int):
+def dim_of(ctx, x, i: int):
+    """Dim ``i`` of x: an int when static, else a [1] int64 tensor sliced from SHAPE(x)."""
     shape = x.shape
     if shape is not None and isinstance(shape[i], int) and shape[i] >= 0:
         return int(shape[i])
@@ -189,7 +194,7 @@ _INT_OPS = {E.SUM: lambda a, b: a + b, E.SUB: lambda a, b: a - b, E.PROD: lambda
             E.DIV: lambda a, b: a // b, E.MAX: max, E.MIN: min}
 
 
-def _arith(ctx, op: E, a, b):
+def dim_arith(ctx, op: E, a, b):
     """``a op b`` on dims (ints or [1] int64 tensors); python arithmetic when both are ints."""
     if isinstance(a, int) and isinstance(b, int):
         return _INT_OPS[op](a, b)
@@ -197,7 +202,7 @@ def _arith(ctx, op: E, a, b):
     return ctx.elementwise(op, as_tensor(a), as_tensor(b))
 
 
-def _dims_vector(ctx, dims):
+def dims_vector(ctx, dims):
     """An int64 vector of dims (ints or [1] tensors): a constant when all are ints, else a concat."""
     if all(isinstance(d, int) for d in dims):
         return ctx.constant(np.asarray(dims, np.int64))
@@ -205,12 +210,13 @@ def _dims_vector(ctx, dims):
     return ctx.out(LayerKind.CONCATENATION, ConcatenationParams(0), *parts)
 
 
-def _reshape_to(ctx, x, dims):
-    return ctx.reshape(x, _dims_vector(ctx, dims), zero_is_placeholder=False) \
-        if not all(isinstance(d, int) for d in dims) else ctx.reshape(x, dims, zero_is_placeholder=False)
+def reshape_to(ctx, x, dims):
+    """Reshape to dims (ints or [1] tensors); a 0 is a zero-size dim, not a placeholder."""
+    static = all(isinstance(d, int) for d in dims)
+    return ctx.reshape(x, dims if static else dims_vector(ctx, dims), zero_is_placeholder=False)
 
 
-def _arange(ctx, n):
+def arange_of(ctx, n):
     """int64 [0, 1, ..., n-1] for a dim n."""
     if isinstance(n, int):
         return ctx.constant(np.arange(n, dtype=np.int64))
@@ -230,10 +236,10 @@ def _split(ctx, x, axis: int, split, num_outputs: int):
         if known is not None:
             split = [int(s) for s in np.asarray(known).reshape(-1)]
     if split is None:
-        dim = _dim(ctx, x, axis)
-        part = _arith(ctx, E.DIV, _arith(ctx, E.SUM, dim, num_outputs - 1), num_outputs)
-        starts = [_arith(ctx, E.MIN, _arith(ctx, E.PROD, part, i), dim) for i in range(num_outputs)]
-        ends = [_arith(ctx, E.MIN, _arith(ctx, E.PROD, part, i + 1), dim) for i in range(num_outputs)]
+        dim = dim_of(ctx, x, axis)
+        part = dim_arith(ctx, E.DIV, dim_arith(ctx, E.SUM, dim, num_outputs - 1), num_outputs)
+        starts = [dim_arith(ctx, E.MIN, dim_arith(ctx, E.PROD, part, i), dim) for i in range(num_outputs)]
+        ends = [dim_arith(ctx, E.MIN, dim_arith(ctx, E.PROD, part, i + 1), dim) for i in range(num_outputs)]
     elif isinstance(split, (list, tuple)):
         ctx.require(len(split) == num_outputs, ErrorCode.INVALID_NODE,
                     f"split has {len(split)} sizes but the node has {num_outputs} outputs")
@@ -246,7 +252,7 @@ def _split(ctx, x, axis: int, split, num_outputs: int):
         ends = starts[1:] + [total(num_outputs)]
     axes = ctx.constant(np.asarray([axis], np.int64))
     step = ctx.constant(np.asarray([1], np.int64))
-    return tuple(ctx.out(LayerKind.SLICE, SliceParams(), x, _dims_vector(ctx, [s]), _dims_vector(ctx, [e]), axes, step)
+    return tuple(ctx.out(LayerKind.SLICE, SliceParams(), x, dims_vector(ctx, [s]), dims_vector(ctx, [e]), axes, step)
                  for s, e in zip(starts, ends))
 
 
@@ -280,8 +286,8 @@ def split_v18(ctx, node, x, split=None, *, axis=0, num_outputs=None):
 # ----------------------------------------------------------------------------- triangles and diagonals
 def _diagonal_offsets(ctx, x):
     """int64 [rows, cols] of ``col - row`` for the last two dims of x (the diagonal index)."""
-    rows = ctx.reshape(_arange(ctx, _dim(ctx, x, -2)), [-1, 1])
-    cols = _arange(ctx, _dim(ctx, x, -1))
+    rows = ctx.reshape(arange_of(ctx, dim_of(ctx, x, -2)), [-1, 1])
+    cols = arange_of(ctx, dim_of(ctx, x, -1))
     return ctx.elementwise(E.SUB, cols, rows)
 
 
@@ -313,9 +319,10 @@ def _onnx_dtype(ctx, elem_type: int) -> DataType:
 
 # ----------------------------------------------------------------------------- block rearrangements
 def _require_4d(ctx, x, blocksize):
-    ctx.require(ctx.rank(x) == 4, ErrorCode.UNSUPPORTED_NODE_SHAPE, f"input must be 4-D [N, C, H, W], got rank {ctx.rank(x)}")
+    ctx.require(ctx.rank(x) == 4, ErrorCode.UNSUPPORTED_NODE_SHAPE,
+                f"input must be 4-D [N, C, H, W], got rank {ctx.rank(x)}")
     ctx.require(int(blocksize) > 0, ErrorCode.INVALID_NODE, f"blocksize must be positive, got {blocksize}")
-    return [_dim(ctx, x, i) for i in range(4)]
+    return [dim_of(ctx, x, i) for i in range(4)]
 
 
 @importer("DepthToSpace", since=1)
@@ -324,15 +331,15 @@ def depth_to_space(ctx, node, x, *, blocksize=None, mode="DCR"):
     ctx.require(mode in ("DCR", "CRD"), ErrorCode.UNSUPPORTED_NODE_ATTR, f"mode={mode!r}; supported: DCR, CRD")
     n, c, h, w = _require_4d(ctx, x, blocksize)
     b = int(blocksize)
-    c_out = _arith(ctx, E.DIV, c, b * b)
+    c_out = dim_arith(ctx, E.DIV, c, b * b)
     if mode == "DCR":
-        y = _reshape_to(ctx, x, [n, b, b, c_out, h, w])
+        y = reshape_to(ctx, x, [n, b, b, c_out, h, w])
         perm = (0, 3, 4, 1, 5, 2)
     else:
-        y = _reshape_to(ctx, x, [n, c_out, b, b, h, w])
+        y = reshape_to(ctx, x, [n, c_out, b, b, h, w])
         perm = (0, 1, 4, 2, 5, 3)
     y = ctx.transpose(y, perm)
-    return _reshape_to(ctx, y, [n, c_out, _arith(ctx, E.PROD, h, b), _arith(ctx, E.PROD, w, b)])
+    return reshape_to(ctx, y, [n, c_out, dim_arith(ctx, E.PROD, h, b), dim_arith(ctx, E.PROD, w, b)])
 
 
 @importer("SpaceToDepth", since=1)
@@ -341,10 +348,10 @@ def space_to_depth(ctx, node, x, *, blocksize=None, mode="DCR"):
     ctx.require(mode in ("DCR", "CRD"), ErrorCode.UNSUPPORTED_NODE_ATTR, f"mode={mode!r}; supported: DCR, CRD")
     n, c, h, w = _require_4d(ctx, x, blocksize)
     b = int(blocksize)
-    h_out, w_out = _arith(ctx, E.DIV, h, b), _arith(ctx, E.DIV, w, b)
-    y = _reshape_to(ctx, x, [n, c, h_out, b, w_out, b])
+    h_out, w_out = dim_arith(ctx, E.DIV, h, b), dim_arith(ctx, E.DIV, w, b)
+    y = reshape_to(ctx, x, [n, c, h_out, b, w_out, b])
     y = ctx.transpose(y, (0, 3, 5, 1, 2, 4) if mode == "DCR" else (0, 1, 3, 5, 2, 4))
-    return _reshape_to(ctx, y, [n, _arith(ctx, E.PROD, c, b * b), h_out, w_out])
+    return reshape_to(ctx, y, [n, dim_arith(ctx, E.PROD, c, b * b), h_out, w_out])
 
 
 # ----------------------------------------------------------------------------- crop and pad
