@@ -246,6 +246,7 @@ def test_sequence_ops_are_reported_unsupported():
         kilnrt.build(m)
     text = str(info.value)
     assert "op SequenceConstruct is not supported" in text and "op SequenceAt is not supported" in text
+    assert "sequence and optional values are not supported" in text
 
 
 # ----------------------------------------------------------------------------- control flow

@@ -86,11 +86,16 @@ def unpack(data: bytes) -> tuple[dict, dict[str, np.ndarray], dict[str, str]]:
         kernels = json.loads(body[off + h + w: off + h + w + k].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PlanError(ErrorCode.PLAN_CORRUPT, f"the plan's header is unreadable: {exc}") from None
+    if not isinstance(kernels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in kernels.items()):
+        raise PlanError(ErrorCode.PLAN_CORRUPT, "the plan's kernels section is not a table of named entries")
     weights: dict[str, np.ndarray] = {}
     if weights_bytes:
         from safetensors.torch import load
 
-        weights = {name: torch_to_numpy(t) for name, t in load(weights_bytes).items()}
+        try:
+            weights = {name: torch_to_numpy(t) for name, t in load(weights_bytes).items()}
+        except Exception as exc:  # noqa: BLE001 - safetensors' own error types
+            raise PlanError(ErrorCode.PLAN_CORRUPT, f"the plan's weights are unreadable: {exc}") from None
     raw = header.get("raw_weight_dtypes") if isinstance(header, dict) else None
     if raw is not None:
         try:

@@ -101,6 +101,8 @@ def check_model(model: onnx.ModelProto) -> list[UnsupportedNodeError]:
         if versions:
             hint = (f"kilnrt supports {op} from opset {min(versions)}; the model uses opset {opset}: "
                     f"re-export it with opset >= {min(versions)}")
+        elif "Sequence" in op or op.startswith("Optional"):
+            hint = "sequence and optional values are not supported (kilnrt, like TensorRT, has tensors only)"
         elif close:
             hint = f"nearest supported ops: {', '.join(close)}"
         else:
