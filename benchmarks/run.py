@@ -27,34 +27,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 warnings.filterwarnings("ignore")
 
 import kilnrt  # noqa: E402
+from kilnrt.builder.timing import time_cuda_graph  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 GFLOP_PER_IMAGE = {"resnet50": 8.2}
 
 
-def time_graph(fn, iters: int = 100, warmup: int = 10) -> float:
-    """Median ms of replays of ``fn`` captured in a CUDA graph."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    for _ in range(warmup):
-        g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+def time_graph(fn, iters: int = 100) -> float:
+    """Median ms of replays of ``fn`` captured in a CUDA graph (the same for every peer)."""
+    return time_cuda_graph(fn, iters, warmup=10)
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:

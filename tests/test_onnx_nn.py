@@ -12,30 +12,13 @@ from onnx.reference import ReferenceEvaluator
 
 import kilnrt
 from kilnrt.errors import ErrorCode, ImportErrors, UnsupportedNodeError
-from kilnrt.testing import assert_close, fresh_seed
+from kilnrt.testing import assert_close
+from onnx_cases import one_node_model as model, randn, rng
 
 
 @pytest.fixture
 def r() -> np.random.Generator:
-    seed = fresh_seed()
-    print(f"seed {seed}")
-    return np.random.default_rng(seed)
-
-
-def randn(r: np.random.Generator, *shape: int, dtype=np.float32) -> np.ndarray:
-    x = r.standard_normal(shape).astype(dtype)
-    return np.where(x == 0, dtype(0.5), x)
-
-
-def model(op: str, feeds: dict[str, np.ndarray], outputs, opset: int, domain: str = "", **attrs) -> onnx.ModelProto:
-    """A one-node model; a blank name in ``feeds`` (" ", "  ", ...) or ``outputs`` skips that optional slot."""
-    outputs = [f"y{i}" for i in range(outputs)] if isinstance(outputs, int) else list(outputs)
-    node = helper.make_node(op, [n.strip() for n in feeds], outputs, domain=domain, **attrs)
-    ins = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
-           for n, v in feeds.items() if n.strip()]
-    outs = [helper.make_empty_tensor_value_info(o) for o in outputs if o]
-    graph = helper.make_graph([node], op.lower(), ins, outs)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    return rng()
 
 
 def check(op: str, feeds: dict[str, np.ndarray], outputs=1, opset: int = 22, reference: str = "onnx",

@@ -14,33 +14,9 @@ from onnx.reference import ReferenceEvaluator
 
 import kilnrt
 from kilnrt.errors import ImportErrors
-from kilnrt.testing import fresh_seed
+from onnx_cases import one_node_model as model, randn, rng
 
 F, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
-
-
-def rng() -> np.random.Generator:
-    seed = fresh_seed()
-    print(f"seed {seed}")
-    return np.random.default_rng(seed)
-
-
-def randn(r: np.random.Generator, *shape: int) -> np.ndarray:
-    x = r.standard_normal(shape).astype(np.float32)
-    return np.where(x == 0, np.float32(0.5), x)
-
-
-def model(op: str, feeds: dict[str, np.ndarray], n_out: int = 1, opset: int = 18,
-          shapes: dict[str, list] | None = None, **attrs) -> onnx.ModelProto:
-    """A one-node model; inputs named after ``feeds`` (an empty name skips an optional input)."""
-    names = list(feeds)
-    node = helper.make_node(op, names, [f"y{i}" for i in range(n_out)], **attrs)
-    ins = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype),
-                                         (shapes or {}).get(n, list(v.shape)))
-           for n, v in feeds.items() if n]
-    outs = [helper.make_empty_tensor_value_info(f"y{i}") for i in range(n_out)]
-    graph = helper.make_graph([node], op.lower(), ins, outs)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
 
 
 def check(op: str, feeds: dict[str, np.ndarray], n_out: int = 1, opset: int = 18, shapes=None,

@@ -100,24 +100,24 @@ class TimingCache:
         return True
 
 
-def _time_in_cuda_graph(fn: Callable[[], Any], iters: int, repeat: int = 8) -> float | None:
-    """Median ms of one call of ``fn`` replayed from a CUDA graph (as engines run), or None
-    if ``fn`` cannot be captured."""
+def time_cuda_graph(fn: Callable[[], Any], iters: int = 10, repeat: int = 1, warmup: int = 3) -> float:
+    """Median ms of one call of ``fn`` replayed from a CUDA graph, as engines run (the
+    benchmark suite times every peer this way too). Raises if ``fn`` cannot be captured."""
     import warnings
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the graph: library handles, lazy init
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with torch.cuda.graph(graph, stream=side):
-                for _ in range(repeat):
-                    fn()
-    except Exception:  # noqa: BLE001 - host work inside: time it eagerly instead
-        torch.cuda.synchronize()
-        return None
-    graph.replay()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.cuda.graph(graph, stream=side):
+            for _ in range(repeat):
+                fn()
+    for _ in range(warmup):
+        graph.replay()
     samples = []
     for _ in range(iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -137,9 +137,10 @@ def time_callable(fn: Callable[[], Any], device: str, *, warmup: int = 3, iters:
         fn()
     samples = []
     if device == "cuda":
-        in_graph = _time_in_cuda_graph(fn, iters)
-        if in_graph is not None:
-            return in_graph
+        try:
+            return time_cuda_graph(fn, iters, repeat=8)
+        except Exception:  # noqa: BLE001 - host work inside: time it eagerly instead
+            torch.cuda.synchronize()
         for _ in range(iters):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -44,19 +45,31 @@ class _Graph:
         return layer.inputs[1] if layer.inputs[0] is t else layer.inputs[0]
 
 
-def _replace(net: Network, rewrites: dict[int, tuple], drop: set[int], stats: dict | None, name: str) -> Network:
-    """Copy ``net``; at each layer id in ``rewrites`` emit ``(kind, params, inputs, absorbed)``."""
+Emit = Callable[[NetworkCopier], Tensor]
+
+
+def _add_fused(c: NetworkCopier, kind: LayerKind, params, inputs: list[Tensor | None],
+               absorbed: list[Layer]) -> Tensor:
+    """Add the layer that replaces ``absorbed``: named after them, keeping their origins,
+    producing the last absorbed layer's output."""
+    return c.net.add_layer(kind, params, inputs, name=" + ".join(l.name for l in absorbed),
+                           origin=tuple(o for l in absorbed for o in l.origin),
+                           output_names=[absorbed[-1].outputs[0].name]).outputs[0]
+
+
+def _fused(kind: LayerKind, params, inputs: list[Tensor | None], absorbed: list[Layer]) -> Emit:
+    return lambda c: _add_fused(c, kind, params, [c.mapped(t) for t in inputs], absorbed)
+
+
+def _replace(net: Network, rewrites: dict[int, Emit], drop: set[int], stats: dict | None, name: str) -> Network:
+    """Copy ``net``, emitting ``rewrites[id(layer)]`` in place of each rewritten layer and
+    leaving out the layers in ``drop`` (absorbed into a rewrite)."""
     if not rewrites:
         return net
     c = NetworkCopier(net)
     for layer in net.layers:
         if id(layer) in rewrites:
-            kind, params, inputs, absorbed = rewrites[id(layer)]
-            new = c.net.add_layer(kind, params, [c.mapped(t) for t in inputs],
-                                  name=" + ".join(l.name for l in absorbed),
-                                  origin=tuple(o for l in absorbed for o in l.origin),
-                                  output_names=[layer.outputs[0].name])
-            c.alias(layer.outputs[0], new.outputs[0])
+            c.alias(layer.outputs[0], rewrites[id(layer)](c))
         elif id(layer) not in drop:
             c.copy(layer)
     if stats is not None:
@@ -104,7 +117,7 @@ def fuse_gelu(net: Network, stats: dict | None = None) -> Network:
                 continue
             chain.insert(0, half)
         last = chain[-1]
-        rewrites[id(last)] = (LayerKind.ACTIVATION, ActivationParams(ActivationType.GELU_ERF), [x], chain)
+        rewrites[id(last)] = _fused(LayerKind.ACTIVATION, ActivationParams(ActivationType.GELU_ERF), [x], chain)
         drop.update(id(l) for l in chain[:-1])
     return _replace(net, rewrites, drop, stats, "fuse_gelu")
 
@@ -137,7 +150,7 @@ def fuse_matmul_epilogue(net: Network, stats: dict | None = None) -> Network:
             params = dataclasses.replace(params, activation=act.params.type, activation_alpha=act.params.alpha,
                                          activation_beta=act.params.beta)
             chain.append(act)
-        rewrites[id(chain[-1])] = (LayerKind.MATRIX_MULTIPLY, params, [mm.inputs[0], mm.inputs[1], bias_t], chain)
+        rewrites[id(chain[-1])] = _fused(LayerKind.MATRIX_MULTIPLY, params, [mm.inputs[0], mm.inputs[1], bias_t], chain)
         drop.update(id(l) for l in chain[:-1])
     return _replace(net, rewrites, drop, stats, "fuse_matmul_epilogue")
 
@@ -184,31 +197,21 @@ def fuse_attention(net: Network, stats: dict | None = None) -> Network:
         if q.shape is None or len(q.shape) != 4 or kt.shape is None or len(kt.shape) != 4:
             continue
         chain.insert(0, node)
-        if node.params.op1 == MatrixOperation.TRANSPOSE:
-            k_input, k_perm = kt, None
-        else:
-            k_input, k_perm = kt, (0, 1, 3, 2)
-        v = pv.inputs[1]
-        rewrites[id(pv)] = ("attention", q, k_input, k_perm, v, mask, scale, chain)
+        k_perm = None if node.params.op1 == MatrixOperation.TRANSPOSE else (0, 1, 3, 2)
+        inputs = [q, kt, pv.inputs[1]] + ([mask] if mask is not None else [])
+        rewrites[id(pv)] = _attention(inputs, k_perm, float(scale), chain)
         drop.update(id(l) for l in chain[:-1])
-    if not rewrites:
-        return net
-    c = NetworkCopier(net)
-    for layer in net.layers:
-        if id(layer) in rewrites:
-            _, q, k, perm, v, mask, scale, chain = rewrites[id(layer)]
-            kk = c.mapped(k)
-            if perm is not None:
-                kk = c.net.add_layer(LayerKind.SHUFFLE, ShuffleParams(first_transpose=perm), [kk],
+    return _replace(net, rewrites, drop, stats, "fuse_attention")
+
+
+def _attention(inputs: list[Tensor], k_perm: tuple[int, ...] | None, scale: float, chain: list[Layer]) -> Emit:
+    """Emits the ATTENTION layer, first transposing K back when the graph multiplied by Kᵀ."""
+
+    def emit(c: NetworkCopier) -> Tensor:
+        ins = [c.mapped(t) for t in inputs]
+        if k_perm is not None:
+            ins[1] = c.net.add_layer(LayerKind.SHUFFLE, ShuffleParams(first_transpose=k_perm), [ins[1]],
                                      name=c.net.unique_name(f"{chain[0].name}/k"), origin=chain[0].origin).outputs[0]
-            ins = [c.mapped(q), kk, c.mapped(v)] + ([c.mapped(mask)] if mask is not None else [])
-            new = c.net.add_layer(LayerKind.ATTENTION, AttentionParams(scale=float(scale)), ins,
-                                  name=" + ".join(l.name for l in chain),
-                                  origin=tuple(o for l in chain for o in l.origin),
-                                  output_names=[layer.outputs[0].name])
-            c.alias(layer.outputs[0], new.outputs[0])
-        elif id(layer) not in drop:
-            c.copy(layer)
-    if stats is not None:
-        stats["fuse_attention"] = len(rewrites)
-    return c.finish()
+        return _add_fused(c, LayerKind.ATTENTION, AttentionParams(scale=scale), ins, chain)
+
+    return emit
