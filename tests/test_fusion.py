@@ -75,3 +75,58 @@ def test_default_build_fuses(block):
     convs = [l for l in engine.layers if l.kind == LayerKind.CONVOLUTION]
     assert len(convs) == 3 and sum(l.params.activation is not None for l in convs) == 2
     assert not any(l.kind == LayerKind.SCALE for l in engine.layers)
+
+
+def _siblings_model(rng) -> bytes:
+    """q, k, v = x @ Wq + bq, x @ Wk + bk, x @ Wv + bv; and u = y @ Wu (another input: no merge)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits, nodes = [], []
+    for n, width in (("q", 8), ("k", 8), ("v", 12), ("u", 8)):
+        inits += [numpy_helper.from_array(rng.normal(size=(16, width)).astype(np.float32), f"W{n}"),
+                  numpy_helper.from_array(rng.normal(size=(width,)).astype(np.float32), f"b{n}")]
+        src = "y" if n == "u" else "x"
+        nodes += [helper.make_node("MatMul", [src, f"W{n}"], [f"{n}0"]), helper.make_node("Add", [f"{n}0", f"b{n}"], [n])]
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 5, 16]) for n in ("x", "y")]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("q", "k", "v", "u")]
+    graph = helper.make_graph(nodes, "siblings", ins, outs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+def test_sibling_matmuls_merge_into_one():
+    rng = np.random.default_rng()
+    model = _siblings_model(rng)
+    engine = kilnrt.build(model)
+    mms = [l for l in engine.layers if l.kind == LayerKind.MATRIX_MULTIPLY]
+    assert len(mms) == 2  # q|k|v merged; u reads another input and stays alone
+    assert sum(" | " in l.name for l in mms) == 1
+    feeds = {n: rng.normal(size=(3, 5, 16)).astype(np.float32) for n in ("x", "y")}
+    ref = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)
+    out = engine.run(feeds)
+    for name, r in zip(("q", "k", "v", "u"), ref):
+        np.testing.assert_allclose(out[name], r, rtol=1e-4, atol=1e-4)
+
+
+def _add_norm_model(rng, also_output: bool) -> bytes:
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(rng.normal(size=(16,)).astype(np.float32), n) for n in ("g", "b")]
+    nodes = [helper.make_node("Add", ["x", "r"], ["s"]),
+             helper.make_node("LayerNormalization", ["s", "g", "b"], ["y"], axis=-1, epsilon=1e-5)]
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 5, 16]) for n in ("x", "r")]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in (["y", "s"] if also_output else ["y"])]
+    graph = helper.make_graph(nodes, "addnorm", ins, outs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+@pytest.mark.parametrize("also_output", [False, True])
+def test_residual_add_fuses_into_layernorm(also_output):
+    rng = np.random.default_rng()
+    model = _add_norm_model(rng, also_output)
+    engine = kilnrt.build(model)
+    norm = next(l for l in engine.layers if l.kind == LayerKind.NORMALIZATION)
+    fused = len(norm.inputs) == 4
+    assert fused != also_output  # the add's output is needed elsewhere: no fusion
+    feeds = {n: rng.normal(size=(3, 5, 16)).astype(np.float32) for n in ("x", "r")}
+    ref = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)
+    np.testing.assert_allclose(engine.run(feeds)["y"], ref[0], rtol=1e-4, atol=1e-4)

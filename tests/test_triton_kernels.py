@@ -133,6 +133,16 @@ def test_normalization_two_trailing_axes_fp32_scale(seed):
                                                nonzero((5, 7))], seed)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_normalization_with_fused_residual(dtype, seed):
+    shape = (3, 5, 33)
+    p = NormalizationParams(axes=(2,), epsilon=1e-5)
+    layer = make_layer(LayerKind.NORMALIZATION, p, (DT[dtype], shape), (DT[dtype], (33,)), (DT[dtype], (33,)),
+                       (DT[dtype], shape))
+    check("cuda.normalization.triton", layer, [nonzero(shape, dtype), nonzero((33,), dtype), nonzero((33,), dtype),
+                                               nonzero(shape, dtype)], seed)
+
+
 @pytest.mark.parametrize("p,specs", [
     (NormalizationParams(axes=(2,), num_groups=2), [(DataType.FLOAT, (2, 4, 6))]),      # group norm
     (NormalizationParams(axes=(1,)), [(DataType.FLOAT, (2, 4, 6))]),                    # not trailing

@@ -451,7 +451,8 @@ class NonZeroParams:
 
 @dataclass(frozen=True)
 class NormalizationParams:
-    """Inputs: x, scale, bias (optional).
+    """Inputs: x, scale, bias (optional), residual (optional, set by the optimizer: added to x
+    first, same shape as x).
 
     ``y = (x - mean) / sqrt(var + epsilon) * scale + bias``, with mean and variance over
     ``axes`` of x viewed as ``[N, num_groups, C / num_groups, *rest]`` when ``num_groups > 1``

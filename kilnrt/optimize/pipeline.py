@@ -8,7 +8,8 @@ from typing import Callable
 from kilnrt.network.graph import Network
 from kilnrt.optimize.passes.cleanup import eliminate_dead_layers, fold_constants, remove_identities
 from kilnrt.optimize.passes.fusion import fuse_conv_epilogue, fuse_conv_scale
-from kilnrt.optimize.passes.transformer import fuse_attention, fuse_gelu, fuse_matmul_epilogue
+from kilnrt.optimize.passes.horizontal import fuse_sibling_matmuls
+from kilnrt.optimize.passes.transformer import fuse_add_norm, fuse_attention, fuse_gelu, fuse_matmul_epilogue
 
 log = logging.getLogger("kilnrt.optimize")
 
@@ -26,6 +27,9 @@ PIPELINE: list[tuple[str, Pass, int]] = [
     ("fuse_gelu", fuse_gelu, 2),
     ("fuse_attention", fuse_attention, 2),
     ("fuse_matmul_epilogue", fuse_matmul_epilogue, 2),
+    ("fuse_add_norm", fuse_add_norm, 2),
+    ("fuse_sibling_matmuls", fuse_sibling_matmuls, 2),
+    ("eliminate_dead_layers", eliminate_dead_layers, 2),
 ]
 
 

@@ -97,6 +97,8 @@ class NativeLayerNorm(Tactic):
         x = inputs[0]
         scale = inputs[1] if len(inputs) > 1 else None
         bias = inputs[2] if len(inputs) > 2 else None
+        if len(inputs) > 3 and inputs[3] is not None:
+            x = x + inputs[3]
         n = len(p.axes) if p.axes is not None else x.dim()
         shape = tuple(x.shape[x.dim() - n:])
         return [F.layer_norm(x, shape, None if scale is None else scale.to(x.dtype),

@@ -24,14 +24,17 @@ _TORCH_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
-def _norm_rows(x_ptr, w_ptr, b_ptr, y_ptr, n_rows, n_cols, eps, RMS: tl.constexpr, HAS_W: tl.constexpr,
-               HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _norm_rows(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, n_rows, n_cols, eps, RMS: tl.constexpr, HAS_R: tl.constexpr,
+               HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     col_mask = cols < n_cols
     mask = (rows[:, None] < n_rows) & col_mask[None, :]
     offs = rows[:, None].to(tl.int64) * n_cols + cols[None, :]
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    if HAS_R:  # the residual add, rounded to x's type as a separate add would be
+        x = x + tl.load(r_ptr + offs, mask=mask, other=0.0)
+    x = x.to(tl.float32)
     if RMS:
         y = x * (1.0 / tl.sqrt_rn(tl.sum(x * x, axis=1) / n_cols + eps))[:, None]
     else:
@@ -82,11 +85,13 @@ class TritonNormalization(Tactic):
         x = inputs[0]
         scale = inputs[1] if len(inputs) > 1 else None
         bias = inputs[2] if len(inputs) > 2 else None
+        residual = inputs[3] if len(inputs) > 3 else None
         n_axes = x.dim() if p.axes is None else len(normalize_axes(p.axes, x.dim()))
         n_cols = math.prod(x.shape[x.dim() - n_axes:])
         if x.dtype not in _TORCH_FLOATS or n_cols > MAX_ROW or p.num_groups != 1 \
-                or any(t is not None and t.numel() != n_cols for t in (scale, bias)):
-            return [reference_kernel(LayerKind.NORMALIZATION)(p, x, scale, bias)]  # not a shape the build saw
+                or any(t is not None and t.numel() != n_cols for t in (scale, bias)) \
+                or (residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype)):
+            return [reference_kernel(LayerKind.NORMALIZATION)(p, x, scale, bias, residual)]  # not a shape the build saw
         x = x.contiguous()
         y = torch.empty_like(x)
         n_rows = x.numel() // n_cols if n_cols else 0
@@ -94,8 +99,10 @@ class TritonNormalization(Tactic):
             return [y]
         w = x if scale is None else scale.contiguous()
         b = x if bias is None else bias.contiguous()
+        r = x if residual is None else residual.contiguous()
         block_m, block_n, num_warps = row_blocks(n_rows, n_cols)
         _norm_rows[(triton.cdiv(n_rows, block_m),)](
-            x, w, b, y, n_rows, n_cols, float(p.epsilon), RMS=p.rms, HAS_W=scale is not None,
+            x, r, w, b, y, n_rows, n_cols, float(p.epsilon), RMS=p.rms, HAS_R=residual is not None,
+            HAS_W=scale is not None,
             HAS_B=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
         return [y]

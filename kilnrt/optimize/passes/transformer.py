@@ -215,3 +215,24 @@ def _attention(inputs: list[Tensor], k_perm: tuple[int, ...] | None, scale: floa
         return _add_fused(c, LayerKind.ATTENTION, AttentionParams(scale=scale), ins, chain)
 
     return emit
+
+
+def fuse_add_norm(net: Network, stats: dict | None = None) -> Network:
+    """norm(a + b) => norm(a, residual=b): the residual add of a transformer block inside the
+    LayerNorm / RMSNorm kernel (one pass over the activations instead of two)."""
+    g = _Graph(net)
+    rewrites, drop = {}, set()
+    for norm in net.layers:
+        if norm.kind != LayerKind.NORMALIZATION or norm.params.num_groups != 1 or len(norm.inputs) > 3:
+            continue
+        add = norm.inputs[0].producer
+        if not g.is_op(add, E.SUM) or g.single_use(add.outputs[0]) is not norm:
+            continue
+        a, b = add.inputs
+        out = add.outputs[0]
+        if a.shape is None or a.shape != out.shape or b.shape != out.shape or a.dtype != b.dtype:
+            continue  # no broadcasting inside the kernel
+        ins = [a] + list(norm.inputs[1:]) + [None] * (3 - len(norm.inputs)) + [b]
+        rewrites[id(norm)] = _fused(LayerKind.NORMALIZATION, norm.params, ins, [add, norm])
+        drop.add(id(add))
+    return _replace(net, rewrites, drop, stats, "fuse_add_norm")
