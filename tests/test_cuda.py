@@ -106,6 +106,7 @@ def test_raw_device_pointers_and_stream():
     ctx.set_tensor_address(name, xt.data_ptr())
     ctx.set_tensor_address(out_name, y.data_ptr())
     stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # the input was written on the default stream
     ctx.execute_async_v3(stream.cuda_stream)
     stream.synchronize()
     np.testing.assert_allclose(y.cpu().numpy(), ref, rtol=1e-3, atol=1e-4)
