@@ -30,7 +30,12 @@ import kilnrt  # noqa: E402
 from kilnrt.builder.timing import time_cuda_graph  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-GFLOP_PER_IMAGE = {"resnet50": 8.2}
+GFLOP_PER_IMAGE = {"resnet50": 8.2, "mobilenet_v2": 0.6, "efficientnet_b0": 0.8, "vit_b_16": 35.1,
+                   "convnext_tiny": 9.0}
+# torchvision image models: (constructor name, channels_last for the eager peer, default batches)
+IMAGE_MODELS = {"resnet50": ("resnet50", True, [1, 256]), "mobilenet_v2": ("mobilenet_v2", True, [1, 256]),
+                "efficientnet_b0": ("efficientnet_b0", True, [1, 256]), "convnext_tiny": ("convnext_tiny", True, [1, 128]),
+                "vit_b_16": ("vit_b_16", False, [1, 64])}
 
 
 def time_graph(fn, iters: int = 100) -> float:
@@ -52,13 +57,34 @@ def _bert_config(attention: str):
     return config
 
 
+def _healthy(model: torch.nn.Module) -> torch.nn.Module:
+    """Random weights whose activations keep a sane scale, so FP16 is meaningful: BatchNorm
+    statistics are re-estimated on random images (freshly initialized running stats make some
+    networks' activations vanish below FP16's range: MobileNetV2's logits are ~1e-9), and
+    all-zero layers (ViT's head) get small random weights. Eval mode on return."""
+    torch.manual_seed(1)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) and not m.weight.detach().any():
+            torch.nn.init.normal_(m.weight, std=0.02)
+    if bns:
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over the passes below
+        model.train()
+        with torch.no_grad():
+            for _ in range(4):
+                model(torch.randn(16, 3, 224, 224, device="cuda"))
+    return model.eval()
+
+
 def make_model(name: str, batch: int, seq: int):
     """(fp32 model on GPU, example inputs dict, input names, is_cnn)."""
     torch.manual_seed(0)
-    if name == "resnet50":
+    if name in IMAGE_MODELS:
         import torchvision
 
-        model = torchvision.models.resnet50().eval().cuda()
+        model = _healthy(getattr(torchvision.models, IMAGE_MODELS[name][0])().cuda())
         x = torch.randn(batch, 3, 224, 224, device="cuda")
         return model, {"input": x}, True
     if name == "bert":
@@ -149,8 +175,9 @@ def bench_row(name, batch, seq, precision, use_compile, iters, cache_path, log):
     model.load_state_dict(model32.state_dict())
     model = model.to(dtype)
     if is_cnn:
-        model = model.to(memory_format=torch.channels_last)
-        inputs_p = {"input": inputs["input"].to(dtype).contiguous(memory_format=torch.channels_last)}
+        layout = torch.channels_last if IMAGE_MODELS[name][1] else torch.contiguous_format
+        model = model.to(memory_format=layout)
+        inputs_p = {"input": inputs["input"].to(dtype).contiguous(memory_format=layout)}
     else:
         from transformers import BertModel
 
@@ -184,7 +211,8 @@ def bench_row(name, batch, seq, precision, use_compile, iters, cache_path, log):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default="resnet50,bert")
+    p.add_argument("--models", default="resnet50,bert",
+                   help="comma list of: bert, " + ", ".join(IMAGE_MODELS) + " (the wider set)")
     p.add_argument("--batches", default=None, help="comma list; default resnet50: 1,256; bert: 1,32")
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--precision", default="fp16", choices=["fp16", "bf16", "fp32"])
@@ -198,7 +226,7 @@ def main(argv=None) -> int:
     rows = []
     log = lambda m: print(m, flush=True)  # noqa: E731
     for name in args.models.split(","):
-        batches = [int(b) for b in args.batches.split(",")] if args.batches else ([1, 256] if name == "resnet50" else [1, 32])
+        batches = [int(b) for b in args.batches.split(",")] if args.batches else IMAGE_MODELS.get(name, (0, 0, [1, 32]))[2]
         for b in batches:
             log(f"{name} batch {b} {args.precision}")
             try:

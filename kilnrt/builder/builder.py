@@ -150,6 +150,7 @@ def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, pro
     ctx = TacticContext(device, constants)
     cache = config.timing_cache if BuilderFlag.DISABLE_TIMING_CACHE not in config.flags else None
     layers = []
+    layouts: dict[str, bool] = {}  # activation -> produced channels-last by its chosen tactic
     for layer in net.layers:
         if layer.kind == LayerKind.CONSTANT:
             continue
@@ -161,8 +162,11 @@ def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, pro
                              f"{[t.dtype.name if t is not None and t.dtype else None for t in layer.inputs]}",
                              layer=layer.name)
         chosen, timings = candidates[0], {}
-        if len(candidates) > 1 and shapes is not None:
-            chosen, timings = _time_candidates(layer, candidates, ctx, shapes, cache, config)
+        ins = _example_inputs(layer, ctx, shapes, layouts) if shapes is not None and config.device != "cpu" else None
+        if len(candidates) > 1 and ins is not None:
+            chosen, timings = _time_candidates(layer, candidates, ctx, ins, cache, config)
+        if ins is not None:
+            _record_layouts(layer, chosen, ctx, ins, layouts)
         layers.append(EngineLayer(
             name=layer.name, kind=layer.kind, params=layer.params,
             inputs=[None if t is None else t.name for t in layer.inputs],
@@ -177,9 +181,11 @@ def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, pro
     return layers
 
 
-def _time_candidates(layer, candidates, ctx, shapes, cache, config):
+def _example_inputs(layer, ctx, shapes, layouts) -> list | None:
+    """Random inputs at the opt shape, in the layout their producers' chosen tactics write
+    (so a tactic is timed on NHWC activations where cuDNN convolutions produce NHWC)."""
     ins = []
-    for i, t in enumerate(layer.inputs):
+    for t in layer.inputs:
         if t is None:
             ins.append(None)
         elif t.name in ctx.constants:
@@ -187,9 +193,28 @@ def _time_candidates(layer, candidates, ctx, shapes, cache, config):
         else:
             shape_dtype = shapes.get(t.name)
             if shape_dtype is None:
-                return candidates[0], {}
-            ins.append(_random_input(shape_dtype[0], shape_dtype[1].torch, ctx.device))
-    signature = layer_signature(layer, [None if a is None else [list(a.shape), str(a.dtype)] for a in ins])
+                return None
+            x = _random_input(shape_dtype[0], shape_dtype[1].torch, ctx.device)
+            if layouts.get(t.name) and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            ins.append(x)
+    return ins
+
+
+def _record_layouts(layer, tactic, ctx, ins, layouts) -> None:
+    try:
+        outs = tactic.run(tactic.prepare(layer, ctx), ins)
+    except Exception:  # noqa: BLE001 - the run at build is only to learn the layout
+        return
+    for t, o in zip(layer.outputs, outs):
+        if isinstance(o, torch.Tensor) and o.dim() == 4:
+            layouts[t.name] = o.is_contiguous(memory_format=torch.channels_last) and not o.is_contiguous()
+
+
+def _time_candidates(layer, candidates, ctx, ins, cache, config):
+    signature = layer_signature(layer, [None if a is None else
+                                        [list(a.shape), str(a.dtype), a.dim() == 4 and not a.is_contiguous()]
+                                        for a in ins])
     timings = {}
     for cand in candidates:
         key = TimingCache.key(signature, config.device, cand.name)

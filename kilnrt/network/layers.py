@@ -44,6 +44,7 @@ class LayerKind(enum.Enum):
     ONE_HOT = "one_hot"
     PADDING = "padding"
     PLUGIN = "plugin"
+    POINTWISE = "pointwise"
     POOLING = "pooling"
     QUANTIZE = "quantize"
     REDUCE = "reduce"
@@ -495,6 +496,39 @@ class PluginParams:
         return default
 
 
+# the layer kinds a fused POINTWISE region is made of
+POINTWISE_STEP_KINDS = frozenset({LayerKind.ACTIVATION, LayerKind.ELEMENTWISE, LayerKind.UNARY, LayerKind.CAST,
+                                  LayerKind.SELECT})
+
+
+@dataclass(frozen=True)
+class PointwiseParams:
+    """A fused region of pointwise layers (made by the optimizer's ``fuse_pointwise``).
+
+    Inputs: the region's ``num_inputs`` operands (numpy broadcasting).  ``ops``: the steps in
+    topological order, each ``(kind, params, operands)``: an ACTIVATION, ELEMENTWISE, UNARY,
+    CAST or SELECT layer's kind and params, and the indices of its operands: ``0..num_inputs-1``
+    are the layer's inputs, ``num_inputs + j`` is step j's result.  Outputs: the results of
+    the steps listed in ``outputs``, in order.  Each step computes exactly what the layer it
+    came from computed (dtypes included).
+    """
+
+    num_inputs: int
+    ops: tuple[tuple[LayerKind, Any, tuple[int, ...]], ...]
+    outputs: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        # plans are data: a malformed region is refused when it is built or loaded
+        for j, step in enumerate(self.ops):
+            if not (isinstance(step, tuple) and len(step) == 3 and isinstance(step[0], LayerKind)
+                    and step[0] in POINTWISE_STEP_KINDS and isinstance(step[1], PARAMS[step[0]])
+                    and isinstance(step[2], tuple)
+                    and all(isinstance(i, int) and 0 <= i < self.num_inputs + j for i in step[2])):
+                raise ValueError(f"pointwise step {j} is malformed: {step!r}")
+        if not self.outputs or not all(isinstance(i, int) and 0 <= i < len(self.ops) for i in self.outputs):
+            raise ValueError(f"pointwise outputs {self.outputs!r} must name steps 0..{len(self.ops) - 1}")
+
+
 @dataclass(frozen=True)
 class PoolingParams:
     type: PoolingType
@@ -681,6 +715,7 @@ PARAMS: dict[LayerKind, type] = {
     LayerKind.ONE_HOT: OneHotParams,
     LayerKind.PADDING: PaddingParams,
     LayerKind.PLUGIN: PluginParams,
+    LayerKind.POINTWISE: PointwiseParams,
     LayerKind.POOLING: PoolingParams,
     LayerKind.QUANTIZE: QuantizeParams,
     LayerKind.REDUCE: ReduceParams,

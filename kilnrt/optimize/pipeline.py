@@ -9,6 +9,7 @@ from kilnrt.network.graph import Network
 from kilnrt.optimize.passes.cleanup import eliminate_dead_layers, fold_constants, remove_identities
 from kilnrt.optimize.passes.fusion import fuse_conv_epilogue, fuse_conv_scale
 from kilnrt.optimize.passes.horizontal import fuse_sibling_matmuls
+from kilnrt.optimize.passes.pointwise import fuse_pointwise
 from kilnrt.optimize.passes.transformer import fuse_add_norm, fuse_attention, fuse_gelu, fuse_matmul_epilogue
 
 log = logging.getLogger("kilnrt.optimize")
@@ -30,6 +31,7 @@ PIPELINE: list[tuple[str, Pass, int]] = [
     ("fuse_add_norm", fuse_add_norm, 2),
     ("fuse_sibling_matmuls", fuse_sibling_matmuls, 2),
     ("eliminate_dead_layers", eliminate_dead_layers, 2),
+    ("fuse_pointwise", fuse_pointwise, 3),  # after the anchor fusions: takes what they left
 ]
 
 

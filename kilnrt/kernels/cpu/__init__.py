@@ -5,3 +5,4 @@ folding evaluate them, and every other tactic is tested against them.
 """
 from kilnrt.kernels.cpu import (attention, control, conv, index, linalg, norm, plugin, pointwise, quantize, rnn,  # noqa: F401
                                 shape, signal, vision)
+from kilnrt.kernels.cpu import pointwise_region  # noqa: F401,E402  (fused regions: after the kernels its steps use)

@@ -5,6 +5,8 @@
 * ``cuda.activation.triton``, ``cuda.elementwise.triton``, ``cuda.unary.triton``: kernels
   generated from an expression tree (:mod:`.pointwise`), the generator that pointwise-region
   fusion reuses.
+* ``cuda.pooling.triton_nhwc``: 2-D max/average pooling on channels-last tensors (:mod:`.pool`).
+* ``cuda.pointwise.triton``: a fused pointwise region as one generated kernel (:mod:`.region`).
 
 Every kernel loads its inputs, computes in float32 and stores in the output's dtype; the
 tactics accept float16, bfloat16 and float32 and decline everything else, so the PyTorch
@@ -40,4 +42,5 @@ def static_dims(shape) -> bool:
 
 
 # the tactic modules register themselves on import (after the helpers above, which they use)
-from kilnrt.kernels.triton import norm, pointwise, softmax  # noqa: E402,F401
+from kilnrt.kernels.triton import norm, pointwise, pool, softmax  # noqa: E402,F401
+from kilnrt.kernels.triton import region  # noqa: E402,F401  (cuda.pointwise.triton: fused pointwise regions)

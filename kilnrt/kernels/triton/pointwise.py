@@ -176,6 +176,10 @@ OPS: dict[Any, Callable[..., str]] = {
     U.FLOOR: lambda x: f"tl.floor({x})",
     U.CEIL: lambda x: f"tl.ceil({x})",
     U.SIGN: lambda x: f"tl.where({x} > 0.0, 1.0, tl.where({x} < 0.0, -1.0, {x}))",
+    # fused regions: select(cond, a, b) (cond loaded as 0.0/1.0 from bool), and a value rounded to
+    # a narrower float type (attrs: its ``tl`` name), as a step that stored it would round it
+    "select": lambda c, a, b: f"tl.where({c} != 0.0, {a}, {b})",
+    "round": lambda x, ty: f"{x}.to({ty}).to(tl.float32)",
 }
 
 
@@ -198,15 +202,19 @@ def _inputs(tree: Node) -> set[int]:
     return set().union(*(_inputs(a) for a in tree.args)) if tree.args else set()
 
 
-def kernel_source(tree: Node, modes: tuple[str, ...], rank: int, big: bool) -> str:
+def kernel_source(tree: Node | tuple[Node, ...], modes: tuple[str, ...], rank: int, big: bool) -> str:
     """The Triton source of ``pointwise_kernel(out_ptr, in0_ptr, ..., n, d0.., s<i>_<k>.., BLOCK)``.
 
     ``modes[i]`` says how input i is read ("flat", "scalar" or "strided" over ``rank``
-    coalesced output dims ``d0..``); ``big`` computes offsets in int64.
+    coalesced output dims ``d0..``); ``big`` computes offsets in int64.  A tuple of trees
+    (a multi-output region) gives one output each, ``out0_ptr, out1_ptr, ...``, sharing loads
+    and common subtrees.
     """
     n = len(modes)
+    trees = tree if isinstance(tree, tuple) else (tree,)
+    outs = [f"out{j}_ptr" for j in range(len(trees))] if isinstance(tree, tuple) else ["out_ptr"]
     strided = [i for i, m in enumerate(modes) if m == "strided"]
-    params = (["out_ptr"] + [f"in{i}_ptr" for i in range(n)] + ["n"]
+    params = (outs + [f"in{i}_ptr" for i in range(n)] + ["n"]
               + ([f"d{k}" for k in range(rank)] if strided else [])
               + [f"s{i}_{k}" for i in strided for k in range(rank)] + ["BLOCK: tl.constexpr"])
     pid = "tl.program_id(0).to(tl.int64)" if big else "tl.program_id(0)"
@@ -228,12 +236,14 @@ def kernel_source(tree: Node, modes: tuple[str, ...], rank: int, big: bool) -> s
         body.append(f"x{i} = tl.load({addr}{masked}).to(tl.float32)")
         names[input_node(i)] = f"x{i}"
     values: list[str] = []
-    result = _render_values(tree, values, names)
-    if all(modes[i] == "scalar" for i in _inputs(tree)):  # one value: broadcast it over the block
-        values.append(f"t{len(values)} = {result} + tl.zeros([BLOCK], tl.float32)")
-        result = f"t{len(values) - 1}"
-    body += values
-    body.append(f"tl.store(out_ptr + offs, {result}.to(out_ptr.dtype.element_ty), mask=mask)")
+    stores: list[str] = []
+    for out, t in zip(outs, trees):
+        result = _render_values(t, values, names)
+        if all(modes[i] == "scalar" for i in _inputs(t)):  # one value: broadcast it over the block
+            values.append(f"t{len(values)} = {result} + tl.zeros([BLOCK], tl.float32)")
+            result = f"t{len(values) - 1}"
+        stores.append(f"tl.store({out} + offs, {result}.to({out}.dtype.element_ty), mask=mask)")
+    body += values + stores
     return ("@triton.jit\ndef pointwise_kernel(" + ", ".join(params) + "):\n"
             + "".join(f"    {line}\n" for line in body))
 
@@ -286,28 +296,38 @@ class _Launch:
 
 
 class PointwiseKernel:
-    """``kernel(*tensors) -> tensor``: the expression ``tree`` over same-dtype float tensors."""
+    """``kernel(*tensors) -> tensor``: the expression ``tree`` over same-dtype float tensors.
 
-    def __init__(self, tree: Node, n_inputs: int) -> None:
-        self.tree, self.n_inputs = tree, n_inputs
+    With a tuple of trees and their ``out_dtypes`` (a fused region): ``kernel(*tensors) ->
+    [tensor, ...]``, every output of the inputs' broadcast shape.
+    """
+
+    def __init__(self, tree: Node | tuple[Node, ...], n_inputs: int,
+                 out_dtypes: tuple[torch.dtype, ...] | None = None) -> None:
+        self.tree, self.n_inputs, self.out_dtypes = tree, n_inputs, out_dtypes
         self._launches: dict[tuple, _Launch] = {}
 
-    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         key = tuple((t.shape, t.stride()) for t in tensors)
         launch = self._launches.get(key)
         if launch is None:
             if len(self._launches) > 64:
                 self._launches.clear()
             launch = self._launches[key] = self._plan(tensors)
-        out = torch.empty_strided(launch.out_shape, launch.out_stride, dtype=tensors[0].dtype,
-                                  device=tensors[0].device)
+        single = not isinstance(self.tree, tuple)
+        dtypes = self.out_dtypes or (tensors[0].dtype,) * (1 if single else len(self.tree))
+        outs = [torch.empty_strided(launch.out_shape, launch.out_stride, dtype=dt, device=tensors[0].device)
+                for dt in dtypes]
         if launch.n:
-            launch.kernel[(triton.cdiv(launch.n, BLOCK),)](out, *tensors, launch.n, *launch.args,
+            launch.kernel[(triton.cdiv(launch.n, BLOCK),)](*outs, *tensors, launch.n, *launch.args,
                                                            BLOCK=BLOCK, num_warps=NUM_WARPS)
-        return out
+        return outs[0] if single else outs
 
     def _plan(self, tensors) -> _Launch:
         out_shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+        for t in (self.tree if isinstance(self.tree, tuple) else ()):
+            if torch.broadcast_shapes(*(tensors[i].shape for i in _inputs(t))) != out_shape:
+                raise ValueError(f"pointwise kernel: an output of shape smaller than {tuple(out_shape)}")
         ref = next((t for t in tensors if t.shape == out_shape and _dense(t)), None)
         out_stride = tuple(ref.stride()) if ref is not None else _contiguous_strides(out_shape)
         # walk the output in memory order; size-1 dims do not matter

@@ -49,6 +49,10 @@ def lower_precision(net: Network, dtype: DataType, stats: dict | None = None) ->
             c.copy(layer).params = CastParams(low)
         elif layer.kind == LayerKind.FILL and p.dtype == DataType.FLOAT and layer.precision != DataType.FLOAT:
             c.copy(layer).params = dataclasses.replace(p, dtype=low)
+        elif layer.kind == LayerKind.POINTWISE and layer.precision != DataType.FLOAT:
+            from kilnrt.optimize.passes.pointwise import retarget_casts  # a fused region: its casts, as above
+
+            c.copy(layer).params = retarget_casts(p, DataType.FLOAT, low)
         elif layer.precision == DataType.FLOAT:
             ins = []
             for t in layer.inputs:
