@@ -316,3 +316,16 @@ def test_plan_header_is_plain_json(data):
     header, _, _ = planfile.unpack(data)
     assert json.loads(json.dumps(header)) == header
     assert header["kilnrt_version"] == kilnrt.__version__ and header["device"] == "cpu"
+
+
+def test_loaded_layers_know_their_input_types_and_shapes(tmp_path):
+    """Tactics prepare from the plan alone: each layer's inputs keep their dtypes and shapes."""
+    from models import chain_model
+
+    engine = kilnrt.build(chain_model())
+    loaded = kilnrt.load(engine.serialize())
+    for before, after in zip(engine.layers, loaded.layers):
+        view = after.as_network_layer()
+        assert [t.dtype if t is not None else None for t in view.inputs] == \
+            [kilnrt.DataType[d] if d else None for d in before.input_dtypes]
+        assert all(t is None or t.dtype is not None for t in view.inputs)

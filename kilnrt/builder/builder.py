@@ -173,12 +173,17 @@ def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, pro
             outputs=[t.name for t in layer.outputs], origin=layer.origin, tactic=chosen.name,
             precision=layer.precision,
             output_dtypes=[t.dtype.name if t.dtype else None for t in layer.outputs],
-            output_shapes=[None if t.shape is None else tuple(d if isinstance(d, int) else -1 for d in t.shape)
-                           for t in layer.outputs],
+            output_shapes=[_engine_shape(t) for t in layer.outputs],
+            input_dtypes=[t.dtype.name if t is not None and t.dtype else None for t in layer.inputs],
+            input_shapes=[None if t is None else _engine_shape(t) for t in layer.inputs],
             timing_ms=timings.get(chosen.name), candidates=timings))
         if progress is not None:
             progress()
     return layers
+
+
+def _engine_shape(t) -> tuple | None:
+    return None if t.shape is None else tuple(d if isinstance(d, int) else -1 for d in t.shape)
 
 
 def _example_inputs(layer, ctx, shapes, layouts) -> list | None:

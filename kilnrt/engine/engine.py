@@ -48,6 +48,8 @@ class EngineLayer:
     precision: DataType | None = None
     output_dtypes: list[str | None] = dataclasses.field(default_factory=list)
     output_shapes: list[Any] = dataclasses.field(default_factory=list)
+    input_dtypes: list[str | None] = dataclasses.field(default_factory=list)
+    input_shapes: list[Any] = dataclasses.field(default_factory=list)
     timing_ms: float | None = None
     candidates: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -56,7 +58,10 @@ class EngineLayer:
         from kilnrt.network.graph import Layer, Network, Tensor
 
         net = Network("engine")
-        ins = [None if n is None else Tensor(net, n) for n in self.inputs]
+        in_dtypes = self.input_dtypes or [None] * len(self.inputs)
+        in_shapes = self.input_shapes or [None] * len(self.inputs)
+        ins = [None if n is None else Tensor(net, n, DataType[dt] if dt else None, shp)
+               for n, dt, shp in zip(self.inputs, in_dtypes, in_shapes)]
         layer = Layer(net, self.kind, self.params, ins, self.name, self.origin)
         for n, dt, shp in zip(self.outputs, self.output_dtypes or [None] * len(self.outputs),
                               self.output_shapes or [None] * len(self.outputs)):

@@ -29,6 +29,8 @@ def engine_to_bytes(engine: Engine) -> bytes:
             "inputs": l.inputs, "outputs": l.outputs, "origin": list(l.origin), "tactic": l.tactic,
             "precision": l.precision.name if l.precision else None, "output_dtypes": l.output_dtypes,
             "output_shapes": [None if s is None else list(s) for s in l.output_shapes],
+            "input_dtypes": l.input_dtypes,
+            "input_shapes": [None if s is None else list(s) for s in l.input_shapes],
             "timing_ms": l.timing_ms, "candidates": l.candidates,
         })
     header = {
@@ -81,6 +83,8 @@ def engine_from_bytes(data: bytes, *, check_device: bool = True) -> Engine:
                 tactic=d["tactic"], precision=DataType[d["precision"]] if d.get("precision") else None,
                 output_dtypes=list(d.get("output_dtypes") or []),
                 output_shapes=[None if s is None else tuple(s) for s in d.get("output_shapes") or []],
+                input_dtypes=list(d.get("input_dtypes") or []),
+                input_shapes=[None if s is None else tuple(s) for s in d.get("input_shapes") or []],
                 timing_ms=d.get("timing_ms"), candidates=dict(d.get("candidates") or {})))
         constants = {name: weights[name] for name in header["constants"]}
         engine = Engine(
