@@ -136,11 +136,16 @@ def _opt_shapes(net: Network, profiles: list[dict[str, tuple]]) -> dict[str, tup
 
 
 def _random_input(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Random timing inputs, drawn on the host: a tactic whose CUDA-graph capture fails
+    (timing then falls back to eager) can leave PyTorch's CUDA RNG unusable for the rest
+    of the build, so the builder does not use it."""
     if dtype.is_floating_point:
-        return torch.randn(shape, device=device).to(dtype)
-    if dtype == torch.bool:
-        return torch.rand(shape, device=device) > 0.5
-    return torch.zeros(shape, dtype=dtype, device=device)
+        x = torch.randn(shape).to(dtype)
+    elif dtype == torch.bool:
+        x = torch.rand(shape) > 0.5
+    else:
+        x = torch.zeros(shape, dtype=dtype)
+    return x.to(device)
 
 
 def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, progress: Any = None) -> list[EngineLayer]:

@@ -16,22 +16,6 @@ import torch
 log = logging.getLogger("kilnrt.runtime")
 
 
-def capturable(fn) -> bool:
-    """Whether ``fn`` can be captured in a CUDA graph: a warm-up run under PyTorch's sync
-    debug mode raises on any host synchronization (``.item()``, a device-to-host copy, a
-    pageable host-to-device copy), which would break a capture. Checking first keeps failed
-    captures, and the state they leave behind (the CUDA RNG's), from happening at all."""
-    previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        fn()
-        return True
-    except RuntimeError:
-        return False
-    finally:
-        torch.cuda.set_sync_debug_mode(previous)
-
-
 class GraphCache:
     def __init__(self, program) -> None:
         self.program = program
@@ -65,8 +49,6 @@ class GraphCache:
         try:
             with torch.cuda.stream(side):
                 self.program.execute(static_in)  # warm-up: library handles, autotuning, lazy init
-                if not capturable(lambda: self.program.execute(static_in)):
-                    raise RuntimeError("the run synchronizes with the host (data-dependent shapes or values)")
             stream.wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with warnings.catch_warnings():  # a failed capture warns of an empty graph: we log instead
