@@ -187,8 +187,6 @@ class ExecutionContext:
             self._write(target, value, name)
         return True
 
-    execute_async_v2 = None  # removed in TensorRT 10, as here
-
     def execute_v2(self, bindings: Sequence[Any]) -> bool:
         """Synchronous run with one buffer (array, tensor or pointer) per I/O tensor, in I/O order."""
         if len(bindings) != self.engine.num_io_tensors:
