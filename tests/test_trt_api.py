@@ -113,10 +113,16 @@ def test_typical_tensorrt_script_runs_unchanged(tmp_path):
         assert_close(out["probs"], session.run(None, {"input": x})[0], rtol=1e-4, atol=1e-5, seed=seed)
 
 
-def test_light_squeezenet_matches_reference_output(tmp_path):
+LIGHT_MODELS = sorted(f[: -len(".onnx")] for f in os.listdir(LIGHT) if f.endswith(".onnx"))
+
+
+@pytest.mark.parametrize("name", LIGHT_MODELS)
+def test_light_model_matches_reference_output(name, tmp_path):
+    """Every light model, through the unchanged TensorRT flow: parse, build, serialize to a
+    file, deserialize, bind host buffers, execute (as the Pythonic path does in test_light_models)."""
     from onnx.backend.test.runner import Runner
 
-    path = os.path.join(LIGHT, "light_squeezenet.onnx")
+    path = os.path.join(LIGHT, f"{name}.onnx")
     model = onnx.load(path)
     builder = trt.Builder(TRT_LOGGER)
     network = builder.create_network(0)
@@ -125,11 +131,13 @@ def test_light_squeezenet_matches_reference_output(tmp_path):
     assert network.num_inputs == 1 and network.num_outputs == 1
     plan = builder.build_serialized_network(network, builder.create_builder_config())
     assert isinstance(plan, bytes) and plan.nbytes == len(plan) and bytes(memoryview(plan)) == plan
-    engine = trt.Runtime(TRT_LOGGER).deserialize_cuda_engine(plan)
+    (tmp_path / "model.plan").write_bytes(plan)
+    del plan
+    engine = trt.Runtime(TRT_LOGGER).deserialize_cuda_engine((tmp_path / "model.plan").read_bytes())
     inits = {i.name for i in model.graph.initializer}
     (data,) = [vi for vi in model.graph.input if vi.name not in inits]
-    x = Runner.generate_dummy_data(data, seed=0, name="light_squeezenet", random=False)
-    expected = numpy_helper.to_array(onnx.load_tensor(os.path.join(LIGHT, "light_squeezenet_output_0.pb")))
+    x = Runner.generate_dummy_data(data, seed=0, name=name, random=False)
+    expected = numpy_helper.to_array(onnx.load_tensor(os.path.join(LIGHT, f"{name}_output_0.pb")))
     context = engine.create_execution_context()
     out = np.empty(context.get_tensor_shape(engine.get_tensor_name(1)), dtype=np.float32)
     assert context.set_input_shape(engine.get_tensor_name(0), x.shape)
