@@ -130,3 +130,24 @@ def test_residual_add_fuses_into_layernorm(also_output):
     feeds = {n: rng.normal(size=(3, 5, 16)).astype(np.float32) for n in ("x", "r")}
     ref = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)
     np.testing.assert_allclose(engine.run(feeds)["y"], ref[0], rtol=1e-4, atol=1e-4)
+
+
+class _Sdpa(nn.Module):
+    """torch's own attention, exported by the TorchScript exporter: q and k^T pre-scaled."""
+
+    def forward(self, q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+def test_attention_fuses_torchs_exported_sdpa():
+    rng = np.random.default_rng()
+    q, k, v = (torch.from_numpy(rng.normal(size=(2, 3, 7, 8)).astype(np.float32)) for _ in range(3))
+    f = io.BytesIO()
+    torch.onnx.export(_Sdpa(), (q, k, v), f, input_names=["q", "k", "v"], output_names=["y"], opset_version=17,
+                      dynamo=False)
+    engine = kilnrt.build(f.getvalue())
+    assert [l.kind for l in engine.layers].count(LayerKind.ATTENTION) == 1
+    assert not any(l.kind == LayerKind.SOFTMAX for l in engine.layers)
+    feeds = {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()}
+    ref = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(engine.run(feeds)["y"], ref, rtol=1e-4, atol=1e-5)

@@ -197,6 +197,20 @@ def fuse_attention(net: Network, stats: dict | None = None) -> Network:
         if q.shape is None or len(q.shape) != 4 or kt.shape is None or len(kt.shape) != 4:
             continue
         chain.insert(0, node)
+        # PyTorch's export of scaled_dot_product_attention scales q and k^T by sqrt(scale) each
+        pre_scaled = []
+        for operand in (q, kt):
+            mul = operand.producer
+            c = None
+            if g.is_op(mul, E.PROD) and g.single_use(operand) is node:
+                c = g.scalar(mul.inputs[1]) if g.scalar(mul.inputs[1]) is not None else g.scalar(mul.inputs[0])
+            pre_scaled.append((mul, c))
+        if all(c is not None for _, c in pre_scaled):
+            (mq, cq), (mk, ck) = pre_scaled
+            q = mq.inputs[0] if g.net.constant_value(mq.inputs[0]) is None else mq.inputs[1]
+            kt = mk.inputs[0] if g.net.constant_value(mk.inputs[0]) is None else mk.inputs[1]
+            scale *= cq * ck
+            chain[:0] = [mq, mk]
         k_perm = None if node.params.op1 == MatrixOperation.TRANSPOSE else (0, 1, 3, 2)
         inputs = [q, kt, pv.inputs[1]] + ([mask] if mask is not None else [])
         rewrites[id(pv)] = _attention(inputs, k_perm, float(scale), chain)
