@@ -24,16 +24,12 @@ def device_name(device: str) -> str:
 
 
 def library_versions() -> str:
-    import triton  # noqa: F401  (only on GPU machines)
-
-    return f"kilnrt {__version__}, torch {torch.__version__}, triton {triton.__version__}"
-
-
-def _library_versions() -> str:
+    """kilnrt's, torch's and (where installed) Triton's versions: part of every timing key."""
     try:
-        return library_versions()
+        import triton
     except ImportError:
         return f"kilnrt {__version__}, torch {torch.__version__}"
+    return f"kilnrt {__version__}, torch {torch.__version__}, triton {triton.__version__}"
 
 
 def layer_signature(layer, shapes: list) -> str:
@@ -54,7 +50,7 @@ class TimingCache:
 
     @staticmethod
     def key(signature: str, device: str, tactic: str) -> str:
-        return f"{signature}|{device_name(device)}|{_library_versions()}|{tactic}"
+        return f"{signature}|{device_name(device)}|{library_versions()}|{tactic}"
 
     def get(self, key: str) -> float | None:
         v = self.entries.get(key)

@@ -6,7 +6,6 @@ by liveness, as the engine's memory plan describes.
 """
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, Mapping
 
@@ -20,11 +19,11 @@ from kilnrt.network.layers import SHAPE_INPUTS
 
 
 class Step:
-    __slots__ = ("name", "tactic", "state", "inputs", "outputs", "release", "shape_inputs", "kind")
+    __slots__ = ("name", "tactic", "state", "inputs", "outputs", "release", "shape_inputs")
 
-    def __init__(self, name, tactic, state, inputs, outputs, shape_inputs, kind) -> None:
+    def __init__(self, name, tactic, state, inputs, outputs, shape_inputs) -> None:
         self.name, self.tactic, self.state = name, tactic, state
-        self.inputs, self.outputs, self.shape_inputs, self.kind = inputs, outputs, shape_inputs, kind
+        self.inputs, self.outputs, self.shape_inputs = inputs, outputs, shape_inputs
         self.release: list[str] = []
 
 
@@ -45,7 +44,7 @@ class Program:
             net_layer = layer.as_network_layer()
             state = tactic.prepare(net_layer, ctx)
             self.steps.append(Step(layer.name, tactic, state, list(layer.inputs), list(layer.outputs),
-                                   SHAPE_INPUTS.get(layer.kind, frozenset()), layer.kind))
+                                   SHAPE_INPUTS.get(layer.kind, frozenset())))
         keep = {t.name for t in engine.io} | set(self.constants)
         last_use: dict[str, int] = {}
         for i, s in enumerate(self.steps):
@@ -55,7 +54,6 @@ class Program:
         for n, i in last_use.items():
             if n not in keep:
                 self.steps[i].release.append(n)
-        self.lock = threading.Lock()
         self.tf32 = "tf32" in engine.build_info.get("flags", ())
 
     def execute(self, feeds: Mapping[str, torch.Tensor], profiler: Any = None) -> dict[str, torch.Tensor]:

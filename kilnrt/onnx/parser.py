@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper
 
 from kilnrt.errors import ErrorCode, ImportErrors, KilnError, UnsupportedNodeError
 from kilnrt.network.dtypes import DataType
-from kilnrt.network.graph import Network, Tensor
+from kilnrt.network.graph import Network
 from kilnrt.network.layers import IdentityParams, LayerKind
 from kilnrt.onnx import registry
 from kilnrt.onnx.context import ImportContext

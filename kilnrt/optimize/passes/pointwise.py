@@ -14,7 +14,7 @@ from kilnrt.network.graph import Layer, Network, Tensor
 from kilnrt.network.layers import (ActivationType as A, CastParams, ElementWiseOperation as E, LayerKind,
                                    PointwiseParams, UnaryOperation as U)
 from kilnrt.network.rewrite import NetworkCopier
-from kilnrt.optimize.passes.transformer import Emit, _fused, _Graph, _replace
+from kilnrt.optimize.passes.match import Emit, Graph, fused, replace
 
 # the dtypes a region computes in (the Triton generator's: math in float32, stored in these)
 FLOATS = frozenset({DataType.FLOAT, DataType.HALF, DataType.BF16})
@@ -64,7 +64,7 @@ class _Regions:
     alone, but not together.
     """
 
-    def __init__(self, g: _Graph) -> None:
+    def __init__(self, g: Graph) -> None:
         self.g = g
         self.pos = {id(l): i for i, l in enumerate(g.net.layers)}
         self.parent: dict[int, int] = {}
@@ -113,7 +113,7 @@ def fuse_pointwise(net: Network, stats: dict | None = None) -> Network:
     is pointwise and it is not a network output (so it is never written to memory); results
     read outside the region, and network outputs, become the fused layer's outputs.
     """
-    g = _Graph(net)
+    g = Graph(net)
     ok = {id(l) for l in net.layers if fusible(l)}
     regions = _Regions(g)
     for layer in net.layers:
@@ -133,10 +133,10 @@ def fuse_pointwise(net: Network, stats: dict | None = None) -> Network:
             continue
         rewrites[id(members[-1])] = _region(g, members)
         drop.update(id(l) for l in members[:-1])
-    return _replace(net, rewrites, drop, stats, "fuse_pointwise")
+    return replace(net, rewrites, drop, stats, "fuse_pointwise")
 
 
-def _region(g: _Graph, members: list[Layer]) -> Emit:
+def _region(g: Graph, members: list[Layer]) -> Emit:
     """The POINTWISE layer computing ``members`` (in network order)."""
     step_of = {l.outputs[0].name: j for j, l in enumerate(members)}
     inside = {id(l) for l in members}
@@ -155,7 +155,7 @@ def _region(g: _Graph, members: list[Layer]) -> Emit:
             or any(id(u) not in inside for u, _ in g.uses.get(l.outputs[0].name, []))]
     params = PointwiseParams(n, ops, tuple(step_of[t.name] for t in outs))
     if len(outs) == 1:
-        return _fused(LayerKind.POINTWISE, params, inputs, members)
+        return fused(LayerKind.POINTWISE, params, inputs, members)
 
     def emit(c: NetworkCopier) -> Tensor:
         fused = c.net.add_layer(LayerKind.POINTWISE, params, [c.mapped(t) for t in inputs], num_outputs=len(outs),

@@ -11,7 +11,7 @@ import dataclasses
 
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.graph import Network
-from kilnrt.network.layers import SHAPE_INPUTS, CastParams, ConstantParams, FillParams, LayerKind
+from kilnrt.network.layers import SHAPE_INPUTS, CastParams, ConstantParams, LayerKind
 from kilnrt.network.rewrite import NetworkCopier
 
 

@@ -8,78 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
-
-import numpy as np
 
 from kilnrt.network.graph import Layer, Network, Tensor
 from kilnrt.network.layers import (ActivationParams, ActivationType, AttentionParams, ElementWiseOperation as E,
                                    LayerKind, MatrixOperation, ShuffleParams, UnaryOperation)
 from kilnrt.network.rewrite import NetworkCopier
-
-
-class _Graph:
-    """Consumers and constant scalars of a network, for matching."""
-
-    def __init__(self, net: Network) -> None:
-        net.infer()
-        self.net = net
-        self.uses = net.consumers()
-        self.outputs = {t.name for t in net.outputs}
-
-    def single_use(self, t: Tensor) -> Layer | None:
-        users = self.uses.get(t.name, [])
-        return users[0][0] if len(users) == 1 and t.name not in self.outputs else None
-
-    def scalar(self, t: Tensor | None) -> float | None:
-        v = self.net.constant_value(t)
-        if v is None or v.size != 1:
-            return None
-        return float(np.asarray(v, dtype=np.float64).reshape(()))
-
-    @staticmethod
-    def is_op(layer: Layer | None, op: E) -> bool:
-        return layer is not None and layer.kind == LayerKind.ELEMENTWISE and layer.params.op == op
-
-    def other(self, layer: Layer, t: Tensor) -> Tensor:
-        return layer.inputs[1] if layer.inputs[0] is t else layer.inputs[0]
-
-
-Emit = Callable[[NetworkCopier], Tensor]
-
-
-def _add_fused(c: NetworkCopier, kind: LayerKind, params, inputs: list[Tensor | None],
-               absorbed: list[Layer]) -> Tensor:
-    """Add the layer that replaces ``absorbed``: named after them, keeping their origins,
-    producing the last absorbed layer's output."""
-    return c.net.add_layer(kind, params, inputs, name=" + ".join(l.name for l in absorbed),
-                           origin=tuple(o for l in absorbed for o in l.origin),
-                           output_names=[absorbed[-1].outputs[0].name]).outputs[0]
-
-
-def _fused(kind: LayerKind, params, inputs: list[Tensor | None], absorbed: list[Layer]) -> Emit:
-    return lambda c: _add_fused(c, kind, params, [c.mapped(t) for t in inputs], absorbed)
-
-
-def _replace(net: Network, rewrites: dict[int, Emit], drop: set[int], stats: dict | None, name: str) -> Network:
-    """Copy ``net``, emitting ``rewrites[id(layer)]`` in place of each rewritten layer and
-    leaving out the layers in ``drop`` (absorbed into a rewrite)."""
-    if not rewrites:
-        return net
-    c = NetworkCopier(net)
-    for layer in net.layers:
-        if id(layer) in rewrites:
-            c.alias(layer.outputs[0], rewrites[id(layer)](c))
-        elif id(layer) not in drop:
-            c.copy(layer)
-    if stats is not None:
-        stats[name] = len(rewrites)
-    return c.finish()
+from kilnrt.optimize.passes.match import Emit, Graph, add_fused, fused, replace
 
 
 def fuse_gelu(net: Network, stats: dict | None = None) -> Network:
     """x * 0.5 * (1 + erf(x / sqrt(2))) => gelu(x), in the orders exporters write it."""
-    g = _Graph(net)
+    g = Graph(net)
     rewrites, drop = {}, set()
     for erf in net.layers:
         if erf.kind != LayerKind.UNARY or erf.params.op != UnaryOperation.ERF:
@@ -117,9 +56,9 @@ def fuse_gelu(net: Network, stats: dict | None = None) -> Network:
                 continue
             chain.insert(0, half)
         last = chain[-1]
-        rewrites[id(last)] = _fused(LayerKind.ACTIVATION, ActivationParams(ActivationType.GELU_ERF), [x], chain)
+        rewrites[id(last)] = fused(LayerKind.ACTIVATION, ActivationParams(ActivationType.GELU_ERF), [x], chain)
         drop.update(id(l) for l in chain[:-1])
-    return _replace(net, rewrites, drop, stats, "fuse_gelu")
+    return replace(net, rewrites, drop, stats, "fuse_gelu")
 
 
 _GEMM_ACTIVATIONS = {ActivationType.RELU, ActivationType.GELU_ERF, ActivationType.GELU_TANH, ActivationType.TANH,
@@ -128,7 +67,7 @@ _GEMM_ACTIVATIONS = {ActivationType.RELU, ActivationType.GELU_ERF, ActivationTyp
 
 def fuse_matmul_epilogue(net: Network, stats: dict | None = None) -> Network:
     """matmul(a, W) + bias [-> act] => matmul(a, W, bias, act): cuBLASLt's bias epilogue."""
-    g = _Graph(net)
+    g = Graph(net)
     rewrites, drop = {}, set()
     for mm in net.layers:
         if mm.kind != LayerKind.MATRIX_MULTIPLY or len(mm.inputs) > 2 or mm.params.activation is not None:
@@ -150,15 +89,15 @@ def fuse_matmul_epilogue(net: Network, stats: dict | None = None) -> Network:
             params = dataclasses.replace(params, activation=act.params.type, activation_alpha=act.params.alpha,
                                          activation_beta=act.params.beta)
             chain.append(act)
-        rewrites[id(chain[-1])] = _fused(LayerKind.MATRIX_MULTIPLY, params, [mm.inputs[0], mm.inputs[1], bias_t], chain)
+        rewrites[id(chain[-1])] = fused(LayerKind.MATRIX_MULTIPLY, params, [mm.inputs[0], mm.inputs[1], bias_t], chain)
         drop.update(id(l) for l in chain[:-1])
-    return _replace(net, rewrites, drop, stats, "fuse_matmul_epilogue")
+    return replace(net, rewrites, drop, stats, "fuse_matmul_epilogue")
 
 
 def fuse_attention(net: Network, stats: dict | None = None) -> Network:
     """softmax(q @ k^T * scale [+ mask]) @ v => attention(q, k, v, mask, scale): one fused
     (flash / memory-efficient) kernel instead of materializing the scores."""
-    g = _Graph(net)
+    g = Graph(net)
     rewrites, drop = {}, set()
     for sm in net.layers:
         if sm.kind != LayerKind.SOFTMAX or sm.params.log:
@@ -215,7 +154,7 @@ def fuse_attention(net: Network, stats: dict | None = None) -> Network:
         inputs = [q, kt, pv.inputs[1]] + ([mask] if mask is not None else [])
         rewrites[id(pv)] = _attention(inputs, k_perm, float(scale), chain)
         drop.update(id(l) for l in chain[:-1])
-    return _replace(net, rewrites, drop, stats, "fuse_attention")
+    return replace(net, rewrites, drop, stats, "fuse_attention")
 
 
 def _attention(inputs: list[Tensor], k_perm: tuple[int, ...] | None, scale: float, chain: list[Layer]) -> Emit:
@@ -226,7 +165,7 @@ def _attention(inputs: list[Tensor], k_perm: tuple[int, ...] | None, scale: floa
         if k_perm is not None:
             ins[1] = c.net.add_layer(LayerKind.SHUFFLE, ShuffleParams(first_transpose=k_perm), [ins[1]],
                                      name=c.net.unique_name(f"{chain[0].name}/k"), origin=chain[0].origin).outputs[0]
-        return _add_fused(c, LayerKind.ATTENTION, AttentionParams(scale=scale), ins, chain)
+        return add_fused(c, LayerKind.ATTENTION, AttentionParams(scale=scale), ins, chain)
 
     return emit
 
@@ -234,7 +173,7 @@ def _attention(inputs: list[Tensor], k_perm: tuple[int, ...] | None, scale: floa
 def fuse_add_norm(net: Network, stats: dict | None = None) -> Network:
     """norm(a + b) => norm(a, residual=b): the residual add of a transformer block inside the
     LayerNorm / RMSNorm kernel (one pass over the activations instead of two)."""
-    g = _Graph(net)
+    g = Graph(net)
     rewrites, drop = {}, set()
     for norm in net.layers:
         if norm.kind != LayerKind.NORMALIZATION or norm.params.num_groups != 1 or len(norm.inputs) > 3:
@@ -247,6 +186,6 @@ def fuse_add_norm(net: Network, stats: dict | None = None) -> Network:
         if a.shape is None or a.shape != out.shape or b.shape != out.shape or a.dtype != b.dtype:
             continue  # no broadcasting inside the kernel
         ins = [a] + list(norm.inputs[1:]) + [None] * (3 - len(norm.inputs)) + [b]
-        rewrites[id(norm)] = _fused(LayerKind.NORMALIZATION, norm.params, ins, [add, norm])
+        rewrites[id(norm)] = fused(LayerKind.NORMALIZATION, norm.params, ins, [add, norm])
         drop.add(id(add))
-    return _replace(net, rewrites, drop, stats, "fuse_add_norm")
+    return replace(net, rewrites, drop, stats, "fuse_add_norm")
