@@ -289,3 +289,76 @@ def test_tactics_are_registered_beside_torch():
     layer = make_layer(LayerKind.SOFTMAX, SoftmaxParams(axis=-1), (DataType.HALF, (4, 64)))
     names = {t.name for t in tactics_for(layer, "cuda", CTX)}
     assert {"cuda.softmax.triton", "cuda.softmax.torch"} <= names
+
+
+# ----------------------------------------------------------------------------- GEMM + epilogue
+from kilnrt.kernels.triton import gemm  # noqa: E402
+from kilnrt.network.layers import MatrixMultiplyParams, MatrixOperation  # noqa: E402
+
+GEMM_CONFIGS = ["cuda.matrix_multiply.triton_16x64x256_s3_w4", "cuda.matrix_multiply.triton_64x32x128_s4_w4",
+                "cuda.matrix_multiply.triton_128x128x64_s3_w4"]
+
+
+def _gemm_case(m_lead, k, n, dtype, act, with_bias, transpose_w, seed):
+    net = Network()
+    x_t = net.add_input("x", DT[dtype], tuple(m_lead) + (k,))
+    w_shape = (n, k) if transpose_w else (k, n)
+    w_t = net.add_input("w", DT[dtype], w_shape)
+    ins = [x_t, w_t]
+    consts = {"w": (torch.randn(w_shape) / k ** 0.5).to(dtype)}
+    if with_bias:
+        ins.append(net.add_input("b", DT[dtype], (n,)))
+        consts["b"] = torch.randn(n).to(dtype)
+    op1 = MatrixOperation.TRANSPOSE if transpose_w else MatrixOperation.NONE
+    layer = net.add_layer(LayerKind.MATRIX_MULTIPLY, MatrixMultiplyParams(op1=op1, activation=act), ins)
+    return layer, TacticContext(torch.device("cpu"), consts), consts
+
+
+def _gemm_check(name, layer, ctx, consts, x, seed):
+    tac = get_tactic(name)
+    assert tac.supports(layer, ctx), name
+    out = tac.run(tac.prepare(layer, ctx), [x, consts["w"], consts.get("b")])[0]
+    ref = reference_kernel(LayerKind.MATRIX_MULTIPLY)(layer.params, x.double(), consts["w"].double(),
+                                                      *([consts["b"].double()] if "b" in consts else []))
+    assert out.dtype == x.dtype and out.shape == ref.shape
+    torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=2e-2,
+                               msg=lambda m: f"{name} {layer.params} {tuple(x.shape)} seed={seed}\n{m}")
+
+
+@pytest.mark.parametrize("name", GEMM_CONFIGS)
+@pytest.mark.parametrize("m_lead,k,n", [((1,), 72, 24), ((37,), 128, 136), ((2, 9), 264, 40)])
+@pytest.mark.parametrize("act", [None, A.GELU_ERF, A.RELU])
+def test_triton_gemm_epilogue_odd_sizes(name, m_lead, k, n, act, seed):
+    layer, ctx, consts = _gemm_case(m_lead, k, n, torch.float16, act, True, True, seed)
+    _gemm_check(name, layer, ctx, consts, nonzero(tuple(m_lead) + (k,), torch.float16), seed)
+
+
+@pytest.mark.parametrize("act", [A.GELU_TANH, A.TANH, A.SIGMOID, A.SILU])
+def test_triton_gemm_other_activations_no_bias(act, seed):
+    # float16 only here: the interpreter multiplies bfloat16 blocks as raw bits (bf16 runs in
+    # tests/test_cuda.py on the GPU)
+    layer, ctx, consts = _gemm_case((19,), 64, 48, torch.float16, act, False, False, seed)
+    _gemm_check(GEMM_CONFIGS[1], layer, ctx, consts, nonzero((19, 64), torch.float16), seed)
+
+
+def test_triton_gemm_reads_a_transposed_view_in_place(seed):
+    """x = [S, B, K] viewed from [B, S, K] memory (ViT's batch-second attention): no copy,
+    and the result has x's dim order."""
+    layer, ctx, consts = _gemm_case((5, 3), 64, 32, torch.float16, A.GELU_ERF, True, True, seed)
+    x = nonzero((3, 5, 64), torch.float16).transpose(0, 1)
+    a, lead, inverse = gemm.rows_in_memory_order(x)
+    assert a.data_ptr() == x.data_ptr() and a.is_contiguous() and inverse == [1, 0, 2]
+    _gemm_check(GEMM_CONFIGS[0], layer, ctx, consts, x, seed)
+
+
+@pytest.mark.parametrize("k,n,dtype,op0", [(60, 32, torch.float16, MatrixOperation.NONE),    # K % 8
+                                           (64, 12, torch.float16, MatrixOperation.NONE),    # N < 16
+                                           (64, 32, torch.float32, MatrixOperation.NONE),    # TF32 only
+                                           (64, 32, torch.float16, MatrixOperation.TRANSPOSE)])
+def test_triton_gemm_declines(k, n, dtype, op0):
+    net = Network()
+    x_t = net.add_input("x", DT[dtype], (4, k))
+    w_t = net.add_input("w", DT[dtype], (k, n))
+    layer = net.add_layer(LayerKind.MATRIX_MULTIPLY, MatrixMultiplyParams(op0=op0), [x_t, w_t])
+    ctx = TacticContext(torch.device("cpu"), {"w": torch.randn(k, n).to(dtype)})
+    assert not get_tactic(GEMM_CONFIGS[0]).supports(layer, ctx)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from kilnrt.kernels.cpu.epilogue import conv_epilogue
 from kilnrt.kernels.cpu.linalg import normalize_axes
+from kilnrt.kernels.gemm_rows import restore_rows, rows_in_memory_order
 from kilnrt.kernels.registry import Tactic, tactic
 from kilnrt.network.layers import ActivationType, LayerKind, MatrixOperation
 
@@ -40,8 +41,9 @@ class CublasLtLinear(Tactic):
             bias = inputs[2]
         if p.activation == ActivationType.RELU and bias is not None and x.dim() == 2:
             return [torch._addmm_activation(bias, x, weight.t())]
-        y = F.linear(x, weight, bias)
-        return [conv_epilogue(p, y)]
+        a, lead, inverse = rows_in_memory_order(x)  # a transposed view is read as it lies
+        y = F.linear(a, weight, bias)
+        return [restore_rows(conv_epilogue(p, y), lead, inverse)]
 
 
 @tactic

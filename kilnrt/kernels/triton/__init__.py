@@ -7,6 +7,8 @@
   fusion reuses.
 * ``cuda.pooling.triton_nhwc``: 2-D max/average pooling on channels-last tensors (:mod:`.pool`).
 * ``cuda.pointwise.triton``: a fused pointwise region as one generated kernel (:mod:`.region`).
+* ``cuda.matrix_multiply.triton_<tiles>``: GEMM with bias and activation (exact GELU included) in
+  its epilogue, one tactic per tile configuration (:mod:`.gemm`).
 
 Every kernel loads its inputs, computes in float32 and stores in the output's dtype; the
 tactics accept float16, bfloat16 and float32 and decline everything else, so the PyTorch
@@ -44,3 +46,4 @@ def static_dims(shape) -> bool:
 # the tactic modules register themselves on import (after the helpers above, which they use)
 from kilnrt.kernels.triton import norm, pointwise, pool, softmax  # noqa: E402,F401
 from kilnrt.kernels.triton import region  # noqa: E402,F401  (cuda.pointwise.triton: fused pointwise regions)
+from kilnrt.kernels.triton import gemm  # noqa: E402,F401  (cuda.matrix_multiply.triton_*)

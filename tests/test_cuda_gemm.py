@@ -1,0 +1,51 @@
+"""The Triton GEMM tactics on the GPU (every tile configuration, float16 and bfloat16), against a
+float64 reference, at sizes that are not multiples of the tiles.  Skipped without a GPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # before anything imports triton (other files run it interpreted)
+    pytest.skip("needs a CUDA GPU (torch.cuda.is_available() is False)", allow_module_level=True)
+
+from kilnrt.kernels.registry import TacticContext, get_tactic, reference_kernel
+from kilnrt.network.dtypes import DataType
+from kilnrt.network.graph import Network
+from kilnrt.network.layers import ActivationType as A, LayerKind, MatrixMultiplyParams, MatrixOperation
+from kilnrt.testing import fresh_seed
+
+pytestmark = pytest.mark.cuda
+DT = {torch.float16: DataType.HALF, torch.bfloat16: DataType.BF16}
+
+
+def _names():
+    from kilnrt.kernels.triton.gemm import CONFIGS, TritonGemm
+
+    return [TritonGemm(*c).name for c in CONFIGS]
+
+
+@pytest.mark.parametrize("name", _names())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("lead,k,n,act", [((1,), 72, 24, A.GELU_ERF), ((129,), 768, 2304, None),
+                                          ((3, 67), 200, 136, A.RELU), ((128,), 3072, 768, A.TANH)])
+def test_triton_gemm_on_gpu(name, dtype, lead, k, n, act):
+    seed = fresh_seed()
+    torch.manual_seed(seed)
+    net = Network()
+    ins = [net.add_input("x", DT[dtype], lead + (k,)), net.add_input("w", DT[dtype], (n, k)),
+           net.add_input("b", DT[dtype], (n,))]
+    layer = net.add_layer(LayerKind.MATRIX_MULTIPLY,
+                          MatrixMultiplyParams(op1=MatrixOperation.TRANSPOSE, activation=act), ins)
+    w = (torch.randn(n, k, device="cuda") / k ** 0.5).to(dtype)
+    b = torch.randn(n, device="cuda").to(dtype)
+    ctx = TacticContext(torch.device("cuda"), {"w": w, "b": b})
+    tac = get_tactic(name)
+    assert tac.supports(layer, ctx)
+    state = tac.prepare(layer, ctx)
+    for x in (torch.randn(lead + (k,), device="cuda").to(dtype),
+              torch.randn(tuple(reversed(lead)) + (k,), device="cuda").to(dtype).transpose(0, -2)
+              if len(lead) == 2 else torch.randn(lead + (k,), device="cuda").to(dtype)):
+        out = tac.run(state, [x, w, b])[0]
+        ref = reference_kernel(LayerKind.MATRIX_MULTIPLY)(layer.params, x.double(), w.double(), b.double())
+        tol = 2e-2 if dtype == torch.float16 else 5e-2
+        torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol, msg=lambda m: f"{name} seed={seed}\n{m}")
