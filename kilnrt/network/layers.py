@@ -63,6 +63,7 @@ class LayerKind(enum.Enum):
     TOPK = "topk"
     UNARY = "unary"
     UNSQUEEZE = "unsqueeze"
+    VIEW = "view"                    # made by the optimizer: a strided view of its input
 
 
 # ----------------------------------------------------------------------------- enums
@@ -682,6 +683,18 @@ class UnaryParams:
 
 
 @dataclass(frozen=True)
+class ViewParams:
+    """A chain of reshapes, transposes and constant-index picks read as one strided view of
+    the input (:func:`kilnrt.kernels.views.apply_view`).  Made by the optimizer where the
+    composite reads memory affinely, so the chain costs no copy (attention reads q, k and v
+    through strides).  ``ops``: ("permute", perm), ("reshape", shape), ("select", axis, i),
+    ("slice", axis, start, stop, step)."""
+
+    shape: tuple[int, ...] = ()
+    ops: tuple = ()
+
+
+@dataclass(frozen=True)
 class UnsqueezeParams:
     """Axes of the output at which to insert size-1 dims. Input 1 (optional, shape input) gives them."""
 
@@ -734,6 +747,7 @@ PARAMS: dict[LayerKind, type] = {
     LayerKind.TOPK: TopKParams,
     LayerKind.UNARY: UnaryParams,
     LayerKind.UNSQUEEZE: UnsqueezeParams,
+    LayerKind.VIEW: ViewParams,
 }
 
 # Input positions read as host values (TensorRT's shape tensors).

@@ -11,6 +11,7 @@ from kilnrt.optimize.passes.fusion import fuse_conv_epilogue, fuse_conv_scale
 from kilnrt.optimize.passes.horizontal import fuse_sibling_matmuls
 from kilnrt.optimize.passes.pointwise import fuse_pointwise
 from kilnrt.optimize.passes.transformer import fuse_add_norm, fuse_attention, fuse_gelu, fuse_matmul_epilogue
+from kilnrt.optimize.passes.views import fold_view_chains, sink_reshape_into_matmul
 
 log = logging.getLogger("kilnrt.optimize")
 
@@ -30,6 +31,8 @@ PIPELINE: list[tuple[str, Pass, int]] = [
     ("fuse_matmul_epilogue", fuse_matmul_epilogue, 2),
     ("fuse_add_norm", fuse_add_norm, 2),
     ("fuse_sibling_matmuls", fuse_sibling_matmuls, 2),
+    ("sink_reshape_into_matmul", sink_reshape_into_matmul, 2),
+    ("fold_view_chains", fold_view_chains, 2),
     ("eliminate_dead_layers", eliminate_dead_layers, 2),
     ("fuse_pointwise", fuse_pointwise, 3),  # after the anchor fusions: takes what they left
 ]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from kilnrt.kernels.cpu.plugin import builtin_plugin
 from kilnrt.kernels.registry import kernel
 from kilnrt.network.dtypes import numpy_to_torch
-from kilnrt.network.layers import (ConcatenationParams, ConstantParams, ExpandParams, FillOperation,
+from kilnrt.network.layers import (ViewParams, ConcatenationParams, ConstantParams, ExpandParams, FillOperation,
                                    FillParams, GatherMode, GatherParams, LayerKind, PaddingParams, PluginParams,
                                    ShapeParams, ShuffleParams, SliceParams, SqueezeParams,
                                    TileParams, UnsqueezeParams)
@@ -106,6 +106,13 @@ def squeeze(p: SqueezeParams, x: torch.Tensor, axes: torch.Tensor | None = None)
     if ax is None:
         return x.squeeze()
     return x.squeeze(tuple(int(a) % x.dim() for a in ax)) if ax else x
+
+
+@kernel(LayerKind.VIEW)
+def view(p: ViewParams, x: torch.Tensor) -> torch.Tensor:
+    from kilnrt.kernels.views import apply_view
+
+    return apply_view(x, p.shape, p.ops)
 
 
 @kernel(LayerKind.UNSQUEEZE)
