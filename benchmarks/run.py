@@ -101,6 +101,22 @@ def make_model(name: str, batch: int, seq: int):
     raise ValueError(name)
 
 
+def make_peer(name, batch, seq, dtype, model32, inputs):
+    """The PyTorch peer at ``dtype`` with ``model32``'s weights: channels_last for CNNs,
+    BERT with its SDPA attention.  Returns (model, inputs)."""
+    if name in IMAGE_MODELS:
+        model = make_model(name, batch, seq)[0].to(dtype)
+        model.load_state_dict(model32.state_dict())
+        layout = torch.channels_last if IMAGE_MODELS[name][1] else torch.contiguous_format
+        model = model.to(dtype).to(memory_format=layout)
+        return model, {"input": inputs["input"].to(dtype).contiguous(memory_format=layout)}
+    from transformers import BertModel
+
+    model = BertModel(_bert_config("sdpa"), add_pooling_layer=True).eval().cuda().to(dtype)
+    model.load_state_dict(model32.state_dict())
+    return model, inputs
+
+
 def forward(model, inputs, is_cnn):
     if is_cnn:
         return model(inputs["input"])
@@ -173,19 +189,7 @@ def bench_row(name, batch, seq, precision, use_compile, iters, cache_path, log):
     log(f"  kilnrt: {row['kilnrt_ms']:.3f} ms, rel L2 {row['rel_l2_vs_fp32']:.2e}, build {row['build_s']} s")
 
     # torch eager, same precision, channels_last for CNNs, CUDA graph replay
-    model = make_model(name, batch, seq)[0].to(dtype)
-    model.load_state_dict(model32.state_dict())
-    model = model.to(dtype)
-    if is_cnn:
-        layout = torch.channels_last if IMAGE_MODELS[name][1] else torch.contiguous_format
-        model = model.to(memory_format=layout)
-        inputs_p = {"input": inputs["input"].to(dtype).contiguous(memory_format=layout)}
-    else:
-        from transformers import BertModel
-
-        model = BertModel(_bert_config("sdpa"), add_pooling_layer=True).eval().cuda().to(dtype)
-        model.load_state_dict(model32.state_dict())
-        inputs_p = inputs
+    model, inputs_p = make_peer(name, batch, seq, dtype, model32, inputs)
     with torch.no_grad():
         # the peer's own error at this precision, for scale: random weights can amplify rounding
         row["torch_eager_rel_l2_vs_fp32"] = rel_l2(forward(model, inputs_p, is_cnn).float(), ref)
