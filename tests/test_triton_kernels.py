@@ -296,7 +296,7 @@ from kilnrt.kernels.triton import gemm  # noqa: E402
 from kilnrt.network.layers import MatrixMultiplyParams, MatrixOperation  # noqa: E402
 
 GEMM_CONFIGS = ["cuda.matrix_multiply.triton_16x64x256_s3_w4", "cuda.matrix_multiply.triton_64x32x128_s4_w4",
-                "cuda.matrix_multiply.triton_128x128x64_s3_w4"]
+                "cuda.matrix_multiply.triton_64x128x64_s3_w4"]
 
 
 def _gemm_case(m_lead, k, n, dtype, act, with_bias, transpose_w, seed):
@@ -362,3 +362,35 @@ def test_triton_gemm_declines(k, n, dtype, op0):
     layer = net.add_layer(LayerKind.MATRIX_MULTIPLY, MatrixMultiplyParams(op0=op0), [x_t, w_t])
     ctx = TacticContext(torch.device("cpu"), {"w": torch.randn(k, n).to(dtype)})
     assert not get_tactic(GEMM_CONFIGS[0]).supports(layer, ctx)
+
+
+# ----------------------------------------------------------------------------- conv + fused epilogue
+from kilnrt.network.layers import ConvolutionParams  # noqa: E402
+
+
+@pytest.mark.parametrize("act,residual,groups", [(A.CLIP, False, 5), (A.SILU, True, 1), (None, True, 1),
+                                                 (A.HARD_SWISH, False, 1)])
+def test_conv_triton_epilogue(act, residual, groups, seed):
+    c, k = 5, 5 if groups > 1 else 7
+    params = ConvolutionParams(num_output_maps=k, kernel_size_nd=(3, 3), stride_nd=(2, 1), pre_padding=(1, 0),
+                               post_padding=(1, 2), num_groups=groups, activation=act,
+                               activation_beta=6.0 if act == A.CLIP else 0.0)
+    x = nonzero((2, c, 9, 6), torch.float32, scale=2.0)
+    w = torch.randn(k, c // groups, 3, 3) / 3
+    b = torch.randn(k)
+    net = Network()
+    ins = [net.add_input("x", DataType.FLOAT, tuple(x.shape)), net.add_input("w", DataType.FLOAT, tuple(w.shape)),
+           net.add_input("b", DataType.FLOAT, (k,))]
+    ref_args = [x, w, b]
+    if residual:
+        out_shape = reference_kernel(LayerKind.CONVOLUTION)(params, x, w, b).shape
+        r = nonzero(tuple(out_shape))
+        ins.append(net.add_input("r", DataType.FLOAT, tuple(r.shape)))
+        ref_args.append(r)
+    layer = net.add_layer(LayerKind.CONVOLUTION, params, ins)
+    ctx = TacticContext(torch.device("cpu"), {"w": w, "b": b})
+    tac = get_tactic("cuda.convolution.cudnn_nhwc_triton_epilogue")
+    assert tac.supports(layer, ctx)
+    out = tac.run(tac.prepare(layer, ctx), [x, w, b] + ref_args[3:])[0]
+    ref = reference_kernel(LayerKind.CONVOLUTION)(params, *ref_args)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4, msg=lambda m: f"seed={seed}\n{m}")

@@ -1,9 +1,9 @@
 """``cuda.matrix_multiply.triton_<config>``: ``act(x @ W + bias)`` as one Triton kernel.
 
 The GEMM's epilogue applies the bias and the activation to the float32 accumulator before
-the single store, so an exact (erf) GELU after a projection costs nothing: cuBLASLt's
-epilogues offer only the tanh approximation, and a separate GELU kernel reads and writes
-the whole activation again (BERT-base at 32x128: 16 us per layer on an H200).
+the single store, so an exact (erf) GELU after a projection needs no kernel of its own
+(cuBLASLt's epilogues offer only the tanh approximation).  Offered for GEMMs of at most
+``MAX_ROWS`` rows (batch-1 transformers), where it competes with cuBLASLt; see CONFIGS.
 
 Every tile configuration is its own tactic, so the builder times each on the layer's
 shapes, keeps the fastest (cuBLASLt included) and the plan records which; nothing is
@@ -105,8 +105,11 @@ class TritonGemm(Tactic):
         bias = ctx.constant(layer, 2) if len(layer.inputs) > 2 else None
         if bias is not None and bias.numel() != n:
             return False
+        rows = 1
+        for d in x.shape[:-1]:
+            rows = rows * d if isinstance(d, int) and d > 0 else MAX_ROWS + 1  # dynamic: assume many
         # 16-byte aligned rows for the tensor-core loads; tiny GEMMs are cuBLAS's
-        return k % 8 == 0 and n % 8 == 0 and k >= 16 and n >= 16
+        return k % 8 == 0 and n % 8 == 0 and k >= 16 and n >= 16 and rows <= MAX_ROWS
 
     def prepare(self, layer, ctx):
         p = layer.params
@@ -132,9 +135,12 @@ class TritonGemm(Tactic):
         return [restore_rows(c, lead, inverse)]
 
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps): large tiles for large M, narrow ones that give
-# small-M (batch-1 transformer) GEMMs enough programs to fill the GPU
-CONFIGS = [(128, 128, 64, 3, 4), (128, 128, 64, 4, 8), (128, 256, 64, 3, 8), (64, 128, 64, 3, 4),
-           (64, 64, 128, 4, 4), (64, 32, 128, 4, 4), (32, 64, 128, 4, 4), (16, 64, 256, 3, 4)]
+# (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps).  Measured on an H200 (benchmarks/gemm_check.py):
+# on BERT/ViT shapes with thousands of rows cuBLASLt's GEMM plus a separate activation kernel
+# stays ahead of these (Triton's main loop runs at ~65% of cuBLAS's there), so the tactics are
+# offered for the short, latency-bound GEMMs of batch-1 transformers only, where narrow tiles
+# give enough programs to fill the GPU and cuBLAS picks split-K with a reduction kernel.
+CONFIGS = [(64, 128, 64, 3, 4), (64, 64, 128, 4, 4), (64, 32, 128, 4, 4), (32, 64, 128, 4, 4), (16, 64, 256, 3, 4)]
+MAX_ROWS = 2048
 for _cfg in CONFIGS:
     register(TritonGemm(*_cfg))
