@@ -15,6 +15,7 @@ import collections
 import os
 import sys
 import tempfile
+import time
 
 import torch
 
@@ -64,10 +65,12 @@ def main(argv=None) -> int:
         path = os.path.join(tmp, "m.onnx")
         export_onnx(model32.cpu(), {k: v.cpu() for k, v in inputs.items()}, is_cnn, path)
         model32.cuda()
+        t0 = time.perf_counter()
         engine = kilnrt.build(path, device="cuda", fp16=True)
+        build_s = time.perf_counter() - t0
     feeds = {k: v.contiguous() for k, v in inputs.items() if k in engine.input_names}
     program = engine.program
-    print(f"{args.model} batch {args.batch}: {len(engine.layers)} engine layers")
+    print(f"{args.model} batch {args.batch}: {len(engine.layers)} engine layers, built in {build_s:.1f} s")
     for l in engine.layers[:40]:
         print(f"   {l.kind.value:18} {l.tactic:40} {l.name[:60]}")
     summarize("kilnrt", kernels(lambda: program.execute(feeds)), time_graph(lambda: program.execute(feeds)), args.top)

@@ -7,7 +7,7 @@ from typing import Callable
 
 from kilnrt.network.graph import Network
 from kilnrt.optimize.passes.cleanup import eliminate_dead_layers, fold_constants, remove_identities
-from kilnrt.optimize.passes.fusion import fuse_conv_epilogue, fuse_conv_scale
+from kilnrt.optimize.passes.fusion import fuse_conv_epilogue, fuse_conv_scale, move_residual_bias
 from kilnrt.optimize.passes.horizontal import fuse_sibling_matmuls
 from kilnrt.optimize.passes.pointwise import fuse_pointwise
 from kilnrt.optimize.passes.transformer import fuse_add_norm, fuse_attention, fuse_gelu, fuse_matmul_epilogue
@@ -26,6 +26,7 @@ PIPELINE: list[tuple[str, Pass, int]] = [
     ("fold_constants", fold_constants, 1),
     ("eliminate_dead_layers", eliminate_dead_layers, 1),
     ("fuse_conv_epilogue", fuse_conv_epilogue, 2),
+    ("move_residual_bias", move_residual_bias, 2),
     ("fuse_gelu", fuse_gelu, 2),
     ("fuse_attention", fuse_attention, 2),
     ("fuse_matmul_epilogue", fuse_matmul_epilogue, 2),

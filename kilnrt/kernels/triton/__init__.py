@@ -9,6 +9,8 @@
 * ``cuda.pointwise.triton``: a fused pointwise region as one generated kernel (:mod:`.region`).
 * ``cuda.matrix_multiply.triton_<tiles>``: GEMM with bias and activation (exact GELU included) in
   its epilogue, one tactic per tile configuration (:mod:`.gemm`).
+* ``cuda.convolution.cudnn_nhwc_triton_epilogue``: cuDNN convolution, then bias + residual +
+  activation in one generated pass (:mod:`.conv_epilogue`).
 
 Every kernel loads its inputs, computes in float32 and stores in the output's dtype; the
 tactics accept float16, bfloat16 and float32 and decline everything else, so the PyTorch
@@ -47,3 +49,4 @@ def static_dims(shape) -> bool:
 from kilnrt.kernels.triton import norm, pointwise, pool, softmax  # noqa: E402,F401
 from kilnrt.kernels.triton import region  # noqa: E402,F401  (cuda.pointwise.triton: fused pointwise regions)
 from kilnrt.kernels.triton import gemm  # noqa: E402,F401  (cuda.matrix_multiply.triton_*)
+from kilnrt.kernels.triton import conv_epilogue  # noqa: E402,F401  (cuda.convolution.cudnn_nhwc_triton_epilogue)

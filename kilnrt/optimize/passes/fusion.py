@@ -89,3 +89,45 @@ def fuse_conv_epilogue(net: Network, stats: dict | None = None) -> Network:
         rewrites[id(chain[-1])] = fused(LayerKind.CONVOLUTION, params, ins, chain)
         drop.update(id(l) for l in chain[:-1])
     return replace(net, rewrites, drop, stats, "fuse_conv_epilogue")
+
+
+def move_residual_bias(net: Network, stats: dict | None = None) -> Network:
+    """conv2(x, bias=b2, residual=conv1(z, bias=b1)) => conv2(x, bias=b1 + b2, residual=conv1(z)):
+    a ResNet downsample convolution's bias joins its consumer's bias, where cuDNN's fused
+    conv+bias+add+ReLU adds it for free.  A bias-free convolution needs no separate bias pass
+    (channels-last, PyTorch adds a bias in its own broadcast kernel).  Only when conv1 has no
+    activation and conv2 is its only reader."""
+    g = Graph(net)
+    rewrites, drop = {}, set()
+    for conv2 in net.layers:
+        if conv2.kind != LayerKind.CONVOLUTION or len(conv2.inputs) < 4 or conv2.inputs[3] is None:
+            continue
+        r = conv2.inputs[3]
+        conv1 = r.producer
+        if conv1 is None or conv1.kind != LayerKind.CONVOLUTION or conv1.params.activation is not None \
+                or len(conv1.inputs) != 3 or g.single_use(r) is not conv2 or id(conv1) in rewrites:
+            continue
+        b1 = net.constant_value(conv1.inputs[2])
+        b2 = net.constant_value(conv2.inputs[2]) if conv2.inputs[2] is not None else np.zeros_like(b1)
+        if b1 is None or b2 is None or b1.shape != b2.shape or b1.dtype != b2.dtype:
+            continue
+        rewrites[id(conv1)] = _without_bias(conv1)
+        rewrites[id(conv2)] = _with_bias(conv2, (b1 + b2).astype(b1.dtype))
+    return replace(net, rewrites, drop, stats, "move_residual_bias")
+
+
+def _without_bias(conv: Layer) -> Emit:
+    def emit(c: NetworkCopier) -> Tensor:
+        return c.net.add_layer(LayerKind.CONVOLUTION, conv.params, [c.mapped(t) for t in conv.inputs[:2]],
+                               name=conv.name, origin=conv.origin, output_names=[conv.outputs[0].name]).outputs[0]
+    return emit
+
+
+def _with_bias(conv: Layer, bias: np.ndarray) -> Emit:
+    def emit(c: NetworkCopier) -> Tensor:
+        bt = c.net.add_layer(LayerKind.CONSTANT, ConstantParams(bias), [], name=c.net.unique_name(f"{conv.name}/bias"),
+                             origin=conv.origin).outputs[0]
+        ins = [c.mapped(conv.inputs[0]), c.mapped(conv.inputs[1]), bt] + [c.mapped(t) for t in conv.inputs[3:]]
+        return c.net.add_layer(LayerKind.CONVOLUTION, conv.params, ins, name=conv.name, origin=conv.origin,
+                               output_names=[conv.outputs[0].name]).outputs[0]
+    return emit
