@@ -392,3 +392,13 @@ def test_inputs_sharing_a_dynamic_dim_must_agree():
     with pytest.raises(kilnrt.ShapeError, match=r"'x' \(dim 0 = 3\) and 's' \(dim 0 = 4\) share the dynamic dim 'batch'"):
         engine.run({"x": np.ones((3, 8), np.float32), "s": np.ones((4, 8), np.float32),
                     "idx": np.ones(3, np.int64)})
+
+
+def test_timing_inputs_are_random_and_cheap_to_draw_at_any_size():
+    from kilnrt.builder.builder import _RANDOM_BLOCK, _random_input
+
+    big = _random_input((3, _RANDOM_BLOCK // 2 + 7), torch.float16, torch.device("cpu"))
+    assert big.shape == (3, _RANDOM_BLOCK // 2 + 7) and big.dtype == torch.float16
+    assert float((big == 0).float().mean()) < 0.01 and 0.9 < float(big.float().std()) < 1.1
+    assert _random_input((2, 0, 5), torch.float32, torch.device("cpu")).shape == (2, 0, 5)
+    assert _random_input((6,), torch.bool, torch.device("cpu")).dtype == torch.bool

@@ -6,6 +6,7 @@ candidates on the device, with a timing cache) -> plan activation memory -> Engi
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -135,17 +136,25 @@ def _opt_shapes(net: Network, profiles: list[dict[str, tuple]]) -> dict[str, tup
     return shapes
 
 
+_RANDOM_BLOCK = 1 << 20
+
+
 def _random_input(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Random timing inputs, drawn on the host: a tactic whose CUDA-graph capture fails
     (timing then falls back to eager) can leave PyTorch's CUDA RNG unusable for the rest
-    of the build, so the builder does not use it."""
+    of the build, so the builder does not use it.  At most a million values are drawn and
+    tiled on the device: drawing a batch-256 activation on the host took seconds per layer."""
+    n = math.prod(shape)
     if dtype.is_floating_point:
-        x = torch.randn(shape).to(dtype)
+        block = torch.randn(min(n, _RANDOM_BLOCK))
     elif dtype == torch.bool:
-        x = torch.rand(shape) > 0.5
+        block = torch.rand(min(n, _RANDOM_BLOCK)) > 0.5
     else:
-        x = torch.zeros(shape, dtype=dtype)
-    return x.to(device)
+        block = torch.zeros(min(n, _RANDOM_BLOCK))
+    x = block.to(device)
+    if n > x.numel():
+        x = x.repeat(-(-n // x.numel()))[:n]
+    return x.reshape(tuple(shape)).to(dtype)
 
 
 def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, progress: Any = None) -> list[EngineLayer]:
