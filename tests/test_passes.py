@@ -285,3 +285,46 @@ def test_remove_identities_near_misses():
     assert [l.kind for l in after.layers] == [LayerKind.CAST, LayerKind.IDENTITY]
     (out,) = evaluate(after, {"x": np.array([[1.0, 2.5, -3.25]] * 2, np.float32)})
     assert out.dtype == np.float16
+
+
+def test_common_subexpressions_merge_and_near_misses_stay():
+    from kilnrt.optimize.passes.cleanup import eliminate_common_subexpressions
+
+    net = Network("cse")
+    x = net.add_input("x", DataType.FLOAT, (B, 4))
+    c1 = net.add_layer(LayerKind.CONSTANT, ConstantParams(np.full((4,), 2.0, np.float32)), [], name="c1").outputs[0]
+    c2 = net.add_layer(LayerKind.CONSTANT, ConstantParams(np.full((4,), 2.0, np.float32)), [], name="c2").outputs[0]
+    c3 = net.add_layer(LayerKind.CONSTANT, ConstantParams(np.full((4,), 2.0, np.float64)), [], name="c3").outputs[0]
+    a = net.add_layer(LayerKind.ELEMENTWISE, ElementWiseParams(ElementWiseOperation.PROD), [x, c1], name="a").outputs[0]
+    b = net.add_layer(LayerKind.ELEMENTWISE, ElementWiseParams(ElementWiseOperation.PROD), [x, c2], name="b").outputs[0]
+    s = net.add_layer(LayerKind.ELEMENTWISE, ElementWiseParams(ElementWiseOperation.SUM), [x, c1], name="s").outputs[0]
+    r1 = net.add_layer(LayerKind.ACTIVATION, ActivationParams(ActivationType.RELU), [a], name="r1").outputs[0]
+    r2 = net.add_layer(LayerKind.ACTIVATION, ActivationParams(ActivationType.RELU), [b], name="r2").outputs[0]
+    out = net.add_layer(LayerKind.ELEMENTWISE, ElementWiseParams(ElementWiseOperation.SUM), [r1, r2], name="o").outputs[0]
+    net.mark_output(out)
+    net.mark_output(s)
+    net.mark_output(net.add_layer(LayerKind.CAST, CastParams(DataType.FLOAT), [c3], name="cast").outputs[0])
+    dup = net.add_layer(LayerKind.ACTIVATION, ActivationParams(ActivationType.RELU), [a], name="dup_output").outputs[0]
+    net.mark_output(dup)  # a network output keeps its own layer
+    stats: dict = {}
+    after = eliminate_common_subexpressions(net, stats)
+    names = [l.name for l in after.layers]
+    assert stats["eliminate_common_subexpressions"] == 3  # c2, b, r2
+    assert "c2" not in names and "b" not in names and "r2" not in names
+    assert {"c1", "c3", "a", "s", "r1", "o", "dup_output"} <= set(names)  # other dtype / op / output stay
+    check_same_function(net, after, 3)
+
+
+def test_common_subexpressions_keep_a_scalar_and_a_one_element_vector_apart():
+    from kilnrt.optimize.passes.cleanup import eliminate_common_subexpressions
+
+    net = Network("cse0d")
+    x = net.add_input("x", DataType.INT64, (2,))
+    s = net.add_layer(LayerKind.CONSTANT, ConstantParams(np.array(1, np.int64)), [], name="scalar").outputs[0]
+    v = net.add_layer(LayerKind.CONSTANT, ConstantParams(np.array([1], np.int64)), [], name="vector").outputs[0]
+    net.mark_output(net.add_layer(LayerKind.ELEMENTWISE, ElementWiseParams(ElementWiseOperation.SUM), [x, s]).outputs[0])
+    net.mark_output(net.add_layer(LayerKind.ELEMENTWISE, ElementWiseParams(ElementWiseOperation.SUM), [x, v]).outputs[0])
+    stats: dict = {}
+    after = eliminate_common_subexpressions(net, stats)
+    assert stats.get("eliminate_common_subexpressions", 0) == 0
+    assert [t.shape for t in after.outputs] == [(2,), (2,)]

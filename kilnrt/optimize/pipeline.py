@@ -6,7 +6,8 @@ import time
 from typing import Callable
 
 from kilnrt.network.graph import Network
-from kilnrt.optimize.passes.cleanup import eliminate_dead_layers, fold_constants, remove_identities
+from kilnrt.optimize.passes.cleanup import (eliminate_common_subexpressions, eliminate_dead_layers, fold_constants,
+                                            remove_identities)
 from kilnrt.optimize.passes.fusion import fuse_conv_epilogue, fuse_conv_scale, move_residual_bias
 from kilnrt.optimize.passes.horizontal import fuse_sibling_matmuls
 from kilnrt.optimize.passes.pointwise import fuse_pointwise
@@ -22,6 +23,7 @@ PIPELINE: list[tuple[str, Pass, int]] = [
     ("fold_constants", fold_constants, 0),
     ("remove_identities", remove_identities, 0),
     ("eliminate_dead_layers", eliminate_dead_layers, 0),
+    ("eliminate_common_subexpressions", eliminate_common_subexpressions, 1),
     ("fuse_conv_scale", fuse_conv_scale, 1),
     ("fold_constants", fold_constants, 1),
     ("eliminate_dead_layers", eliminate_dead_layers, 1),

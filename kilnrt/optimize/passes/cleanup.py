@@ -1,6 +1,9 @@
-"""Clean-up passes: constant folding, identity removal, dead-layer elimination."""
+"""Clean-up passes: constant folding, identity removal, dead-layer elimination, common
+subexpressions."""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 
 import numpy as np
@@ -90,4 +93,50 @@ def eliminate_dead_layers(net: Network, stats: dict | None = None) -> Network:
             c.copy(layer)
         elif stats is not None:
             stats["eliminate_dead_layers"] = stats.get("eliminate_dead_layers", 0) + 1
+    return c.finish()
+
+
+# kinds whose two identical layers may not be one (state, host side effects, subgraphs)
+_NO_CSE = {LayerKind.PLUGIN, LayerKind.CONDITIONAL, LayerKind.LOOP}
+
+
+def _cse_key(layer, mapped_inputs) -> str | None:
+    from kilnrt.engine.serialize import encode_params
+
+    if layer.kind in _NO_CSE:
+        return None
+    if layer.kind == LayerKind.CONSTANT:
+        w = np.asarray(layer.params.weights)  # (np.ascontiguousarray would make a 0-d array 1-d)
+        params = [str(w.dtype), list(w.shape), hashlib.sha256(np.ascontiguousarray(w).tobytes()).hexdigest()]
+    else:
+        try:
+            params = encode_params(layer.params, None)
+        except TypeError:
+            return None
+    ins = [None if t is None else t.name for t in mapped_inputs]
+    return json.dumps([layer.kind.value, params, ins, len(layer.outputs),
+                       sorted((k, str(v)) for k, v in layer.output_types.items()), str(layer.precision)],
+                      sort_keys=True, default=str)
+
+
+def eliminate_common_subexpressions(net: Network, stats: dict | None = None) -> Network:
+    """Two layers of the same kind and params reading the same tensors compute the same
+    values: keep the first, read its outputs in place of the second's (identical constants
+    included; network outputs keep their own layer)."""
+    outputs = {t.name for t in net.outputs}
+    c = NetworkCopier(net)
+    seen: dict[str, object] = {}
+    for layer in net.layers:
+        ins = [c.mapped(t) for t in layer.inputs]
+        key = _cse_key(layer, ins)
+        first = seen.get(key) if key is not None else None
+        if first is not None and not any(t.name in outputs for t in layer.outputs):
+            for old, new in zip(layer.outputs, first.outputs):
+                c.alias(old, new)
+            if stats is not None:
+                stats["eliminate_common_subexpressions"] = stats.get("eliminate_common_subexpressions", 0) + 1
+            continue
+        new_layer = c.copy(layer, ins)
+        if key is not None and first is None:
+            seen[key] = new_layer
     return c.finish()
