@@ -1,5 +1,6 @@
-"""The Triton GEMM tactics on the GPU (every tile configuration, float16 and bfloat16), against a
-float64 reference, at sizes that are not multiples of the tiles.  Skipped without a GPU."""
+"""Our Triton tactics on the GPU against a float64 reference: every GEMM tile configuration
+(float16 and bfloat16) at sizes that are not multiples of the tiles, and the convolution
+whose bias/residual/activation run as one Triton pass.  Skipped without a GPU."""
 from __future__ import annotations
 
 import pytest
@@ -49,3 +50,39 @@ def test_triton_gemm_on_gpu(name, dtype, lead, k, n, act):
         ref = reference_kernel(LayerKind.MATRIX_MULTIPLY)(layer.params, x.double(), w.double(), b.double())
         tol = 2e-2 if dtype == torch.float16 else 5e-2
         torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol, msg=lambda m: f"{name} seed={seed}\n{m}")
+
+
+@pytest.mark.parametrize("act,alpha,beta,residual,groups", [
+    ("clip", 0.0, 6.0, False, 32),          # MobileNet: depthwise + ReLU6
+    ("silu", 0.0, 0.0, False, 1),           # EfficientNet
+    (None, 0.0, 0.0, True, 1),              # bias + residual, no activation
+    ("relu", 0.0, 0.0, True, 1)])
+def test_conv_triton_epilogue_on_gpu(act, alpha, beta, residual, groups):
+    from kilnrt.network.layers import ActivationType, ConvolutionParams
+
+    seed = fresh_seed()
+    torch.manual_seed(seed)
+    c = k = 32 if groups > 1 else 24
+    params = ConvolutionParams(num_output_maps=k, kernel_size_nd=(3, 3), stride_nd=(2, 2), pre_padding=(1, 1),
+                               post_padding=(1, 1), num_groups=groups,
+                               activation=None if act is None else ActivationType(act),
+                               activation_alpha=alpha, activation_beta=beta)
+    x = torch.randn(3, c, 17, 13, device="cuda").half().contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(k, c // groups, 3, 3, device="cuda") / 3).half()
+    b = torch.randn(k, device="cuda").half()
+    net = Network()
+    ins = [net.add_input("x", DataType.HALF, tuple(x.shape)), net.add_input("w", DataType.HALF, tuple(w.shape)),
+           net.add_input("b", DataType.HALF, (k,))]
+    ref_args = [x.double(), w.double(), b.double()]
+    r = None
+    if residual:
+        r = torch.randn(3, k, 9, 7, device="cuda").half()
+        ins.append(net.add_input("r", DataType.HALF, tuple(r.shape)))
+        ref_args.append(r.double())
+    layer = net.add_layer(LayerKind.CONVOLUTION, params, ins)
+    ctx = TacticContext(torch.device("cuda"), {"w": w, "b": b})
+    tac = get_tactic("cuda.convolution.cudnn_nhwc_triton_epilogue")
+    assert tac.supports(layer, ctx)
+    out = tac.run(tac.prepare(layer, ctx), [x, w, b] + ([r] if residual else []))[0]
+    ref = reference_kernel(LayerKind.CONVOLUTION)(params, *ref_args)
+    torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=2e-2, msg=lambda m: f"seed={seed}\n{m}")
