@@ -131,7 +131,7 @@ def fold_view_chains(net: Network, stats: dict | None = None) -> Network:
         contiguous = offset == 0 and math.prod(shape) == math.prod(root.shape) and all(
             st == c for st, c, d in zip(strides, _contiguous_strides(shape), shape) if d != 1)
         is_output = out.name in g.outputs
-        if contiguous and shape == tuple(root.shape) and not is_output and len(chain) >= 1:
+        if contiguous and shape == tuple(root.shape) and not is_output:  # the identity: cancel
             rewrites[id(layer)] = (lambda r: lambda c: c.mapped(r))(root)
         elif contiguous and len(chain) >= 2:
             params = ShuffleParams(reshape_dims=shape, zero_is_placeholder=False)
