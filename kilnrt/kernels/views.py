@@ -7,6 +7,15 @@ import torch
 from kilnrt.network.layers import GatherMode, GatherParams
 
 
+def contiguous_strides(shape) -> tuple[int, ...]:
+    """The strides of a contiguous (row-major) tensor of ``shape``."""
+    strides, acc = [], 1
+    for size in reversed(tuple(shape)):
+        strides.append(acc)
+        acc *= size
+    return tuple(reversed(strides))
+
+
 def _progression(idx: torch.Tensor, size: int) -> tuple[int, int, int] | None:
     """(start, stop, step) when ``idx`` (1-D, non-empty, in range) is start, start+step, ..."""
     raw = [int(v) for v in idx.tolist()]
@@ -47,10 +56,7 @@ class Strided:
 
     def __init__(self, shape, strides=None, offset: int = 0) -> None:
         if strides is None:
-            strides, s = [], 1
-            for d in reversed(shape):
-                strides.insert(0, s)
-                s *= d
+            strides = contiguous_strides(shape)
         self.dims = [[(d, st)] if d != 1 else [] for d, st in zip(shape, strides)]
         self.offset = offset
 
@@ -152,11 +158,17 @@ def _merge(dim):
 def apply_view(x: torch.Tensor, shape, ops) -> torch.Tensor:
     """``ops`` applied to ``x`` as one strided view: through ``x``'s own strides when they
     allow it, else through a contiguous copy (always expressible: the optimizer checked)."""
-    v = Strided(tuple(x.shape), tuple(x.stride()))
-    if not (v.run(ops) and v.view() is not None):
+    strided = _view_through(x, ops)
+    if strided is None:
         x = x.contiguous()
-        v = Strided(tuple(x.shape))
-        if not v.run(ops) or v.view() is None:
+        strided = _view_through(x, ops)
+        if strided is None:
             raise ValueError(f"view ops {ops} do not apply to shape {tuple(x.shape)}")
-    strides, offset = v.view()
+    strides, offset = strided
     return x.as_strided(tuple(shape), strides, x.storage_offset() + offset)
+
+
+def _view_through(x: torch.Tensor, ops):
+    """(strides, offset) of ``ops`` applied through ``x``'s strides, or None."""
+    v = Strided(tuple(x.shape), tuple(x.stride()))
+    return v.view() if v.run(ops) else None

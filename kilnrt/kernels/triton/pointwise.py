@@ -35,6 +35,7 @@ import triton.language as tl
 
 from kilnrt.kernels.registry import Tactic, tactic
 from kilnrt.kernels.triton import FLOAT_TYPES
+from kilnrt.kernels.views import contiguous_strides
 from kilnrt.network.layers import ActivationType as A, ElementWiseOperation as E, LayerKind, UnaryOperation as U
 
 MAX_RANK = 6
@@ -329,7 +330,7 @@ class PointwiseKernel:
             if torch.broadcast_shapes(*(tensors[i].shape for i in _inputs(t))) != out_shape:
                 raise ValueError(f"pointwise kernel: an output of shape smaller than {tuple(out_shape)}")
         ref = next((t for t in tensors if t.shape == out_shape and _dense(t)), None)
-        out_stride = tuple(ref.stride()) if ref is not None else _contiguous_strides(out_shape)
+        out_stride = tuple(ref.stride()) if ref is not None else contiguous_strides(out_shape)
         # walk the output in memory order; size-1 dims do not matter
         order = sorted((k for k in range(len(out_shape)) if out_shape[k] != 1), key=lambda k: -out_stride[k])
         sizes = [out_shape[k] for k in order]
@@ -337,7 +338,7 @@ class PointwiseKernel:
         sizes, strides = _coalesce(sizes, strides)
         if len(sizes) > MAX_RANK:
             raise ValueError(f"pointwise kernel: {len(sizes)} dims after coalescing; at most {MAX_RANK}")
-        flat = _contiguous_strides(sizes)
+        flat = contiguous_strides(sizes)
         modes = tuple("flat" if tuple(st) == flat else "scalar" if not any(st) else "strided" for st in strides)
         n = math.prod(out_shape)
         reach = max([n] + [sum((s - 1) * st for s, st in zip(sizes, sts)) + 1 for sts in strides])
@@ -347,14 +348,6 @@ class PointwiseKernel:
             if mode == "strided":
                 args += sts
         return _Launch(out_shape, out_stride, kernel, n, tuple(args))
-
-
-def _contiguous_strides(shape) -> tuple[int, ...]:
-    strides, acc = [], 1
-    for size in reversed(tuple(shape)):
-        strides.append(acc)
-        acc *= size
-    return tuple(reversed(strides))
 
 
 def _coalesce(sizes: list[int], strides: list[list[int]]) -> tuple[list[int], list[list[int]]]:

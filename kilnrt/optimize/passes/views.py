@@ -24,7 +24,7 @@ import math
 import numpy as np
 import torch
 
-from kilnrt.kernels.views import Strided, gather_as_view
+from kilnrt.kernels.views import Strided, contiguous_strides, gather_as_view
 from kilnrt.network.graph import Layer, Network, Tensor
 from kilnrt.network.layers import LayerKind, MatrixOperation, ShuffleParams, ViewParams
 from kilnrt.network.rewrite import NetworkCopier
@@ -99,14 +99,6 @@ def _composite(chain: list[Layer], net: Network):
     return None if strided is None else (tuple(ops),) + strided
 
 
-def _contiguous_strides(shape) -> tuple:
-    out, s = [], 1
-    for d in reversed(shape):
-        out.append(s)
-        s *= d
-    return tuple(reversed(out))
-
-
 def fold_view_chains(net: Network, stats: dict | None = None) -> Network:
     """Cancel identity chains, collapse reshape-only chains, and make the chains that feed
     attention's q, k and v one strided VIEW (see the module doc)."""
@@ -129,7 +121,7 @@ def fold_view_chains(net: Network, stats: dict | None = None) -> Network:
         ops, strides, offset = composite
         shape = tuple(out.shape)
         contiguous = offset == 0 and math.prod(shape) == math.prod(root.shape) and all(
-            st == c for st, c, d in zip(strides, _contiguous_strides(shape), shape) if d != 1)
+            st == c for st, c, d in zip(strides, contiguous_strides(shape), shape) if d != 1)
         is_output = out.name in g.outputs
         if contiguous and shape == tuple(root.shape) and not is_output:  # the identity: cancel
             rewrites[id(layer)] = (lambda r: lambda c: c.mapped(r))(root)
