@@ -1,6 +1,7 @@
-"""Our Triton tactics on the GPU against a float64 reference: every GEMM tile configuration
-(float16 and bfloat16) at sizes that are not multiples of the tiles, and the convolution
-whose bias/residual/activation run as one Triton pass.  Skipped without a GPU."""
+"""Our Triton GEMM and convolution tactics on the GPU against a float64 reference, float16 and
+bfloat16, at sizes that are not multiples of the tiles: every tile configuration of the GEMM,
+the 1x1-convolution GEMM and the depthwise convolution, and cuDNN's convolution with its
+epilogue as one Triton pass.  Skipped without a GPU."""
 from __future__ import annotations
 
 import pytest
@@ -86,3 +87,91 @@ def test_conv_triton_epilogue_on_gpu(act, alpha, beta, residual, groups):
     out = tac.run(tac.prepare(layer, ctx), [x, w, b] + ([r] if residual else []))[0]
     ref = reference_kernel(LayerKind.CONVOLUTION)(params, *ref_args)
     torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=2e-2, msg=lambda m: f"seed={seed}\n{m}")
+
+
+def _depthwise_names():
+    from kilnrt.kernels.triton.depthwise import CONFIGS, TritonDepthwiseConv
+
+    return [TritonDepthwiseConv(*c).name for c in CONFIGS]
+
+
+@pytest.mark.parametrize("name", _depthwise_names())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("c,window,stride,pad,act,residual,shape", [
+    (144, 3, 2, 1, "clip", False, (1, 144, 15, 15)),      # MobileNet, batch 1, odd spatial size
+    (96, 7, 1, 3, None, True, (5, 96, 14, 11)),           # ConvNeXt (residual only for coverage)
+    (40, 5, 1, 2, "silu", False, (3, 40, 9, 17)),         # EfficientNet; channels not a power of 2
+])
+def test_triton_depthwise_on_gpu(name, dtype, c, window, stride, pad, act, residual, shape):
+    from kilnrt.network.layers import ActivationType, ConvolutionParams
+
+    seed = fresh_seed()
+    torch.manual_seed(seed)
+    params = ConvolutionParams(num_output_maps=c, kernel_size_nd=(window, window), stride_nd=(stride, stride),
+                               pre_padding=(pad, pad), post_padding=(pad, pad), num_groups=c,
+                               activation=None if act is None else ActivationType(act),
+                               activation_beta=6.0 if act == "clip" else 0.0)
+    x = torch.randn(shape, device="cuda").to(dtype)   # NCHW: the tactic converts to channels-last itself
+    w = (torch.randn(c, 1, window, window, device="cuda") / window).to(dtype)
+    b = torch.randn(c, device="cuda").to(dtype)
+    net = Network()
+    ins = [net.add_input("x", DT[dtype], shape), net.add_input("w", DT[dtype], tuple(w.shape)),
+           net.add_input("b", DT[dtype], (c,))]
+    ref_args = [x.double(), w.double(), b.double()]
+    out_shape = reference_kernel(LayerKind.CONVOLUTION)(params, *ref_args).shape
+    r = None
+    if residual:
+        r = torch.randn(out_shape, device="cuda").to(dtype)
+        ins.append(net.add_input("r", DT[dtype], tuple(out_shape)))
+        ref_args.append(r.double())
+    layer = net.add_layer(LayerKind.CONVOLUTION, params, ins)
+    ctx = TacticContext(torch.device("cuda"), {"w": w, "b": b})
+    tac = get_tactic(name)
+    if not tac.supports(layer, ctx):
+        assert tac.block_c > 2 * c, f"{name} declined a depthwise convolution of {c} channels"
+        return
+    out = tac.run(tac.prepare(layer, ctx), [x, w, b] + ([r] if residual else []))[0]
+    ref = reference_kernel(LayerKind.CONVOLUTION)(params, *ref_args)
+    tol = 2e-2 if dtype == torch.float16 else 5e-2
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol, msg=lambda m: f"{name} seed={seed}\n{m}")
+
+
+def _conv_gemm_names():
+    from kilnrt.kernels.triton.conv_gemm import CONFIGS, TritonConvGemm
+
+    return [TritonConvGemm(*c).name for c in CONFIGS]
+
+
+@pytest.mark.parametrize("name", _conv_gemm_names())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("c,k,shape,act,residual", [
+    (16, 96, (2, 16, 37, 29), "clip", False),     # MobileNet expand + ReLU6, odd pixel count
+    (576, 96, (1, 576, 14, 14), None, True),      # project + residual, batch 1
+    (40, 240, (5, 40, 7, 9), "silu", False),      # EfficientNet
+])
+def test_triton_conv_gemm_on_gpu(name, dtype, c, k, shape, act, residual):
+    from kilnrt.network.layers import ActivationType, ConvolutionParams
+
+    seed = fresh_seed()
+    torch.manual_seed(seed)
+    params = ConvolutionParams(num_output_maps=k, kernel_size_nd=(1, 1), activation=None if act is None
+                               else ActivationType(act), activation_beta=6.0 if act == "clip" else 0.0)
+    x = torch.randn(shape, device="cuda").to(dtype).contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(k, c, 1, 1, device="cuda") / c ** 0.5).to(dtype)
+    b = torch.randn(k, device="cuda").to(dtype)
+    net = Network()
+    ins = [net.add_input("x", DT[dtype], shape), net.add_input("w", DT[dtype], (k, c, 1, 1)),
+           net.add_input("b", DT[dtype], (k,))]
+    args = [x, w, b]
+    if residual:
+        args.append(torch.randn((shape[0], k) + shape[2:], device="cuda").to(dtype)
+                    .contiguous(memory_format=torch.channels_last))
+        ins.append(net.add_input("r", DT[dtype], tuple(args[-1].shape)))
+    layer = net.add_layer(LayerKind.CONVOLUTION, params, ins)
+    tac = get_tactic(name)
+    ctx = TacticContext(torch.device("cuda"), {"w": w, "b": b})
+    assert tac.supports(layer, ctx)
+    out = tac.run(tac.prepare(layer, ctx), args)[0]
+    ref = reference_kernel(LayerKind.CONVOLUTION)(params, *(a.double() for a in args))
+    tol = 2e-2 if dtype == torch.float16 else 5e-2
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol, msg=lambda m: f"{name} seed={seed}\n{m}")

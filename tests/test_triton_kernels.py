@@ -365,7 +365,7 @@ def test_triton_gemm_declines(k, n, dtype, op0):
 
 
 # ----------------------------------------------------------------------------- conv + fused epilogue
-from kilnrt.network.layers import ConvolutionParams  # noqa: E402
+from kilnrt.network.layers import ConvolutionParams, PaddingMode  # noqa: E402
 
 
 @pytest.mark.parametrize("act,residual,groups", [(A.CLIP, False, 5), (A.SILU, True, 1), (None, True, 1),
@@ -394,3 +394,132 @@ def test_conv_triton_epilogue(act, residual, groups, seed):
     out = tac.run(tac.prepare(layer, ctx), [x, w, b] + ref_args[3:])[0]
     ref = reference_kernel(LayerKind.CONVOLUTION)(params, *ref_args)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4, msg=lambda m: f"seed={seed}\n{m}")
+
+
+# ----------------------------------------------------------------------------- depthwise conv + epilogue
+from kilnrt.kernels.triton import depthwise  # noqa: E402
+
+DEPTHWISE = [f"cuda.convolution.triton_depthwise_{p}x{c}_w{w}" for p, c, w in depthwise.CONFIGS]
+
+
+def _depthwise_case(c, window, stride, pre, post, dilation, act, residual, x_shape, dtype, seed,
+                    mode=PaddingMode.EXPLICIT_ROUND_DOWN, alpha=0.0, beta=0.0, with_bias=True):
+    params = ConvolutionParams(num_output_maps=c, kernel_size_nd=window, stride_nd=stride, pre_padding=pre,
+                               post_padding=post, dilation_nd=dilation, num_groups=c, padding_mode=mode,
+                               activation=act, activation_alpha=alpha, activation_beta=beta)
+    x = nonzero(x_shape, torch.float32, scale=2.0)
+    w = torch.randn(c, 1, *window) / window[0]
+    b = torch.randn(c) if with_bias else None
+    ref_args = [x, w, b]
+    net = Network()
+    ins = [net.add_input("x", DT[dtype], tuple(x.shape)), net.add_input("w", DT[dtype], tuple(w.shape)),
+           net.add_input("b", DT[dtype], (c,)) if with_bias else None]
+    if residual:
+        r = nonzero(tuple(reference_kernel(LayerKind.CONVOLUTION)(params, x, w, b).shape))
+        ins.append(net.add_input("r", DT[dtype], tuple(r.shape)))
+        ref_args.append(r)
+    layer = net.add_layer(LayerKind.CONVOLUTION, params, ins)
+    consts = {"w": w.to(dtype)} | ({"b": b.to(dtype)} if with_bias else {})
+    # the reference sees the same rounded values the kernel reads
+    ref_args = [None if a is None else a.to(dtype).double() for a in ref_args]
+    return layer, TacticContext(torch.device("cpu"), consts), ref_args
+
+
+def _depthwise_check(name, layer, ctx, ref_args, dtype, seed, tol):
+    tac = get_tactic(name)
+    if tac.block_c > max(16, triton.next_power_of_2(layer.params.num_groups)):
+        assert not tac.supports(layer, ctx), f"{name}: a channel tile over twice the channels"
+        return
+    assert tac.supports(layer, ctx), name
+    args = [a if a is None else a.to(dtype) for a in ref_args]
+    out = tac.run(tac.prepare(layer, ctx), args)[0]
+    ref = reference_kernel(LayerKind.CONVOLUTION)(layer.params, *ref_args)
+    assert out.dtype == dtype and out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol,
+                               msg=lambda m: f"{name} {layer.params} seed={seed}\n{m}")
+
+
+@pytest.mark.parametrize("name", DEPTHWISE)
+@pytest.mark.parametrize("c,window,stride,pre,post,dilation,act,residual,x_shape", [
+    (20, (3, 3), (1, 1), (1, 1), (1, 1), (), A.CLIP, False, (2, 20, 7, 9)),        # MobileNet: ReLU6
+    (24, (5, 5), (2, 2), (2, 1), (1, 2), (), A.SILU, False, (1, 24, 11, 10)),      # EfficientNet, odd pads
+    (72, (7, 7), (1, 1), (3, 3), (3, 3), (), None, True, (3, 72, 8, 8)),           # ConvNeXt, + residual
+    (136, (3, 3), (1, 2), (2, 2), (2, 2), (2, 2), A.HARD_SWISH, True, (1, 136, 6, 13)),  # dilated
+])
+def test_triton_depthwise_conv(name, c, window, stride, pre, post, dilation, act, residual, x_shape, seed):
+    layer, ctx, ref_args = _depthwise_case(c, window, stride, pre, post, dilation, act, residual, x_shape,
+                                           torch.float32, seed, beta=6.0 if act == A.CLIP else 0.0)
+    _depthwise_check(name, layer, ctx, ref_args, torch.float32, seed, 1e-4)
+
+
+@pytest.mark.parametrize("act,alpha,beta", [(A.RELU, 0, 0), (A.LEAKY_RELU, 0.1, 0), (A.GELU_ERF, 0, 0),
+                                            (A.GELU_TANH, 0, 0), (A.SIGMOID, 0, 0), (A.TANH, 0, 0),
+                                            (A.HARD_SIGMOID, 0.2, 0.5)])
+def test_triton_depthwise_conv_activations_fp16_same_padding(act, alpha, beta, seed):
+    layer, ctx, ref_args = _depthwise_case(48, (3, 3), (2, 2), (), (), (), act, False, (2, 48, 9, 8),
+                                           torch.float16, seed, mode=PaddingMode.SAME_UPPER, alpha=alpha,
+                                           beta=beta, with_bias=False)
+    _depthwise_check(DEPTHWISE[1], layer, ctx, ref_args, torch.float16, seed, 1e-2)
+
+
+@pytest.mark.parametrize("groups,w_shape,mode", [(4, (8, 1, 3, 3), PaddingMode.EXPLICIT_ROUND_DOWN),  # multiplier 2
+                                                 (1, (8, 8, 3, 3), PaddingMode.EXPLICIT_ROUND_DOWN),  # dense
+                                                 (8, (8, 1, 3, 3), PaddingMode.EXPLICIT_ROUND_UP)])   # ceil mode
+def test_triton_depthwise_declines(groups, w_shape, mode):
+    params = ConvolutionParams(num_output_maps=w_shape[0], kernel_size_nd=(3, 3), num_groups=groups,
+                               padding_mode=mode)
+    net = Network()
+    c_in = w_shape[1] * groups
+    layer = net.add_layer(LayerKind.CONVOLUTION, params, [net.add_input("x", DataType.HALF, (1, c_in, 8, 8)),
+                                                          net.add_input("w", DataType.HALF, w_shape)])
+    ctx = TacticContext(torch.device("cpu"), {"w": torch.randn(w_shape).half()})
+    assert not any(get_tactic(name).supports(layer, ctx) for name in DEPTHWISE)
+
+
+# ----------------------------------------------------------------------------- 1x1 conv as a GEMM + epilogue
+from kilnrt.kernels.triton import conv_gemm  # noqa: E402
+
+CONV_GEMM = [f"cuda.convolution.triton_gemm_{conv_gemm.config_name(*c)}" for c in conv_gemm.CONFIGS]
+
+
+def _conv1x1_layer(c, k, x_shape, act, residual, dtype=DataType.HALF, stride=(), groups=1, window=(1, 1)):
+    params = ConvolutionParams(num_output_maps=k, kernel_size_nd=window, stride_nd=stride, num_groups=groups,
+                               activation=act, activation_beta=6.0 if act == A.CLIP else 0.0)
+    net = Network()
+    ins = [net.add_input("x", dtype, x_shape), net.add_input("w", dtype, (k, c // groups) + window),
+           net.add_input("b", dtype, (k,))]
+    if residual:
+        ins.append(net.add_input("r", dtype, (x_shape[0], k) + x_shape[2:]))
+    return net.add_layer(LayerKind.CONVOLUTION, params, ins)
+
+
+@pytest.mark.parametrize("name", CONV_GEMM)
+@pytest.mark.parametrize("c,k,x_shape,act,residual", [
+    (24, 144, (2, 24, 5, 7), A.CLIP, False),     # MobileNet expand + ReLU6; rows not a tile multiple
+    (144, 40, (1, 144, 3, 3), None, True),      # project + residual, batch 1
+    (40, 16, (3, 40, 4, 1), A.SILU, True),      # EfficientNet
+])
+def test_triton_conv_gemm(name, c, k, x_shape, act, residual, seed):
+    layer = _conv1x1_layer(c, k, x_shape, act, residual)
+    w = (torch.randn(k, c, 1, 1) / c ** 0.5).half()
+    b = torch.randn(k).half()
+    ctx = TacticContext(torch.device("cpu"), {"w": w, "b": b})
+    x = nonzero(x_shape, torch.float16).contiguous(memory_format=torch.channels_last)
+    args = [x, w, b]
+    if residual:
+        args.append(nonzero((x_shape[0], k) + x_shape[2:], torch.float16))  # NCHW: the tactic converts it
+    tac = get_tactic(name)
+    assert tac.supports(layer, ctx), name
+    out = tac.run(tac.prepare(layer, ctx), args)[0]
+    ref = reference_kernel(LayerKind.CONVOLUTION)(layer.params, *(a.double() for a in args))
+    assert out.dtype == torch.float16 and out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=2e-2, msg=lambda m: f"{name} seed={seed}\n{m}")
+
+
+@pytest.mark.parametrize("kwargs", [dict(stride=(2, 2)), dict(groups=2), dict(window=(3, 3)),
+                                    dict(dtype=DataType.FLOAT)])
+def test_triton_conv_gemm_declines(kwargs):
+    layer = _conv1x1_layer(16, 32, (1, 16, 4, 4), None, False, **kwargs)
+    groups, window = kwargs.get("groups", 1), kwargs.get("window", (1, 1))
+    ctx = TacticContext(torch.device("cpu"), {"w": torch.randn((32, 16 // groups) + window).half()})
+    assert not any(get_tactic(name).supports(layer, ctx) for name in CONV_GEMM)

@@ -11,6 +11,10 @@
   its epilogue, one tactic per tile configuration (:mod:`.gemm`).
 * ``cuda.convolution.cudnn_nhwc_triton_epilogue``: cuDNN convolution, then bias + residual +
   activation in one generated pass (:mod:`.conv_epilogue`).
+* ``cuda.convolution.triton_depthwise_<tiles>``: depthwise convolution on channels-last tensors
+  with bias, residual and activation in the same kernel (:mod:`.depthwise`).
+* ``cuda.convolution.triton_gemm_<tiles>``: 1x1 convolution as the GEMM above, with bias,
+  residual and activation in its epilogue (:mod:`.conv_gemm`).
 
 Every kernel loads its inputs, computes in float32 and stores in the output's dtype; the
 tactics accept float16, bfloat16 and float32 and decline everything else, so the PyTorch
@@ -50,3 +54,5 @@ from kilnrt.kernels.triton import norm, pointwise, pool, softmax  # noqa: E402,F
 from kilnrt.kernels.triton import region  # noqa: E402,F401  (cuda.pointwise.triton: fused pointwise regions)
 from kilnrt.kernels.triton import gemm  # noqa: E402,F401  (cuda.matrix_multiply.triton_*)
 from kilnrt.kernels.triton import conv_epilogue  # noqa: E402,F401  (cuda.convolution.cudnn_nhwc_triton_epilogue)
+from kilnrt.kernels.triton import depthwise  # noqa: E402,F401  (cuda.convolution.triton_depthwise_*)
+from kilnrt.kernels.triton import conv_gemm  # noqa: E402,F401  (cuda.convolution.triton_gemm_*)

@@ -2,8 +2,9 @@
 
 The GEMM's epilogue applies the bias and the activation to the float32 accumulator before
 the single store, so an exact (erf) GELU after a projection needs no kernel of its own
-(cuBLASLt's epilogues offer only the tanh approximation).  Offered for GEMMs of at most
-``MAX_ROWS`` rows (batch-1 transformers), where it competes with cuBLASLt; see CONFIGS.
+(cuBLASLt's epilogues offer only the tanh approximation).  It competes with cuBLASLt on
+every GEMM with a constant weight; see CONFIGS.  The same kernel runs 1x1 convolutions
+(:mod:`.conv_gemm`), with a residual added in the epilogue too.
 
 Every tile configuration is its own tactic, so the builder times each on the layer's
 shapes, keeps the fastest (cuBLASLt included) and the plan records which; nothing is
@@ -19,17 +20,29 @@ import triton.language as tl
 
 from kilnrt.kernels.gemm_rows import restore_rows, rows_in_memory_order
 from kilnrt.kernels.registry import Tactic, register
-from kilnrt.kernels.triton.pointwise import tanh
+from kilnrt.kernels.triton.epilogue import EPILOGUE_ACTIVATIONS, activate
 from kilnrt.network.dtypes import DataType
-from kilnrt.network.layers import ActivationType as A, LayerKind, MatrixOperation
+from kilnrt.network.layers import LayerKind, MatrixOperation
 
-_ACTIVATIONS = {None: "none", A.RELU: "relu", A.GELU_ERF: "gelu_erf", A.GELU_TANH: "gelu_tanh",
-                A.TANH: "tanh", A.SIGMOID: "sigmoid", A.SILU: "silu"}
 
 
 @triton.jit
-def _gemm(a_ptr, w_ptr, bias_ptr, c_ptr, M, N, K: tl.constexpr, stride_am, stride_ak,
-          HAS_BIAS: tl.constexpr, ACT: tl.constexpr, EVEN_K: tl.constexpr,
+def store_epilogue(acc, rm, rn, M, N, bias_ptr, res_ptr, c_ptr, alpha, beta,
+                   HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr):
+    """``c[rm, rn] = act(acc + bias[rn] + res[rm, rn])`` for a ``[M, N]`` row-major output."""
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    offs = rm[:, None].to(tl.int64) * N + rn[None, :]
+    if HAS_RES:  # a [M, N] row-major residual, added before the activation
+        acc += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    acc = activate(acc, ACT, alpha, beta)
+    tl.store(c_ptr + offs, acc.to(c_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gemm(a_ptr, w_ptr, bias_ptr, res_ptr, c_ptr, M, N, K: tl.constexpr, stride_am, stride_ak, alpha, beta,
+          HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, EVEN_K: tl.constexpr,
           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     # K is a compile-time constant (a layer's weight fixes it; Triton's interpreter also needs it)
     # grouped launch order: GROUP_M row-blocks share each column block of W while it is in L2
@@ -61,39 +74,51 @@ def _gemm(a_ptr, w_ptr, bias_ptr, c_ptr, M, N, K: tl.constexpr, stride_am, strid
         acc = tl.dot(a, w, acc)
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * N
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + rbn).to(tl.float32)[None, :]
-    if ACT == "relu":
-        acc = tl.maximum(acc, 0.0)
-    elif ACT == "gelu_erf":
-        acc = 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))
-    elif ACT == "gelu_tanh":  # 0.5 * (1 + tanh(u)) == sigmoid(2u)
-        acc = acc * tl.sigmoid(1.5957691216057308 * (acc + 0.044715 * acc * acc * acc))
-    elif ACT == "tanh":
-        acc = tanh(acc)
-    elif ACT == "sigmoid":
-        acc = tl.sigmoid(acc)
-    elif ACT == "silu":
-        acc = acc * tl.sigmoid(acc)
-    mask = (rm[:, None] < M) & (rn[None, :] < N)
-    c_ptrs = c_ptr + rm[:, None].to(tl.int64) * N + rn[None, :]
-    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)
+    store_epilogue(acc, rm, rn, M, N, bias_ptr, res_ptr, c_ptr, alpha, beta, HAS_BIAS, HAS_RES, ACT)
+
+
+def gemm(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
+         act: str, alpha: float, beta: float, config: dict) -> torch.Tensor:
+    """``act(a @ weight + bias + residual)`` as a new row-major ``[M, N]`` tensor: ``a`` is any
+    ``[M, K]`` matrix whose rows are K-contiguous, ``weight`` a contiguous ``[K, N]``,
+    ``bias`` ``[N]`` and ``residual`` a contiguous ``[M, N]``."""
+    m, (k, n) = a.shape[0], weight.shape
+    c = torch.empty((m, n), dtype=a.dtype, device=a.device)
+    if m > 0:
+        grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
+        _gemm[grid](a, weight, bias if bias is not None else weight, residual if residual is not None else c, c,
+                    m, n, k, a.stride(0), a.stride(1), float(alpha), float(beta), HAS_BIAS=bias is not None,
+                    HAS_RES=residual is not None, ACT=act, EVEN_K=k % config["BLOCK_K"] == 0, **config)
+    return c
+
+
+def gemm_shape_ok(k: int, n: int) -> bool:
+    """16-byte aligned rows for the tensor-core loads; tiny GEMMs are cuBLAS's."""
+    return k % 8 == 0 and n % 8 == 0 and k >= 16 and n >= 16
+
+
+def config_dict(block_m: int, block_n: int, block_k: int, stages: int, warps: int, group_m: int = 8) -> dict:
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m, num_stages=stages,
+                num_warps=warps)
+
+
+def config_name(block_m: int, block_n: int, block_k: int, stages: int, warps: int) -> str:
+    return f"{block_m}x{block_n}x{block_k}_s{stages}_w{warps}"
 
 
 class TritonGemm(Tactic):
     kind = LayerKind.MATRIX_MULTIPLY
     device = "cuda"
 
-    def __init__(self, block_m: int, block_n: int, block_k: int, stages: int, warps: int, group_m: int = 8):
-        self.config = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
-                           num_stages=stages, num_warps=warps)
-        self.name = f"cuda.matrix_multiply.triton_{block_m}x{block_n}x{block_k}_s{stages}_w{warps}"
+    def __init__(self, *tiles: int) -> None:
+        self.config = config_dict(*tiles)
+        self.name = f"cuda.matrix_multiply.triton_{config_name(*tiles)}"
 
     def supports(self, layer, ctx) -> bool:
         p = layer.params
         x, w_t = layer.inputs[0], layer.inputs[1]
         w = ctx.constant(layer, 1)
-        if (w is None or w.dim() != 2 or p.op0 != MatrixOperation.NONE or p.activation not in _ACTIVATIONS
+        if (w is None or w.dim() != 2 or p.op0 != MatrixOperation.NONE or p.activation not in EPILOGUE_ACTIVATIONS
                 or p.op1 not in (MatrixOperation.NONE, MatrixOperation.TRANSPOSE)):
             return False
         if x is None or x.shape is None or len(x.shape) < 2 or x.dtype not in (DataType.HALF, DataType.BF16):
@@ -105,11 +130,7 @@ class TritonGemm(Tactic):
         bias = ctx.constant(layer, 2) if len(layer.inputs) > 2 else None
         if bias is not None and bias.numel() != n:
             return False
-        rows = 1
-        for d in x.shape[:-1]:
-            rows = rows * d if isinstance(d, int) and d > 0 else MAX_ROWS + 1  # dynamic: assume many
-        # 16-byte aligned rows for the tensor-core loads; tiny GEMMs are cuBLAS's
-        return k % 8 == 0 and n % 8 == 0 and k >= 16 and n >= 16 and rows <= MAX_ROWS
+        return gemm_shape_ok(k, n)
 
     def prepare(self, layer, ctx):
         p = layer.params
@@ -118,29 +139,20 @@ class TritonGemm(Tactic):
         bias = ctx.constant(layer, 2) if len(layer.inputs) > 2 else None
         if bias is not None:
             bias = bias.reshape(-1).to(weight.dtype).contiguous()
-        return weight, bias, _ACTIVATIONS[p.activation]
+        return weight, bias, EPILOGUE_ACTIVATIONS[p.activation], p.activation_alpha, p.activation_beta
 
     def run(self, state, inputs):
-        weight, bias, act = state
-        x = inputs[0]
-        k, n = weight.shape
-        a, lead, inverse = rows_in_memory_order(x)
-        m = a.shape[0]
-        c = torch.empty((m, n), dtype=x.dtype, device=x.device)
-        cfg = self.config
-        grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
-        if m > 0:
-            _gemm[grid](a, weight, bias if bias is not None else weight, c, m, n, k, a.stride(0), a.stride(1),
-                        HAS_BIAS=bias is not None, ACT=act, EVEN_K=k % cfg["BLOCK_K"] == 0, **cfg)
-        return [restore_rows(c, lead, inverse)]
+        weight, bias, act, alpha, beta = state
+        a, lead, inverse = rows_in_memory_order(inputs[0])
+        return [restore_rows(gemm(a, weight, bias, None, act, alpha, beta, self.config), lead, inverse)]
 
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps).  Measured on an H200 (benchmarks/gemm_check.py):
-# on BERT/ViT shapes with thousands of rows cuBLASLt's GEMM plus a separate activation kernel
-# stays ahead of these (Triton's main loop runs at ~65% of cuBLAS's there), so the tactics are
-# offered for the short, latency-bound GEMMs of batch-1 transformers only, where narrow tiles
-# give enough programs to fill the GPU and cuBLAS picks split-K with a reduction kernel.
-CONFIGS = [(64, 128, 64, 3, 4), (64, 64, 128, 4, 4), (64, 32, 128, 4, 4), (32, 64, 128, 4, 4), (16, 64, 256, 3, 4)]
-MAX_ROWS = 2048
+# (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps), each timed by the builder on the layer's shapes.
+# Narrow tiles for the short, latency-bound GEMMs of batch-1 transformers (enough programs to
+# fill the GPU, where cuBLAS picks split-K with a reduction kernel); 128x128 tiles for long
+# ones, where a fused epilogue (exact GELU) saves a pass over the output that cuBLASLt would
+# need.  On compute-bound shapes cuBLASLt's plain GEMM usually stays ahead, and is kept.
+CONFIGS = [(64, 128, 64, 3, 4), (64, 64, 128, 4, 4), (64, 32, 128, 4, 4), (32, 64, 128, 4, 4), (16, 64, 256, 3, 4),
+           (128, 128, 64, 3, 4), (128, 128, 64, 4, 8)]
 for _cfg in CONFIGS:
     register(TritonGemm(*_cfg))
