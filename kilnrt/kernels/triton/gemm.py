@@ -25,7 +25,6 @@ from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import LayerKind, MatrixOperation
 
 
-
 @triton.jit
 def store_epilogue(acc, rm, rn, M, N, bias_ptr, res_ptr, c_ptr, alpha, beta,
                    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr):
