@@ -19,6 +19,8 @@ from kilnrt.optimize import PIPELINE, optimize
 from kilnrt.optimize.passes.cleanup import eliminate_dead_layers, fold_constants, remove_identities
 from kilnrt.testing import assert_close, seeded_inputs
 
+from decompositions import DECOMPOSITIONS, Builder
+
 B = "batch"   # the symbolic dim of a random network's inputs, when it has one
 
 
@@ -62,7 +64,8 @@ BINARY_OPS = [ElementWiseOperation.SUM, ElementWiseOperation.SUB, ElementWiseOpe
 @st.composite
 def random_networks(draw, max_layers: int = 12) -> RandomNetwork:
     """Inputs of rank 1-3 (maybe with a symbolic batch dim), then a random mix of constant,
-    elementwise, unary, activation, identity, cast and shuffle layers; one to three outputs.
+    elementwise, unary, activation, identity, cast and shuffle layers, and activations written
+    out as arithmetic (some with a wrong constant: near misses); one to three outputs.
     Layers no output reads stay in the network: they are the dead branches."""
     net = Network("random")
     symbolic = draw(st.booleans(), label="symbolic batch")
@@ -85,7 +88,13 @@ def random_networks(draw, max_layers: int = 12) -> RandomNetwork:
 
     for _ in range(draw(st.integers(1, max_layers), label="layers")):
         x, xd = draw(st.sampled_from(pool))
-        kind = draw(st.sampled_from(["const", "binary", "unary", "activation", "identity", "cast", "shuffle"]))
+        kind = draw(st.sampled_from(["const", "binary", "unary", "activation", "identity", "cast", "shuffle",
+                                     "decomposed"]))
+        if kind == "decomposed":
+            decompose, _, wrong = draw(st.sampled_from(DECOMPOSITIONS))
+            kw = {"k": wrong} if draw(st.booleans()) else {}
+            pool.append((decompose(Builder(net, draw(st.booleans())), x, **kw), xd))
+            continue
         if kind == "const":
             pool.append(constant_like(xd))
             continue

@@ -6,12 +6,13 @@ import time
 from typing import Callable
 
 from kilnrt.network.graph import Network
+from kilnrt.optimize.passes.activations import fuse_activations
 from kilnrt.optimize.passes.cleanup import (eliminate_common_subexpressions, eliminate_dead_layers, fold_constants,
                                             remove_identities)
 from kilnrt.optimize.passes.fusion import fuse_conv_epilogue, fuse_conv_scale, move_residual_bias
 from kilnrt.optimize.passes.horizontal import fuse_sibling_matmuls
 from kilnrt.optimize.passes.pointwise import fuse_pointwise
-from kilnrt.optimize.passes.transformer import fuse_add_norm, fuse_attention, fuse_gelu, fuse_matmul_epilogue
+from kilnrt.optimize.passes.transformer import fuse_add_norm, fuse_attention, fuse_matmul_epilogue
 from kilnrt.optimize.passes.views import fold_view_chains, sink_reshape_into_matmul
 
 log = logging.getLogger("kilnrt.optimize")
@@ -24,12 +25,12 @@ PIPELINE: list[tuple[str, Pass, int]] = [
     ("remove_identities", remove_identities, 0),
     ("eliminate_dead_layers", eliminate_dead_layers, 0),
     ("eliminate_common_subexpressions", eliminate_common_subexpressions, 1),
+    ("fuse_activations", fuse_activations, 1),  # before the epilogue fusions, which absorb them
     ("fuse_conv_scale", fuse_conv_scale, 1),
     ("fold_constants", fold_constants, 1),
     ("eliminate_dead_layers", eliminate_dead_layers, 1),
     ("fuse_conv_epilogue", fuse_conv_epilogue, 2),
     ("move_residual_bias", move_residual_bias, 2),
-    ("fuse_gelu", fuse_gelu, 2),
     ("fuse_attention", fuse_attention, 2),
     ("fuse_matmul_epilogue", fuse_matmul_epilogue, 2),
     ("fuse_add_norm", fuse_add_norm, 2),

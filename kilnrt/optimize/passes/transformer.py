@@ -1,4 +1,4 @@
-"""Pattern fusions for transformer blocks: GELU, GEMM bias/activation epilogues, attention.
+"""Pattern fusions for transformer blocks: GEMM bias/activation epilogues, attention.
 
 Each rule matches a small subgraph as ONNX exporters write it, checks that every
 intermediate tensor has one consumer (and is not an output), and replaces the subgraph
@@ -7,58 +7,12 @@ with one layer that keeps the sources in ``origin``.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from kilnrt.network.graph import Layer, Network, Tensor
-from kilnrt.network.layers import (ActivationParams, ActivationType, AttentionParams, ElementWiseOperation as E,
-                                   LayerKind, MatrixOperation, ShuffleParams, UnaryOperation)
+from kilnrt.network.layers import (ActivationType, AttentionParams, ElementWiseOperation as E, LayerKind,
+                                   MatrixOperation, ShuffleParams)
 from kilnrt.network.rewrite import NetworkCopier
 from kilnrt.optimize.passes.match import Emit, Graph, add_fused, fused, replace
-
-
-def fuse_gelu(net: Network, stats: dict | None = None) -> Network:
-    """x * 0.5 * (1 + erf(x / sqrt(2))) => gelu(x), in the orders exporters write it."""
-    g = Graph(net)
-    rewrites, drop = {}, set()
-    for erf in net.layers:
-        if erf.kind != LayerKind.UNARY or erf.params.op != UnaryOperation.ERF:
-            continue
-        scale = erf.inputs[0].producer
-        if scale is None or g.single_use(scale.outputs[0]) is not erf:
-            continue
-        if g.is_op(scale, E.DIV) and g.scalar(scale.inputs[1]) is not None:
-            ok = math.isclose(g.scalar(scale.inputs[1]), math.sqrt(2.0), rel_tol=1e-3)
-        elif g.is_op(scale, E.PROD):
-            c = g.scalar(scale.inputs[1]) if g.scalar(scale.inputs[1]) is not None else g.scalar(scale.inputs[0])
-            ok = c is not None and math.isclose(c, 1 / math.sqrt(2.0), rel_tol=1e-3)
-        else:
-            ok = False
-        if not ok:
-            continue
-        x = scale.inputs[0] if g.net.constant_value(scale.inputs[0]) is None else scale.inputs[1]
-        plus = g.single_use(erf.outputs[0])
-        if not g.is_op(plus, E.SUM) or g.scalar(g.other(plus, erf.outputs[0])) != 1.0:
-            continue
-        m1 = g.single_use(plus.outputs[0])
-        if not g.is_op(m1, E.PROD):
-            continue
-        partner = g.other(m1, plus.outputs[0])
-        chain = [scale, erf, plus, m1]
-        if partner is x:                                  # (x * (1 + erf)) * 0.5
-            m2 = g.single_use(m1.outputs[0])
-            if not g.is_op(m2, E.PROD) or g.scalar(g.other(m2, m1.outputs[0])) != 0.5:
-                continue
-            chain.append(m2)
-        else:                                             # (x * 0.5) * (1 + erf)
-            half = partner.producer
-            if not g.is_op(half, E.PROD) or g.single_use(partner) is not m1 or \
-                    g.other(half, x) is x or x not in half.inputs or g.scalar(g.other(half, x)) != 0.5:
-                continue
-            chain.insert(0, half)
-        last = chain[-1]
-        rewrites[id(last)] = fused(LayerKind.ACTIVATION, ActivationParams(ActivationType.GELU_ERF), [x], chain)
-        drop.update(id(l) for l in chain[:-1])
-    return replace(net, rewrites, drop, stats, "fuse_gelu")
 
 
 _GEMM_ACTIVATIONS = {ActivationType.RELU, ActivationType.GELU_ERF, ActivationType.GELU_TANH, ActivationType.TANH,
