@@ -175,3 +175,26 @@ def test_triton_conv_gemm_on_gpu(name, dtype, c, k, shape, act, residual):
     ref = reference_kernel(LayerKind.CONVOLUTION)(params, *(a.double() for a in args))
     tol = 2e-2 if dtype == torch.float16 else 5e-2
     torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol, msg=lambda m: f"{name} seed={seed}\n{m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("shape,channels_last", [
+    ((1, 32, 112, 112), True),    # EfficientNet-B0's first squeeze-excitation pool: many splits
+    ((1, 1152, 7, 7), True),      # its last
+    ((3, 67, 13, 11), True),      # odd channels and pixels
+    ((256, 2048, 7, 7), True),    # ResNet-50's final pool at batch 256: one split
+    ((2, 40, 28, 28), False),     # NCHW
+])
+def test_triton_spatial_mean_on_gpu(dtype, shape, channels_last):
+    from kilnrt.kernels.triton.reduce import spatial_reduce
+
+    seed = fresh_seed()
+    torch.manual_seed(seed)
+    x = (torch.randn(shape, device="cuda") + 0.5).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got = spatial_reduce(x, True, True)
+    assert got.shape == (shape[0], shape[1], 1, 1) and got.dtype == dtype
+    want = x.double().mean((2, 3), keepdim=True)
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol, msg=lambda m: f"seed={seed}\n{m}")

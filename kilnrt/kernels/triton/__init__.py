@@ -6,6 +6,8 @@
   generated from an expression tree (:mod:`.pointwise`), the generator that pointwise-region
   fusion reuses.
 * ``cuda.pooling.triton_nhwc``: 2-D max/average pooling on channels-last tensors (:mod:`.pool`).
+* ``cuda.reduce.triton_spatial``: mean / sum over the spatial axes, the pixels split over
+  programs at small batches (:mod:`.reduce`).
 * ``cuda.pointwise.triton``: a fused pointwise region as one generated kernel (:mod:`.region`).
 * ``cuda.matrix_multiply.triton_<tiles>``: GEMM with bias and activation (exact GELU included) in
   its epilogue, one tactic per tile configuration (:mod:`.gemm`).
@@ -50,7 +52,7 @@ def static_dims(shape) -> bool:
 
 
 # the tactic modules register themselves on import (after the helpers above, which they use)
-from kilnrt.kernels.triton import norm, pointwise, pool, softmax  # noqa: E402,F401
+from kilnrt.kernels.triton import norm, pointwise, pool, reduce, softmax  # noqa: E402,F401
 from kilnrt.kernels.triton import region  # noqa: E402,F401  (cuda.pointwise.triton: fused pointwise regions)
 from kilnrt.kernels.triton import gemm  # noqa: E402,F401  (cuda.matrix_multiply.triton_*)
 from kilnrt.kernels.triton import conv_epilogue  # noqa: E402,F401  (cuda.convolution.cudnn_nhwc_triton_epilogue)
