@@ -198,3 +198,36 @@ def test_triton_spatial_mean_on_gpu(dtype, shape, channels_last):
     want = x.double().mean((2, 3), keepdim=True)
     tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
     torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol, msg=lambda m: f"seed={seed}\n{m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape,s,act,gate", [
+    ((1, 32, 112, 112), 8, "silu", "sigmoid"),         # EfficientNet-B0's first block, batch 1: many splits
+    ((1, 1152, 7, 7), 48, "silu", "sigmoid"),          # its last: channels over several programs
+    ((256, 672, 14, 14), 28, "silu", "sigmoid"),       # batch 256: one program per image, every channel
+    ((3, 72, 13, 11), 24, "relu", "hard_sigmoid"),     # MobileNetV3-style, odd sizes
+])
+def test_triton_squeeze_excitation_on_gpu(dtype, shape, s, act, gate):
+    from kilnrt.network.layers import ActivationType, SqueezeExcitationParams
+
+    seed = fresh_seed()
+    torch.manual_seed(seed)
+    c = shape[1]
+    x = torch.randn(shape, device="cuda").to(dtype).contiguous(memory_format=torch.channels_last)
+    w1 = (torch.randn(s, c, 1, 1, device="cuda") / c ** 0.5).to(dtype)
+    w2 = (torch.randn(c, s, 1, 1, device="cuda") * 2 / s ** 0.5).to(dtype)
+    b1, b2 = torch.randn(s, device="cuda").to(dtype), torch.randn(c, device="cuda").to(dtype)
+    hs = (1 / 6, 0.5) if gate == "hard_sigmoid" else (0.0, 0.0)
+    params = SqueezeExcitationParams(ActivationType(act), ActivationType(gate), gate_alpha=hs[0], gate_beta=hs[1])
+    net = Network()
+    ins = [net.add_input("x", DT[dtype], shape), net.add_input("w1", DT[dtype], (s, c, 1, 1)),
+           net.add_input("b1", DT[dtype], (s,)), net.add_input("w2", DT[dtype], (c, s, 1, 1)),
+           net.add_input("b2", DT[dtype], (c,))]
+    layer = net.add_layer(LayerKind.SQUEEZE_EXCITATION, params, ins)
+    tac = get_tactic("cuda.squeeze_excitation.triton")
+    ctx = TacticContext(torch.device("cuda"), {"w1": w1, "b1": b1, "w2": w2, "b2": b2})
+    assert tac.supports(layer, ctx)
+    out = tac.run(tac.prepare(layer, ctx), [x])[0]
+    ref = reference_kernel(LayerKind.SQUEEZE_EXCITATION)(params, *(t.double() for t in (x, w1, b1, w2, b2)))
+    tol = 3e-3 if dtype == torch.float16 else 2e-2
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol, msg=lambda m: f"seed={seed}\n{m}")

@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import kilnrt
@@ -185,3 +186,45 @@ def test_residual_conv_bias_moves_into_its_consumer(twice):
     out = engine.run({"x": x.numpy()})
     np.testing.assert_allclose(out["y"], ref[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out["z"], ref[1], rtol=1e-5, atol=1e-5)
+
+
+class SqueezeExcite(nn.Module):
+    """An EfficientNet block's squeeze-excitation (pool, 1x1 conv, SiLU, 1x1 conv, sigmoid, x * gate)
+    and, depending on ``variant``, a near miss: the pool also read elsewhere ("pool_read"), a 3x3
+    second convolution ("conv3x3"), no gate activation ("no_gate"), or a pool over H only ("pool_h")."""
+
+    def __init__(self, c: int = 12, s: int = 3, variant: str = "") -> None:
+        super().__init__()
+        self.variant = variant
+        self.f1 = nn.Conv2d(c, s, 1)
+        self.f2 = nn.Conv2d(s, c, 3, padding=1) if variant == "conv3x3" else nn.Conv2d(s, c, 1)
+
+    def forward(self, x):
+        pooled = x.mean(2, keepdim=True) if self.variant == "pool_h" else F.adaptive_avg_pool2d(x, 1)
+        z = self.f2(F.silu(self.f1(pooled)))
+        gate = z if self.variant == "no_gate" else torch.sigmoid(z)
+        y = x * gate
+        return (y, pooled * 2) if self.variant == "pool_read" else (y, x + 1)
+
+
+@pytest.mark.parametrize("variant", ["", "pool_read", "conv3x3", "no_gate", "pool_h"])
+def test_squeeze_excitation_fuses_into_one_gate(variant, tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(2, 12, 7, 5)
+    model = _onnx(SqueezeExcite(variant=variant), x)
+    engine = kilnrt.build(model)
+    kinds = [l.kind for l in engine.layers]
+    if variant:
+        assert LayerKind.SQUEEZE_EXCITATION not in kinds
+    else:
+        (gate,) = [l for l in engine.layers if l.kind == LayerKind.SQUEEZE_EXCITATION]
+        assert gate.params.activation == ActivationType.SILU and gate.params.gate == ActivationType.SIGMOID
+        assert LayerKind.REDUCE not in kinds and LayerKind.CONVOLUTION not in kinds
+        assert len(gate.origin) >= 5     # pool, conv, sigmoid + mul (SiLU), conv, sigmoid
+    xs = np.random.default_rng().normal(size=(2, 12, 7, 5)).astype(np.float32)
+    ref = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": xs})
+    engine.save(tmp_path / "se.plan")                     # the fused layer's params survive a plan
+    for e in (engine, kilnrt.load(tmp_path / "se.plan")):
+        out = e.run({"x": xs})
+        np.testing.assert_allclose(out["y"], ref[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(out["z"], ref[1], rtol=1e-4, atol=1e-5)

@@ -59,6 +59,7 @@ class LayerKind(enum.Enum):
     SLICE = "slice"
     SOFTMAX = "softmax"
     SQUEEZE = "squeeze"
+    SQUEEZE_EXCITATION = "squeeze_excitation"   # made by the optimizer: the gate of an SE block
     TILE = "tile"
     TOPK = "topk"
     UNARY = "unary"
@@ -327,6 +328,24 @@ class ConvolutionParams:
     activation: ActivationType | None = None
     activation_alpha: float = 0.0
     activation_beta: float = 0.0
+
+
+@dataclass(frozen=True)
+class SqueezeExcitationParams:
+    """The gate of a squeeze-excitation block (made by the optimizer's ``fuse_squeeze_excitation``):
+    ``gate(conv(act(conv(mean_hw(x), w1, b1)), w2, b2))``, shape ``[N, C, 1, 1]``.
+
+    Inputs: x [N, C, H, W], w1 [S, C, 1, 1], b1 [S] (optional), w2 [C, S, 1, 1], b2 [C]
+    (optional).  ``activation`` (None: none) follows the first 1x1 convolution, ``gate`` the
+    second, each with its alpha/beta as an ACTIVATION layer's.
+    """
+
+    activation: ActivationType | None
+    gate: ActivationType
+    activation_alpha: float = 0.0
+    activation_beta: float = 0.0
+    gate_alpha: float = 0.0
+    gate_beta: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -743,6 +762,7 @@ PARAMS: dict[LayerKind, type] = {
     LayerKind.SLICE: SliceParams,
     LayerKind.SOFTMAX: SoftmaxParams,
     LayerKind.SQUEEZE: SqueezeParams,
+    LayerKind.SQUEEZE_EXCITATION: SqueezeExcitationParams,
     LayerKind.TILE: TileParams,
     LayerKind.TOPK: TopKParams,
     LayerKind.UNARY: UnaryParams,

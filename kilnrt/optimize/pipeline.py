@@ -9,7 +9,8 @@ from kilnrt.network.graph import Network
 from kilnrt.optimize.passes.activations import fuse_activations
 from kilnrt.optimize.passes.cleanup import (eliminate_common_subexpressions, eliminate_dead_layers, fold_constants,
                                             remove_identities)
-from kilnrt.optimize.passes.fusion import fuse_conv_epilogue, fuse_conv_scale, move_residual_bias
+from kilnrt.optimize.passes.fusion import (fuse_conv_epilogue, fuse_conv_scale, fuse_squeeze_excitation,
+                                            move_residual_bias)
 from kilnrt.optimize.passes.horizontal import fuse_sibling_matmuls
 from kilnrt.optimize.passes.pointwise import fuse_pointwise
 from kilnrt.optimize.passes.transformer import fuse_add_norm, fuse_attention, fuse_matmul_epilogue
@@ -31,6 +32,7 @@ PIPELINE: list[tuple[str, Pass, int]] = [
     ("eliminate_dead_layers", eliminate_dead_layers, 1),
     ("fuse_conv_epilogue", fuse_conv_epilogue, 2),
     ("move_residual_bias", move_residual_bias, 2),
+    ("fuse_squeeze_excitation", fuse_squeeze_excitation, 2),
     ("fuse_attention", fuse_attention, 2),
     ("fuse_matmul_epilogue", fuse_matmul_epilogue, 2),
     ("fuse_add_norm", fuse_add_norm, 2),

@@ -10,7 +10,7 @@ from kilnrt.kernels.cpu.epilogue import conv_epilogue
 from kilnrt.kernels.cpu.plugin import builtin_plugin
 from kilnrt.kernels.registry import kernel
 from kilnrt.network.layers import (ConvolutionParams, DeconvolutionParams, LayerKind, LRNParams,
-                                   PaddingMode, PluginParams, PoolingParams, PoolingType)
+                                   PaddingMode, PluginParams, PoolingParams, PoolingType, SqueezeExcitationParams)
 
 
 def _nd(values: tuple[int, ...], n: int, default: int) -> tuple[int, ...]:
@@ -66,6 +66,19 @@ def _convolution(p: ConvolutionParams, x: torch.Tensor, w: torch.Tensor, b: torc
         return _CONV[n](x, w, b, stride, padding, dil, p.num_groups)
     return torch.ops.aten.convolution(x, w, b, list(stride), list(padding), list(dil), False,
                                       [0] * n, p.num_groups)
+
+
+@kernel(LayerKind.SQUEEZE_EXCITATION)
+def squeeze_excitation(p: SqueezeExcitationParams, x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None,
+                       w2: torch.Tensor, b2: torch.Tensor | None = None) -> torch.Tensor:
+    """The layers the gate was fused from, in order: mean over H and W, 1x1 convolution +
+    activation, 1x1 convolution + gate (each rounding to the input's type, as they did)."""
+    pooled = torch.mean(x, dim=(2, 3), keepdim=True)
+    fc1 = ConvolutionParams(w1.shape[0], (1, 1), activation=p.activation, activation_alpha=p.activation_alpha,
+                            activation_beta=p.activation_beta)
+    fc2 = ConvolutionParams(w2.shape[0], (1, 1), activation=p.gate, activation_alpha=p.gate_alpha,
+                            activation_beta=p.gate_beta)
+    return convolution(fc2, convolution(fc1, pooled, w1, b1), w2, b2)
 
 
 _CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}

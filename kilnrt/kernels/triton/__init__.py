@@ -8,6 +8,8 @@
 * ``cuda.pooling.triton_nhwc``: 2-D max/average pooling on channels-last tensors (:mod:`.pool`).
 * ``cuda.reduce.triton_spatial``: mean / sum over the spatial axes, the pixels split over
   programs at small batches (:mod:`.reduce`).
+* ``cuda.squeeze_excitation.triton``: a squeeze-excitation gate (pool, two 1x1 convolutions and
+  their activations) in two kernels (:mod:`.squeeze_excitation`).
 * ``cuda.pointwise.triton``: a fused pointwise region as one generated kernel (:mod:`.region`).
 * ``cuda.matrix_multiply.triton_<tiles>``: GEMM with bias and activation (exact GELU included) in
   its epilogue, one tactic per tile configuration (:mod:`.gemm`).
@@ -58,3 +60,4 @@ from kilnrt.kernels.triton import gemm  # noqa: E402,F401  (cuda.matrix_multiply
 from kilnrt.kernels.triton import conv_epilogue  # noqa: E402,F401  (cuda.convolution.cudnn_nhwc_triton_epilogue)
 from kilnrt.kernels.triton import depthwise  # noqa: E402,F401  (cuda.convolution.triton_depthwise_*)
 from kilnrt.kernels.triton import conv_gemm  # noqa: E402,F401  (cuda.convolution.triton_gemm_*)
+from kilnrt.kernels.triton import squeeze_excitation  # noqa: E402,F401  (cuda.squeeze_excitation.triton)

@@ -31,41 +31,39 @@ _TARGET_PROGRAMS = 264      # about two per SM on an H100/H200
 _TILE_ELEMS = 2048          # BLOCK_P * BLOCK_C
 
 
+# The loop bounds are compile-time constants: Triton pipelines constant-bound loops (a runtime-bound
+# ``while`` would wait on every load), and its interpreter, which the CPU tests use, needs them.
+# A layer's shape fixes them, so a model compiles a handful of variants at build time.
 @triton.jit(do_not_specialize=["n_pix", "sn", "sp", "sc"])
-def _spatial_partial(x_ptr, out_ptr, C, n_pix, pix_per_split, splits, sn, sp, sc, scale,
+def _spatial_partial(x_ptr, out_ptr, C, n_pix, sn, sp, sc, scale, PER_SPLIT: tl.constexpr,
                      ONE_SPLIT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     cb, split, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     ch = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = ch < C
-    start = split * pix_per_split
-    stop = tl.minimum(start + pix_per_split, n_pix)
+    start = split * PER_SPLIT
     base = x_ptr + n.to(tl.int64) * sn
     acc = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
-    p0 = start
-    while p0 < stop:  # (a while loop: Triton's interpreter, which the CPU tests use, needs constant range bounds)
-        pix = p0 + tl.arange(0, BLOCK_P)
-        mask = (pix < stop)[:, None] & c_ok[None, :]
+    for p0 in range(0, PER_SPLIT, BLOCK_P):
+        pix = start + p0 + tl.arange(0, BLOCK_P)
+        mask = (pix < n_pix)[:, None] & c_ok[None, :]
         acc += tl.load(base + pix[:, None].to(tl.int64) * sp + ch[None, :] * sc, mask=mask, other=0.0).to(tl.float32)
-        p0 += BLOCK_P
     total = tl.sum(acc, axis=0)
     if ONE_SPLIT:
         tl.store(out_ptr + n * C + ch, (total * scale).to(out_ptr.dtype.element_ty), mask=c_ok)
     else:
-        tl.store(out_ptr + (n * splits + split) * C + ch, total, mask=c_ok)
+        tl.store(out_ptr + (n * tl.num_programs(1) + split) * C + ch, total, mask=c_ok)
 
 
 @triton.jit
-def _spatial_finish(part_ptr, y_ptr, C, splits, scale, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+def _spatial_finish(part_ptr, y_ptr, C, scale, SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
     cb, n = tl.program_id(0), tl.program_id(1)
     ch = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = ch < C
     acc = tl.zeros([BLOCK_S, BLOCK_C], tl.float32)
-    s0 = 0
-    while s0 < splits:
+    for s0 in range(0, SPLITS, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
-        mask = (s < splits)[:, None] & c_ok[None, :]
-        acc += tl.load(part_ptr + (n * splits + s)[:, None] * C + ch[None, :], mask=mask, other=0.0)
-        s0 += BLOCK_S
+        mask = (s < SPLITS)[:, None] & c_ok[None, :]
+        acc += tl.load(part_ptr + (n * SPLITS + s)[:, None] * C + ch[None, :], mask=mask, other=0.0)
     tl.store(y_ptr + n * C + ch, (tl.sum(acc, axis=0) * scale).to(y_ptr.dtype.element_ty), mask=c_ok)
 
 
@@ -100,10 +98,10 @@ def spatial_reduce(x: torch.Tensor, average: bool, keep_dims: bool,
             scale = 1.0 / pixels if average else 1.0
             out = y if splits == 1 else torch.empty((n, splits, c), dtype=torch.float32, device=x.device)
             _spatial_partial[(triton.cdiv(c, block_c), splits, n)](
-                x, out, c, pixels, per_split, splits, x.stride(0), x.stride(3), x.stride(1), scale,
+                x, out, c, pixels, x.stride(0), x.stride(3), x.stride(1), scale, PER_SPLIT=per_split,
                 ONE_SPLIT=splits == 1, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
             if splits > 1:
-                _spatial_finish[(triton.cdiv(c, 64), n)](out, y, c, splits, scale, BLOCK_S=32, BLOCK_C=64,
+                _spatial_finish[(triton.cdiv(c, 64), n)](out, y, c, scale, SPLITS=splits, BLOCK_S=32, BLOCK_C=64,
                                                          num_warps=4)
     return y.view(n, c, 1, 1) if keep_dims else y
 

@@ -6,7 +6,9 @@ import dataclasses
 import numpy as np
 
 from kilnrt.network.graph import Layer, Network, Tensor
-from kilnrt.network.layers import ActivationType, ConstantParams, ElementWiseOperation, LayerKind, ScaleMode
+from kilnrt.kernels.cpu.linalg import normalize_axes
+from kilnrt.network.layers import (ActivationType, ConstantParams, ElementWiseOperation, LayerKind,
+                                   ReduceOperation, ScaleMode, SqueezeExcitationParams)
 from kilnrt.network.rewrite import NetworkCopier
 from kilnrt.optimize.passes.match import Emit, Graph, add_fused, fused, replace
 
@@ -131,3 +133,49 @@ def _with_bias(conv: Layer, bias: np.ndarray) -> Emit:
         return c.net.add_layer(LayerKind.CONVOLUTION, conv.params, ins, name=conv.name, origin=conv.origin,
                                output_names=[conv.outputs[0].name]).outputs[0]
     return emit
+
+
+def fuse_squeeze_excitation(net: Network, stats: dict | None = None) -> Network:
+    """mean_hw(x) -> 1x1 conv [+ act] -> 1x1 conv + gate => one SQUEEZE_EXCITATION layer: the gate
+    of an SE block (EfficientNet, MobileNetV3, RegNet), whose product with ``x`` stays a layer of
+    its own.  Unfused, the pool and the two tiny convolutions (with their epilogues) are five to
+    seven kernels of a few microseconds each at batch 1; fused, one Triton kernel computes both
+    convolutions from the pool's partial sums.  Runs after the epilogue fusion, which gave the
+    convolutions their activations."""
+    g = Graph(net)
+    rewrites, drop = {}, set()
+    for pool in net.layers:
+        x = pool.inputs[0] if pool.inputs else None
+        if pool.kind != LayerKind.REDUCE or pool.params.op != ReduceOperation.AVG or not pool.params.keep_dims \
+                or len(pool.inputs) != 1 or x.shape is None or len(x.shape) != 4 \
+                or pool.params.axes is None or sorted(normalize_axes(pool.params.axes, 4)) != [2, 3]:
+            continue
+        fc1 = g.single_use(pool.outputs[0])
+        if not _pointwise_conv(net, fc1, x.shape[1]):
+            continue
+        fc2 = g.single_use(fc1.outputs[0])
+        if not _pointwise_conv(net, fc2, fc1.params.num_output_maps) or fc2.params.num_output_maps != x.shape[1] \
+                or fc2.params.activation is None:
+            continue
+        p1, p2 = fc1.params, fc2.params
+        params = SqueezeExcitationParams(p1.activation, p2.activation, p1.activation_alpha, p1.activation_beta,
+                                         p2.activation_alpha, p2.activation_beta)
+        bias = [fc.inputs[2] if len(fc.inputs) > 2 else None for fc in (fc1, fc2)]
+        rewrites[id(fc2)] = fused(LayerKind.SQUEEZE_EXCITATION, params,
+                                  [x, fc1.inputs[1], bias[0], fc2.inputs[1], bias[1]], [pool, fc1, fc2])
+        drop.update((id(pool), id(fc1)))
+    return replace(net, rewrites, drop, stats, "fuse_squeeze_excitation")
+
+
+def _pointwise_conv(net: Network, conv: Layer | None, channels) -> bool:
+    """A 1x1, stride-1, unpadded, ungrouped convolution of ``channels`` inputs with constant
+    weights (and bias), without a residual."""
+    if conv is None or conv.kind != LayerKind.CONVOLUTION or len(conv.inputs) > 3:
+        return False
+    p = conv.params
+    w = net.constant_value(conv.inputs[1])
+    if w is None or w.shape != (p.num_output_maps, channels, 1, 1) or p.num_groups != 1:
+        return False
+    if len(conv.inputs) > 2 and conv.inputs[2] is not None and net.constant_value(conv.inputs[2]) is None:
+        return False
+    return all(s == 1 for s in p.stride_nd) and not any(p.pre_padding) and not any(p.post_padding)
