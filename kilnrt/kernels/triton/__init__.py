@@ -27,12 +27,14 @@ interpreter (``TRITON_INTERPRET=1``, set before triton is imported), which is ho
 """
 from __future__ import annotations
 
+import torch
 import triton
 
 from kilnrt.network.dtypes import DataType
 
 # the tensor types these kernels read and write (math is always float32)
 FLOAT_TYPES = frozenset({DataType.FLOAT, DataType.HALF, DataType.BF16})
+TORCH_FLOATS = (torch.float16, torch.bfloat16, torch.float32)   # the same, as torch dtypes at run time
 
 # a row kernel keeps up to this many elements of one or more rows in registers
 MAX_ROW = 32768

@@ -16,11 +16,10 @@ import triton.language as tl
 
 from kilnrt.kernels.cpu.linalg import normalize_axes
 from kilnrt.kernels.registry import Tactic, reference_kernel, tactic
-from kilnrt.kernels.triton import FLOAT_TYPES, MAX_ROW, row_blocks, static_dims
+from kilnrt.kernels.triton import FLOAT_TYPES, MAX_ROW, TORCH_FLOATS, row_blocks, static_dims
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import LayerKind
 
-_TORCH_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
@@ -88,7 +87,7 @@ class TritonNormalization(Tactic):
         residual = inputs[3] if len(inputs) > 3 else None
         n_axes = x.dim() if p.axes is None else len(normalize_axes(p.axes, x.dim()))
         n_cols = math.prod(x.shape[x.dim() - n_axes:])
-        if x.dtype not in _TORCH_FLOATS or n_cols > MAX_ROW or p.num_groups != 1 \
+        if x.dtype not in TORCH_FLOATS or n_cols > MAX_ROW or p.num_groups != 1 \
                 or any(t is not None and t.numel() != n_cols for t in (scale, bias)) \
                 or (residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype)):
             return [reference_kernel(LayerKind.NORMALIZATION)(p, x, scale, bias, residual)]  # not a shape the build saw

@@ -34,14 +34,13 @@ import triton
 import triton.language as tl
 
 from kilnrt.kernels.registry import Tactic, tactic
-from kilnrt.kernels.triton import FLOAT_TYPES
+from kilnrt.kernels.triton import FLOAT_TYPES, TORCH_FLOATS
 from kilnrt.kernels.views import contiguous_strides
 from kilnrt.network.layers import ActivationType as A, ElementWiseOperation as E, LayerKind, UnaryOperation as U
 
 MAX_RANK = 6
 BLOCK = 1024
 NUM_WARPS = 4
-_TORCH_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 # ----------------------------------------------------------------------------- expression tree
@@ -385,7 +384,7 @@ class _PointwiseTactic(Tactic):
         return PointwiseKernel(self.tree(layer.params), len(layer.inputs))
 
     def run(self, kernel: PointwiseKernel, inputs):
-        if inputs[0].dtype not in _TORCH_FLOATS or any(t.dtype != inputs[0].dtype for t in inputs):
+        if inputs[0].dtype not in TORCH_FLOATS or any(t.dtype != inputs[0].dtype for t in inputs):
             raise TypeError(f"{self.name} runs float16/bfloat16/float32 inputs of one dtype; "
                             f"got {[str(t.dtype) for t in inputs]}")
         return [kernel(*inputs)]

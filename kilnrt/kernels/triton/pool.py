@@ -27,10 +27,9 @@ import triton.language as tl
 
 from kilnrt.kernels.cpu.conv import _nd, _pool_padding
 from kilnrt.kernels.registry import Tactic, reference_kernel, tactic
-from kilnrt.kernels.triton import FLOAT_TYPES
+from kilnrt.kernels.triton import FLOAT_TYPES, TORCH_FLOATS
 from kilnrt.network.layers import LayerKind, PoolingType
 
-_TORCH_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 MAX_TAPS = 128            # window cells unrolled into one kernel; larger windows are left to PyTorch
 _TILE_ELEMS = 2048        # BLOCK_P * BLOCK_C
 _MAX_BLOCK_C = 128
@@ -158,7 +157,7 @@ class TritonPoolNHWC(Tactic):
 
     def run(self, p, inputs):
         x = inputs[0]
-        y = pool_nhwc(p, x) if x.dim() == 4 and x.dtype in _TORCH_FLOATS else None
+        y = pool_nhwc(p, x) if x.dim() == 4 and x.dtype in TORCH_FLOATS else None
         if y is None:  # not a shape/dtype the build saw, or a window that does not fit: the reference says why
             return [reference_kernel(LayerKind.POOLING)(p, x)]
         return [y]

@@ -23,11 +23,10 @@ import triton.language as tl
 
 from kilnrt.kernels.cpu.linalg import normalize_axes
 from kilnrt.kernels.registry import Tactic, reference_kernel, tactic
-from kilnrt.kernels.triton import FLOAT_TYPES
+from kilnrt.kernels.triton import FLOAT_TYPES, TORCH_FLOATS
 from kilnrt.network.layers import LayerKind, ReduceOperation as R
 
-_TORCH_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
-_TARGET_PROGRAMS = 264      # about two per SM on an H100/H200
+TARGET_PROGRAMS = 264       # about two per SM on an H100/H200
 _TILE_ELEMS = 2048          # BLOCK_P * BLOCK_C
 
 
@@ -70,12 +69,34 @@ def _spatial_finish(part_ptr, y_ptr, C, scale, SPLITS: tl.constexpr, BLOCK_S: tl
 def spatial_plan(n: int, c: int, pixels: int, channels_last: bool) -> tuple[int, int, int]:
     """(BLOCK_P, BLOCK_C, splits): 64 channels (128-byte fp16 rows) by 32 pixels per load when
     channels-last, 16 channels by 128 pixels otherwise; pixels split so that there are about
-    :data:`_TARGET_PROGRAMS` programs, each with at least one whole tile."""
+    :data:`TARGET_PROGRAMS` programs, each with at least one whole tile."""
     block_c = min(triton.next_power_of_2(max(c, 1)), 64 if channels_last else 16)
     block_p = _TILE_ELEMS // block_c
     programs = n * triton.cdiv(c, block_c)
-    splits = max(1, min(triton.cdiv(_TARGET_PROGRAMS, programs), triton.cdiv(pixels, block_p)))
+    splits = max(1, min(triton.cdiv(TARGET_PROGRAMS, programs), triton.cdiv(pixels, block_p)))
     return block_p, block_c, splits
+
+
+def partial_sums(x: torch.Tensor, plan: tuple[int, int, int] | None = None, max_splits: int | None = None,
+                 y: torch.Tensor | None = None, scale: float = 1.0) -> tuple[torch.Tensor, int]:
+    """Run ``_spatial_partial`` on 4-D ``x`` (made channels-last first where H and W do not merge):
+    ``(partials, splits)``, the float32 ``[N, splits, C]`` partial sums over the pixels; or, given
+    ``y`` (``[N, C]``) and one split, ``(y, 1)`` with ``y`` holding the sums times ``scale``.
+    ``plan`` overrides :func:`spatial_plan`; ``max_splits`` caps the splits."""
+    n, c, h, w = x.shape
+    if x.stride(2) != w * x.stride(3):          # H and W must merge into one pixel axis
+        x = x.contiguous(memory_format=torch.channels_last)
+    pixels = max(h * w, 1)
+    block_p, block_c, splits = plan or spatial_plan(n, c, pixels, x.stride(1) == 1)
+    splits = min(splits, max_splits or splits)
+    per_split = triton.cdiv(triton.cdiv(pixels, splits), block_p) * block_p
+    splits = triton.cdiv(pixels, per_split)
+    one = y is not None and splits == 1
+    out = y if one else torch.empty((n, splits, c), dtype=torch.float32, device=x.device)
+    _spatial_partial[(triton.cdiv(c, block_c), splits, n)](
+        x, out, c, h * w, x.stride(0), x.stride(3), x.stride(1), scale, PER_SPLIT=per_split,
+        ONE_SPLIT=one, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+    return out, splits
 
 
 def spatial_reduce(x: torch.Tensor, average: bool, keep_dims: bool,
@@ -83,23 +104,14 @@ def spatial_reduce(x: torch.Tensor, average: bool, keep_dims: bool,
     """Sum (or mean) of a 4-D float tensor over axes 2 and 3, float32 accumulation.  ``plan``
     overrides :func:`spatial_plan` (tests force several splits on small tensors)."""
     n, c, h, w = x.shape
-    if x.stride(2) != w * x.stride(3):          # H and W must merge into one pixel axis
-        x = x.contiguous(memory_format=torch.channels_last)
     pixels = h * w
     y = torch.empty((n, c), dtype=x.dtype, device=x.device)
     if y.numel():
         if pixels == 0:
             y.fill_(float("nan") if average else 0.0)
         else:
-            channels_last = x.stride(1) == 1
-            block_p, block_c, splits = plan or spatial_plan(n, c, pixels, channels_last)
-            per_split = triton.cdiv(triton.cdiv(pixels, splits), block_p) * block_p
-            splits = triton.cdiv(pixels, per_split)
             scale = 1.0 / pixels if average else 1.0
-            out = y if splits == 1 else torch.empty((n, splits, c), dtype=torch.float32, device=x.device)
-            _spatial_partial[(triton.cdiv(c, block_c), splits, n)](
-                x, out, c, pixels, x.stride(0), x.stride(3), x.stride(1), scale, PER_SPLIT=per_split,
-                ONE_SPLIT=splits == 1, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+            out, splits = partial_sums(x, plan, y=y, scale=scale)
             if splits > 1:
                 _spatial_finish[(triton.cdiv(c, 64), n)](out, y, c, scale, SPLITS=splits, BLOCK_S=32, BLOCK_C=64,
                                                          num_warps=4)
@@ -125,6 +137,6 @@ class TritonSpatialReduce(Tactic):
 
     def run(self, p, inputs):
         x = inputs[0]
-        if x.dim() != 4 or x.dtype not in _TORCH_FLOATS or x[0].numel() >= 2**31:  # not what the build saw
+        if x.dim() != 4 or x.dtype not in TORCH_FLOATS or x[0].numel() >= 2**31:  # not what the build saw
             return [reference_kernel(LayerKind.REDUCE)(p, *inputs)]
         return [spatial_reduce(x, p.op == R.AVG, p.keep_dims)]

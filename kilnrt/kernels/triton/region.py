@@ -17,8 +17,8 @@ import torch
 
 from kilnrt.kernels.cpu.pointwise_region import step_dtypes
 from kilnrt.kernels.registry import Tactic, tactic
-from kilnrt.kernels.triton import FLOAT_TYPES
-from kilnrt.kernels.triton.pointwise import _TORCH_FLOATS, MAX_RANK, Node, PointwiseKernel, input_node, renderable
+from kilnrt.kernels.triton import FLOAT_TYPES, TORCH_FLOATS
+from kilnrt.kernels.triton.pointwise import MAX_RANK, Node, PointwiseKernel, input_node, renderable
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import ElementWiseOperation as E, LayerKind, PointwiseParams
 
@@ -93,7 +93,7 @@ class TritonPointwiseRegion(Tactic):
             return False
         try:
             dtypes = [t.dtype.torch for t in ins]
-            if any(d not in _TORCH_FLOATS for d in step_dtypes(p, dtypes)):
+            if any(d not in TORCH_FLOATS for d in step_dtypes(p, dtypes)):
                 return False
             return all(renderable(tree) for tree in region_trees(p, dtypes))
         except Exception:  # noqa: BLE001 - a step its reference kernel rejects: not ours to run
@@ -105,7 +105,7 @@ class TritonPointwiseRegion(Tactic):
                                tuple(t.dtype.torch for t in layer.outputs))
 
     def run(self, kernel: PointwiseKernel, inputs):
-        if any(t.dtype not in _TORCH_FLOATS and t.dtype != torch.bool for t in inputs):
+        if any(t.dtype not in TORCH_FLOATS and t.dtype != torch.bool for t in inputs):
             raise TypeError(f"{self.name} runs float16/bfloat16/float32 (and bool condition) inputs; "
                             f"got {[str(t.dtype) for t in inputs]}")
         return kernel(*inputs)

@@ -10,10 +10,9 @@ import triton
 import triton.language as tl
 
 from kilnrt.kernels.registry import Tactic, reference_kernel, tactic
-from kilnrt.kernels.triton import FLOAT_TYPES, MAX_ROW, row_blocks, static_dims
+from kilnrt.kernels.triton import FLOAT_TYPES, MAX_ROW, TORCH_FLOATS, row_blocks, static_dims
 from kilnrt.network.layers import LayerKind
 
-_TORCH_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
@@ -50,7 +49,7 @@ class TritonSoftmax(Tactic):
 
     def run(self, p, inputs):
         x = inputs[0]
-        if x.dtype not in _TORCH_FLOATS or x.dim() == 0 or p.axis % x.dim() != x.dim() - 1 or x.shape[-1] > MAX_ROW:
+        if x.dtype not in TORCH_FLOATS or x.dim() == 0 or p.axis % x.dim() != x.dim() - 1 or x.shape[-1] > MAX_ROW:
             return [reference_kernel(LayerKind.SOFTMAX)(p, x)]  # not a shape the build saw
         x = x.contiguous()
         y = torch.empty_like(x)

@@ -4,7 +4,7 @@
 1x1 convolutions on 1x1 images: at batch 1 each is a GEMV of a few microseconds plus an
 epilogue pass, five to seven kernels per block, sixteen blocks in EfficientNet-B0.
 
-1. :func:`kilnrt.kernels.triton.reduce._spatial_partial` sums the pixels of each image, split
+1. :func:`kilnrt.kernels.triton.reduce.partial_sums` sums the pixels of each image, split
    over programs (at most :data:`MAX_SPLITS` parts), into float32 partial sums ``[N, splits, C]``.
 2. ``_se_gate``: program ``(group, n)`` adds up the partials of image ``n``, computes the whole
    hidden vector ``h = act(W1 · mean + b1)`` (``S`` values, S the squeezed width) and then the
@@ -21,15 +21,13 @@ import triton
 import triton.language as tl
 
 from kilnrt.kernels.registry import Tactic, reference_kernel, tactic
-from kilnrt.kernels.triton import FLOAT_TYPES
+from kilnrt.kernels.triton import FLOAT_TYPES, TORCH_FLOATS
 from kilnrt.kernels.triton.epilogue import EPILOGUE_ACTIVATIONS, activate
-from kilnrt.kernels.triton.reduce import _spatial_partial, spatial_plan
+from kilnrt.kernels.triton.reduce import TARGET_PROGRAMS, partial_sums
 from kilnrt.network.layers import LayerKind
 
 MAX_SQUEEZED = 256     # S held in registers as one block
 MAX_SPLITS = 64        # partial sums per image: the gate kernel adds them up in one [64, BLOCK_K] tile
-_TARGET_PROGRAMS = 264
-_TORCH_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit  # C, S and the channels per program are constants: constant-bound loops are pipelined
@@ -72,28 +70,19 @@ def se_gate(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torc
             b2: torch.Tensor | None, act1: str, act2: str, alphas: tuple[float, float, float, float],
             plan: tuple[int, int, int] | None = None, groups: int | None = None) -> torch.Tensor:
     """The gate ``[N, C, 1, 1]`` of 4-D ``x``; ``w1`` is ``[S, C]``, ``w2`` ``[C, S]``, both contiguous.
-    ``plan`` overrides the pooling's :func:`spatial_plan`, ``groups`` the number of programs per
+    ``plan`` overrides the pooling's ``spatial_plan``, ``groups`` the number of programs per
     image (tests force several splits, and one program looping over every channel)."""
     n, c, h, w = x.shape
     s = w1.shape[0]
-    if x.stride(2) != w * x.stride(3):
-        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.empty((n, c, 1, 1), dtype=x.dtype, device=x.device)
     if y.numel() == 0:
         return y
     pixels = h * w
-    block_p, block_c, splits = plan or spatial_plan(n, c, pixels, x.stride(1) == 1)
-    splits = min(splits, MAX_SPLITS)
-    per_split = triton.cdiv(triton.cdiv(max(pixels, 1), splits), block_p) * block_p
-    splits = triton.cdiv(max(pixels, 1), per_split)
-    parts = torch.empty((n, splits, c), dtype=torch.float32, device=x.device)
-    _spatial_partial[(triton.cdiv(c, block_c), splits, n)](
-        x, parts, c, pixels, x.stride(0), x.stride(3), x.stride(1), 1.0, PER_SPLIT=per_split,
-        ONE_SPLIT=False, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+    parts, splits = partial_sums(x, plan, MAX_SPLITS)
     block_s, block_split = max(triton.next_power_of_2(s), 2), triton.next_power_of_2(splits)
     block_co = max(16, min(64, 4096 // block_s))                  # [CO, S] tiles of <= 4096
     block_k = max(16, min(triton.next_power_of_2(c), 256, 4096 // max(block_s, block_split)))  # [S | splits, K]
-    groups = groups or max(1, min(triton.cdiv(c, block_co), triton.cdiv(_TARGET_PROGRAMS, n)))
+    groups = groups or max(1, min(triton.cdiv(c, block_co), triton.cdiv(TARGET_PROGRAMS, n)))
     per_group = triton.cdiv(triton.cdiv(c, groups), block_co) * block_co
     groups = triton.cdiv(c, per_group)
     _se_gate[(groups, n)](
@@ -139,7 +128,7 @@ class TritonSqueezeExcitation(Tactic):
     def run(self, state, inputs):
         p, w1, b1, w2, b2 = state
         x = inputs[0]
-        if x.dim() != 4 or x.dtype not in _TORCH_FLOATS or x[0].numel() >= 2**31:  # not what the build saw
+        if x.dim() != 4 or x.dtype not in TORCH_FLOATS or x[0].numel() >= 2**31:  # not what the build saw
             return [reference_kernel(LayerKind.SQUEEZE_EXCITATION)(p, *inputs)]
         return [se_gate(x, w1, b1, w2, b2, EPILOGUE_ACTIVATIONS[p.activation], EPILOGUE_ACTIVATIONS[p.gate],
                         (p.activation_alpha, p.activation_beta, p.gate_alpha, p.gate_beta))]
