@@ -4,6 +4,8 @@ the 1x1-convolution GEMM and the depthwise convolution, and cuDNN's convolution 
 epilogue as one Triton pass.  Skipped without a GPU."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -231,3 +233,44 @@ def test_triton_squeeze_excitation_on_gpu(dtype, shape, s, act, gate):
     ref = reference_kernel(LayerKind.SQUEEZE_EXCITATION)(params, *(t.double() for t in (x, w1, b1, w2, b2)))
     tol = 3e-3 if dtype == torch.float16 else 2e-2
     torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol, msg=lambda m: f"seed={seed}\n{m}")
+
+
+def test_programmatic_dependent_launch_changes_no_bits():
+    """A chain of our kernels (GEMM + GELU, LayerNorm with a residual, GEMM, softmax) replayed
+    from a CUDA graph gives the same bits with programmatic dependent launch on and off: each
+    kernel waits for the one before it before touching memory."""
+    import kilnrt.kernels.triton as kt
+    from kilnrt.kernels.triton.gemm import config_dict, gemm
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs Hopper or later")
+    seed = fresh_seed()
+    torch.manual_seed(seed)
+    x = torch.randn(300, 768, device="cuda").half()
+    w1, w2 = ((torch.randn(768, 768, device="cuda") / 768 ** 0.5).half() for _ in range(2))
+    norm = get_tactic("cuda.normalization.triton")
+    softmax = get_tactic("cuda.softmax.triton")
+    from kilnrt.network.layers import NormalizationParams, SoftmaxParams
+
+    def chain():
+        h = gemm(x, w1, None, None, "gelu_erf", 0.0, 0.0, config_dict(64, 64, 128, 4, 4))
+        h = norm.run(NormalizationParams(axes=(1,), epsilon=1e-5), [h, None, None, x])[0]
+        h = gemm(h, w2, None, None, "none", 0.0, 0.0, config_dict(64, 128, 64, 3, 4))
+        return softmax.run(SoftmaxParams(axis=1), [h])[0]
+
+    results = []
+    old = os.environ.get("KILNRT_PDL")
+    try:
+        for flag in ("0", "1"):
+            os.environ["KILNRT_PDL"] = flag
+            kt.programmatic_launch.cache_clear()
+            chain()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = chain()
+            graph.replay()
+            results.append(out.clone())
+    finally:
+        os.environ.pop("KILNRT_PDL") if old is None else os.environ.__setitem__("KILNRT_PDL", old)
+        kt.programmatic_launch.cache_clear()
+    assert torch.equal(results[0], results[1]), f"seed={seed}"

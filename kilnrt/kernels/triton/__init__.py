@@ -20,6 +20,10 @@
 * ``cuda.convolution.triton_gemm_<tiles>``: 1x1 convolution as the GEMM above, with bias,
   residual and activation in its epilogue (:mod:`.conv_gemm`).
 
+On Hopper and later the kernels launch with programmatic dependent launch
+(:func:`programmatic_launch`): the next kernel's programs are scheduled while the previous
+one drains, and wait for it before touching memory.
+
 Every kernel loads its inputs, computes in float32 and stores in the output's dtype; the
 tactics accept float16, bfloat16 and float32 and decline everything else, so the PyTorch
 tactic runs it instead.  On a CPU machine the kernels run on CPU tensors under Triton's
@@ -27,8 +31,12 @@ interpreter (``TRITON_INTERPRET=1``, set before triton is imported), which is ho
 """
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 import triton
+import triton.language as tl
 
 from kilnrt.network.dtypes import DataType
 
@@ -48,6 +56,35 @@ def row_blocks(n_rows: int, n_cols: int) -> tuple[int, int, int]:
     block_m = max(1, min(_ROW_BLOCK_ELEMS // block_n, triton.next_power_of_2(max(n_rows, 1))))
     num_warps = min(16, max(1, block_m * block_n // 256))
     return block_m, block_n, num_warps
+
+
+@functools.cache
+def programmatic_launch(device_index: int) -> bool:
+    """Whether kernels on this GPU launch with programmatic dependent launch (Hopper and later):
+    a kernel's programs may be scheduled while the kernel before it in the stream is still
+    finishing, and each waits (:func:`wait_for_previous_kernel`) before it touches memory, so
+    only the launch latency overlaps.  ``KILNRT_PDL=0`` turns it off."""
+    if os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("KILNRT_PDL") == "0":
+        return False
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
+def launch_options(t: torch.Tensor) -> dict:
+    """The keyword arguments a kernel launch on ``t``'s device adds: ``USE_PDL`` (the kernel's
+    constexpr) and Triton's ``launch_pdl``."""
+    pdl = t.is_cuda and programmatic_launch(t.device.index if t.device.index is not None
+                                            else torch.cuda.current_device())
+    return {"USE_PDL": pdl, "launch_pdl": pdl}
+
+
+@triton.jit
+def wait_for_previous_kernel(USE_PDL: tl.constexpr):
+    """The first statement of a kernel launched with :func:`launch_options`: wait until the
+    kernel before it has finished and its writes are visible (every read and write comes
+    after), then let the next kernel's programs be scheduled."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
 
 
 def static_dims(shape) -> bool:

@@ -20,7 +20,7 @@ import triton.language as tl
 
 from kilnrt.kernels.cpu.conv import resolve_padding
 from kilnrt.kernels.registry import Tactic, register
-from kilnrt.kernels.triton import FLOAT_TYPES
+from kilnrt.kernels.triton import FLOAT_TYPES, launch_options, wait_for_previous_kernel
 from kilnrt.kernels.triton.epilogue import EPILOGUE_ACTIVATIONS, activate
 from kilnrt.network.layers import LayerKind, PaddingMode
 
@@ -30,7 +30,8 @@ def _depthwise_nhwc(x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, P, H, W, OH, OW, alp
                     C: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                     PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
                     HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, BIG: tl.constexpr,
-                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, USE_PDL: tl.constexpr):
+    wait_for_previous_kernel(USE_PDL)
     # P = N * OH * OW output pixels, each a row of C channels (channels-last: rows are contiguous)
     rp = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     if BIG:
@@ -118,7 +119,7 @@ class TritonDepthwiseConv(Tactic):
                 C=c, KH=window[0], KW=window[1], SH=stride[0], SW=stride[1], PH=pre[0], PW=pre[1],
                 DH=dilation[0], DW=dilation[1], HAS_BIAS=bias is not None, HAS_RES=residual is not None,
                 ACT=EPILOGUE_ACTIVATIONS[p.activation], BIG=max(x.numel(), y.numel()) + self.block_p * c >= 2**31,
-                BLOCK_P=self.block_p, BLOCK_C=self.block_c, num_warps=self.warps)
+                BLOCK_P=self.block_p, BLOCK_C=self.block_c, num_warps=self.warps, **launch_options(y))
         return [y]
 
 

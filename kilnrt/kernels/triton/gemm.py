@@ -20,6 +20,7 @@ import triton.language as tl
 
 from kilnrt.kernels.gemm_rows import restore_rows, rows_in_memory_order
 from kilnrt.kernels.registry import Tactic, register
+from kilnrt.kernels.triton import launch_options, wait_for_previous_kernel
 from kilnrt.kernels.triton.epilogue import EPILOGUE_ACTIVATIONS, activate
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import LayerKind, MatrixOperation
@@ -42,8 +43,10 @@ def store_epilogue(acc, rm, rn, M, N, bias_ptr, res_ptr, c_ptr, alpha, beta,
 @triton.jit
 def _gemm(a_ptr, w_ptr, bias_ptr, res_ptr, c_ptr, M, N, K: tl.constexpr, stride_am, stride_ak, alpha, beta,
           HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, EVEN_K: tl.constexpr,
-          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+          USE_PDL: tl.constexpr):
     # K is a compile-time constant (a layer's weight fixes it; Triton's interpreter also needs it)
+    wait_for_previous_kernel(USE_PDL)
     # grouped launch order: GROUP_M row-blocks share each column block of W while it is in L2
     pid = tl.program_id(0)
     grid_m = tl.cdiv(M, BLOCK_M)
@@ -87,7 +90,8 @@ def gemm(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, resid
         grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
         _gemm[grid](a, weight, bias if bias is not None else weight, residual if residual is not None else c, c,
                     m, n, k, a.stride(0), a.stride(1), float(alpha), float(beta), HAS_BIAS=bias is not None,
-                    HAS_RES=residual is not None, ACT=act, EVEN_K=k % config["BLOCK_K"] == 0, **config)
+                    HAS_RES=residual is not None, ACT=act, EVEN_K=k % config["BLOCK_K"] == 0, **config,
+                    **launch_options(c))
     return c
 
 

@@ -16,7 +16,8 @@ import triton.language as tl
 
 from kilnrt.kernels.cpu.linalg import normalize_axes
 from kilnrt.kernels.registry import Tactic, reference_kernel, tactic
-from kilnrt.kernels.triton import FLOAT_TYPES, MAX_ROW, TORCH_FLOATS, row_blocks, static_dims
+from kilnrt.kernels.triton import (FLOAT_TYPES, MAX_ROW, TORCH_FLOATS, launch_options, row_blocks, static_dims,
+                                   wait_for_previous_kernel)
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import LayerKind
 
@@ -24,7 +25,9 @@ from kilnrt.network.layers import LayerKind
 
 @triton.jit
 def _norm_rows(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, n_rows, n_cols, eps, RMS: tl.constexpr, HAS_R: tl.constexpr,
-               HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+               HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               USE_PDL: tl.constexpr):
+    wait_for_previous_kernel(USE_PDL)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     col_mask = cols < n_cols
@@ -103,5 +106,5 @@ class TritonNormalization(Tactic):
         _norm_rows[(triton.cdiv(n_rows, block_m),)](
             x, r, w, b, y, n_rows, n_cols, float(p.epsilon), RMS=p.rms, HAS_R=residual is not None,
             HAS_W=scale is not None,
-            HAS_B=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
+            HAS_B=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, **launch_options(y))
         return [y]

@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from kilnrt.kernels.registry import Tactic, tactic
-from kilnrt.kernels.triton import FLOAT_TYPES, TORCH_FLOATS
+from kilnrt.kernels.triton import FLOAT_TYPES, TORCH_FLOATS, launch_options, wait_for_previous_kernel
 from kilnrt.kernels.views import contiguous_strides
 from kilnrt.network.layers import ActivationType as A, ElementWiseOperation as E, LayerKind, UnaryOperation as U
 
@@ -106,7 +106,8 @@ def pow_(a, b):
     return tl.where(b == 0.0, 1.0, r)
 
 
-_NAMESPACE = {"tl": tl, "triton": triton, "expm1": expm1, "log1p": log1p, "tanh": tanh,
+_NAMESPACE = {"tl": tl, "triton": triton, "wait_for_previous_kernel": wait_for_previous_kernel,
+              "expm1": expm1, "log1p": log1p, "tanh": tanh,
               "softplus": softplus, "clamp": clamp, "pow_": pow_}
 
 
@@ -203,7 +204,7 @@ def _inputs(tree: Node) -> set[int]:
 
 
 def kernel_source(tree: Node | tuple[Node, ...], modes: tuple[str, ...], rank: int, big: bool) -> str:
-    """The Triton source of ``pointwise_kernel(out_ptr, in0_ptr, ..., n, d0.., s<i>_<k>.., BLOCK)``.
+    """The Triton source of ``pointwise_kernel(out_ptr, in0_ptr, ..., n, d0.., s<i>_<k>.., BLOCK, USE_PDL)``.
 
     ``modes[i]`` says how input i is read ("flat", "scalar" or "strided" over ``rank``
     coalesced output dims ``d0..``); ``big`` computes offsets in int64.  A tuple of trees
@@ -216,9 +217,9 @@ def kernel_source(tree: Node | tuple[Node, ...], modes: tuple[str, ...], rank: i
     strided = [i for i, m in enumerate(modes) if m == "strided"]
     params = (outs + [f"in{i}_ptr" for i in range(n)] + ["n"]
               + ([f"d{k}" for k in range(rank)] if strided else [])
-              + [f"s{i}_{k}" for i in strided for k in range(rank)] + ["BLOCK: tl.constexpr"])
+              + [f"s{i}_{k}" for i in strided for k in range(rank)] + ["BLOCK: tl.constexpr", "USE_PDL: tl.constexpr"])
     pid = "tl.program_id(0).to(tl.int64)" if big else "tl.program_id(0)"
-    body = [f"offs = {pid} * BLOCK + tl.arange(0, BLOCK)", "mask = offs < n"]
+    body = ["wait_for_previous_kernel(USE_PDL)", f"offs = {pid} * BLOCK + tl.arange(0, BLOCK)", "mask = offs < n"]
     if strided:
         body.append("rem = offs")
         for k in range(rank - 1, 0, -1):
@@ -320,7 +321,7 @@ class PointwiseKernel:
                 for dt in dtypes]
         if launch.n:
             launch.kernel[(triton.cdiv(launch.n, BLOCK),)](*outs, *tensors, launch.n, *launch.args,
-                                                           BLOCK=BLOCK, num_warps=NUM_WARPS)
+                                                           BLOCK=BLOCK, num_warps=NUM_WARPS, **launch_options(outs[0]))
         return outs[0] if single else outs
 
     def _plan(self, tensors) -> _Launch:

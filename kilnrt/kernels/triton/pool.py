@@ -27,7 +27,7 @@ import triton.language as tl
 
 from kilnrt.kernels.cpu.conv import _nd, _pool_padding
 from kilnrt.kernels.registry import Tactic, reference_kernel, tactic
-from kilnrt.kernels.triton import FLOAT_TYPES, TORCH_FLOATS
+from kilnrt.kernels.triton import FLOAT_TYPES, TORCH_FLOATS, launch_options, wait_for_previous_kernel
 from kilnrt.network.layers import LayerKind, PoolingType
 
 MAX_TAPS = 128            # window cells unrolled into one kernel; larger windows are left to PyTorch
@@ -42,7 +42,8 @@ _MAX_BLOCK_P = 512
 def _pool_nhwc(x_ptr, y_ptr, n_pixels, C, H, W, OH, OW, pad_h, pad_w, end_h, end_w,
                KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                DH: tl.constexpr, DW: tl.constexpr, AVERAGE: tl.constexpr, COUNT_PAD: tl.constexpr,
-               EVEN_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+               EVEN_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, USE_PDL: tl.constexpr):
+    wait_for_previous_kernel(USE_PDL)
     # channel blocks of one pixel tile are neighbours in launch order (they share DRAM rows)
     n_cblocks = tl.cdiv(C, BLOCK_C)
     pid = tl.program_id(0)
@@ -121,7 +122,7 @@ def pool_nhwc(p, x: torch.Tensor, blocks: tuple[int, int, int] | None = None) ->
                      KH=window[0], KW=window[1], SH=stride[0], SW=stride[1], DH=dil[0], DW=dil[1],
                      AVERAGE=p.type == PoolingType.AVERAGE,
                      COUNT_PAD=not p.average_count_excludes_padding, EVEN_C=c % block_c == 0,
-                     BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps)
+                     BLOCK_P=block_p, BLOCK_C=block_c, num_warps=num_warps, **launch_options(y))
     return y
 
 

@@ -23,7 +23,7 @@ import triton.language as tl
 
 from kilnrt.kernels.cpu.linalg import normalize_axes
 from kilnrt.kernels.registry import Tactic, reference_kernel, tactic
-from kilnrt.kernels.triton import FLOAT_TYPES, TORCH_FLOATS
+from kilnrt.kernels.triton import FLOAT_TYPES, TORCH_FLOATS, launch_options, wait_for_previous_kernel
 from kilnrt.network.layers import LayerKind, ReduceOperation as R
 
 TARGET_PROGRAMS = 264       # about two per SM on an H100/H200
@@ -35,7 +35,8 @@ _TILE_ELEMS = 2048          # BLOCK_P * BLOCK_C
 # A layer's shape fixes them, so a model compiles a handful of variants at build time.
 @triton.jit(do_not_specialize=["n_pix", "sn", "sp", "sc"])
 def _spatial_partial(x_ptr, out_ptr, C, n_pix, sn, sp, sc, scale, PER_SPLIT: tl.constexpr,
-                     ONE_SPLIT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                     ONE_SPLIT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, USE_PDL: tl.constexpr):
+    wait_for_previous_kernel(USE_PDL)
     cb, split, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     ch = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = ch < C
@@ -54,7 +55,9 @@ def _spatial_partial(x_ptr, out_ptr, C, n_pix, sn, sp, sc, scale, PER_SPLIT: tl.
 
 
 @triton.jit
-def _spatial_finish(part_ptr, y_ptr, C, scale, SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+def _spatial_finish(part_ptr, y_ptr, C, scale, SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+                    USE_PDL: tl.constexpr):
+    wait_for_previous_kernel(USE_PDL)
     cb, n = tl.program_id(0), tl.program_id(1)
     ch = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = ch < C
@@ -95,7 +98,7 @@ def partial_sums(x: torch.Tensor, plan: tuple[int, int, int] | None = None, max_
     out = y if one else torch.empty((n, splits, c), dtype=torch.float32, device=x.device)
     _spatial_partial[(triton.cdiv(c, block_c), splits, n)](
         x, out, c, h * w, x.stride(0), x.stride(3), x.stride(1), scale, PER_SPLIT=per_split,
-        ONE_SPLIT=one, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+        ONE_SPLIT=one, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4, **launch_options(out))
     return out, splits
 
 
@@ -114,7 +117,7 @@ def spatial_reduce(x: torch.Tensor, average: bool, keep_dims: bool,
             out, splits = partial_sums(x, plan, y=y, scale=scale)
             if splits > 1:
                 _spatial_finish[(triton.cdiv(c, 64), n)](out, y, c, scale, SPLITS=splits, BLOCK_S=32, BLOCK_C=64,
-                                                         num_warps=4)
+                                                         num_warps=4, **launch_options(y))
     return y.view(n, c, 1, 1) if keep_dims else y
 
 

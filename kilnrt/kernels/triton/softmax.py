@@ -10,13 +10,16 @@ import triton
 import triton.language as tl
 
 from kilnrt.kernels.registry import Tactic, reference_kernel, tactic
-from kilnrt.kernels.triton import FLOAT_TYPES, MAX_ROW, TORCH_FLOATS, row_blocks, static_dims
+from kilnrt.kernels.triton import (FLOAT_TYPES, MAX_ROW, TORCH_FLOATS, launch_options, row_blocks, static_dims,
+                                   wait_for_previous_kernel)
 from kilnrt.network.layers import LayerKind
 
 
 
 @triton.jit
-def _softmax_rows(x_ptr, y_ptr, n_rows, n_cols, LOG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _softmax_rows(x_ptr, y_ptr, n_rows, n_cols, LOG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  USE_PDL: tl.constexpr):
+    wait_for_previous_kernel(USE_PDL)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
@@ -59,5 +62,5 @@ class TritonSoftmax(Tactic):
             return [y]
         block_m, block_n, num_warps = row_blocks(n_rows, n_cols)
         _softmax_rows[(triton.cdiv(n_rows, block_m),)](x, y, n_rows, n_cols, LOG=p.log, BLOCK_M=block_m,
-                                                         BLOCK_N=block_n, num_warps=num_warps)
+                                                         BLOCK_N=block_n, num_warps=num_warps, **launch_options(y))
         return [y]

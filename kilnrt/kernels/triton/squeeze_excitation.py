@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from kilnrt.kernels.registry import Tactic, reference_kernel, tactic
-from kilnrt.kernels.triton import FLOAT_TYPES, TORCH_FLOATS
+from kilnrt.kernels.triton import FLOAT_TYPES, TORCH_FLOATS, launch_options, wait_for_previous_kernel
 from kilnrt.kernels.triton.epilogue import EPILOGUE_ACTIVATIONS, activate
 from kilnrt.kernels.triton.reduce import TARGET_PROGRAMS, partial_sums
 from kilnrt.network.layers import LayerKind
@@ -34,7 +34,8 @@ MAX_SPLITS = 64        # partial sums per image: the gate kernel adds them up in
 def _se_gate(part_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, y_ptr, splits, scale, alpha1, beta1, alpha2, beta2,
              C: tl.constexpr, S: tl.constexpr, PER_GROUP: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
              ACT1: tl.constexpr, ACT2: tl.constexpr, BLOCK_SPLIT: tl.constexpr, BLOCK_S: tl.constexpr,
-             BLOCK_K: tl.constexpr, BLOCK_CO: tl.constexpr):
+             BLOCK_K: tl.constexpr, BLOCK_CO: tl.constexpr, USE_PDL: tl.constexpr):
+    wait_for_previous_kernel(USE_PDL)
     group, n = tl.program_id(0), tl.program_id(1)
     rs = tl.arange(0, BLOCK_S)
     s_ok = rs < S
@@ -89,7 +90,7 @@ def se_gate(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torc
         parts, w1, b1 if b1 is not None else w1, w2, b2 if b2 is not None else w2, y, splits,
         1.0 / pixels if pixels else float("nan"), *alphas, C=c, S=s, PER_GROUP=per_group, HAS_B1=b1 is not None,
         HAS_B2=b2 is not None, ACT1=act1, ACT2=act2, BLOCK_SPLIT=block_split,
-        BLOCK_S=block_s, BLOCK_K=block_k, BLOCK_CO=block_co, num_warps=4)
+        BLOCK_S=block_s, BLOCK_K=block_k, BLOCK_CO=block_co, num_warps=4, **launch_options(y))
     return y
 
 
