@@ -523,3 +523,59 @@ def test_triton_conv_gemm_declines(kwargs):
     groups, window = kwargs.get("groups", 1), kwargs.get("window", (1, 1))
     ctx = TacticContext(torch.device("cpu"), {"w": torch.randn((32, 16 // groups) + window).half()})
     assert not any(get_tactic(name).supports(layer, ctx) for name in CONV_GEMM)
+
+
+# ----------------------------------------------------------------------------- attention
+from kilnrt.kernels.triton import attention as triton_attention  # noqa: E402
+from kilnrt.network.layers import AttentionParams  # noqa: E402
+
+ATTENTION = [triton_attention.TritonAttention(*c).name for c in triton_attention.CONFIGS]
+
+
+@pytest.mark.parametrize("b,hq,hkv,sq,skv,d,dv,mask,causal", [
+    (2, 4, 4, 37, 37, 40, 40, "add", False),       # additive [B,1,1,S], -inf on some keys; head size 40
+    (1, 4, 2, 20, 50, 32, 24, "bool", False),      # grouped-query, more keys than queries, Dv != D
+    (2, 2, 2, 33, 33, 16, 16, None, True),         # causal
+    (1, 2, 1, 17, 40, 64, 64, "short", True),      # additive mask shorter than the keys, causal
+])
+def test_triton_attention(b, hq, hkv, sq, skv, d, dv, mask, causal, seed):
+    q = torch.randn(b, sq, hq, d).half().transpose(1, 2)        # the [B, S, H, D] view exporters make
+    k = torch.randn(b, hkv, skv, d).half()
+    v = torch.randn(b, skv, hkv, dv).half().transpose(1, 2)
+    m = None
+    if mask == "add":
+        m = torch.where(torch.rand(b, 1, 1, skv) < 0.3, float("-inf"), torch.randn(b, 1, 1, skv)).half()
+        m[0, ..., :] = float("-inf")                            # batch 0: every key masked -> zeros
+    elif mask == "bool":
+        m = torch.rand(b, 1, sq, skv) < 0.7
+        m[0, 0, 3] = False
+    elif mask == "short":
+        m = torch.randn(skv - 5)
+    params = AttentionParams(causal=causal)
+    net = Network()
+    ins = [net.add_input(n, DataType.HALF, tuple(t.shape)) for n, t in (("q", q), ("k", k), ("v", v))]
+    if m is not None:
+        ins.append(net.add_input("m", DataType.BOOL if m.dtype == torch.bool else DT[m.dtype], tuple(m.shape)))
+    layer = net.add_layer(LayerKind.ATTENTION, params, ins)
+    args = [q, k, v] + ([m] if m is not None else [])
+    ref_args = (a if a.dtype == torch.bool else a.double() for a in args)
+    want = reference_kernel(LayerKind.ATTENTION)(params, *ref_args)[0]
+    for name in (ATTENTION[0], ATTENTION[2]):  # 16 and 64 query rows: several query blocks, one
+        tac = get_tactic(name)
+        assert tac.supports(layer, CTX), name
+        out = tac.run(tac.prepare(layer, CTX), args)[0]
+        assert out.shape == want.shape and out.dtype == torch.float16
+        torch.testing.assert_close(out.double(), want, rtol=1e-2, atol=1e-2, msg=lambda s: f"{name} seed={seed}\n{s}")
+    if mask == "add":
+        assert torch.all(out[0] == 0)
+
+
+@pytest.mark.parametrize("change", ["softcap", "float32", "window", "scores"])
+def test_triton_attention_declines(change):
+    dtype = DataType.FLOAT if change == "float32" else DataType.HALF
+    params = AttentionParams(softcap=2.0 if change == "softcap" else 0.0, left_window=4 if change == "window" else -1,
+                             qk_output_mode=0 if change == "scores" else -1)
+    net = Network()
+    ins = [net.add_input(n, dtype, (1, 2, 8, 16)) for n in "qkv"]
+    layer = net.add_layer(LayerKind.ATTENTION, params, ins)
+    assert not any(get_tactic(name).supports(layer, CTX) for name in ATTENTION)

@@ -19,6 +19,8 @@
   with bias, residual and activation in the same kernel (:mod:`.depthwise`).
 * ``cuda.convolution.triton_gemm_<tiles>``: 1x1 convolution as the GEMM above, with bias,
   residual and activation in its epilogue (:mod:`.conv_gemm`).
+* ``cuda.attention.triton_<tiles>``: flash-style attention for short sequences, Q/K/V read
+  through their strides, boolean or additive masks, causal, grouped-query (:mod:`.attention`).
 
 On Hopper and later the kernels launch with programmatic dependent launch
 (:func:`programmatic_launch`): the next kernel's programs are scheduled while the previous
@@ -100,3 +102,4 @@ from kilnrt.kernels.triton import conv_epilogue  # noqa: E402,F401  (cuda.convol
 from kilnrt.kernels.triton import depthwise  # noqa: E402,F401  (cuda.convolution.triton_depthwise_*)
 from kilnrt.kernels.triton import conv_gemm  # noqa: E402,F401  (cuda.convolution.triton_gemm_*)
 from kilnrt.kernels.triton import squeeze_excitation  # noqa: E402,F401  (cuda.squeeze_excitation.triton)
+from kilnrt.kernels.triton import attention  # noqa: E402,F401  (cuda.attention.triton_*)
