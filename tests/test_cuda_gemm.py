@@ -271,6 +271,9 @@ def test_programmatic_dependent_launch_changes_no_bits():
             graph.replay()
             results.append(out.clone())
     finally:
-        os.environ.pop("KILNRT_PDL") if old is None else os.environ.__setitem__("KILNRT_PDL", old)
+        if old is None:
+            del os.environ["KILNRT_PDL"]
+        else:
+            os.environ["KILNRT_PDL"] = old
         kt.programmatic_launch.cache_clear()
     assert torch.equal(results[0], results[1]), f"seed={seed}"

@@ -51,12 +51,13 @@ MAX_ROW = 32768
 _ROW_BLOCK_ELEMS = 2048
 
 
-def row_blocks(n_rows: int, n_cols: int) -> tuple[int, int, int]:
+def row_blocks(n_rows: int, n_cols: int, per_thread: int = 8) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps) for a kernel that holds whole rows of ``n_cols`` in
-    registers: one row per program for long rows, several rows per program for short ones."""
+    registers: one row per program for long rows, several rows per program for short ones,
+    about ``per_thread`` elements per thread (at most 16 warps)."""
     block_n = triton.next_power_of_2(max(n_cols, 1))
     block_m = max(1, min(_ROW_BLOCK_ELEMS // block_n, triton.next_power_of_2(max(n_rows, 1))))
-    num_warps = min(16, max(1, block_m * block_n // 256))
+    num_warps = min(16, max(1, block_m * block_n // (32 * per_thread)))
     return block_m, block_n, num_warps
 
 

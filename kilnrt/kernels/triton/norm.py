@@ -102,7 +102,9 @@ class TritonNormalization(Tactic):
         w = x if scale is None else scale.contiguous()
         b = x if bias is None else bias.contiguous()
         r = x if residual is None else residual.contiguous()
-        block_m, block_n, num_warps = row_blocks(n_rows, n_cols)
+        # 16 elements per thread: BERT's 4096 x 768 add + LayerNorm took 4.5 us with 4 warps
+        # per two rows, 5.6 us with 8 (H200)
+        block_m, block_n, num_warps = row_blocks(n_rows, n_cols, per_thread=16)
         _norm_rows[(triton.cdiv(n_rows, block_m),)](
             x, r, w, b, y, n_rows, n_cols, float(p.epsilon), RMS=p.rms, HAS_R=residual is not None,
             HAS_W=scale is not None,
