@@ -28,7 +28,6 @@ from kilnrt.kernels.triton import launch_options, wait_for_previous_kernel
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import LayerKind
 
-MASK_NONE, MASK_BOOL, MASK_ADD = 0, 1, 2
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
 
@@ -36,9 +35,9 @@ MAX_HEAD_DIM = 256
 @triton.jit
 def _attention(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr,
                sqb, sqh, sqs, sqd, skb, skh, sks, skd, svb, svh, svs, svd, smb, smh, smq, smk, sob, soh, sos, sod,
-               H, GROUP, SQ, SKV, T, causal_offset, qk_scale,
+               H, GROUP, SQ, SKV, T, causal_offset, qk_scale, mask_scale,
                D: tl.constexpr, DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-               KV_BLOCKS: tl.constexpr, MASK: tl.constexpr, CAUSAL: tl.constexpr,
+               KV_BLOCKS: tl.constexpr, MASK: tl.constexpr, CAUSAL: tl.constexpr,  # MASK: none, bool, add
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr):
     wait_for_previous_kernel(USE_PDL)
     bh = tl.program_id(1)
@@ -62,14 +61,14 @@ def _attention(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr,
                     other=0.0)
         s = tl.dot(q, k) * qk_scale  # log2 domain: exp2(s) == exp(q.k * scale)
         valid = (rn < SKV)[None, :]
-        if MASK == 1:
+        if MASK == "bool":
             keep = tl.load(m_base + rm[:, None] * smq + rn[None, :] * smk,
                            mask=(rm[:, None] < SQ) & (rn[None, :] < T), other=0)
             valid = valid & (keep != 0)
-        elif MASK == 2:
+        elif MASK == "add":  # scaled into the log2 domain too
             valid = valid & (rn < T)[None, :]
             s += tl.load(m_base + rm[:, None] * smq + rn[None, :] * smk,
-                         mask=(rm[:, None] < SQ) & (rn[None, :] < T), other=0.0).to(tl.float32) * 1.4426950408889634
+                         mask=(rm[:, None] < SQ) & (rn[None, :] < T), other=0.0).to(tl.float32) * mask_scale
         if CAUSAL:  # query i sits at position i + causal_offset
             valid = valid & (rn[None, :] <= rm[:, None] + causal_offset)
         s = tl.where(valid, s, float("-inf"))
@@ -106,13 +105,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         return o
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
     if mask is None:
-        kind, m, t, m_strides = MASK_NONE, q, skv, (0, 0, 0, 0)
+        kind, m, t, m_strides = "none", q, skv, (0, 0, 0, 0)
     else:
         m = _mask_4d(mask, (batch, hq, sq))
-        kind, t, m_strides = (MASK_BOOL if m.dtype == torch.uint8 else MASK_ADD), m.shape[-1], m.stride()
+        kind, t, m_strides = ("bool" if m.dtype == torch.uint8 else "add"), m.shape[-1], m.stride()
     grid = (triton.cdiv(sq, config["BLOCK_M"]), batch * hq)
     _attention[grid](q, k, v, m, o, *q.stride(), *k.stride(), *v.stride(), *m_strides, *o.stride(),
-                     hq, hq // hkv, sq, skv, t, 0, scale * LOG2E, D=d, DV=dv,
+                     hq, hq // hkv, sq, skv, t, 0, scale * LOG2E, LOG2E, D=d, DV=dv,
                      BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_DV=max(16, triton.next_power_of_2(dv)),
                      KV_BLOCKS=triton.cdiv(skv, config["BLOCK_N"]), MASK=kind, CAUSAL=causal, **config,
                      **launch_options(o))
