@@ -55,6 +55,43 @@ def test_triton_gemm_on_gpu(name, dtype, lead, k, n, act):
         torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol, msg=lambda m: f"{name} seed={seed}\n{m}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("act", [A.GELU_ERF, A.GELU_TANH])
+@pytest.mark.parametrize("lead,k,n,bias,transposed_w", [((1,), 72, 24, True, True), ((129,), 768, 3072, True, True),
+                                                        ((3, 67), 200, 136, False, True), ((50,), 96, 37, True, False)])
+def test_cublaslt_gelu_epilogue_on_gpu(dtype, act, lead, k, n, bias, transposed_w):
+    """cuBLASLt's GELU+bias epilogue (tanh form) against the exact float64 GELU of either form,
+    within float16/bfloat16 tolerance; also on a transposed input view and with no bias."""
+    seed = fresh_seed()
+    torch.manual_seed(seed)
+    net = Network()
+    wshape = (n, k) if transposed_w else (k, n)
+    ins = [net.add_input("x", DT[dtype], lead + (k,)), net.add_input("w", DT[dtype], wshape)]
+    w = (torch.randn(wshape, device="cuda") / k ** 0.5).to(dtype)
+    consts = {"w": w}
+    if bias:
+        ins.append(net.add_input("b", DT[dtype], (n,)))
+        consts["b"] = torch.randn(n, device="cuda").to(dtype)
+    op1 = MatrixOperation.TRANSPOSE if transposed_w else MatrixOperation.NONE
+    layer = net.add_layer(LayerKind.MATRIX_MULTIPLY, MatrixMultiplyParams(op1=op1, activation=act), ins)
+    ctx = TacticContext(torch.device("cuda"), consts)
+    tac = get_tactic("cuda.matrix_multiply.cublaslt_gelu")
+    assert tac.supports(layer, ctx)
+    state = tac.prepare(layer, ctx)
+    xs = [torch.randn(lead + (k,), device="cuda").to(dtype)]
+    if len(lead) == 2:
+        xs.append(torch.randn(tuple(reversed(lead)) + (k,), device="cuda").to(dtype).transpose(0, -2))
+    for x in xs:
+        args = [x, w] + ([consts["b"]] if bias else [])
+        out = tac.run(state, args)[0]
+        assert out.shape == lead + (n,) and out.dtype == dtype
+        ref = reference_kernel(LayerKind.MATRIX_MULTIPLY)(layer.params, *(t.double() for t in args))
+        tol = 2e-2 if dtype == torch.float16 else 5e-2
+        torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol, msg=lambda m: f"seed={seed}\n{m}")
+        rel = ((out.double() - ref).norm() / ref.norm()).item()
+        assert rel < (2e-3 if dtype == torch.float16 else 1e-2), f"relative L2 {rel:.2e}, seed={seed}"
+
+
 @pytest.mark.parametrize("act,alpha,beta,residual,groups", [
     ("clip", 0.0, 6.0, False, 32),          # MobileNet: depthwise + ReLU6
     ("silu", 0.0, 0.0, False, 1),           # EfficientNet
