@@ -175,6 +175,89 @@ def test_triton_depthwise_on_gpu(name, dtype, c, window, stride, pad, act, resid
     torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol, msg=lambda m: f"{name} seed={seed}\n{m}")
 
 
+def _implicit_names():
+    from kilnrt.kernels.triton.conv_implicit import CONFIGS, TritonImplicitConv
+
+    return [TritonImplicitConv(*c).name for c in CONFIGS]
+
+
+@pytest.mark.parametrize("name", _implicit_names())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("c,k,shape,window,stride,act,residual", [
+    (256, 256, (1, 256, 14, 14), 3, 1, "relu", True),   # ResNet-50 layer3, batch 1: split K
+    (512, 512, (1, 512, 7, 7), 3, 1, "relu", False),    # layer4, batch 1: 8 tiles, split 16 ways
+    (128, 72, (3, 128, 15, 13), 3, 2, None, True),      # stride 2, odd sizes, channels not a tile multiple
+    (64, 64, (2, 64, 23, 23), 7, 2, "silu", False),     # a 7x7 stride-2 window
+])
+def test_triton_implicit_conv_on_gpu(name, dtype, c, k, shape, window, stride, act, residual):
+    from kilnrt.network.layers import ActivationType, ConvolutionParams
+
+    seed = fresh_seed()
+    torch.manual_seed(seed)
+    pad = window // 2
+    params = ConvolutionParams(num_output_maps=k, kernel_size_nd=(window, window), stride_nd=(stride, stride),
+                               pre_padding=(pad, pad), post_padding=(pad, pad),
+                               activation=None if act is None else ActivationType(act))
+    x = torch.randn(shape, device="cuda").to(dtype).contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(k, c, window, window, device="cuda") / (c * window * window) ** 0.5).to(dtype)
+    b = torch.randn(k, device="cuda").to(dtype)
+    net = Network()
+    ins = [net.add_input("x", DT[dtype], shape), net.add_input("w", DT[dtype], tuple(w.shape)),
+           net.add_input("b", DT[dtype], (k,))]
+    ref_args = [x.double(), w.double(), b.double()]
+    out_shape = reference_kernel(LayerKind.CONVOLUTION)(params, *ref_args).shape
+    args = [x, w, b]
+    if residual:
+        args.append(torch.randn(out_shape, device="cuda").to(dtype))
+        ins.append(net.add_input("r", DT[dtype], tuple(out_shape)))
+        ref_args.append(args[-1].double())
+    layer = net.add_layer(LayerKind.CONVOLUTION, params, ins)
+    ctx = TacticContext(torch.device("cuda"), {"w": w, "b": b})
+    tac = get_tactic(name)
+    assert tac.supports(layer, ctx)
+    state = tac.prepare(layer, ctx)
+    out = tac.run(state, args)[0]
+    ref = reference_kernel(LayerKind.CONVOLUTION)(params, *ref_args)
+    tol = 2e-2 if dtype == torch.float16 else 5e-2
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol, msg=lambda m: f"{name} seed={seed}\n{m}")
+    assert torch.equal(tac.run(state, args)[0], out), "split-K partials must add up in a fixed order"
+
+
+def _split_k_gemm_names():
+    from kilnrt.kernels.triton.conv_implicit import SPLIT_K_GEMM_CONFIGS, TritonSplitKGemm
+
+    return [TritonSplitKGemm(*c).name for c in SPLIT_K_GEMM_CONFIGS]
+
+
+@pytest.mark.parametrize("name", _split_k_gemm_names())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("lead,k,n,act", [((1,), 2048, 1000, None),          # ResNet-50's classifier, batch 1
+                                          ((1, 128), 3072, 768, None),      # BERT-base FFN output, batch 1
+                                          ((3,), 1288, 200, A.RELU)])       # K not a tile multiple
+def test_triton_split_k_gemm_on_gpu(name, dtype, lead, k, n, act):
+    seed = fresh_seed()
+    torch.manual_seed(seed)
+    net = Network()
+    ins = [net.add_input("x", DT[dtype], lead + (k,)), net.add_input("w", DT[dtype], (n, k)),
+           net.add_input("b", DT[dtype], (n,))]
+    layer = net.add_layer(LayerKind.MATRIX_MULTIPLY,
+                          MatrixMultiplyParams(op1=MatrixOperation.TRANSPOSE, activation=act), ins)
+    w = (torch.randn(n, k, device="cuda") / k ** 0.5).to(dtype)
+    b = torch.randn(n, device="cuda").to(dtype)
+    ctx = TacticContext(torch.device("cuda"), {"w": w, "b": b})
+    tac = get_tactic(name)
+    if not tac.supports(layer, ctx):  # offered only where the reduction splits (8 tiles x 1 on 132 SMs)
+        assert lead == (1, 128) and "16x64x128" in name, name
+        return
+    state = tac.prepare(layer, ctx)
+    x = torch.randn(lead + (k,), device="cuda").to(dtype)
+    out = tac.run(state, [x, w, b])[0]
+    ref = reference_kernel(LayerKind.MATRIX_MULTIPLY)(layer.params, x.double(), w.double(), b.double())
+    tol = 2e-2 if dtype == torch.float16 else 5e-2
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol, msg=lambda m: f"{name} seed={seed}\n{m}")
+    assert torch.equal(tac.run(state, [x, w, b])[0], out)
+
+
 def _conv_gemm_names():
     from kilnrt.kernels.triton.conv_gemm import CONFIGS, TritonConvGemm
 

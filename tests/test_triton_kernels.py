@@ -525,6 +525,101 @@ def test_triton_conv_gemm_declines(kwargs):
     assert not any(get_tactic(name).supports(layer, ctx) for name in CONV_GEMM)
 
 
+# ----------------------------------------------------------------------------- implicit-GEMM convolution
+from kilnrt.kernels.triton import conv_implicit  # noqa: E402
+
+IMPLICIT = [conv_implicit.TritonImplicitConv(*c).name for c in conv_implicit.CONFIGS]
+
+
+def _conv_layer(c, k, x_shape, window, stride, pads, dilation, act, residual, mode=PaddingMode.EXPLICIT_ROUND_DOWN):
+    params = ConvolutionParams(num_output_maps=k, kernel_size_nd=window, stride_nd=stride, pre_padding=pads,
+                               post_padding=pads, dilation_nd=dilation, padding_mode=mode, activation=act)
+    net = Network()
+    ins = [net.add_input("x", DataType.HALF, x_shape), net.add_input("w", DataType.HALF, (k, c) + window),
+           net.add_input("b", DataType.HALF, (k,))]
+    if residual:
+        out = tuple((size + 2 * p - d * (w - 1) - 1) // s + 1
+                    for size, p, d, w, s in zip(x_shape[2:], pads, dilation, window, stride))
+        ins.append(net.add_input("r", DataType.HALF, (x_shape[0], k) + out))
+    return net.add_layer(LayerKind.CONVOLUTION, params, ins)
+
+
+@pytest.mark.parametrize("name", [IMPLICIT[0], IMPLICIT[-1]])
+@pytest.mark.parametrize("c,k,x_shape,window,stride,pads,dilation,act,residual", [
+    (64, 24, (1, 64, 5, 7), (3, 3), (1, 1), (1, 1), (1, 1), A.RELU, True),    # ResNet 3x3, split K, residual
+    (64, 16, (2, 64, 9, 8), (3, 3), (2, 2), (1, 1), (1, 1), None, False),     # stride 2, odd output
+    (64, 40, (1, 64, 6, 6), (2, 3), (1, 2), (0, 1), (2, 1), A.SILU, False),   # uneven window, dilation
+    (64, 32, (2, 64, 7, 5), (1, 1), (2, 2), (0, 0), (1, 1), None, True),      # 1x1 stride 2 (downsample)
+    (256, 64, (1, 256, 3, 3), (1, 1), (1, 1), (0, 0), (1, 1), A.RELU, True),  # 1x1, few tiles: split K
+    (3, 64, (1, 3, 20, 18), (7, 7), (2, 2), (3, 3), (1, 1), A.RELU, False),   # a stem: 3 channels
+    (48, 16, (2, 48, 6, 5), (3, 3), (1, 1), (1, 1), (1, 1), None, False),     # channels not a K-tile multiple
+])
+def test_triton_implicit_conv(name, c, k, x_shape, window, stride, pads, dilation, act, residual, seed):
+    layer = _conv_layer(c, k, x_shape, window, stride, pads, dilation, act, residual)
+    w = (torch.randn((k, c) + window) / (c * window[0] * window[1]) ** 0.5).half()
+    b = torch.randn(k).half()
+    ctx = TacticContext(torch.device("cpu"), {"w": w, "b": b})
+    args = [nonzero(x_shape, torch.float16).contiguous(memory_format=torch.channels_last), w, b]
+    if residual:
+        args.append(nonzero(layer.inputs[3].shape, torch.float16))  # NCHW: the tactic converts it
+    tac = get_tactic(name)
+    assert tac.supports(layer, ctx), name
+    out = tac.run(tac.prepare(layer, ctx), args)[0]
+    ref = reference_kernel(LayerKind.CONVOLUTION)(layer.params, *(a.double() for a in args))
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=2e-2, msg=lambda m: f"{name} seed={seed}\n{m}")
+
+
+def test_triton_implicit_conv_split_sums_in_a_fixed_order(seed):
+    """Split K: the partials are added in split order, so every run gives the same bits."""
+    x = nonzero((1, 14, 14, 128), torch.float16)
+    w = (torch.randn(9 * 128, 64) / 34).half()
+    run = lambda: conv_implicit.conv_nhwc(x, w, None, None, (3, 3), (1, 1), (1, 1), (1, 1), (14, 14), "relu", 0.0,
+                                          0.0, conv_implicit.config_dict(64, 64, 64, 4, 4), programs=64)
+    assert conv_implicit.split_for(4, 18, 64) > 1
+    first = run()
+    assert torch.equal(run(), first)
+
+
+@pytest.mark.parametrize("name", [conv_implicit.TritonSplitKGemm(*c).name for c in conv_implicit.SPLIT_K_GEMM_CONFIGS])
+@pytest.mark.parametrize("lead,k,n,act", [((1,), 512, 136, A.RELU), ((2, 3), 520, 64, None)])
+def test_triton_split_k_gemm(name, lead, k, n, act, seed):
+    """A classifier-sized GEMM, its reduction split (8 nominal SMs here), against float64."""
+    net = Network()
+    ins = [net.add_input("x", DataType.HALF, lead + (k,)), net.add_input("w", DataType.HALF, (n, k)),
+           net.add_input("b", DataType.HALF, (n,))]
+    layer = net.add_layer(LayerKind.MATRIX_MULTIPLY, MatrixMultiplyParams(op1=MatrixOperation.TRANSPOSE, activation=act),
+                          ins)
+    w, b = (torch.randn(n, k) / k ** 0.5).half(), torch.randn(n).half()
+    ctx = TacticContext(torch.device("cpu"), {"w": w, "b": b})
+    tac = get_tactic(name)
+    assert tac.supports(layer, ctx), name
+    x = nonzero(lead + (k,), torch.float16)
+    out = tac.run(tac.prepare(layer, ctx), [x, w, b])[0]
+    ref = reference_kernel(LayerKind.MATRIX_MULTIPLY)(layer.params, x.double(), w.double(), b.double())
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=2e-2, msg=lambda m: f"{name} seed={seed}\n{m}")
+
+
+def test_triton_split_k_gemm_declines_gemms_with_enough_tiles():
+    net = Network()
+    ins = [net.add_input("x", DataType.HALF, (4096, 256)), net.add_input("w", DataType.HALF, (256, 256))]
+    layer = net.add_layer(LayerKind.MATRIX_MULTIPLY, MatrixMultiplyParams(), ins)
+    ctx = TacticContext(torch.device("cpu"), {"w": torch.randn(256, 256).half()})
+    assert not any(get_tactic(conv_implicit.TritonSplitKGemm(*c).name).supports(layer, ctx)
+                   for c in conv_implicit.SPLIT_K_GEMM_CONFIGS)
+
+
+@pytest.mark.parametrize("kwargs,c", [(dict(window=(3, 3), dtype=DataType.FLOAT), 64),
+                                      (dict(window=(1, 1)), 64),                 # a plain 1x1 GEMM: conv_gemm's
+                                      (dict(window=(3, 3), groups=2), 64)])
+def test_triton_implicit_conv_declines(kwargs, c):
+    layer = _conv1x1_layer(c, 32, (1, c, 6, 6), None, False, **kwargs)
+    groups = kwargs.get("groups", 1)
+    ctx = TacticContext(torch.device("cpu"), {"w": torch.randn((32, c // groups) + kwargs["window"]).half()})
+    assert not any(get_tactic(name).supports(layer, ctx) for name in IMPLICIT[:4])
+
+
 # ----------------------------------------------------------------------------- attention
 from kilnrt.kernels.triton import attention as triton_attention  # noqa: E402
 from kilnrt.network.layers import AttentionParams  # noqa: E402

@@ -19,6 +19,9 @@
   with bias, residual and activation in the same kernel (:mod:`.depthwise`).
 * ``cuda.convolution.triton_gemm_<tiles>``: 1x1 convolution as the GEMM above, with bias,
   residual and activation in its epilogue (:mod:`.conv_gemm`).
+* ``cuda.convolution.triton_implicit_<tiles>``: any dense 2-D convolution on channels-last
+  tensors as an implicit GEMM with the same epilogue, the reduction split over programs when
+  a batch-1 layer has few output tiles (:mod:`.conv_implicit`).
 * ``cuda.attention.triton_<tiles>``: flash-style attention for short sequences, Q/K/V read
   through their strides, boolean or additive masks, causal, grouped-query (:mod:`.attention`).
 
@@ -102,5 +105,6 @@ from kilnrt.kernels.triton import gemm  # noqa: E402,F401  (cuda.matrix_multiply
 from kilnrt.kernels.triton import conv_epilogue  # noqa: E402,F401  (cuda.convolution.cudnn_nhwc_triton_epilogue)
 from kilnrt.kernels.triton import depthwise  # noqa: E402,F401  (cuda.convolution.triton_depthwise_*)
 from kilnrt.kernels.triton import conv_gemm  # noqa: E402,F401  (cuda.convolution.triton_gemm_*)
+from kilnrt.kernels.triton import conv_implicit  # noqa: E402,F401  (cuda.convolution.triton_implicit_*)
 from kilnrt.kernels.triton import squeeze_excitation  # noqa: E402,F401  (cuda.squeeze_excitation.triton)
 from kilnrt.kernels.triton import attention  # noqa: E402,F401  (cuda.attention.triton_*)

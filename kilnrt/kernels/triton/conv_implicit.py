@@ -1,0 +1,259 @@
+"""``cuda.convolution.triton_implicit_<tiles>``: a dense 2-D convolution (one group, any
+window, stride, padding and dilation) on channels-last tensors as an implicit GEMM, with
+``act(conv(x) + bias + residual)`` in its epilogue.
+
+Channels-last, output pixel ``m`` and reduction index ``(kh, kw, c)`` address the input row
+``x[n, oh*s - p + kh*d, ow*s - p + kw*d, c]``: the kernel gathers each ``[pixels, BLOCK_K]``
+tile of that virtual ``[N*OH*OW, KH*KW*C]`` matrix straight from the input (zeros where the
+window hangs over the edge) and multiplies it on the tensor cores with the weight, stored once
+at build as ``[KH*KW*C, K]``.  When ``C`` is a multiple of ``BLOCK_K`` a K tile lies inside
+one tap, so its addresses are one row offset per pixel plus contiguous channels; otherwise
+(a stem's 3 channels) every column of the tile finds its own tap and channel.
+
+At batch 1 a late layer has few output tiles (ResNet-50's 7x7x512 convolution: 8 tiles of
+64x64 for 132 SMs), so the reduction is split over programs (:func:`split_for`): each split
+stores a float32 partial, and a second kernel adds the partials in split order (the same bits
+on every run) and applies the epilogue.  cuDNN's kernels take 8-15 us on those layers; these
+chain with the kernels around them under programmatic dependent launch, cuDNN's do not.
+
+Every tile configuration is its own tactic, timed by the builder against cuDNN.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kilnrt.kernels.cpu.conv import resolve_padding
+from kilnrt.kernels.registry import Tactic, register
+from kilnrt.kernels.triton import launch_options, wait_for_previous_kernel
+from kilnrt.kernels.triton.epilogue import EPILOGUE_ACTIVATIONS
+from kilnrt.kernels.gemm_rows import restore_rows, rows_in_memory_order
+from kilnrt.kernels.triton.gemm import TritonGemm, config_dict, config_name, store_epilogue
+from kilnrt.network.dtypes import DataType
+from kilnrt.network.layers import LayerKind, PaddingMode
+
+
+@triton.jit
+def _conv_nhwc(x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, M, H, W, OH, OW, alpha, beta,
+               C: tl.constexpr, N: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+               PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, K_TILES: tl.constexpr,
+               TILES_PER_SPLIT: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
+               ACT: tl.constexpr, BIG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, USE_PDL: tl.constexpr):
+    wait_for_previous_kernel(USE_PDL)
+    pid = tl.program_id(0)  # grouped order, as in the GEMM: neighbouring pixel blocks share W in L2
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
+    width = GROUP_M * grid_n
+    first_m = (pid // width) * GROUP_M
+    group_m = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % group_m
+    pid_n = (pid % width) // group_m
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    if BIG:
+        rm = rm.to(tl.int64)
+    ow = rm % OW
+    oh = (rm // OW) % OH
+    img = rm // (OW * OH)
+    ih0 = oh * SH - PH
+    iw0 = ow * SW - PW
+    rbn = tl.max_contiguous(tl.multiple_of(rn % N, BLOCK_N), BLOCK_N)  # wrapped columns, never stored
+    first = tl.program_id(1) * TILES_PER_SPLIT
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for i in range(TILES_PER_SPLIT):
+        t = first + i
+        if C % BLOCK_K == 0:  # the tile lies inside one tap: a row offset per pixel
+            tap = t // (C // BLOCK_K)
+            ih = ih0 + (tap // KW) * DH
+            iw = iw0 + (tap % KW) * DW
+            ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & (t < K_TILES)
+            row = ((img * H + ih) * W + iw) * C + (t % (C // BLOCK_K)) * BLOCK_K
+            a = tl.load(x_ptr + row[:, None] + rk[None, :], mask=ok[:, None], other=0.0)
+            w = tl.load(w_ptr + (t * BLOCK_K + rk)[:, None] * N + rbn[None, :], mask=t < K_TILES, other=0.0)
+        else:  # few channels (a stem's 3): each column of the tile is its own (tap, channel)
+            kk = t * BLOCK_K + rk
+            k_ok = kk < KH * KW * C
+            tap = kk // C
+            ih = ih0[:, None] + (tap // KW)[None, :] * DH
+            iw = iw0[:, None] + (tap % KW)[None, :] * DW
+            ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(x_ptr + ((img[:, None] * H + ih) * W + iw) * C + (kk % C)[None, :], mask=ok, other=0.0)
+            w = tl.load(w_ptr + kk[:, None] * N + rbn[None, :], mask=k_ok[:, None], other=0.0)
+        acc = tl.dot(a, w, acc)
+    if SPLIT == 1:
+        store_epilogue(acc, rm, rn, M, N, bias_ptr, res_ptr, y_ptr, alpha, beta, HAS_BIAS, HAS_RES, ACT)
+    else:  # this split's float32 partial, [SPLIT, M, N]; _add_partials finishes
+        offs = (tl.program_id(1) * M + rm[:, None]).to(tl.int64) * N + rn[None, :]
+        tl.store(part_ptr + offs, acc, mask=m_ok[:, None] & (rn[None, :] < N))
+
+
+@triton.jit
+def _add_partials(part_ptr, bias_ptr, res_ptr, y_ptr, M, alpha, beta, N: tl.constexpr, SPLIT: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr):
+    wait_for_previous_kernel(USE_PDL)
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    offs = rm[:, None].to(tl.int64) * N + rn[None, :]
+    acc = tl.load(part_ptr + offs, mask=mask, other=0.0)
+    for s in tl.static_range(1, SPLIT):  # split order: the same sum on every run
+        acc += tl.load(part_ptr + s * M * N + offs, mask=mask, other=0.0)
+    store_epilogue(acc, rm, rn, M, N, bias_ptr, res_ptr, y_ptr, alpha, beta, HAS_BIAS, HAS_RES, ACT)
+
+
+MAX_SPLIT = 16
+
+
+def split_for(tiles: int, k_tiles: int, programs: int) -> int:
+    """How many ways to split the reduction when the output has fewer ``tiles`` than the GPU
+    runs ``programs`` at once: about one program per SM, each split at least two K tiles."""
+    return max(1, min(programs // max(tiles, 1), k_tiles // 2, MAX_SPLIT))
+
+
+def multiprocessors(device: torch.device) -> int:
+    """The GPU's SM count (off the GPU, under Triton's interpreter in tests: a nominal 8)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 8
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def conv_nhwc(x: torch.Tensor, weight: torch.Tensor, bias, residual, window, stride, pre, dilation,
+              out_hw, act: str, alpha: float, beta: float, config: dict, programs: int) -> torch.Tensor:
+    """``act(conv(x) + bias + residual)`` as a new ``[N, OH, OW, K]`` tensor: ``x`` a contiguous
+    ``[N, H, W, C]``, ``weight`` a contiguous ``[KH*KW*C, K]``, ``residual`` ``[N, OH, OW, K]``."""
+    n, h, w, c = x.shape
+    k = weight.shape[1]
+    (oh, ow), m = out_hw, n * out_hw[0] * out_hw[1]
+    y = torch.empty((n, oh, ow, k), dtype=x.dtype, device=x.device)
+    if m == 0:
+        return y
+    bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
+    k_tiles = triton.cdiv(window[0] * window[1] * c, bk)
+    tiles = triton.cdiv(m, bm) * triton.cdiv(k, bn)
+    per_split = triton.cdiv(k_tiles, split_for(tiles, k_tiles, programs))
+    split = triton.cdiv(k_tiles, per_split)  # no split left empty
+    parts = torch.empty((split, m, k), dtype=torch.float32, device=x.device) if split > 1 else y
+    big = max(x.numel(), y.numel()) + bm * c >= 2 ** 31
+    epilogue = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=act)
+    bias_arg = bias if bias is not None else weight
+    res_arg = residual if residual is not None else y
+    _conv_nhwc[(tiles, split)](
+        x, weight, bias_arg, res_arg, y, parts, m, h, w, oh, ow, float(alpha), float(beta), C=c, N=k, KH=window[0],
+        KW=window[1],
+        SH=stride[0], SW=stride[1], PH=pre[0], PW=pre[1], DH=dilation[0], DW=dilation[1], K_TILES=k_tiles,
+        TILES_PER_SPLIT=per_split, SPLIT=split, BIG=big, **epilogue, **config, **launch_options(y))
+    if split > 1:
+        _add_partials[(triton.cdiv(m, 32), triton.cdiv(k, 64))](
+            parts, bias_arg, res_arg, y, m, float(alpha), float(beta), N=k, SPLIT=split, **epilogue,
+            BLOCK_M=32, BLOCK_N=64, num_warps=4, **launch_options(y))
+    return y
+
+
+_PADDING_MODES = (PaddingMode.EXPLICIT_ROUND_DOWN, PaddingMode.SAME_UPPER, PaddingMode.SAME_LOWER)
+
+
+class TritonImplicitConv(Tactic):
+    kind = LayerKind.CONVOLUTION
+    device = "cuda"
+
+    def __init__(self, *tiles: int) -> None:
+        self.config = config_dict(*tiles)
+        self.name = f"cuda.convolution.triton_implicit_{config_name(*tiles)}"
+
+    def supports(self, layer, ctx) -> bool:
+        p = layer.params
+        x, w = layer.inputs[0], ctx.constant(layer, 1)
+        if w is None or w.dim() != 4 or p.num_groups != 1 or p.padding_mode not in _PADDING_MODES:
+            return False
+        if x is None or x.dtype not in (DataType.HALF, DataType.BF16) or x.shape is None or len(x.shape) != 4:
+            return False
+        if len(layer.inputs) > 2 and layer.inputs[2] is not None and ctx.constant(layer, 2) is None:
+            return False
+        c, k = w.shape[1], w.shape[0]
+        if tuple(w.shape[2:]) == (1, 1) and not any(s != 1 for s in p.stride_nd) and not any(p.pre_padding):
+            # a plain GEMM (cuda.convolution.triton_gemm_*) unless its reduction gets split
+            dims = (x.shape[0], x.shape[2], x.shape[3])
+            if not all(isinstance(d, int) for d in dims):
+                return False
+            bm, bn, bk = self.config["BLOCK_M"], self.config["BLOCK_N"], self.config["BLOCK_K"]
+            tiles = triton.cdiv(dims[0] * dims[1] * dims[2], bm) * triton.cdiv(k, bn)
+            if split_for(tiles, triton.cdiv(c, bk), multiprocessors(ctx.device)) == 1:
+                return False
+        return p.activation in EPILOGUE_ACTIVATIONS and k % 8 == 0
+
+    def prepare(self, layer, ctx):
+        p = layer.params
+        w = ctx.constant(layer, 1)
+        k, c, kh, kw = w.shape
+        weight = w.permute(2, 3, 1, 0).reshape(kh * kw * c, k).contiguous()  # [(kh, kw, c), K]
+        b = ctx.constant(layer, 2) if len(layer.inputs) > 2 else None
+        bias = None if b is None else b.reshape(-1).to(weight.dtype).contiguous()
+        return p, weight, bias, (kh, kw), multiprocessors(ctx.device)
+
+    def run(self, state, inputs):
+        p, weight, bias, window, programs = state
+        x = inputs[0].contiguous(memory_format=torch.channels_last)
+        residual = inputs[3] if len(inputs) > 3 else None
+        n, c, h, w = x.shape
+        stride = tuple(p.stride_nd) or (1, 1)
+        dilation = tuple(p.dilation_nd) or (1, 1)
+        pre, post = resolve_padding((h, w), window, stride, dilation, p.pre_padding, p.post_padding, p.padding_mode)
+        out_hw = tuple((size + a + b - d * (k - 1) - 1) // s + 1
+                       for size, a, b, d, k, s in zip((h, w), pre, post, dilation, window, stride))
+        if residual is not None:
+            residual = residual.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        y = conv_nhwc(x.permute(0, 2, 3, 1), weight, bias, residual, window, stride, pre, dilation, out_hw,
+                      EPILOGUE_ACTIVATIONS[p.activation], p.activation_alpha, p.activation_beta, self.config, programs)
+        return [y.permute(0, 3, 1, 2)]  # [N, K, OH, OW], channels-last
+
+
+class TritonSplitKGemm(TritonGemm):
+    """``act(x @ W + bias)`` for a GEMM with fewer output tiles than the GPU has SMs (a
+    classifier's batch-1 ``[1, 2048] @ [2048, 1000]``): the kernel above as a 1x1 convolution
+    over ``M`` pixels, its reduction split over programs.  Offered only where it splits."""
+
+    def __init__(self, *tiles: int) -> None:
+        super().__init__(*tiles)
+        self.name = f"cuda.matrix_multiply.triton_splitk_{config_name(*tiles)}"
+
+    def supports(self, layer, ctx) -> bool:
+        if not super().supports(layer, ctx):
+            return False
+        x, w = layer.inputs[0], ctx.constant(layer, 1)
+        if not all(isinstance(d, int) for d in x.shape):
+            return False
+        k = x.shape[-1]
+        n = w.numel() // k
+        m = 1
+        for d in x.shape[:-1]:
+            m *= d
+        tiles = triton.cdiv(m, self.config["BLOCK_M"]) * triton.cdiv(n, self.config["BLOCK_N"])
+        return split_for(tiles, triton.cdiv(k, self.config["BLOCK_K"]), multiprocessors(ctx.device)) > 1
+
+    def prepare(self, layer, ctx):
+        return super().prepare(layer, ctx) + (multiprocessors(ctx.device),)
+
+    def run(self, state, inputs):
+        weight, bias, act, alpha, beta, programs = state
+        a, lead, inverse = rows_in_memory_order(inputs[0])
+        m, k = a.shape
+        y = conv_nhwc(a.contiguous().view(1, m, 1, k), weight, bias, None, (1, 1), (1, 1), (0, 0), (1, 1), (m, 1),
+                      act, alpha, beta, self.config, programs)
+        return [restore_rows(y.view(m, -1), lead, inverse)]
+
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps): small tiles (and split-K) for batch-1 layers,
+# 128-wide ones for large batches, a 32-deep K tile for 32-channel inputs.
+CONFIGS = [(64, 64, 64, 4, 4), (32, 64, 64, 4, 4), (64, 128, 64, 3, 4), (128, 128, 64, 3, 8), (128, 64, 32, 4, 4)]
+for _cfg in CONFIGS:
+    register(TritonImplicitConv(*_cfg))
+# batch-1 classifiers and projections: a handful of rows
+SPLIT_K_GEMM_CONFIGS = [(16, 64, 128, 4, 4), (32, 64, 64, 4, 4), (64, 64, 64, 4, 4)]
+for _cfg in SPLIT_K_GEMM_CONFIGS:
+    register(TritonSplitKGemm(*_cfg))
