@@ -34,6 +34,21 @@ def resolve_padding(spatial: tuple[int, ...], window: tuple[int, ...], stride: t
     return _nd(pre, n, 0), _nd(post, n, 0)
 
 
+# padding modes whose output size rounds down, ``(in + pads - dilated window) // stride + 1``
+FLOOR_PADDING_MODES = (PaddingMode.EXPLICIT_ROUND_DOWN, PaddingMode.SAME_UPPER, PaddingMode.SAME_LOWER)
+
+
+def window_geometry(p: ConvolutionParams, spatial: tuple[int, ...], window: tuple[int, ...]):
+    """(stride, dilation, pre-padding, output size) of a convolution of ``p`` over ``spatial``
+    with a padding mode from :data:`FLOOR_PADDING_MODES`: what a hand-written kernel needs."""
+    n = len(spatial)
+    stride, dilation = _nd(p.stride_nd, n, 1), _nd(p.dilation_nd, n, 1)
+    pre, post = resolve_padding(spatial, window, stride, dilation, p.pre_padding, p.post_padding, p.padding_mode)
+    out = tuple((size + a + b - d * (k - 1) - 1) // s + 1
+                for size, a, b, d, k, s in zip(spatial, pre, post, dilation, window, stride))
+    return stride, dilation, pre, out
+
+
 def torch_pad_list(pre: tuple[int, ...], post: tuple[int, ...]) -> list[int]:
     """F.pad's order: last dim first, (begin, end) pairs."""
     out: list[int] = []

@@ -24,14 +24,14 @@ import torch
 import triton
 import triton.language as tl
 
-from kilnrt.kernels.cpu.conv import resolve_padding
+from kilnrt.kernels.cpu.conv import FLOOR_PADDING_MODES, window_geometry
+from kilnrt.kernels.gemm_rows import restore_rows, rows_in_memory_order
 from kilnrt.kernels.registry import Tactic, register
 from kilnrt.kernels.triton import launch_options, wait_for_previous_kernel
 from kilnrt.kernels.triton.epilogue import EPILOGUE_ACTIVATIONS
-from kilnrt.kernels.gemm_rows import restore_rows, rows_in_memory_order
 from kilnrt.kernels.triton.gemm import TritonGemm, config_dict, config_name, store_epilogue
 from kilnrt.network.dtypes import DataType
-from kilnrt.network.layers import LayerKind, PaddingMode
+from kilnrt.network.layers import LayerKind
 
 
 @triton.jit
@@ -155,9 +155,6 @@ def conv_nhwc(x: torch.Tensor, weight: torch.Tensor, bias, residual, window, str
     return y
 
 
-_PADDING_MODES = (PaddingMode.EXPLICIT_ROUND_DOWN, PaddingMode.SAME_UPPER, PaddingMode.SAME_LOWER)
-
-
 class TritonImplicitConv(Tactic):
     kind = LayerKind.CONVOLUTION
     device = "cuda"
@@ -169,9 +166,11 @@ class TritonImplicitConv(Tactic):
     def supports(self, layer, ctx) -> bool:
         p = layer.params
         x, w = layer.inputs[0], ctx.constant(layer, 1)
-        if w is None or w.dim() != 4 or p.num_groups != 1 or p.padding_mode not in _PADDING_MODES:
+        if w is None or w.dim() != 4 or p.num_groups != 1 or p.padding_mode not in FLOOR_PADDING_MODES:
             return False
         if x is None or x.dtype not in (DataType.HALF, DataType.BF16) or x.shape is None or len(x.shape) != 4:
+            return False
+        if layer.inputs[1].dtype != x.dtype:  # the tensor cores multiply two of a kind
             return False
         if len(layer.inputs) > 2 and layer.inputs[2] is not None and ctx.constant(layer, 2) is None:
             return False
@@ -201,11 +200,7 @@ class TritonImplicitConv(Tactic):
         x = inputs[0].contiguous(memory_format=torch.channels_last)
         residual = inputs[3] if len(inputs) > 3 else None
         n, c, h, w = x.shape
-        stride = tuple(p.stride_nd) or (1, 1)
-        dilation = tuple(p.dilation_nd) or (1, 1)
-        pre, post = resolve_padding((h, w), window, stride, dilation, p.pre_padding, p.post_padding, p.padding_mode)
-        out_hw = tuple((size + a + b - d * (k - 1) - 1) // s + 1
-                       for size, a, b, d, k, s in zip((h, w), pre, post, dilation, window, stride))
+        stride, dilation, pre, out_hw = window_geometry(p, (h, w), window)
         if residual is not None:
             residual = residual.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
         y = conv_nhwc(x.permute(0, 2, 3, 1), weight, bias, residual, window, stride, pre, dilation, out_hw,

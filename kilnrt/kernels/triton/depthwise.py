@@ -18,11 +18,11 @@ import torch
 import triton
 import triton.language as tl
 
-from kilnrt.kernels.cpu.conv import resolve_padding
+from kilnrt.kernels.cpu.conv import FLOOR_PADDING_MODES, window_geometry
 from kilnrt.kernels.registry import Tactic, register
 from kilnrt.kernels.triton import FLOAT_TYPES, launch_options, wait_for_previous_kernel
 from kilnrt.kernels.triton.epilogue import EPILOGUE_ACTIVATIONS, activate
-from kilnrt.network.layers import LayerKind, PaddingMode
+from kilnrt.network.layers import LayerKind
 
 
 @triton.jit
@@ -63,9 +63,6 @@ def _depthwise_nhwc(x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, P, H, W, OH, OW, alp
     tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-_PADDING_MODES = (PaddingMode.EXPLICIT_ROUND_DOWN, PaddingMode.SAME_UPPER, PaddingMode.SAME_LOWER)
-
-
 class TritonDepthwiseConv(Tactic):
     kind = LayerKind.CONVOLUTION
     device = "cuda"
@@ -84,7 +81,7 @@ class TritonDepthwiseConv(Tactic):
             return False
         if len(layer.inputs) > 2 and layer.inputs[2] is not None and ctx.constant(layer, 2) is None:
             return False
-        if p.activation not in EPILOGUE_ACTIVATIONS or p.padding_mode not in _PADDING_MODES:
+        if p.activation not in EPILOGUE_ACTIVATIONS or p.padding_mode not in FLOOR_PADDING_MODES:
             return False
         return self.block_c <= max(16, triton.next_power_of_2(c))  # no tile mostly past the channels
 
@@ -102,11 +99,7 @@ class TritonDepthwiseConv(Tactic):
         x = inputs[0].contiguous(memory_format=torch.channels_last)
         residual = inputs[3] if len(inputs) > 3 else None
         n, c, h, w = x.shape
-        stride = tuple(p.stride_nd) or (1, 1)
-        dilation = tuple(p.dilation_nd) or (1, 1)
-        pre, post = resolve_padding((h, w), window, stride, dilation, p.pre_padding, p.post_padding, p.padding_mode)
-        oh, ow = ((size + a + b - d * (k - 1) - 1) // s + 1
-                  for size, a, b, d, k, s in zip((h, w), pre, post, dilation, window, stride))
+        stride, dilation, pre, (oh, ow) = window_geometry(p, (h, w), window)
         y = torch.empty((n, c, oh, ow), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
         if residual is not None:
             residual = residual.contiguous(memory_format=torch.channels_last)
