@@ -37,7 +37,7 @@ from kilnrt.network.layers import LayerKind
 @triton.jit
 def _conv_nhwc(x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, M, H, W, OH, OW, alpha, beta,
                C: tl.constexpr, N: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-               PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, K_TILES: tl.constexpr,
+               PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
                TILES_PER_SPLIT: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
                ACT: tl.constexpr, BIG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, USE_PDL: tl.constexpr):
@@ -70,10 +70,10 @@ def _conv_nhwc(x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, M, H, W, OH, OW
             tap = t // (C // BLOCK_K)
             ih = ih0 + (tap // KW) * DH
             iw = iw0 + (tap % KW) * DW
-            ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & (t < K_TILES)
+            ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             row = ((img * H + ih) * W + iw) * C + (t % (C // BLOCK_K)) * BLOCK_K
             a = tl.load(x_ptr + row[:, None] + rk[None, :], mask=ok[:, None], other=0.0)
-            w = tl.load(w_ptr + (t * BLOCK_K + rk)[:, None] * N + rbn[None, :], mask=t < K_TILES, other=0.0)
+            w = tl.load(w_ptr + (t * BLOCK_K + rk)[:, None] * N + rbn[None, :])
         else:  # few channels (a stem's 3): each column of the tile is its own (tap, channel)
             kk = t * BLOCK_K + rk
             k_ok = kk < KH * KW * C
@@ -111,8 +111,10 @@ MAX_SPLIT = 16
 
 def split_for(tiles: int, k_tiles: int, programs: int) -> int:
     """How many ways to split the reduction when the output has fewer ``tiles`` than the GPU
-    runs ``programs`` at once: about one program per SM, each split at least two K tiles."""
-    return max(1, min(programs // max(tiles, 1), k_tiles // 2, MAX_SPLIT))
+    runs ``programs`` at once: about one program per SM, each split at least two K tiles, and
+    every split the same number of K tiles (a divisor of ``k_tiles``)."""
+    most = max(1, min(programs // max(tiles, 1), k_tiles // 2, MAX_SPLIT))
+    return max(d for d in range(1, most + 1) if k_tiles % d == 0)
 
 
 def multiprocessors(device: torch.device) -> int:
@@ -136,8 +138,7 @@ def conv_nhwc(x: torch.Tensor, weight: torch.Tensor, bias, residual, window, str
     bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
     k_tiles = triton.cdiv(window[0] * window[1] * c, bk)
     tiles = triton.cdiv(m, bm) * triton.cdiv(k, bn)
-    per_split = triton.cdiv(k_tiles, split_for(tiles, k_tiles, programs))
-    split = triton.cdiv(k_tiles, per_split)  # no split left empty
+    split = split_for(tiles, k_tiles, programs)
     parts = torch.empty((split, m, k), dtype=torch.float32, device=x.device) if split > 1 else y
     big = max(x.numel(), y.numel()) + bm * c >= 2 ** 31
     epilogue = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=act)
@@ -145,9 +146,8 @@ def conv_nhwc(x: torch.Tensor, weight: torch.Tensor, bias, residual, window, str
     res_arg = residual if residual is not None else y
     _conv_nhwc[(tiles, split)](
         x, weight, bias_arg, res_arg, y, parts, m, h, w, oh, ow, float(alpha), float(beta), C=c, N=k, KH=window[0],
-        KW=window[1],
-        SH=stride[0], SW=stride[1], PH=pre[0], PW=pre[1], DH=dilation[0], DW=dilation[1], K_TILES=k_tiles,
-        TILES_PER_SPLIT=per_split, SPLIT=split, BIG=big, **epilogue, **config, **launch_options(y))
+        KW=window[1], SH=stride[0], SW=stride[1], PH=pre[0], PW=pre[1], DH=dilation[0], DW=dilation[1],
+        TILES_PER_SPLIT=k_tiles // split, SPLIT=split, BIG=big, **epilogue, **config, **launch_options(y))
     if split > 1:
         _add_partials[(triton.cdiv(m, 32), triton.cdiv(k, 64))](
             parts, bias_arg, res_arg, y, m, float(alpha), float(beta), N=k, SPLIT=split, **epilogue,
