@@ -20,6 +20,8 @@ Every tile configuration is its own tactic, timed by the builder against cuDNN.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -225,10 +227,7 @@ class TritonSplitKGemm(TritonGemm):
             return False
         k = x.shape[-1]
         n = w.numel() // k
-        m = 1
-        for d in x.shape[:-1]:
-            m *= d
-        tiles = triton.cdiv(m, self.config["BLOCK_M"]) * triton.cdiv(n, self.config["BLOCK_N"])
+        tiles = triton.cdiv(math.prod(x.shape[:-1]), self.config["BLOCK_M"]) * triton.cdiv(n, self.config["BLOCK_N"])
         return split_for(tiles, triton.cdiv(k, self.config["BLOCK_K"]), multiprocessors(ctx.device)) > 1
 
     def prepare(self, layer, ctx):
