@@ -576,7 +576,7 @@ def test_triton_implicit_conv_split_sums_in_a_fixed_order(seed):
     w = (torch.randn(9 * 128, 64) / 34).half()
     run = lambda: conv_implicit.conv_nhwc(x, w, None, None, (3, 3), (1, 1), (1, 1), (1, 1), (14, 14), "relu", 0.0,
                                           0.0, conv_implicit.config_dict(64, 64, 64, 4, 4), programs=64)
-    assert conv_implicit.split_for(4, 18, 64) > 1
+    assert conv_implicit.split_for(196, 64, 9 * 128, conv_implicit.config_dict(64, 64, 64, 4, 4), 64) > 1
     first = run()
     assert torch.equal(run(), first)
 

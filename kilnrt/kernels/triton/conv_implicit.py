@@ -29,7 +29,7 @@ import triton.language as tl
 from kilnrt.kernels.cpu.conv import FLOOR_PADDING_MODES, window_geometry
 from kilnrt.kernels.gemm_rows import restore_rows, rows_in_memory_order
 from kilnrt.kernels.registry import Tactic, register
-from kilnrt.kernels.triton import launch_options, wait_for_previous_kernel
+from kilnrt.kernels.triton import launch_options, static_dims, wait_for_previous_kernel
 from kilnrt.kernels.triton.epilogue import EPILOGUE_ACTIVATIONS
 from kilnrt.kernels.triton.gemm import TritonGemm, config_dict, config_name, store_epilogue
 from kilnrt.network.dtypes import DataType
@@ -111,10 +111,12 @@ def _add_partials(part_ptr, bias_ptr, res_ptr, y_ptr, M, alpha, beta, N: tl.cons
 MAX_SPLIT = 16
 
 
-def split_for(tiles: int, k_tiles: int, programs: int) -> int:
-    """How many ways to split the reduction when the output has fewer ``tiles`` than the GPU
-    runs ``programs`` at once: about one program per SM, each split at least two K tiles, and
-    every split the same number of K tiles (a divisor of ``k_tiles``)."""
+def split_for(m: int, n: int, k: int, config: dict, programs: int) -> int:
+    """How many ways to split the ``k``-long reduction of an ``[m, n]`` output when it has fewer
+    tiles than the GPU runs ``programs`` at once: about one program per SM, each split at least
+    two K tiles, and every split the same number of K tiles (a divisor of their count)."""
+    tiles = triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"])
+    k_tiles = triton.cdiv(k, config["BLOCK_K"])
     most = max(1, min(programs // max(tiles, 1), k_tiles // 2, MAX_SPLIT))
     return max(d for d in range(1, most + 1) if k_tiles % d == 0)
 
@@ -140,7 +142,7 @@ def conv_nhwc(x: torch.Tensor, weight: torch.Tensor, bias, residual, window, str
     bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
     k_tiles = triton.cdiv(window[0] * window[1] * c, bk)
     tiles = triton.cdiv(m, bm) * triton.cdiv(k, bn)
-    split = split_for(tiles, k_tiles, programs)
+    split = split_for(m, k, window[0] * window[1] * c, config, programs)
     parts = torch.empty((split, m, k), dtype=torch.float32, device=x.device) if split > 1 else y
     big = max(x.numel(), y.numel()) + bm * c >= 2 ** 31
     epilogue = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=act)
@@ -180,11 +182,8 @@ class TritonImplicitConv(Tactic):
         if tuple(w.shape[2:]) == (1, 1) and not any(s != 1 for s in p.stride_nd) and not any(p.pre_padding):
             # a plain GEMM (cuda.convolution.triton_gemm_*) unless its reduction gets split
             dims = (x.shape[0], x.shape[2], x.shape[3])
-            if not all(isinstance(d, int) for d in dims):
-                return False
-            bm, bn, bk = self.config["BLOCK_M"], self.config["BLOCK_N"], self.config["BLOCK_K"]
-            tiles = triton.cdiv(dims[0] * dims[1] * dims[2], bm) * triton.cdiv(k, bn)
-            if split_for(tiles, triton.cdiv(c, bk), multiprocessors(ctx.device)) == 1:
+            if not static_dims(dims) or split_for(math.prod(dims), k, c, self.config,
+                                                   multiprocessors(ctx.device)) == 1:
                 return False
         return p.activation in EPILOGUE_ACTIVATIONS and k % 8 == 0
 
@@ -223,12 +222,10 @@ class TritonSplitKGemm(TritonGemm):
         if not super().supports(layer, ctx):
             return False
         x, w = layer.inputs[0], ctx.constant(layer, 1)
-        if not all(isinstance(d, int) for d in x.shape):
+        if not static_dims(x.shape):
             return False
         k = x.shape[-1]
-        n = w.numel() // k
-        tiles = triton.cdiv(math.prod(x.shape[:-1]), self.config["BLOCK_M"]) * triton.cdiv(n, self.config["BLOCK_N"])
-        return split_for(tiles, triton.cdiv(k, self.config["BLOCK_K"]), multiprocessors(ctx.device)) > 1
+        return split_for(math.prod(x.shape[:-1]), w.numel() // k, k, self.config, multiprocessors(ctx.device)) > 1
 
     def prepare(self, layer, ctx):
         return super().prepare(layer, ctx) + (multiprocessors(ctx.device),)
