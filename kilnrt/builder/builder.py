@@ -15,7 +15,8 @@ import torch
 
 from kilnrt.builder.config import BuilderConfig, BuilderFlag, OptimizationProfile
 from kilnrt.builder.memory import plan_memory
-from kilnrt.builder.timing import TimingCache, device_name, layer_signature, time_callable
+from kilnrt.builder.search import choose_tactic, search_for_level
+from kilnrt.builder.timing import device_name
 from kilnrt.engine import kernel_cache
 from kilnrt.engine.engine import Engine, EngineLayer, IOTensor
 from kilnrt.errors import BuildError, ErrorCode, KilnError, NetworkError, ShapeError
@@ -163,6 +164,7 @@ def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, pro
                  for l in net.layers if l.kind == LayerKind.CONSTANT}
     ctx = TacticContext(device, constants)
     cache = config.timing_cache if BuilderFlag.DISABLE_TIMING_CACHE not in config.flags else None
+    search = search_for_level(config.builder_optimization_level)
     layers = []
     layouts: dict[str, bool] = {}  # activation -> produced channels-last by its chosen tactic
     for layer in net.layers:
@@ -177,8 +179,8 @@ def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, pro
                              layer=layer.name)
         chosen, timings = candidates[0], {}
         ins = _example_inputs(layer, ctx, shapes, layouts) if shapes is not None and config.device != "cpu" else None
-        if len(candidates) > 1 and ins is not None:
-            chosen, timings = _time_candidates(layer, candidates, ctx, ins, cache, config)
+        if ins is not None:
+            chosen, timings = choose_tactic(layer, candidates, ctx, ins, cache, config.device, search)
         if ins is not None:
             _record_layouts(layer, chosen, ctx, ins, layouts)
         layers.append(EngineLayer(
@@ -230,32 +232,6 @@ def _record_layouts(layer, tactic, ctx, ins, layouts) -> None:
             layouts[t.name] = o.is_contiguous(memory_format=torch.channels_last) and not o.is_contiguous()
 
 
-def _time_candidates(layer, candidates, ctx, ins, cache, config):
-    signature = layer_signature(layer, [None if a is None else
-                                        [list(a.shape), str(a.dtype), a.dim() == 4 and not a.is_contiguous()]
-                                        for a in ins])
-    timings = {}
-    for cand in candidates:
-        key = TimingCache.key(signature, config.device, cand.name)
-        ms = cache.get(key) if cache is not None else None
-        if ms is None:
-            try:
-                state = cand.prepare(layer, ctx)
-                ms = time_callable(lambda: cand.run(state, ins), config.device)
-            except Exception as exc:  # noqa: BLE001 - a tactic that fails here is not chosen
-                log.debug("tactic %s failed on %s: %s", cand.name, layer.name, exc)
-                continue
-            if cache is not None:
-                cache.put(key, ms)
-        timings[cand.name] = ms
-        log.debug("  %-40s %-36s %.4f ms", layer.name[:40], cand.name, ms)
-    if not timings:
-        return candidates[0], {}
-    best = min(timings, key=timings.get)
-    log.info("layer %s: chose %s (%.4f ms) of %d candidates", layer.name, best, timings[best], len(timings))
-    return next(c for c in candidates if c.name == best), timings
-
-
 def _low_precision(config: BuilderConfig) -> DataType | None:
     """The reduced precision the builder lowers float32 layers to, if any (GPU only)."""
     wanted = DataType.HALF if BuilderFlag.FP16 in config.flags else (
@@ -293,6 +269,7 @@ def build_engine(network: Network, config: BuilderConfig | None = None) -> Engin
     t0 = time.perf_counter()
     since = kernel_cache.snapshot()
     validate_network(network)
+    search_for_level(config.builder_optimization_level)  # a bad level fails before any work
     profiles = _profiles(network, config)
     if config.device == "cuda" and not torch.cuda.is_available():
         raise BuildError(ErrorCode.INVALID_ARGUMENT, "device 'cuda' was asked for, but no CUDA GPU is available")

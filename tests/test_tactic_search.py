@@ -1,0 +1,166 @@
+"""The tactic search of each builder optimization level (kilnrt/builder/search.py), with
+made-up tactics and a made-up clock, so what is timed, how often and what wins is exact."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kilnrt
+from kilnrt.builder import search
+from kilnrt.builder.search import SEARCH, choose_tactic, search_for_level
+from kilnrt.builder.timing import TimingCache
+from kilnrt.errors import BuildError
+from kilnrt.kernels.registry import Tactic, TacticContext
+from kilnrt.network.dtypes import DataType
+from kilnrt.network.graph import Network
+from kilnrt.network.layers import ActivationParams, ActivationType, LayerKind
+
+
+class Gemm(Tactic):
+    """Stands for a family of tile configurations (one class, many instances)."""
+    kind = LayerKind.ACTIVATION
+    device = "cuda"
+
+    def __init__(self, name: str, log: list, fails: bool = False) -> None:
+        self.name, self.log, self.fails = name, log, fails
+
+    def run(self, state, inputs):
+        if self.fails:
+            raise RuntimeError("no kernel image for this device")
+        self.log.append(self.name)
+        return [inputs[0]]
+
+
+class Library(Gemm):
+    """Another tactic class (a vendor library)."""
+
+
+class Clock:
+    """``time_callable`` stand-in: runs the timed call once and returns that tactic's next time."""
+
+    def __init__(self, log: list, times: dict[str, list[float]]) -> None:
+        self.log, self.times, self.samples = log, {k: list(v) for k, v in times.items()}, []
+
+    def __call__(self, fn, device, iters=10):
+        fn()
+        name = self.log[-1]
+        self.samples.append((name, iters))
+        seq = self.times[name]
+        return seq.pop(0) if len(seq) > 1 else seq[0]
+
+    def timed(self) -> list[str]:
+        return [name for name, _ in self.samples]
+
+
+@pytest.fixture
+def setup(monkeypatch):
+    def make(times: dict[str, list[float]], failing: tuple[str, ...] = ()):
+        log: list = []
+        cands = [Gemm("gemm_a", log, "gemm_a" in failing), Gemm("gemm_b", log, "gemm_b" in failing),
+                 Library("lib", log, "lib" in failing), Gemm("gemm_c", log, "gemm_c" in failing)]
+        clock = Clock(log, times)
+        monkeypatch.setattr(search, "time_callable", clock)
+        net = Network()
+        x = net.add_input("x", DataType.HALF, (2, 3))
+        layer = net.add_layer(LayerKind.ACTIVATION, ActivationParams(ActivationType.RELU), [x])
+        ins = [torch.randn(2, 3)]
+        ctx = TacticContext(torch.device("cpu"), {})
+        return lambda level, cache=None: choose_tactic(layer, cands, ctx, ins, cache, "cuda", SEARCH[level]), clock
+    return make
+
+
+TIMES = {"gemm_a": [1.0], "gemm_b": [0.8], "lib": [0.9], "gemm_c": [0.5]}
+
+
+def test_level_0_times_nothing_and_takes_the_first_tactic_that_runs(setup):
+    choose, clock = setup(TIMES, failing=("gemm_a",))
+    chosen, timings = choose(0)
+    assert chosen.name == "lib"  # gemm_a fails; gemm_b and gemm_c are gemm_a's class: only its first is tried
+    assert timings == {} and clock.samples == []
+
+
+def test_level_1_times_one_configuration_per_tactic_class(setup):
+    choose, clock = setup(TIMES)
+    chosen, timings = choose(1)
+    assert set(timings) == {"gemm_a", "lib"} and chosen.name == "lib"
+    assert clock.samples == [("gemm_a", 5), ("lib", 5)]
+
+
+@pytest.mark.parametrize("level,samples", [(2, 5), (3, 10)])
+def test_levels_2_and_3_time_every_candidate(setup, level, samples):
+    choose, clock = setup(TIMES)
+    chosen, timings = choose(level)
+    assert chosen.name == "gemm_c" and timings == {k: v[0] for k, v in TIMES.items()}
+    assert clock.samples == [(n, samples) for n in ("gemm_a", "gemm_b", "lib", "gemm_c")]
+
+
+def test_a_tactic_that_fails_is_skipped(setup):
+    choose, _ = setup(TIMES, failing=("gemm_c",))
+    chosen, timings = choose(3)
+    assert chosen.name == "gemm_b" and "gemm_c" not in timings
+
+
+# gemm_c's first sample is a lucky outlier; gemm_b is steadily faster; lib sits 20% behind
+NOISY = {"gemm_a": [1.5], "gemm_b": [0.53, 0.53, 0.53, 0.53, 0.53], "lib": [0.6, 0.6, 0.6, 0.6, 0.6],
+         "gemm_c": [0.5, 0.7, 0.7, 0.7, 0.7]}
+
+
+def test_level_3_trusts_one_measurement(setup):
+    choose, _ = setup(NOISY)
+    assert choose(3)[0].name == "gemm_c"
+
+
+def test_level_4_times_the_close_calls_again(setup):
+    choose, clock = setup(NOISY)
+    chosen, timings = choose(4)
+    assert chosen.name == "gemm_b"
+    assert timings["gemm_c"] == pytest.approx(0.7) and timings["gemm_b"] == pytest.approx(0.53)
+    again = clock.timed()[4:]
+    assert sorted(again) == ["gemm_b", "gemm_b", "gemm_c", "gemm_c"]  # within 10%: not lib, not gemm_a
+    assert again[:2] == ["gemm_c", "gemm_b"] and again[2:] == ["gemm_b", "gemm_c"]  # alternating order
+
+
+def test_level_5_looks_wider_and_longer(setup):
+    choose, clock = setup(NOISY)
+    chosen, timings = choose(5)
+    assert chosen.name == "gemm_b"
+    again = clock.timed()[4:]
+    assert sorted(set(again)) == ["gemm_b", "gemm_c", "lib"] and len(again) == 3 * 4
+
+
+def test_cached_timings_are_used_and_close_calls_refined_into_the_cache(setup):
+    cache = TimingCache()
+    choose, _ = setup(NOISY)
+    assert choose(3, cache)[0].name == "gemm_c" and len(cache.entries) == 4
+    choose, clock = setup(NOISY)
+    assert choose(3, cache)[0].name == "gemm_c" and clock.samples == []  # all from the cache
+    choose, clock = setup({"gemm_a": [1.5], "gemm_b": [0.53], "lib": [0.6], "gemm_c": [0.7]})
+    assert choose(4, cache)[0].name == "gemm_b"  # gemm_c's cached 0.5 was the outlier
+    assert sorted(set(clock.timed())) == ["gemm_b", "gemm_c"]
+    by_tactic = {key.rsplit("|", 1)[1]: ms for key, ms in cache.entries.items()}
+    assert by_tactic == pytest.approx({"gemm_a": 1.5, "gemm_b": 0.53, "lib": 0.6, "gemm_c": 0.7})
+    choose, clock = setup(NOISY)
+    assert choose(3, cache)[0].name == "gemm_b" and clock.samples == []  # the refined times stay
+
+
+@pytest.mark.parametrize("level", [-1, 6, 2.5, True, "3"])
+def test_a_bad_level_is_refused_before_any_work(level):
+    with pytest.raises(BuildError, match="from 0 to 5"):
+        search_for_level(level)
+    net = Network()
+    x = net.add_input("x", DataType.FLOAT, (2, 3))
+    net.mark_output(net.add_layer(LayerKind.ACTIVATION, ActivationParams(ActivationType.RELU), [x]).outputs[0])
+    config = kilnrt.BuilderConfig()
+    config.builder_optimization_level = level
+    with pytest.raises(BuildError, match="optimization level"):
+        kilnrt.Builder().build_engine_with_config(net, config)
+
+
+@pytest.mark.parametrize("level", range(6))
+def test_every_level_builds_and_runs(level):
+    net = Network()
+    x = net.add_input("x", DataType.FLOAT, (2, 3))
+    net.mark_output(net.add_layer(LayerKind.ACTIVATION, ActivationParams(ActivationType.RELU), [x]).outputs[0])
+    feed = torch.randn(2, 3)
+    out = kilnrt.build(net, optimization_level=level).run({"x": feed})
+    assert torch.equal(next(iter(out.values())), feed.clamp(min=0))
