@@ -142,6 +142,33 @@ def test_inspect_plan(files, capsys):
     assert info["profiles"][0]["x"]["opt"] == [2, 4] and "passes" in info["build"]
 
 
+def test_inspector_shows_each_tensors_memory_format(tmp_path, capsys):
+    """Formats come from the plan (recorded at GPU builds; set by hand here, as a CPU build runs nothing)."""
+    from kilnrt.engine.inspector import EngineInspector, LayerInformationFormat, layer_table
+    from models import small_cnn_model
+    from rich.console import Console
+
+    built = kilnrt.build(small_cnn_model())
+    built.layers[0].output_formats = ["channels_last"]   # the convolution writes NHWC
+    built.layers[1].output_formats = ["linear"]          # the pooling writes NCHW
+    built.save(str(tmp_path / "cnn.plan"))
+    assert main(["inspect", str(tmp_path / "cnn.plan"), "--json"]) == 0
+    layers = json.loads(capsys.readouterr().out)["layers"]
+    assert [t["format"] for t in layers[0]["inputs"]] == ["linear"] * 3          # the engine input, weights
+    assert [layers[0]["outputs"][0]["format"], layers[1]["inputs"][0]["format"]] == ["channels_last"] * 2
+    assert layers[1]["outputs"][0]["format"] == "linear" and layers[2]["outputs"][0]["format"] is None
+
+    engine = kilnrt.load(str(tmp_path / "cnn.plan"))
+    trt = json.loads(EngineInspector(engine).get_engine_information(LayerInformationFormat.JSON))["Layers"]
+    fmt = lambda t: t["Format/Datatype"]  # noqa: E731
+    assert fmt(trt[0]["Inputs"][0]) == "Row major linear FP32 format"
+    assert fmt(trt[0]["Outputs"][0]) == fmt(trt[1]["Inputs"][0]) == "Channel major FP32 format"
+    assert fmt(trt[1]["Outputs"][0]) == "Row major linear FP32 format" and fmt(trt[2]["Outputs"][0]) == "FP32"
+    console = Console(width=250, record=True)
+    console.print(layer_table(engine))
+    assert console.export_text().count("NHWC") == 2   # the convolution's output, the pooling's input
+
+
 def test_inspect_onnx_model(files, capsys):
     assert main(["inspect", files["model"]]) == 0
     text = capsys.readouterr().out

@@ -112,6 +112,15 @@ def test_raw_device_pointers_and_stream():
     np.testing.assert_allclose(y.cpu().numpy(), ref, rtol=1e-3, atol=1e-4)
 
 
+def test_build_records_every_layers_output_format():
+    engine = kilnrt.build(LIGHT[-3], device="cuda", fp16=True)   # squeezenet: convolutions, NHWC tactics
+    assert all(len(l.output_formats) == len(l.outputs) for l in engine.layers)
+    convs = [l.output_formats[0] for l in engine.layers if l.kind == kilnrt.LayerKind.CONVOLUTION]
+    assert convs and set(convs) <= {"linear", "channels_last"}, convs
+    loaded = kilnrt.load(engine.serialize())
+    assert [l.output_formats for l in loaded.layers] == [l.output_formats for l in engine.layers]
+
+
 def test_plan_refused_on_other_gpu():
     path = LIGHT[-3]
     data = kilnrt.build(path, device="cuda").serialize()

@@ -90,6 +90,25 @@ def test_round_trip_keeps_io_profiles_and_memory_plan(tmp_path):
     assert np.array_equal(loaded.run(x)["y"], engine.run(x)["y"])
 
 
+def test_round_trip_keeps_output_formats():
+    engine = kilnrt.build(small_cnn_model())
+    assert all(l.output_formats == [None] * len(l.outputs) for l in engine.layers)   # CPU: nothing ran
+    engine.layers[0].output_formats = ["channels_last"]
+    engine.layers[-1].output_formats = ["linear"]
+    loaded = kilnrt.load(engine.serialize())
+    assert [l.output_formats for l in loaded.layers] == [l.output_formats for l in engine.layers]
+    assert loaded.layers[0].output_formats == ["channels_last"]
+
+
+def test_plan_without_output_formats_still_loads(data):
+    def edit(h):
+        for layer in h["layers"]:
+            del layer["output_formats"]
+
+    loaded = kilnrt.load(repack(data, edit))
+    assert loaded.layers and all(l.output_formats == [] for l in loaded.layers)
+
+
 # ----------------------------------------------------------------------------- refused plans
 def test_missing_file_is_not_a_plan(tmp_path):
     with pytest.raises(PlanError) as info:
@@ -232,7 +251,8 @@ def test_unknown_params_field_is_refused(data):
     lambda h: h.pop("layers"),
     lambda h: h["layers"][0].pop("params"),
     lambda h: h.update(constants=["not a weight"]),
-], ids=["layer kind", "io dtype", "no layers", "no params", "missing constant"])
+    lambda h: h["layers"][0].update(output_formats=["hwc8"]),
+], ids=["layer kind", "io dtype", "no layers", "no params", "missing constant", "output format"])
 def test_malformed_header_is_corrupt(data, edit):
     err = load_error(repack(data, edit))
     assert err.code == ErrorCode.PLAN_CORRUPT

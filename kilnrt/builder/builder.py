@@ -192,7 +192,8 @@ def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, pro
             output_shapes=[_engine_shape(t) for t in layer.outputs],
             input_dtypes=[t.dtype.name if t is not None and t.dtype else None for t in layer.inputs],
             input_shapes=[None if t is None else _engine_shape(t) for t in layer.inputs],
-            timing_ms=timings.get(chosen.name), candidates=timings))
+            timing_ms=timings.get(chosen.name), candidates=timings,
+            output_formats=[_FORMATS.get(layouts.get(t.name)) for t in layer.outputs]))
         if progress is not None:
             progress()
     return layers
@@ -222,14 +223,19 @@ def _example_inputs(layer, ctx, shapes, layouts) -> list | None:
     return ins
 
 
+_FORMATS = {True: "channels_last", False: "linear"}   # layouts' values -> EngineLayer.output_formats
+
+
 def _record_layouts(layer, tactic, ctx, ins, layouts) -> None:
+    """Run the chosen tactic once; ``layouts[output] = True`` where it writes NHWC, else False."""
     try:
         outs = tactic.run(tactic.prepare(layer, ctx), ins)
     except Exception:  # noqa: BLE001 - the run at build is only to learn the layout
         return
     for t, o in zip(layer.outputs, outs):
-        if isinstance(o, torch.Tensor) and o.dim() == 4:
-            layouts[t.name] = o.is_contiguous(memory_format=torch.channels_last) and not o.is_contiguous()
+        if isinstance(o, torch.Tensor):   # False (linear) for every known output that is not NHWC
+            layouts[t.name] = (o.dim() == 4 and o.is_contiguous(memory_format=torch.channels_last)
+                               and not o.is_contiguous())
 
 
 def _low_precision(config: BuilderConfig) -> DataType | None:

@@ -36,6 +36,9 @@ class IOTensor:
         return cls(d["name"], d["mode"], DataType[d["dtype"]], tuple(d["shape"]), tuple(d.get("symbolic", ())))
 
 
+TENSOR_FORMATS = ("linear", "channels_last")   # row-major; NHWC strides of a 4-D tensor
+
+
 @dataclasses.dataclass
 class EngineLayer:
     name: str
@@ -52,6 +55,9 @@ class EngineLayer:
     input_shapes: list[Any] = dataclasses.field(default_factory=list)
     timing_ms: float | None = None
     candidates: dict[str, float] = dataclasses.field(default_factory=dict)
+    # per output: one of TENSOR_FORMATS, as the chosen tactic writes it at build; None where
+    # unknown (CPU builds run nothing at build). Empty in plans from before the field.
+    output_formats: list[str | None] = dataclasses.field(default_factory=list)
 
     def as_network_layer(self):
         """A detached :class:`~kilnrt.network.graph.Layer` view, for tactics' ``prepare``."""

@@ -5,10 +5,11 @@
     info = describe_engine(engine)          # a JSON-ready dict: layers, I/O, memory, build info
     rich.print(layer_table(engine), summary_table(engine))
 
-Per layer: name, kind, tactic, precision, input and output tensors (shape, dtype), the
-source ONNX nodes it came from (``Conv_12 + Relu_13``), and its time when known: the
-chosen tactic's build-time measurement, or the per-layer times of a profiled run
-(:class:`LayerTimer` as a context's ``profiler``).
+Per layer: name, kind, tactic, precision, input and output tensors (shape, dtype, memory
+format: ``linear`` or ``channels_last``, None where unknown), the source ONNX nodes it came
+from (``Conv_12 + Relu_13``), and its time when known: the chosen tactic's build-time
+measurement, or the per-layer times of a profiled run (:class:`LayerTimer` as a context's
+``profiler``).
 """
 from __future__ import annotations
 
@@ -43,13 +44,21 @@ def _io(engine) -> dict[str, Any]:
     return {t.name: t for t in engine.io}
 
 
+def _tensor_formats(engine) -> dict[str, str | None]:
+    """Each layer output's memory format as its tactic writes it (see ``EngineLayer.output_formats``)."""
+    return {name: fmt for l in engine.layers for name, fmt in zip(l.outputs, l.output_formats)}
+
+
 def tensor_info(engine, name: str | None) -> dict[str, Any] | None:
-    """``{"name", "shape", "dtype", "kind"}`` of a tensor of the engine (I/O, constant or activation)."""
+    """``{"name", "shape", "dtype", "kind", "format"}`` of a tensor of the engine (I/O, constant
+    or activation). I/O bindings and constants are linear; an activation's format is its
+    producer's (:func:`layer_info`)."""
     if name is None:
         return None
     io = _io(engine).get(name)
     if io is not None:
-        return {"name": name, "shape": list(io.symbolic or io.shape), "dtype": io.dtype.name, "kind": io.mode}
+        return {"name": name, "shape": list(io.symbolic or io.shape), "dtype": io.dtype.name, "kind": io.mode,
+                "format": "linear"}
     if name in engine.constants:
         w = np.asarray(engine.constants[name])
         from kilnrt.network.dtypes import DataType
@@ -58,18 +67,25 @@ def tensor_info(engine, name: str | None) -> dict[str, Any] | None:
             dt = DataType.from_numpy(w.dtype).name
         except TypeError:
             dt = str(w.dtype)
-        return {"name": name, "shape": list(w.shape), "dtype": dt, "kind": "constant"}
+        return {"name": name, "shape": list(w.shape), "dtype": dt, "kind": "constant", "format": "linear"}
     t = engine.tensors.get(name) or {}
     shape = t.get("shape")
     return {"name": name, "shape": None if shape is None else list(shape), "dtype": t.get("dtype"),
-            "kind": "activation", "opt_shape": t.get("opt_shape")}
+            "kind": "activation", "opt_shape": t.get("opt_shape"), "format": None}
 
 
-def layer_info(engine, index: int, timings: Mapping[str, float] | None = None) -> dict[str, Any]:
+def layer_info(engine, index: int, timings: Mapping[str, float] | None = None,
+               formats: Mapping[str, str | None] | None = None) -> dict[str, Any]:
+    """One layer, JSON-ready; ``formats`` is :func:`_tensor_formats` (computed when not given)."""
     layer = engine.layers[index]
+    formats = _tensor_formats(engine) if formats is None else formats
+    ins = [tensor_info(engine, n) for n in layer.inputs if n is not None]
+    for info in ins:
+        info["format"] = formats.get(info["name"], info["format"])
     outs = []
     for k, name in enumerate(layer.outputs):
         info = tensor_info(engine, name)
+        info["format"] = layer.output_formats[k] if k < len(layer.output_formats) else None
         if k < len(layer.output_dtypes) and layer.output_dtypes[k]:
             info["dtype"] = layer.output_dtypes[k]
         if info.get("shape") is None and k < len(layer.output_shapes) and layer.output_shapes[k] is not None:
@@ -81,7 +97,7 @@ def layer_info(engine, index: int, timings: Mapping[str, float] | None = None) -
     return {
         "index": index, "name": layer.name, "kind": layer.kind.name, "tactic": layer.tactic,
         "precision": precision,
-        "inputs": [tensor_info(engine, n) for n in layer.inputs if n is not None],
+        "inputs": ins,
         "outputs": outs,
         "origin": list(layer.origin), "origin_text": " + ".join(layer.origin),
         "build_time_ms": layer.timing_ms, "time_ms": measured,
@@ -93,6 +109,7 @@ def describe_engine(engine, timings: Mapping[str, float] | None = None) -> dict[
     """Everything the inspector knows about ``engine``, as a JSON-ready dict."""
     memory = engine.memory
     build = dict(engine.build_info)
+    formats = _tensor_formats(engine)
     return {
         "name": engine.name, "device": engine.device, "device_name": engine.device_name,
         "kilnrt_version": engine.version, "portable": engine.portable,
@@ -105,14 +122,25 @@ def describe_engine(engine, timings: Mapping[str, float] | None = None) -> dict[
         "activation_bytes": None if memory is None else int(memory.arena_bytes),
         "naive_activation_bytes": None if memory is None else int(memory.naive_bytes),
         "build": build,
-        "layers": [layer_info(engine, i, timings) for i in range(len(engine.layers))],
+        "layers": [layer_info(engine, i, timings, formats) for i in range(len(engine.layers))],
     }
 
 
 # ----------------------------------------------------------------------------- TensorRT's API
+_TRT_TYPES = {"FLOAT": "FP32", "HALF": "FP16", "DOUBLE": "FP64", "INT8": "Int8", "UINT8": "UInt8",
+              "INT32": "Int32", "INT64": "Int64", "BOOL": "Bool", "INT4": "Int4"}
+# TensorRT's words; "Channel major" is its HWC family: here NHWC (channels-last strides)
+_TRT_FORMATS = {"linear": "Row major linear {} format", "channels_last": "Channel major {} format"}
+
+
+def _trt_format(info: dict[str, Any]) -> str:
+    dtype = _TRT_TYPES.get(info.get("dtype"), info.get("dtype"))
+    return _TRT_FORMATS.get(info.get("format"), "{}").format(dtype)
+
+
 def _trt_tensor(info: dict[str, Any]) -> dict[str, Any]:
     return {"Name": info["name"], "Location": "Device", "Dimensions": info.get("shape"),
-            "Format/Datatype": f"Row major linear {info.get('dtype')}"}
+            "Format/Datatype": _trt_format(info)}
 
 
 def _trt_layer(info: dict[str, Any]) -> dict[str, Any]:
@@ -180,7 +208,8 @@ def format_bytes(n: int | None) -> str:
 
 
 def _tensor_text(t: dict[str, Any]) -> str:
-    return f"{t['name']} {format_shape(t.get('shape'))} {t.get('dtype') or ''}"
+    nhwc = " NHWC" if t.get("format") == "channels_last" else ""   # linear (or unknown) goes unsaid
+    return f"{t['name']} {format_shape(t.get('shape'))} {t.get('dtype') or ''}{nhwc}"
 
 
 def layer_table(engine, timings: Mapping[str, float] | None = None, *, title: str | None = None):

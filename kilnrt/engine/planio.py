@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from kilnrt.builder.memory import MemoryPlan
-from kilnrt.engine.engine import Engine, EngineLayer, IOTensor
+from kilnrt.engine.engine import TENSOR_FORMATS, Engine, EngineLayer, IOTensor
 from kilnrt.engine.plan import FORMAT_VERSION, pack, unpack
 from kilnrt.engine.serialize import decode_params, encode_params
 from kilnrt.errors import ErrorCode, PlanError
@@ -31,7 +31,7 @@ def engine_to_bytes(engine: Engine) -> bytes:
             "output_shapes": [None if s is None else list(s) for s in l.output_shapes],
             "input_dtypes": l.input_dtypes,
             "input_shapes": [None if s is None else list(s) for s in l.input_shapes],
-            "timing_ms": l.timing_ms, "candidates": l.candidates,
+            "timing_ms": l.timing_ms, "candidates": l.candidates, "output_formats": l.output_formats,
         })
     header = {
         "format_version": FORMAT_VERSION, "kilnrt_version": engine.version, "name": engine.name,
@@ -50,6 +50,15 @@ def current_device_name(device: str) -> str | None:
     if device == "cuda":
         return torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return None
+
+
+def _formats(value) -> list[str | None]:
+    """A layer's ``output_formats`` from a plan header (absent in older plans)."""
+    formats = list(value or [])
+    bad = [f for f in formats if f is not None and f not in TENSOR_FORMATS]
+    if bad:
+        raise ValueError(f"unknown tensor format(s) {bad!r}; known: {', '.join(TENSOR_FORMATS)}")
+    return formats
 
 
 def engine_from_bytes(data: bytes, *, check_device: bool = True) -> Engine:
@@ -85,7 +94,8 @@ def engine_from_bytes(data: bytes, *, check_device: bool = True) -> Engine:
                 output_shapes=[None if s is None else tuple(s) for s in d.get("output_shapes") or []],
                 input_dtypes=list(d.get("input_dtypes") or []),
                 input_shapes=[None if s is None else tuple(s) for s in d.get("input_shapes") or []],
-                timing_ms=d.get("timing_ms"), candidates=dict(d.get("candidates") or {})))
+                timing_ms=d.get("timing_ms"), candidates=dict(d.get("candidates") or {}),
+                output_formats=_formats(d.get("output_formats"))))
         constants = {name: weights[name] for name in header["constants"]}
         engine = Engine(
             name=header["name"], device=device, device_name=header["device_name"],
