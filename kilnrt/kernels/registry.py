@@ -28,6 +28,12 @@ class TacticContext:
         return None if t is None else self.constants.get(t.name)
 
 
+def static_dims(shape) -> bool:
+    """True when every dim of ``shape`` is a known positive int (not symbolic, not -1): what a
+    tactic that needs shapes fixed at build time checks in ``supports``."""
+    return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
+
+
 class Tactic:
     """One implementation of one layer kind on one device.
 

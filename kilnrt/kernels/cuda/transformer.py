@@ -1,6 +1,6 @@
 """CUDA tactics for transformer layers: cuBLASLt GEMM with bias (and GELU) epilogue, fused
-attention (PyTorch's scaled-dot-product attention: flash / memory-efficient kernels), native
-LayerNorm."""
+attention (PyTorch's scaled-dot-product attention: flash / memory-efficient kernels, and
+cuDNN's pinned), native LayerNorm."""
 from __future__ import annotations
 
 import torch
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from kilnrt.kernels.cpu.epilogue import conv_epilogue
 from kilnrt.kernels.cpu.linalg import normalize_axes
 from kilnrt.kernels.gemm_rows import restore_rows, rows_in_memory_order
-from kilnrt.kernels.registry import Tactic, tactic
+from kilnrt.kernels.registry import Tactic, static_dims, tactic
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import ActivationType, LayerKind, MatrixOperation
 
@@ -116,6 +116,25 @@ class SdpaAttention(Tactic):
 
 
 @tactic
+class CudnnSdpaAttention(SdpaAttention):
+    """PyTorch's SDPA with only cuDNN's fused attention enabled. PyTorch's default order puts
+    cuDNN after the math fallback, so the plain ``sdpa`` tactic never picks it; pinned, the
+    builder times it like any other. Inputs cuDNN declines fail the timing run, so it is not
+    chosen for them; static shapes only, so the shape it runs at is the one it was timed at."""
+
+    name = "cuda.attention.sdpa_cudnn"
+
+    def supports(self, layer, ctx) -> bool:
+        return super().supports(layer, ctx) and all(t is None or static_dims(t.shape) for t in layer.inputs[:4])
+
+    def run(self, p, inputs):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return super().run(p, inputs)
+
+
+@tactic
 class NativeLayerNorm(Tactic):
     """LayerNorm over the trailing axes with ``F.layer_norm`` (one kernel, fp32 statistics)."""
 
@@ -137,7 +156,7 @@ class NativeLayerNorm(Tactic):
             t = layer.inputs[i] if i < len(layer.inputs) else None
             if t is not None and (t.shape is None or tuple(t.shape) != shape):
                 return False
-        return all(isinstance(d, int) and d > 0 for d in shape)
+        return static_dims(shape)
 
     def run(self, p, inputs):
         x = inputs[0]

@@ -93,11 +93,6 @@ def wait_for_previous_kernel(USE_PDL: tl.constexpr):
         tl.extra.cuda.gdc_launch_dependents()
 
 
-def static_dims(shape) -> bool:
-    """True when every dim of ``shape`` is a known positive int (not symbolic, not -1)."""
-    return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
-
-
 # the tactic modules register themselves on import (after the helpers above, which they use)
 from kilnrt.kernels.triton import norm, pointwise, pool, reduce, softmax  # noqa: E402,F401
 from kilnrt.kernels.triton import region  # noqa: E402,F401  (cuda.pointwise.triton: fused pointwise regions)

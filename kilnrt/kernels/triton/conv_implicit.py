@@ -28,8 +28,8 @@ import triton.language as tl
 
 from kilnrt.kernels.cpu.conv import FLOOR_PADDING_MODES, window_geometry
 from kilnrt.kernels.gemm_rows import restore_rows, rows_in_memory_order
-from kilnrt.kernels.registry import Tactic, register
-from kilnrt.kernels.triton import launch_options, static_dims, wait_for_previous_kernel
+from kilnrt.kernels.registry import Tactic, register, static_dims
+from kilnrt.kernels.triton import launch_options, wait_for_previous_kernel
 from kilnrt.kernels.triton.epilogue import EPILOGUE_ACTIVATIONS
 from kilnrt.kernels.triton.gemm import TritonGemm, config_dict, config_name, store_epilogue
 from kilnrt.network.dtypes import DataType

@@ -9,8 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kilnrt.kernels.registry import Tactic, reference_kernel, tactic
-from kilnrt.kernels.triton import (FLOAT_TYPES, MAX_ROW, TORCH_FLOATS, launch_options, row_blocks, static_dims,
+from kilnrt.kernels.registry import Tactic, reference_kernel, static_dims, tactic
+from kilnrt.kernels.triton import (FLOAT_TYPES, MAX_ROW, TORCH_FLOATS, launch_options, row_blocks,
                                    wait_for_previous_kernel)
 from kilnrt.network.layers import LayerKind
 
