@@ -1,6 +1,6 @@
 """CUDA tactics for transformer layers: cuBLASLt GEMM with bias (and GELU) epilogue, fused
-attention (PyTorch's scaled-dot-product attention: flash / memory-efficient kernels, and
-cuDNN's pinned), native LayerNorm."""
+attention (PyTorch's scaled-dot-product attention: flash / memory-efficient kernels), native
+LayerNorm."""
 from __future__ import annotations
 
 import torch
@@ -113,25 +113,6 @@ class SdpaAttention(Tactic):
         gqa = q.shape[1] != k.shape[1]
         return [F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=p.causal and mask is None,
                                                scale=p.scale, enable_gqa=gqa)]
-
-
-@tactic
-class CudnnSdpaAttention(SdpaAttention):
-    """PyTorch's SDPA with only cuDNN's fused attention enabled. PyTorch's default order puts
-    cuDNN after the math fallback, so the plain ``sdpa`` tactic never picks it; pinned, the
-    builder times it like any other. Inputs cuDNN declines fail the timing run, so it is not
-    chosen for them; static shapes only, so the shape it runs at is the one it was timed at."""
-
-    name = "cuda.attention.sdpa_cudnn"
-
-    def supports(self, layer, ctx) -> bool:
-        return super().supports(layer, ctx) and all(t is None or static_dims(t.shape) for t in layer.inputs[:4])
-
-    def run(self, p, inputs):
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            return super().run(p, inputs)
 
 
 @tactic
