@@ -121,6 +121,20 @@ def test_build_records_every_layers_output_format():
     assert [l.output_formats for l in loaded.layers] == [l.output_formats for l in engine.layers]
 
 
+@pytest.mark.parametrize("level", range(6))
+def test_every_optimization_level_builds_a_correct_engine(level):
+    """Level 0 times nothing, 1 one tiling per tactic class, 4-5 re-time close calls: each
+    still gives the float32 answer (squeezenet: convolutions, pooling, concatenation)."""
+    name, x, ref = _light_input(LIGHT[-3])
+    x = x + np.random.default_rng(level).normal(0, 1, x.shape).astype(np.float32)
+    ref = list(kilnrt.build(LIGHT[-3], device="cpu").run({name: x}).values())[0]
+    engine = kilnrt.build(LIGHT[-3], device="cuda", tf32=False, optimization_level=level)
+    assert engine.build_info["optimization_level"] == level
+    timed = [l for l in engine.layers if l.candidates]
+    assert (not timed) if level == 0 else timed
+    np.testing.assert_allclose(list(engine.run({name: x}).values())[0], ref, rtol=1e-3, atol=1e-4)
+
+
 def test_plan_refused_on_other_gpu():
     path = LIGHT[-3]
     data = kilnrt.build(path, device="cuda").serialize()
