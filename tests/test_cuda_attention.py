@@ -48,6 +48,19 @@ def _mask(kind, b, sq, skv, dtype):
     (2, 4, 4, 70, 70, 128, "short", True),       # causal plus an additive mask
 ])
 def test_triton_attention_on_gpu(name, dtype, b, hq, hkv, sq, skv, d, mask, causal):
+    _check_against_reference(name, dtype, b, hq, hkv, sq, skv, d, mask, causal)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("b,hq,hkv,sq,skv,d,mask", [
+    (2, 12, 12, 128, 128, 64, "bert"),
+    (3, 8, 8, 37, 53, 40, "bool"),     # a fully masked query row: zeros, as the fused NaN guard of
+])                                     # PyTorch's exported boolean-mask SDPA promises
+def test_sdpa_attention_on_gpu(dtype, b, hq, hkv, sq, skv, d, mask):
+    _check_against_reference("cuda.attention.sdpa", dtype, b, hq, hkv, sq, skv, d, mask, False)
+
+
+def _check_against_reference(name, dtype, b, hq, hkv, sq, skv, d, mask, causal):
     seed = fresh_seed()
     torch.manual_seed(seed)
     if hq == hkv and sq == skv:  # slices of one [B, S, 3 * H * D] projection, viewed as heads

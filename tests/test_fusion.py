@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -152,6 +153,39 @@ def test_attention_fuses_torchs_exported_sdpa():
     feeds = {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()}
     ref = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     np.testing.assert_allclose(engine.run(feeds)["y"], ref, rtol=1e-4, atol=1e-5)
+
+
+class _MaskedSdpa(nn.Module):
+    """torch's attention with a boolean mask: the export guards the softmax with
+    where(isnan(p), 0, p), so fully masked rows give zeros (transformers' default export)."""
+
+    def forward(self, q, k, v, keep):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+
+
+@pytest.mark.parametrize("guard_read_elsewhere", [False, True])
+def test_attention_fuses_torchs_exported_sdpa_with_a_boolean_mask(guard_read_elsewhere):
+    rng = np.random.default_rng()
+    q, k, v = (torch.from_numpy(rng.normal(size=(2, 3, 7, 8)).astype(np.float32)) for _ in range(3))
+    keep = torch.from_numpy(rng.random((2, 1, 7, 7)) < 0.6)
+    keep[0, 0, 2] = False  # a fully masked query row: the guard's zeros
+    keep[1, 0, :, 0] = True
+    f = io.BytesIO()
+    torch.onnx.export(_MaskedSdpa(), (q, k, v, keep), f, input_names=["q", "k", "v", "keep"], output_names=["y"],
+                      opset_version=17, dynamo=False)
+    model = onnx.load_from_string(f.getvalue())
+    assert [n.op_type for n in model.graph.node].count("IsNaN") == 1
+    if guard_read_elsewhere:  # the guarded probabilities are also an output: no fusion
+        where = next(n for n in model.graph.node if n.op_type == "Where" and "IsNaN" in
+                     {p.op_type for p in model.graph.node if p.output[0] == n.input[0]})
+        model.graph.output.append(onnx.helper.make_tensor_value_info(where.output[0], onnx.TensorProto.FLOAT, None))
+    engine = kilnrt.build(model.SerializeToString())
+    assert [l.kind for l in engine.layers].count(LayerKind.ATTENTION) == (0 if guard_read_elsewhere else 1)
+    feeds = {"q": q.numpy(), "k": k.numpy(), "v": v.numpy(), "keep": keep.numpy()}
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    out = engine.run(feeds)
+    np.testing.assert_allclose(out["y"], ref[0], rtol=1e-4, atol=1e-5)
+    assert not np.isnan(out["y"]).any() and np.abs(out["y"][0, :, 2]).max() == 0.0
 
 
 class _Downsample(nn.Module):

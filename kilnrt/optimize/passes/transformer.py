@@ -10,7 +10,7 @@ import dataclasses
 
 from kilnrt.network.graph import Layer, Network, Tensor
 from kilnrt.network.layers import (ActivationType, AttentionParams, ElementWiseOperation as E, LayerKind,
-                                   MatrixOperation, ShuffleParams)
+                                   MatrixOperation, ShuffleParams, UnaryOperation)
 from kilnrt.network.rewrite import NetworkCopier
 from kilnrt.optimize.passes.match import Emit, Graph, add_fused, fused, replace
 
@@ -48,9 +48,26 @@ def fuse_matmul_epilogue(net: Network, stats: dict | None = None) -> Network:
     return replace(net, rewrites, drop, stats, "fuse_matmul_epilogue")
 
 
+def _nan_guard(g: Graph, p: Tensor) -> list[Layer]:
+    """``where(isnan(p), 0, p)`` over softmax probabilities ``p`` (PyTorch's export of SDPA with
+    a boolean mask: fully masked rows become zeros): its two layers, or [] if absent."""
+    readers = [layer for layer, _ in g.uses.get(p.name, [])]
+    if len(readers) != 2 or p.name in g.outputs:
+        return []
+    isnan = next((l for l in readers if l.kind == LayerKind.UNARY and l.params.op == UnaryOperation.ISNAN), None)
+    select = next((l for l in readers if l.kind == LayerKind.SELECT), None)
+    if isnan is None or select is None or g.single_use(isnan.outputs[0]) is not select:
+        return []
+    cond, then, other = select.inputs
+    if cond is not isnan.outputs[0] or other is not p or g.scalar(then) != 0.0:
+        return []
+    return [isnan, select]
+
+
 def fuse_attention(net: Network, stats: dict | None = None) -> Network:
     """softmax(q @ k^T * scale [+ mask]) @ v => attention(q, k, v, mask, scale): one fused
-    (flash / memory-efficient) kernel instead of materializing the scores."""
+    (flash / memory-efficient) kernel instead of materializing the scores. A NaN guard after
+    the softmax (fully masked rows to zeros) is absorbed: the attention layer zeros them too."""
     g = Graph(net)
     rewrites, drop = {}, set()
     for sm in net.layers:
@@ -59,12 +76,14 @@ def fuse_attention(net: Network, stats: dict | None = None) -> Network:
         x = sm.inputs[0]
         if x.shape is None or len(x.shape) != 4 or sm.params.axis not in (-1, 3):
             continue
-        pv = g.single_use(sm.outputs[0])
-        if pv is None or pv.kind != LayerKind.MATRIX_MULTIPLY or pv.inputs[0] is not sm.outputs[0] \
+        guard = _nan_guard(g, sm.outputs[0])
+        probs = guard[-1].outputs[0] if guard else sm.outputs[0]
+        pv = g.single_use(probs)
+        if pv is None or pv.kind != LayerKind.MATRIX_MULTIPLY or pv.inputs[0] is not probs \
                 or len(pv.inputs) > 2 or pv.params.activation is not None or pv.params.op0 != MatrixOperation.NONE \
                 or pv.params.op1 != MatrixOperation.NONE:
             continue
-        chain, mask, scale = [sm, pv], None, 1.0
+        chain, mask, scale = [sm, *guard, pv], None, 1.0
         node = x.producer
         if g.is_op(node, E.SUM) and g.single_use(node.outputs[0]) is sm:
             qk_side = next((t for t in node.inputs if t.producer is not None and
