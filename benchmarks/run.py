@@ -20,6 +20,7 @@ import tempfile
 import time
 import warnings
 
+import onnx
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -163,6 +164,9 @@ def bench_row(name, batch, seq, precision, use_compile, iters, cache_path, log):
         engine = kilnrt.build(onnx_path, device="cuda", fp16=precision == "fp16", bf16=precision == "bf16",
                               timing_cache=cache_path)
         row["build_s"] = round(time.perf_counter() - t0, 2)
+        row["onnx_nodes"] = len(onnx.load(onnx_path).graph.node)
+        row["network_layers"] = sum(1 for l in kilnrt.to_network(onnx_path).layers  # imported, before the optimizer
+                                    if l.kind != kilnrt.LayerKind.CONSTANT)
         t0 = time.perf_counter()
         kilnrt.build(onnx_path, device="cuda", fp16=precision == "fp16", bf16=precision == "bf16",
                      timing_cache=cache_path)
