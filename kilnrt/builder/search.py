@@ -43,7 +43,7 @@ class TacticSearch:
 
 
 SEARCH = {
-    0: TacticSearch(timed=False, one_per_class=True, samples=0, recheck_within=0.0, recheck_rounds=0),
+    0: TacticSearch(timed=False, one_per_class=False, samples=0, recheck_within=0.0, recheck_rounds=0),
     1: TacticSearch(timed=True, one_per_class=True, samples=5, recheck_within=0.0, recheck_rounds=0),
     2: TacticSearch(timed=True, one_per_class=False, samples=5, recheck_within=0.0, recheck_rounds=0),
     3: TacticSearch(timed=True, one_per_class=False, samples=10, recheck_within=0.0, recheck_rounds=0),
