@@ -479,7 +479,7 @@ def test_triton_depthwise_declines(groups, w_shape, mode):
 # ----------------------------------------------------------------------------- 1x1 conv as a GEMM + epilogue
 from kilnrt.kernels.triton import conv_gemm  # noqa: E402
 
-CONV_GEMM = [f"cuda.convolution.triton_gemm_{conv_gemm.config_name(*c)}" for c in conv_gemm.CONFIGS]
+CONV_GEMM = [f"cuda.convolution.triton_gemm_{gemm.config_name(*c)}" for c in conv_gemm.CONFIGS]
 
 
 def _conv1x1_layer(c, k, x_shape, act, residual, dtype=DataType.HALF, stride=(), groups=1, window=(1, 1)):
@@ -575,8 +575,8 @@ def test_triton_implicit_conv_split_sums_in_a_fixed_order(seed):
     x = nonzero((1, 14, 14, 128), torch.float16)
     w = (torch.randn(9 * 128, 64) / 34).half()
     run = lambda: conv_implicit.conv_nhwc(x, w, None, None, (3, 3), (1, 1), (1, 1), (1, 1), (14, 14), "relu", 0.0,
-                                          0.0, conv_implicit.config_dict(64, 64, 64, 4, 4), programs=64)
-    assert conv_implicit.split_for(196, 64, 9 * 128, conv_implicit.config_dict(64, 64, 64, 4, 4), 64) > 1
+                                          0.0, gemm.config_dict(64, 64, 64, 4, 4), programs=64)
+    assert conv_implicit.split_for(196, 64, 9 * 128, gemm.config_dict(64, 64, 64, 4, 4), 64) > 1
     first = run()
     assert torch.equal(run(), first)
 

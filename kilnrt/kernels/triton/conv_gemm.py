@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from kilnrt.kernels.registry import Tactic, register
+from kilnrt.kernels.registry import register
 from kilnrt.kernels.triton.epilogue import EPILOGUE_ACTIVATIONS
-from kilnrt.kernels.triton.gemm import config_dict, config_name, gemm, gemm_shape_ok
+from kilnrt.kernels.triton.gemm import TiledTactic, gemm, gemm_shape_ok
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import LayerKind, PaddingMode
 
@@ -25,13 +25,10 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, t.shape[1])
 
 
-class TritonConvGemm(Tactic):
+class TritonConvGemm(TiledTactic):
     kind = LayerKind.CONVOLUTION
     device = "cuda"
-
-    def __init__(self, *tiles: int) -> None:
-        self.config = config_dict(*tiles)
-        self.name = f"cuda.convolution.triton_gemm_{config_name(*tiles)}"
+    prefix = "cuda.convolution.triton_gemm_"
 
     def supports(self, layer, ctx) -> bool:
         p = layer.params

@@ -28,10 +28,10 @@ import triton.language as tl
 
 from kilnrt.kernels.cpu.conv import FLOOR_PADDING_MODES, window_geometry
 from kilnrt.kernels.gemm_rows import restore_rows, rows_in_memory_order
-from kilnrt.kernels.registry import Tactic, register, static_dims
+from kilnrt.kernels.registry import register, static_dims
 from kilnrt.kernels.triton import launch_options, wait_for_previous_kernel
 from kilnrt.kernels.triton.epilogue import EPILOGUE_ACTIVATIONS
-from kilnrt.kernels.triton.gemm import TritonGemm, config_dict, config_name, store_epilogue
+from kilnrt.kernels.triton.gemm import TiledTactic, TritonGemm, store_epilogue
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import LayerKind
 
@@ -159,13 +159,10 @@ def conv_nhwc(x: torch.Tensor, weight: torch.Tensor, bias, residual, window, str
     return y
 
 
-class TritonImplicitConv(Tactic):
+class TritonImplicitConv(TiledTactic):
     kind = LayerKind.CONVOLUTION
     device = "cuda"
-
-    def __init__(self, *tiles: int) -> None:
-        self.config = config_dict(*tiles)
-        self.name = f"cuda.convolution.triton_implicit_{config_name(*tiles)}"
+    prefix = "cuda.convolution.triton_implicit_"
 
     def supports(self, layer, ctx) -> bool:
         p = layer.params
@@ -214,9 +211,7 @@ class TritonSplitKGemm(TritonGemm):
     classifier's batch-1 ``[1, 2048] @ [2048, 1000]``): the kernel above as a 1x1 convolution
     over ``M`` pixels, its reduction split over programs.  Offered only where it splits."""
 
-    def __init__(self, *tiles: int) -> None:
-        super().__init__(*tiles)
-        self.name = f"cuda.matrix_multiply.triton_splitk_{config_name(*tiles)}"
+    prefix = "cuda.matrix_multiply.triton_splitk_"
 
     def supports(self, layer, ctx) -> bool:
         if not super().supports(layer, ctx):

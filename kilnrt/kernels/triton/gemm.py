@@ -109,13 +109,19 @@ def config_name(block_m: int, block_n: int, block_k: int, stages: int, warps: in
     return f"{block_m}x{block_n}x{block_k}_s{stages}_w{warps}"
 
 
-class TritonGemm(Tactic):
-    kind = LayerKind.MATRIX_MULTIPLY
-    device = "cuda"
+class TiledTactic(Tactic):
+    """A tactic for one tile configuration of a GEMM-shaped kernel, named ``prefix`` + tiles."""
+    prefix = ""
 
     def __init__(self, *tiles: int) -> None:
         self.config = config_dict(*tiles)
-        self.name = f"cuda.matrix_multiply.triton_{config_name(*tiles)}"
+        self.name = f"{self.prefix}{config_name(*tiles)}"
+
+
+class TritonGemm(TiledTactic):
+    kind = LayerKind.MATRIX_MULTIPLY
+    device = "cuda"
+    prefix = "cuda.matrix_multiply.triton_"
 
     def supports(self, layer, ctx) -> bool:
         p = layer.params
