@@ -105,14 +105,38 @@ class SdpaAttention(Tactic):
                 and p.left_window < 0 and p.right_window < 0 and p.qk_output_mode < 0
                 and not (p.causal and len(layer.inputs) > 3 and layer.inputs[3] is not None))
 
-    def run(self, p, inputs):
+    def prepare(self, layer, ctx):
+        """The params, and whether fully masked query rows must be zeroed after the call: not
+        when the mask is absent, or a constant that masks no row fully."""
+        mask = ctx.constant(layer, 3) if len(layer.inputs) > 3 else None
+        may_mask_rows = len(layer.inputs) > 3 and layer.inputs[3] is not None
+        if mask is not None:
+            may_mask_rows = bool(fully_masked_rows(mask).any())
+        return layer.params, may_mask_rows
+
+    def run(self, state, inputs):
+        p, may_mask_rows = state
         q, k, v = inputs[:3]
         mask = inputs[3] if len(inputs) > 3 else None
         if mask is not None and mask.dtype != torch.bool:
             mask = mask.to(q.dtype)
         gqa = q.shape[1] != k.shape[1]
-        return [F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=p.causal and mask is None,
-                                               scale=p.scale, enable_gqa=gqa)]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=p.causal and mask is None,
+                                             scale=p.scale, enable_gqa=gqa)
+        if may_mask_rows and mask is not None:
+            # kilnrt's attention gives a query that may see no key zeros (PyTorch's exported
+            # boolean-mask SDPA guards with where(isnan(p), 0, p)); SDPA's kernels leave a
+            # uniform average or NaN there
+            out = out.masked_fill(fully_masked_rows(mask), 0)
+        return [out]
+
+
+def fully_masked_rows(mask: torch.Tensor) -> torch.Tensor:
+    """``[..., 1]``: True where a query row of ``mask`` (boolean keep-mask or additive) lets no
+    key through."""
+    if mask.dtype == torch.bool:
+        return ~mask.any(-1, keepdim=True)
+    return torch.isneginf(mask.amax(-1, keepdim=True))
 
 
 @tactic
