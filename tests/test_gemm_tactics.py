@@ -1,6 +1,6 @@
-"""Which layers the cuBLASLt GELU-epilogue GEMM takes (it runs only on a GPU; deciding runs
-anywhere): half precision only, a GELU of either form, a constant weight and a constant
-per-column bias or none."""
+"""Which layers the CUDA library tactics take (they run only on a GPU; deciding runs anywhere).
+The cuBLASLt GELU-epilogue GEMM: half precision only, a GELU of either form, a constant
+weight and a constant per-column bias or none. cuDNN's pinned attention: static shapes only."""
 from __future__ import annotations
 
 import os
@@ -15,7 +15,8 @@ import kilnrt.kernels.cuda  # noqa: F401,E402  (registers the CUDA tactics)
 from kilnrt.kernels.registry import TacticContext, get_tactic  # noqa: E402
 from kilnrt.network.dtypes import DataType  # noqa: E402
 from kilnrt.network.graph import Network  # noqa: E402
-from kilnrt.network.layers import ActivationType as A, LayerKind, MatrixMultiplyParams, MatrixOperation  # noqa: E402
+from kilnrt.network.layers import (ActivationType as A, AttentionParams, LayerKind, MatrixMultiplyParams,  # noqa: E402
+                                   MatrixOperation)
 
 TACTIC = "cuda.matrix_multiply.cublaslt_gelu"
 
@@ -48,3 +49,27 @@ def test_takes_half_precision_gelu_with_constant_per_column_bias(kwargs):
     {"weight_constant": False}])
 def test_declines_everything_else(kwargs):
     assert not get_tactic(TACTIC).supports(*_layer(**kwargs))
+
+
+def _attention(shape=(2, 12, 128, 64), mask_shape=(2, 1, 1, 128), **params):
+    net = Network()
+    ins = [net.add_input(n, DataType.HALF, shape) for n in "qkv"]
+    if mask_shape is not None:
+        ins.append(net.add_input("m", DataType.HALF, mask_shape))
+    layer = net.add_layer(LayerKind.ATTENTION, AttentionParams(**params), ins)
+    return layer, TacticContext(torch.device("cpu"), {})
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"mask_shape": None}, {"causal": True, "mask_shape": None}])
+def test_cudnn_attention_takes_static_shapes(kwargs):
+    assert get_tactic("cuda.attention.sdpa_cudnn").supports(*_attention(**kwargs))
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"shape": (-1, 12, 128, 64)},            # a dynamic batch: it might decline a run-time shape
+    {"shape": (2, 12, "seq", 64)},
+    {"mask_shape": (-1, 1, 1, 128)},
+    {"left_window": 16},                     # what no SDPA backend does
+    {"softcap": 30.0}])
+def test_cudnn_attention_declines_dynamic_shapes_and_what_sdpa_lacks(kwargs):
+    assert not get_tactic("cuda.attention.sdpa_cudnn").supports(*_attention(**kwargs))

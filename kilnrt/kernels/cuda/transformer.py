@@ -1,6 +1,6 @@
 """CUDA tactics for transformer layers: cuBLASLt GEMM with bias (and GELU) epilogue, fused
-attention (PyTorch's scaled-dot-product attention: flash / memory-efficient kernels), native
-LayerNorm."""
+attention (PyTorch's scaled-dot-product attention: flash / memory-efficient kernels, and
+cuDNN's pinned), native LayerNorm."""
 from __future__ import annotations
 
 import torch
@@ -137,6 +137,25 @@ def fully_masked_rows(mask: torch.Tensor) -> torch.Tensor:
     if mask.dtype == torch.bool:
         return ~mask.any(-1, keepdim=True)
     return torch.isneginf(mask.amax(-1, keepdim=True))
+
+
+@tactic
+class CudnnSdpaAttention(SdpaAttention):
+    """PyTorch's SDPA with only cuDNN's fused attention enabled. PyTorch's default order puts
+    cuDNN after the math fallback, so the plain ``sdpa`` tactic never picks it; pinned, the
+    builder times it like any other. Inputs cuDNN declines fail the timing run, so it is not
+    chosen for them; static shapes only, so the shape it runs at is the one it was timed at."""
+
+    name = "cuda.attention.sdpa_cudnn"
+
+    def supports(self, layer, ctx) -> bool:
+        return super().supports(layer, ctx) and all(t is None or static_dims(t.shape) for t in layer.inputs[:4])
+
+    def run(self, state, inputs):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return super().run(state, inputs)
 
 
 @tactic
