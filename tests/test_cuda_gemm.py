@@ -397,3 +397,29 @@ def test_programmatic_dependent_launch_changes_no_bits():
             os.environ["KILNRT_PDL"] = old
         kt.programmatic_launch.cache_clear()
     assert torch.equal(results[0], results[1]), f"seed={seed}"
+
+
+@pytest.mark.parametrize("name", ["cuda.normalization.triton", "cuda.normalization.layer_norm"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_normalization_stores_the_residual_sum_on_gpu(name, dtype):
+    """A pre-norm transformer's add + norm: y = norm(x + r) and the sum x + r, both outputs."""
+    from kilnrt.network.layers import NormalizationParams
+
+    seed = fresh_seed()
+    torch.manual_seed(seed)
+    shape = (3, 197, 768)
+    p = NormalizationParams(axes=(2,), epsilon=1e-6, sum_output=True)
+    net = Network()
+    ins = [net.add_input("x", DT[dtype], shape), net.add_input("g", DT[dtype], (768,)),
+           net.add_input("b", DT[dtype], (768,)), net.add_input("r", DT[dtype], shape)]
+    layer = net.add_layer(LayerKind.NORMALIZATION, p, ins, num_outputs=2)
+    x, r = (torch.randn(shape, device="cuda").to(dtype) for _ in range(2))
+    g, b = torch.rand(768, device="cuda").to(dtype) + 0.5, torch.randn(768, device="cuda").to(dtype)
+    tac = get_tactic(name)
+    ctx = TacticContext(torch.device("cuda"))
+    assert tac.supports(layer, ctx)
+    y, total = tac.run(tac.prepare(layer, ctx), [x, g, b, r])
+    want_y, _ = reference_kernel(LayerKind.NORMALIZATION)(p, x.double(), g.double(), b.double(), r.double())
+    assert torch.equal(total, x + r), f"seed={seed}"
+    tol = 2e-2 if dtype == torch.float16 else 5e-2
+    torch.testing.assert_close(y.double(), want_y, rtol=tol, atol=tol, msg=lambda m: f"{name} seed={seed}\n{m}")

@@ -127,11 +127,59 @@ def test_residual_add_fuses_into_layernorm(also_output):
     model = _add_norm_model(rng, also_output)
     engine = kilnrt.build(model)
     norm = next(l for l in engine.layers if l.kind == LayerKind.NORMALIZATION)
-    fused = len(norm.inputs) == 4
-    assert fused != also_output  # the add's output is needed elsewhere: no fusion
+    assert len(norm.inputs) == 4 and not any(l.kind == LayerKind.ELEMENTWISE for l in engine.layers)
+    assert norm.params.sum_output == also_output and len(norm.outputs) == 1 + also_output
     feeds = {n: rng.normal(size=(3, 5, 16)).astype(np.float32) for n in ("x", "r")}
     ref = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)
-    np.testing.assert_allclose(engine.run(feeds)["y"], ref[0], rtol=1e-4, atol=1e-4)
+    out = engine.run(feeds)
+    np.testing.assert_allclose(out["y"], ref[0], rtol=1e-4, atol=1e-4)
+    if also_output:
+        np.testing.assert_allclose(out["s"], ref[1], rtol=1e-6, atol=1e-6)
+
+
+def _pre_norm_model(rng, blocks: int = 3, width: int = 24, rms: bool = False) -> bytes:
+    """A pre-norm transformer's residual stream: x_{i+1} = x_i + W_i norm_i(x_i) (the sum read by
+    the next norm and the next add), then a final norm; the scales are created after the adds,
+    as some exporters order them."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits, x = [], [], "x"
+    for i in range(blocks + 1):
+        g, b, n = f"g{i}", f"b{i}", f"n{i}"
+        if rms:
+            nodes.append(helper.make_node("RMSNormalization", [x, g], [n], axis=-1, epsilon=1e-6))
+        else:
+            nodes.append(helper.make_node("LayerNormalization", [x, g, b], [n], axis=-1, epsilon=1e-5))
+        inits += [numpy_helper.from_array(rng.normal(1, 0.3, size=(width,)).astype(np.float32), g),
+                  numpy_helper.from_array(rng.normal(0, 0.3, size=(width,)).astype(np.float32), b)]
+        if i == blocks:
+            break
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.3, size=(width, width)).astype(np.float32), f"w{i}"))
+        nodes += [helper.make_node("MatMul", [n, f"w{i}"], [f"h{i}"]),
+                  helper.make_node("Add", [x, f"h{i}"], [f"x{i + 1}"])]
+        x = f"x{i + 1}"
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 7, width])]
+    outs = [helper.make_tensor_value_info(f"n{blocks}", TensorProto.FLOAT, None)]
+    graph = helper.make_graph(nodes, "prenorm", ins, outs, inits[::-1])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10).SerializeToString()
+
+
+@pytest.mark.parametrize("rms", [False, True], ids=["layernorm", "rmsnorm"])
+def test_pre_norm_residual_stream_fuses_every_add(rms):
+    """Each add feeds a norm and the next add: fused with the sum as a second output; the last
+    add feeds only the final norm: fused without it."""
+    from kilnrt.optimize.pipeline import optimize
+
+    rng = np.random.default_rng()
+    model = _pre_norm_model(rng, rms=rms)
+    net = optimize(kilnrt.to_network(model), 3)
+    norms = [l for l in net.layers if l.kind == LayerKind.NORMALIZATION]
+    assert not any(l.kind in (LayerKind.ELEMENTWISE, LayerKind.POINTWISE) for l in net.layers)
+    assert [len(l.outputs) for l in norms] == [1, 2, 2, 1]
+    assert all(len(l.inputs) == 4 for l in norms[1:])
+    feeds = {"x": rng.normal(size=(2, 7, 24)).astype(np.float32)}
+    ref = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(kilnrt.build(model).run(feeds)["n3"], ref, rtol=1e-4, atol=1e-4)
 
 
 class _Sdpa(nn.Module):

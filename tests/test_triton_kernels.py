@@ -143,6 +143,23 @@ def test_normalization_with_fused_residual(dtype, seed):
                                                nonzero(shape, dtype)], seed)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rms", [False, True], ids=["layernorm", "rmsnorm"])
+def test_normalization_with_fused_residual_and_its_sum(dtype, rms, seed):
+    """sum_output: the kernel also stores x + residual (in x's type), the residual stream's next value."""
+    shape = (2, 7, 40)
+    p = NormalizationParams(axes=(2,), epsilon=1e-5, rms=rms, sum_output=True)
+    layer = make_layer(LayerKind.NORMALIZATION, p, (DT[dtype], shape), (DT[dtype], (40,)), None, (DT[dtype], shape))
+    x, scale, r = nonzero(shape, dtype), nonzero((40,), dtype), nonzero(shape, dtype)
+    tac = get_tactic("cuda.normalization.triton")
+    assert tac.supports(layer, CTX)
+    y, total = tac.run(tac.prepare(layer, CTX), [x, scale, None, r])
+    want_y, want_total = reference_kernel(LayerKind.NORMALIZATION)(p, x.float(), scale.float(), None, r.float())
+    torch.testing.assert_close(total, x + r, rtol=0, atol=0, msg=lambda m: f"seed={seed}\n{m}")
+    torch.testing.assert_close(y.float(), want_y, rtol=TOL[dtype][0], atol=TOL[dtype][1],
+                               msg=lambda m: f"seed={seed}\n{m}")
+
+
 @pytest.mark.parametrize("p,specs", [
     (NormalizationParams(axes=(2,), num_groups=2), [(DataType.FLOAT, (2, 4, 6))]),      # group norm
     (NormalizationParams(axes=(1,)), [(DataType.FLOAT, (2, 4, 6))]),                    # not trailing

@@ -473,7 +473,9 @@ class NonZeroParams:
 @dataclass(frozen=True)
 class NormalizationParams:
     """Inputs: x, scale, bias (optional), residual (optional, set by the optimizer: added to x
-    first, same shape as x).
+    first, same shape as x).  Outputs: y, and with ``sum_output`` (set by the optimizer, with a
+    residual) also ``x + residual`` in x's type, for the layers that read the sum too (the
+    residual stream of a pre-norm transformer).
 
     ``y = (x - mean) / sqrt(var + epsilon) * scale + bias``, with mean and variance over
     ``axes`` of x viewed as ``[N, num_groups, C / num_groups, *rest]`` when ``num_groups > 1``
@@ -485,6 +487,7 @@ class NormalizationParams:
     epsilon: float = 1e-5
     num_groups: int = 1
     rms: bool = False
+    sum_output: bool = False
 
 
 @dataclass(frozen=True)

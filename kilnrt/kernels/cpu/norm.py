@@ -10,9 +10,16 @@ from kilnrt.network.layers import LayerKind, NormalizationParams
 
 @kernel(LayerKind.NORMALIZATION)
 def normalization(p: NormalizationParams, x: torch.Tensor, scale: torch.Tensor | None = None,
-                  bias: torch.Tensor | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+                  bias: torch.Tensor | None = None, residual: torch.Tensor | None = None
+                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     if residual is not None:
         x = x + residual
+    y = _normalize(p, x, scale, bias)
+    return (y, x) if p.sum_output else y
+
+
+def _normalize(p: NormalizationParams, x: torch.Tensor, scale: torch.Tensor | None,
+               bias: torch.Tensor | None) -> torch.Tensor:
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     xf = x.to(compute)
     if p.num_groups > 1:

@@ -190,5 +190,6 @@ class NativeLayerNorm(Tactic):
             x = x + inputs[3]
         n = len(p.axes) if p.axes is not None else x.dim()
         shape = tuple(x.shape[x.dim() - n:])
-        return [F.layer_norm(x, shape, None if scale is None else scale.to(x.dtype),
-                             None if bias is None else bias.to(x.dtype), p.epsilon)]
+        y = F.layer_norm(x, shape, None if scale is None else scale.to(x.dtype),
+                         None if bias is None else bias.to(x.dtype), p.epsilon)
+        return [y, x] if p.sum_output else [y]

@@ -24,9 +24,9 @@ from kilnrt.network.layers import LayerKind
 
 
 @triton.jit
-def _norm_rows(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, n_rows, n_cols, eps, RMS: tl.constexpr, HAS_R: tl.constexpr,
-               HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               USE_PDL: tl.constexpr):
+def _norm_rows(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, s_ptr, n_rows, n_cols, eps, RMS: tl.constexpr,
+               HAS_R: tl.constexpr, STORE_SUM: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr):
     wait_for_previous_kernel(USE_PDL)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
@@ -36,6 +36,8 @@ def _norm_rows(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, n_rows, n_cols, eps, RMS: tl.c
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     if HAS_R:  # the residual add, rounded to x's type as a separate add would be
         x = x + tl.load(r_ptr + offs, mask=mask, other=0.0)
+    if STORE_SUM:  # x + residual is read by later layers too (a pre-norm transformer's residual stream)
+        tl.store(s_ptr + offs, x, mask=mask)
     x = x.to(tl.float32)
     if RMS:
         y = x * (1.0 / tl.sqrt_rn(tl.sum(x * x, axis=1) / n_cols + eps))[:, None]
@@ -93,12 +95,15 @@ class TritonNormalization(Tactic):
         if x.dtype not in TORCH_FLOATS or n_cols > MAX_ROW or p.num_groups != 1 \
                 or any(t is not None and t.numel() != n_cols for t in (scale, bias)) \
                 or (residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype)):
-            return [reference_kernel(LayerKind.NORMALIZATION)(p, x, scale, bias, residual)]  # not a shape the build saw
+            out = reference_kernel(LayerKind.NORMALIZATION)(p, x, scale, bias, residual)  # not a shape the build saw
+            return list(out) if p.sum_output else [out]
         x = x.contiguous()
         y = torch.empty_like(x)
+        total = torch.empty_like(x) if p.sum_output else None
+        outs = [y] if total is None else [y, total]
         n_rows = x.numel() // n_cols if n_cols else 0
         if n_rows == 0:
-            return [y]
+            return outs
         w = x if scale is None else scale.contiguous()
         b = x if bias is None else bias.contiguous()
         r = x if residual is None else residual.contiguous()
@@ -106,7 +111,7 @@ class TritonNormalization(Tactic):
         # per two rows, 5.6 us with 8 (H200)
         block_m, block_n, num_warps = row_blocks(n_rows, n_cols, per_thread=16)
         _norm_rows[(triton.cdiv(n_rows, block_m),)](
-            x, r, w, b, y, n_rows, n_cols, float(p.epsilon), RMS=p.rms, HAS_R=residual is not None,
-            HAS_W=scale is not None,
+            x, r, w, b, y, y if total is None else total, n_rows, n_cols, float(p.epsilon), RMS=p.rms,
+            HAS_R=residual is not None, STORE_SUM=total is not None, HAS_W=scale is not None,
             HAS_B=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, **launch_options(y))
-        return [y]
+        return outs

@@ -145,20 +145,42 @@ def _attention(inputs: list[Tensor], k_perm: tuple[int, ...] | None, scale: floa
 
 def fuse_add_norm(net: Network, stats: dict | None = None) -> Network:
     """norm(a + b) => norm(a, residual=b): the residual add of a transformer block inside the
-    LayerNorm / RMSNorm kernel (one pass over the activations instead of two)."""
+    LayerNorm / RMSNorm kernel (one pass over the activations instead of two).  Where the sum
+    is read after the norm too (a pre-norm transformer's residual stream), the fused layer also
+    outputs it (``sum_output``)."""
     g = Graph(net)
+    position = {id(layer): i for i, layer in enumerate(net.layers)}
     rewrites, drop = {}, set()
     for norm in net.layers:
-        if norm.kind != LayerKind.NORMALIZATION or norm.params.num_groups != 1 or len(norm.inputs) > 3:
+        if norm.kind != LayerKind.NORMALIZATION or norm.params.num_groups != 1 or len(norm.inputs) > 3 \
+                or norm.params.sum_output:
             continue
-        add = norm.inputs[0].producer
-        if not g.is_op(add, E.SUM) or g.single_use(add.outputs[0]) is not norm:
+        add, out = norm.inputs[0].producer, norm.inputs[0]
+        if not g.is_op(add, E.SUM) or id(add) in drop or any(t is out for t in norm.inputs[1:]):
             continue
         a, b = add.inputs
-        out = add.outputs[0]
         if a.shape is None or a.shape != out.shape or b.shape != out.shape or a.dtype != b.dtype:
             continue  # no broadcasting inside the kernel
         ins = [a] + list(norm.inputs[1:]) + [None] * (3 - len(norm.inputs)) + [b]
-        rewrites[id(norm)] = fused(LayerKind.NORMALIZATION, norm.params, ins, [add, norm])
+        if g.single_use(out) is norm:
+            rewrites[id(norm)] = fused(LayerKind.NORMALIZATION, norm.params, ins, [add, norm])
+        elif all(position[id(user)] > position[id(norm)] for user, _ in g.uses[out.name] if user is not norm):
+            rewrites[id(norm)] = _add_norm_with_sum(norm, add, ins)  # the sum's other readers follow the norm
+        else:
+            continue
         drop.add(id(add))
     return replace(net, rewrites, drop, stats, "fuse_add_norm")
+
+
+def _add_norm_with_sum(norm: Layer, add: Layer, ins: list[Tensor | None]) -> Emit:
+    """The fused layer with outputs (norm's, add's), in the norm's place; returns the norm's."""
+    params = dataclasses.replace(norm.params, sum_output=True)
+
+    def emit(c: NetworkCopier) -> Tensor:
+        layer = c.net.add_layer(LayerKind.NORMALIZATION, params, [c.mapped(t) for t in ins], num_outputs=2,
+                                name=f"{add.name} + {norm.name}", origin=add.origin + norm.origin,
+                                output_names=[norm.outputs[0].name, add.outputs[0].name])
+        c.alias(add.outputs[0], layer.outputs[1])
+        return layer.outputs[0]
+
+    return emit
