@@ -186,3 +186,35 @@ def small_cnn_model(batch: int | str = 2) -> onnx.ModelProto:
     inits = [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (cb, "cb"), (fw, "fw"), (fb, "fb"))]
     return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 2, 6, 6])],
                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 5])], inits, name="small_cnn")
+
+
+def inception_model(rng: np.random.Generator, channels: int = 16, widths: Sequence[int] = (7, 5, 3),
+                    batch: int | str = "batch", hw: tuple[int, int] = (9, 11)) -> onnx.ModelProto:
+    """An Inception-style block on x [batch, channels, H, W], its branches concatenated along the
+    channels: three 1x1 convolutions of x with a Relu each (``widths`` output maps; the second
+    has no bias and feeds a 3x3 convolution + Relu); a 3x3 convolution of x without activation;
+    a 3x3 max pool of x, then a 1x1 convolution + Relu.  Random weights scaled by 1/sqrt(fan-in)."""
+
+    def weight(name, k, c, size):
+        return numpy_helper.from_array((rng.standard_normal((k, c, size, size)) / math.sqrt(c * size * size))
+                                       .astype(np.float32), name)
+
+    def bias(name, k):
+        return numpy_helper.from_array((rng.standard_normal(k) * 0.5).astype(np.float32), name)
+
+    w0, w1, w2 = widths
+    inits = [weight("w0", w0, channels, 1), bias("b0", w0), weight("w1", w1, channels, 1),
+             weight("w1b", 6, w1, 3), bias("b1b", 6), weight("w2", w2, channels, 1), bias("b2", w2),
+             weight("w3", 4, channels, 3), bias("b3", 4), weight("w4", 5, channels, 1), bias("b4", 5)]
+    conv = lambda ins, out, name, **kw: helper.make_node("Conv", ins, [out], name=name, **kw)  # noqa: E731
+    relu = lambda i, o: helper.make_node("Relu", [i], [o], name=f"Relu_{o}")  # noqa: E731
+    nodes = [conv(["x", "w0", "b0"], "c0", "Conv_1x1_a"), relu("c0", "a0"),
+             conv(["x", "w1"], "c1", "Conv_1x1_b"), relu("c1", "r1"),
+             conv(["r1", "w1b", "b1b"], "c1b", "Conv_3x3_b", pads=[1, 1, 1, 1]), relu("c1b", "a1"),
+             conv(["x", "w2", "b2"], "c2", "Conv_1x1_c"), relu("c2", "a2"),
+             conv(["x", "w3", "b3"], "a3", "Conv_3x3_d", pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["x"], ["p4"], name="MaxPool_e", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             conv(["p4", "w4", "b4"], "c4", "Conv_1x1_e"), relu("c4", "a4"),
+             helper.make_node("Concat", ["a0", "a1", "a2", "a3", "a4"], ["y"], name="Concat", axis=1)]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, channels, *hw])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits, name="inception")

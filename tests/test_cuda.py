@@ -179,3 +179,30 @@ def test_bert_style_encoder(precision):
             np.testing.assert_allclose(out[name], r, rtol=1e-3, atol=1e-4)
         else:
             assert rel_l2(out[name], r) < 1e-2
+
+
+@pytest.mark.parametrize("channels,widths", [(32, (16, 24, 32)), (16, (7, 5, 3))], ids=["aligned", "odd"])
+def test_inception_block_sibling_convs_fp16(channels, widths):
+    """fuse_sibling_convs on the GPU: the merged 1x1 convolution's channel slices (strided views
+    of its NHWC output) feed a 3x3 convolution (cuDNN or Triton, with a Relu epilogue) and the
+    concat; fp16 against float32 onnxruntime, at two batch sizes and on a CUDA-graph replay.
+    ``aligned``: channel counts the Triton 1x1 and implicit-GEMM tactics take; ``odd``: cuDNN's."""
+    import onnxruntime as ort
+
+    from tests.models import inception_model
+
+    rng = np.random.default_rng()
+    model = inception_model(rng, channels, widths).SerializeToString()
+    engine = kilnrt.build(model, device="cuda", fp16=True,
+                          profiles={"x": [(1, channels, 9, 11), (4, channels, 9, 11), (8, channels, 9, 11)]})
+    merged = [l for l in engine.layers if l.kind == kilnrt.LayerKind.CONVOLUTION and " | " in l.name]
+    assert len(merged) == 1 and merged[0].params.num_output_maps == sum(widths)
+    assert sum(l.kind == kilnrt.LayerKind.SLICE for l in engine.layers) == 3
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    for batch in (4, 1, 4):
+        x = rng.standard_normal((batch, channels, 9, 11)).astype(np.float32)
+        ref = session.run(None, {"x": x})[0]
+        out = engine.run({"x": x})["y"]
+        assert out.dtype == np.float32 and out.shape == ref.shape
+        assert rel_l2(out, ref) < 1e-2
+        np.testing.assert_allclose(out, ref, rtol=5e-2, atol=5e-2)

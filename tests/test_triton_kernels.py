@@ -637,6 +637,50 @@ def test_triton_implicit_conv_declines(kwargs, c):
     assert not any(get_tactic(name).supports(layer, ctx) for name in IMPLICIT[:4])
 
 
+# ----------------------------------------------------------------------------- channel slices as inputs
+def _channel_slice(shape, start, total, dtype=torch.float16):
+    """A ``shape`` view at channel ``start`` of a channels-last tensor of ``total`` channels:
+    what a merged sibling convolution's slice gives its consumers (strided, offset)."""
+    n, c, h, w = shape
+    full = nonzero((n, total, h, w), dtype).contiguous(memory_format=torch.channels_last)
+    x = full[:, start:start + c]
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@pytest.mark.parametrize("name,window,groups", [
+    (CONV_GEMM[0], (1, 1), 1), (IMPLICIT[0], (3, 3), 1), (DEPTHWISE[0], (3, 3), 32),
+    ("cuda.convolution.cudnn_nhwc_triton_epilogue", (3, 3), 1), ("cuda.convolution.cudnn_nhwc", (3, 3), 1)])
+def test_conv_tactics_read_channel_slices(name, window, groups, seed):
+    """Input and residual are channel slices of wider channels-last tensors (fuse_sibling_convs'
+    outputs): each tactic gives what it gives on dense copies of them."""
+    c, k, x_shape = 32, 32, (2, 32, 5, 4)
+    pads = tuple(d // 2 for d in window)
+    params = ConvolutionParams(num_output_maps=k, kernel_size_nd=window, pre_padding=pads, post_padding=pads,
+                               num_groups=groups, activation=A.RELU)
+    w = (torch.randn((k, c // groups) + window) / (c * window[0] * window[1] / groups) ** 0.5).half()
+    b = torch.randn(k).half()
+    net = Network()
+    ins = [net.add_input("x", DataType.HALF, x_shape), net.add_input("w", DataType.HALF, tuple(w.shape)),
+           net.add_input("b", DataType.HALF, (k,)), net.add_input("r", DataType.HALF, (2, k, 5, 4))]
+    layer = net.add_layer(LayerKind.CONVOLUTION, params, ins)
+    ctx = TacticContext(torch.device("cpu"), {"w": w, "b": b})
+    args = [_channel_slice(x_shape, 3, 40), w, b, _channel_slice((2, k, 5, 4), 5, 48)]
+    tac = get_tactic(name)
+    assert tac.supports(layer, ctx), name
+    out = tac.run(tac.prepare(layer, ctx), args)[0]
+    ref = reference_kernel(LayerKind.CONVOLUTION)(params, *(a.contiguous().double() for a in args))
+    torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=2e-2, msg=lambda m: f"{name} seed={seed}\n{m}")
+
+
+def test_pointwise_kernel_reads_channel_slices(seed):
+    """A pointwise kernel on two channel slices (a region after a merged convolution)."""
+    a, b = _channel_slice((2, 5, 4, 3), 2, 11), _channel_slice((2, 5, 4, 3), 0, 7)
+    layer = make_layer(LayerKind.ELEMENTWISE, ElementWiseParams(E.SUM), (DataType.HALF, (2, 5, 4, 3)),
+                       (DataType.HALF, (2, 5, 4, 3)))
+    check("cuda.elementwise.triton", layer, [a, b], seed)
+
+
 # ----------------------------------------------------------------------------- attention
 from kilnrt.kernels.triton import attention as triton_attention  # noqa: E402
 from kilnrt.network.layers import AttentionParams  # noqa: E402

@@ -11,7 +11,7 @@ from kilnrt.optimize.passes.cleanup import (eliminate_common_subexpressions, eli
                                             remove_identities)
 from kilnrt.optimize.passes.fusion import (fuse_conv_epilogue, fuse_conv_scale, fuse_squeeze_excitation,
                                             move_residual_bias)
-from kilnrt.optimize.passes.horizontal import fuse_sibling_matmuls
+from kilnrt.optimize.passes.horizontal import fuse_sibling_convs, fuse_sibling_matmuls
 from kilnrt.optimize.passes.pointwise import fuse_pointwise
 from kilnrt.optimize.passes.transformer import fuse_add_norm, fuse_attention, fuse_matmul_epilogue
 from kilnrt.optimize.passes.views import fold_view_chains, sink_reshape_into_matmul
@@ -33,6 +33,11 @@ PIPELINE: list[tuple[str, Pass, int]] = [
     ("fuse_conv_epilogue", fuse_conv_epilogue, 2),
     ("move_residual_bias", move_residual_bias, 2),
     ("fuse_squeeze_excitation", fuse_squeeze_excitation, 2),
+    # after the convolution fusions: siblings compare their fused activations and must have no
+    # residual; merged first, a member's output would be a slice that no epilogue absorbs, and a
+    # residual convolution move_residual_bias strips would no longer be a convolution.  The SE
+    # gate's 1x1 convolutions are single readers of their inputs, so never siblings either way.
+    ("fuse_sibling_convs", fuse_sibling_convs, 2),
     ("fuse_attention", fuse_attention, 2),
     ("fuse_matmul_epilogue", fuse_matmul_epilogue, 2),
     ("fuse_add_norm", fuse_add_norm, 2),
