@@ -1,7 +1,8 @@
 """The builder: Network + BuilderConfig -> Engine.
 
 validate -> optimize (passes) -> infer shapes -> choose a tactic per layer (timing the
-candidates on the device, with a timing cache) -> plan activation memory -> Engine.
+candidates on the device, with a timing cache) -> let producers write into their slices of
+concatenations (:mod:`kilnrt.builder.concat`) -> plan activation memory -> Engine.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kilnrt.builder.concat import eliminate_concats, memory_steps
 from kilnrt.builder.config import BuilderConfig, BuilderFlag, OptimizationProfile
 from kilnrt.builder.memory import plan_memory
 from kilnrt.builder.search import choose_tactic, search_for_level
@@ -308,12 +310,12 @@ def build_engine(network: Network, config: BuilderConfig | None = None) -> Engin
 
     constants = {l.outputs[0].name: l.params.weights for l in net.layers if l.kind == LayerKind.CONSTANT}
     io_names = {t.name for t in net.inputs} | {t.name for t in net.outputs}
+    concats = eliminate_concats(layers, config.device, io_names | set(constants))
     memory = None
     if shapes is not None:
         sizes = {name: (None if v is None else int(np.prod(v[0], dtype=np.int64)) * v[1].itemsize)
                  for name, v in shapes.items()}
-        memory = plan_memory([([n for n in l.inputs if n], l.outputs) for l in layers], sizes,
-                             io_names | set(constants))
+        memory = plan_memory(memory_steps(layers), sizes, io_names | set(constants))
     io = []
     for t in net.inputs:
         io.append(IOTensor(t.name, "input", t.dtype, tuple(d if isinstance(d, int) else -1 for d in t.shape),
@@ -338,7 +340,7 @@ def build_engine(network: Network, config: BuilderConfig | None = None) -> Engin
     build_info = {
         "seconds": round(time.perf_counter() - t0, 3), "layers_in": layers_in,
         "layers_out": len(layers), "constants": len(constants), "passes": passes,
-        "optimization_level": config.builder_optimization_level,
+        "optimization_level": config.builder_optimization_level, "concat_elimination": concats,
         "flags": sorted(f.value for f in config.flags),
         "timing_cache": None if config.timing_cache is None else
         {"hits": config.timing_cache.hits, "misses": config.timing_cache.misses},

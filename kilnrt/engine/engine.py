@@ -58,6 +58,10 @@ class EngineLayer:
     # per output: one of TENSOR_FORMATS, as the chosen tactic writes it at build; None where
     # unknown (CPU builds run nothing at build). Empty in plans from before the field.
     output_formats: list[str | None] = dataclasses.field(default_factory=list)
+    # (concatenation output, axis, start): the chosen tactic stores this layer's single output
+    # straight into that slice of the concatenation's buffer (kilnrt.builder.concat); None
+    # where it makes its own (and in plans from before the field).
+    writes_into: tuple[str, int, int] | None = None
 
     def as_network_layer(self):
         """A detached :class:`~kilnrt.network.graph.Layer` view, for tactics' ``prepare``."""

@@ -9,7 +9,9 @@ Per layer: name, kind, tactic, precision, input and output tensors (shape, dtype
 format: ``linear`` or ``channels_last``, None where unknown), the source ONNX nodes it came
 from (``Conv_12 + Relu_13``), and its time when known: the chosen tactic's build-time
 measurement, or the per-layer times of a profiled run (:class:`LayerTimer` as a context's
-``profiler``).
+``profiler``).  Concatenation elimination shows on both ends: a producer "writes into slice
+[a:b] of <concatenation output>", and the concatenation is "eliminated" or "copies k of n
+inputs" (``writes_into`` and ``concat`` in the JSON).
 """
 from __future__ import annotations
 
@@ -74,11 +76,32 @@ def tensor_info(engine, name: str | None) -> dict[str, Any] | None:
             "kind": "activation", "opt_shape": t.get("opt_shape"), "format": None}
 
 
+def _concats(engine) -> dict[str, dict[str, Any]]:
+    from kilnrt.builder.concat import describe
+
+    return describe(engine.layers)
+
+
+def concat_text(info: dict[str, Any]) -> str | None:
+    """What concatenation elimination did to a layer, in words (None: nothing)."""
+    into, concat = info.get("writes_into"), info.get("concat")
+    if into is not None:
+        return f"writes into slice [{into['start']}:{into['end']}] of {into['tensor']} (axis {into['axis']})"
+    if concat is not None:
+        if concat["eliminated"]:
+            return f"eliminated: all {concat['inputs']} inputs written in place"
+        return f"copies {concat['copied']} of {concat['inputs']} inputs ({concat['in_place']} written in place)"
+    return None
+
+
 def layer_info(engine, index: int, timings: Mapping[str, float] | None = None,
-               formats: Mapping[str, str | None] | None = None) -> dict[str, Any]:
-    """One layer, JSON-ready; ``formats`` is :func:`_tensor_formats` (computed when not given)."""
+               formats: Mapping[str, str | None] | None = None,
+               concats: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One layer, JSON-ready; ``formats`` is :func:`_tensor_formats` and ``concats``
+    :func:`kilnrt.builder.concat.describe` (each computed when not given)."""
     layer = engine.layers[index]
     formats = _tensor_formats(engine) if formats is None else formats
+    concats = _concats(engine) if concats is None else concats
     ins = [tensor_info(engine, n) for n in layer.inputs if n is not None]
     for info in ins:
         info["format"] = formats.get(info["name"], info["format"])
@@ -102,6 +125,8 @@ def layer_info(engine, index: int, timings: Mapping[str, float] | None = None,
         "origin": list(layer.origin), "origin_text": " + ".join(layer.origin),
         "build_time_ms": layer.timing_ms, "time_ms": measured,
         "candidates": dict(layer.candidates),
+        "writes_into": concats.get(layer.name, {}).get("writes_into"),
+        "concat": concats.get(layer.name, {}).get("concat"),
     }
 
 
@@ -110,6 +135,7 @@ def describe_engine(engine, timings: Mapping[str, float] | None = None) -> dict[
     memory = engine.memory
     build = dict(engine.build_info)
     formats = _tensor_formats(engine)
+    concats = _concats(engine)
     return {
         "name": engine.name, "device": engine.device, "device_name": engine.device_name,
         "kilnrt_version": engine.version, "portable": engine.portable,
@@ -122,7 +148,7 @@ def describe_engine(engine, timings: Mapping[str, float] | None = None) -> dict[
         "activation_bytes": None if memory is None else int(memory.arena_bytes),
         "naive_activation_bytes": None if memory is None else int(memory.naive_bytes),
         "build": build,
-        "layers": [layer_info(engine, i, timings, formats) for i in range(len(engine.layers))],
+        "layers": [layer_info(engine, i, timings, formats, concats) for i in range(len(engine.layers))],
     }
 
 
@@ -150,6 +176,8 @@ def _trt_layer(info: dict[str, Any]) -> dict[str, Any]:
            "TacticName": info["tactic"], "Precision": info["precision"], "Origin": info["origin_text"]}
     if info.get("time_ms") is not None or info.get("build_time_ms") is not None:
         out["TimeMs"] = info["time_ms"] if info.get("time_ms") is not None else info["build_time_ms"]
+    if concat_text(info):
+        out["ConcatElimination"] = concat_text(info)
     return out
 
 
@@ -160,7 +188,9 @@ def format_shape(shape: Any) -> str:
 def _oneline(info: dict[str, Any]) -> str:
     ins = ", ".join(f"{t['name']}{format_shape(t.get('shape'))}:{t.get('dtype')}" for t in info["inputs"])
     outs = ", ".join(f"{t['name']}{format_shape(t.get('shape'))}:{t.get('dtype')}" for t in info["outputs"])
-    return f"{info['name']} [{info['kind']}, {info['tactic']}] ({ins}) -> ({outs}) from {info['origin_text']}"
+    note = concat_text(info)
+    return (f"{info['name']} [{info['kind']}, {info['tactic']}] ({ins}) -> ({outs}) from {info['origin_text']}"
+            + (f"; {note}" if note else ""))
 
 
 class EngineInspector:
@@ -225,7 +255,9 @@ def layer_table(engine, timings: Mapping[str, float] | None = None, *, title: st
         table.add_column(col, **kw)
     for l in data["layers"]:
         t = l["time_ms"] if l["time_ms"] is not None else l["build_time_ms"]
-        table.add_row(str(l["index"]), l["name"], l["kind"].lower(), l["tactic"], l["precision"] or "",
+        note = concat_text(l)
+        table.add_row(str(l["index"]), l["name"], l["kind"].lower(), l["tactic"] + (f"\n{note}" if note else ""),
+                      l["precision"] or "",
                       "\n".join(_tensor_text(i) for i in l["inputs"]), "\n".join(_tensor_text(o) for o in l["outputs"]),
                       l["origin_text"], "" if t is None else f"{t:.4f}")
     return table
@@ -262,11 +294,16 @@ def summary_table(engine):
         for p in passes:
             table.add_row(f"pass {p['pass']}", f"{p['layers_before']} -> {p['layers_after']} layers, "
                                                f"{p.get('rewrites', 0)} rewrites")
+        concats = build.get("concat_elimination")
+        if concats and concats.get("concatenations"):
+            table.add_row("concatenations", f"{concats['concatenations']}: {concats['eliminated']} eliminated, "
+                                            f"{concats['partial']} partly; {concats['inputs_in_place']} inputs "
+                                            f"written in place, {concats['inputs_copied']} copied")
         cache = build.get("timing_cache")
         if cache:
             table.add_row("timing cache", f"{cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses")
     return table
 
 
-__all__ = ["EngineInspector", "LayerInformationFormat", "LayerTimer", "describe_engine", "layer_info",
+__all__ = ["EngineInspector", "LayerInformationFormat", "LayerTimer", "concat_text", "describe_engine", "layer_info",
            "tensor_info", "layer_table", "summary_table", "format_bytes", "format_shape"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from kilnrt.builder.concat import check_tactics, concat_plans
 from kilnrt.builder.memory import MemoryPlan
 from kilnrt.engine.engine import TENSOR_FORMATS, Engine, EngineLayer, IOTensor
 from kilnrt.engine.plan import FORMAT_VERSION, pack, unpack
@@ -32,6 +33,7 @@ def engine_to_bytes(engine: Engine) -> bytes:
             "input_dtypes": l.input_dtypes,
             "input_shapes": [None if s is None else list(s) for s in l.input_shapes],
             "timing_ms": l.timing_ms, "candidates": l.candidates, "output_formats": l.output_formats,
+            "writes_into": None if l.writes_into is None else list(l.writes_into),
         })
     header = {
         "format_version": FORMAT_VERSION, "kilnrt_version": engine.version, "name": engine.name,
@@ -59,6 +61,17 @@ def _formats(value) -> list[str | None]:
     if bad:
         raise ValueError(f"unknown tensor format(s) {bad!r}; known: {', '.join(TENSOR_FORMATS)}")
     return formats
+
+
+def _writes_into(value) -> tuple[str, int, int] | None:
+    """A layer's ``writes_into`` from a plan header: [concatenation output, axis, start] (absent
+    in older plans)."""
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) != 3 or not isinstance(value[0], str)
+            or any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in value[1:])):
+        raise ValueError(f"writes_into must be [tensor name, axis, start] (non-negative ints), got {value!r}")
+    return value[0], value[1], value[2]
 
 
 def engine_from_bytes(data: bytes, *, check_device: bool = True) -> Engine:
@@ -95,7 +108,8 @@ def engine_from_bytes(data: bytes, *, check_device: bool = True) -> Engine:
                 input_dtypes=list(d.get("input_dtypes") or []),
                 input_shapes=[None if s is None else tuple(s) for s in d.get("input_shapes") or []],
                 timing_ms=d.get("timing_ms"), candidates=dict(d.get("candidates") or {}),
-                output_formats=_formats(d.get("output_formats"))))
+                output_formats=_formats(d.get("output_formats")), writes_into=_writes_into(d.get("writes_into"))))
+        concat_plans(layers)   # every writes_into names a slice of a later concatenation (ValueError if not)
         constants = {name: weights[name] for name in header["constants"]}
         engine = Engine(
             name=header["name"], device=device, device_name=header["device_name"],
@@ -114,4 +128,8 @@ def engine_from_bytes(data: bytes, *, check_device: bool = True) -> Engine:
         if not isinstance(layer.tactic, str):
             raise PlanError(ErrorCode.PLAN_CORRUPT, f"layer {layer.name!r} names tactic {layer.tactic!r}, not a string")
         get_tactic(layer.tactic)  # unknown tactic names are refused at load, not at first run
+    try:
+        check_tactics(engine.layers, device)
+    except ValueError as exc:
+        raise PlanError(ErrorCode.PLAN_CORRUPT, f"the plan's header is malformed: {exc}") from None
     return engine

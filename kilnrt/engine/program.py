@@ -3,6 +3,12 @@
 One :class:`Program` per engine is shared by all of its execution contexts (weights are
 uploaded once).  Each activation is released after its last use, so memory is reused
 by liveness, as the engine's memory plan describes.
+
+A concatenation that producers write into (``EngineLayer.writes_into``, see
+:mod:`kilnrt.builder.concat`) has its output allocated on each run just before its first such
+producer; each of them stores into its slice (``Tactic.run_into``), and the concatenation's
+step copies only the other inputs into theirs.  Everything is allocated inside the step loop,
+so a CUDA graph captures it like any other activation.
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from typing import Any, Mapping
 
 import torch
 
+from kilnrt.builder.concat import ConcatPlan, concat_plans
 from kilnrt.errors import ErrorCode, ExecutionError, KilnError
 from kilnrt.kernels.precision import tf32_mode
 from kilnrt.kernels.registry import TacticContext, get_tactic
@@ -19,12 +26,25 @@ from kilnrt.network.layers import SHAPE_INPUTS
 
 
 class Step:
-    __slots__ = ("name", "tactic", "state", "inputs", "outputs", "release", "shape_inputs")
+    __slots__ = ("name", "tactic", "state", "inputs", "outputs", "release", "shape_inputs", "allocate", "into",
+                 "concat")
 
     def __init__(self, name, tactic, state, inputs, outputs, shape_inputs) -> None:
         self.name, self.tactic, self.state = name, tactic, state
         self.inputs, self.outputs, self.shape_inputs = inputs, outputs, shape_inputs
         self.release: list[str] = []
+        self.allocate: list[ConcatPlan] = []           # concatenation buffers made before this step
+        self.into: tuple[str, int, int, int] | None = None  # (buffer, axis, start, size): run_into there
+        self.concat: ConcatPlan | None = None          # this concatenation copies only the other inputs
+
+
+def fill_concat(plan: ConcatPlan, buffer: torch.Tensor, inputs) -> torch.Tensor:
+    """A concatenation's step when producers wrote some inputs in place: copy the others into
+    their slices of ``buffer`` (already allocated), and return it."""
+    for x, (start, size), done in zip(inputs, plan.slices, plan.in_place):
+        if not done:
+            buffer.narrow(plan.axis, start, size).copy_(x)
+    return buffer
 
 
 class Program:
@@ -45,6 +65,12 @@ class Program:
             state = tactic.prepare(net_layer, ctx)
             self.steps.append(Step(layer.name, tactic, state, list(layer.inputs), list(layer.outputs),
                                    SHAPE_INPUTS.get(layer.kind, frozenset())))
+        for plan in concat_plans(engine.layers).values():
+            self.steps[plan.first_producer].allocate.append(plan)
+            self.steps[plan.index].concat = plan
+            for i, (start, size) in zip(plan.producers, plan.slices):
+                if i is not None:
+                    self.steps[i].into = (plan.output, plan.axis, start, size)
         keep = {t.name for t in engine.io} | set(self.constants)
         last_use: dict[str, int] = {}
         for i, s in enumerate(self.steps):
@@ -67,6 +93,8 @@ class Program:
         values.update(feeds)
         dev = self.device
         for s in self.steps:
+            for plan in s.allocate:
+                values[plan.output] = plan.empty(dev)
             args = []
             for i, n in enumerate(s.inputs):
                 if n is None:
@@ -83,7 +111,13 @@ class Program:
                 args.append(v)
             t0 = time.perf_counter() if profiler is not None else 0.0
             try:
-                outs = s.tactic.run(s.state, args)
+                if s.into is not None:
+                    outs = [values[s.into[0]].narrow(*s.into[1:])]
+                    s.tactic.run_into(s.state, args, outs[0])
+                elif s.concat is not None:
+                    outs = [fill_concat(s.concat, values[s.concat.output], args)]
+                else:
+                    outs = s.tactic.run(s.state, args)
             except KilnError:
                 raise
             except Exception as exc:  # noqa: BLE001

@@ -28,3 +28,24 @@ def rows_in_memory_order(x: torch.Tensor):
 def restore_rows(y2d: torch.Tensor, lead: tuple, inverse) -> torch.Tensor:
     y = y2d.view(lead + (y2d.shape[-1],))
     return y if inverse is None else y.permute(inverse)
+
+
+def strided_rows(out: torch.Tensor) -> torch.Tensor | None:
+    """``out [..., N]`` as a ``[rows, N]`` view of the same memory when its last dim is dense
+    (stride 1) and its leading dims step through memory by one row stride (a column slice of a
+    row-major matrix: row stride = the full width); None when they do not."""
+    if out.dim() == 0 or (out.stride(-1) != 1 and out.shape[-1] > 1):
+        return None
+    lead = [(size, stride) for size, stride in zip(out.shape[:-1], out.stride()[:-1]) if size != 1]
+    rows = 1
+    for size, _ in lead:
+        rows *= size
+    ldc = lead[-1][1] if lead else max(out.shape[-1], 1)
+    expected = ldc
+    for size, stride in reversed(lead):
+        if stride != expected:
+            return None
+        expected *= size
+    if ldc < out.shape[-1]:
+        return None
+    return out.as_strided((rows, out.shape[-1]), (ldc, 1))

@@ -40,6 +40,12 @@ class Tactic:
     ``supports(layer, ctx)`` says whether it can run this layer; ``prepare(layer, ctx)``
     does the once-per-build work (weight transforms) and returns the state that
     ``run(state, inputs)`` uses on every inference.  ``run`` returns the output tensors.
+
+    A tactic with one output may also offer to store it straight into a strided view that
+    the runtime gives it (a slice of a concatenation's output buffer, so the concatenation
+    copies nothing): ``can_write_into(layer, ctx, out)`` answers for a ``meta`` tensor with
+    the view's exact shape, dtype and strides, at build time; ``run_into(state, inputs, out)``
+    then writes into such a view on every inference, where ``run`` would allocate.
     """
 
     name: str = ""
@@ -55,17 +61,33 @@ class Tactic:
     def run(self, state: Any, inputs: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
         raise NotImplementedError
 
+    def can_write_into(self, layer: Layer, ctx: TacticContext, out: torch.Tensor) -> bool:
+        """Whether :meth:`run_into` can store this layer's single output into views laid out
+        like ``out`` (a ``meta`` tensor: its shape, dtype and strides are the view's)."""
+        return False
+
+    def run_into(self, state: Any, inputs: Sequence[torch.Tensor | None], out: torch.Tensor) -> None:
+        """Like :meth:`run`, but store the single output into ``out`` (a view of another
+        tensor, as :meth:`can_write_into` accepted at build) and return nothing."""
+        raise NotImplementedError(f"tactic {self.name} does not write into a given tensor")
+
     def __repr__(self) -> str:
         return f"<tactic {self.name}>"
 
 
 class FunctionTactic(Tactic):
-    """A tactic made from a function ``fn(params, *inputs) -> Tensor | tuple[Tensor, ...]``."""
+    """A tactic made from a function ``fn(params, *inputs) -> Tensor | tuple[Tensor, ...]``.
+
+    ``into(params, out, *inputs)``, where given, is its :meth:`run_into` (storing into ``out``),
+    and ``into_ok(layer, out)`` its :meth:`can_write_into` (see :func:`writes_into`)."""
 
     def __init__(self, name: str, kind: LayerKind, device: str, fn: Callable[..., Any],
-                 supports: Callable[[Layer, TacticContext], bool] | None = None) -> None:
+                 supports: Callable[[Layer, TacticContext], bool] | None = None,
+                 into: Callable[..., None] | None = None,
+                 into_ok: Callable[[Layer, torch.Tensor], bool] | None = None) -> None:
         self.name, self.kind, self.device, self.fn = name, kind, device, fn
         self._supports = supports
+        self.into, self.into_ok = into, into_ok
 
     def supports(self, layer: Layer, ctx: TacticContext) -> bool:
         return True if self._supports is None else bool(self._supports(layer, ctx))
@@ -73,6 +95,14 @@ class FunctionTactic(Tactic):
     def run(self, state: Any, inputs: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
         out = self.fn(state, *inputs)
         return list(out) if isinstance(out, (tuple, list)) else [out]
+
+    def can_write_into(self, layer: Layer, ctx: TacticContext, out: torch.Tensor) -> bool:
+        return self.into is not None and len(layer.outputs) == 1 and bool(self.into_ok(layer, out))
+
+    def run_into(self, state: Any, inputs: Sequence[torch.Tensor | None], out: torch.Tensor) -> None:
+        if self.into is None:
+            super().run_into(state, inputs, out)
+        self.into(state, out, *inputs)
 
 
 _TACTICS: dict[str, Tactic] = {}
@@ -107,6 +137,23 @@ def kernel(kind: LayerKind, *, device: str = "cpu", variant: str = "torch",
         register(FunctionTactic(f"{device}.{kind.value}.{variant}", kind, device, fn, supports))
         if reference or (reference is None and device == "cpu" and variant == "torch"):
             _REFERENCE[kind] = fn
+        return fn
+
+    return wrap
+
+
+def writes_into(kind: LayerKind, *, when: Callable[[Layer, torch.Tensor], bool]
+                ) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Function decorator giving the reference tactic ``cpu.{kind}.torch`` a :meth:`~Tactic.run_into`:
+    ``fn(params, out, *inputs)`` stores the layer's result into ``out``; ``when(layer, out)``
+    says (at build, ``out`` a ``meta`` tensor laid out as the view will be) whether it can.
+    ``cuda.{kind}.torch`` (the same function on CUDA tensors) takes it too."""
+
+    def wrap(fn: Callable[..., None]) -> Callable[..., None]:
+        target = _TACTICS.get(f"cpu.{kind.value}.torch")
+        if not isinstance(target, FunctionTactic):
+            raise ValueError(f"writes_into({kind.value}) needs the kernel cpu.{kind.value}.torch registered first")
+        target.into, target.into_ok = fn, when
         return fn
 
     return wrap

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kilnrt.kernels.registry import kernel
+from kilnrt.kernels.registry import kernel, writes_into
 from kilnrt.network.layers import (ActivationParams, ActivationType as A,
                                    ElementWiseOperation as E, ElementWiseParams, IdentityParams,
                                    LayerKind, ScaleMode, ScaleParams, SelectParams,
@@ -194,3 +194,55 @@ def scale(p: ScaleParams, x: torch.Tensor, shift: torch.Tensor | None = None,
     if power is not None:
         y = torch.pow(y, _broadcast_channel(power, x, p))
     return y
+
+
+# ----------------------------------------------------------------------------- storing into a given view
+# The ops below have ``out=`` forms: TensorIterator stores into a strided ``out`` directly (no
+# temporary), so a float activation or elementwise layer can write its slice of a
+# concatenation's buffer (kilnrt.builder.concat).  Each computes what the kernel above does (up
+# to an ulp of sigmoid and SiLU, whose strided loops are not vectorized).
+# Not GELU: on the CPU, torch's ``gelu(x, out=view)`` leaves a strided ``out`` unwritten.
+_ACTIVATIONS_INTO = {
+    A.RELU: lambda x, a, b, out: torch.clamp_min(x, 0, out=out),
+    A.SIGMOID: lambda x, a, b, out: torch.sigmoid(x, out=out),
+    A.TANH: lambda x, a, b, out: torch.tanh(x, out=out),
+    A.LEAKY_RELU: lambda x, a, b, out: torch._C._nn.leaky_relu(x, a, out=out),
+    A.CLIP: lambda x, a, b, out: torch.clamp(x, a, b, out=out),
+    A.SILU: lambda x, a, b, out: torch._C._nn.silu(x, out=out),
+}
+_ELEMENTWISE_INTO = {E.SUM: torch.add, E.PROD: torch.mul, E.MAX: torch.maximum, E.MIN: torch.minimum,
+                     E.SUB: torch.sub, E.DIV: torch.div}   # float division: _div is a / b
+
+
+_INTO_TYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _float_static(t, out: torch.Tensor) -> bool:
+    """A float input of ``out``'s dtype whose shape is known at build."""
+    return (t is not None and t.dtype is not None and t.dtype.torch == out.dtype and out.dtype in _INTO_TYPES
+            and t.shape is not None and all(isinstance(d, int) and d >= 0 for d in t.shape))
+
+
+def _activation_into_ok(layer, out: torch.Tensor) -> bool:
+    x = layer.inputs[0]
+    return layer.params.type in _ACTIVATIONS_INTO and _float_static(x, out) and tuple(x.shape) == tuple(out.shape)
+
+
+def _elementwise_into_ok(layer, out: torch.Tensor) -> bool:
+    a, b = layer.inputs[0], layer.inputs[1]
+    if layer.params.op not in _ELEMENTWISE_INTO or not (_float_static(a, out) and _float_static(b, out)):
+        return False
+    try:
+        return tuple(torch.broadcast_shapes(tuple(a.shape), tuple(b.shape))) == tuple(out.shape)
+    except RuntimeError:
+        return False
+
+
+@writes_into(LayerKind.ACTIVATION, when=_activation_into_ok)
+def activation_into(p: ActivationParams, out: torch.Tensor, x: torch.Tensor) -> None:
+    _ACTIVATIONS_INTO[p.type](x, p.alpha, p.beta, out)
+
+
+@writes_into(LayerKind.ELEMENTWISE, when=_elementwise_into_ok)
+def elementwise_into(p: ElementWiseParams, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    _ELEMENTWISE_INTO[p.op](a, b, out=out)

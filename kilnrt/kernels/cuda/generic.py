@@ -11,7 +11,7 @@ import torch
 
 from kilnrt.kernels import cpu  # noqa: F401  (registers the reference kernels)
 from kilnrt.kernels.cpu.shape import host_values
-from kilnrt.kernels.registry import _REFERENCE, FunctionTactic, register
+from kilnrt.kernels.registry import _REFERENCE, _TACTICS, FunctionTactic, register
 from kilnrt.network.layers import FillOperation, FillParams, LayerKind
 
 _DEVICE_SPECIFIC = {LayerKind.FILL, LayerKind.CONVOLUTION}
@@ -29,7 +29,10 @@ def _fill(p: FillParams, a, b=None, c=None):
 for _kind, _fn in list(_REFERENCE.items()):
     if _kind in _DEVICE_SPECIFIC:
         continue
-    register(FunctionTactic(f"cuda.{_kind.value}.torch", _kind, "cuda", _fn))
+    _cpu = _TACTICS.get(f"cpu.{_kind.value}.torch")   # its run_into, where it has one (writes_into)
+    _cpu = _cpu if getattr(_cpu, "fn", None) is _fn else None
+    register(FunctionTactic(f"cuda.{_kind.value}.torch", _kind, "cuda", _fn,
+                            into=getattr(_cpu, "into", None), into_ok=getattr(_cpu, "into_ok", None)))
 register(FunctionTactic("cuda.fill.torch", LayerKind.FILL, "cuda", _fill))
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from kilnrt.kernels.registry import register
+from kilnrt.kernels.gemm_rows import strided_rows
+from kilnrt.kernels.registry import register, static_dims
 from kilnrt.kernels.triton.epilogue import EPILOGUE_ACTIVATIONS
 from kilnrt.kernels.triton.gemm import TiledTactic, gemm, gemm_shape_ok
 from kilnrt.network.dtypes import DataType
@@ -61,6 +62,29 @@ class TritonConvGemm(TiledTactic):
         c = gemm(_rows(x), weight, bias, None if residual is None else _rows(residual), act, alpha, beta,
                  self.config)
         return [c.view(n, h, w, weight.shape[1]).permute(0, 3, 1, 2)]  # [N, K, H, W], channels-last
+
+    def can_write_into(self, layer, ctx, out) -> bool:
+        """Into an ``[N, K, H, W]`` view whose pixels are one stride apart with dense channels: a
+        channel slice of a channels-last buffer (a concatenation along channels)."""
+        return nhwc_slice_ok(layer, out)
+
+    def run_into(self, state, inputs, out) -> None:
+        weight, bias, act, alpha, beta = state
+        residual = inputs[3] if len(inputs) > 3 else None
+        gemm(_rows(inputs[0]), weight, bias, None if residual is None else _rows(residual), act, alpha, beta,
+             self.config, out=nhwc_rows(out))
+
+
+def nhwc_rows(out: torch.Tensor) -> torch.Tensor | None:
+    """An ``[N, K, H, W]`` view as its ``[N*H*W, K]`` pixel rows (see :func:`strided_rows`)."""
+    return strided_rows(out.permute(0, 2, 3, 1)) if out.dim() == 4 else None
+
+
+def nhwc_slice_ok(layer, out: torch.Tensor) -> bool:
+    """Whether a channels-last convolution tactic can store ``layer``'s output into ``out``."""
+    x = layer.inputs[0]
+    return x.dtype is not None and out.dtype == x.dtype.torch and static_dims(out.shape) \
+        and nhwc_rows(out) is not None
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps): the expand/project convolutions of mobile networks

@@ -27,18 +27,20 @@ import triton
 import triton.language as tl
 
 from kilnrt.kernels.cpu.conv import FLOOR_PADDING_MODES, window_geometry
-from kilnrt.kernels.gemm_rows import restore_rows, rows_in_memory_order
+from kilnrt.kernels.gemm_rows import restore_rows, rows_in_memory_order, strided_rows
 from kilnrt.kernels.registry import register, static_dims
 from kilnrt.kernels.triton import launch_options, wait_for_previous_kernel
 from kilnrt.kernels.triton.epilogue import EPILOGUE_ACTIVATIONS
-from kilnrt.kernels.triton.gemm import TiledTactic, TritonGemm, store_epilogue
+from kilnrt.kernels.triton.conv_gemm import nhwc_rows, nhwc_slice_ok
+from kilnrt.kernels.triton.gemm import TiledTactic, TritonGemm, logical_rows, store_epilogue
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import LayerKind
 
 
 @triton.jit
 def _conv_nhwc(x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, M, H, W, OH, OW, alpha, beta,
-               C: tl.constexpr, N: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+               C: tl.constexpr, N: tl.constexpr, LDC: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+               SH: tl.constexpr, SW: tl.constexpr,
                PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
                TILES_PER_SPLIT: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
                ACT: tl.constexpr, BIG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -87,14 +89,15 @@ def _conv_nhwc(x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, M, H, W, OH, OW
             w = tl.load(w_ptr + kk[:, None] * N + rbn[None, :], mask=k_ok[:, None], other=0.0)
         acc = tl.dot(a, w, acc)
     if SPLIT == 1:
-        store_epilogue(acc, rm, rn, M, N, bias_ptr, res_ptr, y_ptr, alpha, beta, HAS_BIAS, HAS_RES, ACT)
+        store_epilogue(acc, rm, rn, M, N, LDC, bias_ptr, res_ptr, y_ptr, alpha, beta, HAS_BIAS, HAS_RES, ACT)
     else:  # this split's float32 partial, [SPLIT, M, N]; _add_partials finishes
         offs = (tl.program_id(1) * M + rm[:, None]).to(tl.int64) * N + rn[None, :]
         tl.store(part_ptr + offs, acc, mask=m_ok[:, None] & (rn[None, :] < N))
 
 
 @triton.jit
-def _add_partials(part_ptr, bias_ptr, res_ptr, y_ptr, M, alpha, beta, N: tl.constexpr, SPLIT: tl.constexpr,
+def _add_partials(part_ptr, bias_ptr, res_ptr, y_ptr, M, alpha, beta, N: tl.constexpr, LDC: tl.constexpr,
+                  SPLIT: tl.constexpr,
                   HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, BLOCK_M: tl.constexpr,
                   BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr):
     wait_for_previous_kernel(USE_PDL)
@@ -105,7 +108,7 @@ def _add_partials(part_ptr, bias_ptr, res_ptr, y_ptr, M, alpha, beta, N: tl.cons
     acc = tl.load(part_ptr + offs, mask=mask, other=0.0)
     for s in tl.static_range(1, SPLIT):  # split order: the same sum on every run
         acc += tl.load(part_ptr + s * M * N + offs, mask=mask, other=0.0)
-    store_epilogue(acc, rm, rn, M, N, bias_ptr, res_ptr, y_ptr, alpha, beta, HAS_BIAS, HAS_RES, ACT)
+    store_epilogue(acc, rm, rn, M, N, LDC, bias_ptr, res_ptr, y_ptr, alpha, beta, HAS_BIAS, HAS_RES, ACT)
 
 
 MAX_SPLIT = 16
@@ -130,32 +133,39 @@ def multiprocessors(device: torch.device) -> int:
 
 
 def conv_nhwc(x: torch.Tensor, weight: torch.Tensor, bias, residual, window, stride, pre, dilation,
-              out_hw, act: str, alpha: float, beta: float, config: dict, programs: int) -> torch.Tensor:
+              out_hw, act: str, alpha: float, beta: float, config: dict, programs: int,
+              out: torch.Tensor | None = None) -> torch.Tensor | None:
     """``act(conv(x) + bias + residual)`` as a new ``[N, OH, OW, K]`` tensor: ``x`` a contiguous
-    ``[N, H, W, C]``, ``weight`` a contiguous ``[KH*KW*C, K]``, ``residual`` ``[N, OH, OW, K]``."""
+    ``[N, H, W, C]``, ``weight`` a contiguous ``[KH*KW*C, K]``, ``residual`` ``[N, OH, OW, K]``.
+    With ``out`` (the ``[N*OH*OW, K]`` output pixels as rows ``out.stride(0)`` apart, unit column
+    stride: a channel slice of a channels-last buffer) the result is stored there, returning None."""
     n, h, w, c = x.shape
     k = weight.shape[1]
     (oh, ow), m = out_hw, n * out_hw[0] * out_hw[1]
-    y = torch.empty((n, oh, ow, k), dtype=x.dtype, device=x.device)
+    y = torch.empty((n, oh, ow, k), dtype=x.dtype, device=x.device) if out is None else None
+    rows = y.view(m, k) if out is None else out
+    assert rows.shape == (m, k) and (rows.stride(1) == 1 or k == 1) and rows.stride(0) >= k, "out: [M, K] rows"
     if m == 0:
         return y
     bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
     k_tiles = triton.cdiv(window[0] * window[1] * c, bk)
     tiles = triton.cdiv(m, bm) * triton.cdiv(k, bn)
     split = split_for(m, k, window[0] * window[1] * c, config, programs)
-    parts = torch.empty((split, m, k), dtype=torch.float32, device=x.device) if split > 1 else y
-    big = max(x.numel(), y.numel()) + bm * c >= 2 ** 31
+    parts = torch.empty((split, m, k), dtype=torch.float32, device=x.device) if split > 1 else rows
+    big = max(x.numel(), m * k) + bm * c >= 2 ** 31
     epilogue = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=act)
     bias_arg = bias if bias is not None else weight
-    res_arg = residual if residual is not None else y
+    res_arg = residual if residual is not None else rows
+    ldc = rows.stride(0) if m > 1 else k
     _conv_nhwc[(tiles, split)](
-        x, weight, bias_arg, res_arg, y, parts, m, h, w, oh, ow, float(alpha), float(beta), C=c, N=k, KH=window[0],
+        x, weight, bias_arg, res_arg, rows, parts, m, h, w, oh, ow, float(alpha), float(beta), C=c, N=k, LDC=ldc,
+        KH=window[0],
         KW=window[1], SH=stride[0], SW=stride[1], PH=pre[0], PW=pre[1], DH=dilation[0], DW=dilation[1],
-        TILES_PER_SPLIT=k_tiles // split, SPLIT=split, BIG=big, **epilogue, **config, **launch_options(y))
+        TILES_PER_SPLIT=k_tiles // split, SPLIT=split, BIG=big, **epilogue, **config, **launch_options(rows))
     if split > 1:
         _add_partials[(triton.cdiv(m, 32), triton.cdiv(k, 64))](
-            parts, bias_arg, res_arg, y, m, float(alpha), float(beta), N=k, SPLIT=split, **epilogue,
-            BLOCK_M=32, BLOCK_N=64, num_warps=4, **launch_options(y))
+            parts, bias_arg, res_arg, rows, m, float(alpha), float(beta), N=k, LDC=ldc, SPLIT=split, **epilogue,
+            BLOCK_M=32, BLOCK_N=64, num_warps=4, **launch_options(rows))
     return y
 
 
@@ -194,6 +204,16 @@ class TritonImplicitConv(TiledTactic):
         return p, weight, bias, (kh, kw), multiprocessors(ctx.device)
 
     def run(self, state, inputs):
+        return [self._conv(state, inputs, None).permute(0, 3, 1, 2)]  # [N, K, OH, OW], channels-last
+
+    def can_write_into(self, layer, ctx, out) -> bool:
+        """Into a channel slice of a channels-last buffer (see ``conv_gemm.nhwc_slice_ok``)."""
+        return nhwc_slice_ok(layer, out)
+
+    def run_into(self, state, inputs, out) -> None:
+        self._conv(state, inputs, nhwc_rows(out))
+
+    def _conv(self, state, inputs, out):
         p, weight, bias, window, programs = state
         x = inputs[0].contiguous(memory_format=torch.channels_last)
         residual = inputs[3] if len(inputs) > 3 else None
@@ -201,9 +221,9 @@ class TritonImplicitConv(TiledTactic):
         stride, dilation, pre, out_hw = window_geometry(p, (h, w), window)
         if residual is not None:
             residual = residual.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
-        y = conv_nhwc(x.permute(0, 2, 3, 1), weight, bias, residual, window, stride, pre, dilation, out_hw,
-                      EPILOGUE_ACTIVATIONS[p.activation], p.activation_alpha, p.activation_beta, self.config, programs)
-        return [y.permute(0, 3, 1, 2)]  # [N, K, OH, OW], channels-last
+        return conv_nhwc(x.permute(0, 2, 3, 1), weight, bias, residual, window, stride, pre, dilation, out_hw,
+                         EPILOGUE_ACTIVATIONS[p.activation], p.activation_alpha, p.activation_beta, self.config,
+                         programs, out)
 
 
 class TritonSplitKGemm(TritonGemm):
@@ -232,6 +252,13 @@ class TritonSplitKGemm(TritonGemm):
         y = conv_nhwc(a.contiguous().view(1, m, 1, k), weight, bias, None, (1, 1), (1, 1), (0, 0), (1, 1), (m, 1),
                       act, alpha, beta, self.config, programs)
         return [restore_rows(y.view(m, -1), lead, inverse)]
+
+    def run_into(self, state, inputs, out) -> None:  # can_write_into: TritonGemm's (rows one stride apart)
+        weight, bias, act, alpha, beta, programs = state
+        a = logical_rows(inputs[0])
+        m, k = a.shape
+        conv_nhwc(a.contiguous().view(1, m, 1, k), weight, bias, None, (1, 1), (1, 1), (0, 0), (1, 1), (m, 1),
+                  act, alpha, beta, self.config, programs, out=strided_rows(out))
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps): small tiles (and split-K) for batch-1 layers,

@@ -18,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kilnrt.kernels.gemm_rows import restore_rows, rows_in_memory_order
-from kilnrt.kernels.registry import Tactic, register
+from kilnrt.kernels.gemm_rows import restore_rows, rows_in_memory_order, strided_rows
+from kilnrt.kernels.registry import Tactic, register, static_dims
 from kilnrt.kernels.triton import launch_options, wait_for_previous_kernel
 from kilnrt.kernels.triton.epilogue import EPILOGUE_ACTIVATIONS, activate
 from kilnrt.network.dtypes import DataType
@@ -27,21 +27,23 @@ from kilnrt.network.layers import LayerKind, MatrixOperation
 
 
 @triton.jit
-def store_epilogue(acc, rm, rn, M, N, bias_ptr, res_ptr, c_ptr, alpha, beta,
+def store_epilogue(acc, rm, rn, M, N, ldc, bias_ptr, res_ptr, c_ptr, alpha, beta,
                    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr):
-    """``c[rm, rn] = act(acc + bias[rn] + res[rm, rn])`` for a ``[M, N]`` row-major output."""
+    """``c[rm, rn] = act(acc + bias[rn] + res[rm, rn])`` for a ``[M, N]`` output whose rows are
+    ``ldc`` elements apart: ``N`` for a matrix of its own, more for a column slice of a wider
+    one (a concatenation's buffer).  The residual is a ``[M, N]`` row-major matrix."""
     mask = (rm[:, None] < M) & (rn[None, :] < N)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-    offs = rm[:, None].to(tl.int64) * N + rn[None, :]
-    if HAS_RES:  # a [M, N] row-major residual, added before the activation
-        acc += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    rows = rm[:, None].to(tl.int64)
+    if HAS_RES:  # added before the activation
+        acc += tl.load(res_ptr + rows * N + rn[None, :], mask=mask, other=0.0).to(tl.float32)
     acc = activate(acc, ACT, alpha, beta)
-    tl.store(c_ptr + offs, acc.to(c_ptr.dtype.element_ty), mask=mask)
+    tl.store(c_ptr + rows * ldc + rn[None, :], acc.to(c_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _gemm(a_ptr, w_ptr, bias_ptr, res_ptr, c_ptr, M, N, K: tl.constexpr, stride_am, stride_ak, alpha, beta,
+def _gemm(a_ptr, w_ptr, bias_ptr, res_ptr, c_ptr, M, N, K: tl.constexpr, stride_am, stride_ak, ldc, alpha, beta,
           HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, EVEN_K: tl.constexpr,
           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
           USE_PDL: tl.constexpr):
@@ -76,22 +78,24 @@ def _gemm(a_ptr, w_ptr, bias_ptr, res_ptr, c_ptr, M, N, K: tl.constexpr, stride_
         acc = tl.dot(a, w, acc)
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * N
-    store_epilogue(acc, rm, rn, M, N, bias_ptr, res_ptr, c_ptr, alpha, beta, HAS_BIAS, HAS_RES, ACT)
+    store_epilogue(acc, rm, rn, M, N, ldc, bias_ptr, res_ptr, c_ptr, alpha, beta, HAS_BIAS, HAS_RES, ACT)
 
 
 def gemm(a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
-         act: str, alpha: float, beta: float, config: dict) -> torch.Tensor:
+         act: str, alpha: float, beta: float, config: dict, out: torch.Tensor | None = None) -> torch.Tensor:
     """``act(a @ weight + bias + residual)`` as a new row-major ``[M, N]`` tensor: ``a`` is any
     ``[M, K]`` matrix whose rows are K-contiguous, ``weight`` a contiguous ``[K, N]``,
-    ``bias`` ``[N]`` and ``residual`` a contiguous ``[M, N]``."""
+    ``bias`` ``[N]`` and ``residual`` a contiguous ``[M, N]``.  With ``out`` (an ``[M, N]`` view
+    with unit column stride, rows ``out.stride(0)`` apart) the result is stored there instead."""
     m, (k, n) = a.shape[0], weight.shape
-    c = torch.empty((m, n), dtype=a.dtype, device=a.device)
+    c = torch.empty((m, n), dtype=a.dtype, device=a.device) if out is None else out
+    assert c.shape == (m, n) and (c.stride(1) == 1 or n == 1) and c.stride(0) >= n, "out: [M, N], unit column stride"
     if m > 0:
         grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
         _gemm[grid](a, weight, bias if bias is not None else weight, residual if residual is not None else c, c,
-                    m, n, k, a.stride(0), a.stride(1), float(alpha), float(beta), HAS_BIAS=bias is not None,
-                    HAS_RES=residual is not None, ACT=act, EVEN_K=k % config["BLOCK_K"] == 0, **config,
-                    **launch_options(c))
+                    m, n, k, a.stride(0), a.stride(1), c.stride(0), float(alpha), float(beta),
+                    HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=act,
+                    EVEN_K=k % config["BLOCK_K"] == 0, **config, **launch_options(c))
     return c
 
 
@@ -154,6 +158,24 @@ class TritonGemm(TiledTactic):
         weight, bias, act, alpha, beta = state
         a, lead, inverse = rows_in_memory_order(inputs[0])
         return [restore_rows(gemm(a, weight, bias, None, act, alpha, beta, self.config), lead, inverse)]
+
+    def can_write_into(self, layer, ctx, out) -> bool:
+        """Into any view whose rows are one stride apart: a column slice of a row-major buffer
+        (a concatenation along the last axis), or whole rows of one (along a leading axis)."""
+        x = layer.inputs[0]
+        return x.dtype is not None and out.dtype == x.dtype.torch and static_dims(out.shape) \
+            and strided_rows(out) is not None
+
+    def run_into(self, state, inputs, out) -> None:
+        weight, bias, act, alpha, beta = state
+        gemm(logical_rows(inputs[0]), weight, bias, None, act, alpha, beta, self.config, out=strided_rows(out))
+
+
+def logical_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x [..., K]`` as ``[rows, K]`` in its logical row order (the order of an output view's
+    rows): a view when its rows are in that order in memory, else a copy (a transposed view)."""
+    a, _, inverse = rows_in_memory_order(x)
+    return a if inverse is None else x.reshape(-1, x.shape[-1])
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps), each timed by the builder on the layer's shapes.
