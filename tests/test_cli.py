@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -167,6 +168,40 @@ def test_inspector_shows_each_tensors_memory_format(tmp_path, capsys):
     console = Console(width=250, record=True)
     console.print(layer_table(engine))
     assert console.export_text().count("NHWC") == 2   # the convolution's output, the pooling's input
+
+
+def test_inspector_says_where_the_layout_changes(tmp_path):
+    """The layout summary counts 4-D outputs per format and names the layers that convert their
+    input's layout: here squeezenet with the formats a GPU build records (set by hand)."""
+    import onnx.backend.test as ot
+
+    from kilnrt.engine.inspector import describe_engine, layout_summary, layout_text, summary_table
+    from rich.console import Console
+
+    path = Path(ot.__file__).parent / "data" / "light" / "light_squeezenet.onnx"
+    engine = kilnrt.build(str(path))
+    assert layout_text(layout_summary(engine)).endswith("(the build ran no tactic: CPU)")
+    four_d = [l for l in engine.layers if len(l.output_shapes[0] or ()) == 4]
+    for l in four_d:                                  # NHWC end to end: only the first layer converts
+        l.output_formats = ["channels_last"]
+    summary = layout_summary(engine)
+    assert summary["formats"] == {"channels_last": len(four_d)}
+    assert [(c["layer"], c["inputs"], c["from"], c["to"]) for c in summary["changes"]] == \
+        [(engine.layers[0].name, [engine.io[0].name], "linear", "channels_last")]
+    middle = four_d[len(four_d) // 2]                 # one layer in the middle writes NCHW: it converts,
+    middle.output_formats = ["linear"]                # and so does each NHWC layer that reads it
+    readers = [l.name for l in four_d if middle.outputs[0] in l.inputs]
+    changes = [c["layer"] for c in layout_summary(engine)["changes"]]
+    assert changes == [engine.layers[0].name, middle.name] + readers and readers
+    pooled = next(l for l in four_d if l.output_shapes[0][2:] == (1, 1))   # [N, C, 1, 1]: one memory layout
+    pooled.output_formats = ["linear"]
+    assert pooled.name not in [c["layer"] for c in layout_summary(engine)["changes"]]
+    engine.save(str(tmp_path / "s.plan"))
+    loaded = kilnrt.load(str(tmp_path / "s.plan"))
+    assert describe_engine(loaded)["layout"] == layout_summary(engine)
+    console = Console(width=250, record=True)
+    console.print(summary_table(loaded))
+    assert f"layout converted in {len(changes)} layer(s)" in console.export_text()
 
 
 def test_inspect_onnx_model(files, capsys):

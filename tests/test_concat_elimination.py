@@ -334,7 +334,6 @@ def test_inception_block_fp16_on_the_gpu(seed):
     producers = [layer_by_output(engine, n) for n in concat.inputs]
     capable = [p for p in producers if p.tactic.startswith(("cuda.convolution.triton_gemm_",
                                                             "cuda.convolution.triton_implicit_"))]
-    print({p.name: (p.tactic, p.writes_into) for p in producers}, concat.output_formats)
     if capable:   # a Triton convolution won the timing: it writes its channel slice of an NHWC buffer
         assert any(p.writes_into is not None for p in capable)
         assert concat.output_formats == ["channels_last"]

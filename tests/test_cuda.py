@@ -119,6 +119,12 @@ def test_build_records_every_layers_output_format():
     assert convs and set(convs) <= {"linear", "channels_last"}, convs
     loaded = kilnrt.load(engine.serialize())
     assert [l.output_formats for l in loaded.layers] == [l.output_formats for l in engine.layers]
+    # NHWC end to end: the layout converts only where the engine's (NCHW) input is read
+    from kilnrt.engine.inspector import layout_summary
+
+    changes = layout_summary(engine)["changes"]
+    inputs = {t.name for t in engine.io if t.mode == "input"}
+    assert changes and all(set(c["inputs"]) <= inputs for c in changes), changes
 
 
 @pytest.mark.parametrize("level", range(6))

@@ -76,6 +76,57 @@ def tensor_info(engine, name: str | None) -> dict[str, Any] | None:
             "kind": "activation", "opt_shape": t.get("opt_shape"), "format": None}
 
 
+def _neutral(shape) -> bool:
+    """A 4-D shape whose NCHW and NHWC layouts are the same memory (H*W == 1 or C == 1)."""
+    return shape is not None and len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape) \
+        and (shape[2] * shape[3] == 1 or shape[1] == 1)
+
+
+def layout_summary(engine) -> dict[str, Any]:
+    """Where the engine's 4-D activations are channels-last (NHWC) and where the layout changes.
+
+    ``formats``: how many 4-D layer outputs each tactic wrote in each format (``None``: unknown,
+    as in CPU builds); ``changes``: the layers whose 4-D output is in another format than one
+    of their 4-D inputs (engine inputs are linear), i.e. the layers whose tactic converts the
+    layout as it reads, with the names of the inputs converted.  Shapes whose two layouts are
+    the same memory (``[N, C, 1, 1]``) count as neither."""
+    formats: dict[str, str | None] = {t.name: "linear" for t in engine.io if t.mode == "input"}
+    shapes: dict[str, Any] = {t.name: t.shape for t in engine.io if t.mode == "input"}
+    counts: dict[str, int] = {}
+    changes = []
+    for l in engine.layers:
+        for k, name in enumerate(l.outputs):
+            formats[name] = l.output_formats[k] if k < len(l.output_formats) else None
+            shapes[name] = l.output_shapes[k] if k < len(l.output_shapes) else None
+        out_shape, out_fmt = shapes.get(l.outputs[0]) if l.outputs else None, formats.get(l.outputs[0]) if l.outputs else None
+        if out_shape is None or len(out_shape) != 4:
+            continue
+        counts[str(out_fmt) if out_fmt else "unknown"] = counts.get(str(out_fmt) if out_fmt else "unknown", 0) + 1
+        if out_fmt is None or _neutral(out_shape):
+            continue
+        converted = [n for n in l.inputs if n is not None and n in formats and shapes.get(n) is not None
+                     and len(shapes[n]) == 4 and not _neutral(shapes[n])
+                     and formats[n] is not None and formats[n] != out_fmt]
+        if converted:
+            changes.append({"layer": l.name, "inputs": converted, "from": formats[converted[0]], "to": out_fmt})
+    return {"formats": counts, "changes": changes}
+
+
+def layout_text(summary: dict[str, Any]) -> str | None:
+    """The summary in a line: None when the engine has no 4-D activations."""
+    counts = summary["formats"]
+    if not counts:
+        return None
+    names = {"channels_last": "NHWC", "linear": "linear", "unknown": "unknown format"}
+    text = ", ".join(f"{n} {names.get(f, f)}" for f, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    if set(counts) == {"unknown"}:
+        return f"{text} (the build ran no tactic: CPU)"
+    changes = summary["changes"]
+    where = "; ".join(f"{c['layer']} ({names.get(c['from'], c['from'])} -> {names.get(c['to'], c['to'])})"
+                      for c in changes[:6]) + (f"; {len(changes) - 6} more" if len(changes) > 6 else "")
+    return f"{text}; layout converted in {len(changes)} layer(s)" + (f": {where}" if changes else "")
+
+
 def _concats(engine) -> dict[str, dict[str, Any]]:
     from kilnrt.builder.concat import describe
 
@@ -148,6 +199,7 @@ def describe_engine(engine, timings: Mapping[str, float] | None = None) -> dict[
         "activation_bytes": None if memory is None else int(memory.arena_bytes),
         "naive_activation_bytes": None if memory is None else int(memory.naive_bytes),
         "build": build,
+        "layout": layout_summary(engine),
         "layers": [layer_info(engine, i, timings, formats, concats) for i in range(len(engine.layers))],
     }
 
@@ -283,6 +335,9 @@ def summary_table(engine):
     act, naive = data["activation_bytes"], data["naive_activation_bytes"]
     reuse = f" (without reuse: {format_bytes(naive)})" if act is not None and naive is not None else ""
     table.add_row("activations", format_bytes(act) + reuse)
+    layout = layout_text(data["layout"])
+    if layout:
+        table.add_row("4-D layouts", layout)
     build = data["build"]
     if build:
         table.add_row("build", f"{build.get('seconds', '?')} s, optimization level "
@@ -306,4 +361,4 @@ def summary_table(engine):
 
 
 __all__ = ["EngineInspector", "LayerInformationFormat", "LayerTimer", "concat_text", "describe_engine", "layer_info",
-           "tensor_info", "layer_table", "summary_table", "format_bytes", "format_shape"]
+           "layout_summary", "layout_text", "tensor_info", "layer_table", "summary_table", "format_bytes", "format_shape"]
