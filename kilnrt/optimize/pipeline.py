@@ -11,6 +11,7 @@ from kilnrt.optimize.passes.cleanup import (eliminate_common_subexpressions, eli
                                             remove_identities)
 from kilnrt.optimize.passes.fusion import (fuse_conv_epilogue, fuse_conv_scale, fuse_squeeze_excitation,
                                             move_residual_bias)
+from kilnrt.optimize.passes.norms import fuse_normalizations
 from kilnrt.optimize.passes.horizontal import fuse_sibling_convs, fuse_sibling_matmuls
 from kilnrt.optimize.passes.pointwise import fuse_pointwise
 from kilnrt.optimize.passes.transformer import fuse_add_norm, fuse_attention, fuse_matmul_epilogue
@@ -27,6 +28,7 @@ PIPELINE: list[tuple[str, Pass, int]] = [
     ("eliminate_dead_layers", eliminate_dead_layers, 0),
     ("eliminate_common_subexpressions", eliminate_common_subexpressions, 1),
     ("fuse_activations", fuse_activations, 1),  # before the epilogue fusions, which absorb them
+    ("fuse_normalizations", fuse_normalizations, 1),  # before fuse_add_norm, which takes their residual adds
     ("fuse_conv_scale", fuse_conv_scale, 1),
     ("fold_constants", fold_constants, 1),
     ("eliminate_dead_layers", eliminate_dead_layers, 1),
