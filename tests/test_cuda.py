@@ -212,3 +212,24 @@ def test_inception_block_sibling_convs_fp16(channels, widths):
         assert out.dtype == np.float32 and out.shape == ref.shape
         assert rel_l2(out, ref) < 1e-2
         np.testing.assert_allclose(out, ref, rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("rms", [False, True], ids=["layernorm", "rmsnorm"])
+def test_spelled_out_norm_runs_as_one_norm_kernel_on_gpu(rms):
+    """fuse_normalizations on the GPU: a ReduceMean/Pow/Sqrt/Div LayerNorm or RMSNorm builds in
+    fp16 into one normalization layer on a CUDA tactic, against float32 onnxruntime."""
+    import onnxruntime as ort
+
+    from tests.test_norm_patterns import _norm_graph, _x
+
+    model = _norm_graph(rms=rms)
+    engine = kilnrt.build(model, device="cuda", fp16=True)
+    norms = [l for l in engine.layers if l.kind == kilnrt.LayerKind.NORMALIZATION]
+    assert len(norms) == 1 and norms[0].tactic.startswith("cuda.normalization.")
+    assert not any(l.kind == kilnrt.LayerKind.REDUCE for l in engine.layers)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    for _ in range(2):
+        x = _x()
+        assert rel_l2(engine.run({"x": x})["y"], session.run(None, {"x": x})[0]) < 1e-2
