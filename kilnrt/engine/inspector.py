@@ -98,10 +98,10 @@ def layout_summary(engine) -> dict[str, Any]:
         for k, name in enumerate(l.outputs):
             formats[name] = l.output_formats[k] if k < len(l.output_formats) else None
             shapes[name] = l.output_shapes[k] if k < len(l.output_shapes) else None
-        out_shape, out_fmt = shapes.get(l.outputs[0]) if l.outputs else None, formats.get(l.outputs[0]) if l.outputs else None
-        if out_shape is None or len(out_shape) != 4:
+        if not l.outputs or shapes.get(l.outputs[0]) is None or len(shapes[l.outputs[0]]) != 4:
             continue
-        counts[str(out_fmt) if out_fmt else "unknown"] = counts.get(str(out_fmt) if out_fmt else "unknown", 0) + 1
+        out_shape, out_fmt = shapes[l.outputs[0]], formats.get(l.outputs[0])
+        counts[out_fmt or "unknown"] = counts.get(out_fmt or "unknown", 0) + 1
         if out_fmt is None or _neutral(out_shape):
             continue
         converted = [n for n in l.inputs if n is not None and n in formats and shapes.get(n) is not None
