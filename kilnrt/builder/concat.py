@@ -127,7 +127,7 @@ def eliminate_concats(layers: list[EngineLayer], device: torch.device | str, kee
     producer = {n: i for i, l in enumerate(layers) for n in l.outputs}
     ctx = TacticContext(torch.device(device))   # can_write_into looks at shapes and strides only
     stats = {"concatenations": 0, "eliminated": 0, "partial": 0, "inputs_in_place": 0, "inputs_copied": 0,
-             "not_static": 0}
+             "not_static": 0, "tactics_switched": 0}
     for index, concat in enumerate(layers):
         if concat.kind != LayerKind.CONCATENATION or len(concat.outputs) != 1:
             continue
@@ -145,17 +145,29 @@ def eliminate_concats(layers: list[EngineLayer], device: torch.device | str, kee
         best: tuple[str, list[bool]] | None = None
         for fmt in formats:
             buf = torch.empty(shape, dtype=dtype, device="meta", memory_format=_MEMORY_FORMATS[fmt])
-            ok = [i is not None and _can_write(layers[i], ctx, buf.narrow(axis, *slices[k]))
+            saved = [None if concat.timing_ms is None else concat.timing_ms * size / shape[axis]
+                     for _, size in slices]   # each input's share of the measured copy
+            ok = [None if i is None else _writer(layers[i], ctx, buf.narrow(axis, *slices[k]), saved[k])
                   for k, i in enumerate(candidates)]
-            if best is None or sum(ok) > sum(best[1]):
+            if best is None or sum(w is not None for w in ok) > sum(w is not None for w in best[1]):
                 best = (fmt, ok)
-        fmt, ok = best
+        fmt, writers = best
+        ok = [w is not None for w in writers]
         if not any(ok):
             stats["inputs_copied"] += len(concat.inputs)
             continue
         for k, i in enumerate(candidates):
             if ok[k]:
-                layers[i].writes_into = (concat.outputs[0], axis, slices[k][0])
+                producer = layers[i]
+                if writers[k] != producer.tactic:
+                    log.info("%s: %s (%.4f ms) instead of %s (%.4f ms), as it writes its slice of %s in place",
+                             producer.name, writers[k], producer.candidates[writers[k]], producer.tactic,
+                             producer.timing_ms, concat.name)
+                    producer.tactic, producer.timing_ms = writers[k], producer.candidates[writers[k]]
+                    stats["tactics_switched"] += 1
+                producer.writes_into = (concat.outputs[0], axis, slices[k][0])
+                if len(shape) == 4:
+                    producer.output_formats = [fmt]   # what it writes is the buffer's layout
         concat.output_formats = [fmt]
         stats["eliminated" if all(ok) else "partial"] += 1
         stats["inputs_in_place"] += sum(ok)
@@ -164,12 +176,30 @@ def eliminate_concats(layers: list[EngineLayer], device: torch.device | str, kee
     return stats
 
 
-def _can_write(layer: EngineLayer, ctx: TacticContext, view: torch.Tensor) -> bool:
+def _can_write(layer: EngineLayer, ctx: TacticContext, view: torch.Tensor, tactic: str | None = None) -> bool:
+    """Whether ``tactic`` (default: the layer's chosen one) can store the layer's output into ``view``."""
+    tactic = tactic or layer.tactic
     try:
-        return bool(get_tactic(layer.tactic).can_write_into(layer.as_network_layer(), ctx, view))
+        return bool(get_tactic(tactic).can_write_into(layer.as_network_layer(), ctx, view))
     except Exception as exc:  # noqa: BLE001 - a tactic that cannot tell keeps its own output
-        log.debug("%s (%s) cannot say whether it writes into a slice: %s", layer.name, layer.tactic, exc)
+        log.debug("%s (%s) cannot say whether it writes into a slice: %s", layer.name, tactic, exc)
         return False
+
+
+def _writer(layer: EngineLayer, ctx: TacticContext, view: torch.Tensor, saved_ms: float | None) -> str | None:
+    """The tactic that writes ``layer``'s output into ``view``: its chosen one when that can;
+    else the fastest other candidate the build timed that can, when its time is below the chosen
+    one's plus ``saved_ms`` (this input's share of the concatenation's measured copy); else None."""
+    if _can_write(layer, ctx, view):
+        return layer.tactic
+    if saved_ms is None or layer.timing_ms is None:
+        return None
+    for name, ms in sorted(layer.candidates.items(), key=lambda kv: kv[1]):
+        if ms >= layer.timing_ms + saved_ms:
+            return None
+        if name != layer.tactic and _can_write(layer, ctx, view, name):
+            return name
+    return None
 
 
 def concat_plans(layers: Sequence[EngineLayer]) -> dict[int, ConcatPlan]:
