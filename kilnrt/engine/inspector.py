@@ -353,7 +353,9 @@ def summary_table(engine):
         if concats and concats.get("concatenations"):
             table.add_row("concatenations", f"{concats['concatenations']}: {concats['eliminated']} eliminated, "
                                             f"{concats['partial']} partly; {concats['inputs_in_place']} inputs "
-                                            f"written in place, {concats['inputs_copied']} copied")
+                                            f"written in place, {concats['inputs_copied']} copied"
+                                            + (f"; {concats['tactics_switched']} producers took a tactic that "
+                                               f"writes in place" if concats.get("tactics_switched") else ""))
         cache = build.get("timing_cache")
         if cache:
             table.add_row("timing cache", f"{cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses")
