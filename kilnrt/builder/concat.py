@@ -142,11 +142,11 @@ def eliminate_concats(layers: list[EngineLayer], device: torch.device | str, kee
         recorded = (concat.output_formats[0] if concat.output_formats else None) or "linear"
         formats = [recorded] + [f for f in _MEMORY_FORMATS if f != recorded and (len(shape) == 4 or f == "linear")]
         dtype = DataType[concat.output_dtypes[0]].torch
-        best: tuple[str, list[bool]] | None = None
+        saved = [None if concat.timing_ms is None else concat.timing_ms * size / shape[axis]
+                 for _, size in slices]   # each input's share of the measured copy
+        best: tuple[str, list[str | None]] | None = None   # (buffer format, each input's writer tactic)
         for fmt in formats:
             buf = torch.empty(shape, dtype=dtype, device="meta", memory_format=_MEMORY_FORMATS[fmt])
-            saved = [None if concat.timing_ms is None else concat.timing_ms * size / shape[axis]
-                     for _, size in slices]   # each input's share of the measured copy
             ok = [None if i is None else _writer(layers[i], ctx, buf.narrow(axis, *slices[k]), saved[k])
                   for k, i in enumerate(candidates)]
             if best is None or sum(w is not None for w in ok) > sum(w is not None for w in best[1]):
