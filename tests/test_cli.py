@@ -57,6 +57,29 @@ def test_build_writes_a_plan_with_the_profile(files, capsys):
     assert engine.build_info["optimization_level"] == 2
 
 
+def test_build_reports_the_layouts_a_gpu_build_recorded(tmp_path, capsys, monkeypatch):
+    """A GPU build records each output's format; `kilnrt build` then says where the layout
+    changes (stood in for here by setting the formats a CUDA build of this CNN records)."""
+    import onnx.backend.test as ot
+
+    path = str(Path(ot.__file__).parent / "data" / "light" / "light_squeezenet.onnx")
+    real_build = kilnrt.build
+    assert main(["build", path, "-o", str(tmp_path / "cpu.plan")]) == 0
+    assert "4-D layouts" not in capsys.readouterr().out          # a CPU build records no format
+
+    def gpu_like_build(*args, **kwargs):
+        engine = real_build(*args, **kwargs)
+        for layer in engine.layers:
+            if len(layer.output_shapes[0] or ()) == 4:
+                layer.output_formats = ["channels_last"]
+        return engine
+
+    monkeypatch.setattr(kilnrt, "build", gpu_like_build)
+    assert main(["build", path, "-o", str(tmp_path / "gpu.plan")]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "4-D layouts" in text and "layout converted in 1 layer(s)" in text, text
+
+
 def test_build_static_shapes_and_default_output_path(files, tmp_path, capsys):
     model = tmp_path / "static.onnx"
     onnx.save(mlp(), model)

@@ -43,7 +43,7 @@ def build(args: argparse.Namespace, out=None):
 def main(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from kilnrt.engine.inspector import format_bytes
+    from kilnrt.engine.inspector import format_bytes, layout_summary, layout_text
 
     out = console()
     engine, network, parse_s, build_s = build(args, out)
@@ -66,6 +66,9 @@ def main(args: argparse.Namespace) -> int:
         table.add_row("activations", f"{format_bytes(engine.memory.arena_bytes)} "
                                      f"(without reuse: {format_bytes(engine.memory.naive_bytes)})")
     table.add_row("weights", format_bytes(engine.weights_bytes))
+    layout = layout_summary(engine)
+    if set(layout["formats"]) - {"unknown"}:   # a GPU build: its tactics' formats were recorded
+        table.add_row("4-D layouts", layout_text(layout))
     cache = engine.build_info.get("timing_cache")
     if cache:
         table.add_row("timing cache", f"{args.timing_cache}: {cache['hits']} hits, {cache['misses']} misses")
