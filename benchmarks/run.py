@@ -28,6 +28,7 @@ warnings.filterwarnings("ignore")
 
 import kilnrt  # noqa: E402
 from kilnrt.builder.timing import time_cuda_graph  # noqa: E402
+from kilnrt.engine.inspector import layout_summary  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 GFLOP_PER_IMAGE = {"resnet50": 8.2, "mobilenet_v2": 0.6, "efficientnet_b0": 0.8, "vit_b_16": 35.1,
@@ -179,6 +180,10 @@ def bench_row(name, batch, seq, precision, use_compile, iters, cache_path, log):
         row["load_s"] = round(time.perf_counter() - t0, 3)
     row["engine_layers"] = len(engine.layers)
     row["tactics"] = sorted({l.tactic for l in engine.layers})
+    layout = layout_summary(engine)   # NHWC end to end: conversions only where the input is read
+    row["layout_formats"] = layout["formats"]
+    row["layout_changes"] = [c["layer"] for c in layout["changes"]]
+    row["concat_elimination"] = engine.build_info.get("concat_elimination")
     torch.cuda.reset_peak_memory_stats()
     feeds = {k: v for k, v in inputs.items() if k in engine.input_names}
     out = engine.run(feeds)
