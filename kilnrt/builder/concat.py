@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import torch
 
 from kilnrt.engine.engine import EngineLayer
-from kilnrt.kernels.registry import TacticContext, get_tactic
+from kilnrt.kernels.registry import TacticContext, get_tactic, static_dims
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import LayerKind
 
@@ -70,14 +70,10 @@ class ConcatPlan:
         return torch.empty(self.shape, dtype=self.dtype.torch, device=device, memory_format=self.memory_format)
 
 
-def _static(shape) -> bool:
-    return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
-
-
 def _layout(layer: EngineLayer) -> tuple[int, tuple[int, ...], list[tuple[int, int]]] | None:
     """(axis, output shape, slices) of a concatenation whose shapes (and dtype) are all known
     at build, else None."""
-    if (not layer.output_shapes or not _static(layer.output_shapes[0]) or not layer.output_shapes[0]
+    if (not layer.output_shapes or not static_dims(layer.output_shapes[0]) or not layer.output_shapes[0]
             or len(layer.input_shapes) != len(layer.inputs)):
         return None
     if not layer.output_dtypes or layer.output_dtypes[0] is None:
@@ -86,7 +82,7 @@ def _layout(layer: EngineLayer) -> tuple[int, tuple[int, ...], list[tuple[int, i
     axis = layer.params.axis % len(shape)
     slices, start = [], 0
     for s in layer.input_shapes:
-        if not _static(s) or len(s) != len(shape):
+        if not static_dims(s) or len(s) != len(shape):
             return None
         slices.append((start, int(s[axis])))
         start += int(s[axis])

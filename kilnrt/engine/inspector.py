@@ -22,6 +22,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from kilnrt.kernels.registry import static_dims
+
 
 class LayerInformationFormat(enum.Enum):
     ONELINE = "oneline"
@@ -78,7 +80,7 @@ def tensor_info(engine, name: str | None) -> dict[str, Any] | None:
 
 def _neutral(shape) -> bool:
     """A 4-D shape whose NCHW and NHWC layouts are the same memory (H*W == 1 or C == 1)."""
-    return shape is not None and len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape) \
+    return shape is not None and len(shape) == 4 and static_dims(shape) \
         and (shape[2] * shape[3] == 1 or shape[1] == 1)
 
 
