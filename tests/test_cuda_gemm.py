@@ -28,13 +28,9 @@ def _names():
     return [TritonGemm(*c).name for c in CONFIGS]
 
 
-@pytest.mark.parametrize("name", _names())
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("lead,k,n,act", [((1,), 72, 24, A.GELU_ERF), ((129,), 768, 2304, None),
-                                          ((3, 67), 200, 136, A.RELU), ((128,), 3072, 768, A.TANH)])
-def test_triton_gemm_on_gpu(name, dtype, lead, k, n, act):
-    seed = fresh_seed()
-    torch.manual_seed(seed)
+def _linear_layer(dtype, lead, k, n, act):
+    """``act(x @ w.T + b)`` with x ``lead + [k]`` as a layer, its random constant ``w`` ``[n, k]``
+    and ``b`` ``[n]`` on the GPU, and the tactic context holding them."""
     net = Network()
     ins = [net.add_input("x", DT[dtype], lead + (k,)), net.add_input("w", DT[dtype], (n, k)),
            net.add_input("b", DT[dtype], (n,))]
@@ -42,7 +38,17 @@ def test_triton_gemm_on_gpu(name, dtype, lead, k, n, act):
                           MatrixMultiplyParams(op1=MatrixOperation.TRANSPOSE, activation=act), ins)
     w = (torch.randn(n, k, device="cuda") / k ** 0.5).to(dtype)
     b = torch.randn(n, device="cuda").to(dtype)
-    ctx = TacticContext(torch.device("cuda"), {"w": w, "b": b})
+    return layer, w, b, TacticContext(torch.device("cuda"), {"w": w, "b": b})
+
+
+@pytest.mark.parametrize("name", _names())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("lead,k,n,act", [((1,), 72, 24, A.GELU_ERF), ((129,), 768, 2304, None),
+                                          ((3, 67), 200, 136, A.RELU), ((128,), 3072, 768, A.TANH)])
+def test_triton_gemm_on_gpu(name, dtype, lead, k, n, act):
+    seed = fresh_seed()
+    torch.manual_seed(seed)
+    layer, w, b, ctx = _linear_layer(dtype, lead, k, n, act)
     tac = get_tactic(name)
     assert tac.supports(layer, ctx)
     state = tac.prepare(layer, ctx)
@@ -237,14 +243,7 @@ def _split_k_gemm_names():
 def test_triton_split_k_gemm_on_gpu(name, dtype, lead, k, n, act):
     seed = fresh_seed()
     torch.manual_seed(seed)
-    net = Network()
-    ins = [net.add_input("x", DT[dtype], lead + (k,)), net.add_input("w", DT[dtype], (n, k)),
-           net.add_input("b", DT[dtype], (n,))]
-    layer = net.add_layer(LayerKind.MATRIX_MULTIPLY,
-                          MatrixMultiplyParams(op1=MatrixOperation.TRANSPOSE, activation=act), ins)
-    w = (torch.randn(n, k, device="cuda") / k ** 0.5).to(dtype)
-    b = torch.randn(n, device="cuda").to(dtype)
-    ctx = TacticContext(torch.device("cuda"), {"w": w, "b": b})
+    layer, w, b, ctx = _linear_layer(dtype, lead, k, n, act)
     tac = get_tactic(name)
     if not tac.supports(layer, ctx):  # offered only where the reduction splits (8 tiles x 1 on 132 SMs)
         assert lead == (1, 128) and "16x64x128" in name, name
