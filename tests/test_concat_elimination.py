@@ -323,6 +323,22 @@ def test_control_both_inputs_are_written_in_place(rng, seed):
     check_against_ort(model, engine, feeds_for(rng, {"x": (4, 16), "y": (4, 16)}), seed)
 
 
+def test_every_concatenation_of_a_network_is_eliminated(rng, seed):
+    """Two concatenations, each of two in-place producers: the second is decided after the first
+    recorded its writers (a network with one concatenation cannot show a decision that leaks
+    into the next)."""
+    nodes = [helper.make_node("Add", ["x", "y"], ["a"]), helper.make_node("Tanh", ["y"], ["c"]),
+             helper.make_node("Concat", ["a", "c"], ["cat"], axis=1),
+             helper.make_node("Mul", ["x", "y"], ["d"]), helper.make_node("Sigmoid", ["x"], ["e"]),
+             helper.make_node("Concat", ["d", "e"], ["cat2"], axis=0)]
+    model = _model(nodes, [("x", [4, 16]), ("y", [4, 16])], ["cat", "cat2"])
+    engine = kilnrt.build(model)
+    assert in_place_inputs(engine) == {"a": ("cat", 1, 0), "c": ("cat", 1, 16),
+                                       "d": ("cat2", 0, 0), "e": ("cat2", 0, 4)}
+    assert engine.build_info["concat_elimination"]["eliminated"] == 2
+    check_against_ort(model, engine, feeds_for(rng, {"x": (4, 16), "y": (4, 16)}), seed)
+
+
 def test_dynamic_shapes_keep_torch_cat(rng, seed, monkeypatch):
     model = _pair_model(rng, batch="n")
     engine = kilnrt.build(model, profiles={"x": [(1, 16), (4, 16), (8, 16)], "y": [(1, 16), (4, 16), (8, 16)]})

@@ -154,16 +154,16 @@ def eliminate_concats(layers: list[EngineLayer], device: torch.device | str, kee
             continue
         for k, i in enumerate(candidates):
             if ok[k]:
-                producer = layers[i]
-                if writers[k] != producer.tactic:
+                layer = layers[i]
+                if writers[k] != layer.tactic:
                     log.info("%s: %s (%.4f ms) instead of %s (%.4f ms), as it writes its slice of %s in place",
-                             producer.name, writers[k], producer.candidates[writers[k]], producer.tactic,
-                             producer.timing_ms, concat.name)
-                    producer.tactic, producer.timing_ms = writers[k], producer.candidates[writers[k]]
+                             layer.name, writers[k], layer.candidates[writers[k]], layer.tactic,
+                             layer.timing_ms, concat.name)
+                    layer.tactic, layer.timing_ms = writers[k], layer.candidates[writers[k]]
                     stats["tactics_switched"] += 1
-                producer.writes_into = (concat.outputs[0], axis, slices[k][0])
+                layer.writes_into = (concat.outputs[0], axis, slices[k][0])
                 if len(shape) == 4:
-                    producer.output_formats = [fmt]   # what it writes is the buffer's layout
+                    layer.output_formats = [fmt]   # what it writes is the buffer's layout
         concat.output_formats = [fmt]
         stats["eliminated" if all(ok) else "partial"] += 1
         stats["inputs_in_place"] += sum(ok)
