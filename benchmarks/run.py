@@ -7,7 +7,9 @@
 Every peer is timed the same way: its forward pass captured in a CUDA graph, then the
 median of >= 50 replays timed with CUDA events after a warm-up.  kilnrt's outputs are
 checked against the fp32 PyTorch model first (relative L2 error < 1e-2 for fp16).
-Writes JSON to benchmarks/results/ and prints the table last.
+Writes JSON to benchmarks/results/ after every row and prints the table last.  Stopped by
+SIGTERM (``timeout``, a scheduler), it writes what it measured so far first, the row it was in
+included (say, kilnrt and eager without the torch.compile peer), marked with an ``error``.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import argparse
 import datetime
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -145,9 +148,20 @@ def export_onnx(model, inputs, is_cnn, path):
                       opset_version=17, dynamo=False, do_constant_folding=True)
 
 
-def bench_row(name, batch, seq, precision, use_compile, iters, cache_path, log):
-    row = {"model": name, "batch": batch, "seq": seq if name == "bert" else None, "precision": precision,
-           "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+class Stopped(BaseException):
+    """SIGTERM arrived: the run ends after writing what it has.  A BaseException, like
+    KeyboardInterrupt, so that no ``except Exception`` on the way (inductor's autotuner has
+    some) takes it for one failed kernel and goes on."""
+
+
+def _stop(signum, frame):
+    raise Stopped(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def bench_row(row, name, batch, seq, precision, use_compile, iters, cache_path, log):
+    """Measures one row into ``row`` as it goes, so that a row stopped halfway keeps its numbers."""
+    row.update({"seq": seq if name == "bert" else None, "precision": precision,
+                "gpu": torch.cuda.get_device_name(), "torch": torch.__version__})
     import triton
 
     row["triton"] = triton.__version__
@@ -226,6 +240,30 @@ def bench_row(name, batch, seq, precision, use_compile, iters, cache_path, log):
     return row
 
 
+def write_results(path: str, stamp: str, rows: list[dict]) -> None:
+    """The results JSON, replaced whole (a reader never sees half a file)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"date": stamp, "gpu": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def print_table(rows: list[dict]) -> None:
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    print(f"{'model':10} {'shape':>10} {'prec':5} {'eager ms':>9} {'compile ms':>10} {'kilnrt ms':>9} {'vs best':>8} "
+          f"{'relL2':>8} {'eager relL2':>11} {'build s':>7}")
+    for r in rows:
+        shape = f"{r['batch']}x{r['seq']}" if r.get("seq") else str(r["batch"])
+        if "kilnrt_ms" not in r:
+            print(f"{r['model']:10} {shape:>10} ERROR {r.get('error', '')[:80]}")
+            continue
+        best = f"{r['speedup_vs_best_peer']:.2f}x" if "speedup_vs_best_peer" in r else "-"
+        print(f"{r['model']:10} {shape:>10} {r['precision']:5} {fmt(r.get('torch_eager_ms'), '9.3f'):>9} "
+              f"{fmt(r.get('torch_compile_ms'), '.3f'):>10} {r['kilnrt_ms']:9.3f} {best:>8} "
+              f"{r['rel_l2_vs_fp32']:8.1e} {fmt(r.get('torch_eager_rel_l2_vs_fp32'), '11.1e'):>11} {r['build_s']:7.1f}"
+              + (f"  ({r['error']})" if "error" in r else ""))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="resnet50,bert",
@@ -240,40 +278,40 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    rows = []
+    rows: list[dict] = []
     log = lambda m: print(m, flush=True)  # noqa: E731
-    for name in args.models.split(","):
-        batches = [int(b) for b in args.batches.split(",")] if args.batches else IMAGE_MODELS.get(name, (0, 0, [1, 32], 0))[2]
-        for b in batches:
-            log(f"{name} batch {b} {args.precision}")
-            try:
-                rows.append(bench_row(name, b, args.seq, args.precision, not args.no_compile, args.iters,
-                                      args.timing_cache, log))
-            except Exception as exc:  # noqa: BLE001 - report and go on with the other rows
-                import traceback
-
-                traceback.print_exc()
-                rows.append({"model": name, "batch": b, "error": f"{type(exc).__name__}: {exc}"})
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
     gpu = torch.cuda.get_device_name().replace(" ", "_")
     out = args.out or os.path.join(RESULTS, f"{stamp}-{gpu}-{args.models.replace(',', '+')}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"date": stamp, "gpu": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+    previous = signal.signal(signal.SIGTERM, _stop)
+    stopped = False
+    try:
+        for name in args.models.split(","):
+            batches = ([int(b) for b in args.batches.split(",")] if args.batches
+                       else IMAGE_MODELS.get(name, (0, 0, [1, 32], 0))[2])
+            for b in batches:
+                if stopped:
+                    break
+                row = {"model": name, "batch": b}
+                rows.append(row)
+                try:
+                    log(f"{name} batch {b} {args.precision}")
+                    bench_row(row, name, b, args.seq, args.precision, not args.no_compile, args.iters,
+                              args.timing_cache, log)
+                except Stopped as exc:
+                    row["error"] = f"{exc} before this row finished"
+                    stopped = True
+                except Exception as exc:  # noqa: BLE001 - report and go on with the other rows
+                    import traceback
+
+                    traceback.print_exc()
+                    row["error"] = f"{type(exc).__name__}: {exc}"
+                write_results(out, stamp, rows)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"\nresults: {out}\n")
-    hdr = (f"{'model':10} {'shape':>10} {'prec':5} {'eager ms':>9} {'compile ms':>10} {'kilnrt ms':>9} {'vs best':>8} "
-           f"{'relL2':>8} {'eager relL2':>11} {'build s':>7}")
-    print(hdr)
-    for r in rows:
-        if "error" in r:
-            print(f"{r['model']:10} {r['batch']:>10} ERROR {r['error'][:80]}")
-            continue
-        shape = f"{r['batch']}x{r['seq']}" if r.get("seq") else str(r["batch"])
-        comp = f"{r['torch_compile_ms']:.3f}" if r.get("torch_compile_ms") else "-"
-        print(f"{r['model']:10} {shape:>10} {r['precision']:5} {r['torch_eager_ms']:9.3f} {comp:>10} "
-              f"{r['kilnrt_ms']:9.3f} {r['speedup_vs_best_peer']:7.2f}x {r['rel_l2_vs_fp32']:8.1e} "
-              f"{r['torch_eager_rel_l2_vs_fp32']:11.1e} {r['build_s']:7.1f}")
-    return 0
+    print_table(rows)
+    return 124 if stopped else 0
 
 
 if __name__ == "__main__":
