@@ -237,7 +237,6 @@ def bench_row(row, name, batch, seq, precision, use_compile, iters, cache_path, 
         row["kilnrt_tflops"] = round(GFLOP_PER_IMAGE[name] * batch / row["kilnrt_ms"], 1)
     del model, model32
     torch.cuda.empty_cache()
-    return row
 
 
 def write_results(path: str, stamp: str, rows: list[dict]) -> None:

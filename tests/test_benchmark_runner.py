@@ -42,7 +42,6 @@ def _fake_bench_row(stop_at: int | None, seen: list):
                 pytest.fail("Stopped was caught as an Exception")
             pytest.fail("SIGTERM did not stop the row")
         row.update({"torch_compile_ms": 0.4 * batch, "speedup_vs_best_peer": 1.6})
-        return row
 
     return bench_row
 
@@ -94,7 +93,6 @@ def test_a_failing_row_keeps_its_numbers_and_the_run_goes_on(run, monkeypatch, t
         row.update({"precision": "fp16", "build_s": 1.0, "rel_l2_vs_fp32": 1e-3, "kilnrt_ms": 0.3})
         if batch == 1:
             raise RuntimeError("the peer ran out of memory")
-        return row
 
     monkeypatch.setattr(run, "bench_row", bench_row)
     assert run.main(["--models", "resnet50", "--batches", "1,2", "--out", str(out)]) == 0

@@ -92,13 +92,12 @@ def layout_summary(engine) -> dict[str, Any]:
     of their 4-D inputs (engine inputs are linear), i.e. the layers whose tactic converts the
     layout as it reads, with the names of the inputs converted.  Shapes whose two layouts are
     the same memory (``[N, C, 1, 1]``) count as neither."""
-    formats: dict[str, str | None] = {t.name: "linear" for t in engine.io if t.mode == "input"}
+    formats = {**{t.name: "linear" for t in engine.io if t.mode == "input"}, **_tensor_formats(engine)}
     shapes: dict[str, Any] = {t.name: t.shape for t in engine.io if t.mode == "input"}
     counts: dict[str, int] = {}
     changes = []
     for l in engine.layers:
         for k, name in enumerate(l.outputs):
-            formats[name] = l.output_formats[k] if k < len(l.output_formats) else None
             shapes[name] = l.output_shapes[k] if k < len(l.output_shapes) else None
         if not l.outputs or shapes.get(l.outputs[0]) is None or len(shapes[l.outputs[0]]) != 4:
             continue
