@@ -290,3 +290,16 @@ def relative_l2(actual: Any, expected: Any) -> float:
     den = float(np.linalg.norm(e.ravel()))
     return num / den if den > 0 else num
 
+
+
+def run_reference(network, feeds: Mapping[str, Any]) -> dict[str, Any]:
+    """Every tensor's value when ``network`` runs on the CPU reference kernels, layer by layer
+    (torch tensors in and out): how tests compare a network before and after a pass."""
+    from kilnrt.kernels.registry import run_layer
+
+    values: dict[str, Any] = dict(feeds)
+    for layer in network.layers:
+        outs = run_layer(layer, [None if t is None else values[t.name] for t in layer.inputs])
+        for t, v in zip(layer.outputs, outs):
+            values[t.name] = v
+    return values

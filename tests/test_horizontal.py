@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import kilnrt
 from kilnrt.network.dtypes import DataType, torch_to_numpy
 from kilnrt.network.graph import Network
-from kilnrt.network.infer import propagate
+from kilnrt.testing import run_reference as propagate
 from kilnrt.network.layers import (ActivationType as A, ConstantParams, ConvolutionParams, LayerKind, PaddingMode,
                                    UnaryOperation, UnaryParams)
 from kilnrt.optimize import PIPELINE, optimize

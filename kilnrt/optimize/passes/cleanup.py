@@ -10,7 +10,7 @@ import numpy as np
 
 from kilnrt.network.dtypes import torch_to_numpy
 from kilnrt.network.graph import Network
-from kilnrt.network.infer import run_layer
+from kilnrt.kernels.registry import run_layer
 from kilnrt.network.layers import CastParams, ConstantParams, LayerKind
 from kilnrt.network.rewrite import NetworkCopier
 

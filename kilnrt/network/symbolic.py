@@ -1,0 +1,219 @@
+"""Symbolic dims: sympy expressions over the network's named input dims.
+
+A dim is a python ``int`` when it is known, else a sympy expression whose free symbols are
+input dims (``batch``, ``seq``; an unnamed input dim ``x:0`` gets its own symbol) or
+*data-dependent* symbols that a layer made fresh (NonZero's count, a Reshape to dims read
+from data).  Every symbol is a positive integer, so sympy settles ``Eq(batch, 0)`` and
+``Max(batch, 1)`` by itself.
+
+Expressions travel in plans as a small JSON tree (:func:`to_tree`), never as text to
+parse, and are evaluated by :func:`evaluate` with plain integer arithmetic: the runtime
+needs neither sympy nor ``eval``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from fractions import Fraction
+from typing import Any, Mapping
+
+import sympy
+
+Dim = Any   # int | sympy.Expr
+
+# the prefix of data-dependent symbols; an input's dims never start with it
+DATA_PREFIX = "?"
+
+
+@functools.lru_cache(maxsize=None)
+def symbol(name: str) -> sympy.Symbol:
+    return sympy.Symbol(name, integer=True, positive=True)
+
+
+def is_data_dependent(d: Dim) -> bool:
+    return not isinstance(d, int) and any(s.name.startswith(DATA_PREFIX) for s in d.free_symbols)
+
+
+def as_dim(d: Any) -> Dim:
+    """An int where the expression is a number, else the (sympy) expression."""
+    if isinstance(d, (bool,)):
+        return int(d)
+    if isinstance(d, int):
+        return d
+    if hasattr(d, "__index__") and not isinstance(d, sympy.Basic):
+        return int(d)
+    d = sympy.sympify(d)
+    if d.is_Integer:
+        return int(d)
+    if d.is_Float:
+        return int(d) if d == int(d) else d
+    floats = d.atoms(sympy.Float)
+    if floats:   # float arithmetic on sizes (Cast to float, Range over floats): exact rationals
+        d = d.xreplace({f: sympy.Rational(str(f)) for f in floats})
+        if d.is_Integer:
+            return int(d)
+    return d
+
+
+def is_static(d: Dim) -> bool:
+    return isinstance(d, int)
+
+
+def equal(a: Dim, b: Dim) -> bool | None:
+    """True/False when the dims are provably equal/different for every binding, else None."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    diff = sympy.sympify(a) - sympy.sympify(b)
+    if diff == 0 or sympy.expand(diff) == 0:
+        return True
+    if diff.is_nonzero:
+        return False
+    return None
+
+
+def floordiv(a: Dim, b: Dim) -> Dim:
+    if isinstance(a, int) and isinstance(b, int):
+        return a // b
+    return as_dim(sympy.floor(sympy.sympify(a) / b))
+
+
+def ceildiv(a: Dim, b: Dim) -> Dim:
+    if isinstance(a, int) and isinstance(b, int):
+        return -(-a // b)
+    return as_dim(sympy.ceiling(sympy.sympify(a) / b))
+
+
+def dmin(a: Dim, b: Dim) -> Dim:
+    if isinstance(a, int) and isinstance(b, int):
+        return min(a, b)
+    return as_dim(sympy.Min(a, b))
+
+
+def dmax(a: Dim, b: Dim) -> Dim:
+    if isinstance(a, int) and isinstance(b, int):
+        return max(a, b)
+    return as_dim(sympy.Max(a, b))
+
+
+def public(d: Dim) -> int | str:
+    """What ``Tensor.shape`` shows: an int, a symbol's or expression's text (``batch``,
+    ``2*seq``), or -1 where the size depends on data."""
+    if isinstance(d, int):
+        return d
+    if is_data_dependent(d):
+        return -1
+    if isinstance(d, sympy.Symbol):
+        return d.name
+    return str(d)
+
+
+def from_public(d: Any, input_name: str = "", index: int = 0) -> Dim:
+    """The dim a network input declares: an int, a name, or -1/None (its own symbol ``input:i``)."""
+    if isinstance(d, bool):
+        raise TypeError(f"dim {d!r} is not a size")
+    if isinstance(d, int) and d >= 0:
+        return d
+    if isinstance(d, str):
+        try:
+            return int(d)
+        except ValueError:
+            return symbol(d) if _plain_name(d) else as_dim(sympy.sympify(d, locals=_names_in(d)))
+    return symbol(f"{input_name}:{index}")
+
+
+def _plain_name(s: str) -> bool:
+    return not any(c in s for c in "+-*/()% ")
+
+
+def _names_in(text: str) -> dict[str, sympy.Symbol]:
+    import re
+
+    return {n: symbol(n) for n in re.findall(r"[A-Za-z_][A-Za-z0-9_:]*", text)
+            if n not in ("floor", "ceiling", "Min", "Max", "Mod")}
+
+
+def substitute(d: Dim, bindings: Mapping[str, int]) -> int | None:
+    """The int a dim takes for the given symbol values, None if a symbol is unbound."""
+    if isinstance(d, int):
+        return d
+    try:
+        return int(evaluate(to_tree(d), bindings))
+    except KeyError:
+        return None
+
+
+# -- expressions as data --------------------------------------------------------------
+_OPS = {sympy.Add: "add", sympy.Mul: "mul", sympy.Pow: "pow", sympy.floor: "floor", sympy.ceiling: "ceil",
+        sympy.Min: "min", sympy.Max: "max", sympy.Mod: "mod", sympy.Abs: "abs"}
+_REL = {sympy.StrictGreaterThan: "gt", sympy.GreaterThan: "ge", sympy.StrictLessThan: "lt",
+        sympy.LessThan: "le", sympy.Equality: "eq", sympy.Unequality: "ne"}
+
+
+def to_tree(d: Dim) -> Any:
+    """A JSON-able tree of the expression: ints, ``{"s": name}``, ``[op, args...]``."""
+    if isinstance(d, int):
+        return d
+    if isinstance(d, bool) or d is sympy.true or d is sympy.false:
+        return bool(d)
+    if d.is_Integer:
+        return int(d)
+    if d.is_Rational:
+        return ["frac", int(d.p), int(d.q)]
+    if d.is_Float:
+        r = sympy.Rational(str(d))
+        return ["frac", int(r.p), int(r.q)]
+    if isinstance(d, sympy.Symbol):
+        return {"s": d.name}
+    if isinstance(d, sympy.Piecewise):
+        return ["piecewise"] + [[to_tree(e), to_tree(c)] for e, c in d.args]
+    for cls, name in _REL.items():
+        if isinstance(d, cls):
+            return [name, to_tree(d.lhs), to_tree(d.rhs)]
+    for cls, name in _OPS.items():
+        if isinstance(d, cls):
+            return [name] + [to_tree(a) for a in d.args]
+    raise ValueError(f"cannot serialize the dim expression {d} ({type(d).__name__})")
+
+
+def _exact(v: Any) -> Any:
+    return int(v) if isinstance(v, Fraction) and v.denominator == 1 else v
+
+
+def evaluate(tree: Any, bindings: Mapping[str, int]) -> Any:
+    """The value of a :func:`to_tree` tree for the given symbol values (exact rationals)."""
+    if isinstance(tree, bool) or isinstance(tree, int):
+        return tree
+    if isinstance(tree, dict):
+        return bindings[tree["s"]]
+    op, args = tree[0], tree[1:]
+    if op == "frac":
+        return Fraction(args[0], args[1])
+    if op == "piecewise":
+        for expr, cond in args:
+            if evaluate(cond, bindings):
+                return evaluate(expr, bindings)
+        raise ValueError("no piece of a piecewise dim applies")
+    vals = [evaluate(a, bindings) for a in args]
+    if op == "add":
+        return _exact(sum(Fraction(v) for v in vals))
+    if op == "mul":
+        out = Fraction(1)
+        for v in vals:
+            out *= v
+        return _exact(out)
+    if op == "pow":
+        return _exact(Fraction(vals[0]) ** vals[1])
+    if op == "floor":
+        return math.floor(vals[0])
+    if op == "ceil":
+        return math.ceil(vals[0])
+    if op == "min":
+        return min(vals)
+    if op == "max":
+        return max(vals)
+    if op == "mod":
+        return _exact(Fraction(vals[0]) % vals[1])
+    if op == "abs":
+        return abs(vals[0])
+    a, b = vals
+    return {"gt": a > b, "ge": a >= b, "lt": a < b, "le": a <= b, "eq": a == b, "ne": a != b}[op]
