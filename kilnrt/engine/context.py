@@ -31,6 +31,7 @@ class ExecutionContext:
         self._output_shapes: dict[str, tuple[int, ...]] = {}
         self._graphs = None
         self.use_cuda_graph = True
+        self.graph_cache_config = None      # a GraphCacheConfig; None: its defaults (env knobs)
 
     # -- shapes ----------------------------------------------------------------------
     def set_input_shape(self, name: str, shape: Sequence[int]) -> bool:
@@ -66,20 +67,36 @@ class ExecutionContext:
         return tuple(io.shape)
 
     def _infer_output_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Output shapes for the bound input shapes, by running the program on meta tensors."""
-        feeds = {}
+        """Output shapes for the bound input shapes, from the engine's symbolic dims (no data:
+        an output whose size depends on data is known only after a run)."""
+        shapes = {t.name: self._shapes.get(t.name, tuple(t.shape)) for t in self.engine.io if t.mode == "input"}
+        program = self.engine.program.shapes
+        if any(program.dims.get(t.name) is None for t in self.engine.io if t.mode == "output"):
+            return self._infer_output_shapes_by_running(shapes)   # a plan without symbolic dims
+        bindings = program.bindings(shapes)
+        out = {}
         for t in self.engine.io:
-            if t.mode == "input":
-                feeds[t.name] = torch.empty(self._shapes.get(t.name, tuple(t.shape)), dtype=t.dtype.torch,
-                                            device="meta")
-        out: dict[str, tuple[int, ...]] = {}
+            if t.mode == "output":
+                shape = program.shape_of(t.name, bindings)
+                if shape is not None:
+                    out[t.name] = shape
+        return out
+
+    def _infer_output_shapes_by_running(self, shapes) -> dict[str, tuple[int, ...]]:
+        feeds = {t.name: torch.empty(shapes[t.name], dtype=t.dtype.torch, device="meta")
+                 for t in self.engine.io if t.mode == "input"}
         try:
             from kilnrt.engine.shapes import engine_output_shapes
 
-            out = engine_output_shapes(self.engine, feeds)
+            return engine_output_shapes(self.engine, feeds)
         except Exception:  # noqa: BLE001 - data-dependent: known only after running
-            pass
-        return out
+            return {}
+
+    @property
+    def graph_stats(self):
+        """CUDA-graph cache counters of this context (captures, replays, evictions, eager runs,
+        the newest capture's first-call time), or None before the first CUDA run."""
+        return None if self._graphs is None else self._graphs.stats
 
     @property
     def all_binding_shapes_specified(self) -> bool:
@@ -221,7 +238,7 @@ class ExecutionContext:
         if self._graphs is None:
             from kilnrt.engine.cudagraph import GraphCache
 
-            self._graphs = GraphCache(program)
+            self._graphs = GraphCache(program, self.graph_cache_config)
         return self._graphs.run(feeds, stream)
 
     def run(self, feeds: Mapping[str, Any] | None = None, **named: Any) -> dict[str, Any]:

@@ -20,7 +20,8 @@ import torch
 from kilnrt.builder.concat import ConcatPlan, concat_plans
 from kilnrt.errors import ErrorCode, ExecutionError, KilnError
 from kilnrt.kernels.precision import tf32_mode
-from kilnrt.kernels.registry import TacticContext, get_tactic
+from kilnrt.engine.shape_program import ShapeProgram
+from kilnrt.kernels.registry import TacticContext, get_tactic, run_layer
 from kilnrt.network.dtypes import numpy_to_torch
 from kilnrt.network.layers import SHAPE_INPUTS
 
@@ -58,14 +59,17 @@ class Program:
             self.host_constants[name] = host
             self.constants[name] = host.to(self.device) if self.device.type != "cpu" else host
         ctx = TacticContext(self.device, self.constants)
+        self.shapes = ShapeProgram(engine, run_layer)
+        self._device_values: dict[tuple, dict[str, torch.Tensor]] = {}
         self.steps: list[Step] = []
-        for layer in engine.layers:
+        layers = [l for l in engine.layers if l.name not in self.shapes.host_layer_names]
+        for layer in layers:
             tactic = get_tactic(layer.tactic)
             net_layer = layer.as_network_layer()
             state = tactic.prepare(net_layer, ctx)
             self.steps.append(Step(layer.name, tactic, state, list(layer.inputs), list(layer.outputs),
                                    SHAPE_INPUTS.get(layer.kind, frozenset())))
-        for plan in concat_plans(engine.layers).values():
+        for plan in concat_plans(layers).values():
             self.steps[plan.first_producer].allocate.append(plan)
             self.steps[plan.index].concat = plan
             for i, (start, size) in zip(plan.producers, plan.slices):
@@ -82,6 +86,26 @@ class Program:
                 self.steps[i].release.append(n)
         self.tf32 = "tf32" in engine.build_info.get("flags", ())
 
+    def host_values(self, feeds: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
+        """The shape program's values for these inputs' shapes: (host tensors, the ones device
+        layers read as data copied to the device), both cached per shape set.  The device copies
+        are made on first use, outside any CUDA-graph capture (the warm-up run), and a captured
+        graph reads them where they are."""
+        if not self.shapes.layers:
+            return {}, {}
+        shapes = {n: tuple(t.shape) for n, t in feeds.items()}
+        host = self.shapes.values(shapes, self.host_constants)
+        if self.device.type == "cpu":
+            return host, host
+        key = tuple(sorted(shapes.items()))
+        dev = self._device_values.get(key)
+        if dev is None:
+            dev = {n: host[n].to(self.device) for n in self.shapes.uploads}
+            self._device_values[key] = dev
+            while len(self._device_values) > 64:
+                self._device_values.pop(next(iter(self._device_values)))
+        return host, dev
+
     def execute(self, feeds: Mapping[str, torch.Tensor], profiler: Any = None) -> dict[str, torch.Tensor]:
         if self.device.type != "cuda":
             return self._execute(feeds, profiler)
@@ -92,6 +116,8 @@ class Program:
         values: dict[str, torch.Tensor] = dict(self.constants)
         values.update(feeds)
         dev = self.device
+        host = self.host_values(feeds)
+        values.update(host[1])
         for s in self.steps:
             for plan in s.allocate:
                 values[plan.output] = plan.empty(dev)
@@ -102,7 +128,9 @@ class Program:
                     continue
                 v = values[n]
                 if i in s.shape_inputs:
-                    if n in self.host_constants:
+                    if n in host[0]:
+                        v = host[0][n]
+                    elif n in self.host_constants:
                         v = self.host_constants[n]
                     elif v.device.type != "cpu":
                         v = v.cpu()
