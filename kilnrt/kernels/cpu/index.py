@@ -39,11 +39,12 @@ def _scatter_nd(data: torch.Tensor, indices: torch.Tensor, updates: torch.Tensor
     k = indices.shape[-1]
     lead, rest = tuple(data.shape[:k]), tuple(data.shape[k:])
     idx = indices.reshape(-1, k).to(torch.int64)
-    idx = _wrap_negative(idx, torch.tensor(lead, dtype=torch.int64))
     strides = [1] * k
     for j in range(k - 2, -1, -1):
         strides[j] = strides[j + 1] * lead[j + 1]
-    linear = (idx * torch.tensor(strides, dtype=torch.int64)).sum(-1)
+    # per column, with python ints: no host tensor meets a device one, no copy (CUDA-graph safe)
+    linear = sum((_wrap_negative(idx[:, j], lead[j]) * strides[j] for j in range(k)),
+                 torch.zeros(idx.shape[0], dtype=torch.int64, device=idx.device))
     rows = 1
     for d in lead:
         rows *= d

@@ -172,8 +172,9 @@ def _gather_nd(data: torch.Tensor, indices: torch.Tensor, batch_dims: int) -> to
         nb *= d
     d = data.reshape((nb,) + tuple(data.shape[b:]))
     i = indices.reshape((nb, -1, k))
-    dims = torch.tensor(d.shape[1:1 + k], device=data.device)
-    i = torch.where(i < 0, i + dims, i)
+    # negative indices wrap per column, with python ints: no host-to-device copy (CUDA-graph safe)
+    i = torch.stack([torch.where(i[..., j] < 0, i[..., j] + d.shape[1 + j], i[..., j]) for j in range(k)], dim=-1) \
+        if k else i
     outs = []
     for n in range(nb):
         cols = tuple(i[n, :, j] for j in range(k))
