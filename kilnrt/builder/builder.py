@@ -17,6 +17,7 @@ import torch
 from kilnrt.builder.concat import eliminate_concats, memory_steps
 from kilnrt.builder.config import BuilderConfig, BuilderFlag, OptimizationProfile
 from kilnrt.builder.memory import plan_memory
+from kilnrt.builder.ranges import check_ranges, symbol_ranges
 from kilnrt.builder.search import choose_tactic, search_for_level
 from kilnrt.builder.timing import device_name
 from kilnrt.engine import kernel_cache
@@ -285,6 +286,11 @@ def build_engine(network: Network, config: BuilderConfig | None = None) -> Engin
     layers_in = len(network.layers)
     passes: list = []
     net = specialize_static_profiles(network, profiles)
+    ranges = symbol_ranges(net, profiles)
+    if ranges:   # inference resolves the Min/Max/Piecewise dims the ranges decide
+        net = net.clone() if net is network else net
+        net.symbol_ranges = ranges
+        check_ranges(net, ranges)
     net = optimize(net, config.builder_optimization_level, report=passes)
     low = _low_precision(config)
     if low is not None:

@@ -265,6 +265,9 @@ class Network(NetworkDefinition):
         self._inferred: set[int] = set()
         self._info: dict[str, Any] = {}      # tensor name -> symbolic Info (network/infer.py)
         self._fresh = itertools.count()      # numbers the data-dependent symbols
+        # symbol -> (min, max) over the optimization profiles; inference resolves the Min, Max and
+        # Piecewise dims these decide (the builder sets it from the profiles)
+        self._symbol_ranges: dict[str, tuple[int, int]] = {}
 
     # -- building ---------------------------------------------------------------------
     def unique_name(self, base: str) -> str:
@@ -376,6 +379,15 @@ class Network(NetworkDefinition):
             self._info[new] = info
         elif tensor in self.inputs:
             self._changed()
+
+    @property
+    def symbol_ranges(self) -> dict[str, tuple[int, int]]:
+        return self._symbol_ranges
+
+    @symbol_ranges.setter
+    def symbol_ranges(self, ranges) -> None:
+        self._symbol_ranges = {str(k): (int(v[0]), int(v[1])) for k, v in dict(ranges).items()}
+        self._changed()
 
     def _changed(self) -> None:
         self._inferred.clear()

@@ -103,9 +103,12 @@ def infer_network(network) -> None:
         for t in network.inputs:
             infos[t.name] = input_info(t)
     ctx = InferenceContext(network._fresh)
+    ranges = network.symbol_ranges
     for layer in network.layers[start:]:
         ins = [None if t is None else infos.get(t.name) for t in layer.inputs]
         for t, info in zip(layer.outputs, infer_layer(ctx, layer, ins)):
+            if ranges and info.shape is not None:
+                info.shape = tuple(S.simplify(d, ranges) for d in info.shape)
             infos[t.name] = info
             t._dtype = info.dtype
             t._shape = None if info.shape is None else tuple(S.public(d) for d in info.shape)

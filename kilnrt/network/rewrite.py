@@ -17,6 +17,7 @@ class NetworkCopier:
         self.source = source
         self.net = Network(source.name)
         self.net.opset = source.opset
+        self.net.symbol_ranges = dict(source.symbol_ranges)
         self._map: dict[str, Tensor] = {}
         for t in source.inputs:
             self._map[t.name] = self.net.add_input(t.name, t._dtype, t._shape)

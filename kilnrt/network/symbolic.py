@@ -217,3 +217,107 @@ def evaluate(tree: Any, bindings: Mapping[str, int]) -> Any:
         return abs(vals[0])
     a, b = vals
     return {"gt": a > b, "ge": a >= b, "lt": a < b, "le": a <= b, "eq": a == b, "ne": a != b}[op]
+
+
+# -- ranges ---------------------------------------------------------------------------
+Ranges = Mapping[str, tuple[int, int]]
+_INF = math.inf
+
+
+def _symbol_range(s: sympy.Symbol, ranges: Ranges) -> tuple[float, float]:
+    if s.name in ranges:
+        lo, hi = ranges[s.name]
+        return float(lo), float(hi)
+    return (0.0, _INF) if s.name.startswith(DATA_PREFIX) else (1.0, _INF)
+
+
+def _mul(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+    products = []
+    for x in a:
+        for y in b:
+            products.append(0.0 if (x == 0 or y == 0) else x * y)
+    return min(products), max(products)
+
+
+def bounds(d: Dim, ranges: Ranges) -> tuple[float, float]:
+    """An interval that holds ``d`` for every binding of its symbols within ``ranges``
+    (input symbols not named there are >= 1, data-dependent ones >= 0)."""
+    if isinstance(d, (int, float)):
+        return float(d), float(d)
+    if d.is_Number:
+        return float(d), float(d)
+    if isinstance(d, sympy.Symbol):
+        return _symbol_range(d, ranges)
+    args = [bounds(a, ranges) for a in d.args] if not isinstance(d, sympy.Piecewise) else None
+    if isinstance(d, sympy.Add):
+        return sum(a[0] for a in args), sum(a[1] for a in args)
+    if isinstance(d, sympy.Mul):
+        out = (1.0, 1.0)
+        for a in args:
+            out = _mul(out, a)
+        return out
+    if isinstance(d, sympy.Pow) and d.exp.is_Integer:
+        (lo, hi), e = args[0], int(d.exp)
+        if e >= 0 and lo >= 0:
+            return lo ** e, hi ** e
+        if e < 0 and lo > 0:
+            return hi ** e, lo ** e
+        return -_INF, _INF
+    if isinstance(d, sympy.floor):
+        return math.floor(args[0][0]) if args[0][0] > -_INF else -_INF, args[0][1]
+    if isinstance(d, sympy.ceiling):
+        return args[0][0], math.ceil(args[0][1]) if args[0][1] < _INF else _INF
+    if isinstance(d, sympy.Min):
+        return min(a[0] for a in args), min(a[1] for a in args)
+    if isinstance(d, sympy.Max):
+        return max(a[0] for a in args), max(a[1] for a in args)
+    if isinstance(d, sympy.Mod) and args[1][0] > 0:
+        return 0.0, args[1][1] - 1
+    if isinstance(d, sympy.Piecewise):
+        pieces = [bounds(e, ranges) for e, c in d.args if c is not sympy.false]
+        return min(p[0] for p in pieces), max(p[1] for p in pieces)
+    return -_INF, _INF
+
+
+def _decide(cond, ranges: Ranges) -> bool | None:
+    if cond is sympy.true or cond is True:
+        return True
+    if cond is sympy.false or cond is False:
+        return False
+    for cls, test in ((sympy.GreaterThan, lambda lo, hi: (lo >= 0, hi < 0)),
+                      (sympy.StrictGreaterThan, lambda lo, hi: (lo > 0, hi <= 0)),
+                      (sympy.LessThan, lambda lo, hi: (hi <= 0, lo > 0)),
+                      (sympy.StrictLessThan, lambda lo, hi: (hi < 0, lo >= 0))):
+        if isinstance(cond, cls):
+            lo, hi = bounds(sympy.expand(cond.lhs - cond.rhs), ranges)
+            yes, no = test(lo, hi)
+            return True if yes else (False if no else None)
+    return None
+
+
+def simplify(d: Dim, ranges: Ranges) -> Dim:
+    """``d`` with the Min, Max and Piecewise that ``ranges`` decide resolved: ``Min(512, seq)``
+    is ``seq`` where a profile keeps ``seq`` at most 512."""
+    if isinstance(d, int) or not d.has(sympy.Min, sympy.Max, sympy.Piecewise):
+        return d
+
+    def pick(e):
+        if isinstance(e, sympy.Piecewise):
+            for expr, cond in e.args:
+                verdict = _decide(cond, ranges)
+                if verdict is True:
+                    return expr
+                if verdict is None:
+                    return e
+            return e
+        lows_highs = [(a, bounds(a, ranges)) for a in e.args]
+        for a, (lo, hi) in lows_highs:
+            others = [b for b in lows_highs if b[0] is not a]
+            if isinstance(e, sympy.Min) and all(hi <= b_lo for _, (b_lo, _) in others):
+                return a
+            if isinstance(e, sympy.Max) and all(lo >= b_hi for _, (_, b_hi) in others):
+                return a
+        return e
+
+    out = d.replace(lambda e: isinstance(e, (sympy.Min, sympy.Max, sympy.Piecewise)), pick)
+    return as_dim(out)
