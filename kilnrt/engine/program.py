@@ -95,8 +95,8 @@ class Program:
             return {}, {}
         shapes = {n: tuple(t.shape) for n, t in feeds.items()}
         host = self.shapes.values(shapes, self.host_constants)
-        if self.device.type == "cpu":
-            return host, host
+        if self.device.type == "cpu":   # the same subset as on a GPU, without the copy
+            return host, {n: host[n] for n in self.shapes.uploads}
         key = tuple(sorted(shapes.items()))
         dev = self._device_values.get(key)
         if dev is None:
@@ -126,16 +126,18 @@ class Program:
                 if n is None:
                     args.append(None)
                     continue
-                v = values[n]
-                if i in s.shape_inputs:
+                if i in s.shape_inputs:   # read on the host: the shape program's value, or a copy
                     if n in host[0]:
                         v = host[0][n]
                     elif n in self.host_constants:
                         v = self.host_constants[n]
-                    elif v.device.type != "cpu":
-                        v = v.cpu()
-                elif v.device != dev and v.device.type == "cpu":
-                    v = v.to(dev, non_blocking=True)
+                    else:
+                        v = values[n]
+                        v = v.cpu() if v.device.type != "cpu" else v
+                else:
+                    v = values[n]
+                    if v.device != dev and v.device.type == "cpu":
+                        v = v.to(dev, non_blocking=True)
                 args.append(v)
             t0 = time.perf_counter() if profiler is not None else 0.0
             try:
