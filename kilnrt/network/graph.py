@@ -136,6 +136,13 @@ class Tensor:
         return d if isinstance(d, str) else None
 
     @property
+    def has_known_dims(self) -> bool:
+        """Rank known and every dim an int or an expression over input dims (none depends on
+        data): two such tensors with equal ``shape`` have equal shapes at run time."""
+        shape = self.shape
+        return shape is not None and all(not (isinstance(d, int) and d < 0) for d in shape)
+
+    @property
     def is_static(self) -> bool:
         return self.shape is not None and all(isinstance(d, int) and d >= 0 for d in self.shape)
 

@@ -76,7 +76,7 @@ def fuse_conv_epilogue(net: Network, stats: dict | None = None) -> Network:
         nxt = g.single_use(out)
         if g.is_op(nxt, ElementWiseOperation.SUM):
             other = g.other(nxt, out)
-            if other is not out and other.shape is not None and other.shape == out.shape and out.is_static \
+            if other is not out and other.shape is not None and other.shape == out.shape and out.has_known_dims \
                     and other.dtype == out.dtype and net.constant_value(other) is None:
                 residual = other
                 chain.append(nxt)
