@@ -273,9 +273,47 @@ def specialize_static_profiles(net: Network, profiles: list[dict[str, tuple]]) -
 
 
 def build_engine(network: Network, config: BuilderConfig | None = None) -> Engine:
+    """Build ``network``; with several optimization profiles, each profile is optimized and its
+    tactics are chosen on its own (as TensorRT does), and the engine runs the one that the
+    execution context's active profile names (:func:`_build_per_profile`)."""
+    config = config or BuilderConfig()
+    if len(config.profiles) > 1:
+        return _build_per_profile(network, config)
+    return _build_one(network, config)
+
+
+def _build_per_profile(network: Network, config: BuilderConfig) -> Engine:
+    """One engine per profile, held by the first: ``engine.profile_engines[i]`` runs profile i.
+    The I/O table keeps a dim fixed only where every profile fixes it to the same size."""
+    import copy
+
+    validate_network(network)
+    profiles = _profiles(network, config)   # all of them checked before any build
+    t0 = time.perf_counter()
+    engines = []
+    for prof in config.profiles:
+        one = copy.copy(config)
+        one.profiles = [prof]
+        engines.append(_build_one(network, one))
+    main = engines[0]
+    main.profiles = profiles
+    main.profile_engines = engines
+    for sub in engines[1:]:
+        sub.profiles = profiles
+    for k, io in enumerate(main.io):
+        others = [e.io[k] for e in engines[1:]]
+        io.shape = tuple(d if all(o.shape[i] == d for o in others) else -1 for i, d in enumerate(io.shape))
+        if io.mode == "input":
+            io.symbolic = tuple(network.tensors[io.name].shape)
+    main.build_info["seconds"] = round(time.perf_counter() - t0, 3)
+    main.build_info["profiles"] = [{"layers": len(e.layers), "seconds": e.build_info.get("seconds")}
+                                   for e in engines]
+    return main
+
+
+def _build_one(network: Network, config: BuilderConfig) -> Engine:
     from kilnrt.optimize import optimize
 
-    config = config or BuilderConfig()
     t0 = time.perf_counter()
     since = kernel_cache.snapshot()
     validate_network(network)

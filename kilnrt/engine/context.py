@@ -29,7 +29,7 @@ class ExecutionContext:
         self._addresses: dict[str, Any] = {}
         self._allocators: dict[str, Any] = {}
         self._output_shapes: dict[str, tuple[int, ...]] = {}
-        self._graphs = None
+        self._graphs: dict[int, Any] = {}   # optimization profile -> its CUDA-graph cache
         self.use_cuda_graph = True
         self.graph_cache_config = None      # a GraphCacheConfig; None: its defaults (env knobs)
 
@@ -70,7 +70,7 @@ class ExecutionContext:
         """Output shapes for the bound input shapes, from the engine's symbolic dims (no data:
         an output whose size depends on data is known only after a run)."""
         shapes = {t.name: self._shapes.get(t.name, tuple(t.shape)) for t in self.engine.io if t.mode == "input"}
-        program = self.engine.program.shapes
+        program = self._engine().program.shapes
         if any(program.dims.get(t.name) is None for t in self.engine.io if t.mode == "output"):
             return self._infer_output_shapes_by_running(shapes)   # a plan without symbolic dims
         bindings = program.bindings(shapes)
@@ -96,7 +96,12 @@ class ExecutionContext:
     def graph_stats(self):
         """CUDA-graph cache counters of this context (captures, replays, evictions, eager runs,
         the newest capture's first-call time), or None before the first CUDA run."""
-        return None if self._graphs is None else self._graphs.stats
+        cache = self._graphs.get(self.active_optimization_profile)
+        return None if cache is None else cache.stats
+
+    def _engine(self):
+        """The engine that runs the active optimization profile."""
+        return self.engine.for_profile(self.active_optimization_profile)
 
     @property
     def all_binding_shapes_specified(self) -> bool:
@@ -190,7 +195,13 @@ class ExecutionContext:
             if name in self._allocators:
                 alloc = self._allocators[name]
                 nbytes = value.numel() * value.element_size()
-                ptr = alloc.reallocate_output(name, self._addresses.get(name), nbytes, 256)
+                realloc = getattr(alloc, "reallocate_output_async", None)
+                ptr = realloc(name, self._addresses.get(name), nbytes, 256, stream_handle) if realloc is not None \
+                    else alloc.reallocate_output(name, self._addresses.get(name), nbytes, 256)
+                if ptr is None or (isinstance(ptr, int) and ptr == 0 and nbytes):
+                    raise ExecutionError(ErrorCode.INVALID_ARGUMENT,
+                                         f"the output allocator of {name!r} returned no memory for {nbytes} bytes "
+                                         f"(shape {tuple(value.shape)})")
                 target = self._as_tensor(name, ptr, tuple(value.shape), io.dtype)
                 self._write(target, value, name)
                 if hasattr(alloc, "notify_shape"):
@@ -228,18 +239,19 @@ class ExecutionContext:
         flat.copy_(value.reshape(-1).to(flat.dtype))
 
     def _execute(self, feeds: Mapping[str, torch.Tensor], stream_handle: int = 0) -> dict[str, torch.Tensor]:
-        program = self.engine.program
+        program = self._engine().program
         if program.device.type != "cuda":
             return program.execute(feeds, self.profiler)
         stream = torch.cuda.ExternalStream(stream_handle) if stream_handle else torch.cuda.current_stream()
         if self.profiler is not None or not self.use_cuda_graph:
             with torch.cuda.stream(stream):
                 return program.execute(feeds, self.profiler)
-        if self._graphs is None:
+        cache = self._graphs.get(self.active_optimization_profile)
+        if cache is None:
             from kilnrt.engine.cudagraph import GraphCache
 
-            self._graphs = GraphCache(program, self.graph_cache_config)
-        return self._graphs.run(feeds, stream)
+            cache = self._graphs[self.active_optimization_profile] = GraphCache(program, self.graph_cache_config)
+        return cache.run(feeds, stream)
 
     def run(self, feeds: Mapping[str, Any] | None = None, **named: Any) -> dict[str, Any]:
         """Run on numpy arrays or torch tensors; returns outputs of the same kind."""
@@ -257,6 +269,10 @@ class ExecutionContext:
             raise KilnError(ErrorCode.INVALID_ARGUMENT,
                             f"missing input(s) {', '.join(map(repr, missing))}; the engine's inputs are: "
                             + ", ".join(f"{t.name} {t.dtype.name}{list(t.symbolic or t.shape)}" for t in inputs))
+        if len(self.engine.profiles) > 1:   # the narrowest profile that holds these shapes
+            self.active_optimization_profile = self.engine.profile_containing(
+                {t.name: tuple(np.shape(feeds[t.name])) if not isinstance(feeds[t.name], torch.Tensor)
+                 else tuple(feeds[t.name].shape) for t in inputs})
         as_numpy = True
         tensors: dict[str, torch.Tensor] = {}
         for t in inputs:
@@ -285,9 +301,9 @@ class ExecutionContext:
             self._output_shapes[name] = tuple(value.shape)
         if as_numpy:  # numpy results are always the caller's own arrays
             return {name: torch_to_numpy(v).copy() for name, v in outputs.items()}
-        if self._graphs is not None:  # graph outputs are rewritten by the next replay
+        if self.active_optimization_profile in self._graphs:  # graph outputs are rewritten by the next replay
             return {name: v.clone() for name, v in outputs.items()}
-        owned = list(tensors.values()) + list(self.engine.program.constants.values())
+        owned = list(tensors.values()) + list(self._engine().program.constants.values())
         return {name: v.clone() if _aliases(v, owned) else v for name, v in outputs.items()}
 
 

@@ -106,6 +106,9 @@ class Engine:
         self.version = version or __version__
         self._program = None
         self._program_lock = threading.Lock()
+        # with several optimization profiles: one engine per profile (this one runs profile 0),
+        # each optimized and tuned for its own profile; None: one program serves every profile
+        self.profile_engines: list["Engine"] | None = None
         self._contexts = threading.local()
 
     # -- TensorRT's ICudaEngine ------------------------------------------------------
@@ -183,11 +186,49 @@ class Engine:
                 raise ShapeError(ErrorCode.INVALID_SHAPE,
                                  f"input {name!r} dim {i} must be {want} (shape {_fmt(io)}), got shape {shape}")
             if prof is not None and not (prof[0][i] <= got <= prof[2][i]):
+                others = [k for k, p in enumerate(self.profiles) if k != profile_index and name in p
+                          and all(lo <= d <= hi for d, lo, hi in zip(shape, p[name][0], p[name][2]))]
+                hint = (f"; profile {others[0]} accepts it: call set_optimization_profile_async({others[0]}) first"
+                        if others else "")
                 raise ShapeError(ErrorCode.INVALID_SHAPE,
                                  f"input {name!r} shape {shape} is outside optimization profile "
                                  f"{profile_index}: dim {i} must be in [{prof[0][i]}, {prof[2][i]}] "
-                                 f"(min {tuple(prof[0])}, max {tuple(prof[2])})")
+                                 f"(min {tuple(prof[0])}, max {tuple(prof[2])}){hint}")
         return shape
+
+    def for_profile(self, index: int) -> "Engine":
+        """The engine that runs optimization profile ``index``."""
+        if self.profile_engines is None:
+            return self
+        return self.profile_engines[index]
+
+    def profile_containing(self, shapes: Mapping[str, Sequence[int]]) -> int:
+        """The profile to run these input shapes with: of the profiles whose ranges hold them,
+        the narrowest (the one tuned closest to them).  Raises ShapeError naming the nearest
+        profile and the dims that fall outside it when none holds them."""
+        if len(self.profiles) <= 1:
+            return 0
+        fits, misses = [], []
+        for k, prof in enumerate(self.profiles):
+            outside, volume = [], 1
+            for name, shape in shapes.items():
+                lo_opt_hi = prof.get(name)
+                if lo_opt_hi is None:
+                    continue
+                lo, _, hi = lo_opt_hi
+                for i, d in enumerate(shape):
+                    if i < len(lo) and not lo[i] <= d <= hi[i]:
+                        outside.append((name, i, d, lo[i], hi[i], min(abs(d - lo[i]), abs(d - hi[i]))))
+                    if i < len(lo):
+                        volume *= hi[i] - lo[i] + 1
+            (misses if outside else fits).append((k, outside, volume))
+        if fits:
+            return min(fits, key=lambda f: (f[2], f[0]))[0]
+        k, outside, _ = min(misses, key=lambda m: (sum(o[5] for o in m[1]), m[0]))
+        dims = "; ".join(f"input {n!r} dim {i} is {d}, profile {k} allows [{lo}, {hi}]" for n, i, d, lo, hi, _ in outside)
+        raise ShapeError(ErrorCode.INVALID_SHAPE,
+                         f"input shapes {dict((n, tuple(s)) for n, s in shapes.items())} are outside all "
+                         f"{len(self.profiles)} optimization profiles; the nearest is profile {k}: {dims}")
 
     # -- running ---------------------------------------------------------------------
     @property

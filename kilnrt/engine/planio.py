@@ -14,11 +14,26 @@ from kilnrt.network.layers import LayerKind
 
 
 def engine_to_bytes(engine: Engine) -> bytes:
-    weights = dict(engine.constants)
+    weights: dict = {}
+    kernels = dict(engine.kernels)
+    header = _header(engine, weights, "")
+    if engine.profile_engines is not None:   # one engine per optimization profile: profile i's under "profile<i>/"
+        subs = []
+        for i, sub in enumerate(engine.profile_engines[1:], start=1):
+            subs.append(_header(sub, weights, f"profile{i}/"))
+            kernels.update(sub.kernels)
+        header["profile_engines"] = subs
+    return pack(header, weights, kernels)
+
+
+def _header(engine: Engine, weights: dict, prefix: str) -> dict:
+    """The header of one engine; its constants and array params go into ``weights`` under ``prefix``."""
+    for name, array in engine.constants.items():
+        weights[prefix + name] = array
     counter = [0]
 
     def put(array):
-        key = f"param/{counter[0]}"
+        key = f"{prefix}param/{counter[0]}"
         counter[0] += 1
         weights[key] = array
         return key
@@ -35,7 +50,7 @@ def engine_to_bytes(engine: Engine) -> bytes:
             "timing_ms": l.timing_ms, "candidates": l.candidates, "output_formats": l.output_formats,
             "writes_into": None if l.writes_into is None else list(l.writes_into),
         })
-    header = {
+    return {
         "format_version": FORMAT_VERSION, "kilnrt_version": engine.version, "name": engine.name,
         "device": engine.device, "device_name": engine.device_name, "portable": engine.portable,
         "io": [t.to_json() for t in engine.io], "layers": layers, "constants": sorted(engine.constants),
@@ -43,7 +58,6 @@ def engine_to_bytes(engine: Engine) -> bytes:
         "memory": engine.memory.to_json() if engine.memory is not None else None,
         "build_info": engine.build_info, "tensors": engine.tensors,
     }
-    return pack(header, weights, engine.kernels)
 
 
 def current_device_name(device: str) -> str | None:
@@ -96,32 +110,51 @@ def engine_from_bytes(data: bytes, *, check_device: bool = True) -> Engine:
                             f"the plan was built for {header.get('device_name')}, but this GPU is {here}; "
                             "plans are specific to the GPU model: rebuild it on this GPU (or build with --portable)")
     try:
-        layers = []
-        for d in header["layers"]:
-            kind = LayerKind(d["kind"])
-            layers.append(EngineLayer(
-                name=d["name"], kind=kind, params=decode_params(kind, d["params"], weights),
-                inputs=list(d["inputs"]), outputs=list(d["outputs"]), origin=tuple(d["origin"]),
-                tactic=d["tactic"], precision=DataType[d["precision"]] if d.get("precision") else None,
-                output_dtypes=list(d.get("output_dtypes") or []),
-                output_shapes=[None if s is None else tuple(s) for s in d.get("output_shapes") or []],
-                input_dtypes=list(d.get("input_dtypes") or []),
-                input_shapes=[None if s is None else tuple(s) for s in d.get("input_shapes") or []],
-                timing_ms=d.get("timing_ms"), candidates=dict(d.get("candidates") or {}),
-                output_formats=_formats(d.get("output_formats")), writes_into=_writes_into(d.get("writes_into"))))
-        concat_plans(layers)   # every writes_into names a slice of a later concatenation (ValueError if not)
-        constants = {name: weights[name] for name in header["constants"]}
-        engine = Engine(
-            name=header["name"], device=device, device_name=header["device_name"],
-            io=[IOTensor.from_json(t) for t in header["io"]], layers=layers, constants=constants,
-            profiles=[{k: tuple(tuple(s) for s in v) for k, v in p.items()} for p in header["profiles"]],
-            memory=MemoryPlan.from_json(header["memory"]) if header.get("memory") else None,
-            build_info=header.get("build_info") or {}, tensors=header.get("tensors") or {},
-            portable=bool(header.get("portable")), kernels=kernels, version=header["kilnrt_version"])
+        engine = _engine_from_header(header, weights, kernels, "", device)
+        subs = header.get("profile_engines")
+        if subs is not None:
+            if not isinstance(subs, list) or len(subs) + 1 != len(engine.profiles):
+                raise ValueError(f"the plan has {len(engine.profiles)} profiles but "
+                                 f"{len(subs) + 1 if isinstance(subs, list) else 'no list of'} profile engines")
+            engine.profile_engines = [engine] + [_engine_from_header(h, weights, kernels, f"profile{i}/", device)
+                                                 for i, h in enumerate(subs, start=1)]
     except PlanError:
         raise
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise PlanError(ErrorCode.PLAN_CORRUPT, f"the plan's header is malformed: {type(exc).__name__}: {exc}") from None
+    for one in engine.profile_engines or [engine]:
+        _check_engine_tactics(one, device)
+    return engine
+
+
+def _engine_from_header(header: dict, weights: dict, kernels: dict, prefix: str, device: str) -> Engine:
+    if not isinstance(header, dict):
+        raise ValueError(f"a profile engine's header is a {type(header).__name__}, not an object")
+    layers = []
+    for d in header["layers"]:
+        kind = LayerKind(d["kind"])
+        layers.append(EngineLayer(
+            name=d["name"], kind=kind, params=decode_params(kind, d["params"], weights),
+            inputs=list(d["inputs"]), outputs=list(d["outputs"]), origin=tuple(d["origin"]),
+            tactic=d["tactic"], precision=DataType[d["precision"]] if d.get("precision") else None,
+            output_dtypes=list(d.get("output_dtypes") or []),
+            output_shapes=[None if s is None else tuple(s) for s in d.get("output_shapes") or []],
+            input_dtypes=list(d.get("input_dtypes") or []),
+            input_shapes=[None if s is None else tuple(s) for s in d.get("input_shapes") or []],
+            timing_ms=d.get("timing_ms"), candidates=dict(d.get("candidates") or {}),
+            output_formats=_formats(d.get("output_formats")), writes_into=_writes_into(d.get("writes_into"))))
+    concat_plans(layers)   # every writes_into names a slice of a later concatenation (ValueError if not)
+    constants = {name: weights[prefix + name] for name in header["constants"]}
+    return Engine(
+        name=header["name"], device=device, device_name=header["device_name"],
+        io=[IOTensor.from_json(t) for t in header["io"]], layers=layers, constants=constants,
+        profiles=[{k: tuple(tuple(s) for s in v) for k, v in p.items()} for p in header["profiles"]],
+        memory=MemoryPlan.from_json(header["memory"]) if header.get("memory") else None,
+        build_info=header.get("build_info") or {}, tensors=header.get("tensors") or {},
+        portable=bool(header.get("portable")), kernels=kernels, version=header["kilnrt_version"])
+
+
+def _check_engine_tactics(engine: Engine, device: str) -> None:
     for layer in engine.layers:
         from kilnrt.kernels.registry import get_tactic
 
@@ -132,4 +165,3 @@ def engine_from_bytes(data: bytes, *, check_device: bool = True) -> Engine:
         check_tactics(engine.layers, device)
     except ValueError as exc:
         raise PlanError(ErrorCode.PLAN_CORRUPT, f"the plan's header is malformed: {exc}") from None
-    return engine
