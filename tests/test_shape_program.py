@@ -108,3 +108,59 @@ def test_dynamic_engine_captures_one_graph_per_shape_set():
     stats = ctx.graph_stats
     assert stats.captures == 3 and stats.eager_runs == 0      # one capture per distinct shape set
     assert stats.replays == len(shapes)
+
+
+def test_inspector_names_the_shape_program_and_the_layers_that_synchronize():
+    from kilnrt.engine.inspector import describe_engine
+    from models import nonzero_model
+
+    dynamic = kilnrt.build(_reshape_model(), profiles={"x": [(1, 1, 8), (2, 4, 8), (4, 16, 8)]})
+    shapes = describe_engine(dynamic)["shapes"]
+    assert set(shapes["host_layers"]) == set(dynamic.program.shapes.host_layer_names)
+    assert shapes["synchronizing"] == []
+    nonzero = kilnrt.build(nonzero_model())
+    sync = describe_engine(nonzero)["shapes"]["synchronizing"]
+    assert sync == [{"layer": "NonZero_0", "why": "its output size depends on the data"}]
+
+
+class _Allocator:
+    """TensorRT's IOutputAllocator, as a user writes it: numpy buffers, shapes as notified."""
+
+    def __init__(self) -> None:
+        self.buffers, self.shapes = {}, {}
+
+    def reallocate_output_async(self, name, memory, size, alignment, stream=0):
+        self.buffers[name] = np.empty(max(size, 1), np.uint8)
+        return self.buffers[name].ctypes.data
+
+    def notify_shape(self, name, shape):
+        self.shapes[name] = tuple(shape)
+
+
+def test_data_dependent_outputs_through_the_output_allocator_and_run():
+    """NonZero, then Unique of its row indices: sizes known only after the data is seen."""
+    nodes = [helper.make_node("NonZero", ["x"], ["nz"]),
+             helper.make_node("Unique", ["nz"], ["u", "first", "inverse", "counts"], sorted=1)]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 5])],
+                       [helper.make_tensor_value_info(n, TensorProto.INT64, None)
+                        for n in ("nz", "u", "counts")], opset=17)
+    engine = kilnrt.build(model, profiles={"x": [(1, 5), (4, 5), (8, 5)]})
+    sess = ort.InferenceSession(model.SerializeToString())
+    for rows in (3, 7):
+        x = (RNG.standard_normal((rows, 5)) > 0.3).astype(np.float32) * RNG.standard_normal((rows, 5)).astype(np.float32)
+        want = dict(zip(("nz", "u", "counts"), sess.run(None, {"x": x})))
+        got = engine.run({"x": x})
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+        ctx = engine.create_execution_context()
+        alloc = _Allocator()
+        ctx.set_input_shape("x", x.shape)
+        ctx.set_tensor_address("x", x)
+        for k in want:
+            ctx.set_output_allocator(k, alloc)
+        ctx.execute_async_v3(0)
+        for k, w in want.items():
+            assert alloc.shapes[k] == w.shape and ctx.get_tensor_shape(k) == w.shape
+            np.testing.assert_array_equal(alloc.buffers[k][:w.nbytes].view(np.int64).reshape(w.shape), w)
+    sync = {s[0] for s in kilnrt.engine.shape_program.synchronizing_layers(engine)}
+    assert any("NonZero" in n for n in sync) and any("Unique" in n for n in sync)

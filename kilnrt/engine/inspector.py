@@ -182,6 +182,24 @@ def layer_info(engine, index: int, timings: Mapping[str, float] | None = None,
     }
 
 
+def shapes_summary(engine) -> dict[str, Any]:
+    """Where shapes are computed: the layers of the host-side shape program (run once per
+    input-shape set, before launch), and the layers a run must wait on the host for."""
+    from kilnrt.engine.shape_program import ShapeProgram, synchronizing_layers
+
+    program = ShapeProgram(engine, run_layer=None)
+    return {"host_layers": [l.name for l in program.layers],
+            "synchronizing": [{"layer": name, "why": why} for name, why in synchronizing_layers(engine)]}
+
+
+def shapes_text(summary: dict[str, Any]) -> str:
+    sync = summary["synchronizing"]
+    text = f"{len(summary['host_layers'])} layers run on the host once per input-shape set; "
+    if not sync:
+        return text + "no layer synchronizes (one CUDA graph per shape set)"
+    return text + f"{len(sync)} synchronize: " + "; ".join(f"{s['layer']} ({s['why']})" for s in sync)
+
+
 def describe_engine(engine, timings: Mapping[str, float] | None = None) -> dict[str, Any]:
     """Everything the inspector knows about ``engine``, as a JSON-ready dict."""
     memory = engine.memory
@@ -201,6 +219,9 @@ def describe_engine(engine, timings: Mapping[str, float] | None = None) -> dict[
         "naive_activation_bytes": None if memory is None else int(memory.naive_bytes),
         "build": build,
         "layout": layout_summary(engine),
+        "shapes": shapes_summary(engine),
+        "profile_engines": None if engine.profile_engines is None else
+        [{"profile": i, "layers": len(e.layers)} for i, e in enumerate(engine.profile_engines)],
         "layers": [layer_info(engine, i, timings, formats, concats) for i in range(len(engine.layers))],
     }
 
@@ -336,6 +357,10 @@ def summary_table(engine):
     act, naive = data["activation_bytes"], data["naive_activation_bytes"]
     reuse = f" (without reuse: {format_bytes(naive)})" if act is not None and naive is not None else ""
     table.add_row("activations", format_bytes(act) + reuse)
+    if data["profile_engines"]:
+        table.add_row("profile engines", ", ".join(f"profile {p['profile']}: {p['layers']} layers"
+                                                   for p in data["profile_engines"]))
+    table.add_row("shapes", shapes_text(data["shapes"]))
     layout = layout_text(data["layout"])
     if layout:
         table.add_row("4-D layouts", layout)
@@ -364,4 +389,4 @@ def summary_table(engine):
 
 
 __all__ = ["EngineInspector", "LayerInformationFormat", "LayerTimer", "concat_text", "describe_engine", "layer_info",
-           "layout_summary", "layout_text", "tensor_info", "layer_table", "summary_table", "format_bytes", "format_shape"]
+           "layout_summary", "layout_text", "shapes_summary", "shapes_text", "tensor_info", "layer_table", "summary_table", "format_bytes", "format_shape"]

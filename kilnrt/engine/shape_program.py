@@ -154,3 +154,50 @@ def _data_dependent(tree) -> bool:
     if isinstance(tree, list):
         return any(_data_dependent(a) for a in tree[1:])
     return False
+
+
+def _data_symbols(tree, out: set) -> set:
+    if isinstance(tree, dict):
+        if tree["s"].startswith(S.DATA_PREFIX):
+            out.add(tree["s"])
+    elif isinstance(tree, list):
+        for a in tree[1:]:
+            _data_symbols(a, out)
+    return out
+
+
+def synchronizing_layers(engine) -> list[tuple[str, str]]:
+    """The layers a run must wait on the host for, with why: those whose output size depends
+    on data (NonZero, Unique, NMS-like: a data-dependent dim appears in their outputs), control
+    flow (the branch or trip count is read on the host), and those reading as a shape value a
+    tensor the device computes.  Every other layer runs inside the shape set's CUDA graph."""
+    program = ShapeProgram(engine, run_layer=None)
+    recorded = any(info.get("dims") is not None for info in engine.tensors.values())   # older plans: no dims
+    out = []
+    for layer in engine.layers:
+        if layer.name in program.host_layer_names:
+            continue
+        if layer.kind in (LayerKind.CONDITIONAL, LayerKind.LOOP):
+            out.append((layer.name, "control flow: the branch or the trip count is read on the host"))
+            continue
+        seen = set()
+        for n in layer.inputs:
+            if n is not None:
+                for d in program.dims.get(n) or []:
+                    _data_symbols(d, seen)
+        made = set()
+        for n in layer.outputs:
+            dims = program.dims.get(n)
+            if dims is None and recorded:   # rank unknown until it runs
+                made.add("?")
+            for d in dims or []:
+                _data_symbols(d, made)
+        if made - seen:
+            out.append((layer.name, "its output size depends on the data"))
+            continue
+        positions = SHAPE_INPUTS.get(layer.kind, frozenset())
+        device_made = [n for i, n in enumerate(layer.inputs) if i in positions and n is not None
+                       and n not in program.host_names and n not in engine.constants]
+        if device_made:
+            out.append((layer.name, f"reads {', '.join(map(repr, device_made))} as a shape value made on the device"))
+    return out
