@@ -94,17 +94,22 @@ def full_shapes(name: str, shape: tuple) -> dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in make_inputs(name, shape, "meta").items()}
 
 
-def build(path: str, name: str, profile: tuple, cache: str) -> tuple[kilnrt.Engine, float]:
-    lo, opt, hi = (full_shapes(name, s) for s in profile)
+def build(path: str, name: str, profile: tuple, cache: str, *extra: tuple) -> tuple[kilnrt.Engine, float]:
+    """An engine for ``profile`` (min, opt, max), plus one profile per shape in ``extra`` (a
+    bucket: that shape tuned on its own)."""
+    profiles = []
+    for prof in (profile,) + tuple((s, s, s) for s in extra):
+        lo, opt, hi = (full_shapes(name, s) for s in prof)
+        profiles.append({k: [lo[k], opt[k], hi[k]] for k in opt})
     t0 = time.perf_counter()
-    engine = kilnrt.build(path, device="cuda", fp16=True, timing_cache=cache,
-                          profiles={k: [lo[k], opt[k], hi[k]] for k in opt})
+    engine = kilnrt.build(path, device="cuda", fp16=True, timing_cache=cache, profiles=profiles)
     return engine, time.perf_counter() - t0
 
 
 def public_call(engine, feeds: dict[str, torch.Tensor], iters: int) -> dict:
     """execute_async_v3 on buffers bound once: GPU ms per call (events), host us per call."""
     ctx = engine.create_execution_context()
+    ctx.set_optimization_profile_async(engine.profile_containing({k: tuple(v.shape) for k, v in feeds.items()}), 0)
     for k, v in feeds.items():
         ctx.set_input_shape(k, tuple(v.shape))
         ctx.set_tensor_address(k, v)
@@ -163,6 +168,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default="", help="only these test shapes, e.g. 8x128,1x8 (default: all)")
     ap.add_argument("--out", default=None, help="results JSON (default: benchmarks/results/<date>-<gpu>-dynamic-<model>.json)")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--bucket", action="store_true",
+                    help="also an engine with a second profile for the profile's min shape (what a bucket buys)")
     args = ap.parse_args(argv)
 
     gpu = torch.cuda.get_device_name().replace(" ", "_")
@@ -201,12 +208,16 @@ def main(argv=None) -> int:
     print(f"dynamic build {dyn_build_s:.1f} s; host shape layers {len(dyn.program.shapes.layers)}; "
           f"device steps {len(dyn.program.steps)}", flush=True)
     dyn_profile = {"min": lo, "opt": opt, "max": hi}
+    kinds = ("dynamic", "static")
+    if args.bucket:
+        bucketed, bucket_build_s = build(onnx_path, args.model, (lo, opt, hi), cache, lo)
+        kinds = ("dynamic", "bucket", "static")
     for shape in shapes:
         feeds = make_inputs(args.model, shape)
         with torch.no_grad():
             ref = model(*feeds.values()).float()
-        for kind in ("dynamic", "static"):
-            profile = dyn_profile if kind == "dynamic" else "static"
+        for kind in kinds:
+            profile = {"dynamic": dyn_profile, "bucket": {**dyn_profile, "buckets": [lo]}}.get(kind, "static")
             if (label, shape, json.dumps(profile, default=list)) in done:
                 continue
             row = {"model": label, "family": "transformer" if args.model == "bert" else "cnn",
@@ -216,6 +227,8 @@ def main(argv=None) -> int:
             try:
                 if kind == "dynamic":
                     engine, row["build_s"] = dyn, round(dyn_build_s, 1)
+                elif kind == "bucket":
+                    engine, row["build_s"] = bucketed, round(bucket_build_s, 1)
                 else:
                     engine, b = build(onnx_path, args.model, (shape, shape, shape), cache)
                     row["build_s"] = round(b, 1)
@@ -252,7 +265,12 @@ def main(argv=None) -> int:
     print("\n| model | shape | dynamic ms | static ms | ratio | captures | first call ms |")
     print("|---|---|---|---|---|---|---|")
     for shape in shapes:
-        d = next((r for r in rows if tuple(r["shape"]) == shape and r["profile"] != "static"), {})
+        b = next((r for r in rows if tuple(r["shape"]) == shape and isinstance(r["profile"], dict)
+                  and "buckets" in r["profile"]), {})
+        if b.get("kilnrt_ms"):
+            print(f"(with a profile for the min shape: {b['kilnrt_ms']} ms)")
+        d = next((r for r in rows if tuple(r["shape"]) == shape and r["profile"] != "static"
+                  and "buckets" not in r["profile"]), {})
         s = next((r for r in rows if tuple(r["shape"]) == shape and r["profile"] == "static"), {})
         ratio = d.get("kilnrt_ms") / s["kilnrt_ms"] if d.get("kilnrt_ms") and s.get("kilnrt_ms") else None
         print(f"| {label} | {'x'.join(map(str, shape))} | {d.get('kilnrt_ms')} | {s.get('kilnrt_ms')} | "
