@@ -13,9 +13,8 @@ from __future__ import annotations
 import functools
 import math
 import operator
-import re
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import sympy
@@ -82,7 +81,11 @@ def broadcast(*shapes) -> tuple | None:
 
 
 def _merge_dims(dims, broadcasting: bool):
-    """One dim from dims that must agree (or be 1 when broadcasting)."""
+    """One dim from dims that must agree, or, when broadcasting, agree or be 1.
+
+    Dims that must agree keep the simplest spelling (a number, then an input symbol, then the
+    shortest expression).  Broadcast dims that are not provably equal are ``Max(a, b)``: each
+    is 1 or both are the same, so the larger is the result (a number that is not 1 decides)."""
     best = None
     for d in dims:
         if broadcasting and d == 1:
@@ -93,9 +96,13 @@ def _merge_dims(dims, broadcasting: bool):
         same = S.equal(best, d)
         if same is False and isinstance(best, int) and isinstance(d, int):
             raise ShapeRuleError(f"dims {best} and {d} do not broadcast")
-        # keep the simpler: a number, then an input symbol, then the shortest expression
-        if _complexity(d) < _complexity(best):
-            best = d
+        if same is True or not broadcasting:
+            if _complexity(d) < _complexity(best):
+                best = d
+        elif isinstance(best, int) or isinstance(d, int):
+            best = best if isinstance(best, int) else d     # a number other than 1 decides
+        else:
+            best = S.dmax(best, d)
     return 1 if best is None else best
 
 
@@ -514,6 +521,8 @@ def shuffle(ctx, layer, ins):
         shape = tuple(shape[i] for i in p.first_transpose)
         value = None if value is None else np.transpose(value, p.first_transpose)
     target = _shape_from(ctx, dims_in, p.reshape_dims)
+    if target is None and dims_in is not None:   # dims read at run time, even their count unknown
+        return [Info(x.dtype, None)]
     if target is not None:
         shape = reshape_dims(ctx, shape, target, p.zero_is_placeholder)
         if value is not None:
@@ -562,8 +571,9 @@ def view(ctx, layer, ins):
 @rule(LayerKind.SQUEEZE)
 def squeeze(ctx, layer, ins):
     x = ins[0]
-    axes = values_of(ctx, ins[1]) if len(ins) > 1 and ins[1] is not None else layer.params.axes
-    if x.shape is None:
+    axes_in = ins[1] if len(ins) > 1 else None
+    axes = values_of(ctx, axes_in) if axes_in is not None else layer.params.axes
+    if x.shape is None or (axes_in is not None and axes is None):
         return [Info(x.dtype, None)]
     rank = len(x.shape)
     if axes is None:
@@ -646,9 +656,7 @@ def slice_(ctx, layer, ins):
     if len(ins) > 3 and ins[3] is not None and axes is None:
         return [Info(x.dtype, tuple(ctx.fresh() for _ in range(rank)))]
     if starts is None or ends is None or (len(ins) > 4 and ins[4] is not None and steps is None):
-        n = len(axes) if axes is not None else None
         sliced = set(range(rank)) if axes is None else {_axis(a, rank) for a in axes}
-        del n
         return [Info(x.dtype, tuple(ctx.fresh() if i in sliced else d for i, d in enumerate(x.shape)))]
     axes = axes if axes is not None else list(range(len(starts)))
     steps = steps if steps is not None else [1] * len(starts)
@@ -823,9 +831,6 @@ def matrix_multiply(ctx, layer, ins):
     if vec_a:
         out.pop(-2 if not vec_b else -1)
     return [Info(a.dtype, tuple(out))]
-
-
-_EINSUM = re.compile(r"^([^->]*)->(.*)$")
 
 
 @rule(LayerKind.EINSUM)
@@ -1107,3 +1112,73 @@ def _unique(ctx, p, ins, n):
         y = Info(x.dtype, tuple(count if i == a else d for i, d in enumerate(x.shape)))
     inverse = ctx.fresh()
     return [y, Info(DataType.INT64, (count,)), Info(DataType.INT64, (inverse,)), Info(DataType.INT64, (count,))][:n]
+
+
+@plugin_rule("LinearAttention")
+def _linear_attention(ctx, p, ins, n):
+    q, k, v = ins[:3]
+    past = ins[3] if len(ins) > 3 else None
+    hq, hkv = int(p.field("q_num_heads")), int(p.field("kv_num_heads"))
+    if q.shape is None or k.shape is None or v.shape is None or len(q.shape) != 3:
+        return [Info(q.dtype, None), Info(q.dtype if past is None else past.dtype, None)][:n]
+    d_k, d_v = S.floordiv(k.shape[-1], hkv), S.floordiv(v.shape[-1], hkv)
+    out = Info(q.dtype, (q.shape[0], q.shape[1], S.as_dim(d_v * hq)))
+    state = Info(q.dtype if past is None else past.dtype, (q.shape[0], hkv, d_k, d_v))
+    return [out, state][:n]
+
+
+@plugin_rule("RoiAlign")
+def _roi_align(ctx, p, ins, n):
+    x, rois = ins[0], ins[1]
+    if x.shape is None or rois.shape is None:
+        return [Info(x.dtype, None)]
+    return [Info(x.dtype, (rois.shape[0], x.shape[1], int(p.field("output_height")), int(p.field("output_width"))))]
+
+
+@plugin_rule("Col2Im")
+def _col2im(ctx, p, ins, n):
+    x = ins[0]
+    image, block = values_of(ctx, ins[1]), values_of(ctx, ins[2])
+    if x.shape is None or image is None or block is None:
+        return [Info(x.dtype, None)]
+    channels = S.floordiv(x.shape[1], numel(_dims(block)))
+    return [Info(x.dtype, (x.shape[0], channels) + _dims(image))]
+
+
+@plugin_rule("MelWeightMatrix")
+def _mel_weight_matrix(ctx, p, ins, n):
+    bins, length = values_of(ctx, ins[0]), values_of(ctx, ins[1])
+    dtype = DataType(p.field("to"))
+    if bins is None or length is None:
+        return [Info(dtype, (ctx.fresh(), ctx.fresh()))]
+    return [Info(dtype, (S.as_dim(S.floordiv(S.as_dim(length[0]), 2) + 1), S.as_dim(bins[0])))]
+
+
+@plugin_rule("DFT")
+def _dft(ctx, p, ins, n):
+    x = ins[0]
+    if x.shape is None:
+        return [Info(x.dtype, None)]
+    rank = len(x.shape)
+    axis = _known(ins[2]) if len(ins) > 2 and ins[2] is not None else [p.field("axis")]
+    a = _axis(int(axis[0]), rank) if axis is not None else None
+    shape = tuple(2 if i == rank - 1 else (ctx.fresh() if a is None or i == a else d) for i, d in enumerate(x.shape))
+    return [Info(x.dtype, shape)]
+
+
+@plugin_rule("STFT")
+def _stft(ctx, p, ins, n):
+    x = ins[0]
+    if x.shape is None:
+        return [Info(x.dtype, None)]
+    return [Info(x.dtype, (x.shape[0], ctx.fresh(), ctx.fresh(), 2))]
+
+
+@plugin_rule("DeformConv")
+def _deform_conv(ctx, p, ins, n):
+    x, w = ins[0], ins[1]
+    if x.shape is None or w.shape is None or len(x.shape) != 4:
+        return [Info(x.dtype, None)]
+    offset = ins[2]
+    spatial = tuple(offset.shape[2:4]) if offset is not None and offset.shape is not None else (ctx.fresh(), ctx.fresh())
+    return [Info(x.dtype, (x.shape[0], w.shape[0]) + spatial)]
