@@ -3,6 +3,7 @@
     python benchmarks/run.py                              # all headline rows
     python benchmarks/run.py --models resnet50 --batches 1,256
     python benchmarks/run.py --models bert --no-compile   # skip torch.compile (fast check)
+    python benchmarks/run.py --dynamic bert               # the dynamic set: benchmarks/dynamic.py
 
 Every peer is timed the same way: its forward pass captured in a CUDA graph, then the
 median of >= 50 replays timed with CUDA events after a warm-up.  kilnrt's outputs are
@@ -264,6 +265,12 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--dynamic"]:   # dynamic-profile engines against static ones (benchmarks/dynamic.py)
+        from dynamic import main as dynamic_main
+
+        rest = argv[1:]
+        return dynamic_main((["--model", rest[0]] + rest[1:]) if rest and not rest[0].startswith("-") else rest)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="resnet50,bert",
                    help="comma list of: bert, " + ", ".join(IMAGE_MODELS) + " (the wider set)")
