@@ -78,7 +78,7 @@ class GraphCache:
             self.stats.eager_runs += 1
             with torch.cuda.stream(stream):
                 return self.program.execute(feeds)
-        graph, static_in, static_out = entry
+        graph, static_in, static_out, _ = entry
         with torch.cuda.stream(stream):
             for name, t in feeds.items():
                 if t.data_ptr() != static_in[name].data_ptr():
@@ -119,4 +119,7 @@ class GraphCache:
             return None
         key = self.key(feeds)
         self._bytes[key] = sum(t.numel() * t.element_size() for t in list(static_in.values()) + list(static_out.values()))
-        return graph, static_in, static_out
+        # the shape program's device values this graph reads: kept alive with it, whatever the
+        # program's own cache of them drops
+        reads = self.program.host_values(static_in)[1]
+        return graph, static_in, static_out, reads
