@@ -164,3 +164,18 @@ def test_data_dependent_outputs_through_the_output_allocator_and_run():
             np.testing.assert_array_equal(alloc.buffers[k][:w.nbytes].view(np.int64).reshape(w.shape), w)
     sync = {s[0] for s in kilnrt.engine.shape_program.synchronizing_layers(engine)}
     assert any("NonZero" in n for n in sync) and any("Unique" in n for n in sync)
+
+
+def test_inspect_shows_symbolic_dims_as_written(capsys):
+    """'[batch,2,6,6]' is no rich markup tag: the summary and the layer table show it."""
+    from rich.console import Console
+
+    from kilnrt.engine.inspector import layer_table, summary_table
+    from models import small_cnn_model
+
+    engine = kilnrt.build(small_cnn_model("batch"), profiles={"x": [(1, 2, 6, 6), (4, 2, 6, 6), (8, 2, 6, 6)]})
+    console = Console(width=300, record=True)
+    console.print(summary_table(engine))
+    console.print(layer_table(engine))
+    text = console.export_text()
+    assert "x FLOAT [batch,2,6,6]" in text and "[batch,5]" in text

@@ -316,6 +316,14 @@ def _tensor_text(t: dict[str, Any]) -> str:
     return f"{t['name']} {format_shape(t.get('shape'))} {t.get('dtype') or ''}{nhwc}"
 
 
+def _add_row(table, *cells: str) -> None:
+    """A table row whose text is shown as written: a symbolic shape such as ``[batch,3]`` or a
+    name from a plan is not read as rich markup."""
+    from rich.markup import escape
+
+    table.add_row(*(escape(c) for c in cells))
+
+
 def layer_table(engine, timings: Mapping[str, float] | None = None, *, title: str | None = None):
     """A :class:`rich.table.Table` with one row per engine layer."""
     from rich.table import Table
@@ -330,7 +338,7 @@ def layer_table(engine, timings: Mapping[str, float] | None = None, *, title: st
     for l in data["layers"]:
         t = l["time_ms"] if l["time_ms"] is not None else l["build_time_ms"]
         note = concat_text(l)
-        table.add_row(str(l["index"]), l["name"], l["kind"].lower(), l["tactic"] + (f"\n{note}" if note else ""),
+        _add_row(table, str(l["index"]), l["name"], l["kind"].lower(), l["tactic"] + (f"\n{note}" if note else ""),
                       l["precision"] or "",
                       "\n".join(_tensor_text(i) for i in l["inputs"]), "\n".join(_tensor_text(o) for o in l["outputs"]),
                       l["origin_text"], "" if t is None else f"{t:.4f}")
@@ -345,46 +353,46 @@ def summary_table(engine):
     table = Table(title="engine summary", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
-    table.add_row("device", f"{data['device']} ({data['device_name']})")
+    _add_row(table, "device", f"{data['device']} ({data['device_name']})")
     for t in data["io"]:
-        table.add_row(t["mode"], f"{t['name']} {t['dtype']} {format_shape(t['shape'])}")
+        _add_row(table, t["mode"], f"{t['name']} {t['dtype']} {format_shape(t['shape'])}")
     for i, prof in enumerate(data["profiles"]):
         for name, s in prof.items():
-            table.add_row(f"profile {i}", f"{name}: min {format_shape(s['min'])} opt {format_shape(s['opt'])} "
+            _add_row(table, f"profile {i}", f"{name}: min {format_shape(s['min'])} opt {format_shape(s['opt'])} "
                                           f"max {format_shape(s['max'])}")
-    table.add_row("layers", str(data["num_layers"]))
-    table.add_row("weights", format_bytes(data["weights_bytes"]))
+    _add_row(table, "layers", str(data["num_layers"]))
+    _add_row(table, "weights", format_bytes(data["weights_bytes"]))
     act, naive = data["activation_bytes"], data["naive_activation_bytes"]
     reuse = f" (without reuse: {format_bytes(naive)})" if act is not None and naive is not None else ""
-    table.add_row("activations", format_bytes(act) + reuse)
+    _add_row(table, "activations", format_bytes(act) + reuse)
     if data["profile_engines"]:
-        table.add_row("profile engines", ", ".join(f"profile {p['profile']}: {p['layers']} layers"
+        _add_row(table, "profile engines", ", ".join(f"profile {p['profile']}: {p['layers']} layers"
                                                    for p in data["profile_engines"]))
-    table.add_row("shapes", shapes_text(data["shapes"]))
+    _add_row(table, "shapes", shapes_text(data["shapes"]))
     layout = layout_text(data["layout"])
     if layout:
-        table.add_row("4-D layouts", layout)
+        _add_row(table, "4-D layouts", layout)
     build = data["build"]
     if build:
-        table.add_row("build", f"{build.get('seconds', '?')} s, optimization level "
+        _add_row(table, "build", f"{build.get('seconds', '?')} s, optimization level "
                                f"{build.get('optimization_level', '?')}, flags {', '.join(build.get('flags', [])) or '-'}")
-        table.add_row("layers in -> out", f"{build.get('layers_in', '?')} network layers -> "
+        _add_row(table, "layers in -> out", f"{build.get('layers_in', '?')} network layers -> "
                                           f"{build.get('layers_out', '?')} engine layers "
                                           f"(+{build.get('constants', 0)} constants)")
         passes = [p for p in build.get("passes", []) if p.get("rewrites") or p["layers_before"] != p["layers_after"]]
         for p in passes:
-            table.add_row(f"pass {p['pass']}", f"{p['layers_before']} -> {p['layers_after']} layers, "
+            _add_row(table, f"pass {p['pass']}", f"{p['layers_before']} -> {p['layers_after']} layers, "
                                                f"{p.get('rewrites', 0)} rewrites")
         concats = build.get("concat_elimination")
         if concats and concats.get("concatenations"):
-            table.add_row("concatenations", f"{concats['concatenations']}: {concats['eliminated']} eliminated, "
+            _add_row(table, "concatenations", f"{concats['concatenations']}: {concats['eliminated']} eliminated, "
                                             f"{concats['partial']} partly; {concats['inputs_in_place']} inputs "
                                             f"written in place, {concats['inputs_copied']} copied"
                                             + (f"; {concats['tactics_switched']} producers took a tactic that "
                                                f"writes in place" if concats.get("tactics_switched") else ""))
         cache = build.get("timing_cache")
         if cache:
-            table.add_row("timing cache", f"{cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses")
+            _add_row(table, "timing cache", f"{cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses")
     return table
 
 
