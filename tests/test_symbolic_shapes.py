@@ -149,3 +149,26 @@ def test_shape_of_an_input_with_unnamed_dynamic_dims():
     net.mark_output(y)
     assert s.shape == (2,)
     assert y.shape == (2, "2*x:0")
+
+
+def _two_inputs_sharing_seq():
+    nodes = [helper.make_node("Add", ["a", "b"], ["y"])]
+    return model(nodes, [vi("a", ["batch", "seq"]), vi("b", ["batch", "seq"])], [vi("y", None)])
+
+
+def test_a_profile_giving_one_symbol_two_ranges_is_refused():
+    with pytest.raises(ShapeError) as err:
+        kilnrt.build(_two_inputs_sharing_seq(), profiles={"a": [(1, 2), (2, 8), (4, 16)], "b": [(1, 2), (2, 8), (4, 32)]})
+    assert ("gives the dynamic dim 'seq' min/opt/max 2/8/16 through input 'a' (dim 1) but 2/8/32 through input 'b' "
+            "(dim 1)") in str(err.value)
+
+
+def test_a_symbol_bound_to_two_sizes_names_both_and_the_range():
+    engine = kilnrt.build(_two_inputs_sharing_seq(), profiles={"a": [(1, 2), (2, 8), (4, 16)],
+                                                               "b": [(1, 2), (2, 8), (4, 16)]})
+    a = RNG.standard_normal((2, 5)).astype(np.float32)
+    b = RNG.standard_normal((2, 6)).astype(np.float32)
+    with pytest.raises(ShapeError) as err:
+        engine.run({"a": a, "b": b})
+    assert str(err.value).endswith("inputs 'a' (dim 1 = 5) and 'b' (dim 1 = 6) share the dynamic dim 'seq', so they "
+                                   "must have the same size there (profile 0 allows seq in [2, 16])")

@@ -20,19 +20,30 @@ _WINDOWED = {LayerKind.CONVOLUTION, LayerKind.DECONVOLUTION, LayerKind.POOLING}
 
 
 def symbol_ranges(net, profiles: Sequence[Mapping[str, tuple]]) -> dict[str, tuple[int, int]]:
+    """Each symbol's [min, max] over the profiles.  Raises ShapeError where one profile gives
+    a symbol two different ranges through two inputs (``seq`` of ``input_ids`` and of
+    ``attention_mask``): no input shapes could ever satisfy both."""
     ranges: dict[str, tuple[int, int]] = {}
-    for t in net.inputs:
-        for prof in profiles:
+    for k, prof in enumerate(profiles):
+        seen: dict[str, tuple[str, int, tuple]] = {}
+        for t in net.inputs:
             if t.name not in prof:
                 continue
-            lo, _, hi = prof[t.name]
+            lo, opt, hi = prof[t.name]
             for i, d in enumerate(t.shape):
                 dim = S.from_public(d, t.name, i)
                 if isinstance(dim, int) or not dim.is_Symbol:
                     continue
+                span = (int(lo[i]), int(opt[i]), int(hi[i]))
+                first = seen.setdefault(dim.name, (t.name, i, span))
+                if first[2] != span:
+                    raise ShapeError(ErrorCode.INVALID_PROFILE,
+                                     f"optimization profile {k} gives the dynamic dim {dim.name!r} min/opt/max "
+                                     f"{'/'.join(map(str, first[2]))} through input {first[0]!r} (dim {first[1]}) but "
+                                     f"{'/'.join(map(str, span))} through input {t.name!r} (dim {i}); inputs that "
+                                     f"share a dim must give it the same range")
                 old = ranges.get(dim.name)
-                ranges[dim.name] = (int(lo[i]), int(hi[i])) if old is None else \
-                    (min(old[0], int(lo[i])), max(old[1], int(hi[i])))
+                ranges[dim.name] = (span[0], span[2]) if old is None else (min(old[0], span[0]), max(old[1], span[2]))
     return ranges
 
 

@@ -50,9 +50,13 @@ class ExecutionContext:
                 size = self._shapes[t.name][i]
                 if sym in seen and seen[sym][2] != size:
                     other, j, other_size = seen[sym]
+                    prof = self.engine.profiles[self.active_optimization_profile].get(t.name) \
+                        if self.active_optimization_profile < len(self.engine.profiles) else None
+                    allowed = f" (profile {self.active_optimization_profile} allows {sym} in [{prof[0][i]}, " \
+                              f"{prof[2][i]}])" if prof is not None else ""
                     raise ShapeError(ErrorCode.INVALID_SHAPE,
                                      f"inputs {other!r} (dim {j} = {other_size}) and {t.name!r} (dim {i} = {size}) "
-                                     f"share the dynamic dim {sym!r}, so they must have the same size there")
+                                     f"share the dynamic dim {sym!r}, so they must have the same size there{allowed}")
                 seen.setdefault(sym, (t.name, i, size))
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
