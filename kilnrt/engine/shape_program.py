@@ -53,9 +53,10 @@ class ShapeProgram:
                     self.symbols.append((t.name, i, dim.name))
         self._largest = [self.bindings({n: s[2] for n, s in p.items()}) for p in engine.profiles] or [{}]
         host: set[str] = set()
+        constants = set(engine.constants)
         self.layers: list[Any] = []          # the engine layers the host runs, in order
         for layer in engine.layers:
-            if self._on_host(layer, host, set(engine.constants)):
+            if self._on_host(layer, host, constants):
                 self.layers.append(layer)
                 host.update(layer.outputs)
         self.host_names = frozenset(host)
