@@ -52,6 +52,7 @@ def test_build_writes_a_plan_with_the_profile(files, capsys):
     text = capsys.readouterr().out
     assert rc == 0 and out.is_file() and cache.is_file()
     assert str(out) in text and "network layers" in text
+    assert "no layer synchronizes (one CUDA graph per shape set)" in text    # a dynamic build says where shapes go
     engine = kilnrt.load(str(out))
     assert engine.profiles[0]["x"] == ((1, 4), (4, 4), (16, 4))
     assert engine.build_info["optimization_level"] == 2

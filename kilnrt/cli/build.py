@@ -43,7 +43,7 @@ def build(args: argparse.Namespace, out=None):
 def main(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from kilnrt.engine.inspector import format_bytes, layout_summary, layout_text
+    from kilnrt.engine.inspector import format_bytes, layout_summary, layout_text, shapes_summary, shapes_text
 
     out = console()
     engine, network, parse_s, build_s = build(args, out)
@@ -60,8 +60,11 @@ def main(args: argparse.Namespace) -> int:
     table.add_row("layers", f"{len(network.layers)} network layers -> {len(engine.layers)} engine layers")
     for t in engine.io:
         table.add_row(t.mode, f"{t.name} {t.dtype.name} {list(t.symbolic or t.shape)}")
-    for name, (lo, opt, hi) in (engine.profiles[0].items() if engine.profiles else ()):
-        table.add_row("profile", f"{name}: min {list(lo)} opt {list(opt)} max {list(hi)}")
+    for k, prof in enumerate(engine.profiles):
+        for name, (lo, opt, hi) in prof.items():
+            table.add_row(f"profile {k}", f"{name}: min {list(lo)} opt {list(opt)} max {list(hi)}")
+    if any(not isinstance(d, int) or d < 0 for t in engine.io for d in (t.symbolic or t.shape)):
+        table.add_row("shapes", shapes_text(shapes_summary(engine)))
     if engine.memory is not None:
         table.add_row("activations", f"{format_bytes(engine.memory.arena_bytes)} "
                                      f"(without reuse: {format_bytes(engine.memory.naive_bytes)})")
