@@ -172,3 +172,27 @@ def test_a_symbol_bound_to_two_sizes_names_both_and_the_range():
         engine.run({"a": a, "b": b})
     assert str(err.value).endswith("inputs 'a' (dim 1 = 5) and 'b' (dim 1 = 6) share the dynamic dim 'seq', so they "
                                    "must have the same size there (profile 0 allows seq in [2, 16])")
+
+
+@pytest.mark.parametrize("tree", [["pow", {"s": "seq"}, 10 ** 9], ["frac", 1, 0], ["floor"], ["exec", 1],
+                                  ["add", "x"], "seq", {"s": 3}, ["piecewise", [1]],
+                                  ["max", 1, 2, ["ceil", 1, 2]]])
+def test_a_malformed_expression_tree_from_a_plan_is_refused(tree):
+    nested = 1
+    for _ in range(200):
+        nested = ["add", nested, 1]
+    for bad in (tree, nested):
+        with pytest.raises((ValueError, KeyError, TypeError)):
+            S.evaluate(bad, {"seq": 4})
+
+
+def test_a_plan_with_malformed_dims_runs_its_layers_instead():
+    """ShapeProgram treats a dim it cannot evaluate as unknown: the output shape is then learned
+    by running, never a crash or a hang at load."""
+    m = model([helper.make_node("Relu", ["x"], ["y"])], [vi("x", ["n", 4])], [vi("y", None)])
+    engine = kilnrt.build(m, profiles={"x": [(1, 4), (2, 4), (8, 4)]})
+    engine.tensors["y"]["dims"] = [["pow", {"s": "n"}, 10 ** 12], 4]
+    loaded = kilnrt.Engine.deserialize(engine.serialize())
+    x = RNG.standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.run({"x": x})["y"], np.maximum(x, 0))
+    assert loaded.program.shapes.shape_of("y", {"n": 3}) is None

@@ -110,8 +110,8 @@ class ShapeProgram:
             return None
         try:
             return tuple(int(S.evaluate(d, bindings)) for d in dims)
-        except (KeyError, ValueError, TypeError):
-            return None
+        except (KeyError, ValueError, TypeError, ArithmeticError, RecursionError):
+            return None   # unbound (data-dependent) or malformed: unknown until the layers run
 
     def values(self, shapes: Mapping[str, tuple[int, ...]], constants: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The host values (CPU tensors) of every host layer's outputs for these input shapes."""

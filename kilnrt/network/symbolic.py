@@ -175,25 +175,47 @@ def to_tree(d: Dim) -> Any:
     raise ValueError(f"cannot serialize the dim expression {d} ({type(d).__name__})")
 
 
+_TREE_OPS = frozenset({"frac", "piecewise", "add", "mul", "pow", "floor", "ceil", "min", "max", "mod", "abs",
+                       "gt", "ge", "lt", "le", "eq", "ne"})
+
+
 def _exact(v: Any) -> Any:
     return int(v) if isinstance(v, Fraction) and v.denominator == 1 else v
 
 
-def evaluate(tree: Any, bindings: Mapping[str, int]) -> Any:
-    """The value of a :func:`to_tree` tree for the given symbol values (exact rationals)."""
+MAX_TREE_DEPTH = 64   # plans are data: a tree deeper than this, or a power above MAX_EXPONENT, is refused
+MAX_EXPONENT = 64
+
+
+def evaluate(tree: Any, bindings: Mapping[str, int], _depth: int = 0) -> Any:
+    """The value of a :func:`to_tree` tree for the given symbol values (exact rationals).
+    Raises KeyError for an unbound symbol and ValueError for a tree that is not one."""
     if isinstance(tree, bool) or isinstance(tree, int):
         return tree
+    if _depth > MAX_TREE_DEPTH:
+        raise ValueError(f"a dim expression nests deeper than {MAX_TREE_DEPTH}")
     if isinstance(tree, dict):
         return bindings[tree["s"]]
+    if not isinstance(tree, list) or not tree or tree[0] not in _TREE_OPS:
+        raise ValueError(f"not a dim expression: {str(tree)[:80]}")
     op, args = tree[0], tree[1:]
+    if op == "pow" and (len(args) != 2 or not isinstance(args[1], int) or abs(args[1]) > MAX_EXPONENT):
+        raise ValueError(f"a dim expression raises to {str(args[1:])[:40]}: at most {MAX_EXPONENT}")
     if op == "frac":
+        if len(args) != 2 or not all(isinstance(a, int) for a in args) or args[1] == 0:
+            raise ValueError(f"not a fraction: {args!r}")
         return Fraction(args[0], args[1])
     if op == "piecewise":
-        for expr, cond in args:
-            if evaluate(cond, bindings):
-                return evaluate(expr, bindings)
+        for piece in args:
+            if not isinstance(piece, list) or len(piece) != 2:
+                raise ValueError("a piecewise dim's pieces are [expression, condition] pairs")
+            expr, cond = piece
+            if evaluate(cond, bindings, _depth + 1):
+                return evaluate(expr, bindings, _depth + 1)
         raise ValueError("no piece of a piecewise dim applies")
-    vals = [evaluate(a, bindings) for a in args]
+    vals = [evaluate(a, bindings, _depth + 1) for a in args]
+    if not vals or (op in ("floor", "ceil", "abs") and len(vals) != 1) or (op in ("pow", "mod") and len(vals) != 2):
+        raise ValueError(f"{op!r} with {len(vals)} operands is not a dim expression")
     if op == "add":
         return _exact(sum(Fraction(v) for v in vals))
     if op == "mul":
@@ -215,6 +237,8 @@ def evaluate(tree: Any, bindings: Mapping[str, int]) -> Any:
         return _exact(Fraction(vals[0]) % vals[1])
     if op == "abs":
         return abs(vals[0])
+    if len(vals) != 2:
+        raise ValueError(f"comparison {op!r} takes two operands")
     a, b = vals
     return {"gt": a > b, "ge": a >= b, "lt": a < b, "le": a <= b, "eq": a == b, "ne": a != b}[op]
 
