@@ -28,8 +28,30 @@ log = logging.getLogger("kilnrt.onnx")
 MIN_OPSET = 1
 
 
+def inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its model-local functions (``ModelProto.functions``: the TorchScript
+    exporter's ``export_modules_as_functions``, onnxscript functions) expanded into the graph
+    where they are called, as ONNX Runtime does; nested calls too (onnx's own inliner)."""
+    if not model.functions:
+        return model
+    try:
+        import onnx.inliner
+
+        return onnx.inliner.inline_local_functions(model)
+    except Exception as exc:  # noqa: BLE001 - a malformed function is the model's error
+        raise KilnError(ErrorCode.INVALID_MODEL,
+                        f"the model's local functions ({', '.join(f.domain + '.' + f.name for f in model.functions)}) "
+                        f"could not be expanded: {exc}") from None
+
+
 def load_model(model: Any) -> tuple[onnx.ModelProto, str | None]:
-    """An ONNX ModelProto from a path, bytes or a ModelProto; and the folder for external data."""
+    """An ONNX ModelProto from a path, bytes or a ModelProto, its local functions expanded;
+    and the folder for external data."""
+    proto, folder = _read_model(model)
+    return inline_functions(proto), folder
+
+
+def _read_model(model: Any) -> tuple[onnx.ModelProto, str | None]:
     if isinstance(model, onnx.ModelProto):
         return model, None
     if isinstance(model, (bytes, bytearray, memoryview)):
@@ -73,6 +95,7 @@ def attribute_value(attr: onnx.AttributeProto, model_dir: str | None = None) -> 
 
 def check_model(model: onnx.ModelProto) -> list[UnsupportedNodeError]:
     """Every node kilnrt cannot import, found before importing anything."""
+    model = inline_functions(model)
     opset = model_opset(model)
     errors: list[UnsupportedNodeError] = []
     unknown: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
@@ -138,6 +161,7 @@ def parse(model: Any, *, name: str | None = None) -> Network:
 
 
 def parse_proto(proto: onnx.ModelProto, *, model_dir: str | None = None, name: str | None = None) -> Network:
+    proto = inline_functions(proto)
     graph = proto.graph
     opset = model_opset(proto)
     newest = onnx.defs.onnx_opset_version()
@@ -192,6 +216,9 @@ def parse_proto(proto: onnx.ModelProto, *, model_dir: str | None = None, name: s
             t.name = vi.name
         elif t.name != vi.name or t.is_network_input or t.is_network_output:
             out_name = vi.name if vi.name not in net.tensors else net.unique_name(vi.name)
+            if out_name != vi.name:
+                log.warning("ONNX output %r is also a graph input (or listed twice); an engine's I/O names are "
+                            "unique, so kilnrt returns this output as %r, a copy of %r", vi.name, out_name, vi.name)
             t = net.add_layer(LayerKind.IDENTITY, IdentityParams(), [t], name=net.unique_name(f"{vi.name}/identity"),
                               output_names=[out_name]).outputs[0]
         net.mark_output(t)
