@@ -189,7 +189,7 @@ def shapes_summary(engine) -> dict[str, Any]:
 
     program = ShapeProgram(engine, run_layer=None)
     return {"host_layers": [l.name for l in program.layers],
-            "synchronizing": [{"layer": name, "why": why} for name, why in synchronizing_layers(engine)]}
+            "synchronizing": [{"layer": name, "why": why} for name, why in synchronizing_layers(engine, program)]}
 
 
 def shapes_text(summary: dict[str, Any]) -> str:

@@ -60,7 +60,6 @@ class Program:
             self.constants[name] = host.to(self.device) if self.device.type != "cpu" else host
         ctx = TacticContext(self.device, self.constants)
         self.shapes = ShapeProgram(engine, run_layer)
-        self._device_values: dict[tuple, dict[str, torch.Tensor]] = {}
         self.steps: list[Step] = []
         layers = [l for l in engine.layers if l.name not in self.shapes.host_layer_names]
         for layer in layers:
@@ -88,23 +87,8 @@ class Program:
 
     def host_values(self, feeds: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
         """The shape program's values for these inputs' shapes: (host tensors, the ones device
-        layers read as data copied to the device), both cached per shape set.  The device copies
-        are made on first use, outside any CUDA-graph capture (the warm-up run), and a captured
-        graph reads them where they are."""
-        if not self.shapes.layers:
-            return {}, {}
-        shapes = {n: tuple(t.shape) for n, t in feeds.items()}
-        host = self.shapes.values(shapes, self.host_constants)
-        if self.device.type == "cpu":   # the same subset as on a GPU, without the copy
-            return host, {n: host[n] for n in self.shapes.uploads}
-        key = tuple(sorted(shapes.items()))
-        dev = self._device_values.get(key)
-        if dev is None:
-            dev = {n: host[n].to(self.device) for n in self.shapes.uploads}
-            self._device_values[key] = dev
-            while len(self._device_values) > 64:
-                self._device_values.pop(next(iter(self._device_values)))
-        return host, dev
+        layers read as data, on the device); see :meth:`ShapeProgram.values`."""
+        return self.shapes.values({n: tuple(t.shape) for n, t in feeds.items()}, self.host_constants, self.device)
 
     def execute(self, feeds: Mapping[str, torch.Tensor], profiler: Any = None) -> dict[str, torch.Tensor]:
         if self.device.type != "cuda":

@@ -68,7 +68,7 @@ class ShapeProgram:
                 continue
             shape_positions = SHAPE_INPUTS.get(layer.kind, frozenset())
             self.uploads.update(n for i, n in enumerate(layer.inputs) if n in host and i not in shape_positions)
-        self._cache: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+        self._cache: OrderedDict[tuple, tuple[dict, dict]] = OrderedDict()
         self._lock = threading.Lock()
 
     def _largest_size(self, name: str) -> int | None:
@@ -113,11 +113,15 @@ class ShapeProgram:
         except (KeyError, ValueError, TypeError, ArithmeticError, RecursionError):
             return None   # unbound (data-dependent) or malformed: unknown until the layers run
 
-    def values(self, shapes: Mapping[str, tuple[int, ...]], constants: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The host values (CPU tensors) of every host layer's outputs for these input shapes."""
+    def values(self, shapes: Mapping[str, tuple[int, ...]], constants: Mapping[str, torch.Tensor],
+               device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """For these input shapes: every host layer's output as a CPU tensor, and the ones device
+        layers read as data (``uploads``) on ``device``; both cached together per shape set
+        (least recently used first).  The device copies are made on the first call, which is
+        the warm-up before a CUDA-graph capture, never inside it."""
         if not self.layers:
-            return {}
-        key = tuple(sorted((n, tuple(s)) for n, s in shapes.items()))
+            return {}, {}
+        key = tuple(sorted(shapes.items()))
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
@@ -135,11 +139,12 @@ class ShapeProgram:
                 args = [None if n is None else values.get(n, constants.get(n)) for n in layer.inputs]
                 outs = self._run_layer(_Detached(layer), args)
             values.update(zip(layer.outputs, outs))
+        uploads = {n: values[n] if device.type == "cpu" else values[n].to(device) for n in self.uploads}
         with self._lock:
-            self._cache[key] = values
+            self._cache[key] = (values, uploads)
             while len(self._cache) > CACHE_ENTRIES:
                 self._cache.popitem(last=False)
-        return values
+        return values, uploads
 
 
 class _Detached:
@@ -167,12 +172,12 @@ def _data_symbols(tree, out: set) -> set:
     return out
 
 
-def synchronizing_layers(engine) -> list[tuple[str, str]]:
+def synchronizing_layers(engine, program: ShapeProgram | None = None) -> list[tuple[str, str]]:
     """The layers a run must wait on the host for, with why: those whose output size depends
     on data (NonZero, Unique, NMS-like: a data-dependent dim appears in their outputs), control
     flow (the branch or trip count is read on the host), and those reading as a shape value a
     tensor the device computes.  Every other layer runs inside the shape set's CUDA graph."""
-    program = ShapeProgram(engine, run_layer=None)
+    program = program or ShapeProgram(engine, run_layer=None)
     recorded = any(info.get("dims") is not None for info in engine.tensors.values())   # older plans: no dims
     out = []
     for layer in engine.layers:

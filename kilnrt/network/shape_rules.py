@@ -33,10 +33,6 @@ class Info:
     shape: tuple | None                 # tuple of dims (int | sympy expr), None: unknown rank
     value: np.ndarray | None = None     # known value (object dtype where symbolic)
 
-    @property
-    def rank(self) -> int | None:
-        return None if self.shape is None else len(self.shape)
-
 
 class ShapeRuleError(ValueError):
     """A rule found its inputs inconsistent (the layer cannot run for any binding)."""
@@ -112,14 +108,12 @@ def _complexity(d) -> tuple:
     return (2 if S.is_data_dependent(d) else 1, sympy.count_ops(d))
 
 
-def values_of(ctx, info: Info | None, what: str = "shape input") -> list | None:
+def values_of(ctx, info: Info | None) -> list | None:
     """A 1-D (or scalar) int input's elements: known values, else fresh symbols when its
     length is known, else None."""
-    if info is None:
-        return None
-    if info.value is not None:
-        return [S.as_dim(v) if not isinstance(v, (float, np.floating)) else float(v)
-                for v in np.asarray(info.value).reshape(-1).tolist()]
+    known = _known(info)
+    if known is not None or info is None:
+        return known
     if info.shape is not None and len(info.shape) <= 1 and all(isinstance(d, int) for d in info.shape):
         n = info.shape[0] if info.shape else 1
         return [ctx.fresh() for _ in range(n)]
@@ -173,6 +167,11 @@ def _small(shape) -> bool:
 
 def same(info: Info, dtype: DataType | None = None) -> Info:
     return Info(dtype or info.dtype, info.shape)
+
+
+def _reshaped(info: Info, shape) -> np.ndarray | None:
+    """``info``'s known value in a new static shape (None if unknown, or the shape is not small)."""
+    return None if info.value is None or not _small(shape) else np.asarray(info.value).reshape(tuple(shape))
 
 
 # ----------------------------------------------------------------------------- sources
@@ -416,28 +415,14 @@ def select(ctx, layer, ins):
     return [Info(a.dtype or b.dtype, shape, value)]
 
 
-def _pointwise_step_dtype(kind, params, operand_dtypes):
-    if kind == LayerKind.CAST:
-        return params.to
-    if kind == LayerKind.ELEMENTWISE and params.op in _COMPARE | _LOGICAL:
-        return DataType.BOOL
-    if kind == LayerKind.UNARY and params.op in _BOOL_UNARY:
-        return DataType.BOOL
-    if kind == LayerKind.SELECT:
-        return operand_dtypes[1]
-    return operand_dtypes[0]
-
-
 @rule(LayerKind.POINTWISE)
 def pointwise(ctx, layer, ins):
+    """Each step by the rule of the layer kind it came from."""
     p = layer.params
-    n = p.num_inputs
-    dtypes = [i.dtype if i is not None else None for i in ins[:n]]
-    shapes = [i.shape if i is not None else None for i in ins[:n]]
+    infos = [Info(None, None) if i is None else Info(i.dtype, i.shape) for i in ins[:p.num_inputs]]
     for kind, params, operands in p.ops:
-        dtypes.append(_pointwise_step_dtype(kind, params, [dtypes[o] for o in operands]))
-        shapes.append(broadcast(*[shapes[o] for o in operands]))
-    return [Info(dtypes[n + o], shapes[n + o]) for o in p.outputs]
+        infos.append(RULES[kind](ctx, _Params(params), [infos[o] for o in operands])[0])
+    return [Info(infos[p.num_inputs + o].dtype, infos[p.num_inputs + o].shape) for o in p.outputs]
 
 
 @rule(LayerKind.QUANTIZE)
@@ -584,8 +569,7 @@ def squeeze(ctx, layer, ins):
             return [Info(x.dtype, tuple(ctx.fresh() for _ in range(n)))]
         drop = {_axis(a, rank) for a in axes}
     shape = tuple(d for i, d in enumerate(x.shape) if i not in drop)
-    value = None if x.value is None else np.asarray(x.value).reshape(tuple(shape)) if _small(shape) else None
-    return [Info(x.dtype, shape, value)]
+    return [Info(x.dtype, shape, _reshaped(x, shape))]
 
 
 @rule(LayerKind.UNSQUEEZE)
@@ -600,8 +584,7 @@ def unsqueeze(ctx, layer, ins):
     where = {_axis(a, rank) for a in axes}
     it = iter(x.shape)
     shape = tuple(1 if i in where else next(it) for i in range(rank))
-    value = None if x.value is None else np.asarray(x.value).reshape(tuple(shape)) if _small(shape) else None
-    return [Info(x.dtype, shape, value)]
+    return [Info(x.dtype, shape, _reshaped(x, shape))]
 
 
 @rule(LayerKind.EXPAND)
@@ -872,7 +855,7 @@ def _nd(values, n, default):
     return tuple(values) if values else (default,) * n
 
 
-def window_output(size, window, stride, dilation, pre, post, mode: PaddingMode, ceil_fix_start=None):
+def window_output(size, window, stride, dilation, pre, post, mode: PaddingMode):
     """Output length of a convolution/pooling window along one dim."""
     eff = (window - 1) * dilation + 1
     if mode in (PaddingMode.SAME_UPPER, PaddingMode.SAME_LOWER):
@@ -888,18 +871,22 @@ def window_output(size, window, stride, dilation, pre, post, mode: PaddingMode, 
     return S.as_dim(S.floordiv(S.as_dim(padded - eff), stride) + 1)
 
 
+def _windows(p, window: tuple, spatial: tuple) -> tuple:
+    """The output lengths of a convolution's or pooling's windows over its spatial dims."""
+    n = len(window)
+    stride, dil = _nd(p.stride_nd, n, 1), _nd(p.dilation_nd, n, 1)
+    pre, post = _nd(p.pre_padding, n, 0), _nd(p.post_padding, n, 0)
+    return tuple(window_output(spatial[i], window[i], stride[i], dil[i], pre[i], post[i], p.padding_mode)
+                 for i in range(n))
+
+
 @rule(LayerKind.CONVOLUTION)
 def convolution(ctx, layer, ins):
     p = layer.params
     x = ins[0]
     if x.shape is None:
         return [Info(x.dtype, None)]
-    n = len(p.kernel_size_nd)
-    stride, dil = _nd(p.stride_nd, n, 1), _nd(p.dilation_nd, n, 1)
-    pre, post = _nd(p.pre_padding, n, 0), _nd(p.post_padding, n, 0)
-    spatial = tuple(window_output(x.shape[2 + i], p.kernel_size_nd[i], stride[i], dil[i], pre[i], post[i],
-                                  p.padding_mode if p.padding_mode != PaddingMode.EXPLICIT_ROUND_UP
-                                  else PaddingMode.EXPLICIT_ROUND_UP) for i in range(n))
+    spatial = _windows(p, tuple(p.kernel_size_nd), tuple(x.shape[2:]))
     return [Info(x.dtype, (x.shape[0], p.num_output_maps) + spatial)]
 
 
@@ -931,12 +918,8 @@ def pooling(ctx, layer, ins):
     if x.shape is None:
         return [Info(x.dtype, None)]
     n = len(p.window_size_nd)
-    stride, dil = _nd(p.stride_nd, n, 1), _nd(p.dilation_nd, n, 1)
-    pre, post = _nd(p.pre_padding, n, 0), _nd(p.post_padding, n, 0)
     lead = tuple(x.shape[:-n])
-    spatial = tuple(window_output(x.shape[len(lead) + i], p.window_size_nd[i], stride[i], dil[i], pre[i], post[i],
-                                  p.padding_mode) for i in range(n))
-    return [Info(x.dtype, lead + spatial)]
+    return [Info(x.dtype, lead + _windows(p, tuple(p.window_size_nd), tuple(x.shape[-n:])))]
 
 
 @rule(LayerKind.RESIZE)
