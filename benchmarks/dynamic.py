@@ -94,15 +94,17 @@ def full_shapes(name: str, shape: tuple) -> dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in make_inputs(name, shape, "meta").items()}
 
 
-def build(path: str, name: str, profile: tuple, cache: str, *extra: tuple) -> tuple[kilnrt.Engine, float]:
-    """An engine for ``profile`` (min, opt, max), plus one profile per shape in ``extra`` (a
-    bucket: that shape tuned on its own)."""
+def build(path: str, name: str, profile: tuple, cache: str, *extra: tuple,
+          tactic_buckets=("min",)) -> tuple[kilnrt.Engine, float]:
+    """An engine for ``profile`` (min, opt, max), plus one profile per shape in ``extra`` (that
+    shape tuned on its own), with tactics tuned again at ``tactic_buckets``."""
     profiles = []
     for prof in (profile,) + tuple((s, s, s) for s in extra):
         lo, opt, hi = (full_shapes(name, s) for s in prof)
         profiles.append({k: [lo[k], opt[k], hi[k]] for k in opt})
     t0 = time.perf_counter()
-    engine = kilnrt.build(path, device="cuda", fp16=True, timing_cache=cache, profiles=profiles)
+    engine = kilnrt.build(path, device="cuda", fp16=True, timing_cache=cache, profiles=profiles,
+                          tactic_buckets=tactic_buckets)
     return engine, time.perf_counter() - t0
 
 
@@ -169,7 +171,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="results JSON (default: benchmarks/results/<date>-<gpu>-dynamic-<model>.json)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--bucket", action="store_true",
-                    help="also an engine with a second profile for the profile's min shape (what a bucket buys)")
+                    help="also measure what tactic buckets buy: the dynamic engine without them (opt's tactics "
+                         "for every shape), and one with a second profile for the min shape")
     args = ap.parse_args(argv)
 
     gpu = torch.cuda.get_device_name().replace(" ", "_")
@@ -208,16 +211,23 @@ def main(argv=None) -> int:
     print(f"dynamic build {dyn_build_s:.1f} s; host shape layers {len(dyn.program.shapes.layers)}; "
           f"device steps {len(dyn.program.steps)}", flush=True)
     dyn_profile = {"min": lo, "opt": opt, "max": hi}
+    buckets = dyn.build_info.get("tactic_buckets") or {}
+    print(f"tactic buckets: {buckets.get('layers')} layers keep another tactic at {buckets.get('shapes', [])[1:]}, "
+          f"tuned in {buckets.get('seconds')} s", flush=True)
     kinds = ("dynamic", "static")
+    extra = {}
     if args.bucket:
-        bucketed, bucket_build_s = build(onnx_path, args.model, (lo, opt, hi), cache, lo)
-        kinds = ("dynamic", "bucket", "static")
+        extra["opt-only"] = build(onnx_path, args.model, (lo, opt, hi), cache, tactic_buckets=())
+        extra["bucket"] = build(onnx_path, args.model, (lo, opt, hi), cache, lo, tactic_buckets=())
+        kinds = ("dynamic", "opt-only", "bucket", "static")
     for shape in shapes:
         feeds = make_inputs(args.model, shape)
         with torch.no_grad():
             ref = model(*feeds.values()).float()
         for kind in kinds:
-            profile = {"dynamic": dyn_profile, "bucket": {**dyn_profile, "buckets": [lo]}}.get(kind, "static")
+            profile = {"dynamic": {**dyn_profile, "tactic_buckets": ["min"]},
+                       "opt-only": {**dyn_profile, "tactic_buckets": []},
+                       "bucket": {**dyn_profile, "tactic_buckets": [], "buckets": [lo]}}.get(kind, "static")
             if (label, shape, json.dumps(profile, default=list)) in done:
                 continue
             row = {"model": label, "family": "transformer" if args.model == "bert" else "cnn",
@@ -227,8 +237,8 @@ def main(argv=None) -> int:
             try:
                 if kind == "dynamic":
                     engine, row["build_s"] = dyn, round(dyn_build_s, 1)
-                elif kind == "bucket":
-                    engine, row["build_s"] = bucketed, round(bucket_build_s, 1)
+                elif kind in extra:
+                    engine, row["build_s"] = extra[kind][0], round(extra[kind][1], 1)
                 else:
                     engine, b = build(onnx_path, args.model, (shape, shape, shape), cache)
                     row["build_s"] = round(b, 1)
@@ -238,7 +248,10 @@ def main(argv=None) -> int:
                            first_call_ms=round(r["first_call_ms"], 1), graph_captures=r["captures"],
                            eager_runs=r["eager_runs"], graph_fallback=r["fallback"], relerr=rel_l2(out.float(), ref),
                            engine_layers=len(engine.layers), host_shape_layers=len(engine.program.shapes.layers),
-                           tactics=tactic_summary(engine))
+                           tactics=tactic_summary(engine),
+                           tactic_bucket=engine.program.bucket_of({k: tuple(v.shape) for k, v in feeds.items()})
+                           if engine.program.bucket_of else 0,
+                           bucket_layers=sum(1 for l in engine.layers if l.bucket_tactics))
                 t0 = time.perf_counter()
                 res = engine.run(feeds)
                 torch.cuda.synchronize()
@@ -262,19 +275,22 @@ def main(argv=None) -> int:
             if kind == "static":
                 del engine
                 torch.cuda.empty_cache()
-    print("\n| model | shape | dynamic ms | static ms | ratio | captures | first call ms |")
-    print("|---|---|---|---|---|---|---|")
+    def kind_of(r) -> str:
+        p = r["profile"]
+        if p == "static":
+            return "static"
+        return "bucket" if "buckets" in p else "dynamic" if p.get("tactic_buckets", ["min"]) else "opt-only"
+
+    print("\n| model | shape | dynamic ms | static ms | ratio | opt-only tactics ms | min-shape profile ms "
+          "| captures | first call ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for shape in shapes:
-        b = next((r for r in rows if tuple(r["shape"]) == shape and isinstance(r["profile"], dict)
-                  and "buckets" in r["profile"]), {})
-        if b.get("kilnrt_ms"):
-            print(f"(with a profile for the min shape: {b['kilnrt_ms']} ms)")
-        d = next((r for r in rows if tuple(r["shape"]) == shape and r["profile"] != "static"
-                  and "buckets" not in r["profile"]), {})
-        s = next((r for r in rows if tuple(r["shape"]) == shape and r["profile"] == "static"), {})
+        at = {kind_of(r): r for r in rows if tuple(r["shape"]) == shape and r.get("kilnrt_ms")}
+        d, s = at.get("dynamic", {}), at.get("static", {})
         ratio = d.get("kilnrt_ms") / s["kilnrt_ms"] if d.get("kilnrt_ms") and s.get("kilnrt_ms") else None
         print(f"| {label} | {'x'.join(map(str, shape))} | {d.get('kilnrt_ms')} | {s.get('kilnrt_ms')} | "
-              f"{ratio and round(ratio, 3)} | {d.get('graph_captures')} | {d.get('first_call_ms')} |")
+              f"{ratio and round(ratio, 3)} | {at.get('opt-only', {}).get('kilnrt_ms')} | "
+              f"{at.get('bucket', {}).get('kilnrt_ms')} | {d.get('graph_captures')} | {d.get('first_call_ms')} |")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping, Sequence
 
+from kilnrt.builder.buckets import check_bucket_points
 from kilnrt.builder import BuilderConfig, BuilderFlag, OptimizationProfile, TimingCache, build_engine
 from kilnrt.engine import Engine, load
 from kilnrt.errors import ErrorCode, KilnError
@@ -35,12 +36,15 @@ def to_network(model: Any) -> Network:
 def build(model: Any, *, fp16: bool = False, bf16: bool = False, tf32: bool = True,
           profiles: Any = None, device: str = "cpu", optimization_level: int = 3,
           timing_cache: str | TimingCache | None = None, portable: bool = False,
-          workspace: int | None = None, progress: bool = False, verbose: bool = False) -> Engine:
+          workspace: int | None = None, progress: bool = False, verbose: bool = False,
+          tactic_buckets: Any = ("min",)) -> Engine:
     """Build an engine from an ONNX model (path, bytes, ModelProto) or a :class:`Network`.
 
     ``profiles``: for dynamic inputs, ``{"input": (min_shape, opt_shape, max_shape)}`` (or a
     single shape, or a list of such dicts for several profiles).  ``timing_cache``: a path
-    (read, then written back) or a :class:`TimingCache`.
+    (read, then written back) or a :class:`TimingCache`.  ``tactic_buckets``: the points of a
+    dynamic profile, besides opt, where each layer's tactics are tuned again ("min", "max"; ``()``
+    for opt only; see docs/shapes.md).
     """
     if verbose:
         logging.getLogger("kilnrt").setLevel(logging.DEBUG)
@@ -51,6 +55,7 @@ def build(model: Any, *, fp16: bool = False, bf16: bool = False, tf32: bool = Tr
     config.device = device
     config.progress = progress
     config.builder_optimization_level = int(optimization_level)
+    config.tactic_buckets = check_bucket_points(tactic_buckets)
     for flag, on in ((BuilderFlag.FP16, fp16), (BuilderFlag.BF16, bf16), (BuilderFlag.TF32, tf32),
                      (BuilderFlag.PORTABLE, portable)):
         (config.set_flag if on else config.clear_flag)(flag)

@@ -395,20 +395,20 @@ def test_inputs_sharing_a_dynamic_dim_must_agree():
 
 
 def test_timing_inputs_are_random_and_cheap_to_draw_at_any_size():
-    from kilnrt.builder.builder import _RANDOM_BLOCK, _random_input
+    from kilnrt.builder.examples import RANDOM_BLOCK, random_input
 
-    big = _random_input((3, _RANDOM_BLOCK // 2 + 7), torch.float16, torch.device("cpu"))
-    assert big.shape == (3, _RANDOM_BLOCK // 2 + 7) and big.dtype == torch.float16
+    big = random_input((3, RANDOM_BLOCK // 2 + 7), torch.float16, torch.device("cpu"))
+    assert big.shape == (3, RANDOM_BLOCK // 2 + 7) and big.dtype == torch.float16
     assert float((big == 0).float().mean()) < 0.01 and 0.9 < float(big.float().std()) < 1.1
-    assert _random_input((2, 0, 5), torch.float32, torch.device("cpu")).shape == (2, 0, 5)
-    assert _random_input((6,), torch.bool, torch.device("cpu")).dtype == torch.bool
+    assert random_input((2, 0, 5), torch.float32, torch.device("cpu")).shape == (2, 0, 5)
+    assert random_input((6,), torch.bool, torch.device("cpu")).dtype == torch.bool
 
 
 def test_build_records_the_layout_each_chosen_tactic_writes():
     """The run at build learns each output's format: NHWC, linear (4-D or not), or unknown."""
     from types import SimpleNamespace
 
-    from kilnrt.builder.builder import _FORMATS, _record_layouts
+    from kilnrt.builder.examples import FORMATS, record_layouts
 
     x = torch.ones(2, 8, 3, 3)
 
@@ -421,9 +421,9 @@ def test_build_records_the_layout_each_chosen_tactic_writes():
 
     layer = SimpleNamespace(outputs=[SimpleNamespace(name=n) for n in ("nhwc", "nchw", "flat", "vector")])
     layouts = {}
-    _record_layouts(layer, Tactic(), None, [x], layouts)
-    assert {n: _FORMATS.get(v) for n, v in layouts.items()} == \
+    record_layouts(layer, Tactic(), None, [x], layouts)
+    assert {n: FORMATS.get(v) for n, v in layouts.items()} == \
         {"nhwc": "channels_last", "nchw": "linear", "flat": "linear", "vector": "linear"}
     failing = SimpleNamespace(prepare=Tactic().prepare, run=lambda state, inputs: 1 / 0)
-    _record_layouts(SimpleNamespace(outputs=[SimpleNamespace(name="lost")]), failing, None, [x], layouts)
-    assert _FORMATS.get(layouts.get("lost")) is None
+    record_layouts(SimpleNamespace(outputs=[SimpleNamespace(name="lost")]), failing, None, [x], layouts)
+    assert FORMATS.get(layouts.get("lost")) is None

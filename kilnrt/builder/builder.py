@@ -7,7 +7,6 @@ concatenations (:mod:`kilnrt.builder.concat`) -> plan activation memory -> Engin
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any
 
@@ -15,7 +14,9 @@ import numpy as np
 import torch
 
 from kilnrt.builder.concat import eliminate_concats, memory_steps
+from kilnrt.builder.buckets import bucket_shapes, drop_for_concats, tune_buckets
 from kilnrt.builder.config import BuilderConfig, BuilderFlag, OptimizationProfile
+from kilnrt.builder.examples import FORMATS, example_inputs, record_layouts
 from kilnrt.builder.memory import plan_memory
 from kilnrt.builder.ranges import check_ranges, symbol_ranges
 from kilnrt.builder.search import choose_tactic, search_for_level
@@ -141,33 +142,21 @@ def _opt_shapes(net: Network, profiles: list[dict[str, tuple]]) -> dict[str, tup
     return shapes
 
 
-_RANDOM_BLOCK = 1 << 20
-
-
-def _random_input(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Random timing inputs, drawn on the host: a tactic whose CUDA-graph capture fails
-    (timing then falls back to eager) can leave PyTorch's CUDA RNG unusable for the rest
-    of the build, so the builder does not use it.  At most a million values are drawn and
-    tiled on the device: drawing a batch-256 activation on the host took seconds per layer."""
-    n = math.prod(shape)
-    if dtype.is_floating_point:
-        block = torch.randn(min(n, _RANDOM_BLOCK))
-    elif dtype == torch.bool:
-        block = torch.rand(min(n, _RANDOM_BLOCK)) > 0.5
-    else:
-        block = torch.zeros(min(n, _RANDOM_BLOCK))
-    x = block.to(device)
-    if n > x.numel():
-        x = x.repeat(-(-n // x.numel()))[:n]
-    return x.reshape(tuple(shape)).to(dtype)
-
-
-def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, progress: Any = None) -> list[EngineLayer]:
+def tactic_context(net: Network, config: BuilderConfig) -> TacticContext:
     device = torch.device(config.device)
     constants = {l.outputs[0].name: numpy_to_torch(l.params.weights).to(device)
                  for l in net.layers if l.kind == LayerKind.CONSTANT}
-    ctx = TacticContext(device, constants)
-    cache = config.timing_cache if BuilderFlag.DISABLE_TIMING_CACHE not in config.flags else None
+    return TacticContext(device, constants)
+
+
+def _timing_cache(config: BuilderConfig):
+    return config.timing_cache if BuilderFlag.DISABLE_TIMING_CACHE not in config.flags else None
+
+
+def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, progress: Any = None,
+                   ctx: TacticContext | None = None) -> list[EngineLayer]:
+    ctx = ctx or tactic_context(net, config)
+    cache = _timing_cache(config)
     search = search_for_level(config.builder_optimization_level)
     layers = []
     layouts: dict[str, bool] = {}  # activation -> produced channels-last by its chosen tactic
@@ -182,11 +171,11 @@ def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, pro
                              f"{[t.dtype.name if t is not None and t.dtype else None for t in layer.inputs]}",
                              layer=layer.name)
         chosen, timings = candidates[0], {}
-        ins = _example_inputs(layer, ctx, shapes, layouts) if shapes is not None and config.device != "cpu" else None
+        ins = example_inputs(layer, ctx, shapes, layouts) if shapes is not None and config.device != "cpu" else None
         if ins is not None:
             chosen, timings = choose_tactic(layer, candidates, ctx, ins, cache, config.device, search)
         if ins is not None:
-            _record_layouts(layer, chosen, ctx, ins, layouts)
+            record_layouts(layer, chosen, ctx, ins, layouts)
         layers.append(EngineLayer(
             name=layer.name, kind=layer.kind, params=layer.params,
             inputs=[None if t is None else t.name for t in layer.inputs],
@@ -197,7 +186,7 @@ def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, pro
             input_dtypes=[t.dtype.name if t is not None and t.dtype else None for t in layer.inputs],
             input_shapes=[None if t is None else _engine_shape(t) for t in layer.inputs],
             timing_ms=timings.get(chosen.name), candidates=timings,
-            output_formats=[_FORMATS.get(layouts.get(t.name)) for t in layer.outputs]))
+            output_formats=[FORMATS.get(layouts.get(t.name)) for t in layer.outputs]))
         if progress is not None:
             progress()
     return layers
@@ -205,41 +194,6 @@ def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, pro
 
 def _engine_shape(t) -> tuple | None:
     return None if t.shape is None else tuple(d if isinstance(d, int) else -1 for d in t.shape)
-
-
-def _example_inputs(layer, ctx, shapes, layouts) -> list | None:
-    """Random inputs at the opt shape, in the layout their producers' chosen tactics write
-    (so a tactic is timed on NHWC activations where cuDNN convolutions produce NHWC)."""
-    ins = []
-    for t in layer.inputs:
-        if t is None:
-            ins.append(None)
-        elif t.name in ctx.constants:
-            ins.append(ctx.constants[t.name])
-        else:
-            shape_dtype = shapes.get(t.name)
-            if shape_dtype is None:
-                return None
-            x = _random_input(shape_dtype[0], shape_dtype[1].torch, ctx.device)
-            if layouts.get(t.name) and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            ins.append(x)
-    return ins
-
-
-_FORMATS = {True: "channels_last", False: "linear"}   # layouts' values -> EngineLayer.output_formats
-
-
-def _record_layouts(layer, tactic, ctx, ins, layouts) -> None:
-    """Run the chosen tactic once; ``layouts[output] = True`` where it writes NHWC, else False."""
-    try:
-        outs = tactic.run(tactic.prepare(layer, ctx), ins)
-    except Exception:  # noqa: BLE001 - the run at build is only to learn the layout
-        return
-    for t, o in zip(layer.outputs, outs):
-        if isinstance(o, torch.Tensor):   # False (linear) for every known output that is not NHWC
-            layouts[t.name] = (o.dim() == 4 and o.is_contiguous(memory_format=torch.channels_last)
-                               and not o.is_contiguous())
 
 
 def _low_precision(config: BuilderConfig) -> DataType | None:
@@ -346,9 +300,16 @@ def _build_one(network: Network, config: BuilderConfig) -> Engine:
 
         bar = tqdm(total=sum(1 for l in net.layers if l.kind != LayerKind.CONSTANT), desc="kilnrt: tactics",
                    unit="layer", leave=False)
+    points = bucket_shapes(net, profiles, config.tactic_buckets, config.builder_optimization_level) \
+        if shapes is not None and config.device != "cpu" else []
+    buckets = None
     try:
         with tf32_mode(BuilderFlag.TF32 in config.flags):
-            layers = select_tactics(net, config, shapes, (lambda: bar.update(1)) if bar else None)
+            ctx = tactic_context(net, config)
+            layers = select_tactics(net, config, shapes, (lambda: bar.update(1)) if bar else None, ctx)
+            if len(points) > 1:
+                buckets = tune_buckets(net, layers, ctx, points, _timing_cache(config), config.device,
+                                       search_for_level(config.builder_optimization_level))
     finally:
         if bar is not None:
             bar.close()
@@ -356,6 +317,7 @@ def _build_one(network: Network, config: BuilderConfig) -> Engine:
     constants = {l.outputs[0].name: l.params.weights for l in net.layers if l.kind == LayerKind.CONSTANT}
     io_names = {t.name for t in net.inputs} | {t.name for t in net.outputs}
     concats = eliminate_concats(layers, config.device, io_names | set(constants))
+    drop_for_concats(layers)
     memory = None
     if shapes is not None:
         sizes = {name: (None if v is None else int(np.prod(v[0], dtype=np.int64)) * v[1].itemsize)
@@ -388,12 +350,14 @@ def _build_one(network: Network, config: BuilderConfig) -> Engine:
         "seconds": round(time.perf_counter() - t0, 3), "layers_in": layers_in,
         "layers_out": len(layers), "constants": len(constants), "passes": passes,
         "optimization_level": config.builder_optimization_level, "concat_elimination": concats,
+        "tactic_buckets": buckets,
         "flags": sorted(f.value for f in config.flags),
         "timing_cache": None if config.timing_cache is None else
         {"hits": config.timing_cache.hits, "misses": config.timing_cache.misses},
     }
     engine = Engine(name=network.name, device=config.device, device_name=device_name(config.device), io=io,
-                    layers=layers, constants=constants, profiles=profiles, memory=memory, build_info=build_info,
+                    layers=layers,
+                    bucket_shapes=points if any(l.bucket_tactics for l in layers) else None, constants=constants, profiles=profiles, memory=memory, build_info=build_info,
                     tensors=tensors, portable=BuilderFlag.PORTABLE in config.flags,
                     kernels=kernel_cache.collect(since) if config.device == "cuda" else {})
     log.info("built %s: %d layers -> %d engine layers in %.2f s", network.name, layers_in, len(layers),

@@ -90,6 +90,9 @@ class BuilderConfig:
         self.avg_timing_iterations = 1
         self.int8_calibrator = None
         self.progress = False
+        # profile points (besides opt) where each layer's tactics are timed again, and a faster
+        # choice kept for input shapes nearer that point (kilnrt.builder.buckets)
+        self.tactic_buckets: tuple[str, ...] = ("min",)
 
     # TensorRT's methods
     def set_flag(self, flag: BuilderFlag) -> None:

@@ -87,6 +87,9 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timing-cache", metavar="PATH", help="timing cache file (read, then updated)")
     g.add_argument("--optimization-level", type=int, default=3, choices=range(0, 6), metavar="N",
                    help="builder optimization level 0-5 (default 3)")
+    g.add_argument("--tactic-buckets", default="min", metavar="POINTS",
+                   help="profile points besides opt where tactics are tuned again and kept for nearby "
+                        "shapes: min, max, min,max, or none (default: min)")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="the device to build for")
     g.add_argument("--workspace", type=int, metavar="BYTES", help="workspace memory pool limit")
 
@@ -112,7 +115,9 @@ def build_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                             parse_shapes(args.max_shapes, "--max-shapes"))
     return {"fp16": args.fp16, "bf16": args.bf16, "profiles": profile, "device": args.device,
             "optimization_level": args.optimization_level, "timing_cache": args.timing_cache,
-            "workspace": args.workspace, "verbose": args.verbose}
+            "workspace": args.workspace, "verbose": args.verbose,
+            "tactic_buckets": () if args.tactic_buckets in ("", "none") else
+            tuple(p.strip() for p in args.tactic_buckets.split(","))}
 
 
 # ----------------------------------------------------------------------------- models and plans

@@ -43,7 +43,8 @@ def build(args: argparse.Namespace, out=None):
 def main(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from kilnrt.engine.inspector import format_bytes, layout_summary, layout_text, shapes_summary, shapes_text
+    from kilnrt.engine.inspector import (buckets_text, format_bytes, layout_summary, layout_text, shapes_summary,
+                                         shapes_text)
 
     out = console()
     engine, network, parse_s, build_s = build(args, out)
@@ -65,6 +66,10 @@ def main(args: argparse.Namespace) -> int:
             table.add_row(f"profile {k}", f"{name}: min {list(lo)} opt {list(opt)} max {list(hi)}")
     if any(not isinstance(d, int) or d < 0 for t in engine.io for d in (t.symbolic or t.shape)):
         table.add_row("shapes", shapes_text(shapes_summary(engine)))
+    for k, sub in enumerate(engine.profile_engines or [engine]):
+        if buckets_text(sub.build_info):
+            table.add_row(f"tactic buckets{f' (profile {k})' if engine.profile_engines else ''}",
+                          buckets_text(sub.build_info))
     if engine.memory is not None:
         table.add_row("activations", f"{format_bytes(engine.memory.arena_bytes)} "
                                      f"(without reuse: {format_bytes(engine.memory.naive_bytes)})")

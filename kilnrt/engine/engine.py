@@ -62,6 +62,9 @@ class EngineLayer:
     # straight into that slice of the concatenation's buffer (kilnrt.builder.concat); None
     # where it makes its own (and in plans from before the field).
     writes_into: tuple[str, int, int] | None = None
+    # bucket index (>= 1, into Engine.bucket_shapes) -> the tactic run for input shapes nearest
+    # that bucket's point, where it differs from ``tactic`` (kilnrt.builder.buckets)
+    bucket_tactics: dict[int, str] = dataclasses.field(default_factory=dict)
 
     def as_network_layer(self):
         """A detached :class:`~kilnrt.network.graph.Layer` view, for tactics' ``prepare``."""
@@ -88,7 +91,8 @@ class Engine:
                  layers: list[EngineLayer], constants: dict[str, np.ndarray],
                  profiles: list[dict[str, tuple]], memory: Any = None, build_info: dict | None = None,
                  tensors: dict[str, dict] | None = None, portable: bool = False,
-                 kernels: dict[str, str] | None = None, version: str | None = None) -> None:
+                 kernels: dict[str, str] | None = None, version: str | None = None,
+                 bucket_shapes: list[dict[str, tuple]] | None = None) -> None:
         from kilnrt import __version__
 
         self.name = name
@@ -104,6 +108,8 @@ class Engine:
         self.portable = portable
         self.kernels = kernels or {}
         self.version = version or __version__
+        # the input shapes each tactic bucket was tuned at, opt's first; None: one bucket
+        self.bucket_shapes = bucket_shapes
         self._program = None
         self._program_lock = threading.Lock()
         # with several optimization profiles: one engine per profile (this one runs profile 0),

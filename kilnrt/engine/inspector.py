@@ -179,6 +179,7 @@ def layer_info(engine, index: int, timings: Mapping[str, float] | None = None,
         "candidates": dict(layer.candidates),
         "writes_into": concats.get(layer.name, {}).get("writes_into"),
         "concat": concats.get(layer.name, {}).get("concat"),
+        "bucket_tactics": {str(b): t for b, t in sorted(layer.bucket_tactics.items())},
     }
 
 
@@ -252,6 +253,8 @@ def _trt_layer(info: dict[str, Any]) -> dict[str, Any]:
         out["TimeMs"] = info["time_ms"] if info.get("time_ms") is not None else info["build_time_ms"]
     if concat_text(info):
         out["ConcatElimination"] = concat_text(info)
+    if info.get("bucket_tactics"):
+        out["BucketTactics"] = info["bucket_tactics"]
     return out
 
 
@@ -262,9 +265,30 @@ def format_shape(shape: Any) -> str:
 def _oneline(info: dict[str, Any]) -> str:
     ins = ", ".join(f"{t['name']}{format_shape(t.get('shape'))}:{t.get('dtype')}" for t in info["inputs"])
     outs = ", ".join(f"{t['name']}{format_shape(t.get('shape'))}:{t.get('dtype')}" for t in info["outputs"])
-    note = concat_text(info)
+    note = "; ".join(n for n in (concat_text(info), bucket_text(info)) if n)
     return (f"{info['name']} [{info['kind']}, {info['tactic']}] ({ins}) -> ({outs}) from {info['origin_text']}"
             + (f"; {note}" if note else ""))
+
+
+def bucket_text(info: dict[str, Any]) -> str:
+    """The tactics a layer runs in other buckets than opt's: "bucket 1: cuda.conv.x"."""
+    return ", ".join(f"bucket {b}: {t}" for b, t in (info.get("bucket_tactics") or {}).items())
+
+
+def buckets_text(build: dict[str, Any]) -> str:
+    """The build's tactic buckets: their points and how many layers run another tactic there."""
+    buckets = build.get("tactic_buckets")
+    if not buckets:
+        return ""
+    parts = []
+    for b, point in enumerate(buckets["shapes"]):
+        shapes = " ".join(f"{k}{format_shape(v)}" for k, v in point.items())
+        if b == 0:
+            parts.append(f"bucket 0 (opt) {shapes}")
+        else:
+            parts.append(f"bucket {b} {shapes}: {buckets['layers'][b - 1]} layers run another tactic "
+                         f"(saving {buckets['saved_ms'][b - 1]:.3f} ms as timed)")
+    return "; ".join(parts) + f"; tuned in {buckets['seconds']} s"
 
 
 class EngineInspector:
@@ -337,7 +361,7 @@ def layer_table(engine, timings: Mapping[str, float] | None = None, *, title: st
         table.add_column(col, **kw)
     for l in data["layers"]:
         t = l["time_ms"] if l["time_ms"] is not None else l["build_time_ms"]
-        note = concat_text(l)
+        note = "\n".join(n for n in (concat_text(l), bucket_text(l)) if n)
         _add_row(table, str(l["index"]), l["name"], l["kind"].lower(), l["tactic"] + (f"\n{note}" if note else ""),
                       l["precision"] or "",
                       "\n".join(_tensor_text(i) for i in l["inputs"]), "\n".join(_tensor_text(o) for o in l["outputs"]),
@@ -390,11 +414,13 @@ def summary_table(engine):
                                             f"written in place, {concats['inputs_copied']} copied"
                                             + (f"; {concats['tactics_switched']} producers took a tactic that "
                                                f"writes in place" if concats.get("tactics_switched") else ""))
+        if buckets_text(build):
+            _add_row(table, "tactic buckets", buckets_text(build))
         cache = build.get("timing_cache")
         if cache:
             _add_row(table, "timing cache", f"{cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses")
     return table
 
 
-__all__ = ["EngineInspector", "LayerInformationFormat", "LayerTimer", "concat_text", "describe_engine", "layer_info",
+__all__ = ["EngineInspector", "LayerInformationFormat", "LayerTimer", "bucket_text", "buckets_text", "concat_text", "describe_engine", "layer_info",
            "layout_summary", "layout_text", "shapes_summary", "shapes_text", "tensor_info", "layer_table", "summary_table", "format_bytes", "format_shape"]

@@ -49,6 +49,7 @@ def _header(engine: Engine, weights: dict, prefix: str) -> dict:
             "input_shapes": [None if s is None else list(s) for s in l.input_shapes],
             "timing_ms": l.timing_ms, "candidates": l.candidates, "output_formats": l.output_formats,
             "writes_into": None if l.writes_into is None else list(l.writes_into),
+            "bucket_tactics": {str(b): t for b, t in sorted(l.bucket_tactics.items())},
         })
     return {
         "format_version": FORMAT_VERSION, "kilnrt_version": engine.version, "name": engine.name,
@@ -57,6 +58,8 @@ def _header(engine: Engine, weights: dict, prefix: str) -> dict:
         "profiles": [{k: [list(s) for s in v] for k, v in p.items()} for p in engine.profiles],
         "memory": engine.memory.to_json() if engine.memory is not None else None,
         "build_info": engine.build_info, "tensors": engine.tensors,
+        "bucket_shapes": None if engine.bucket_shapes is None else
+        [{k: list(v) for k, v in p.items()} for p in engine.bucket_shapes],
     }
 
 
@@ -86,6 +89,43 @@ def _writes_into(value) -> tuple[str, int, int] | None:
             or any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in value[1:])):
         raise ValueError(f"writes_into must be [tensor name, axis, start] (non-negative ints), got {value!r}")
     return value[0], value[1], value[2]
+
+
+def _bucket_shapes(value, io: list[IOTensor]) -> list[dict[str, tuple]] | None:
+    """An engine's ``bucket_shapes`` from a plan header: a list of {input: shape}, each naming
+    every input with a shape of its rank (absent in older plans)."""
+    if value is None:
+        return None
+    inputs = {t.name: t for t in io if t.mode == "input"}
+    if not isinstance(value, list) or len(value) < 2:
+        raise ValueError(f"bucket_shapes must be a list of at least two input-shape tables, got {value!r}")
+    out = []
+    for p in value:
+        if not isinstance(p, dict) or set(p) != set(inputs):
+            raise ValueError(f"each bucket point must give a shape for every input ({', '.join(inputs)}), got {p!r}")
+        for name, shape in p.items():
+            if (not isinstance(shape, list) or len(shape) != len(inputs[name].shape)
+                    or any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape)):
+                raise ValueError(f"bucket point shape of {name!r} must be {len(inputs[name].shape)} "
+                                 f"non-negative ints, got {shape!r}")
+        out.append({k: tuple(v) for k, v in p.items()})
+    return out
+
+
+def _bucket_tactics(value, buckets: int) -> dict[int, str]:
+    """A layer's ``bucket_tactics`` from a plan header: {"<bucket>": tactic name}, each bucket in
+    [1, buckets) (absent in older plans)."""
+    if not value:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"bucket_tactics must be an object, got {value!r}")
+    out = {}
+    for k, name in value.items():
+        if not (isinstance(k, str) and k.isdigit() and 1 <= int(k) < buckets) or not isinstance(name, str):
+            raise ValueError(f"bucket_tactics entry {k!r}: {name!r} must name a bucket in [1, {buckets}) "
+                             "and a tactic")
+        out[int(k)] = name
+    return out
 
 
 def engine_from_bytes(data: bytes, *, check_device: bool = True) -> Engine:
@@ -130,6 +170,8 @@ def engine_from_bytes(data: bytes, *, check_device: bool = True) -> Engine:
 def _engine_from_header(header: dict, weights: dict, kernels: dict, prefix: str, device: str) -> Engine:
     if not isinstance(header, dict):
         raise ValueError(f"a profile engine's header is a {type(header).__name__}, not an object")
+    io = [IOTensor.from_json(t) for t in header["io"]]
+    buckets = _bucket_shapes(header.get("bucket_shapes"), io)
     layers = []
     for d in header["layers"]:
         kind = LayerKind(d["kind"])
@@ -142,12 +184,13 @@ def _engine_from_header(header: dict, weights: dict, kernels: dict, prefix: str,
             input_dtypes=list(d.get("input_dtypes") or []),
             input_shapes=[None if s is None else tuple(s) for s in d.get("input_shapes") or []],
             timing_ms=d.get("timing_ms"), candidates=dict(d.get("candidates") or {}),
-            output_formats=_formats(d.get("output_formats")), writes_into=_writes_into(d.get("writes_into"))))
+            output_formats=_formats(d.get("output_formats")), writes_into=_writes_into(d.get("writes_into")),
+            bucket_tactics=_bucket_tactics(d.get("bucket_tactics"), len(buckets or ()))))
     concat_plans(layers)   # every writes_into names a slice of a later concatenation (ValueError if not)
     constants = {name: weights[prefix + name] for name in header["constants"]}
     return Engine(
         name=header["name"], device=device, device_name=header["device_name"],
-        io=[IOTensor.from_json(t) for t in header["io"]], layers=layers, constants=constants,
+        io=io, layers=layers, constants=constants, bucket_shapes=buckets,
         profiles=[{k: tuple(tuple(s) for s in v) for k, v in p.items()} for p in header["profiles"]],
         memory=MemoryPlan.from_json(header["memory"]) if header.get("memory") else None,
         build_info=header.get("build_info") or {}, tensors=header.get("tensors") or {},
@@ -155,12 +198,20 @@ def _engine_from_header(header: dict, weights: dict, kernels: dict, prefix: str,
 
 
 def _check_engine_tactics(engine: Engine, device: str) -> None:
-    for layer in engine.layers:
-        from kilnrt.kernels.registry import get_tactic
+    from kilnrt.kernels.registry import get_tactic
 
+    for layer in engine.layers:
         if not isinstance(layer.tactic, str):
             raise PlanError(ErrorCode.PLAN_CORRUPT, f"layer {layer.name!r} names tactic {layer.tactic!r}, not a string")
-        get_tactic(layer.tactic)  # unknown tactic names are refused at load, not at first run
+        for name in (layer.tactic, *layer.bucket_tactics.values()):
+            tactic = get_tactic(name)  # unknown tactic names are refused at load, not at first run
+            if tactic.kind != layer.kind or tactic.device != device:
+                raise PlanError(ErrorCode.PLAN_CORRUPT,
+                                f"layer {layer.name!r} ({layer.kind.value}, {device}) names tactic {name!r}, "
+                                f"which runs {tactic.kind.value} layers on {tactic.device}")
+        if layer.writes_into is not None and layer.bucket_tactics:
+            raise PlanError(ErrorCode.PLAN_CORRUPT, f"layer {layer.name!r} writes into a concatenation, "
+                                                    "so it cannot have bucket tactics")
     try:
         check_tactics(engine.layers, device)
     except ValueError as exc:

@@ -20,6 +20,7 @@ import torch
 from kilnrt.builder.concat import ConcatPlan, concat_plans
 from kilnrt.errors import ErrorCode, ExecutionError, KilnError
 from kilnrt.kernels.precision import tf32_mode
+from kilnrt.engine.buckets import BucketChooser
 from kilnrt.engine.shape_program import ShapeProgram
 from kilnrt.kernels.registry import TacticContext, get_tactic, run_layer
 from kilnrt.network.dtypes import numpy_to_torch
@@ -28,7 +29,7 @@ from kilnrt.network.layers import SHAPE_INPUTS
 
 class Step:
     __slots__ = ("name", "tactic", "state", "inputs", "outputs", "release", "shape_inputs", "allocate", "into",
-                 "concat")
+                 "concat", "buckets")
 
     def __init__(self, name, tactic, state, inputs, outputs, shape_inputs) -> None:
         self.name, self.tactic, self.state = name, tactic, state
@@ -37,6 +38,7 @@ class Step:
         self.allocate: list[ConcatPlan] = []           # concatenation buffers made before this step
         self.into: tuple[str, int, int, int] | None = None  # (buffer, axis, start, size): run_into there
         self.concat: ConcatPlan | None = None          # this concatenation copies only the other inputs
+        self.buckets: dict[int, tuple] = {}            # bucket -> (tactic, state) run there instead
 
 
 def fill_concat(plan: ConcatPlan, buffer: torch.Tensor, inputs) -> torch.Tensor:
@@ -66,8 +68,15 @@ class Program:
             tactic = get_tactic(layer.tactic)
             net_layer = layer.as_network_layer()
             state = tactic.prepare(net_layer, ctx)
-            self.steps.append(Step(layer.name, tactic, state, list(layer.inputs), list(layer.outputs),
-                                   SHAPE_INPUTS.get(layer.kind, frozenset())))
+            step = Step(layer.name, tactic, state, list(layer.inputs), list(layer.outputs),
+                        SHAPE_INPUTS.get(layer.kind, frozenset()))
+            prepared = {layer.tactic: (tactic, state)}
+            for b, name in sorted(layer.bucket_tactics.items()):
+                if name not in prepared:
+                    alt = get_tactic(name)
+                    prepared[name] = (alt, alt.prepare(net_layer, ctx))
+                step.buckets[b] = prepared[name]
+            self.steps.append(step)
         for plan in concat_plans(layers).values():
             self.steps[plan.first_producer].allocate.append(plan)
             self.steps[plan.index].concat = plan
@@ -84,6 +93,7 @@ class Program:
             if n not in keep:
                 self.steps[i].release.append(n)
         self.tf32 = "tf32" in engine.build_info.get("flags", ())
+        self.bucket_of = BucketChooser(engine.bucket_shapes) if engine.bucket_shapes else None
 
     def host_values(self, feeds: Mapping[str, torch.Tensor]) -> tuple[dict, dict]:
         """The shape program's values for these inputs' shapes: (host tensors, the ones device
@@ -102,6 +112,7 @@ class Program:
         dev = self.device
         host = self.host_values(feeds)
         values.update(host[1])
+        bucket = self.bucket_of({n: t.shape for n, t in feeds.items()}) if self.bucket_of is not None else 0
         for s in self.steps:
             for plan in s.allocate:
                 values[plan.output] = plan.empty(dev)
@@ -124,21 +135,22 @@ class Program:
                         v = v.to(dev, non_blocking=True)
                 args.append(v)
             t0 = time.perf_counter() if profiler is not None else 0.0
+            tactic, state = s.buckets.get(bucket, (s.tactic, s.state)) if bucket else (s.tactic, s.state)
             try:
                 if s.into is not None:
                     outs = [values[s.into[0]].narrow(*s.into[1:])]
-                    s.tactic.run_into(s.state, args, outs[0])
+                    tactic.run_into(state, args, outs[0])
                 elif s.concat is not None:
                     outs = [fill_concat(s.concat, values[s.concat.output], args)]
                 else:
-                    outs = s.tactic.run(s.state, args)
+                    outs = tactic.run(state, args)
             except KilnError:
                 raise
             except Exception as exc:  # noqa: BLE001
                 shapes = ", ".join("-" if a is None else f"{tuple(a.shape)}:{str(a.dtype).replace('torch.', '')}"
                                    for a in args)
                 raise ExecutionError(ErrorCode.RUNTIME,
-                                     f"failed in tactic {s.tactic.name} with inputs [{shapes}]: "
+                                     f"failed in tactic {tactic.name} with inputs [{shapes}]: "
                                      f"{type(exc).__name__}: {exc}", layer=s.name) from exc
             if profiler is not None:
                 if dev.type == "cuda":

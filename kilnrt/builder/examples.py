@@ -1,0 +1,69 @@
+"""The builder's example inputs: random tensors at a profile point's shapes, laid out as the
+tactics chosen for their producers write them, and the layouts a tactic writes."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+RANDOM_BLOCK = 1 << 20
+
+
+def random_input(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Random timing inputs, drawn on the host: a tactic whose CUDA-graph capture fails
+    (timing then falls back to eager) can leave PyTorch's CUDA RNG unusable for the rest
+    of the build, so the builder does not use it.  At most a million values are drawn and
+    tiled on the device: drawing a batch-256 activation on the host took seconds per layer."""
+    n = math.prod(shape)
+    if dtype.is_floating_point:
+        block = torch.randn(min(n, RANDOM_BLOCK))
+    elif dtype == torch.bool:
+        block = torch.rand(min(n, RANDOM_BLOCK)) > 0.5
+    else:
+        block = torch.zeros(min(n, RANDOM_BLOCK))
+    x = block.to(device)
+    if n > x.numel():
+        x = x.repeat(-(-n // x.numel()))[:n]
+    return x.reshape(tuple(shape)).to(dtype)
+
+
+def example_inputs(layer, ctx, shapes, layouts) -> list | None:
+    """Random inputs at the shapes ``shapes`` gives (opt's, or a bucket point's), in the layout their producers' chosen tactics write
+    (so a tactic is timed on NHWC activations where cuDNN convolutions produce NHWC)."""
+    ins = []
+    for t in layer.inputs:
+        if t is None:
+            ins.append(None)
+        elif t.name in ctx.constants:
+            ins.append(ctx.constants[t.name])
+        else:
+            shape_dtype = shapes.get(t.name)
+            if shape_dtype is None:
+                return None
+            x = random_input(shape_dtype[0], shape_dtype[1].torch, ctx.device)
+            if layouts.get(t.name) and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            ins.append(x)
+    return ins
+
+
+FORMATS = {True: "channels_last", False: "linear"}   # layouts' values -> EngineLayer.output_formats
+
+
+def record_layouts(layer, tactic, ctx, ins, layouts) -> None:
+    """Run the chosen tactic once; ``layouts[output] = True`` where it writes NHWC, else False."""
+    try:
+        outs = tactic.run(tactic.prepare(layer, ctx), ins)
+    except Exception:  # noqa: BLE001 - the run at build is only to learn the layout
+        return
+    for t, nhwc in zip(layer.outputs, written_layouts(outs)):
+        if nhwc is not None:
+            layouts[t.name] = nhwc
+
+
+def written_layouts(outs) -> list[bool | None]:
+    """Per output a tactic returned: True where it is NHWC (channels-last, not also row-major),
+    False for any other tensor, None for what is not a tensor."""
+    return [(o.dim() == 4 and o.is_contiguous(memory_format=torch.channels_last) and not o.is_contiguous())
+            if isinstance(o, torch.Tensor) else None for o in outs]
