@@ -141,3 +141,13 @@ def test_gpu_build_tunes_the_min_bucket_and_matches_onnxruntime():
                                    rtol=1e-4, atol=1e-5)
     none = kilnrt.build(model, device="cuda", profiles=PROFILE, tactic_buckets=())
     assert none.bucket_shapes is None and none.build_info["tactic_buckets"] is None
+
+
+def test_inspector_summarizes_the_buckets_of_a_build():
+    from kilnrt.engine.inspector import buckets_text
+
+    build = {"tactic_buckets": {"shapes": [{"x": [16, 3]}, {"x": [1, 3]}], "layers": [9], "saved_ms": [0.0412],
+                                "seconds": 41.4}}
+    assert buckets_text(build) == ("bucket 0 (opt) x[16,3]; bucket 1 x[1,3]: 9 layers run another tactic "
+                                   "(saving 0.041 ms as timed); tuned in 41.4 s")
+    assert buckets_text({"tactic_buckets": None}) == ""

@@ -290,3 +290,16 @@ def test_demo(tmp_path, capsys):
     assert accuracy > 90
     assert main(["demo", "--model", str(tmp_path / "none.onnx")]) == 1
     assert "--model" in capsys.readouterr().err
+
+
+def test_build_tactic_buckets_option(files, tmp_path, capsys):
+    from kilnrt.cli.args import build_kwargs
+    from kilnrt.cli.main import make_parser
+
+    for value, points in (("min", ("min",)), ("min,max", ("min", "max")), ("none", ())):
+        args = make_parser().parse_args(["build", files["model"], "--tactic-buckets", value])
+        assert build_kwargs(args)["tactic_buckets"] == points
+    assert main(["build", files["model"], "-o", str(tmp_path / "b.plan"), "--min-shapes", "x:1x4",
+                 "--max-shapes", "x:8x4", "--tactic-buckets", "middle"]) == 1
+    err = capsys.readouterr().err
+    assert "'middle'" in err and "one of min, max" in err
