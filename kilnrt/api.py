@@ -37,14 +37,21 @@ def build(model: Any, *, fp16: bool = False, bf16: bool = False, tf32: bool = Tr
           profiles: Any = None, device: str = "cpu", optimization_level: int = 3,
           timing_cache: str | TimingCache | None = None, portable: bool = False,
           workspace: int | None = None, progress: bool = False, verbose: bool = False,
-          tactic_buckets: Any = ("min",)) -> Engine:
+          tactic_buckets: Any = ("min",), int8: bool = False, calibration: Any = None,
+          calibration_method: str = "entropy", calibration_cache: str | None = None,
+          accuracy_budget: float | None = None) -> Engine:
     """Build an engine from an ONNX model (path, bytes, ModelProto) or a :class:`Network`.
 
     ``profiles``: for dynamic inputs, ``{"input": (min_shape, opt_shape, max_shape)}`` (or a
     single shape, or a list of such dicts for several profiles).  ``timing_cache``: a path
     (read, then written back) or a :class:`TimingCache`.  ``tactic_buckets``: the points of a
     dynamic profile, besides opt, where each layer's tactics are tuned again ("min", "max"; ``()``
-    for opt only; see docs/shapes.md).
+    for opt only; see docs/shapes.md).  ``int8``: quantize convolutions and matrix multiplies
+    to INT8 with ranges from ``calibration`` (an iterable of feeds, ``{input: array}``; method
+    "entropy", "minmax" or "percentile") and/or ``calibration_cache`` (TensorRT's text format,
+    read if it exists, else written); ``accuracy_budget``: keep the most sensitive layers in
+    float until the outputs' relative L2 error on the last (held-back) calibration batch fits
+    it; see docs/int8.md.
     """
     if verbose:
         logging.getLogger("kilnrt").setLevel(logging.DEBUG)
@@ -57,12 +64,24 @@ def build(model: Any, *, fp16: bool = False, bf16: bool = False, tf32: bool = Tr
     config.builder_optimization_level = int(optimization_level)
     config.tactic_buckets = check_bucket_points(tactic_buckets)
     for flag, on in ((BuilderFlag.FP16, fp16), (BuilderFlag.BF16, bf16), (BuilderFlag.TF32, tf32),
-                     (BuilderFlag.PORTABLE, portable)):
+                     (BuilderFlag.PORTABLE, portable), (BuilderFlag.INT8, int8)):
         (config.set_flag if on else config.clear_flag)(flag)
     if workspace is not None:
         from kilnrt.builder import MemoryPoolType
 
         config.set_memory_pool_limit(MemoryPoolType.WORKSPACE, workspace)
+    if accuracy_budget is not None and not int8:
+        raise KilnError(ErrorCode.INVALID_ARGUMENT, "accuracy_budget was given but int8=False; it bounds the "
+                                                    "error of an INT8 build: pass int8=True with calibration")
+    config.int8_accuracy_budget = accuracy_budget
+    if calibration is not None or calibration_cache is not None:
+        if not int8:
+            raise KilnError(ErrorCode.INVALID_ARGUMENT, "calibration data was given but int8=False; "
+                                                        "pass int8=True to quantize with it")
+        from kilnrt.builder.int8 import BatchCalibrator
+
+        config.int8_calibrator = BatchCalibrator(calibration if calibration is not None else [],
+                                                 calibration_method, cache=calibration_cache)
     for p in _profiles(profiles):
         config.add_optimization_profile(p)
     cache_path = timing_cache if isinstance(timing_cache, str) else None

@@ -32,6 +32,7 @@ class ErrorCode:
     PLAN_DEVICE = "PLAN_DEVICE"
     PLAN_UNKNOWN_TACTIC = "PLAN_UNKNOWN_TACTIC"
     RUNTIME = "RUNTIME"
+    CALIBRATION = "CALIBRATION"
 
 
 class KilnError(Exception):

@@ -17,6 +17,7 @@ from kilnrt.builder.concat import eliminate_concats, memory_steps
 from kilnrt.builder.buckets import bucket_shapes, drop_for_concats, tune_buckets
 from kilnrt.builder.config import BuilderConfig, BuilderFlag, OptimizationProfile
 from kilnrt.builder.examples import FORMATS, example_inputs, record_layouts
+from kilnrt.builder.int8 import QUANTIZED_KINDS, apply_int8
 from kilnrt.builder.memory import plan_memory
 from kilnrt.builder.ranges import check_ranges, symbol_ranges
 from kilnrt.builder.search import choose_tactic, search_for_level
@@ -54,6 +55,12 @@ class Builder:
     @property
     def platform_has_fast_fp16(self) -> bool:
         return torch.cuda.is_available()
+
+    @property
+    def platform_has_fast_int8(self) -> bool:
+        """False: INT8 builds work (calibrated or Q/DQ), but kilnrt's INT8 layers run exact
+        reference kernels, not yet faster than FP16 (docs/int8.md)."""
+        return False
 
     @property
     def platform_has_tf32(self) -> bool:
@@ -180,7 +187,7 @@ def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, pro
             name=layer.name, kind=layer.kind, params=layer.params,
             inputs=[None if t is None else t.name for t in layer.inputs],
             outputs=[t.name for t in layer.outputs], origin=layer.origin, tactic=chosen.name,
-            precision=layer.precision,
+            precision=DataType.INT8 if layer.kind in QUANTIZED_KINDS else layer.precision,
             output_dtypes=[t.dtype.name if t.dtype else None for t in layer.outputs],
             output_shapes=[_engine_shape(t) for t in layer.outputs],
             input_dtypes=[t.dtype.name if t is not None and t.dtype else None for t in layer.inputs],
@@ -272,6 +279,10 @@ def _build_one(network: Network, config: BuilderConfig) -> Engine:
     since = kernel_cache.snapshot()
     validate_network(network)
     search_for_level(config.builder_optimization_level)  # a bad level fails before any work
+    if BuilderFlag.FP8 in config.flags:
+        raise BuildError(ErrorCode.INVALID_ARGUMENT,
+                         "BuilderFlag.FP8 is not supported yet: kilnrt has no FP8 layers. Clear the flag and use "
+                         "INT8 (with calibration or Q/DQ) or FP16")
     profiles = _profiles(network, config)
     if config.device == "cuda" and not torch.cuda.is_available():
         raise BuildError(ErrorCode.INVALID_ARGUMENT, "device 'cuda' was asked for, but no CUDA GPU is available")
@@ -284,6 +295,9 @@ def _build_one(network: Network, config: BuilderConfig) -> Engine:
         net.symbol_ranges = ranges
         check_ranges(net, ranges)
     net = optimize(net, config.builder_optimization_level, report=passes)
+    net, int8 = apply_int8(net, config, profiles)
+    if int8 and int8.get("calibrated_layers"):
+        net = optimize(net, 0)   # the float weights the INT8 layers replaced are dead now
     low = _low_precision(config)
     if low is not None:
         from kilnrt.optimize.passes.precision import lower_precision
@@ -350,7 +364,7 @@ def _build_one(network: Network, config: BuilderConfig) -> Engine:
         "seconds": round(time.perf_counter() - t0, 3), "layers_in": layers_in,
         "layers_out": len(layers), "constants": len(constants), "passes": passes,
         "optimization_level": config.builder_optimization_level, "concat_elimination": concats,
-        "tactic_buckets": buckets,
+        "tactic_buckets": buckets, "int8": int8,
         "flags": sorted(f.value for f in config.flags),
         "timing_cache": None if config.timing_cache is None else
         {"hits": config.timing_cache.hits, "misses": config.timing_cache.misses},

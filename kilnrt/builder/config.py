@@ -89,6 +89,9 @@ class BuilderConfig:
         self.profiling_verbosity = ProfilingVerbosity.LAYER_NAMES_ONLY
         self.avg_timing_iterations = 1
         self.int8_calibrator = None
+        # INT8: keep the most sensitive layers in float until the outputs' relative L2 error on a
+        # held-back calibration batch is at most this (None: quantize every layer with a range)
+        self.int8_accuracy_budget: float | None = None
         self.progress = False
         # profile points (besides opt) where each layer's tactics are timed again, and a faster
         # choice kept for input shapes nearer that point (kilnrt.builder.buckets)

@@ -90,6 +90,16 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tactic-buckets", default="min", metavar="POINTS",
                    help="profile points besides opt where tactics are tuned again and kept for nearby "
                         "shapes: min, max, min,max, or none (default: min)")
+    g.add_argument("--int8", action="store_true", help="quantize convolutions and matrix multiplies to INT8 "
+                                                        "(needs --calib, or Q/DQ nodes in the model)")
+    g.add_argument("--calib", metavar="PATH", help="INT8 calibration: a .npz of inputs, a folder of .npz/.npy "
+                                                   "batches, or a calibration cache (docs/int8.md)")
+    g.add_argument("--calib-method", choices=("entropy", "minmax", "percentile"), default="entropy",
+                   help="how calibration picks each range (default entropy)")
+    g.add_argument("--calib-cache", metavar="PATH", help="calibration cache to read, or to write after calibrating")
+    g.add_argument("--accuracy-budget", type=float, metavar="ERR",
+                   help="INT8: keep the most sensitive layers in float until the outputs' relative error on "
+                        "a held-back calibration batch is at most ERR")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="the device to build for")
     g.add_argument("--workspace", type=int, metavar="BYTES", help="workspace memory pool limit")
 
@@ -117,7 +127,29 @@ def build_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "optimization_level": args.optimization_level, "timing_cache": args.timing_cache,
             "workspace": args.workspace, "verbose": args.verbose,
             "tactic_buckets": () if args.tactic_buckets in ("", "none") else
-            tuple(p.strip() for p in args.tactic_buckets.split(","))}
+            tuple(p.strip() for p in args.tactic_buckets.split(",")),
+            **int8_kwargs(args)}
+
+
+def int8_kwargs(args: argparse.Namespace, model: str | None = None) -> dict[str, Any]:
+    """The INT8 keywords of :func:`kilnrt.build` from ``--int8 --calib ...``."""
+    if not getattr(args, "int8", False):
+        for flag in ("calib", "calib_cache", "accuracy_budget"):
+            if getattr(args, flag, None) is not None:
+                raise KilnError(ErrorCode.INVALID_ARGUMENT, f"--{flag.replace('_', '-')} is for INT8 builds: add --int8")
+        return {}
+    out: dict[str, Any] = {"int8": True, "calibration_method": getattr(args, "calib_method", "entropy"),
+                           "accuracy_budget": getattr(args, "accuracy_budget", None)}
+    if getattr(args, "calib_cache", None):
+        out["calibration_cache"] = args.calib_cache
+    if getattr(args, "calib", None):
+        import kilnrt
+        from kilnrt.cli.calib import calibration_kwargs
+
+        path = model or getattr(args, "model", None)
+        inputs = [t.name for t in kilnrt.to_network(os.fspath(path)).inputs] if path else []
+        out.update(calibration_kwargs(args.calib, inputs))
+    return out
 
 
 # ----------------------------------------------------------------------------- models and plans

@@ -43,8 +43,8 @@ def build(args: argparse.Namespace, out=None):
 def main(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from kilnrt.engine.inspector import (buckets_text, format_bytes, layout_summary, layout_text, shapes_summary,
-                                         shapes_text)
+    from kilnrt.engine.inspector import (buckets_text, format_bytes, int8_text, layout_summary, layout_text,
+                                         shapes_summary, shapes_text)
 
     out = console()
     engine, network, parse_s, build_s = build(args, out)
@@ -70,6 +70,8 @@ def main(args: argparse.Namespace) -> int:
         if buckets_text(sub.build_info):
             table.add_row(f"tactic buckets{f' (profile {k})' if engine.profile_engines else ''}",
                           buckets_text(sub.build_info))
+    if int8_text(engine.build_info):
+        table.add_row("INT8", int8_text(engine.build_info))
     if engine.memory is not None:
         table.add_row("activations", f"{format_bytes(engine.memory.arena_bytes)} "
                                      f"(without reuse: {format_bytes(engine.memory.naive_bytes)})")

@@ -3,7 +3,7 @@
     kilnrt exec --onnx=model.onnx --saveEngine=model.plan --fp16 --shapes=input:8x3x224x224
     kilnrt exec --loadEngine=model.plan --iterations=100 --warmUp=200 --duration=3
 
-Accepted: --onnx --saveEngine --loadEngine --fp16 --bf16 --best --int8 --noTF32 --shapes
+Accepted: --onnx --saveEngine --loadEngine --fp16 --bf16 --best --int8 --calib --noTF32 --shapes
 --minShapes --optShapes --maxShapes --iterations --warmUp (ms) --duration (s)
 --timingCacheFile --builderOptimizationLevel --memPoolSize --workspace --device
 --skipInference --dumpLayerInfo --dumpProfile --exportTimes --exportProfile --verbose, and
@@ -38,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=3.0, help="run for at least S seconds (default 3)")
     p.add_argument("--avgRuns", type=int, default=10)
     p.add_argument("--timingCacheFile", metavar="PATH")
+    p.add_argument("--calib", metavar="PATH", help="INT8 calibration: a cache (TRT-...), a .npz of inputs, or a "
+                                                   "folder of .npz/.npy batches")
     p.add_argument("--builderOptimizationLevel", type=int, default=3)
     p.add_argument("--memPoolSize", metavar="POOL:SIZE", help="e.g. workspace:1024M (K/M/G suffixes; MiB default)")
     p.add_argument("--workspace", type=float, metavar="MIB", help="(old) workspace size in MiB")
@@ -75,6 +77,16 @@ def _workspace(args: argparse.Namespace) -> int | None:
     return int(args.workspace * (1 << 20)) if args.workspace else None
 
 
+def _int8(args: argparse.Namespace) -> dict:
+    """trtexec's --int8 [--calib=PATH]: without --calib the model must carry Q/DQ nodes (kilnrt has
+    no placeholder ranges; trtexec's make its accuracy meaningless)."""
+    from kilnrt.cli.args import int8_kwargs
+
+    ns = argparse.Namespace(int8=args.int8, calib=args.calib, calib_method="entropy", calib_cache=None,
+                            accuracy_budget=None)
+    return int8_kwargs(ns, args.onnx)
+
+
 def main(args: argparse.Namespace) -> int:
     import kilnrt
     from kilnrt.cli.bench import benchmark
@@ -85,8 +97,8 @@ def main(args: argparse.Namespace) -> int:
     if not args.onnx and not args.loadEngine:
         raise KilnError(ErrorCode.INVALID_ARGUMENT, "give --onnx=MODEL to build, or --loadEngine=PLAN to load")
     shapes = parse_shapes(args.shapes)
-    if args.int8:
-        out.print("[I] --int8: INT8 calibration is not implemented yet; building without INT8")
+    if args.best and not args.int8:
+        out.print("[I] --best: FP16 and BF16 allowed; INT8 needs --int8 with --calib (or Q/DQ in the model)")
     if args.onnx:
         require_file(args.onnx, "ONNX model")
         profile = profiles_from(shapes, parse_shapes(args.minShapes, "--minShapes"),
@@ -96,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
         engine = kilnrt.build(args.onnx, fp16=args.fp16 or args.best, bf16=args.bf16 or args.best,
                               tf32=not args.noTF32, profiles=profile, device=_device(args.device),
                               optimization_level=args.builderOptimizationLevel, timing_cache=args.timingCacheFile,
-                              workspace=_workspace(args), verbose=args.verbose)
+                              workspace=_workspace(args), verbose=args.verbose, **_int8(args))
         out.print(f"[I] Engine built in {time.perf_counter() - t0:.3f} sec.")
         if args.saveEngine:
             engine.save(args.saveEngine)

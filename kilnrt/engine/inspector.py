@@ -275,6 +275,27 @@ def bucket_text(info: dict[str, Any]) -> str:
     return ", ".join(f"bucket {b}: {t}" for b, t in (info.get("bucket_tactics") or {}).items())
 
 
+def int8_text(build: dict[str, Any]) -> str:
+    """What the INT8 step did: how many layers run in INT8, from which ranges, and the layers the
+    accuracy guard kept in float."""
+    info = build.get("int8")
+    if not info:
+        return ""
+    if "int8_layers" not in info:
+        return f"{info.get('explicit_layers', 0)} INT8 layers from the model's Q/DQ nodes"
+    text = f"{info['int8_layers']} INT8 layers ({info['source']})"
+    if info.get("inputs_without_range"):
+        text += f"; {len(info['inputs_without_range'])} quantizable inputs had no range (float)"
+    guard = info.get("guard")
+    if guard:
+        kept = guard["kept_float"]
+        text += (f"; accuracy guard: error {guard['error_all_int8']:.4g} all-INT8, {guard['error']:.4g} with "
+                 f"{len(kept)} layers kept in float (budget {guard['budget']:.4g})")
+        if kept:
+            text += ": " + ", ".join(f"{k['layer']} ({k['sensitivity']:.3g})" for k in kept)
+    return text
+
+
 def buckets_text(build: dict[str, Any]) -> str:
     """The build's tactic buckets: their points and how many layers run another tactic there."""
     buckets = build.get("tactic_buckets")
@@ -416,11 +437,13 @@ def summary_table(engine):
                                                f"writes in place" if concats.get("tactics_switched") else ""))
         if buckets_text(build):
             _add_row(table, "tactic buckets", buckets_text(build))
+        if int8_text(build):
+            _add_row(table, "INT8", int8_text(build))
         cache = build.get("timing_cache")
         if cache:
             _add_row(table, "timing cache", f"{cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses")
     return table
 
 
-__all__ = ["EngineInspector", "LayerInformationFormat", "LayerTimer", "bucket_text", "buckets_text", "concat_text", "describe_engine", "layer_info",
+__all__ = ["EngineInspector", "LayerInformationFormat", "LayerTimer", "bucket_text", "buckets_text", "concat_text", "int8_text", "describe_engine", "layer_info",
            "layout_summary", "layout_text", "shapes_summary", "shapes_text", "tensor_info", "layer_table", "summary_table", "format_bytes", "format_shape"]

@@ -47,6 +47,8 @@ class LayerKind(enum.Enum):
     POINTWISE = "pointwise"
     POOLING = "pooling"
     QUANTIZE = "quantize"
+    QUANTIZED_CONVOLUTION = "quantized_convolution"            # made by the quantization passes
+    QUANTIZED_MATRIX_MULTIPLY = "quantized_matrix_multiply"    # made by the quantization passes
     REDUCE = "reduce"
     RESIZE = "resize"
     REVERSE_SEQUENCE = "reverse_sequence"
@@ -331,6 +333,22 @@ class ConvolutionParams:
 
 
 @dataclass(frozen=True)
+class QuantizedConvolutionParams(ConvolutionParams):
+    """A convolution on 8-bit integers (made by ``kilnrt.optimize.passes.quantization``).
+
+    Inputs: x (float), weights (INT8 [K, C/groups, *window]), weight_scale (float [K]), bias
+    (float [K], optional), residual (optional).  x is quantized per tensor,
+    ``xq = saturate(round(x / input_scale) + input_zero_point)`` in ``input_type``, and
+    ``y = act(input_scale * weight_scale[k] * conv(xq - input_zero_point, weights) + bias + residual)``
+    with the convolution summed exactly in integers.
+    """
+
+    input_scale: float = 1.0
+    input_zero_point: int = 0
+    input_type: DataType = DataType.INT8
+
+
+@dataclass(frozen=True)
 class SqueezeExcitationParams:
     """The gate of a squeeze-excitation block (made by the optimizer's ``fuse_squeeze_excitation``):
     ``gate(conv(act(conv(mean_hw(x), w1, b1)), w2, b2))``, shape ``[N, C, 1, 1]``.
@@ -456,6 +474,21 @@ class MatrixMultiplyParams:
     activation: ActivationType | None = None
     activation_alpha: float = 0.0
     activation_beta: float = 0.0
+
+
+@dataclass(frozen=True)
+class QuantizedMatrixMultiplyParams(MatrixMultiplyParams):
+    """A matrix multiply of a float activation by 8-bit integer weights (made by
+    ``kilnrt.optimize.passes.quantization``).
+
+    Inputs: a (float), b (INT8 constant), b_scale (float: one per output column, or one),
+    bias (optional).  ``a`` is quantized per tensor as a quantized convolution's x is, and
+    ``y = act(input_scale * b_scale[n] * (op0(aq - input_zero_point) @ op1(b))[..., n] + bias)``.
+    """
+
+    input_scale: float = 1.0
+    input_zero_point: int = 0
+    input_type: DataType = DataType.INT8
 
 
 @dataclass(frozen=True)
@@ -753,6 +786,8 @@ PARAMS: dict[LayerKind, type] = {
     LayerKind.POINTWISE: PointwiseParams,
     LayerKind.POOLING: PoolingParams,
     LayerKind.QUANTIZE: QuantizeParams,
+    LayerKind.QUANTIZED_CONVOLUTION: QuantizedConvolutionParams,
+    LayerKind.QUANTIZED_MATRIX_MULTIPLY: QuantizedMatrixMultiplyParams,
     LayerKind.REDUCE: ReduceParams,
     LayerKind.RESIZE: ResizeParams,
     LayerKind.REVERSE_SEQUENCE: ReverseSequenceParams,

@@ -21,12 +21,17 @@ class NetworkCopier:
         self._map: dict[str, Tensor] = {}
         for t in source.inputs:
             self._map[t.name] = self.net.add_input(t.name, t._dtype, t._shape)
+            self._map[t.name].dynamic_range = t.dynamic_range
 
     def mapped(self, t: Tensor | None) -> Tensor | None:
         return None if t is None else self._map[t.name]
 
     def alias(self, old: Tensor, new: Tensor) -> None:
+        """Later consumers of ``old`` read ``new``; a range set on ``old`` (INT8) moves to it
+        where ``new`` has none."""
         self._map[old.name] = new
+        if old.dynamic_range is not None and new.dynamic_range is None:
+            new.dynamic_range = old.dynamic_range
 
     def copy(self, layer: Layer, inputs: Sequence[Tensor | None] | None = None) -> Layer:
         ins = [self.mapped(t) for t in layer.inputs] if inputs is None else list(inputs)

@@ -790,7 +790,7 @@ def reduce(ctx, layer, ins):
 
 
 # ----------------------------------------------------------------------------- linear algebra
-@rule(LayerKind.MATRIX_MULTIPLY)
+@rule(LayerKind.MATRIX_MULTIPLY, LayerKind.QUANTIZED_MATRIX_MULTIPLY)
 def matrix_multiply(ctx, layer, ins):
     p = layer.params
     a, b = ins[0], ins[1]
@@ -880,7 +880,7 @@ def _windows(p, window: tuple, spatial: tuple) -> tuple:
                  for i in range(n))
 
 
-@rule(LayerKind.CONVOLUTION)
+@rule(LayerKind.CONVOLUTION, LayerKind.QUANTIZED_CONVOLUTION)
 def convolution(ctx, layer, ins):
     p = layer.params
     x = ins[0]

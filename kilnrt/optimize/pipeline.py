@@ -14,6 +14,7 @@ from kilnrt.optimize.passes.fusion import (fuse_conv_epilogue, fuse_conv_scale, 
 from kilnrt.optimize.passes.norms import fuse_normalizations
 from kilnrt.optimize.passes.horizontal import fuse_sibling_convs, fuse_sibling_matmuls
 from kilnrt.optimize.passes.pointwise import fuse_pointwise
+from kilnrt.optimize.passes.quantization import fold_qdq
 from kilnrt.optimize.passes.transformer import fuse_add_norm, fuse_attention, fuse_matmul_epilogue
 from kilnrt.optimize.passes.views import fold_view_chains, sink_reshape_into_matmul
 
@@ -23,6 +24,7 @@ Pass = Callable[..., Network]
 
 # (name, pass, lowest builder optimization level that runs it)
 PIPELINE: list[tuple[str, Pass, int]] = [
+    ("fold_qdq", fold_qdq, 0),  # first: constant folding would turn the weights' DQ into float weights
     ("fold_constants", fold_constants, 0),
     ("remove_identities", remove_identities, 0),
     ("eliminate_dead_layers", eliminate_dead_layers, 0),

@@ -1,24 +1,19 @@
 """Base classes users subclass in TensorRT scripts: calibrators, profilers, output allocators."""
 from __future__ import annotations
 
-import enum
 from typing import Any, Sequence
 
-
-class CalibrationAlgoType(enum.IntEnum):
-    LEGACY_CALIBRATION = 0
-    ENTROPY_CALIBRATION = 1
-    ENTROPY_CALIBRATION_2 = 2
-    MINMAX_CALIBRATION = 3
+from kilnrt.builder.calibration import CalibrationAlgoType
 
 
 class IInt8Calibrator:
     """Base of INT8 calibrators (TensorRT 10 names).
 
-    kilnrt accepts calibrator objects (``config.int8_calibrator = calibrator``) so that
-    scripts run, but INT8 calibration itself is a later kilnrt issue: for now the builder
-    does not call ``get_batch``, and engines keep their FP32/FP16 precision.  Explicit
-    Q/DQ layers (strongly typed networks, TensorRT 11's way) are the primary INT8 route.
+    With ``BuilderFlag.INT8`` and ``config.int8_calibrator = calibrator``, the builder first
+    asks ``read_calibration_cache()``; without a cache it calls ``get_batch(input names)``
+    until it returns None (each batch: one array, tensor or, on CUDA, device pointer per
+    name), runs the FP32 network on the batches, and gives the result to
+    ``write_calibration_cache`` in TensorRT's text format (``kilnrt.builder.calibration``).
     """
 
     def __init__(self) -> None:

@@ -60,6 +60,11 @@ EPILOGUE_ACTIVATIONS = {ActivationType.RELU, ActivationType.SIGMOID, ActivationT
                         ActivationType.HARD_SWISH, ActivationType.ELU}
 
 
+# the convolutions an epilogue fuses into: how many inputs come before the residual
+_INPUTS_BEFORE_RESIDUAL = {LayerKind.CONVOLUTION: 3,                # x, w, bias
+                           LayerKind.QUANTIZED_CONVOLUTION: 4}      # x, w int8, w scale, bias
+
+
 def fuse_conv_epilogue(net: Network, stats: dict | None = None) -> Network:
     """conv(x) [+ r] [-> act] => conv(x, residual=r, activation=act): one kernel where the
     library has it (cuDNN conv+bias+add+ReLU), one region otherwise.
@@ -70,7 +75,8 @@ def fuse_conv_epilogue(net: Network, stats: dict | None = None) -> Network:
     g = Graph(net)
     rewrites, drop = {}, set()
     for conv in net.layers:
-        if conv.kind != LayerKind.CONVOLUTION or conv.params.activation is not None or len(conv.inputs) > 3:
+        slots = _INPUTS_BEFORE_RESIDUAL.get(conv.kind)
+        if slots is None or conv.params.activation is not None or len(conv.inputs) > slots:
             continue
         out, chain, residual, params = conv.outputs[0], [conv], None, conv.params
         nxt = g.single_use(out)
@@ -87,8 +93,8 @@ def fuse_conv_epilogue(net: Network, stats: dict | None = None) -> Network:
             chain.append(nxt)
         if len(chain) == 1 or id(chain[-1]) in rewrites:  # nothing to absorb, or two convs feed one add
             continue
-        ins = list(conv.inputs) + [None] * (3 - len(conv.inputs)) + ([residual] if residual is not None else [])
-        rewrites[id(chain[-1])] = fused(LayerKind.CONVOLUTION, params, ins, chain)
+        ins = list(conv.inputs) + [None] * (slots - len(conv.inputs)) + ([residual] if residual is not None else [])
+        rewrites[id(chain[-1])] = fused(conv.kind, params, ins, chain)
         drop.update(id(l) for l in chain[:-1])
     return replace(net, rewrites, drop, stats, "fuse_conv_epilogue")
 
