@@ -6,7 +6,7 @@
   Triton kernels, registered beside them; the builder times the candidates and keeps
   the fastest.
 """
-from kilnrt.kernels.cuda import conv, generic, pool, transformer, views  # noqa: F401
+from kilnrt.kernels.cuda import conv, generic, pool, quantized, transformer, views  # noqa: F401
 
 try:  # Triton kernels need the triton package (always there on GPU machines)
     import kilnrt.kernels.triton  # noqa: F401  (cuda.softmax/normalization/activation/elementwise/unary.triton)

@@ -1,0 +1,108 @@
+"""INT8 against FP16, same ONNX file, same GPU, same run: BERT-base at 32x128 (and any shape
+given), calibrated on random token batches (random weights, so accuracy here is the output
+error against the FP32 PyTorch model, not a task metric).
+
+    python benchmarks/int8.py --layers 12 --shape 32x128
+
+Times ``engine.run`` on device tensors (CUDA events, median of ``--iters``), and lists the
+tactics the INT8 engine chose for its INT8 layers.  Writes one JSON in BENCHMARKS.md's results
+format.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+warnings.filterwarnings("ignore")
+
+import kilnrt  # noqa: E402
+from dynamic import export, make_inputs, make_model  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def timed(engine, feeds, iters: int) -> float:
+    for _ in range(5):
+        engine.run(feeds)
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        engine.run(feeds)
+        b.record()
+        b.synchronize()
+        samples.append(a.elapsed_time(b))
+    return statistics.median(samples)
+
+
+def rel_l2(a, b) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--shape", default="32x128")
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    shape = tuple(int(d) for d in args.shape.split("x"))
+    model = make_model("bert", args.layers)
+    tmp = tempfile.mkdtemp()
+    path = os.path.join(tmp, "bert.onnx")
+    export("bert", model, path)
+    feeds = make_inputs("bert", shape)
+    with torch.no_grad():
+        ref = model.cuda()(*feeds.values())
+    profile = {k: tuple(v.shape) for k, v in feeds.items()}
+    g = torch.Generator().manual_seed(1)
+    calib = [{"input_ids": torch.randint(0, 30522, shape, generator=g).numpy(),
+              "attention_mask": torch.ones(shape, dtype=torch.int64).numpy()} for _ in range(3)]
+    rows = []
+    for label, kw in (("fp16", {}), ("int8+fp16", {"int8": True, "calibration": calib,
+                                                   "calibration_method": "minmax"})):
+        t0 = time.perf_counter()
+        engine = kilnrt.build(path, device="cuda", fp16=True, profiles=profile, **kw)
+        build_s = time.perf_counter() - t0
+        out = engine.run(feeds)["y"]
+        ms = timed(engine, feeds, args.iters)
+        int8_tactics = Counter(l.tactic for l in engine.layers if l.precision is not None
+                               and l.precision.name == "INT8")
+        row = {"model": f"bert-{args.layers}l", "family": "transformer", "batch": shape[0], "seq": shape[1],
+               "precision": label, "build_s": round(build_s, 1), "kilnrt_run_ms": round(ms, 4),
+               "relerr": rel_l2(out, ref), "engine_layers": len(engine.layers),
+               "int8_tactics": dict(int8_tactics), "int8": engine.build_info.get("int8")}
+        rows.append(row)
+        print(f"{label}: {ms:.4f} ms, relerr {row['relerr']:.3g}, build {build_s:.1f} s, int8 tactics {dict(int8_tactics)}",
+              flush=True)
+    if len(rows) == 2:
+        rows[1]["speedup_vs_fp16"] = round(rows[0]["kilnrt_run_ms"] / rows[1]["kilnrt_run_ms"], 3)
+        print(f"INT8 / FP16 speed-up: {rows[1]['speedup_vs_fp16']}x")
+    import triton
+
+    stamp = datetime.date.today().isoformat()
+    gpu = torch.cuda.get_device_name()
+    out = args.out or os.path.join(RESULTS, f"{stamp}-{gpu.replace(' ', '_')}-int8-bert.json")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    with open(out, "w") as f:
+        json.dump({"date": stamp, "gpu": gpu, "torch": torch.__version__, "triton": triton.__version__,
+                   "kilnrt_commit": commit, "set": "int8", "rows": rows}, f, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
