@@ -40,11 +40,23 @@ def setup_logging(verbose: bool) -> None:
 
 
 def common_options() -> argparse.ArgumentParser:
-    """``--verbose`` and ``--debug``, accepted by every subcommand."""
+    """``--verbose``, ``--debug`` and ``--plan-key``, accepted by every subcommand."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--verbose", "-v", action="store_true", help="log what kilnrt does (debug level)")
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    p.add_argument("--plan-key", metavar="FILE", help="a file holding a plan signing key: plans written are signed "
+                                                      "with it, plans read must be signed with it")
     return p
+
+
+def plan_key(args: argparse.Namespace | None) -> bytes | None:
+    """The bytes of ``--plan-key FILE`` (None without the option)."""
+    path = getattr(args, "plan_key", None) if args is not None else None
+    if path is None:
+        return None
+    require_file(path, "--plan-key")
+    with open(path, "rb") as f:
+        return f.read().strip()
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -176,7 +188,7 @@ def load_engine(path: str | os.PathLike, args: argparse.Namespace | None = None,
 
     require_file(path, "plan or model")
     if is_plan(path):
-        return kilnrt.load(path)
+        return kilnrt.load(path, key=plan_key(args))
     return kilnrt.build(os.fspath(path), **build)
 
 

@@ -51,7 +51,7 @@ def summary_table(s: dict[str, Any]):
 
 
 def main(args: argparse.Namespace) -> int:
-    engine = load_engine(args.plan)
+    engine = load_engine(args.plan, args)
     feeds = engine_inputs(engine, args.seed, parse_shapes(args.shapes))
     summary = benchmark(engine, feeds, iterations=args.iterations, warmup=args.warmup, duration_s=args.duration)
     out = console()

@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from kilnrt.cli.args import add_build_options, build_kwargs, console, require_file
+from kilnrt.cli.args import add_build_options, build_kwargs, console, plan_key, require_file
 
 HELP = "build a plan file from an ONNX model"
 
@@ -50,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
     engine, network, parse_s, build_s = build(args, out)
     plan = Path(args.output) if args.output else Path(args.model).with_suffix(".plan")
     plan.parent.mkdir(parents=True, exist_ok=True)
-    data = engine.serialize()
+    data = engine.serialize(key=plan_key(args))
     plan.write_bytes(data)
     table = Table(title=f"built {plan}", show_header=False)
     table.add_column("field", style="bold")

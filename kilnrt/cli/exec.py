@@ -17,7 +17,8 @@ import json
 import sys
 import time
 
-from kilnrt.cli.args import console, engine_inputs, load_engine, parse_shapes, profiles_from, require_file
+from kilnrt.cli.args import (console, engine_inputs, load_engine, parse_shapes, plan_key, profiles_from,
+                             require_file)
 from kilnrt.errors import ErrorCode, KilnError
 
 HELP = "trtexec-compatible flags (build, load, benchmark)"
@@ -111,11 +112,11 @@ def main(args: argparse.Namespace) -> int:
                               workspace=_workspace(args), verbose=args.verbose, **_int8(args))
         out.print(f"[I] Engine built in {time.perf_counter() - t0:.3f} sec.")
         if args.saveEngine:
-            engine.save(args.saveEngine)
+            engine.save(args.saveEngine, key=plan_key(args))
             out.print(f"[I] Engine saved to {args.saveEngine}")
     else:
         t0 = time.perf_counter()
-        engine = load_engine(args.loadEngine)
+        engine = load_engine(args.loadEngine, args)
         out.print(f"[I] Engine loaded in {time.perf_counter() - t0:.3f} sec.")
     if args.dumpLayerInfo:
         from kilnrt.engine.inspector import layer_table

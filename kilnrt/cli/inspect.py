@@ -11,7 +11,7 @@ import argparse
 import json
 from typing import Any
 
-from kilnrt.cli.args import (add_shape_option, console, engine_inputs, is_plan, parse_shapes,
+from kilnrt.cli.args import (add_shape_option, console, engine_inputs, is_plan, parse_shapes, plan_key,
                              require_file)
 from kilnrt.errors import ImportErrors, KilnError
 
@@ -41,7 +41,7 @@ def inspect_plan(args: argparse.Namespace) -> int:
     import kilnrt
     from kilnrt.engine.inspector import describe_engine, layer_table, summary_table
 
-    engine = kilnrt.load(args.path)
+    engine = kilnrt.load(args.path, key=plan_key(args))
     timings = _profile(engine, args.profile, parse_shapes(args.shapes)) if args.profile else None
     if args.json:
         print(json.dumps(describe_engine(engine, timings), indent=2, default=str))

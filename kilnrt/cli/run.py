@@ -38,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     out = console()
-    engine = load_engine(args.plan)
+    engine = load_engine(args.plan, args)
     files = load_input_files(args.input)
     feeds = engine_inputs(engine, args.seed, parse_shapes(args.shapes), files)
     t0 = time.perf_counter()

@@ -152,6 +152,10 @@ class ExecutionContext:
             return numpy_to_torch(buf)
         if isinstance(buf, int) or hasattr(buf, "__int__"):
             ptr = int(buf)
+            if ptr <= 0:
+                raise ExecutionError(ErrorCode.INVALID_ARGUMENT,
+                                     f"tensor {name!r} is bound to the pointer {ptr:#x}; bind the address of an "
+                                     "allocation (or an array / tensor)")
             if shape is None:
                 raise ExecutionError(ErrorCode.INVALID_ARGUMENT,
                                      f"tensor {name!r} is bound to a raw pointer but its shape is unknown; "
@@ -192,7 +196,16 @@ class ExecutionContext:
                 tensor = tensor.reshape(-1)[: int(np.prod(shape))].reshape(shape)
             feeds[t.name] = tensor
         self._check_shared_dims()
+        pointers = [t.name for t in self.engine.io if t.mode == "output" and t.name not in self._allocators
+                    and _is_pointer(self._addresses.get(t.name))]
+        advertised = self._pointer_output_shapes(pointers) if pointers else {}
         outputs = self._execute(feeds, stream_handle)
+        for name, value in outputs.items():
+            if name in advertised and value.numel() > int(np.prod(advertised[name])):
+                raise ExecutionError(ErrorCode.INVALID_SHAPE,
+                                     f"output {name!r} came out with shape {tuple(value.shape)}, larger than the "
+                                     f"{advertised[name]} that get_tensor_shape gave for its pointer buffer; nothing "
+                                     "was written (the plan's I/O table disagrees with its layers: rebuild it)")
         for name, value in outputs.items():
             self._output_shapes[name] = tuple(value.shape)
             io = self.engine._io(name)
@@ -215,9 +228,24 @@ class ExecutionContext:
                 raise ExecutionError(ErrorCode.INVALID_ARGUMENT,
                                      f"output {name!r} has no address: call set_tensor_address({name!r}, buffer) "
                                      "or set_output_allocator, or use engine.run()")
-            target = self._as_tensor(name, self._addresses[name], tuple(value.shape), io.dtype)
+            target = self._as_tensor(name, self._addresses[name], advertised.get(name, tuple(value.shape)), io.dtype)
             self._write(target, value, name)
         return True
+
+    def _pointer_output_shapes(self, names: list[str]) -> dict[str, tuple[int, ...]]:
+        """The shapes of outputs bound to raw pointers, as ``get_tensor_shape`` advertises them
+        for the bound inputs: the most a run may write there."""
+        inferred = self._infer_output_shapes()
+        out = {}
+        for name in names:
+            declared = tuple(self.engine._io(name).shape)
+            shape = inferred.get(name) or (declared if all(d >= 0 for d in declared) else None)
+            if shape is None or any(d < 0 for d in shape):
+                raise ExecutionError(ErrorCode.INVALID_ARGUMENT,
+                                     f"output {name!r} is bound to a raw pointer, but its size depends on the data "
+                                     "(known only after the run); use set_output_allocator for it")
+            out[name] = tuple(int(d) for d in shape)
+        return out
 
     def execute_v2(self, bindings: Sequence[Any]) -> bool:
         """Synchronous run with one buffer (array, tensor or pointer) per I/O tensor, in I/O order."""
@@ -312,6 +340,12 @@ class ExecutionContext:
 
 
 _TORCH_TYPES = {dt.torch for dt in DataType}
+
+
+def _is_pointer(buf: Any) -> bool:
+    return buf is not None and not isinstance(buf, (torch.Tensor, np.ndarray, bool)) and \
+        (isinstance(buf, int) or (hasattr(buf, "__int__") and not hasattr(buf, "__dlpack__")
+                                  and not hasattr(buf, "__cuda_array_interface__")))
 
 
 def _aliases(v: torch.Tensor, others: list[torch.Tensor]) -> bool:

@@ -182,6 +182,11 @@ class Engine:
         if io.mode != "input":
             raise ShapeError(ErrorCode.INVALID_SHAPE, f"{name!r} is an output; only inputs take shapes")
         shape = tuple(int(d) for d in shape)
+        if any(d < 0 for d in shape):
+            raise ShapeError(ErrorCode.INVALID_SHAPE, f"input {name!r}: shape {shape} has a negative dim; "
+                                                      "every dim must be >= 0")
+        if int(np.prod([max(d, 1) for d in shape], dtype=np.float64)) >= 1 << 62:
+            raise ShapeError(ErrorCode.INVALID_SHAPE, f"input {name!r}: shape {shape} has more than 2^62 elements")
         expected = tuple(io.shape)
         if len(shape) != len(expected):
             raise ShapeError(ErrorCode.INVALID_SHAPE,
@@ -269,20 +274,26 @@ class Engine:
     __call__ = run
 
     # -- plans -----------------------------------------------------------------------
-    def serialize(self) -> bytes:
+    def serialize(self, *, key: bytes | str | None = None) -> bytes:
+        """The plan bytes; with ``key``, signed (HMAC-SHA256, see :mod:`kilnrt.engine.plan`)."""
+        from kilnrt.engine.plan import sign
         from kilnrt.engine.planio import engine_to_bytes
 
-        return engine_to_bytes(self)
+        data = engine_to_bytes(self)
+        return sign(data, key) if key is not None else data
 
-    def save(self, path: str) -> None:
-        data = self.serialize()
+    def save(self, path: str, *, key: bytes | str | None = None) -> None:
+        data = self.serialize(key=key)
         with open(path, "wb") as f:
             f.write(data)
 
     @classmethod
-    def deserialize(cls, data: bytes, *, check_device: bool = True) -> "Engine":
+    def deserialize(cls, data: bytes, *, check_device: bool = True, key: bytes | str | None = None) -> "Engine":
+        """An engine from plan bytes; with ``key``, only a plan signed with it loads."""
+        from kilnrt.engine.plan import strip_signature, verify
         from kilnrt.engine.planio import engine_from_bytes
 
+        data = verify(data, key) if key is not None else strip_signature(bytes(data))
         return engine_from_bytes(data, check_device=check_device)
 
     def create_engine_inspector(self):

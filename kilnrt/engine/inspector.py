@@ -364,9 +364,15 @@ def _tensor_text(t: dict[str, Any]) -> str:
 def _add_row(table, *cells: str) -> None:
     """A table row whose text is shown as written: a symbolic shape such as ``[batch,3]`` or a
     name from a plan is not read as rich markup."""
+    table.add_row(*(shown(c) for c in cells))
+
+
+def shown(text: str) -> str:
+    """``text`` safe for a terminal through rich: markup escaped, control characters (an escape
+    sequence in a plan's layer name, say) written as Python escapes."""
     from rich.markup import escape
 
-    table.add_row(*(escape(c) for c in cells))
+    return escape("".join(ch if ch.isprintable() or ch == "\n" else repr(ch)[1:-1] for ch in str(text)))
 
 
 def layer_table(engine, timings: Mapping[str, float] | None = None, *, title: str | None = None):
@@ -374,7 +380,7 @@ def layer_table(engine, timings: Mapping[str, float] | None = None, *, title: st
     from rich.table import Table
 
     data = describe_engine(engine, timings)
-    table = Table(title=title or f"{engine.name}: {len(engine.layers)} layers on {engine.device_name}",
+    table = Table(title=title or shown(f"{engine.name}: {len(engine.layers)} layers on {engine.device_name}"),
                   show_lines=False)
     for col, kw in (("#", {"justify": "right"}), ("layer", {}), ("kind", {}), ("tactic", {}),
                     ("precision", {}), ("inputs", {}), ("outputs", {}), ("from ONNX nodes", {}),

@@ -13,10 +13,17 @@
 
 Loading checks, in order: magic, length (truncation), checksum (corruption), format
 version, kilnrt version, device.  Nothing in the file is executed.
+
+A *signed* plan (``sign(plan, key)``) is the plan followed by ``b"KILNSIG1"`` and the
+HMAC-SHA256 of the plan under the key.  The checksum catches accidents; the signature
+catches edits by anyone without the key.  ``verify(data, key)`` refuses an unsigned or
+wrongly signed plan and returns the plan itself; loading a signed plan without a key only
+strips the signature.
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import struct
 
@@ -86,6 +93,9 @@ def unpack(data: bytes) -> tuple[dict, dict[str, np.ndarray], dict[str, str]]:
         kernels = json.loads(body[off + h + w: off + h + w + k].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PlanError(ErrorCode.PLAN_CORRUPT, f"the plan's header is unreadable: {exc}") from None
+    except RecursionError:
+        raise PlanError(ErrorCode.PLAN_CORRUPT, "the plan's header or kernels section is nested too deeply "
+                                                "to be a kilnrt plan") from None
     if not isinstance(kernels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in kernels.items()):
         raise PlanError(ErrorCode.PLAN_CORRUPT, "the plan's kernels section is not a table of named entries")
     weights: dict[str, np.ndarray] = {}
@@ -106,3 +116,42 @@ def unpack(data: bytes) -> tuple[dict, dict[str, np.ndarray], dict[str, str]]:
     return header, weights, kernels
 
 
+
+
+SIGNATURE_MAGIC = b"KILNSIG1"
+_SIGNATURE = len(SIGNATURE_MAGIC) + 32
+
+
+def _key_bytes(key: bytes | str) -> bytes:
+    key = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+    if len(key) < 16:
+        raise PlanError(ErrorCode.PLAN_SIGNATURE, f"a plan signing key must be at least 16 bytes, got {len(key)}")
+    return key
+
+
+def sign(plan: bytes, key: bytes | str) -> bytes:
+    """``plan`` with its HMAC-SHA256 under ``key`` appended."""
+    plan = strip_signature(bytes(plan))
+    return plan + SIGNATURE_MAGIC + hmac.new(_key_bytes(key), plan, hashlib.sha256).digest()
+
+
+def is_signed(data: bytes) -> bool:
+    return len(data) > _SIGNATURE and data[-_SIGNATURE:-32] == SIGNATURE_MAGIC
+
+
+def strip_signature(data: bytes) -> bytes:
+    return data[:-_SIGNATURE] if is_signed(data) else data
+
+
+def verify(data: bytes, key: bytes | str) -> bytes:
+    """The plan inside ``data`` if ``key`` signed it; PlanError otherwise."""
+    data = bytes(data)
+    if not is_signed(data):
+        raise PlanError(ErrorCode.PLAN_SIGNATURE, "the plan is not signed, but a key was given: sign plans with "
+                                                  "engine.serialize(key=...) or `kilnrt build --sign-key`")
+    plan = data[:-_SIGNATURE]
+    want = hmac.new(_key_bytes(key), plan, hashlib.sha256).digest()
+    if not hmac.compare_digest(want, data[-32:]):
+        raise PlanError(ErrorCode.PLAN_SIGNATURE, "the plan's signature does not match this key: it was signed "
+                                                  "with another key, or changed after signing")
+    return plan

@@ -7,6 +7,7 @@ from kilnrt.builder.concat import check_tactics, concat_plans
 from kilnrt.builder.memory import MemoryPlan
 from kilnrt.engine.engine import TENSOR_FORMATS, Engine, EngineLayer, IOTensor
 from kilnrt.engine.plan import FORMAT_VERSION, pack, unpack
+from kilnrt.engine.plan_schema import check_header
 from kilnrt.engine.serialize import decode_params, encode_params
 from kilnrt.errors import ErrorCode, PlanError
 from kilnrt.network.dtypes import DataType
@@ -149,6 +150,9 @@ def engine_from_bytes(data: bytes, *, check_device: bool = True) -> Engine:
             raise PlanError(ErrorCode.PLAN_DEVICE,
                             f"the plan was built for {header.get('device_name')}, but this GPU is {here}; "
                             "plans are specific to the GPU model: rebuild it on this GPU (or build with --portable)")
+    check_header(header)
+    for i, sub in enumerate(header.get("profile_engines") or [], start=1):
+        check_header(sub, f"profile_engines[{i - 1}].")
     try:
         engine = _engine_from_header(header, weights, kernels, "", device)
         subs = header.get("profile_engines")
@@ -160,6 +164,8 @@ def engine_from_bytes(data: bytes, *, check_device: bool = True) -> Engine:
                                                  for i, h in enumerate(subs, start=1)]
     except PlanError:
         raise
+    except RecursionError:
+        raise PlanError(ErrorCode.PLAN_CORRUPT, "the plan's header is nested too deeply to be a kilnrt plan") from None
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise PlanError(ErrorCode.PLAN_CORRUPT, f"the plan's header is malformed: {type(exc).__name__}: {exc}") from None
     for one in engine.profile_engines or [engine]:

@@ -18,14 +18,15 @@ class Runtime:
     deserialize_engine = deserialize_cuda_engine
 
 
-def load(plan: Any) -> Engine:
-    """Load a plan from a path, bytes, or a file object."""
+def load(plan: Any, *, key: bytes | str | None = None) -> Engine:
+    """Load a plan from a path, bytes, or a file object; with ``key``, only a plan signed with
+    it (``engine.save(path, key=...)``) loads."""
     if isinstance(plan, (bytes, bytearray, memoryview)):
-        return Engine.deserialize(bytes(plan))
+        return Engine.deserialize(bytes(plan), key=key)
     if hasattr(plan, "read"):
-        return Engine.deserialize(plan.read())
+        return Engine.deserialize(plan.read(), key=key)
     path = os.fspath(plan)
     if not os.path.exists(path):
         raise PlanError(ErrorCode.PLAN_NOT_A_PLAN, f"plan file {path!r} does not exist")
     with open(path, "rb") as f:
-        return Engine.deserialize(f.read())
+        return Engine.deserialize(f.read(), key=key)

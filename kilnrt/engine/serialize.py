@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import types
+import typing
 from typing import Any, Callable
 
 import numpy as np
@@ -77,4 +79,56 @@ def decode_params(kind: LayerKind, data: dict, weights: dict[str, np.ndarray]) -
     unknown = set(data) - names
     if unknown:
         raise PlanError(ErrorCode.PLAN_CORRUPT, f"{kind.value} params have unknown fields {sorted(unknown)}")
-    return cls(**{k: _decode(v, weights) for k, v in data.items()})
+    values = {k: _decode(v, weights) for k, v in data.items()}
+    hints = _hints(cls)
+    for k, v in values.items():
+        if not conforms(v, hints.get(k, Any)):
+            raise PlanError(ErrorCode.PLAN_CORRUPT, f"{kind.value} params: field {k!r} is {_short(v)}, "
+                                                    f"not a {_hint_text(hints[k])}")
+    return cls(**values)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        import kilnrt.network.layers as layers
+
+        _HINTS[cls] = typing.get_type_hints(cls, vars(layers))
+    return _HINTS[cls]
+
+
+def conforms(value: Any, hint: Any) -> bool:
+    """Whether a decoded params value has its field's annotated type (ints pass for floats)."""
+    if hint is Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(conforms(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(conforms(v, args[0]) for v in value)
+        return not args or (len(args) == len(value) and all(conforms(v, a) for v, a in zip(value, args)))
+    if origin is not None:
+        return isinstance(value, origin)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _hint_text(hint: Any) -> str:
+    if typing.get_origin(hint) is not None:
+        return str(hint).replace("typing.", "")
+    return getattr(hint, "__name__", None) or str(hint)

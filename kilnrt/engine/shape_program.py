@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 import torch
 
+from kilnrt.errors import ErrorCode, ExecutionError, KilnError
 from kilnrt.network import symbolic as S
 from kilnrt.network.layers import SHAPE_INPUTS, LayerKind
 
@@ -133,11 +134,18 @@ class ShapeProgram:
             if layer.kind == LayerKind.SHAPE:
                 shape = self.shape_of(layer.inputs[0], bindings)
                 if shape is None:
-                    raise ValueError(f"layer {layer.name!r}: the shape of {layer.inputs[0]!r} is unknown")
+                    raise ExecutionError(ErrorCode.RUNTIME, f"the shape of {layer.inputs[0]!r} is unknown",
+                                         layer=layer.name)
                 outs = [torch.tensor(shape, dtype=torch.int64)]
             else:
                 args = [None if n is None else values.get(n, constants.get(n)) for n in layer.inputs]
-                outs = self._run_layer(_Detached(layer), args)
+                try:
+                    outs = self._run_layer(_Detached(layer), args)
+                except KilnError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a host layer that cannot run on these shapes
+                    raise ExecutionError(ErrorCode.RUNTIME, f"the shape program failed for input shapes {shapes}: "
+                                                            f"{type(exc).__name__}: {exc}", layer=layer.name) from exc
             values.update(zip(layer.outputs, outs))
         uploads = {n: values[n] if device.type == "cpu" else values[n].to(device) for n in self.uploads}
         with self._lock:

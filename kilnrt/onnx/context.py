@@ -43,9 +43,13 @@ class ImportContext:
         if name in self.unavailable:
             raise self.error(ErrorCode.UNSUPPORTED_NODE_INPUT, self.unavailable[name])
         if name not in self.tensors and name in self.initializers:
-            from onnx import numpy_helper
+            from kilnrt.onnx.tensors import tensor_array
 
-            array = numpy_helper.to_array(self.initializers[name], base_dir=self.model_dir or "")
+            array = tensor_array(self.initializers[name], self.model_dir, f"initializer {name!r}")
+            try:
+                DataType.from_numpy(array.dtype)
+            except TypeError as exc:
+                raise self.error(ErrorCode.UNSUPPORTED_NODE_DATATYPE, f"initializer {name!r}: {exc}") from None
             self.tensors[name] = self._constant(array, name)
         if name not in self.tensors:
             raise self.error(ErrorCode.INVALID_NODE, f"input {name!r} is not produced by any earlier node, "

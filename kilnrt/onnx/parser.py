@@ -12,7 +12,6 @@ import logging
 import os
 from typing import Any
 
-import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -21,6 +20,7 @@ from kilnrt.network.dtypes import DataType
 from kilnrt.network.graph import Network
 from kilnrt.network.layers import IdentityParams, LayerKind
 from kilnrt.onnx import registry
+from kilnrt.onnx.tensors import sparse_array, tensor_array
 from kilnrt.onnx.context import ImportContext
 
 log = logging.getLogger("kilnrt.onnx")
@@ -83,12 +83,12 @@ def attribute_value(attr: onnx.AttributeProto, model_dir: str | None = None) -> 
     if isinstance(v, bytes):
         return v.decode("utf-8")
     if isinstance(v, onnx.TensorProto):
-        return numpy_helper.to_array(v, base_dir=model_dir or "")
+        return tensor_array(v, model_dir, f"attribute {attr.name!r}")
     if isinstance(v, list):
         if v and isinstance(v[0], bytes):
             return tuple(x.decode("utf-8") for x in v)
         if v and isinstance(v[0], onnx.TensorProto):
-            return tuple(numpy_helper.to_array(x) for x in v)
+            return tuple(tensor_array(x, model_dir, f"attribute {attr.name!r}") for x in v)
         return tuple(v)
     return v
 
@@ -139,6 +139,9 @@ def check_model(model: onnx.ModelProto) -> list[UnsupportedNodeError]:
     return errors
 
 
+MAX_DIM = 1 << 31
+
+
 def _input_shape(value_info: onnx.ValueInfoProto) -> tuple:
     shape = []
     tt = value_info.type.tensor_type
@@ -146,6 +149,10 @@ def _input_shape(value_info: onnx.ValueInfoProto) -> tuple:
         return None
     for d in tt.shape.dim:
         if d.HasField("dim_value"):
+            if not 0 <= d.dim_value < MAX_DIM:
+                raise UnsupportedNodeError(ErrorCode.UNSUPPORTED_NODE_SHAPE,
+                                           f"graph input {value_info.name!r} has dim {d.dim_value}; a dim must be "
+                                           f"in [0, 2^31) (use a symbolic dim for a dynamic size)")
             shape.append(int(d.dim_value))
         elif d.HasField("dim_param") and d.dim_param:
             shape.append(d.dim_param)
@@ -154,9 +161,12 @@ def _input_shape(value_info: onnx.ValueInfoProto) -> tuple:
     return tuple(shape)
 
 
-def parse(model: Any, *, name: str | None = None) -> Network:
-    """Import an ONNX model (path, bytes or ModelProto) into a :class:`Network`."""
+def parse(model: Any, *, name: str | None = None, base_dir: str | os.PathLike | None = None) -> Network:
+    """Import an ONNX model (path, bytes or ModelProto) into a :class:`Network`.  External data
+    is read from the model file's folder, or from ``base_dir`` for bytes and ModelProtos."""
     proto, model_dir = load_model(model)
+    if base_dir is not None:
+        model_dir = os.fspath(base_dir)
     return parse_proto(proto, model_dir=model_dir, name=name)
 
 
@@ -181,13 +191,7 @@ def parse_proto(proto: onnx.ModelProto, *, model_dir: str | None = None, name: s
         ctx.initializers[init.name] = init
         init_names.add(init.name)
     for sparse in graph.sparse_initializer:
-        dense = numpy_helper.to_array(sparse.values)
-        idx = numpy_helper.to_array(sparse.indices)
-        full = np.zeros(tuple(sparse.dims), dtype=dense.dtype)
-        if idx.ndim == 1:
-            full.reshape(-1)[idx] = dense
-        else:
-            full[tuple(idx.T)] = dense
+        full = sparse_array(sparse, model_dir)
         ctx.initializers[sparse.values.name] = numpy_helper.from_array(full, sparse.values.name)
         init_names.add(sparse.values.name)
     for vi in graph.input:

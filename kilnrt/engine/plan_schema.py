@@ -1,0 +1,221 @@
+"""The plan header's schema, checked before anything is built from it.
+
+A header that passes is consistent: every field has its type and range, every tensor a layer
+reads is an engine input, a constant or an earlier layer's output, every output is made by a
+layer, the I/O table and profiles agree, the memory plan's numbers are sane.  A header that
+does not pass is refused with a :class:`~kilnrt.errors.PlanError` naming the field.  Layer
+params are checked against their dataclass annotations when decoded
+(:mod:`kilnrt.engine.serialize`); dim expression trees when evaluated
+(:mod:`kilnrt.network.symbolic`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from kilnrt.errors import ErrorCode, PlanError
+from kilnrt.network.dtypes import DataType
+from kilnrt.network.layers import LayerKind
+
+IO_MODES = ("input", "output")
+MAX_DIM = 1 << 40
+
+
+class _Bad(Exception):
+    pass
+
+
+def _fail(where: str, message: str):
+    raise _Bad(f"{where}: {message}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _str(v, where: str) -> str:
+    if not isinstance(v, str):
+        _fail(where, f"must be a string, got {type(v).__name__}")
+    return v
+
+
+def _list(v, where: str) -> list:
+    if not isinstance(v, list):
+        _fail(where, f"must be a list, got {type(v).__name__}")
+    return v
+
+
+def _dict(v, where: str) -> dict:
+    if not isinstance(v, dict):
+        _fail(where, f"must be an object, got {type(v).__name__}")
+    return v
+
+
+def _dims(v, where: str, low: int = -1) -> list:
+    for d in _list(v, where):
+        if not _is_int(d) or not low <= d < MAX_DIM:
+            _fail(where, f"dims must be integers in [{low}, 2^40), got {d!r}")
+    return v
+
+
+def _dtype(v, where: str, optional: bool = False) -> None:
+    if v is None and optional:
+        return
+    if not isinstance(v, str) or v not in DataType.__members__:
+        _fail(where, f"{v!r} is not a data type")
+
+
+def check_header(header: Any, prefix: str = "") -> None:
+    """Raise PlanError unless ``header`` (one engine's) is well formed and consistent."""
+    try:
+        _check(header, prefix)
+    except _Bad as exc:
+        raise PlanError(ErrorCode.PLAN_CORRUPT, f"the plan's header is malformed: {exc}") from None
+
+
+def _check(h: Any, prefix: str) -> None:
+    _dict(h, prefix + "header")
+    for key in ("name", "device", "device_name"):
+        _str(h.get(key), prefix + key)
+    if h["device"] not in ("cpu", "cuda"):
+        _fail(prefix + "device", f"{h['device']!r} is not cpu or cuda")
+    io = _list(h.get("io"), prefix + "io")
+    names: dict[str, str] = {}
+    for i, t in enumerate(io):
+        w = f"{prefix}io[{i}]"
+        _dict(t, w)
+        name = _str(t.get("name"), w + ".name")
+        if name in names:
+            _fail(w, f"the name {name!r} appears twice")
+        if t.get("mode") not in IO_MODES:
+            _fail(w + ".mode", f"{t.get('mode')!r} is not input or output")
+        names[name] = t["mode"]
+        _dtype(t.get("dtype"), w + ".dtype")
+        shape = _dims(t.get("shape"), w + ".shape")
+        symbolic = _list(t.get("symbolic", []), w + ".symbolic")
+        if symbolic and len(symbolic) != len(shape):
+            _fail(w + ".symbolic", f"has {len(symbolic)} dims, the shape {len(shape)}")
+        for d in symbolic:
+            if not (isinstance(d, str) or (_is_int(d) and -1 <= d < MAX_DIM)):
+                _fail(w + ".symbolic", f"{d!r} is neither a dim name nor a size")
+    inputs = {n for n, m in names.items() if m == "input"}
+    outputs = [n for n, m in names.items() if m == "output"]
+    if not outputs:
+        _fail(prefix + "io", "the engine has no output")
+    constants = set()
+    for k, c in enumerate(_list(h.get("constants"), prefix + "constants")):
+        constants.add(_str(c, f"{prefix}constants[{k}]"))
+    defined = set(inputs) | constants
+    for i, layer in enumerate(_list(h.get("layers"), prefix + "layers")):
+        _layer(layer, f"{prefix}layers[{i}]", defined)
+    for n in outputs:
+        if n not in defined:
+            _fail(prefix + "io", f"output {n!r} is made by no layer")
+    profiles = _list(h.get("profiles"), prefix + "profiles")
+    shapes = {t["name"]: t["shape"] for t in io if t["mode"] == "input"}
+    for p, prof in enumerate(profiles):
+        for name, triple in _dict(prof, f"{prefix}profiles[{p}]").items():
+            w = f"{prefix}profiles[{p}][{name!r}]"
+            if name not in shapes:
+                _fail(w, "names no engine input")
+            if len(_list(triple, w)) != 3:
+                _fail(w, "must be [min, opt, max]")
+            lo, opt, hi = (_dims(s, w, 0) for s in triple)
+            if not len(lo) == len(opt) == len(hi) == len(shapes[name]):
+                _fail(w, f"ranks differ from the input's rank {len(shapes[name])}")
+            if not all(a <= b <= c for a, b, c in zip(lo, opt, hi)):
+                _fail(w, "needs min <= opt <= max in every dim")
+    for name in shapes:
+        if any(d < 0 for d in shapes[name]) and profiles and not all(name in p for p in profiles):
+            _fail(prefix + "profiles", f"dynamic input {name!r} has no range in every profile")
+    if h.get("memory") is not None:
+        _memory(h["memory"], prefix + "memory")
+    _build_info(h.get("build_info", {}), prefix + "build_info")
+    tensors = h.get("tensors", {})
+    for name, info in _dict(tensors, prefix + "tensors").items():
+        w = f"{prefix}tensors[{name!r}]"
+        _dict(info, w)
+        _dtype(info.get("dtype"), w + ".dtype", optional=True)
+        for key in ("opt_shape",):
+            if info.get(key) is not None:
+                _dims(info[key], f"{w}.{key}", 0)
+        if info.get("dims") is not None:
+            _list(info["dims"], w + ".dims")
+        if info.get("shape") is not None:
+            _list(info["shape"], w + ".shape")
+
+
+def _layer(layer: Any, w: str, defined: set[str]) -> None:
+    _dict(layer, w)
+    _str(layer.get("name"), w + ".name")
+    kind = layer.get("kind")
+    if not isinstance(kind, str) or kind not in {k.value for k in LayerKind}:
+        _fail(w + ".kind", f"{kind!r} is not a layer kind")
+    _str(layer.get("tactic"), w + ".tactic")
+    _dict(layer.get("params"), w + ".params")
+    for k, n in enumerate(_list(layer.get("inputs"), w + ".inputs")):
+        if n is None:
+            continue
+        _str(n, f"{w}.inputs[{k}]")
+        if n not in defined:
+            _fail(f"{w}.inputs[{k}]", f"{n!r} is not an engine input, a constant, or an earlier layer's output")
+    outs = _list(layer.get("outputs"), w + ".outputs")
+    if not outs:
+        _fail(w + ".outputs", "a layer makes at least one tensor")
+    for k, n in enumerate(outs):
+        _str(n, f"{w}.outputs[{k}]")
+        if n in defined:
+            _fail(f"{w}.outputs[{k}]", f"{n!r} is defined twice")
+        defined.add(n)
+    for k, o in enumerate(_list(layer.get("origin", []), w + ".origin")):
+        _str(o, f"{w}.origin[{k}]")
+    if layer.get("precision") is not None:
+        _dtype(layer["precision"], w + ".precision")
+    for key in ("output_dtypes", "input_dtypes"):
+        for k, d in enumerate(_list(layer.get(key) or [], f"{w}.{key}")):
+            _dtype(d, f"{w}.{key}[{k}]", optional=True)
+    for key in ("output_shapes", "input_shapes"):
+        for k, s in enumerate(_list(layer.get(key) or [], f"{w}.{key}")):
+            if s is not None:
+                _dims(s, f"{w}.{key}[{k}]")
+    if layer.get("timing_ms") is not None and not isinstance(layer["timing_ms"], (int, float)):
+        _fail(w + ".timing_ms", "must be a number")
+    for name, ms in _dict(layer.get("candidates") or {}, w + ".candidates").items():
+        if not isinstance(ms, (int, float)) or isinstance(ms, bool):
+            _fail(f"{w}.candidates[{name!r}]", "must be a number")
+
+
+def _memory(m: Any, w: str) -> None:
+    _dict(m, w)
+    for key in ("arena_bytes", "naive_bytes"):
+        if not _is_int(m.get(key)) or m[key] < 0:
+            _fail(f"{w}.{key}", "must be a non-negative integer")
+    for key in ("offsets", "sizes"):
+        for name, v in _dict(m.get(key), f"{w}.{key}").items():
+            if not _is_int(v) or v < 0:
+                _fail(f"{w}.{key}[{name!r}]", "must be a non-negative integer")
+    for name, v in _dict(m.get("lifetimes"), w + ".lifetimes").items():
+        if len(_list(v, f"{w}.lifetimes[{name!r}]")) != 2 or not all(_is_int(x) for x in v):
+            _fail(f"{w}.lifetimes[{name!r}]", "must be [first step, last step]")
+    _list(m.get("unknown"), w + ".unknown")
+
+
+def _build_info(b: Any, w: str) -> None:
+    """The build record the runtime and the inspector read."""
+    _dict(b, w)
+    for k, f in enumerate(_list(b.get("flags", []), w + ".flags")):
+        _str(f, f"{w}.flags[{k}]")
+    for key in ("seconds",):
+        if key in b and (not isinstance(b[key], (int, float)) or isinstance(b[key], bool)):
+            _fail(f"{w}.{key}", "must be a number")
+    for key in ("layers_in", "layers_out", "constants", "optimization_level"):
+        if key in b and not _is_int(b[key]):
+            _fail(f"{w}.{key}", "must be an integer")
+    for k, p in enumerate(_list(b.get("passes", []), w + ".passes")):
+        _dict(p, f"{w}.passes[{k}]")
+        _str(p.get("pass"), f"{w}.passes[{k}].pass")
+        for key in ("layers_before", "layers_after"):
+            if not _is_int(p.get(key)):
+                _fail(f"{w}.passes[{k}].{key}", "must be an integer")
+    for key in ("concat_elimination", "timing_cache", "tactic_buckets", "int8", "profiles"):
+        if b.get(key) is not None and not isinstance(b[key], (dict, list)):
+            _fail(f"{w}.{key}", "must be an object or a list")
