@@ -169,3 +169,21 @@ def test_cli_signs_with_plan_key_and_requires_it(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", str(plan), "--plan-key", str(other)]) == 1
     assert "signature does not match" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("op, attrs", [("Sign", {}), ("ArgMin", {"axis": 2}), ("ArgMin", {"axis": 3, "select_last_index": 1}),
+                                       ("ArgMax", {"axis": 3}), ("ReduceMax", {"axes": [3]}), ("ReduceMin", {"axes": [2]})])
+def test_nan_semantics_follow_onnx_reference_evaluator(op, attrs):
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    out_type = TensorProto.INT64 if op.startswith("Arg") else TensorProto.FLOAT
+    graph = helper.make_graph([helper.make_node(op, ["x"], ["y"], **attrs)], "nan",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 5])],
+                              [helper.make_tensor_value_info("y", out_type, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = RNG.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    x.reshape(-1)[RNG.choice(x.size, 12, replace=False)] = np.nan
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    got = kilnrt.build(model).run({"x": x})["y"]
+    np.testing.assert_array_equal(got, want)

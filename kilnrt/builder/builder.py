@@ -7,6 +7,7 @@ concatenations (:mod:`kilnrt.builder.concat`) -> plan activation memory -> Engin
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -154,6 +155,23 @@ def tactic_context(net: Network, config: BuilderConfig) -> TacticContext:
     constants = {l.outputs[0].name: numpy_to_torch(l.params.weights).to(device)
                  for l in net.layers if l.kind == LayerKind.CONSTANT}
     return TacticContext(device, constants)
+
+
+MAX_TENSOR_ELEMENTS = 1 << 40
+
+
+def _check_sizes(shapes: dict) -> None:
+    """Every tensor's size at the opt shapes is a real size: non-negative dims, fewer than
+    2^40 elements (a malformed model's 2^40-wide pads would otherwise overflow the planner)."""
+    for name, v in shapes.items():
+        if v is None:
+            continue
+        dims = [int(d) for d in v[0]]
+        count = math.prod(dims)
+        if any(d < 0 for d in dims) or count >= MAX_TENSOR_ELEMENTS:
+            raise BuildError(ErrorCode.INVALID_NETWORK,
+                             f"tensor {name!r} would have shape {tuple(dims)} at the profile's opt shapes "
+                             f"({count} elements); check the model's shapes and attributes")
 
 
 def _timing_cache(config: BuilderConfig):
@@ -307,6 +325,8 @@ def _build_one(network: Network, config: BuilderConfig) -> Engine:
     net.infer()
     opt = _opt_shapes(net, profiles)
     shapes = concrete_shapes(net, opt) if opt is not None else None
+    if shapes is not None:
+        _check_sizes(shapes)
 
     bar = None
     if config.progress:

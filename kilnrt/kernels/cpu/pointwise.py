@@ -146,7 +146,8 @@ _UNARY = {
     U.SINH: torch.sinh, U.COSH: torch.cosh, U.ASIN: torch.asin, U.ACOS: torch.acos,
     U.ATAN: torch.atan, U.ASINH: torch.asinh, U.ACOSH: torch.acosh, U.ATANH: torch.atanh,
     U.CEIL: torch.ceil, U.FLOOR: torch.floor, U.ERF: torch.erf, U.NOT: torch.logical_not,
-    U.SIGN: torch.sign, U.ROUND: torch.round, U.ISINF: torch.isinf, U.ISINF_POS: torch.isposinf,
+    U.SIGN: lambda x: torch.where(torch.isnan(x), x, torch.sign(x)) if x.is_floating_point() else torch.sign(x),
+    U.ROUND: torch.round, U.ISINF: torch.isinf, U.ISINF_POS: torch.isposinf,
     U.ISINF_NEG: torch.isneginf, U.ISNAN: torch.isnan, U.BITWISE_NOT: torch.bitwise_not,
 }
 
