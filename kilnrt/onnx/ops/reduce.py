@@ -135,9 +135,10 @@ def arg_max(ctx, node, x, *, axis=0, keepdims=1, select_last_index=0):
 
 @importer("ArgMin", since=1)
 def arg_min(ctx, node, x, *, axis=0, keepdims=1, select_last_index=0):
-    """ArgMin: int64 index of the first minimum (the last with select_last_index=1).  A float
-    input runs as ArgMax of -x, so that a NaN is picked as ArgMax picks it (numpy's and ONNX's
-    reference evaluator's semantics); a TopK for the minimum would skip it."""
+    """ArgMin: int64 index of the first minimum (the last with select_last_index=1).
+
+    A float input runs as ArgMax of -x, so that a NaN is picked as ArgMax picks it (numpy's
+    and ONNX's reference evaluator's semantics); a TopK for the minimum would skip it."""
     if ctx.dtype(x) is not None and ctx.dtype(x).is_floating:
         return _arg(ctx, ctx.unary(U.NEG, x), TopKOperation.MAX, int(axis), keepdims, select_last_index)
     return _arg(ctx, x, TopKOperation.MIN, int(axis), keepdims, select_last_index)
