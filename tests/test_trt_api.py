@@ -305,3 +305,21 @@ def test_cuda_engine_with_device_pointers_and_a_stream(tmp_path):
     stream.synchronize()
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     assert_close(y.cpu().numpy(), session.run(None, {"input": x.cpu().numpy()})[0], rtol=1e-3, atol=1e-4)
+
+
+def test_builder_flags_that_change_nothing_warn_once(caplog):
+    import kilnrt
+    import kilnrt.builder.builder as builder_module
+    from kilnrt.fuzzing import base_model
+
+    builder_module._WARNED.clear()
+    config = trt.Builder(TRT_LOGGER).create_builder_config()
+    for flag in (trt.BuilderFlag.REFIT, trt.BuilderFlag.SPARSE_WEIGHTS, trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS):
+        config.set_flag(flag)
+    config.add_optimization_profile(trt.OptimizationProfile.from_dict({"x": (2, 2, 6, 6)}))
+    with caplog.at_level("WARNING", logger="kilnrt.builder"):
+        for _ in range(2):
+            trt.Builder(TRT_LOGGER).build_engine_with_config(kilnrt.to_network(base_model()), config)
+    warned = [r.getMessage() for r in caplog.records if "has no effect in kilnrt" in r.getMessage()]
+    assert len(warned) == 3, warned
+    assert any("REFIT" in w and "rebuild" in w for w in warned)

@@ -159,6 +159,25 @@ def tactic_context(net: Network, config: BuilderConfig) -> TacticContext:
 
 MAX_TENSOR_ELEMENTS = 1 << 40
 
+# flags kilnrt accepts but that change nothing, and what it does instead (warned once each)
+UNHONOURED_FLAGS = {
+    BuilderFlag.STRICT_TYPES: "kilnrt always obeys the precision set on a layer (layer.precision)",
+    BuilderFlag.OBEY_PRECISION_CONSTRAINTS: "kilnrt always obeys the precision set on a layer (layer.precision)",
+    BuilderFlag.PREFER_PRECISION_CONSTRAINTS: "kilnrt always obeys the precision set on a layer (layer.precision)",
+    BuilderFlag.DEBUG: "use kilnrt compare or a context profiler to look at layers",
+    BuilderFlag.REFIT: "engines cannot be refitted yet: rebuild with the new weights",
+    BuilderFlag.DIRECT_IO: "kilnrt's I/O tensors are always in their declared layout",
+    BuilderFlag.SPARSE_WEIGHTS: "kilnrt has no structured-sparsity kernels: weights run dense",
+}
+_WARNED: set = set()
+
+
+def _warn_unhonoured(flags) -> None:
+    for flag in sorted(flags & UNHONOURED_FLAGS.keys(), key=lambda f: f.value):
+        if flag not in _WARNED:
+            _WARNED.add(flag)
+            log.warning("BuilderFlag.%s has no effect in kilnrt: %s", flag.name, UNHONOURED_FLAGS[flag])
+
 
 def _check_sizes(shapes: dict) -> None:
     """Every tensor's size at the opt shapes is a real size: non-negative dims, fewer than
@@ -297,6 +316,7 @@ def _build_one(network: Network, config: BuilderConfig) -> Engine:
     since = kernel_cache.snapshot()
     validate_network(network)
     search_for_level(config.builder_optimization_level)  # a bad level fails before any work
+    _warn_unhonoured(config.flags)
     if BuilderFlag.FP8 in config.flags:
         raise BuildError(ErrorCode.INVALID_ARGUMENT,
                          "BuilderFlag.FP8 is not supported yet: kilnrt has no FP8 layers. Clear the flag and use "
