@@ -1,7 +1,7 @@
 """The INT8 accuracy guard: keep the most sensitive layers in float until the outputs'
 error on held-back calibration batches fits a budget.
 
-TensorRT leaves finding the layers that break INT8 to the user (a Polygraphy session).  With
+TensorRT leaves finding the layers that break INT8 to the user (with Polygraphy).  With
 ``accuracy_budget`` (a relative L2 error of all float outputs together, e.g. 0.05), the
 builder holds back the last calibration batch from the statistics and, if quantizing every
 layer misses the budget there:
