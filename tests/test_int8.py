@@ -384,3 +384,27 @@ def test_cuda_int8_build_matches_the_cpu_int8_build():
     x = batches(1)[0]
     got = gpu.run({"x": torch.from_numpy(x["x"]).cuda()})["y"].cpu().numpy()
     np.testing.assert_allclose(got, cpu.run(x)["y"], rtol=1e-4, atol=1e-4)
+
+
+def test_a_build_of_two_profiles_calibrates_once():
+    """A calibrator with no cache of its own: the second profile reads what the first wrote."""
+
+    class NoCache(trt.IInt8MinMaxCalibrator):
+        def __init__(self, data):
+            super().__init__()
+            self.data, self.calls = list(data), 0
+
+        def get_batch(self, names):
+            self.calls += 1
+            return [self.data.pop(0)[n] for n in names] if self.data else None
+
+    calibrator = NoCache(batches(3))
+    config = kilnrt.BuilderConfig()
+    config.set_flag(kilnrt.BuilderFlag.INT8)
+    config.int8_calibrator = calibrator
+    for shapes in ({"x": [(1, 3, 10, 10), (4, 3, 10, 10), (8, 3, 10, 10)]}, {"x": [(16, 3, 10, 10)] * 3}):
+        config.add_optimization_profile(kilnrt.OptimizationProfile.from_dict(shapes))
+    engine = kilnrt.Builder().build_engine_with_config(kilnrt.to_network(conv_net()), config)
+    assert calibrator.calls == 4
+    for sub in engine.profile_engines:
+        assert sum(l.kind in INT8_KINDS for l in sub.layers) == 3

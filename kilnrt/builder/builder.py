@@ -18,7 +18,7 @@ from kilnrt.builder.concat import eliminate_concats, memory_steps
 from kilnrt.builder.buckets import bucket_shapes, drop_for_concats, tune_buckets
 from kilnrt.builder.config import BuilderConfig, BuilderFlag, OptimizationProfile
 from kilnrt.builder.examples import FORMATS, example_inputs, record_layouts
-from kilnrt.builder.int8 import QUANTIZED_KINDS, apply_int8
+from kilnrt.builder.int8 import QUANTIZED_KINDS, RememberingCalibrator, apply_int8
 from kilnrt.builder.memory import plan_memory
 from kilnrt.builder.ranges import check_ranges, symbol_ranges
 from kilnrt.builder.search import choose_tactic, search_for_level
@@ -289,9 +289,11 @@ def _build_per_profile(network: Network, config: BuilderConfig) -> Engine:
     profiles = _profiles(network, config)   # all of them checked before any build
     t0 = time.perf_counter()
     engines = []
+    calibrator = RememberingCalibrator(config.int8_calibrator) if config.int8_calibrator is not None else None
     for prof in config.profiles:
         one = copy.copy(config)
         one.profiles = [prof]
+        one.int8_calibrator = calibrator
         engines.append(_build_one(network, one))
     main = engines[0]
     main.profiles = profiles

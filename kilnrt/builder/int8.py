@@ -75,6 +75,26 @@ class BatchCalibrator:
                 f.write(data)
 
 
+class RememberingCalibrator:
+    """Wraps a calibrator so that a build of several profiles calibrates once: the cache the
+    first profile's build writes is what the later ones read (as TensorRT calibrates once per
+    engine)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.written: bytes | None = None
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def read_calibration_cache(self):
+        return self.written if self.written is not None else self.inner.read_calibration_cache()
+
+    def write_calibration_cache(self, data: bytes) -> None:
+        self.written = bytes(data)
+        self.inner.write_calibration_cache(data)
+
+
 def apply_int8(net: Network, config: BuilderConfig, profiles: list[dict[str, tuple]]) -> tuple[Network, dict | None]:
     """``net`` with its calibrated layers in INT8, and what was done (for the build info)."""
     explicit = sum(1 for l in net.layers if l.kind in QUANTIZED_KINDS)

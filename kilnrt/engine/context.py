@@ -29,6 +29,7 @@ class ExecutionContext:
         self._addresses: dict[str, Any] = {}
         self._allocators: dict[str, Any] = {}
         self._output_shapes: dict[str, tuple[int, ...]] = {}
+        self._advertised: dict[tuple, dict[str, tuple[int, ...]]] = {}   # see _pointer_output_shapes
         self._graphs: dict[int, Any] = {}   # optimization profile -> its CUDA-graph cache
         self.use_cuda_graph = True
         self.graph_cache_config = None      # a GraphCacheConfig; None: its defaults (env knobs)
@@ -234,7 +235,10 @@ class ExecutionContext:
 
     def _pointer_output_shapes(self, names: list[str]) -> dict[str, tuple[int, ...]]:
         """The shapes of outputs bound to raw pointers, as ``get_tensor_shape`` advertises them
-        for the bound inputs: the most a run may write there."""
+        for the bound inputs: the most a run may write there (remembered per input-shape set)."""
+        key = (self.active_optimization_profile, tuple(sorted(self._shapes.items())), tuple(names))
+        if key in self._advertised:
+            return self._advertised[key]
         inferred = self._infer_output_shapes()
         out = {}
         for name in names:
@@ -245,6 +249,9 @@ class ExecutionContext:
                                      f"output {name!r} is bound to a raw pointer, but its size depends on the data "
                                      "(known only after the run); use set_output_allocator for it")
             out[name] = tuple(int(d) for d in shape)
+        if len(self._advertised) >= 256:
+            self._advertised.clear()
+        self._advertised[key] = out
         return out
 
     def execute_v2(self, bindings: Sequence[Any]) -> bool:
