@@ -108,6 +108,19 @@ def build(path: str, name: str, profile: tuple, cache: str, *extra: tuple,
     return engine, time.perf_counter() - t0
 
 
+def event_median_ms(call, iters: int) -> float:
+    """The median GPU time of ``call()`` in ms over ``iters`` calls, each between two CUDA events."""
+    samples = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        call()
+        b.record()
+        b.synchronize()
+        samples.append(a.elapsed_time(b))
+    return statistics.median(samples)
+
+
 def public_call(engine, feeds: dict[str, torch.Tensor], iters: int) -> dict:
     """execute_async_v3 on buffers bound once: GPU ms per call (events), host us per call."""
     ctx = engine.create_execution_context()
@@ -128,14 +141,7 @@ def public_call(engine, feeds: dict[str, torch.Tensor], iters: int) -> dict:
     for _ in range(10):
         ctx.execute_async_v3(stream.cuda_stream)
     torch.cuda.synchronize()
-    samples = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        ctx.execute_async_v3(stream.cuda_stream)
-        b.record()
-        b.synchronize()
-        samples.append(a.elapsed_time(b))
+    ms = event_median_ms(lambda: ctx.execute_async_v3(stream.cuda_stream), iters)
     torch.cuda.synchronize()
     n = 50
     t0 = time.perf_counter()
@@ -144,7 +150,7 @@ def public_call(engine, feeds: dict[str, torch.Tensor], iters: int) -> dict:
     host_us = (time.perf_counter() - t0) / n * 1e6
     torch.cuda.synchronize()
     stats = ctx.graph_stats
-    return {"ms": statistics.median(samples), "host_us": host_us, "first_call_ms": first_ms,
+    return {"ms": ms, "host_us": host_us, "first_call_ms": first_ms,
             "captures": None if stats is None else stats.captures,
             "eager_runs": None if stats is None else stats.eager_runs,
             "fallback": None if stats is None else stats.fallback_reason, "outputs": outs, "ctx": ctx}
@@ -256,15 +262,7 @@ def main(argv=None) -> int:
                 res = engine.run(feeds)
                 torch.cuda.synchronize()
                 row["kilnrt_run_first_ms"] = round((time.perf_counter() - t0) * 1e3, 2)
-                samples = []
-                for _ in range(30):
-                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    a.record()
-                    engine.run(feeds)
-                    b.record()
-                    b.synchronize()
-                    samples.append(a.elapsed_time(b))
-                row["kilnrt_run_ms"] = round(statistics.median(samples), 4)
+                row["kilnrt_run_ms"] = round(event_median_ms(lambda: engine.run(feeds), 30), 4)
                 del res
             except Exception as exc:  # noqa: BLE001 - keep the row, say why
                 row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"

@@ -14,7 +14,6 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 warnings.filterwarnings("ignore")
 
 import kilnrt  # noqa: E402
-from dynamic import export, make_inputs, make_model  # noqa: E402
+from dynamic import event_median_ms, export, make_inputs, make_model  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -38,15 +37,7 @@ def timed(engine, feeds, iters: int) -> float:
     for _ in range(5):
         engine.run(feeds)
     torch.cuda.synchronize()
-    samples = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        engine.run(feeds)
-        b.record()
-        b.synchronize()
-        samples.append(a.elapsed_time(b))
-    return statistics.median(samples)
+    return event_median_ms(lambda: engine.run(feeds), iters)
 
 
 def rel_l2(a, b) -> float:

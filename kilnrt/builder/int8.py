@@ -44,7 +44,6 @@ class BatchCalibrator:
         self.algorithm = METHODS[method]
         self.percentile = percentile
         self.cache = cache
-        self._written: bytes | None = None   # what this build wrote: a second profile's build reads it
 
     def get_algorithm(self) -> CalibrationAlgoType:
         return self.algorithm
@@ -61,15 +60,12 @@ class BatchCalibrator:
     def read_calibration_cache(self) -> bytes | None:
         import os
 
-        if self._written is not None:
-            return self._written
         if self.cache and os.path.exists(self.cache):
             with open(self.cache, "rb") as f:
                 return f.read()
         return None
 
     def write_calibration_cache(self, data: bytes) -> None:
-        self._written = bytes(data)
         if self.cache:
             with open(self.cache, "wb") as f:
                 f.write(data)

@@ -151,7 +151,7 @@ class ExecutionContext:
             return buf
         if isinstance(buf, np.ndarray):
             return numpy_to_torch(buf)
-        if isinstance(buf, int) or hasattr(buf, "__int__"):
+        if _is_pointer(buf):
             ptr = int(buf)
             if ptr <= 0:
                 raise ExecutionError(ErrorCode.INVALID_ARGUMENT,

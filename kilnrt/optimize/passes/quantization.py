@@ -138,22 +138,23 @@ def quantize_calibrated(net: Network, amax: dict[str, float], stats: dict | None
     return replace(net, rewrites, set(), stats, "quantize_calibrated")
 
 
+def _has_int8_form(net: Network, layer: Layer) -> bool:
+    """A convolution or matrix multiply that :func:`quantize_calibrated` can quantize once its
+    input has a range: constant float weights (2-D for a matrix multiply, no vector operand),
+    and no precision set on it."""
+    if layer.kind not in QUANTIZED or len(layer.inputs) < 2 or layer.inputs[0] is None or layer.precision is not None:
+        return False
+    w = net.constant_value(layer.inputs[1])
+    if w is None or w.dtype.kind != "f":
+        return False
+    return layer.kind != LayerKind.MATRIX_MULTIPLY or (
+        w.ndim == 2 and MatrixOperation.VECTOR not in (layer.params.op0, layer.params.op1))
+
+
 def quantizable_layers(net: Network, amax: dict[str, float]) -> list[Layer]:
     """The layers :func:`quantize_calibrated` quantizes with these ranges."""
     net.infer()
-    out = []
-    for layer in net.layers:
-        if layer.kind not in QUANTIZED or len(layer.inputs) < 2 or layer.precision is not None:
-            continue
-        x = layer.inputs[0]
-        w = net.constant_value(layer.inputs[1])
-        if x is None or x.name not in amax or not amax[x.name] > 0 or w is None or w.dtype.kind != "f":
-            continue
-        if layer.kind == LayerKind.MATRIX_MULTIPLY and (w.ndim != 2 or layer.params.op1 == MatrixOperation.VECTOR
-                                                        or layer.params.op0 == MatrixOperation.VECTOR):
-            continue
-        out.append(layer)
-    return out
+    return [l for l in net.layers if _has_int8_form(net, l) and amax.get(l.inputs[0].name, 0) > 0]
 
 
 def quantize_weights(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -187,12 +188,6 @@ def _emit_calibrated(layer: Layer, input_scale: float, wq: np.ndarray, w_scale: 
 
 
 def quantizable_inputs(net: Network) -> list[str]:
-    """The activations whose ranges :func:`quantize_calibrated` uses: the inputs of convolutions
-    and matrix multiplies with constant float weights."""
-    names = []
-    for layer in net.layers:
-        if layer.kind in QUANTIZED and len(layer.inputs) >= 2 and layer.inputs[0] is not None:
-            w = net.constant_value(layer.inputs[1])
-            if w is not None and w.dtype.kind == "f" and layer.inputs[0].name not in names:
-                names.append(layer.inputs[0].name)
-    return names
+    """The activations whose ranges :func:`quantize_calibrated` uses: the inputs of the layers
+    it can quantize."""
+    return list(dict.fromkeys(l.inputs[0].name for l in net.layers if _has_int8_form(net, l)))
