@@ -28,6 +28,12 @@ def to_network(model: Any) -> Network:
     """A Network from an ONNX path / bytes / ModelProto, or the Network itself."""
     if isinstance(model, Network):
         return model
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        raise KilnError(ErrorCode.INVALID_ARGUMENT,
+                        f"got a PyTorch module ({type(model).__name__}); compile it with "
+                        "kilnrt.compile(module, example_inputs), which goes through torch.export, not ONNX")
     from kilnrt.onnx import parse
 
     return parse(model)
@@ -95,4 +101,12 @@ def build(model: Any, *, fp16: bool = False, bf16: bool = False, tf32: bool = Tr
     return engine
 
 
-__all__ = ["build", "load", "to_network"]
+def compile(module: Any, example_inputs: Any = (), **options: Any) -> Any:
+    """A PyTorch module as a kilnrt engine with the module's signature (``kilnrt.torch.compile``:
+    torch.export, the ATen importer table, :func:`build`); see docs/pytorch.md."""
+    from kilnrt.torch import compile as compile_module
+
+    return compile_module(module, example_inputs, **options)
+
+
+__all__ = ["build", "compile", "load", "to_network"]
