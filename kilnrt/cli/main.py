@@ -19,6 +19,7 @@ COMMANDS = {
     "compare": "kilnrt.cli.compare",
     "exec": "kilnrt.cli.exec",
     "demo": "kilnrt.cli.demo",
+    "debug": "kilnrt.cli.debug",
 }
 
 
@@ -61,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     setup_logging(args.verbose)
+    args.argv = ["kilnrt", *(sys.argv[1:] if argv is None else argv)]   # the command line, as typed
     try:
         return int(args.handler(args) or 0)
     except (KilnError, OSError) as exc:
