@@ -113,7 +113,8 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
                    help="INT8: keep the most sensitive layers in float until the outputs' relative error on "
                         "a held-back calibration batch is at most ERR")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="the device to build for")
-    g.add_argument("--workspace", type=int, metavar="BYTES", help="workspace memory pool limit")
+    g.add_argument("--workspace", metavar="MIB", help="workspace memory pool limit in MiB, as trtexec (a suffix "
+                                                      "B/K/M/G gives another unit: 512M, 2G)")
 
 
 def profiles_from(shapes: Shapes, min_shapes: Shapes, opt_shapes: Shapes, max_shapes: Shapes) -> dict | None:
@@ -137,7 +138,8 @@ def build_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                             parse_shapes(args.max_shapes, "--max-shapes"))
     return {"fp16": args.fp16, "bf16": args.bf16, "profiles": profile, "device": args.device,
             "optimization_level": args.optimization_level, "timing_cache": args.timing_cache,
-            "workspace": args.workspace, "verbose": args.verbose,
+            "workspace": None if args.workspace is None else parse_size_mib(args.workspace, "--workspace"),
+            "verbose": args.verbose,
             "tactic_buckets": () if args.tactic_buckets in ("", "none") else
             tuple(p.strip() for p in args.tactic_buckets.split(",")),
             **int8_kwargs(args)}
@@ -162,6 +164,39 @@ def int8_kwargs(args: argparse.Namespace, model: str | None = None) -> dict[str,
         inputs = [t.name for t in kilnrt.to_network(os.fspath(path)).inputs] if path else []
         out.update(calibration_kwargs(args.calib, inputs))
     return out
+
+
+# ----------------------------------------------------------------------------- memory sizes
+_UNITS = {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+MEMORY_POOLS = ("workspace", "dlaSRAM", "dlaLocalDRAM", "dlaGlobalDRAM", "tacticSharedMem")
+
+
+def parse_size_mib(text: str | float, flag: str) -> int:
+    """trtexec's sizes: MiB without a suffix, else B/K/M/G (base 2); decimals round down to bytes."""
+    value = str(text).strip()
+    unit = _UNITS.get(value[-1:].upper()) if value else None
+    try:
+        size = int(float(value[:-1] if unit else value) * (unit or _UNITS["M"]))
+        if size < 0:
+            raise ValueError
+        return size
+    except ValueError:
+        raise KilnError(ErrorCode.INVALID_ARGUMENT,
+                        f"{flag}: cannot read the size {value!r}; write MiB (1024) or a number with a suffix "
+                        f"B/K/M/G (512M, 2G)") from None
+
+
+def parse_mem_pools(spec: str, flag: str = "--memPoolSize") -> dict[str, int]:
+    """trtexec's ``pool:size[,pool:size]`` -> ``{pool: bytes}``."""
+    pools: dict[str, int] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        pool, sep, size = item.partition(":")
+        if not sep or pool not in MEMORY_POOLS:
+            raise KilnError(ErrorCode.INVALID_ARGUMENT,
+                            f"{flag}: cannot read {item!r}; write POOL:SIZE with POOL one of {', '.join(MEMORY_POOLS)}, "
+                            "e.g. workspace:1024M")
+        pools[pool] = parse_size_mib(size, f"{flag} {pool}")
+    return pools
 
 
 # ----------------------------------------------------------------------------- models and plans
