@@ -165,7 +165,6 @@ UNHONOURED_FLAGS = {
     BuilderFlag.OBEY_PRECISION_CONSTRAINTS: "kilnrt always obeys the precision set on a layer (layer.precision)",
     BuilderFlag.PREFER_PRECISION_CONSTRAINTS: "kilnrt always obeys the precision set on a layer (layer.precision)",
     BuilderFlag.DEBUG: "use kilnrt compare or a context profiler to look at layers",
-    BuilderFlag.REFIT: "engines cannot be refitted yet: rebuild with the new weights",
     BuilderFlag.DIRECT_IO: "kilnrt's I/O tensors are always in their declared layout",
     BuilderFlag.SPARSE_WEIGHTS: "kilnrt has no structured-sparsity kernels: weights run dense",
 }
@@ -177,6 +176,19 @@ def _warn_unhonoured(flags) -> None:
         if flag not in _WARNED:
             _WARNED.add(flag)
             log.warning("BuilderFlag.%s has no effect in kilnrt: %s", flag.name, UNHONOURED_FLAGS[flag])
+
+
+def _keep_for_refit(network: Network, net: Network, config: BuilderConfig):
+    """With BuilderFlag.REFIT: what the engine keeps to fold new weights (kilnrt.engine.refit)."""
+    if BuilderFlag.REFIT not in config.flags:
+        return None
+    if BuilderFlag.INT8 in config.flags:
+        raise BuildError(ErrorCode.INVALID_ARGUMENT,
+                         "BuilderFlag.REFIT with BuilderFlag.INT8 is not supported yet (refit would need the "
+                         "calibration again); build REFIT engines in FP32/FP16, or with explicit Q/DQ layers")
+    from kilnrt.engine.refit import keep_for_refit, onnx_model_of
+
+    return keep_for_refit(network, net, config.builder_optimization_level, onnx_model_of(network))
 
 
 def _check_sizes(shapes: dict) -> None:
@@ -334,6 +346,7 @@ def _build_one(network: Network, config: BuilderConfig) -> Engine:
         net = net.clone() if net is network else net
         net.symbol_ranges = ranges
         check_ranges(net, ranges)
+    refit = _keep_for_refit(network, net, config)
     net = optimize(net, config.builder_optimization_level, report=passes)
     net, int8 = apply_int8(net, config, profiles)
     if int8 and int8.get("calibrated_layers"):
@@ -416,6 +429,9 @@ def _build_one(network: Network, config: BuilderConfig) -> Engine:
                     bucket_shapes=points if any(l.bucket_tactics for l in layers) else None, constants=constants, profiles=profiles, memory=memory, build_info=build_info,
                     tensors=tensors, portable=BuilderFlag.PORTABLE in config.flags,
                     kernels=kernel_cache.collect(since) if config.device == "cuda" else {})
+    if refit is not None:
+        refit.low_precision = low
+        engine.refit_source = refit
     log.info("built %s: %d layers -> %d engine layers in %.2f s", network.name, layers_in, len(layers),
              build_info["seconds"])
     return engine

@@ -286,7 +286,7 @@ class ExecutionContext:
             with torch.cuda.stream(stream):
                 return program.execute(feeds, self.profiler)
         cache = self._graphs.get(self.active_optimization_profile)
-        if cache is None:
+        if cache is None or cache.program is not program:   # a refit made a new program
             from kilnrt.engine.cudagraph import GraphCache
 
             cache = self._graphs[self.active_optimization_profile] = GraphCache(program, self.graph_cache_config)

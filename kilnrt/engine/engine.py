@@ -116,6 +116,8 @@ class Engine:
         # each optimized and tuned for its own profile; None: one program serves every profile
         self.profile_engines: list["Engine"] | None = None
         self._contexts = threading.local()
+        # what a REFIT build keeps to fold new weights (kilnrt.engine.refit); None: not refittable
+        self.refit_source = None
 
     # -- TensorRT's ICudaEngine ------------------------------------------------------
     @property
@@ -251,6 +253,31 @@ class Engine:
 
                     self._program = Program(self)
         return self._program
+
+    def reset_program(self) -> None:
+        """Prepare the program again on next use (after a refit changed the constants);
+        contexts notice the new program and drop CUDA graphs captured with the old one."""
+        with self._program_lock:
+            self._program = None
+
+    # -- refit -----------------------------------------------------------------------
+    @property
+    def refittable(self) -> bool:
+        return self.refit_source is not None
+
+    def refit(self, weights: Mapping[str, Any]) -> list[str]:
+        """Replace named weights (ONNX initializer names) of a REFIT engine without a rebuild:
+        ``engine.refit({"conv1.weight": array})``.  Shapes and dtypes must match the old
+        weights; folded weights (BatchNorm into a convolution, FP16 casts) are folded again.
+        Returns the names replaced.  See docs/refit.md."""
+        from kilnrt.engine.refit import refit_engine
+
+        return refit_engine(self, weights)
+
+    @property
+    def refittable_weights(self) -> list[str]:
+        """The names ``refit`` accepts (empty unless built with BuilderFlag.REFIT)."""
+        return [] if self.refit_source is None else self.refit_source.names
 
     def create_execution_context(self, strategy: Any = None):
         from kilnrt.engine.context import ExecutionContext

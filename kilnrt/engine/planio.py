@@ -5,6 +5,7 @@ import torch
 
 from kilnrt.builder.concat import check_tactics, concat_plans
 from kilnrt.builder.memory import MemoryPlan
+from kilnrt.engine import refit
 from kilnrt.engine.engine import TENSOR_FORMATS, Engine, EngineLayer, IOTensor
 from kilnrt.engine.plan import FORMAT_VERSION, pack, unpack
 from kilnrt.engine.plan_schema import check_header
@@ -52,7 +53,7 @@ def _header(engine: Engine, weights: dict, prefix: str) -> dict:
             "writes_into": None if l.writes_into is None else list(l.writes_into),
             "bucket_tactics": {str(b): t for b, t in sorted(l.bucket_tactics.items())},
         })
-    return {
+    header = {
         "format_version": FORMAT_VERSION, "kilnrt_version": engine.version, "name": engine.name,
         "device": engine.device, "device_name": engine.device_name, "portable": engine.portable,
         "io": [t.to_json() for t in engine.io], "layers": layers, "constants": sorted(engine.constants),
@@ -62,6 +63,9 @@ def _header(engine: Engine, weights: dict, prefix: str) -> dict:
         "bucket_shapes": None if engine.bucket_shapes is None else
         [{k: list(v) for k, v in p.items()} for p in engine.bucket_shapes],
     }
+    if engine.refit_source is not None:
+        header["refit"] = refit.to_record(engine.refit_source, weights, prefix)
+    return header
 
 
 def current_device_name(device: str) -> str | None:
@@ -194,13 +198,15 @@ def _engine_from_header(header: dict, weights: dict, kernels: dict, prefix: str,
             bucket_tactics=_bucket_tactics(d.get("bucket_tactics"), len(buckets or ()))))
     concat_plans(layers)   # every writes_into names a slice of a later concatenation (ValueError if not)
     constants = {name: weights[prefix + name] for name in header["constants"]}
-    return Engine(
+    engine = Engine(
         name=header["name"], device=device, device_name=header["device_name"],
         io=io, layers=layers, constants=constants, bucket_shapes=buckets,
         profiles=[{k: tuple(tuple(s) for s in v) for k, v in p.items()} for p in header["profiles"]],
         memory=MemoryPlan.from_json(header["memory"]) if header.get("memory") else None,
         build_info=header.get("build_info") or {}, tensors=header.get("tensors") or {},
         portable=bool(header.get("portable")), kernels=kernels, version=header["kilnrt_version"])
+    engine.refit_source = refit.from_record(header.get("refit"), weights)
+    return engine
 
 
 def _check_engine_tactics(engine: Engine, device: str) -> None:

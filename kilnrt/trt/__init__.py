@@ -38,7 +38,9 @@ from kilnrt.trt.interfaces import (CalibrationAlgoType, IInt8Calibrator, IInt8En
                                    IOutputAllocator, IProfiler, Profiler)
 from kilnrt.trt.logger import ILogger, Logger
 from kilnrt.trt.parser import OnnxParser, OnnxParserFlag, ParserError
-from kilnrt.trt.runtime import Builder, BuilderConfig, IHostMemory, Runtime
+from kilnrt.trt.refitter import Refitter, WeightsRole
+from kilnrt.trt.runtime import (Builder, BuilderConfig, ICudaEngine, IEngineInspector, IExecutionContext,
+                                IHostMemory, INetworkDefinition, IOptimizationProfile, Runtime)
 
 
 class NetworkDefinitionCreationFlag(enum.IntEnum):
@@ -69,14 +71,10 @@ ILayer = Layer
  IQuantizeLayer, IReduceLayer, IResizeLayer, IScaleLayer, IScatterLayer, ISelectLayer, IShapeLayer,
  IShuffleLayer, ISliceLayer, ISoftMaxLayer, ITopKLayer, IUnaryLayer) = (Layer,) * 30
 ITensor = Tensor
-INetworkDefinition = Network
 IBuilder = Builder
 IBuilderConfig = BuilderConfig
-IOptimizationProfile = OptimizationProfile
-ICudaEngine = Engine
-IExecutionContext = ExecutionContext
 IRuntime = Runtime
-IEngineInspector = EngineInspector
+IRefitter = Refitter
 ITimingCache = TimingCache
 IOnnxParser = OnnxParser
 

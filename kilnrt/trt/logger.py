@@ -5,6 +5,8 @@ import enum
 import logging
 import sys
 
+from kilnrt.trt.strict import Strict
+
 
 class Severity(enum.IntEnum):
     INTERNAL_ERROR = 0
@@ -42,12 +44,13 @@ class ILogger:
         raise NotImplementedError
 
 
-class Logger(ILogger):
+class Logger(ILogger, Strict):
     """Prints messages at ``min_severity`` or more severe to stderr, as TensorRT's Logger does."""
 
     def __init__(self, min_severity: Severity = Severity.WARNING) -> None:
         super().__init__()
         self.min_severity = Severity(min_severity)
+        self._seal()
 
     def log(self, severity: Severity, msg: str) -> None:
         if Severity(severity) <= self.min_severity:

@@ -5,9 +5,11 @@ import enum
 import os
 from typing import Any
 
+from kilnrt.engine.refit import remember_onnx
 from kilnrt.errors import ErrorCode, ImportErrors, KilnError
 from kilnrt.network.graph import Network
 from kilnrt.trt.logger import ILogger, Severity, report
+from kilnrt.trt.strict import ERROR_RECORDER, Strict
 
 
 class OnnxParserFlag(enum.IntEnum):
@@ -60,14 +62,17 @@ class ParserError:
     __repr__ = __str__
 
 
-class OnnxParser:
+class OnnxParser(Strict):
     """``OnnxParser(network, logger)``: ``parse(bytes)`` / ``parse_from_file(path)`` fill ``network``."""
+
+    _IGNORED = {"error_recorder": ERROR_RECORDER}
 
     def __init__(self, network: Network, logger: ILogger | None = None) -> None:
         self.network = network
         self.logger = logger
         self.flags = 0
         self._errors: list[ParserError] = []
+        self._seal()
 
     def __enter__(self) -> "OnnxParser":
         return self
@@ -111,6 +116,7 @@ class OnnxParser:
             self.network.adopt(parsed)
         except KilnError as exc:
             return self._fail([exc], index)
+        remember_onnx(self.network, proto)   # a REFIT build re-parses it to redo the importer's folds
         return True
 
     def _fail(self, errors: list[KilnError], index: dict[str, int]) -> bool:
