@@ -21,13 +21,16 @@ RTOL = ATOL = 2e-4   # float32 engines against a float64 reference
 
 
 def reference(module: nn.Module, *args, **kwargs):
-    """The module's outputs computed in float64 (float inputs promoted), as float32 for comparing."""
+    """The module's outputs computed in float64 (float inputs and weights promoted), in the dtypes
+    the module itself returns."""
     m64 = copy.deepcopy(module).double()
     cast = lambda t: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
     with torch.no_grad():
+        eager = module(*args, **kwargs)
         out = m64(*[cast(a) for a in args], **{k: cast(v) for k, v in kwargs.items()})
-    return torch.utils._pytree.tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point()
-                                        else t, out)
+    flat, spec = torch.utils._pytree.tree_flatten(out)
+    dtypes = [t.dtype if isinstance(t, torch.Tensor) else None for t in torch.utils._pytree.tree_leaves(eager)]
+    return torch.utils._pytree.tree_unflatten([t.to(d) if d is not None else t for t, d in zip(flat, dtypes)], spec)
 
 
 def check(actual, expected, seed, name=""):

@@ -277,11 +277,7 @@ def _reduce(ctx, op, x, dim, keepdim, dtype=None):
     out = DataType.from_torch(dtype) if dtype is not None else ctx.out_dtype()
     if out is not None and out != ctx.dtype(x):
         x = ctx.cast(x, out)
-    rank = ctx.rank(x)
-    if isinstance(dim, int):
-        dim = [dim]
-    axes = tuple(range(rank)) if not dim else tuple(sorted(ctx.axis(int(d), rank) for d in dim))
-    return ctx.out(LayerKind.REDUCE, ReduceParams(op, axes, bool(keepdim)), x)
+    return ctx.out(LayerKind.REDUCE, ReduceParams(op, _axes(ctx, x, dim), bool(keepdim)), x)
 
 
 @aten(A.sum.dim_IntList)
@@ -325,6 +321,22 @@ def max_all(ctx, self):
     """max / min of every element: a REDUCE to a scalar."""
     op = ReduceOperation.MAX if ctx.node.target is A.max.default else ReduceOperation.MIN
     return _reduce(ctx, op, self, None, False)
+
+
+@aten(A.any.dim, A.any.dims, A.any.default, A.all.dim, A.all.dims, A.all.default)
+def any_all(ctx, self, dim=None, keepdim=False):
+    """any / all: a max / min REDUCE of the values as 0 and 1."""
+    op = ReduceOperation.MAX if "any" in str(ctx.node.target) else ReduceOperation.MIN
+    x = ctx.cast(ctx.tensor(self, DataType.BOOL), DataType.INT32)
+    y = ctx.out(LayerKind.REDUCE, ReduceParams(op, _axes(ctx, x, dim), bool(keepdim)), x)
+    return ctx.cast(y, DataType.BOOL)
+
+
+def _axes(ctx, x, dim) -> tuple[int, ...]:
+    rank = ctx.rank(x)
+    if isinstance(dim, int):
+        dim = [dim]
+    return tuple(range(rank)) if not dim else tuple(sorted(ctx.axis(int(d), rank) for d in dim))
 
 
 @aten(A.prod.dim_int)

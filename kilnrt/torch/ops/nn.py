@@ -237,6 +237,12 @@ def group_norm(ctx, input, num_groups, weight=None, bias=None, eps=1e-5, cudnn_e
     return ctx.out(LayerKind.NORMALIZATION, params, input, ctx.reshape(s, [-1] + tail), ctx.reshape(b, [-1] + tail))
 
 
+@aten(A.native_group_norm.default)
+def native_group_norm(ctx, input, weight, bias, N, C, HxW, group, eps):
+    """native_group_norm: a grouped NORMALIZATION layer (output 0 only)."""
+    return [group_norm(ctx, input, group, weight, bias, eps), None, None]
+
+
 def _softmax(ctx, x, dim, log, dtype=None):
     if dtype is not None:
         x = ctx.cast(x, DataType.from_torch(dtype))
