@@ -136,3 +136,20 @@ def test_docs_list_every_importer():
     text = (pathlib.Path(__file__).parent.parent / "docs" / "pytorch.md").read_text()
     missing = [k for k in kt.supported() if f"`{k}`" not in text]
     assert not missing, f"docs/pytorch.md does not list: {missing}"
+
+
+@pytest.mark.parametrize("norm_first, activation", [(False, "relu"), (True, "gelu")])
+def test_torch_encoder_layer_fast_path_under_torch_compile(norm_first, activation):
+    """In eval under no_grad, nn.TransformerEncoderLayer calls one fused ATen op; it becomes layers too."""
+    seed = fresh_seed()
+    torch.manual_seed(seed)
+    torch._dynamo.reset()
+    STATS.clear()
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, norm_first=norm_first, activation=activation)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    compiled = torch.compile(model, backend="kilnrt")
+    for n in (2, 3):
+        x = torch.randn(n, 4 + n, 16)
+        with torch.no_grad():
+            check(compiled(x), reference(model, x), seed, f"encoder n={n}")
+    assert STATS["engines"] >= 1 and not any(k.startswith("pytorch:") for k in STATS), dict(STATS)

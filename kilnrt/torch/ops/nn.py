@@ -7,10 +7,11 @@ import torch
 
 from kilnrt.errors import ErrorCode
 from kilnrt.network.dtypes import DataType
-from kilnrt.network.layers import (AttentionParams, ConvolutionParams, DeconvolutionParams, ElementWiseOperation as E,
+from kilnrt.network.layers import (ActivationParams, ActivationType, AttentionParams, ConvolutionParams, DeconvolutionParams, ElementWiseOperation as E,
                                    GatherParams, LayerKind, MatrixMultiplyParams, MatrixOperation, NormalizationParams,
                                    PaddingMode, PoolingParams, PoolingType, ReduceOperation, ReduceParams, ScaleMode,
                                    ScaleParams, SoftmaxParams, SqueezeParams, UnaryOperation as U)
+from kilnrt.torch.ops.tensor import dim_size
 from kilnrt.torch.registry import aten
 
 A = torch.ops.aten
@@ -314,6 +315,56 @@ def sdpa_efficient(ctx, query, key, value, attn_bias, compute_log_sumexp, dropou
 def sdpa_flash(ctx, query, key, value, dropout_p=0.0, is_causal=False, return_debug_mask=False, scale=None):
     """_scaled_dot_product_flash_attention: an ATTENTION layer (output 0 only)."""
     return [_attention(ctx, query, key, value, None, dropout_p, is_causal, scale)] + [None] * 8
+
+
+def _self_attention(ctx, x, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias):
+    """Multi-head self-attention of x [B, S, E] with packed q/k/v projections, as PyTorch's fast paths."""
+    qkv = linear(ctx, x, qkv_weight, qkv_bias)
+    e = x.shape[-1]
+    ctx.require(isinstance(e, int) and e % int(num_heads) == 0, ErrorCode.UNSUPPORTED_NODE_SHAPE,
+                f"the embedding size ({e}) must be known at build time and a multiple of num_heads ({num_heads})")
+    b, s = dim_size(ctx, x, 0), dim_size(ctx, x, 1)
+    heads = []
+    for i in range(3):
+        part = _slice_last(ctx, qkv, i * e, (i + 1) * e)
+        heads.append(ctx.transpose(ctx.reshape(part, [b, s, int(num_heads), e // int(num_heads)]), [0, 2, 1, 3]))
+    y = ctx.add(LayerKind.ATTENTION, AttentionParams(), heads, num_outputs=3).outputs[0]
+    y = ctx.reshape(ctx.transpose(y, [0, 2, 1, 3]), [b, s, e])
+    return linear(ctx, y, proj_weight, proj_bias)
+
+
+def _slice_last(ctx, x, start, end):
+    from kilnrt.network.layers import SliceParams
+
+    vec = lambda v: ctx.constant(np.asarray([v], np.int64))  # noqa: E731
+    return ctx.out(LayerKind.SLICE, SliceParams(), x, vec(start), vec(end), vec(-1), vec(1))
+
+
+@aten(A._transformer_encoder_layer_fwd.default)
+def transformer_encoder_layer(ctx, src, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias,
+                              use_gelu, norm_first, eps, norm_weight_1, norm_bias_1, norm_weight_2, norm_bias_2,
+                              ffn_weight_1, ffn_bias_1, ffn_weight_2, ffn_bias_2, mask=None, mask_type=None):
+    """_transformer_encoder_layer_fwd (nn.TransformerEncoderLayer's fast path, no mask): attention, norms, MLP."""
+    ctx.require(mask is None, ErrorCode.UNSUPPORTED_NODE_INPUT,
+                "the fused encoder layer with a mask is not supported (it runs in PyTorch)")
+    ctx.require(ctx.rank(src) == 3, ErrorCode.UNSUPPORTED_NODE_SHAPE, "src must be [batch, seq, embed]")
+
+    def norm(x, w, b):
+        return _layer_norm(ctx, x, [embed_dim], w, b, eps)
+
+    def mlp(x):
+        h = linear(ctx, x, ffn_weight_1, ffn_bias_1)
+        h = ctx.out(LayerKind.ACTIVATION, ActivationParams(ActivationType.GELU_ERF if use_gelu else ActivationType.RELU), h)
+        return linear(ctx, h, ffn_weight_2, ffn_bias_2)
+
+    def attn(x):
+        return _self_attention(ctx, x, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias)
+
+    if norm_first:
+        x = ctx.elementwise(E.SUM, src, attn(norm(src, norm_weight_1, norm_bias_1)))
+        return ctx.elementwise(E.SUM, x, mlp(norm(x, norm_weight_2, norm_bias_2)))
+    x = norm(ctx.elementwise(E.SUM, src, attn(src)), norm_weight_1, norm_bias_1)
+    return norm(ctx.elementwise(E.SUM, x, mlp(x)), norm_weight_2, norm_bias_2)
 
 
 @aten(A.embedding.default)
