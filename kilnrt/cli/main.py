@@ -19,6 +19,7 @@ COMMANDS = {
     "compare": "kilnrt.cli.compare",
     "exec": "kilnrt.cli.exec",
     "demo": "kilnrt.cli.demo",
+    "serve": "kilnrt.cli.serve",
     "debug": "kilnrt.cli.debug",
 }
 

@@ -1,0 +1,68 @@
+"""Serve engines over the KServe v2 protocol (HTTP and gRPC), with dynamic batching and metrics.
+
+    kilnrt serve --model digits=examples/digits.onnx
+    kilnrt serve --model resnet=resnet50.plan --model bert=bert.onnx --http-port 8000
+    kilnrt serve --model models/                # a repository: one folder per model (docs/serving.md)
+
+Triton Inference Server (through PyTriton) serves where it can run, KServe's model server
+elsewhere (--backend picks one). Stop with Ctrl+C or SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+
+HELP = "serve engines over HTTP and gRPC (KServe v2, Triton Inference Server)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", action="append", required=True, metavar="NAME=PATH",
+                   help="a model: NAME=FILE.onnx|FILE.plan, NAME=FOLDER (a model folder with config.json), or "
+                        "REPOSITORY (a folder of model folders); repeatable")
+    p.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001)")
+    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (default 8002; 0: off)")
+    p.add_argument("--backend", choices=("auto", "triton", "kserve"), default="auto",
+                   help="the server: Triton via PyTriton, KServe's model server, or auto (Triton where it runs)")
+    g = p.add_argument_group("model defaults (a model folder's config.json wins)")
+    g.add_argument("--max-batch", type=int, metavar="N", help="largest batch (default: the engine's profile; 64 "
+                                                               "for an ONNX file)")
+    g.add_argument("--instances", type=int, metavar="N", help="execution contexts per model (default 1)")
+    g.add_argument("--no-dynamic-batching", action="store_true", help="run every request on its own")
+    g.add_argument("--max-queue-delay-us", type=int, metavar="US",
+                   help="how long a request may wait for others to batch with (default 500)")
+    g.add_argument("--preferred-batch-sizes", metavar="N,N", help="batch sizes the batcher sends at once")
+    g.add_argument("--device", choices=("cpu", "cuda"), help="where ONNX files are built (default cpu)")
+    g.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="precision of ONNX builds (default fp32)")
+    g.add_argument("--timing-cache-dir", metavar="DIR", help="timing caches of ONNX builds, reused across starts "
+                                                             "(default ~/.cache/kilnrt/serve)")
+    g.add_argument("--max-request-bytes", type=int, default=64 << 20, metavar="BYTES",
+                   help="largest request body (default 64 MiB; larger ones get 413 / RESOURCE_EXHAUSTED)")
+
+
+def main(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from kilnrt.cli.args import plan_key, setup_logging
+    from kilnrt.errors import ErrorCode, KilnError
+    from kilnrt.serve import parse_model_args, serve
+
+    if not args.verbose:   # say which server runs and what it serves, without kilnrt's debug log
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    setup_logging(args.verbose)
+    preferred = None
+    if args.preferred_batch_sizes:
+        try:
+            preferred = tuple(int(s) for s in args.preferred_batch_sizes.split(",") if s.strip())
+        except ValueError:
+            raise KilnError(ErrorCode.INVALID_ARGUMENT, f"--preferred-batch-sizes {args.preferred_batch_sizes!r}: "
+                                                        "write sizes joined by commas, e.g. 16,32") from None
+    settings = parse_model_args(args.model, max_batch=args.max_batch, instances=args.instances,
+                                dynamic_batching=False if args.no_dynamic_batching else None,
+                                max_queue_delay_us=args.max_queue_delay_us, preferred_batch_sizes=preferred,
+                                device=args.device, precision=args.precision)
+    cache = Path(args.timing_cache_dir) if args.timing_cache_dir else Path.home() / ".cache" / "kilnrt" / "serve"
+    serve(settings, backend=args.backend, http_port=args.http_port, grpc_port=args.grpc_port,
+          metrics_port=args.metrics_port or None, max_request_bytes=args.max_request_bytes, timing_cache_dir=cache,
+          plan_key=plan_key(args))
+    return 0

@@ -1,0 +1,129 @@
+"""Dynamic batching for servers that have none of their own (the KServe model server):
+requests that arrive within ``max_queue_delay`` of each other are stacked along the batch dim,
+run as one, and split again, as Triton's dynamic batcher does.
+
+A batch is formed only when an instance is free, so while every instance is busy requests
+queue up and the next batch is larger; it is sent as soon as it reaches ``max_batch`` or the
+largest preferred size, or when the first request in it has waited ``max_queue_delay``.
+Only requests whose non-batch dims match are stacked together.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from concurrent.futures import Executor
+from typing import Callable, Mapping
+
+import numpy as np
+
+Feeds = Mapping[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class _Pending:
+    feeds: Feeds
+    batch: int
+    key: tuple
+    future: asyncio.Future
+    arrived: float
+
+
+class DynamicBatcher:
+    """``await batcher.submit(feeds, batch)`` -> that request's outputs."""
+
+    def __init__(self, run: Callable[[Feeds], dict[str, np.ndarray]], *, max_batch: int, instances: int,
+                 max_queue_delay_s: float, preferred_batch_sizes: tuple[int, ...] = (),
+                 executor: Executor | None = None) -> None:
+        self._run = run
+        self.max_batch = max_batch
+        self.max_queue_delay_s = max_queue_delay_s
+        self.target = min(max(preferred_batch_sizes), max_batch) if preferred_batch_sizes else max_batch
+        self._executor = executor
+        self._instances = instances
+        self._queue: list[_Pending] = []
+        self._wakeup: asyncio.Event | None = None
+        self._free: asyncio.Semaphore | None = None
+        self._task: asyncio.Task | None = None
+        self.batches_run = 0               # statistics: batches and requests run
+        self.requests_run = 0
+
+    def _start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._free = asyncio.Semaphore(self._instances)
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def submit(self, feeds: Feeds, batch: int) -> dict[str, np.ndarray]:
+        if self._task is None or self._task.done():
+            self._start()
+        key = tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(feeds.items()))
+        item = _Pending(feeds, batch, key, asyncio.get_running_loop().create_future(), time.perf_counter())
+        self._queue.append(item)
+        self._wakeup.set()
+        return await item.future
+
+    def _take(self) -> list[_Pending]:
+        """The head request and the next ones of its shape that fit in ``target`` (queue order)."""
+        head = self._queue[0]
+        taken, total = [], 0
+        for item in self._queue:
+            if item.key == head.key and total + item.batch <= self.target:
+                taken.append(item)
+                total += item.batch
+        if not taken:                    # the head alone is over the preferred size: send it alone
+            taken = [head]
+        for item in taken:
+            self._queue.remove(item)
+        return taken
+
+    def _ready_size(self, key: tuple) -> int:
+        return sum(i.batch for i in self._queue if i.key == key)
+
+    async def _loop(self) -> None:
+        while True:
+            await self._free.acquire()
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            head = self._queue[0]
+            deadline = head.arrived + self.max_queue_delay_s
+            while self._ready_size(head.key) < self.target:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+            items = [i for i in self._take() if not i.future.cancelled()]
+            if not items:
+                self._free.release()
+                continue
+            asyncio.get_running_loop().create_task(self._dispatch(items))
+
+    async def _dispatch(self, items: list[_Pending]) -> None:
+        try:
+            if len(items) == 1:
+                feeds = items[0].feeds
+            else:
+                feeds = {n: np.concatenate([i.feeds[n] for i in items]) for n in items[0].feeds}
+            loop = asyncio.get_running_loop()
+            try:
+                outputs = await loop.run_in_executor(self._executor, self._run, feeds)
+            except Exception as exc:      # every request of the batch gets the error
+                for i in items:
+                    if not i.future.done():
+                        i.future.set_exception(exc)
+                return
+            self.batches_run += 1
+            self.requests_run += len(items)
+            offset = 0
+            for i in items:
+                part = {n: v[offset:offset + i.batch] if len(items) > 1 else v for n, v in outputs.items()}
+                offset += i.batch
+                if not i.future.done():
+                    i.future.set_result(part)
+        finally:
+            self._free.release()
+            self._wakeup.set()

@@ -1,0 +1,202 @@
+"""Serving through KServe's model server (the ``kserve`` package): the same KServe v2 protocol
+over HTTP (FastAPI/uvicorn) and gRPC (``inference.GRPCInferenceService``, the service
+tritonclient speaks), with kilnrt's own dynamic batcher in front of each engine, Triton's
+model-config endpoint added, a bound on request size, and Prometheus metrics.
+
+This is the fallback where PyTriton cannot run (docs/serving.md says where and why).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+from kilnrt.errors import KilnError
+from kilnrt.serve.batching import DynamicBatcher
+from kilnrt.serve.metrics import ServeMetrics
+from kilnrt.serve.models import ServedModel
+
+log = logging.getLogger("kilnrt.serve")
+
+
+@contextlib.contextmanager
+def _argv_for_kserve() -> Iterator[None]:
+    """kserve parses ``sys.argv`` when imported; keep kilnrt's own flags away from it."""
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "kilnrt"]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def import_kserve():
+    with _argv_for_kserve():
+        import kserve
+        import kserve.model_server  # noqa: F401  (the FastAPI app and the parsed defaults)
+    return kserve
+
+
+def _model_class(kserve):
+    from kserve.errors import InvalidInput
+    from kserve.protocol.infer_type import InferOutput, InferResponse
+
+    class KilnrtModel(kserve.Model):
+        """One kilnrt engine as a KServe v2 model."""
+
+        def __init__(self, served: ServedModel, executor: ThreadPoolExecutor, metrics: ServeMetrics) -> None:
+            super().__init__(served.name)
+            self.served = served
+            self.executor = executor
+            self.metrics = metrics
+            s = served.settings
+            self.batcher = None
+            if s.dynamic_batching and served.max_batch > 0:
+                self.batcher = DynamicBatcher(self._run, max_batch=served.max_batch, instances=s.instances,
+                                              max_queue_delay_s=s.max_queue_delay_us / 1e6,
+                                              preferred_batch_sizes=served.preferred_batch_sizes,
+                                              executor=executor)
+            self.ready = True
+
+        def load(self) -> bool:
+            self.ready = True
+            return True
+
+        def get_input_types(self):
+            return self.served.metadata()["inputs"]
+
+        def get_output_types(self):
+            return self.served.metadata()["outputs"]
+
+        def _run(self, feeds):
+            self.metrics.batch(self.name, next(iter(feeds.values())).shape[0] if self.served.max_batch else 1)
+            return self.served.run(feeds)
+
+        async def predict(self, payload, headers=None, response_headers=None):
+            import asyncio
+
+            try:
+                try:
+                    feeds = {i.name: i.as_numpy() for i in payload.inputs}
+                except Exception as exc:   # data that does not match its declared datatype or shape
+                    raise InvalidInput(f"model {self.name!r}: cannot read the request's tensors: {exc}") from None
+                batch = self.served.check_request(feeds)
+            except KilnError as exc:
+                self.metrics.failure(self.name, "invalid_request")
+                raise InvalidInput(exc.message) from None
+            except InvalidInput:
+                self.metrics.failure(self.name, "invalid_request")
+                raise
+            self.metrics.request(self.name, batch)
+            if self.batcher is not None:
+                outputs = await self.batcher.submit(feeds, batch)
+            else:
+                outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self._run, feeds)
+            specs = {t.name: t for t in self.served.outputs}
+            infer_outputs = []
+            for n, v in outputs.items():
+                # raw bytes here; KServe turns them into JSON where a REST client asks for it (an
+                # ndarray in ``data`` trips KServe's gRPC encoder, which tests it for truth)
+                out = InferOutput(name=n, shape=list(v.shape), datatype=specs[n].datatype)
+                out.set_data_from_numpy(v, binary_data=True)
+                infer_outputs.append(out)
+            return InferResponse(response_id=payload.id or "", model_name=self.name, infer_outputs=infer_outputs,
+                                 use_binary_outputs=payload.use_binary_outputs,
+                                 requested_outputs=payload.request_outputs)
+
+    return KilnrtModel
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 with a JSON error, whether it
+    declares its length or streams it (the rest of it is not read)."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(send, int(declared))
+        seen = 0
+        started = False
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge(seen)
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except _TooLarge as exc:
+            if not started:
+                await self._refuse(send, exc.size)
+
+    async def _refuse(self, send, size: int) -> None:
+        import json
+
+        body = json.dumps({"error": f"request body of {size} bytes is over the server's limit of "
+                                    f"{self.limit} bytes (kilnrt serve --max-request-bytes)"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+def _add_routes(app, models: dict[str, ServedModel]) -> None:
+    """Triton's model-configuration endpoint, which KServe lacks."""
+    from fastapi.responses import JSONResponse
+
+    async def model_config(model_name: str, model_version: str | None = None):
+        model = models.get(model_name)
+        if model is None:
+            return JSONResponse(status_code=404, content={"error": f"Model with name {model_name} does not exist."})
+        return JSONResponse(model.config())
+
+    app.add_api_route("/v2/models/{model_name}/config", model_config, methods=["GET"])
+    app.add_api_route("/v2/models/{model_name}/versions/{model_version}/config", model_config, methods=["GET"])
+
+
+def run_kserve(models: list[ServedModel], *, http_port: int, grpc_port: int, metrics_port: int | None,
+               max_request_bytes: int, workers_per_model: int | None = None) -> None:
+    """Serve ``models`` until SIGINT/SIGTERM (blocks)."""
+    kserve = import_kserve()
+    import kserve.model_server as model_server
+
+    metrics = ServeMetrics()
+    if metrics_port:
+        metrics.start_http_server(metrics_port)
+    threads = sum(m.settings.instances for m in models) + 2
+    executor = ThreadPoolExecutor(max_workers=workers_per_model or threads, thread_name_prefix="kilnrt-serve")
+    model_class = _model_class(kserve)
+    served = [model_class(m, executor, metrics) for m in models]
+    app = model_server.app
+    app.add_middleware(BodyLimit, limit=max_request_bytes)
+    _add_routes(app, {m.name: m for m in models})
+    model_server.args.grpc_max_receive_message_length = max_request_bytes
+    model_server.args.grpc_max_send_message_length = max(max_request_bytes, 64 << 20)
+    server = kserve.ModelServer(http_port=http_port, grpc_port=grpc_port, enable_latency_logging=False,
+                                enable_docs_url=False, max_threads=4, grace_period=5)
+    log.info("KServe model server: HTTP %d, gRPC %d, metrics %s", http_port, grpc_port,
+             metrics_port or f"{http_port}/metrics")
+    server.start(served)

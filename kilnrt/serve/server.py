@@ -1,0 +1,67 @@
+"""``serve()``: load every model, pick the server that can run here, and serve until stopped."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from kilnrt.errors import ErrorCode, KilnError
+from kilnrt.serve.config import ModelSettings
+from kilnrt.serve.models import load_models
+
+log = logging.getLogger("kilnrt.serve")
+
+BACKENDS = ("auto", "triton", "kserve")
+TRITON_MAX_REQUEST_BYTES = 64 << 20       # Triton's own HTTP input limit (--http-max-input-size default)
+
+
+def kserve_available() -> str | None:
+    """None when KServe's model server can run here, else why not."""
+    import importlib.util
+
+    if importlib.util.find_spec("kserve") is None:
+        return "kserve is not installed; pip install 'kilnrt[serve]'"
+    return None
+
+
+def choose_backend(backend: str = "auto") -> tuple[str, str]:
+    """(backend, why): Triton through PyTriton where it can run, else KServe's model server."""
+    from kilnrt.serve.triton_backend import pytriton_available
+
+    if backend not in BACKENDS:
+        raise KilnError(ErrorCode.INVALID_ARGUMENT, f"backend {backend!r}; supported: {', '.join(BACKENDS)}")
+    triton_missing = pytriton_available() if backend in ("auto", "triton") else "not asked for"
+    if backend == "triton" and triton_missing:
+        raise KilnError(ErrorCode.RUNTIME, f"--backend triton: {triton_missing}")
+    if backend in ("auto", "triton") and not triton_missing:
+        return "triton", "PyTriton is installed and its Python backend stub can load this interpreter's libpython"
+    kserve_missing = kserve_available()
+    if kserve_missing:
+        why = f"{kserve_missing}" if backend == "kserve" else f"Triton: {triton_missing}; KServe: {kserve_missing}"
+        raise KilnError(ErrorCode.RUNTIME, f"no server to serve with ({why})")
+    return "kserve", ("asked for" if backend == "kserve" else f"fallback, Triton cannot run here: {triton_missing}")
+
+
+def serve(settings: list[ModelSettings], *, backend: str = "auto", http_port: int = 8000, grpc_port: int = 8001,
+          metrics_port: int | None = 8002, max_request_bytes: int = TRITON_MAX_REQUEST_BYTES,
+          timing_cache_dir: str | Path | None = None, plan_key: bytes | None = None) -> None:
+    """Serve ``settings`` over KServe v2 (HTTP and gRPC) until SIGINT/SIGTERM."""
+    chosen, why = choose_backend(backend)
+    log.warning("kilnrt serve: %s (%s)", "Triton Inference Server via PyTriton" if chosen == "triton"
+                else "KServe model server", why)
+    models = load_models(settings, Path(timing_cache_dir) if timing_cache_dir else None, plan_key)
+    for m in models:
+        log.warning("model %r: %s, max batch %d, %d instance(s), dynamic batching %s", m.name, m.settings.path,
+                    m.max_batch, m.settings.instances,
+                    "on" if m.settings.dynamic_batching and m.max_batch else "off")
+    if chosen == "triton":
+        from kilnrt.serve.triton_backend import run_triton
+
+        if max_request_bytes != TRITON_MAX_REQUEST_BYTES:
+            log.warning("--max-request-bytes is not passed to Triton (PyTriton has no option for it); Triton "
+                        "refuses HTTP bodies over its own 64 MiB default")
+        run_triton(models, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
+    else:
+        from kilnrt.serve.kserve_backend import run_kserve
+
+        run_kserve(models, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                   max_request_bytes=max_request_bytes)
