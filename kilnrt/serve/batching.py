@@ -20,7 +20,7 @@ import numpy as np
 Feeds = Mapping[str, np.ndarray]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)          # identity: two requests are never 'equal'
 class _Pending:
     feeds: Feeds
     batch: int
@@ -65,15 +65,16 @@ class DynamicBatcher:
     def _take(self) -> list[_Pending]:
         """The head request and the next ones of its shape that fit in ``target`` (queue order)."""
         head = self._queue[0]
-        taken, total = [], 0
+        taken, rest, total = [], [], 0
         for item in self._queue:
             if item.key == head.key and total + item.batch <= self.target:
                 taken.append(item)
                 total += item.batch
+            else:
+                rest.append(item)
         if not taken:                    # the head alone is over the preferred size: send it alone
-            taken = [head]
-        for item in taken:
-            self._queue.remove(item)
+            taken, rest = [head], self._queue[1:]
+        self._queue = rest
         return taken
 
     def _ready_size(self, key: tuple) -> int:

@@ -157,6 +157,22 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+class DefaultJsonContentType:
+    """ASGI middleware: an infer request without a content type and without the binary extension's
+    ``Inference-Header-Content-Length`` is JSON (tritonclient sends its JSON form so); KServe would
+    read such a body as binary and refuse it."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            names = {k.lower() for k, _ in scope.get("headers") or ()}
+            if b"content-type" not in names and b"inference-header-content-length" not in names:
+                scope = dict(scope, headers=[*scope.get("headers", ()), (b"content-type", b"application/json")])
+        return await self.app(scope, receive, send)
+
+
 class _TooLarge(Exception):
     def __init__(self, size: int) -> None:
         super().__init__(size)
@@ -173,6 +189,15 @@ def _add_routes(app, models: dict[str, ServedModel]) -> None:
             return JSONResponse(status_code=404, content={"error": f"Model with name {model_name} does not exist."})
         return JSONResponse(model.config())
 
+    async def unreadable_request(request, exc):
+        # FastAPI answers a body it cannot parse with 422 and {"detail": ...}; the v2 protocol's
+        # error is 400 with {"error": "..."}, as Triton sends
+        problems = "; ".join(f"{'/'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}" for e in exc.errors())
+        return JSONResponse(status_code=400, content={"error": f"cannot read the request: {problems}"})
+
+    from fastapi.exceptions import RequestValidationError
+
+    app.add_exception_handler(RequestValidationError, unreadable_request)
     app.add_api_route("/v2/models/{model_name}/config", model_config, methods=["GET"])
     app.add_api_route("/v2/models/{model_name}/versions/{model_version}/config", model_config, methods=["GET"])
 
@@ -191,6 +216,7 @@ def run_kserve(models: list[ServedModel], *, http_port: int, grpc_port: int, met
     model_class = _model_class(kserve)
     served = [model_class(m, executor, metrics) for m in models]
     app = model_server.app
+    app.add_middleware(DefaultJsonContentType)
     app.add_middleware(BodyLimit, limit=max_request_bytes)
     _add_routes(app, {m.name: m for m in models})
     model_server.args.grpc_max_receive_message_length = max_request_bytes

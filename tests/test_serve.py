@@ -1,0 +1,343 @@
+"""kilnrt serve: model settings, request checks and the dynamic batcher on their own; then a real
+server (KServe's model server, and Triton through PyTriton where it is installed) answering
+tritonclient over HTTP and gRPC, bad requests, and concurrent clients."""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kilnrt
+from kilnrt.errors import KilnError
+from kilnrt.serve.batching import DynamicBatcher
+from kilnrt.serve.config import ModelSettings, parse_model_args
+from kilnrt.serve.models import RequestError, ServedModel
+from kilnrt.testing import assert_close, fresh_seed
+
+DIGITS = Path(__file__).resolve().parent.parent / "examples" / "digits.onnx"
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    return ServedModel.from_settings(ModelSettings("digits", DIGITS, max_batch=32, instances=2))
+
+
+def _images(rng, n):
+    return rng.standard_normal((n, 1, 8, 8)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- settings
+def test_model_arg_file_folder_and_repository(tmp_path):
+    (only,) = parse_model_args([f"digits={DIGITS}"], instances=3)
+    assert (only.name, only.path, only.instances, only.dynamic_batching) == ("digits", DIGITS, 3, True)
+    repo = tmp_path / "repo"
+    for name, config in (("a", {"max_batch": 8, "dynamic_batching": {"max_queue_delay_us": 100,
+                                                                       "preferred_batch_sizes": [4, 8]},
+                                "instances": 2}),
+                         ("b", {"dynamic_batching": False, "precision": "fp16"})):
+        (repo / name).mkdir(parents=True)
+        (repo / name / "model.onnx").write_bytes(DIGITS.read_bytes())
+        (repo / name / "config.json").write_text(json.dumps(config))
+    a, b = parse_model_args([str(repo)], instances=5)
+    assert (a.name, a.max_batch, a.max_queue_delay_us, a.preferred_batch_sizes, a.instances) == \
+        ("a", 8, 100, (4, 8), 2)          # config.json wins over the command line
+    assert (b.name, b.dynamic_batching, b.precision, b.instances) == ("b", False, "fp16", 5)
+    (single,) = parse_model_args([f"other={repo / 'a'}"])
+    assert single.name == "other" and single.max_batch == 8
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"max_batch": -1}, "max_batch must be an integer >= 0"),
+    ({"instances": 0}, "instances must be an integer >= 1"),
+    ({"precision": "int4"}, "precision 'int4'; supported: fp32, fp16, bf16"),
+    ({"batching": True}, "unknown key(s) batching"),
+    ({"dynamic_batching": {"delay": 1}}, "dynamic_batching: unknown key(s) delay"),
+])
+def test_bad_model_config_is_named(tmp_path, config, message):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.onnx").write_bytes(DIGITS.read_bytes())
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(KilnError, match=".*" + message.replace("(", r"\(").replace(")", r"\)")):
+        parse_model_args([f"m={tmp_path / 'm'}"])
+
+
+def test_bad_model_args(tmp_path):
+    with pytest.raises(KilnError, match="does not exist"):
+        parse_model_args(["x=nowhere.onnx"])
+    with pytest.raises(KilnError, match="a file needs a name"):
+        parse_model_args([str(DIGITS)])
+    with pytest.raises(KilnError, match="given twice"):
+        parse_model_args([f"d={DIGITS}", f"d={DIGITS}"])
+
+
+# ----------------------------------------------------------------------------- the served model
+def test_served_model_batches_to_profile_and_matches_engine(digits_model, tmp_path):
+    assert digits_model.max_batch == 32
+    assert digits_model.engine.profiles[0]["input"][2] == (32, 1, 8, 8)
+    meta = digits_model.metadata()
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
+    assert digits_model.config()["max_batch_size"] == 32
+    seed = fresh_seed()
+    x = _images(np.random.default_rng(seed), 5)
+    reference = kilnrt.build(str(DIGITS)).run({"input": x})["logits"]
+    assert_close(digits_model.infer({"input": x})["logits"], reference, seed=seed)
+    # a plan keeps its profile's max batch; asking for more is refused
+    plan = tmp_path / "digits.plan"
+    digits_model.engine.save(str(plan))
+    assert ServedModel.from_settings(ModelSettings("p", plan)).max_batch == 32
+    with pytest.raises(KilnError, match="max_batch 64 is above the engine's profile, whose batch dim goes up to 32"):
+        ServedModel.from_settings(ModelSettings("p", plan, max_batch=64))
+
+
+@pytest.mark.parametrize("feeds, message", [
+    ({"image": np.zeros((1, 1, 8, 8), np.float32)}, "has no input 'image'; its inputs: input FP32[-1, 1, 8, 8]"),
+    ({}, "input(s) 'input' missing"),
+    ({"input": np.zeros((1, 1, 8, 8), np.float64)}, "datatype FP64, expected FP32"),
+    ({"input": np.zeros((1, 8, 8), np.float32)}, r"shape [1, 8, 8], expected [-1, 1, 8, 8]"),
+    ({"input": np.zeros((2, 1, 8, 9), np.float32)}, r"shape [2, 1, 8, 9], expected"),
+    ({"input": np.zeros((33, 1, 8, 8), np.float32)}, r"batch size 33 is outside [1, 32]"),
+    ({"input": np.zeros((0, 1, 8, 8), np.float32)}, r"batch size 0 is outside [1, 32]"),
+])
+def test_request_errors_say_what_is_wrong(digits_model, feeds, message):
+    with pytest.raises(RequestError) as info:
+        digits_model.check_request(feeds)
+    assert message in str(info.value)
+
+
+# ----------------------------------------------------------------------------- the batcher
+def test_dynamic_batcher_stacks_requests_and_splits_results():
+    calls = []
+
+    def run(feeds):
+        calls.append(feeds["x"].shape[0])
+        time.sleep(0.01)
+        return {"y": feeds["x"] * 2 + 1, "n": feeds["x"].sum(axis=(1,))}
+
+    async def main():
+        batcher = DynamicBatcher(run, max_batch=16, instances=1, max_queue_delay_s=0.02)
+        rng = np.random.default_rng(fresh_seed())
+        xs = [rng.standard_normal((int(rng.integers(1, 4)), 3)).astype(np.float32) for _ in range(40)]
+        outs = await asyncio.gather(*(batcher.submit({"x": x}, x.shape[0]) for x in xs))
+        odd = rng.standard_normal((2, 5)).astype(np.float32)   # another shape is never stacked with them
+        odd_out = await batcher.submit({"x": odd}, 2)
+        return xs, outs, odd, odd_out, batcher
+
+    xs, outs, odd, odd_out, batcher = asyncio.run(main())
+    for x, out in zip(xs, outs):
+        np.testing.assert_array_equal(out["y"], x * 2 + 1)
+        np.testing.assert_array_equal(out["n"], x.sum(axis=1))
+    np.testing.assert_array_equal(odd_out["y"], odd * 2 + 1)
+    assert max(calls) <= 16 and sum(calls) == sum(x.shape[0] for x in xs) + 2
+    assert batcher.batches_run < 41 / 2, f"40 concurrent requests ran as {batcher.batches_run} batches"
+
+
+def test_dynamic_batcher_passes_errors_to_every_request():
+    def run(feeds):
+        raise ValueError("engine failed")
+
+    async def main():
+        batcher = DynamicBatcher(run, max_batch=8, instances=1, max_queue_delay_s=0.01)
+        return await asyncio.gather(*(batcher.submit({"x": np.ones((1, 2))}, 1) for _ in range(3)),
+                                    return_exceptions=True)
+
+    assert all(isinstance(r, ValueError) for r in asyncio.run(main()))
+
+
+# ----------------------------------------------------------------------------- a real server
+def _have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+BACKENDS = [pytest.param("kserve", marks=pytest.mark.skipif(not _have("kserve"), reason="kserve not installed")),
+            pytest.param("triton", marks=pytest.mark.skipif(not _have("pytriton"), reason="nvidia-pytriton not "
+                                                                                          "installed"))]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request, tmp_path_factory):
+    pytest.importorskip("tritonclient.http")
+    pytest.importorskip("tritonclient.grpc")
+    from kilnrt.serve.launch import running_server
+
+    cache = tmp_path_factory.mktemp("timing")
+    with running_server(["--model", f"digits={DIGITS}", "--backend", request.param, "--instances", "2",
+                         "--max-request-bytes", str(8 << 20), "--timing-cache-dir", str(cache)],
+                        models=["digits"]) as s:
+        s.backend = request.param
+        yield s
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return kilnrt.build(str(DIGITS))
+
+
+def _infer(module, client, x, binary=True):
+    inp = module.InferInput("input", list(x.shape), "FP32")
+    if module.__name__.endswith("http"):
+        inp.set_data_from_numpy(x, binary_data=binary)
+        out = [module.InferRequestedOutput("logits", binary_data=binary)]
+    else:
+        inp.set_data_from_numpy(x)
+        out = [module.InferRequestedOutput("logits")]
+    return client.infer("digits", [inp], outputs=out).as_numpy("logits")
+
+
+def _clients(server):
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    return [(httpclient, httpclient.InferenceServerClient(server.http_url)),
+            (grpcclient, grpcclient.InferenceServerClient(server.grpc_url))]
+
+
+def test_server_answers_http_and_grpc_like_engine_run(server, engine):
+    seed = fresh_seed()
+    rng = np.random.default_rng(seed)
+    for module, client in _clients(server):
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("digits")
+        for n in (1, 7, 64):
+            x = _images(rng, n)
+            assert_close(_infer(module, client, x), engine.run({"input": x})["logits"], seed=seed)
+    http, grpc = (c for _, c in _clients(server))
+    x = _images(rng, 3)                                # JSON tensors, not the binary extension
+    import tritonclient.http as httpclient
+    assert_close(_infer(httpclient, http, x, binary=False), engine.run({"input": x})["logits"], seed=seed)
+    meta = http.get_model_metadata("digits")
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
+    config = http.get_model_config("digits")
+    assert config["max_batch_size"] == 64 and "dynamic_batching" in config
+    assert grpc.get_model_metadata("digits").inputs[0].name == "input"
+
+
+def test_metrics_are_exported(server, engine):
+    import urllib.request
+
+    _infer(*_clients(server)[0], _images(np.random.default_rng(1), 2))
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    name = "kilnrt_inference_requests_total" if server.backend == "kserve" else "nv_inference_request_success"
+    assert name in text and 'model="digits"' in text
+
+
+def _raw_http(server, head: bytes, body: bytes = b"", close_early: bool = False, timeout: float = 30) -> bytes:
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=timeout) as s:
+        s.sendall(head + body)
+        if close_early:
+            return b""
+        s.shutdown(socket.SHUT_WR) if not body else None
+        chunks = []
+        try:
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+                if b"\r\n\r\n" in b"".join(chunks) and _complete(b"".join(chunks)):
+                    break
+        except (ConnectionResetError, socket.timeout):
+            pass
+        return b"".join(chunks)
+
+
+def _complete(response: bytes) -> bool:
+    head, _, body = response.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":")[1])
+    return False
+
+
+def _post(path: str, body_length: int, extra: str = "") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{extra}"
+            f"Content-Length: {body_length}\r\n\r\n").encode()
+
+
+def test_bad_requests_get_protocol_errors_and_server_keeps_serving(server, engine):
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    rng = np.random.default_rng(fresh_seed())
+    cases = [("unknown model", "nope", "input", (2, 1, 8, 8), "FP32", np.float32),
+             ("unknown input", "digits", "image", (2, 1, 8, 8), "FP32", np.float32),
+             ("wrong dtype", "digits", "input", (2, 1, 8, 8), "FP64", np.float64),
+             ("wrong shape", "digits", "input", (2, 8, 8), "FP32", np.float32),
+             ("batch over max", "digits", "input", (65, 1, 8, 8), "FP32", np.float32)]
+    for module, client in _clients(server):
+        for what, model, name, shape, datatype, dtype in cases:
+            inp = module.InferInput(name, list(shape), datatype)
+            inp.set_data_from_numpy(rng.standard_normal(shape).astype(dtype))
+            with pytest.raises(InferenceServerException) as info:
+                client.infer(model, [inp])
+            status = str(info.value.status())
+            expected = ("404", "StatusCode.NOT_FOUND") if what == "unknown model" else ("400", "StatusCode.INVALID_ARGUMENT")
+            assert status in expected, f"{what}: {info.value}"
+    # malformed JSON, a truncated binary body, a body over the limit, a client gone mid-body
+    path = "/v2/models/digits/infer"
+    bad_json = b'{"inputs": [{"name": "input", "shape": [1,1,8,8], "datatype": "FP32", "data": [1, 2'
+    reply = _raw_http(server, _post(path, len(bad_json)), bad_json)
+    # Triton answers JSON it cannot parse with 500 (its own choice), KServe with 400; both say why
+    assert reply.split(b"\r\n")[0].split()[1] == (b"400" if server.backend == "kserve" else b"500"), reply[:300]
+    assert b"parse" in reply or b"JSON" in reply or b"json" in reply, reply[:300]
+    header = json.dumps({"inputs": [{"name": "input", "shape": [2, 1, 8, 8], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 512}}]}).encode()
+    truncated = header + b"\0" * 100                         # 512 bytes announced, 100 sent
+    reply = _raw_http(server, _post(path, len(truncated), f"Inference-Header-Content-Length: {len(header)}\r\n"),
+                      truncated)
+    assert b" 400 " in reply.split(b"\r\n")[0], reply[:300]
+    one_gb = 1 << 30
+    reply = _raw_http(server, _post(path, one_gb), b"\0" * (1 << 20), timeout=5)
+    if server.backend == "kserve":                         # refused from its Content-Length alone
+        assert reply.split(b"\r\n")[0].split()[1] == b"413" and b"over the server's limit" in reply, reply[:300]
+    else:                                                  # Triton drops the connection
+        assert b" 200 " not in reply[:20], reply[:300]
+    _raw_http(server, _post(path, 4 << 20), b"\0" * (1 << 20), close_early=True)
+    # a gRPC message over the limit
+    big = grpcclient.InferInput("input", [40000, 1, 8, 8], "FP32")
+    big.set_data_from_numpy(np.ones((40000, 1, 8, 8), np.float32))
+    with pytest.raises(InferenceServerException):
+        grpcclient.InferenceServerClient(server.grpc_url).infer("digits", [big])
+    # afterwards every protocol still answers correctly
+    x = _images(rng, 4)
+    for module, client in _clients(server):
+        assert_close(_infer(module, client, x), engine.run({"input": x})["logits"])
+    assert isinstance(httpclient.InferenceServerClient(server.http_url).is_server_live(), bool)
+
+
+def test_concurrent_clients_all_correct(server, engine):
+    """A small version of benchmarks/serve_concurrency.py (64 clients x 1000 requests)."""
+    import tritonclient.http as httpclient
+
+    seed = fresh_seed()
+    x = _images(np.random.default_rng(seed), 64)
+    reference = engine.run({"input": x})["logits"]
+    errors, wrong = [], []
+
+    def client(k: int) -> None:
+        c = httpclient.InferenceServerClient(server.http_url)
+        for i in range(25):
+            n = 1 + (k + i) % 4
+            rows = slice((k * 7 + i) % 60, (k * 7 + i) % 60 + n)
+            try:
+                got = _infer(httpclient, c, x[rows])
+            except Exception as exc:  # noqa: BLE001 -- counted, reported below
+                errors.append(repr(exc))
+                continue
+            if not np.allclose(got, reference[rows], rtol=1e-4, atol=1e-5):
+                wrong.append((k, i))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:3]
+    assert not wrong, f"{len(wrong)} wrong results (seed {seed})"
