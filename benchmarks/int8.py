@@ -1,8 +1,9 @@
-"""INT8 against FP16, same ONNX file, same GPU, same run: BERT-base at 32x128 (and any shape
-given), calibrated on random token batches (random weights, so accuracy here is the output
-error against the FP32 PyTorch model, not a task metric).
+"""INT8 against FP16, same ONNX file, same GPU, same run: BERT-base at 32x128 or ResNet-50 at
+batch 256 (and any shape given), calibrated on random batches (random weights, so accuracy here
+is the output error against the FP32 PyTorch model, not a task metric).
 
-    python benchmarks/int8.py --layers 12 --shape 32x128
+    python benchmarks/int8.py --model bert --layers 12 --shape 32x128
+    python benchmarks/int8.py --model resnet50 --shape 256
 
 Times ``engine.run`` on device tensors (CUDA events, median of ``--iters``), and lists the
 tactics the INT8 engine chose for its INT8 layers.  Writes one JSON in BENCHMARKS.md's results
@@ -46,25 +47,32 @@ def rel_l2(a, b) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=12)
-    ap.add_argument("--shape", default="32x128")
+    ap.add_argument("--model", choices=("bert", "resnet50"), default="bert")
+    ap.add_argument("--layers", type=int, default=12, help="BERT's layers")
+    ap.add_argument("--shape", default=None, help="BATCHxSEQ for BERT (32x128), BATCH for ResNet-50 (256)")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    shape = tuple(int(d) for d in args.shape.split("x"))
-    model = make_model("bert", args.layers)
+    name = args.model
+    shape = tuple(int(d) for d in (args.shape or {"bert": "32x128", "resnet50": "256"}[name]).split("x"))
+    model = make_model(name, args.layers)
     tmp = tempfile.mkdtemp()
-    path = os.path.join(tmp, "bert.onnx")
-    export("bert", model, path)
-    feeds = make_inputs("bert", shape)
+    path = os.path.join(tmp, f"{name}.onnx")
+    export(name, model, path)
+    feeds = make_inputs(name, shape)
     with torch.no_grad():
         ref = model.cuda()(*feeds.values())
     profile = {k: tuple(v.shape) for k, v in feeds.items()}
     g = torch.Generator().manual_seed(1)
-    calib = [{"input_ids": torch.randint(0, 30522, shape, generator=g).numpy(),
-              "attention_mask": torch.ones(shape, dtype=torch.int64).numpy()} for _ in range(3)]
+    if name == "bert":
+        calib = [{"input_ids": torch.randint(0, 30522, shape, generator=g).numpy(),
+                  "attention_mask": torch.ones(shape, dtype=torch.int64).numpy()} for _ in range(3)]
+        label = f"bert-{args.layers}l"
+    else:
+        calib = [{"x": torch.randn((shape[0], 3, 224, 224), generator=g).numpy()} for _ in range(2)]
+        label = name
     rows = []
-    for label, kw in (("fp16", {}), ("int8+fp16", {"int8": True, "calibration": calib,
+    for precision, kw in (("fp16", {}), ("int8+fp16", {"int8": True, "calibration": calib,
                                                    "calibration_method": "minmax"})):
         t0 = time.perf_counter()
         engine = kilnrt.build(path, device="cuda", fp16=True, profiles=profile, **kw)
@@ -73,12 +81,13 @@ def main(argv=None) -> int:
         ms = timed(engine, feeds, args.iters)
         int8_tactics = Counter(l.tactic for l in engine.layers if l.precision is not None
                                and l.precision.name == "INT8")
-        row = {"model": f"bert-{args.layers}l", "family": "transformer", "batch": shape[0], "seq": shape[1],
-               "precision": label, "build_s": round(build_s, 1), "kilnrt_run_ms": round(ms, 4),
+        row = {"model": label, "family": "transformer" if name == "bert" else "cnn", "batch": shape[0],
+               "seq": shape[1] if len(shape) > 1 else None, "precision": precision, "build_s": round(build_s, 1),
+               "kilnrt_run_ms": round(ms, 4), "items_per_s": round(shape[0] * 1000.0 / ms, 1),
                "relerr": rel_l2(out, ref), "engine_layers": len(engine.layers),
                "int8_tactics": dict(int8_tactics), "int8": engine.build_info.get("int8")}
         rows.append(row)
-        print(f"{label}: {ms:.4f} ms, relerr {row['relerr']:.3g}, build {build_s:.1f} s, int8 tactics {dict(int8_tactics)}",
+        print(f"{precision}: {ms:.4f} ms, relerr {row['relerr']:.3g}, build {build_s:.1f} s, int8 tactics {dict(int8_tactics)}",
               flush=True)
     if len(rows) == 2:
         rows[1]["speedup_vs_fp16"] = round(rows[0]["kilnrt_run_ms"] / rows[1]["kilnrt_run_ms"], 3)
@@ -87,7 +96,7 @@ def main(argv=None) -> int:
 
     stamp = datetime.date.today().isoformat()
     gpu = torch.cuda.get_device_name()
-    out = args.out or os.path.join(RESULTS, f"{stamp}-{gpu.replace(' ', '_')}-int8-bert.json")
+    out = args.out or os.path.join(RESULTS, f"{stamp}-{gpu.replace(' ', '_')}-int8-{name}.json")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     with open(out, "w") as f:
         json.dump({"date": stamp, "gpu": gpu, "torch": torch.__version__, "triton": triton.__version__,

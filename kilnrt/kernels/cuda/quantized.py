@@ -38,7 +38,9 @@ class Int8MatMul(Tactic):
     def prepare(self, layer, ctx):
         p = layer.params
         b = ctx.constant(layer, 1)
-        b = (b.t() if p.op1 == MatrixOperation.TRANSPOSE else b).contiguous()      # [K, N]
+        # [K, N] column-major (an [N, K] row-major matrix, transposed): cuBLASLt's INT8 layout; a
+        # row-major [K, N] ran 5-7x slower on an H200 (benchmarks/int8_kernels.py)
+        b = (b if p.op1 == MatrixOperation.TRANSPOSE else b.t()).contiguous().t()
         scale = ctx.constant(layer, 2).to(torch.float32).reshape(-1) * p.input_scale
         bias = ctx.constant(layer, 3) if len(layer.inputs) > 3 else None
         return p, b, scale, bias

@@ -103,3 +103,4 @@ from kilnrt.kernels.triton import conv_gemm  # noqa: E402,F401  (cuda.convolutio
 from kilnrt.kernels.triton import conv_implicit  # noqa: E402,F401  (cuda.convolution.triton_implicit_*)
 from kilnrt.kernels.triton import squeeze_excitation  # noqa: E402,F401  (cuda.squeeze_excitation.triton)
 from kilnrt.kernels.triton import attention  # noqa: E402,F401  (cuda.attention.triton_*)
+from kilnrt.kernels.triton import gemm_int8  # noqa: E402,F401  (cuda.quantized_matrix_multiply.triton_*)

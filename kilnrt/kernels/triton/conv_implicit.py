@@ -33,12 +33,14 @@ from kilnrt.kernels.triton import launch_options, wait_for_previous_kernel
 from kilnrt.kernels.triton.epilogue import EPILOGUE_ACTIVATIONS
 from kilnrt.kernels.triton.conv_gemm import nhwc_rows, nhwc_slice_ok
 from kilnrt.kernels.triton.gemm import TiledTactic, TritonGemm, logical_rows, store_epilogue
+from kilnrt.kernels.triton.gemm_int8 import FLOAT_INPUTS, SHIFT, Int8Weights, quantize_tile
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import LayerKind
 
 
 @triton.jit
-def _conv_nhwc(x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, M, H, W, OH, OW, alpha, beta,
+def _conv_nhwc(x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, corr_ptr, scale_ptr, M, H, W, OH, OW, alpha, beta,
+               inv_scale, zero_point, lo, hi, shift, QUANT: tl.constexpr, HAS_CORR: tl.constexpr,
                C: tl.constexpr, N: tl.constexpr, LDC: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                SH: tl.constexpr, SW: tl.constexpr,
                PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
@@ -67,7 +69,7 @@ def _conv_nhwc(x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, M, H, W, OH, OW
     iw0 = ow * SW - PW
     rbn = tl.max_contiguous(tl.multiple_of(rn % N, BLOCK_N), BLOCK_N)  # wrapped columns, never stored
     first = tl.program_id(1) * TILES_PER_SPLIT
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if QUANT else tl.float32)
     for i in range(TILES_PER_SPLIT):
         t = first + i
         if C % BLOCK_K == 0:  # the tile lies inside one tap: a row offset per pixel
@@ -77,7 +79,10 @@ def _conv_nhwc(x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, M, H, W, OH, OW
             ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             row = ((img * H + ih) * W + iw) * C + (t % (C // BLOCK_K)) * BLOCK_K
             a = tl.load(x_ptr + row[:, None] + rk[None, :], mask=ok[:, None], other=0.0)
-            w = tl.load(w_ptr + (t * BLOCK_K + rk)[:, None] * N + rbn[None, :])
+            if QUANT:  # INT8 weights are [N, KH*KW*C], K contiguous
+                w = tl.load(w_ptr + rbn[None, :] * (KH * KW * C) + (t * BLOCK_K + rk)[:, None])
+            else:
+                w = tl.load(w_ptr + (t * BLOCK_K + rk)[:, None] * N + rbn[None, :])
         else:  # few channels (a stem's 3): each column of the tile is its own (tap, channel)
             kk = t * BLOCK_K + rk
             k_ok = kk < KH * KW * C
@@ -86,8 +91,18 @@ def _conv_nhwc(x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, M, H, W, OH, OW
             iw = iw0[:, None] + (tap % KW)[None, :] * DW
             ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             a = tl.load(x_ptr + ((img[:, None] * H + ih) * W + iw) * C + (kk % C)[None, :], mask=ok, other=0.0)
-            w = tl.load(w_ptr + kk[:, None] * N + rbn[None, :], mask=k_ok[:, None], other=0.0)
-        acc = tl.dot(a, w, acc)
+            if QUANT:
+                w = tl.load(w_ptr + rbn[None, :] * (KH * KW * C) + kk[:, None], mask=k_ok[:, None], other=0)
+            else:
+                w = tl.load(w_ptr + kk[:, None] * N + rbn[None, :], mask=k_ok[:, None], other=0.0)
+        if QUANT:  # padding reads 0.0, which quantizes to the zero point: it adds nothing
+            a = quantize_tile(a, inv_scale, zero_point, lo, hi, shift)
+        acc = tl.dot(a, w, acc, out_dtype=acc.dtype)
+    if QUANT:  # exact int32 sums -> float: the zero-point correction (once, in split 0), the scales
+        if HAS_CORR:
+            corr = tl.load(corr_ptr + rn, mask=rn < N, other=0)
+            acc += tl.where(tl.program_id(1) == 0, corr, 0)[None, :]
+        acc = acc.to(tl.float32) * tl.load(scale_ptr + rn, mask=rn < N, other=0.0)[None, :]
     if SPLIT == 1:
         store_epilogue(acc, rm, rn, M, N, LDC, bias_ptr, res_ptr, y_ptr, alpha, beta, HAS_BIAS, HAS_RES, ACT)
     else:  # this split's float32 partial, [SPLIT, M, N]; _add_partials finishes
@@ -134,15 +149,20 @@ def multiprocessors(device: torch.device) -> int:
 
 def conv_nhwc(x: torch.Tensor, weight: torch.Tensor, bias, residual, window, stride, pre, dilation,
               out_hw, act: str, alpha: float, beta: float, config: dict, programs: int,
-              out: torch.Tensor | None = None) -> torch.Tensor | None:
+              out: torch.Tensor | None = None, quantized: Int8Weights | None = None,
+              out_dtype: torch.dtype | None = None) -> torch.Tensor | None:
     """``act(conv(x) + bias + residual)`` as a new ``[N, OH, OW, K]`` tensor: ``x`` a contiguous
     ``[N, H, W, C]``, ``weight`` a contiguous ``[KH*KW*C, K]``, ``residual`` ``[N, OH, OW, K]``.
     With ``out`` (the ``[N*OH*OW, K]`` output pixels as rows ``out.stride(0)`` apart, unit column
-    stride: a channel slice of a channels-last buffer) the result is stored there, returning None."""
+    stride: a channel slice of a channels-last buffer) the result is stored there, returning None.
+    With ``quantized`` (INT8 weights ``[K, KH*KW*C]``; ``weight`` is then ignored) ``x`` is quantized
+    in the kernel and multiplied in integers (:mod:`.gemm_int8`), the output of ``out_dtype``."""
     n, h, w, c = x.shape
-    k = weight.shape[1]
+    if quantized is not None:
+        weight = quantized.weight
+    k = weight.shape[0] if quantized is not None else weight.shape[1]
     (oh, ow), m = out_hw, n * out_hw[0] * out_hw[1]
-    y = torch.empty((n, oh, ow, k), dtype=x.dtype, device=x.device) if out is None else None
+    y = torch.empty((n, oh, ow, k), dtype=out_dtype or x.dtype, device=x.device) if out is None else None
     rows = y.view(m, k) if out is None else out
     assert rows.shape == (m, k) and (rows.stride(1) == 1 or k == 1) and rows.stride(0) >= k, "out: [M, K] rows"
     if m == 0:
@@ -157,8 +177,13 @@ def conv_nhwc(x: torch.Tensor, weight: torch.Tensor, bias, residual, window, str
     bias_arg = bias if bias is not None else weight
     res_arg = residual if residual is not None else rows
     ldc = rows.stride(0) if m > 1 else k
+    q = quantized
+    quant = (q.correction if q is not None and q.correction is not None else bias_arg,
+             q.scale if q is not None else bias_arg, q.inv_scale if q else 1.0, q.zero_point if q else 0.0,
+             q.lo if q else 0.0, q.hi if q else 0.0, q.shift if q else 0.0)
     _conv_nhwc[(tiles, split)](
-        x, weight, bias_arg, res_arg, rows, parts, m, h, w, oh, ow, float(alpha), float(beta), C=c, N=k, LDC=ldc,
+        x, weight, bias_arg, res_arg, rows, parts, quant[0], quant[1], m, h, w, oh, ow, float(alpha), float(beta),
+        *quant[2:], QUANT=q is not None, HAS_CORR=q is not None and q.correction is not None, C=c, N=k, LDC=ldc,
         KH=window[0],
         KW=window[1], SH=stride[0], SW=stride[1], PH=pre[0], PW=pre[1], DH=dilation[0], DW=dilation[1],
         TILES_PER_SPLIT=k_tiles // split, SPLIT=split, BIG=big, **epilogue, **config, **launch_options(rows))
@@ -226,6 +251,51 @@ class TritonImplicitConv(TiledTactic):
                          programs, out)
 
 
+class TritonInt8ImplicitConv(TritonImplicitConv):
+    """``cuda.quantized_convolution.triton_implicit_<tiles>``: an INT8 convolution (any window, 1x1
+    included) as the implicit GEMM above, the activation quantized in the kernel as it is
+    gathered, the weights ``[K, KH*KW*C]`` INT8, exact int32 sums, and the scales, bias, residual
+    and activation in the epilogue (:mod:`.gemm_int8`)."""
+
+    kind = LayerKind.QUANTIZED_CONVOLUTION
+    prefix = "cuda.quantized_convolution.triton_implicit_"
+
+    def supports(self, layer, ctx) -> bool:
+        p = layer.params
+        x, w = layer.inputs[0], ctx.constant(layer, 1)
+        if (w is None or w.dim() != 4 or w.dtype != torch.int8 or p.num_groups != 1
+                or p.padding_mode not in FLOOR_PADDING_MODES or p.input_type not in SHIFT):
+            return False
+        if x is None or x.dtype not in FLOAT_INPUTS or x.shape is None or len(x.shape) != 4:
+            return False
+        if ctx.constant(layer, 2) is None or (len(layer.inputs) > 3 and layer.inputs[3] is not None
+                                              and ctx.constant(layer, 3) is None):
+            return False
+        return p.activation in EPILOGUE_ACTIVATIONS and w.shape[0] % 8 == 0
+
+    def prepare(self, layer, ctx):
+        p = layer.params
+        w = ctx.constant(layer, 1)
+        k, c, kh, kw = w.shape
+        q = Int8Weights(w.permute(0, 2, 3, 1).reshape(k, kh * kw * c), ctx.constant(layer, 2), p.input_scale,
+                        p.input_zero_point, p.input_type)        # [K, (kh, kw, c)]
+        b = ctx.constant(layer, 3) if len(layer.inputs) > 3 else None
+        bias = None if b is None else b.reshape(-1).to(torch.float32).contiguous()
+        return p, q, bias, (kh, kw), multiprocessors(ctx.device), layer.outputs[0].dtype.torch
+
+    def _conv(self, state, inputs, out):
+        p, q, bias, window, programs, out_dtype = state
+        x = inputs[0].contiguous(memory_format=torch.channels_last)
+        residual = inputs[4] if len(inputs) > 4 else None
+        n, c, h, w = x.shape
+        stride, dilation, pre, out_hw = window_geometry(p, (h, w), window)
+        if residual is not None:
+            residual = residual.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        return conv_nhwc(x.permute(0, 2, 3, 1), None, bias, residual, window, stride, pre, dilation, out_hw,
+                         EPILOGUE_ACTIVATIONS[p.activation], p.activation_alpha, p.activation_beta, self.config,
+                         programs, out, quantized=q, out_dtype=out_dtype)
+
+
 class TritonSplitKGemm(TritonGemm):
     """``act(x @ W + bias)`` for a GEMM with fewer output tiles than the GPU has SMs (a
     classifier's batch-1 ``[1, 2048] @ [2048, 1000]``): the kernel above as a 1x1 convolution
@@ -266,6 +336,11 @@ class TritonSplitKGemm(TritonGemm):
 CONFIGS = [(64, 64, 64, 4, 4), (32, 64, 64, 4, 4), (64, 128, 64, 3, 4), (128, 128, 64, 3, 8), (128, 64, 32, 4, 4)]
 for _cfg in CONFIGS:
     register(TritonImplicitConv(*_cfg))
+# INT8: K tiles twice as deep for the same bytes; 32 deep for 32-channel inputs and stems
+INT8_CONFIGS = [(128, 128, 64, 4, 8), (128, 128, 128, 3, 8), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4),
+                (64, 64, 64, 4, 4), (64, 64, 32, 4, 4)]
+for _cfg in INT8_CONFIGS:
+    register(TritonInt8ImplicitConv(*_cfg))
 # batch-1 classifiers and projections: a handful of rows
 SPLIT_K_GEMM_CONFIGS = [(16, 64, 128, 4, 4), (32, 64, 64, 4, 4), (64, 64, 64, 4, 4)]
 for _cfg in SPLIT_K_GEMM_CONFIGS:

@@ -1,0 +1,191 @@
+"""``cuda.quantized_matrix_multiply.triton_<tiles>``: an INT8 matrix multiply as one Triton kernel.
+
+The kernel reads the float activation tile by tile and quantizes it in registers
+(``saturate(round_half_even(x / input_scale) + zero_point)``), multiplies it by the INT8
+weights on the tensor cores with exact int32 sums, and applies the layer's scale, bias,
+residual and activation to the accumulator before the single store: no quantize kernel before
+it, no int32 matrix after it.  The activation is read once per column block, as a float GEMM
+reads it; what INT8 saves is tensor-core time and half the weight traffic.
+
+Unsigned activations (ONNX Runtime's u8 QDQ) and zero points fit the signed multiply by a
+shift: ``q - zp = (q - s) + (s - zp)`` with ``s`` = 128 for UINT8 (0 for INT8), so ``q - s``
+is a signed byte and ``(s - zp) * sum_k w[k, n]`` is a per-column int32 correction added to
+the accumulator.  Everything stays exact.
+
+The weights are stored ``[N, K]`` (K contiguous), the operand layout Hopper's 8-bit tensor
+core instructions take.  The activation may instead arrive already quantized (``int8``, the
+output of a producer that quantizes in its epilogue), and is then read as it is.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kilnrt.kernels.gemm_rows import restore_rows, rows_in_memory_order
+from kilnrt.kernels.registry import register
+from kilnrt.kernels.triton import launch_options, wait_for_previous_kernel
+from kilnrt.kernels.triton.epilogue import EPILOGUE_ACTIVATIONS
+from kilnrt.kernels.triton.gemm import TiledTactic, store_epilogue
+from kilnrt.network.dtypes import DataType
+from kilnrt.network.layers import LayerKind, MatrixOperation
+
+FLOAT_INPUTS = (DataType.HALF, DataType.BF16, DataType.FLOAT)
+SHIFT = {DataType.INT8: 0, DataType.UINT8: 128}      # q - SHIFT is a signed byte
+RANGE = {DataType.INT8: (-128, 127), DataType.UINT8: (0, 255)}
+
+
+ROUNDING = tl.constexpr(12582912.0)  # 1.5 * 2**23: adding it leaves no fraction bits below 2**22
+
+
+@triton.jit
+def quantize_tile(x, inv_scale, zero_point, lo, hi, shift):
+    """``saturate(round_half_even(x * (1 / scale)) + zero_point) - shift`` as int8 (module
+    docstring).  A multiply, not an IEEE division (which cost 4x the GEMM's time on an H200): the
+    two differ only where ``x / scale`` lies within an ulp of a rounding tie."""
+    v = x.to(tl.float32) * inv_scale
+    v = tl.minimum(tl.maximum(v, -1024.0), 1024.0)            # saturates below anyway
+    q = (v + ROUNDING) - ROUNDING + zero_point                  # float32 adds round half to even
+    q = tl.minimum(tl.maximum(q, lo), hi) - shift
+    return q.to(tl.int8)
+
+
+@triton.jit
+def _gemm_int8(a_ptr, w_ptr, corr_ptr, scale_ptr, bias_ptr, res_ptr, c_ptr, M, N, K: tl.constexpr,
+               stride_am, stride_ak, ldc, inv_scale, zero_point, lo, hi, shift, alpha, beta,
+               A_QUANTIZED: tl.constexpr, HAS_CORR: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
+               ACT: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, USE_PDL: tl.constexpr):
+    wait_for_previous_kernel(USE_PDL)
+    pid = tl.program_id(0)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    first_m = (pid // width) * GROUP_M
+    group_m = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % group_m
+    pid_n = (pid % width) // group_m
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    ram = tl.max_contiguous(tl.multiple_of(rm % M, BLOCK_M), BLOCK_M)
+    rbn = tl.max_contiguous(tl.multiple_of(rn % N, BLOCK_N), BLOCK_N)
+    a_ptrs = a_ptr + ram[:, None].to(tl.int64) * stride_am + rk[None, :] * stride_ak
+    w_ptrs = w_ptr + rbn[None, :].to(tl.int64) * K + rk[:, None]          # [BLOCK_K, BLOCK_N], K contiguous
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            w = tl.load(w_ptrs)
+        else:
+            k_left = K - k0
+            a = tl.load(a_ptrs, mask=rk[None, :] < k_left, other=0.0)
+            w = tl.load(w_ptrs, mask=rk[:, None] < k_left, other=0)
+        if not A_QUANTIZED:
+            a = quantize_tile(a, inv_scale, zero_point, lo, hi, shift)
+            if not EVEN_K:
+                a = tl.where(rk[None, :] < K - k0, a, 0)
+        acc = tl.dot(a, w, acc, out_dtype=acc.dtype)
+        a_ptrs += BLOCK_K * stride_ak
+        w_ptrs += BLOCK_K
+    if HAS_CORR:
+        acc += tl.load(corr_ptr + rn, mask=rn < N, other=0)[None, :]
+    y = acc.to(tl.float32) * tl.load(scale_ptr + rn, mask=rn < N, other=0.0)[None, :]
+    store_epilogue(y, rm, rn, M, N, ldc, bias_ptr, res_ptr, c_ptr, alpha, beta, HAS_BIAS, HAS_RES, ACT)
+
+
+class Int8Weights:
+    """What the kernel needs of a layer's INT8 weights, made once at build: ``weight`` ``[N, K]``
+    int8, ``scale`` ``[N]`` float32 (input scale times weight scale), ``correction`` ``[N]`` int32
+    or None (module docstring), and the activation's quantization (scale, zero point,
+    integer range, shift)."""
+
+    def __init__(self, weight_nk: torch.Tensor, weight_scale: torch.Tensor, input_scale: float, zero_point: int,
+                 input_type: DataType) -> None:
+        n = weight_nk.shape[0]
+        self.weight = weight_nk.to(torch.int8).contiguous()
+        self.scale = (weight_scale.to(torch.float64).reshape(-1) * input_scale).to(torch.float32).expand(n).contiguous()
+        shift = SHIFT[input_type]
+        self.correction = None
+        if shift != zero_point:
+            colsum = self.weight.to(torch.int64).sum(dim=1)
+            self.correction = ((shift - zero_point) * colsum).to(torch.int32).contiguous()
+        self.inv_scale = 1.0 / float(input_scale)
+        self.zero_point, self.shift = float(zero_point), float(shift)
+        self.lo, self.hi = (float(v) for v in RANGE[input_type])
+
+
+def gemm_int8(a: torch.Tensor, q: Int8Weights, bias: torch.Tensor | None, residual: torch.Tensor | None,
+              act: str, alpha: float, beta: float, config: dict, out_dtype: torch.dtype,
+              quantized_input: bool = False) -> torch.Tensor:
+    """``act(scale * (quantize(a) @ weight^T + correction) + bias + residual)`` as a new row-major
+    ``[M, N]`` tensor of ``out_dtype``; ``a`` is any ``[M, K]`` matrix with K-contiguous rows (float,
+    or int8 already quantized and shifted when ``quantized_input``)."""
+    m, (n, k) = a.shape[0], q.weight.shape
+    c = torch.empty((m, n), dtype=out_dtype, device=a.device)
+    if m > 0:
+        grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
+        dummy = q.scale
+        _gemm_int8[grid](a, q.weight, q.correction if q.correction is not None else dummy, q.scale,
+                         bias if bias is not None else dummy, residual if residual is not None else c, c,
+                         m, n, k, a.stride(0), a.stride(1), c.stride(0), q.inv_scale, q.zero_point, q.lo, q.hi,
+                         q.shift, float(alpha), float(beta), A_QUANTIZED=quantized_input,
+                         HAS_CORR=q.correction is not None, HAS_BIAS=bias is not None,
+                         HAS_RES=residual is not None, ACT=act, EVEN_K=k % config["BLOCK_K"] == 0,
+                         **config, **launch_options(c))
+    return c
+
+
+def int8_shape_ok(k: int, n: int) -> bool:
+    """16-byte aligned rows of 8-bit weights and at least one 32-deep step of the 8-bit tensor-core
+    instructions; tinier GEMMs are the reference kernel's."""
+    return k % 16 == 0 and n % 8 == 0 and k >= 32 and n >= 16
+
+
+class TritonInt8Gemm(TiledTactic):
+    kind = LayerKind.QUANTIZED_MATRIX_MULTIPLY
+    device = "cuda"
+    prefix = "cuda.quantized_matrix_multiply.triton_"
+
+    def supports(self, layer, ctx) -> bool:
+        p = layer.params
+        x = layer.inputs[0]
+        w = ctx.constant(layer, 1)
+        if (w is None or w.dim() != 2 or w.dtype != torch.int8 or p.op0 != MatrixOperation.NONE
+                or p.op1 not in (MatrixOperation.NONE, MatrixOperation.TRANSPOSE)
+                or p.activation not in EPILOGUE_ACTIVATIONS or p.input_type not in SHIFT):
+            return False
+        if x is None or x.shape is None or len(x.shape) < 2 or x.dtype not in FLOAT_INPUTS:
+            return False
+        if ctx.constant(layer, 2) is None:
+            return False
+        k, n = (w.shape[1], w.shape[0]) if p.op1 == MatrixOperation.TRANSPOSE else tuple(w.shape)
+        if len(layer.inputs) > 3 and layer.inputs[3] is not None:
+            bias = ctx.constant(layer, 3)
+            if bias is None or bias.numel() != n:
+                return False
+        return int8_shape_ok(k, n)
+
+    def prepare(self, layer, ctx):
+        p = layer.params
+        w = ctx.constant(layer, 1)
+        weight_nk = w if p.op1 == MatrixOperation.TRANSPOSE else w.t()
+        q = Int8Weights(weight_nk, ctx.constant(layer, 2), p.input_scale, p.input_zero_point, p.input_type)
+        bias = ctx.constant(layer, 3) if len(layer.inputs) > 3 else None
+        out_dtype = layer.outputs[0].dtype.torch
+        if bias is not None:
+            bias = bias.reshape(-1).to(torch.float32).contiguous()
+        return q, bias, EPILOGUE_ACTIVATIONS[p.activation], p.activation_alpha, p.activation_beta, out_dtype
+
+    def run(self, state, inputs):
+        q, bias, act, alpha, beta, out_dtype = state
+        a, lead, inverse = rows_in_memory_order(inputs[0])
+        return [restore_rows(gemm_int8(a, q, bias, None, act, alpha, beta, self.config, out_dtype), lead, inverse)]
+
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps): 8-bit tiles go twice as deep in K as 16-bit ones
+# for the same bytes; the builder times each against the other INT8 tactics on the layer's shapes.
+CONFIGS = [(128, 128, 128, 3, 8), (128, 128, 64, 4, 4), (128, 256, 128, 3, 8), (64, 128, 128, 4, 4),
+           (64, 64, 128, 4, 4), (32, 64, 256, 3, 4), (16, 64, 256, 3, 4)]
+for _cfg in CONFIGS:
+    register(TritonInt8Gemm(*_cfg))
