@@ -198,6 +198,7 @@ class TritonImplicitConv(TiledTactic):
     kind = LayerKind.CONVOLUTION
     device = "cuda"
     prefix = "cuda.convolution.triton_implicit_"
+    residual_input = 3      # the residual's index among the layer's inputs
 
     def supports(self, layer, ctx) -> bool:
         p = layer.params
@@ -226,7 +227,7 @@ class TritonImplicitConv(TiledTactic):
         weight = w.permute(2, 3, 1, 0).reshape(kh * kw * c, k).contiguous()  # [(kh, kw, c), K]
         b = ctx.constant(layer, 2) if len(layer.inputs) > 2 else None
         bias = None if b is None else b.reshape(-1).to(weight.dtype).contiguous()
-        return p, weight, bias, (kh, kw), multiprocessors(ctx.device)
+        return p, weight, bias, (kh, kw), multiprocessors(ctx.device), {}
 
     def run(self, state, inputs):
         return [self._conv(state, inputs, None).permute(0, 3, 1, 2)]  # [N, K, OH, OW], channels-last
@@ -239,16 +240,16 @@ class TritonImplicitConv(TiledTactic):
         self._conv(state, inputs, nhwc_rows(out))
 
     def _conv(self, state, inputs, out):
-        p, weight, bias, window, programs = state
+        p, weight, bias, window, programs, options = state     # options: conv_nhwc's INT8 arguments
         x = inputs[0].contiguous(memory_format=torch.channels_last)
-        residual = inputs[3] if len(inputs) > 3 else None
+        residual = inputs[self.residual_input] if len(inputs) > self.residual_input else None
         n, c, h, w = x.shape
         stride, dilation, pre, out_hw = window_geometry(p, (h, w), window)
         if residual is not None:
             residual = residual.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
         return conv_nhwc(x.permute(0, 2, 3, 1), weight, bias, residual, window, stride, pre, dilation, out_hw,
                          EPILOGUE_ACTIVATIONS[p.activation], p.activation_alpha, p.activation_beta, self.config,
-                         programs, out)
+                         programs, out, **options)
 
 
 class TritonInt8ImplicitConv(TritonImplicitConv):
@@ -259,6 +260,7 @@ class TritonInt8ImplicitConv(TritonImplicitConv):
 
     kind = LayerKind.QUANTIZED_CONVOLUTION
     prefix = "cuda.quantized_convolution.triton_implicit_"
+    residual_input = 4      # after x, weights, weight scale, bias
 
     def supports(self, layer, ctx) -> bool:
         p = layer.params
@@ -281,19 +283,8 @@ class TritonInt8ImplicitConv(TritonImplicitConv):
                         p.input_zero_point, p.input_type)        # [K, (kh, kw, c)]
         b = ctx.constant(layer, 3) if len(layer.inputs) > 3 else None
         bias = None if b is None else b.reshape(-1).to(torch.float32).contiguous()
-        return p, q, bias, (kh, kw), multiprocessors(ctx.device), layer.outputs[0].dtype.torch
-
-    def _conv(self, state, inputs, out):
-        p, q, bias, window, programs, out_dtype = state
-        x = inputs[0].contiguous(memory_format=torch.channels_last)
-        residual = inputs[4] if len(inputs) > 4 else None
-        n, c, h, w = x.shape
-        stride, dilation, pre, out_hw = window_geometry(p, (h, w), window)
-        if residual is not None:
-            residual = residual.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
-        return conv_nhwc(x.permute(0, 2, 3, 1), None, bias, residual, window, stride, pre, dilation, out_hw,
-                         EPILOGUE_ACTIVATIONS[p.activation], p.activation_alpha, p.activation_beta, self.config,
-                         programs, out, quantized=q, out_dtype=out_dtype)
+        return p, None, bias, (kh, kw), multiprocessors(ctx.device), {"quantized": q,
+                                                                     "out_dtype": layer.outputs[0].dtype.torch}
 
 
 class TritonSplitKGemm(TritonGemm):
