@@ -2,17 +2,22 @@
 
 The engine's I/O keeps its declared types (casts at the edges, as TensorRT's reformat
 layers); float32 constants are converted once; casts and fills that target float32 are
-retargeted.  Layers pinned to float32 (``layer.precision = DataType.FLOAT``) keep it:
-their float inputs are cast up and their outputs back down.
+retargeted.  Layers pinned to float32 (``layer.precision = DataType.FLOAT``) keep it, as
+TensorRT's precision constraints do: a pinned layer reads its float inputs in FP32 (cast up
+where they were lowered), computes in FP32 and writes FP32 (or the type ``set_output_type``
+asks for, through a cast); a lowered consumer of an FP32 tensor reads it through one cast
+per tensor, a pinned one reads it as is.  Constants that a pinned layer reads stay FP32.
 """
 from __future__ import annotations
 
 import dataclasses
 
 from kilnrt.network.dtypes import DataType
-from kilnrt.network.graph import Network
+from kilnrt.network.graph import Layer, Network, Tensor
 from kilnrt.network.layers import SHAPE_INPUTS, CastParams, ConstantParams, LayerKind
 from kilnrt.network.rewrite import NetworkCopier
+
+FLOAT = DataType.FLOAT
 
 
 def _shape_only_constants(net: Network) -> set[str]:
@@ -26,55 +31,104 @@ def _shape_only_constants(net: Network) -> set[str]:
     return {name for name, only in uses.items() if only}
 
 
+def _pinned(layer: Layer) -> bool:
+    return layer.precision == FLOAT
+
+
+class _Lowering:
+    """The copier plus the casts between FP32 tensors (inputs, pinned layers' outputs) and
+    lowered layers, made once per tensor."""
+
+    def __init__(self, net: Network, low: DataType) -> None:
+        self.c = NetworkCopier(net)
+        self.low = low
+        self.fp32: set[str] = set()            # source tensors kept FP32 that lowered readers cast down
+        self._down: dict[str, Tensor] = {}
+        self._up: dict[str, Tensor] = {}
+
+    def lowered_inputs(self, layer: Layer) -> list[Tensor | None]:
+        """``layer``'s inputs for a lowered copy: FP32 tensors cast to the low type (not at shape inputs)."""
+        shape_inputs = SHAPE_INPUTS.get(layer.kind, frozenset())
+        ins = []
+        for i, t in enumerate(layer.inputs):
+            m = self.c.mapped(t)
+            if m is not None and t.name in self.fp32 and i not in shape_inputs and m.dtype == FLOAT:
+                if t.name not in self._down:
+                    self._down[t.name] = self.c.net.add_layer(
+                        LayerKind.CAST, CastParams(self.low), [m], name=self.c.net.unique_name(
+                            f"{t.name}/to_{self.low.name}"),
+                        origin=t.producer.origin if t.producer is not None else (t.name,)).outputs[0]
+                m = self._down[t.name]
+            ins.append(m)
+        return ins
+
+    def fp32_inputs(self, layer: Layer) -> list[Tensor | None]:
+        """``layer``'s inputs for a pinned copy: lowered tensors cast up to FP32."""
+        ins = []
+        for t in layer.inputs:
+            m = self.c.mapped(t)
+            if m is not None and m.dtype == self.low:
+                if m.name not in self._up:
+                    self._up[m.name] = self.c.net.add_layer(
+                        LayerKind.CAST, CastParams(FLOAT), [m], name=self.c.net.unique_name(f"{layer.name}/{m.name}/to_FLOAT"),
+                        origin=layer.origin).outputs[0]
+                m = self._up[m.name]
+            ins.append(m)
+        return ins
+
+    def copy_pinned(self, layer: Layer) -> None:
+        """Compute in FP32; an output whose type was set to FP16/BF16 is cast to it after."""
+        new = self.c.copy(layer, self.fp32_inputs(layer))
+        for i, (old_t, new_t) in enumerate(zip(layer.outputs, new.outputs)):
+            wanted = layer.output_types.get(i)
+            if wanted in (DataType.HALF, DataType.BF16) and layer.kind not in (LayerKind.CAST, LayerKind.FILL):
+                new.output_types.pop(i)
+                new_t.name = self.c.net.unique_name(f"{old_t.name}/fp32")
+                cast = self.c.net.add_layer(LayerKind.CAST, CastParams(wanted), [new_t], name=f"{old_t.name}/to_{wanted.name}",
+                                            origin=layer.origin, output_names=[old_t.name])
+                self.c.alias(old_t, cast.outputs[0])
+            elif old_t.dtype == FLOAT:
+                self.fp32.add(old_t.name)
+
+
 def lower_precision(net: Network, dtype: DataType, stats: dict | None = None) -> Network:
-    """float32 -> ``dtype`` everywhere but the engine's I/O and pinned layers."""
+    """float32 -> ``dtype`` everywhere but the engine's I/O, pinned layers and their constants."""
     net.infer()
     low = dtype
-    c = NetworkCopier(net)
+    work = _Lowering(net, low)
+    c = work.c
     count = 0
-    for t in net.inputs:
-        if t.dtype == DataType.FLOAT:
-            cast = c.net.add_layer(LayerKind.CAST, CastParams(low), [c.mapped(t)], name=f"{t.name}/to_{low.name}",
-                                   origin=(t.name,))
-            c.alias(t, cast.outputs[0])
+    work.fp32.update(t.name for t in net.inputs if t.dtype == FLOAT)   # cast where a lowered layer reads them
     keep = _shape_only_constants(net)
+    read_by_pinned = {t.name for l in net.layers if _pinned(l) for t in l.inputs if t is not None}
     for layer in net.layers:
         p = layer.params
-        if layer.kind == LayerKind.CONSTANT and p.weights.dtype == DataType.FLOAT.numpy \
-                and layer.outputs[0].name not in keep and layer.precision != DataType.FLOAT:
-            new = c.copy(layer)
-            new.params = ConstantParams(p.weights.astype(low.numpy))
-            count += 1
-        elif layer.kind == LayerKind.CAST and p.to == DataType.FLOAT and layer.precision != DataType.FLOAT:
-            c.copy(layer).params = CastParams(low)
-        elif layer.kind == LayerKind.FILL and p.dtype == DataType.FLOAT and layer.precision != DataType.FLOAT:
-            c.copy(layer).params = dataclasses.replace(p, dtype=low)
-        elif layer.kind == LayerKind.POINTWISE and layer.precision != DataType.FLOAT:
+        if layer.kind == LayerKind.CONSTANT and p.weights.dtype == FLOAT.numpy:
+            if layer.outputs[0].name in keep:
+                c.copy(layer)
+            elif _pinned(layer) or layer.outputs[0].name in read_by_pinned:
+                c.copy(layer)
+                work.fp32.add(layer.outputs[0].name)
+            else:
+                c.copy(layer).params = ConstantParams(p.weights.astype(low.numpy))
+                count += 1
+        elif _pinned(layer):
+            work.copy_pinned(layer)
+        elif layer.kind == LayerKind.CAST and p.to == FLOAT:
+            c.copy(layer, work.lowered_inputs(layer)).params = CastParams(low)
+        elif layer.kind == LayerKind.FILL and p.dtype == FLOAT:
+            c.copy(layer, work.lowered_inputs(layer)).params = dataclasses.replace(p, dtype=low)
+        elif layer.kind == LayerKind.POINTWISE:
             from kilnrt.optimize.passes.pointwise import retarget_casts  # a fused region: its casts, as above
 
-            c.copy(layer).params = retarget_casts(p, DataType.FLOAT, low)
-        elif layer.precision == DataType.FLOAT:
-            ins = []
-            for t in layer.inputs:
-                m = c.mapped(t)
-                if m is not None and m.dtype == low:
-                    m = c.net.add_layer(LayerKind.CAST, CastParams(DataType.FLOAT), [m],
-                                        name=f"{layer.name}/{m.name}/to_FLOAT", origin=layer.origin).outputs[0]
-                ins.append(m)
-            new = c.copy(layer, ins)
-            for old_t, new_t in zip(layer.outputs, new.outputs):
-                if old_t.dtype == DataType.FLOAT:
-                    new_t.name = f"{old_t.name}/fp32"
-                    back = c.net.add_layer(LayerKind.CAST, CastParams(low), [new_t], name=f"{old_t.name}/to_{low.name}",
-                                           origin=layer.origin, output_names=[old_t.name])
-                    c.alias(old_t, back.outputs[0])
+            c.copy(layer, work.lowered_inputs(layer)).params = retarget_casts(p, FLOAT, low)
         else:
-            c.copy(layer)
+            c.copy(layer, work.lowered_inputs(layer))
     for t in net.outputs:
         internal = c.mapped(t)
-        if t.dtype == DataType.FLOAT and internal.dtype != DataType.FLOAT:
+        if t.dtype == FLOAT and internal.dtype != FLOAT:
             internal.name = c.net.unique_name(f"{t.name}/{low.name}")
-            cast = c.net.add_layer(LayerKind.CAST, CastParams(DataType.FLOAT), [internal],
+            cast = c.net.add_layer(LayerKind.CAST, CastParams(FLOAT), [internal],
                                    name=f"{t.name}/to_FLOAT", origin=(t.name,), output_names=[t.name])
             c.alias(t, cast.outputs[0])
     if stats is not None:
