@@ -8,7 +8,11 @@ from kilnrt.builder.buckets import check_bucket_points
 from kilnrt.builder import BuilderConfig, BuilderFlag, OptimizationProfile, TimingCache, build_engine
 from kilnrt.engine import Engine, load
 from kilnrt.errors import ErrorCode, KilnError
+from kilnrt.network.dtypes import DataType
 from kilnrt.network.graph import Network
+
+log = logging.getLogger("kilnrt")
+_WARNED: set[str] = set()
 
 ProfileSpec = Mapping[str, Sequence[int] | Sequence[Sequence[int]]]
 
@@ -45,7 +49,7 @@ def build(model: Any, *, fp16: bool = False, bf16: bool = False, tf32: bool = Tr
           workspace: int | None = None, progress: bool = False, verbose: bool = False,
           tactic_buckets: Any = ("min",), int8: bool = False, calibration: Any = None,
           calibration_method: str = "entropy", calibration_cache: str | None = None,
-          accuracy_budget: float | None = None) -> Engine:
+          accuracy_budget: float | None = None, layer_precisions: Any = None) -> Engine:
     """Build an engine from an ONNX model (path, bytes, ModelProto) or a :class:`Network`.
 
     ``profiles``: for dynamic inputs, ``{"input": (min_shape, opt_shape, max_shape)}`` (or a
@@ -57,13 +61,28 @@ def build(model: Any, *, fp16: bool = False, bf16: bool = False, tf32: bool = Tr
     "entropy", "minmax" or "percentile") and/or ``calibration_cache`` (TensorRT's text format,
     read if it exists, else written); ``accuracy_budget``: keep the most sensitive layers in
     float until the outputs' relative L2 error on the last (held-back) calibration batch fits
-    it; see docs/int8.md.
+    it; see docs/int8.md.  ``layer_precisions``: layers to keep in FP32 in an FP16/BF16 build,
+    ``{"Conv_3": "fp32"}`` or trtexec's ``"Conv_3:fp32,/blk/*:fp32"`` (a layer's name or its ONNX
+    node's; see docs/debugging.md).
     """
     if verbose:
         logging.getLogger("kilnrt").setLevel(logging.DEBUG)
     if device not in ("cpu", "cuda"):
         raise KilnError(ErrorCode.INVALID_ARGUMENT, f"device={device!r}; supported: 'cpu', 'cuda'")
     network = to_network(model)
+    constrained = None
+    if layer_precisions:   # pinned and lowered before the optimizer, so no fusion crosses a pin
+        from kilnrt.optimize.passes.precision import constrain_layers
+
+        if int8:
+            raise KilnError(ErrorCode.INVALID_ARGUMENT, "layer_precisions with int8=True is not supported yet; "
+                                                        "keep layers in float through the model's Q/DQ placement")
+        low = (DataType.HALF if fp16 else DataType.BF16 if bf16 else None) if device == "cuda" else None
+        network, constrained = constrain_layers(network, layer_precisions, low)
+        if not (fp16 or bf16) and "fp32" not in _WARNED:
+            _WARNED.add("fp32")
+            log.warning("layer_precisions without fp16/bf16: every layer runs in FP32 already")
+        fp16, bf16 = (False, False) if low is not None else (fp16, bf16)
     config = BuilderConfig()
     config.device = device
     config.progress = progress
@@ -96,6 +115,11 @@ def build(model: Any, *, fp16: bool = False, bf16: bool = False, tf32: bool = Tr
     elif isinstance(timing_cache, TimingCache):
         config.set_timing_cache(timing_cache)
     engine = build_engine(network, config)
+    if constrained is not None:
+        engine.build_info["layer_precisions"] = constrained
+        if constrained["lowered"]:
+            engine.build_info["flags"] = sorted({*engine.build_info.get("flags", ()),
+                                                 "fp16" if constrained["lowered"] == "HALF" else "bf16"})
     if cache_path is not None:
         config.timing_cache.save(cache_path)
     return engine

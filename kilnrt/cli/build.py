@@ -1,6 +1,7 @@
 """Build an engine from an ONNX model and save it as a plan file.
 
     kilnrt build model.onnx -o model.plan --fp16 --shapes input:8x3x224x224
+    kilnrt build model.onnx --fp16 --layerPrecisions=Conv_3:fp32,/head/*:fp32   # or a debug precision file
     kilnrt build model.onnx --min-shapes input:1x3x224x224 --opt-shapes input:8x3x224x224 \\
                             --max-shapes input:32x3x224x224 --timing-cache model.cache
 """
@@ -22,6 +23,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--portable", action="store_true", help="a plan that loads on any GPU of its kind")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_build_options(p)
+    g = p.add_argument_group("layer precisions (trtexec's flags)")
+    g.add_argument("--layerPrecisions", "--layer-precisions", dest="layer_precisions", action="append",
+                   metavar="LAYER:fp32,..|FILE.json",
+                   help="layers (or ONNX nodes; one '*' wildcard per name) to keep in FP32 in an --fp16/--bf16 "
+                        "build, or the file of kilnrt debug precision --save")
+    g.add_argument("--precisionConstraints", "--precision-constraints", dest="precision_constraints",
+                   choices=("obey", "prefer", "none"), default=None,
+                   help="obey (the default with --layerPrecisions) and prefer both keep every named layer in "
+                        "FP32 (kilnrt never overrides a constraint); none ignores --layerPrecisions, as trtexec")
+
+
+def layer_precisions(args: argparse.Namespace, out) -> dict[str, str] | None:
+    """--layerPrecisions (specs or files) as one table, or None where there is none or
+    --precisionConstraints=none says to ignore it (with a warning)."""
+    from kilnrt.debugging.precision import read_layer_precisions
+
+    specs = getattr(args, "layer_precisions", None) or []
+    table: dict[str, str] = {}
+    for spec in specs:
+        for name, word in read_layer_precisions(spec).items():
+            table.pop(name, None)
+            table[name] = word
+    if getattr(args, "precision_constraints", None) == "none":
+        if table:
+            out.print("[yellow]warning:[/] --layerPrecisions is ignored with --precisionConstraints=none (as in "
+                      "trtexec); every layer runs in the build's precision")
+        return None
+    return table or None
 
 
 def build(args: argparse.Namespace, out=None):
@@ -35,12 +64,16 @@ def build(args: argparse.Namespace, out=None):
         network = kilnrt.to_network(os.fspath(args.model))
     t1 = time.perf_counter()
     kwargs = build_kwargs(args)
+    constraints = layer_precisions(args, out)
+    if constraints:
+        kwargs["layer_precisions"] = constraints
     progress = not getattr(args, "no_progress", False) and console(stderr=True).is_terminal
     engine = kilnrt.build(network, portable=getattr(args, "portable", False), progress=progress, **kwargs)
     return engine, network, t1 - t0, time.perf_counter() - t1
 
 
 def main(args: argparse.Namespace) -> int:
+    from rich.markup import escape
     from rich.table import Table
 
     from kilnrt.engine.inspector import (buckets_text, format_bytes, int8_text, layout_summary, layout_text,
@@ -70,6 +103,12 @@ def main(args: argparse.Namespace) -> int:
         if buckets_text(sub.build_info):
             table.add_row(f"tactic buckets{f' (profile {k})' if engine.profile_engines else ''}",
                           buckets_text(sub.build_info))
+    pinned = engine.build_info.get("layer_precisions")
+    if pinned:
+        how = f"the others in {pinned['lowered']}" if pinned["lowered"] else \
+            "every layer runs in FP32 (no --fp16/--bf16, or the CPU, which runs FP16/BF16 builds in FP32)"
+        table.add_row("layer precisions", f"{len(pinned['fp32_layers'])} layer(s) kept in FP32 "
+                                          f"({escape(', '.join(pinned['constraints']))}); {how}")
     if int8_text(engine.build_info):
         table.add_row("INT8", int8_text(engine.build_info))
     if engine.memory is not None:

@@ -5,20 +5,19 @@ FP16/BF16 build must keep in FP32.
   grammar (a name may hold one ``*`` wildcard; later entries override earlier ones) and
   :func:`fp32_layers` finds the layers it names: a name matches a layer by its own name or
   by the ONNX node it came from (``layer.origin``), so a constraint on an ONNX node holds for
-  every layer the importer made of it.
+  every layer the importer made of it (both live in :mod:`kilnrt.optimize.passes.precision`,
+  which the builder uses too, and are re-exported here).
 * :func:`mixed_precision` rewrites a network so that every float layer but the kept ones
   computes in FP16/BF16 (casts at each reduced layer's edges), and :func:`build_reduced`
   builds it: a kept layer reads and writes FP32, like TensorRT's ``--layerPrecisions`` with
-  ``--layerOutputTypes``. (kilnrt's own ``fp16=True`` build rounds a pinned layer's outputs to
-  FP16, so a value that overflows between two pinned layers still overflows there.) On the
-  CPU, whose backend runs FP16/BF16 builds in FP32, this is also how a reduced-precision
+  ``--layerOutputTypes``. (kilnrt's own ``fp16=True, layer_precisions=...`` build pins and
+  lowers instead: :func:`kilnrt.optimize.passes.precision.constrain_layers`.) On the CPU, whose backend runs FP16/BF16 builds in FP32, this is also how a reduced-precision
   build is shown at all: torch's float16/bfloat16 CPU kernels compute it.
 * :func:`find_fp32_layers` is the search: given a predicate "does the build pass with
   these nodes kept in FP32", it finds a small set of nodes that makes it pass.
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import os
@@ -29,39 +28,18 @@ from kilnrt.errors import ErrorCode, KilnError
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.graph import Network
 from kilnrt.network.layers import LayerKind
+from kilnrt.optimize.passes.precision import PRECISIONS, fp32_layers, node_order, parse_layer_precisions
+
+__all__ = ["PRECISIONS", "REDUCED", "NotAPrecisionProblem", "SearchResult", "build_reduced", "find_fp32_layers",
+           "format_layer_precisions", "fp32_layers", "layers_of", "mixed_precision", "node_order",
+           "parse_layer_precisions", "read_layer_precisions"]
 
 log = logging.getLogger("kilnrt.debugging")
 
-# trtexec's precision words -> kilnrt's types
-PRECISIONS = {"fp32": DataType.FLOAT, "fp16": DataType.HALF, "bf16": DataType.BF16,
-              "int32": DataType.INT32, "int8": DataType.INT8}
 REDUCED = {"fp16": DataType.HALF, "bf16": DataType.BF16}
 
 
 # ----------------------------------------------------------------------------- constraints
-def parse_layer_precisions(spec: str | Sequence[str] | None) -> dict[str, str]:
-    """trtexec's ``layerName:precision[,spec]`` -> ``{name pattern: precision word}`` (in order)."""
-    if spec is None:
-        return {}
-    specs = [spec] if isinstance(spec, str) else list(spec)
-    out: dict[str, str] = {}
-    for text in specs:
-        for item in filter(None, (s.strip() for s in text.split(","))):
-            name, sep, precision = item.rpartition(":")
-            name = name.strip().strip("'\"")
-            precision = precision.strip().lower()
-            if not sep or not name or precision not in PRECISIONS:
-                raise KilnError(ErrorCode.INVALID_ARGUMENT,
-                                f"layer precisions: cannot read {item!r}; write LAYER:PRECISION with PRECISION one "
-                                f"of {', '.join(PRECISIONS)}, e.g. Conv_3:fp32 (several: a comma-separated list)")
-            if name.count("*") > 1:
-                raise KilnError(ErrorCode.INVALID_ARGUMENT,
-                                f"layer precisions: {name!r} has {name.count('*')} wildcards; a name may hold one '*'")
-            out.pop(name, None)          # a later entry overrides an earlier one, and is ordered last
-            out[name] = precision
-    return out
-
-
 def read_layer_precisions(value: str | None) -> dict[str, str]:
     """A spec string, or a JSON file written by ``kilnrt debug precision`` (its ``layer_precisions``)."""
     if value is None:
@@ -82,47 +60,9 @@ def read_layer_precisions(value: str | None) -> dict[str, str]:
     return parse_layer_precisions(value)
 
 
-def _matches(pattern: str, layer) -> bool:
-    names = (layer.name, *layer.origin)
-    if "*" in pattern:
-        return any(fnmatch.fnmatchcase(n, pattern) for n in names)
-    return pattern in names
-
-
-def fp32_layers(network: Network, constraints: dict[str, str]) -> tuple[set[str], dict[str, list[str]]]:
-    """The names of the layers ``constraints`` keep in FP32, and ``{pattern: [layer names]}``.
-
-    Only fp32 can be asked for: in a reduced-precision build a layer runs in FP32 or in the
-    build's --fp16/--bf16 precision; other words raise, as does a name that matches nothing."""
-    unsupported = {p: w for p, w in constraints.items() if w != "fp32"}
-    if unsupported:
-        raise KilnError(ErrorCode.INVALID_ARGUMENT,
-                        "layer precisions: kilnrt can keep layers in fp32 only (a layer runs in FP32 or in the "
-                        "build's --fp16/--bf16 precision); got " + ", ".join(f"{p}:{w}" for p, w in unsupported.items()))
-    matched: dict[str, list[str]] = {p: [] for p in constraints}
-    for layer in network.layers:
-        if layer.kind == LayerKind.CONSTANT:
-            continue
-        for pattern in constraints:
-            if _matches(pattern, layer):
-                matched[pattern].append(layer.name)
-    missing = [p for p, names in matched.items() if not names]
-    if missing:
-        known = node_order(network)
-        raise KilnError(ErrorCode.INVALID_ARGUMENT,
-                        f"layer precisions: no layer or ONNX node named {', '.join(map(repr, missing))}; the network's "
-                        f"nodes are: {', '.join(known[:12])}{', ...' if len(known) > 12 else ''}")
-    return {n for names in matched.values() for n in names}, matched
-
-
 def format_layer_precisions(nodes: Iterable[str], word: str = "fp32") -> str:
     """trtexec's ``--layerPrecisions`` value for ``nodes``."""
     return ",".join(f"{n}:{word}" for n in nodes)
-
-
-def node_order(network: Network) -> list[str]:
-    """The ONNX nodes (``layer.origin``) of the network's computing layers, in layer order."""
-    return list(dict.fromkeys(n for l in network.layers if l.kind != LayerKind.CONSTANT for n in l.origin))
 
 
 def layers_of(network: Network, nodes: Iterable[str]) -> set[str]:

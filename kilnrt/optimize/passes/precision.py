@@ -7,11 +7,20 @@ TensorRT's precision constraints do: a pinned layer reads its float inputs in FP
 where they were lowered), computes in FP32 and writes FP32 (or the type ``set_output_type``
 asks for, through a cast); a lowered consumer of an FP32 tensor reads it through one cast
 per tensor, a pinned one reads it as is.  Constants that a pinned layer reads stay FP32.
+
+Layer precision constraints (trtexec's ``--layerPrecisions=Conv_3:fp32,/blk/*:fp32``) name
+layers by their own name or by the ONNX node they came from: :func:`parse_layer_precisions`
+reads the grammar, :func:`fp32_layers` finds the layers, :func:`constrain_layers` pins them
+and, for a reduced-precision build, lowers the rest before the graph optimizations, so that
+no fusion can merge a pinned layer into a lowered one.
 """
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+from typing import Any, Iterable, Mapping, Sequence
 
+from kilnrt.errors import ErrorCode, KilnError
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.graph import Layer, Network, Tensor
 from kilnrt.network.layers import SHAPE_INPUTS, CastParams, ConstantParams, LayerKind
@@ -134,3 +143,97 @@ def lower_precision(net: Network, dtype: DataType, stats: dict | None = None) ->
     if stats is not None:
         stats["lower_precision"] = count
     return c.finish()
+
+
+# ----------------------------------------------------------------------------- constraints
+# trtexec's precision words -> kilnrt's types
+PRECISIONS = {"fp32": DataType.FLOAT, "fp16": DataType.HALF, "bf16": DataType.BF16,
+              "int32": DataType.INT32, "int8": DataType.INT8}
+
+
+def parse_layer_precisions(spec: str | Sequence[str] | Mapping[str, Any] | None) -> dict[str, str]:
+    """trtexec's ``layerName:precision[,spec]`` (or a ``{name: precision}`` mapping) ->
+    ``{name pattern: precision word}``, in order; a later entry overrides an earlier one."""
+    if spec is None:
+        return {}
+    if isinstance(spec, Mapping):
+        words = {DataType.FLOAT: "fp32", DataType.HALF: "fp16", DataType.BF16: "bf16"}
+        spec = [f"{k}:{words.get(v, v)}" for k, v in spec.items()]
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    out: dict[str, str] = {}
+    for text in specs:
+        for item in filter(None, (s.strip() for s in str(text).split(","))):
+            name, sep, precision = item.rpartition(":")
+            name = name.strip().strip("'\"")
+            precision = precision.strip().lower()
+            if not sep or not name or precision not in PRECISIONS:
+                raise KilnError(ErrorCode.INVALID_ARGUMENT,
+                                f"layer precisions: cannot read {item!r}; write LAYER:PRECISION with PRECISION one "
+                                f"of {', '.join(PRECISIONS)}, e.g. Conv_3:fp32 (several: a comma-separated list)")
+            if name.count("*") > 1:
+                raise KilnError(ErrorCode.INVALID_ARGUMENT,
+                                f"layer precisions: {name!r} has {name.count('*')} wildcards; a name may hold one '*'")
+            out.pop(name, None)          # a later entry overrides an earlier one, and is ordered last
+            out[name] = precision
+    return out
+
+
+def _matches(pattern: str, layer: Layer) -> bool:
+    names = (layer.name, *layer.origin)
+    if "*" in pattern:
+        return any(fnmatch.fnmatchcase(n, pattern) for n in names)
+    return pattern in names
+
+
+def node_order(network: Network) -> list[str]:
+    """The ONNX nodes (``layer.origin``) of the network's computing layers, in layer order."""
+    return list(dict.fromkeys(n for l in network.layers if l.kind != LayerKind.CONSTANT for n in l.origin))
+
+
+def fp32_layers(network: Network, constraints: dict[str, str]) -> tuple[set[str], dict[str, list[str]]]:
+    """The names of the layers ``constraints`` keep in FP32, and ``{pattern: [layer names]}``.
+
+    Only fp32 can be asked for: in a reduced-precision build a layer runs in FP32 or in the
+    build's --fp16/--bf16 precision; other words raise, as does a name that matches nothing."""
+    unsupported = {p: w for p, w in constraints.items() if w != "fp32"}
+    if unsupported:
+        raise KilnError(ErrorCode.INVALID_ARGUMENT,
+                        "layer precisions: kilnrt can keep layers in fp32 only (a layer runs in FP32 or in the "
+                        "build's --fp16/--bf16 precision); got " + ", ".join(f"{p}:{w}" for p, w in unsupported.items()))
+    matched: dict[str, list[str]] = {p: [] for p in constraints}
+    for layer in network.layers:
+        if layer.kind == LayerKind.CONSTANT:
+            continue
+        for pattern in constraints:
+            if _matches(pattern, layer):
+                matched[pattern].append(layer.name)
+    missing = [p for p, names in matched.items() if not names]
+    if missing:
+        known = node_order(network)
+        raise KilnError(ErrorCode.INVALID_ARGUMENT,
+                        f"layer precisions: no layer or ONNX node named {', '.join(map(repr, missing))}; the network's "
+                        f"nodes are: {', '.join(known[:12])}{', ...' if len(known) > 12 else ''}")
+    return {n for names in matched.values() for n in names}, matched
+
+
+def pin_fp32(network: Network, names: Iterable[str]) -> Network:
+    """A copy of ``network`` with the layers named in ``names`` pinned to FP32."""
+    names = set(names)
+    net = network.clone()
+    for layer in net.layers:
+        if layer.name in names:
+            layer.precision = FLOAT
+    return net
+
+
+def constrain_layers(network: Network, layer_precisions: Any, low: DataType | None) -> tuple[Network, dict]:
+    """``network`` with the layers ``layer_precisions`` names pinned to FP32 and, when ``low``
+    is given, every other float layer lowered to it (:func:`lower_precision`), before any
+    optimization pass; and a record of what was done, for the engine's build info."""
+    constraints = parse_layer_precisions(layer_precisions)
+    keep, matched = fp32_layers(network, constraints)
+    net = pin_fp32(network, keep)
+    if low is not None:
+        net = lower_precision(net, low)
+    return net, {"constraints": constraints, "fp32_layers": sorted(keep),
+                 "lowered": None if low is None else low.name}
