@@ -1,7 +1,9 @@
-"""Find why a reduced-precision build misses a tolerance (in the spirit of Polygraphy's ``debug``).
+"""Find why a build goes wrong (in the spirit of Polygraphy's ``debug``).
 
     kilnrt debug precision model.onnx --rtol 1e-2 --atol 1e-2 --save fp32_layers.json
     kilnrt debug precision model.onnx --precision bf16 --shapes input:8x3x224x224
+    kilnrt debug reduce model.onnx -o reduced.onnx                 # kilnrt vs ONNX Runtime mismatch
+    kilnrt debug reduce model.onnx -o reduced.onnx --check error   # a build (or run) error
 
 ``precision`` searches for a small set of ONNX nodes that must stay in FP32 for an FP16 (or
 BF16) build to match ONNX Runtime within the tolerance on seeded random inputs: it checks
@@ -10,6 +12,11 @@ a time, the shortest prefix of the network (in layer order) whose pinning passes
 finally drops any culprit the others pass without. It prints every build it tried and the
 nodes kept, as trtexec's ``--layerPrecisions`` value; ``--save`` writes them as a JSON file
 that ``kilnrt compare --layer-precisions FILE`` reads.
+
+``reduce`` shrinks a model that fails (kilnrt's outputs differ from ONNX Runtime's beyond the
+tolerance, or, with ``--check error``, building or running raises) to a small subgraph that
+still fails, and writes it as ONNX with the values its inputs had in the whole model
+(``-o reduced.onnx``, and ``reduced.npz`` beside it); see kilnrt/debugging/reduce.py.
 """
 from __future__ import annotations
 
@@ -19,21 +26,32 @@ import json
 from kilnrt.cli.args import console, engine_inputs, parse_shapes, require_file
 from kilnrt.errors import ErrorCode, KilnError
 
-HELP = "precision debugging: which layers must stay FP32 for an FP16/BF16 build to pass"
+HELP = "debugging: the layers an FP16/BF16 build must keep in FP32; the smallest failing subgraph"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("tool", choices=("precision",), help="precision: find the layers to keep in FP32")
+    p.add_argument("tool", choices=("precision", "reduce"),
+                   help="precision: find the layers to keep in FP32; reduce: shrink a failing model")
     p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model")
-    p.add_argument("--precision", choices=("fp16", "bf16"), default="fp16", help="the reduced precision (default fp16)")
-    p.add_argument("--rtol", type=float, default=1e-2, help="relative tolerance (default 1e-2)")
-    p.add_argument("--atol", type=float, default=1e-2, help="absolute tolerance (default 1e-2)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
+                   help="the build's precision (precision: the reduced one, default fp16; reduce: default fp32)")
+    p.add_argument("--rtol", type=float, default=None, help="relative tolerance (default 1e-2; reduce: 1e-3)")
+    p.add_argument("--atol", type=float, default=None, help="absolute tolerance (default 1e-2; reduce: 1e-4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     p.add_argument("--shapes", action="append", metavar="NAME:AxBx..",
                    help="static shapes for dynamic inputs, e.g. input:1x3x224x224")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="the device to build for (default: cuda when available)")
     p.add_argument("--save", metavar="FILE.json", help="write the nodes kept in FP32 as layer precision constraints")
+    r = p.add_argument_group("reduce")
+    r.add_argument("-o", "--output", metavar="REDUCED.onnx", help="where to write the reduced model (default: "
+                                                                   "MODEL.reduced.onnx)")
+    r.add_argument("--check", choices=("mismatch", "error"), default="mismatch",
+                   help="what failing means: mismatch (kilnrt vs ONNX Runtime beyond the tolerance; default) or "
+                        "error (building or running raises the error the whole model raises)")
+    r.add_argument("--error-contains", metavar="TEXT", help="--check error: the error's message must hold TEXT")
+    r.add_argument("--no-prune", action="store_true",
+                   help="stop after bisecting (skip trying to drop each remaining node)")
 
 
 def _device(value: str | None) -> str:
@@ -67,6 +85,13 @@ def _worst(actual: dict, expected: dict, rtol: float, atol: float) -> tuple[bool
 
 def debug_precision(args: argparse.Namespace) -> int:
     from rich.markup import escape
+
+    if args.precision == "fp32":
+        raise KilnError(ErrorCode.INVALID_ARGUMENT, "debug precision searches an FP16 or BF16 build; give "
+                                                    "--precision fp16 or bf16 (default fp16)")
+    args.precision = args.precision or "fp16"
+    args.rtol = 1e-2 if args.rtol is None else args.rtol
+    args.atol = 1e-2 if args.atol is None else args.atol
 
     import kilnrt
     from kilnrt.debugging.precision import (build_reduced, find_fp32_layers, format_layer_precisions, layers_of,
@@ -126,5 +151,66 @@ def debug_precision(args: argparse.Namespace) -> int:
     return 0
 
 
+def debug_reduce(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    import onnx
+    from rich.markup import escape
+
+    import kilnrt
+    from kilnrt.debugging.precision import build_reduced
+    from kilnrt.debugging.reduce import Reference, error_check, error_signature, mismatch_check, reduce_model
+    from kilnrt.debugging.reference import load_proto
+    from kilnrt.testing import seeded_inputs
+
+    out = console()
+    require_file(args.model, "ONNX model")
+    proto = load_proto(args.model)
+    if not len(proto.graph.node):
+        raise KilnError(ErrorCode.INVALID_MODEL, f"{args.model!r} has no nodes to reduce")
+    device = _device(args.device)
+    precision = None if args.precision in (None, "fp32") else args.precision
+    rtol = 1e-3 if args.rtol is None else args.rtol
+    atol = 1e-4 if args.atol is None else args.atol
+
+    def build(model):
+        return build_reduced(kilnrt.to_network(model), precision, device=device)
+
+    feeds = dict(seeded_inputs(proto, args.seed, parse_shapes(args.shapes) or None))
+    reference = Reference.run(proto, feeds)
+    if args.check == "mismatch":
+        fails = mismatch_check(build, rtol, atol)
+        what = f"kilnrt ({(precision or 'fp32').upper()}, {device}) differs from ONNX Runtime beyond rtol={rtol:g}, " \
+               f"atol={atol:g}"
+    else:
+        try:
+            build(proto).run(feeds)
+        except Exception as exc:  # noqa: BLE001 - the error to reduce
+            signature = error_signature(exc)
+            out.print(f"the whole model raises {escape(signature)}: {escape(str(exc).splitlines()[0])}")
+        else:
+            raise KilnError(ErrorCode.INVALID_ARGUMENT, f"debug reduce --check error: {args.model!r} builds and "
+                                                        "runs without an error; nothing to reduce (--check mismatch "
+                                                        "looks for wrong results)")
+        fails = error_check(build, signature, args.error_contains)
+        what = f"building or running raises {signature}" + (
+            f" with {args.error_contains!r}" if args.error_contains else "")
+    out.print(f"{escape(str(args.model))}: {len(proto.graph.node)} nodes; a subgraph fails when {escape(what)} "
+              f"(seed {args.seed})")
+    result = reduce_model(reference, fails, prune=not args.no_prune, report=lambda line: out.print(escape(line)))
+    target = Path(args.output) if args.output else Path(args.model).with_suffix(".reduced.onnx")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(result.model, str(target))
+    np.savez(target.with_suffix(".npz"), **result.feeds)
+    nodes = [proto.graph.node[i] for i in result.nodes]
+    names = ", ".join(f"{n.name or '?'} ({n.op_type})" for n in nodes[:8]) + (", ..." if len(nodes) > 8 else "")
+    out.print(f"[bold]reduced to {len(nodes)} of {len(proto.graph.node)} node(s)[/] ({result.checks} checks): "
+              f"{escape(names)}")
+    out.print(f"written to {escape(str(target))} (inputs {', '.join(result.feeds) or 'none'}; their values from "
+              f"the whole model's run in {escape(str(target.with_suffix('.npz')))})")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
-    return debug_precision(args)
+    return debug_reduce(args) if args.tool == "reduce" else debug_precision(args)
