@@ -7,6 +7,12 @@ does not pass is refused with a :class:`~kilnrt.errors.PlanError` naming the fie
 params are checked against their dataclass annotations when decoded
 (:mod:`kilnrt.engine.serialize`); dim expression trees when evaluated
 (:mod:`kilnrt.network.symbolic`).
+
+:func:`check_header` checks the JSON before anything is decoded; :func:`check_engine` checks
+the decoded engine: every tactic exists, runs its layer's kind on the plan's device and can do
+what the plan says (write into a concatenation), and the engine's memory (weights plus the
+activations its layers make at the profiles' largest shapes) fits in the memory budget
+(:mod:`kilnrt.engine.plan_budget`).  These are the only places a plan is validated.
 """
 from __future__ import annotations
 
@@ -65,11 +71,23 @@ def _dtype(v, where: str, optional: bool = False) -> None:
 
 
 def check_header(header: Any, prefix: str = "") -> None:
-    """Raise PlanError unless ``header`` (one engine's) is well formed and consistent."""
+    """Raise PlanError unless ``header`` (one engine's, or the plan's with its profile engines
+    when ``prefix`` is empty) is well formed and consistent."""
     try:
         _check(header, prefix)
+        if not prefix:
+            subs = header.get("profile_engines")
+            if subs is not None:
+                _list(subs, "profile_engines")
+                if len(subs) + 1 != len(header["profiles"]):
+                    _fail("profile_engines", f"the plan has {len(header['profiles'])} profiles but "
+                                             f"{len(subs) + 1} profile engines")
+                for i, sub in enumerate(subs):
+                    _check(sub, f"profile_engines[{i}].")
     except _Bad as exc:
         raise PlanError(ErrorCode.PLAN_CORRUPT, f"the plan's header is malformed: {exc}") from None
+    except RecursionError:
+        raise PlanError(ErrorCode.PLAN_CORRUPT, "the plan's header is nested too deeply to be a kilnrt plan") from None
 
 
 def _check(h: Any, prefix: str) -> None:
@@ -105,8 +123,10 @@ def _check(h: Any, prefix: str) -> None:
     for k, c in enumerate(_list(h.get("constants"), prefix + "constants")):
         constants.add(_str(c, f"{prefix}constants[{k}]"))
     defined = set(inputs) | constants
+    buckets = _bucket_shapes(h.get("bucket_shapes"), {t["name"]: t for t in io if t["mode"] == "input"},
+                             prefix + "bucket_shapes")
     for i, layer in enumerate(_list(h.get("layers"), prefix + "layers")):
-        _layer(layer, f"{prefix}layers[{i}]", defined)
+        _layer(layer, f"{prefix}layers[{i}]", defined, buckets)
     for n in outputs:
         if n not in defined:
             _fail(prefix + "io", f"output {n!r} is made by no layer")
@@ -144,7 +164,7 @@ def _check(h: Any, prefix: str) -> None:
             _list(info["shape"], w + ".shape")
 
 
-def _layer(layer: Any, w: str, defined: set[str]) -> None:
+def _layer(layer: Any, w: str, defined: set[str], buckets: int) -> None:
     _dict(layer, w)
     _str(layer.get("name"), w + ".name")
     kind = layer.get("kind")
@@ -182,6 +202,39 @@ def _layer(layer: Any, w: str, defined: set[str]) -> None:
     for name, ms in _dict(layer.get("candidates") or {}, w + ".candidates").items():
         if not isinstance(ms, (int, float)) or isinstance(ms, bool):
             _fail(f"{w}.candidates[{name!r}]", "must be a number")
+    from kilnrt.engine.engine import TENSOR_FORMATS
+
+    for k, f in enumerate(_list(layer.get("output_formats") or [], w + ".output_formats")):
+        if f is not None and f not in TENSOR_FORMATS:
+            _fail(f"{w}.output_formats[{k}]", f"{f!r} is not a tensor format; known: {', '.join(TENSOR_FORMATS)}")
+    into = layer.get("writes_into")
+    if into is not None and (not isinstance(into, list) or len(into) != 3 or not isinstance(into[0], str)
+                             or not all(_is_int(v) and v >= 0 for v in into[1:])):
+        _fail(w + ".writes_into", f"must be [tensor name, axis, start] (non-negative integers), got {into!r}")
+    tactics = _dict(layer.get("bucket_tactics") or {}, w + ".bucket_tactics")
+    for k, name in tactics.items():
+        if not (k.isdigit() and 1 <= int(k) < buckets) or not isinstance(name, str):
+            _fail(f"{w}.bucket_tactics[{k!r}]", f"{name!r} must name a bucket in [1, {buckets}) and a tactic")
+    if into is not None and tactics:
+        _fail(w, "a layer that writes into a concatenation cannot have bucket tactics")
+
+
+def _bucket_shapes(value: Any, inputs: dict[str, dict], w: str) -> int:
+    """The number of tactic buckets (0 without): ``bucket_shapes`` is a list of at least two
+    {input: shape}, each naming every input with a shape of its rank."""
+    if value is None:
+        return 0
+    if len(_list(value, w)) < 2:
+        _fail(w, f"must list at least two input-shape tables, got {len(value)}")
+    for k, point in enumerate(value):
+        if set(_dict(point, f"{w}[{k}]")) != set(inputs):
+            _fail(f"{w}[{k}]", f"must give a shape for every input ({', '.join(inputs)})")
+        for name, shape in point.items():
+            rank = len(inputs[name]["shape"])
+            if (not isinstance(shape, list) or len(shape) != rank
+                    or not all(_is_int(d) and 0 <= d < MAX_DIM for d in shape)):
+                _fail(f"{w}[{k}][{name!r}]", f"must be {rank} non-negative ints, got {shape!r}")
+    return len(value)
 
 
 def _memory(m: Any, w: str) -> None:
@@ -219,3 +272,27 @@ def _build_info(b: Any, w: str) -> None:
     for key in ("concat_elimination", "timing_cache", "tactic_buckets", "int8", "profiles"):
         if b.get(key) is not None and not isinstance(b[key], (dict, list)):
             _fail(f"{w}.{key}", "must be an object or a list")
+
+
+def check_engine(engine: Any, device: str, budget: int | None = None) -> None:
+    """Raise PlanError unless every tactic of the decoded ``engine`` (and its profile engines)
+    exists, runs its layer's kind on ``device`` and can write where the plan says, and its
+    memory fits in ``budget`` bytes (None: :func:`kilnrt.engine.plan_budget.default_budget`)."""
+    from kilnrt.builder.concat import check_tactics
+    from kilnrt.engine.plan_budget import check_budget
+    from kilnrt.kernels.registry import get_tactic
+
+    engines = engine.profile_engines or [engine]
+    for one in engines:
+        for layer in one.layers:
+            for name in (layer.tactic, *layer.bucket_tactics.values()):
+                tactic = get_tactic(name)  # unknown tactic names are refused at load, not at first run
+                if tactic.kind != layer.kind or tactic.device != device:
+                    raise PlanError(ErrorCode.PLAN_CORRUPT,
+                                    f"layer {layer.name!r} ({layer.kind.value}, {device}) names tactic {name!r}, "
+                                    f"which runs {tactic.kind.value} layers on {tactic.device}")
+        try:
+            check_tactics(one.layers, device)
+        except ValueError as exc:
+            raise PlanError(ErrorCode.PLAN_CORRUPT, f"the plan's header is malformed: {exc}") from None
+    check_budget(engine, budget)

@@ -9,24 +9,35 @@ from kilnrt.errors import ErrorCode, PlanError
 
 
 class Runtime:
-    def __init__(self, logger: Any = None) -> None:
+    """Loads plans.  ``memory_budget`` (bytes, or a string such as ``"8G"``; None: the
+    ``KILNRT_MEMORY_BUDGET`` variable, else the device's available memory) bounds what a plan
+    may ask for (:mod:`kilnrt.engine.plan_budget`)."""
+
+    def __init__(self, logger: Any = None, *, memory_budget: int | str | None = None) -> None:
         self.logger = logger
+        self.memory_budget = memory_budget
 
     def deserialize_cuda_engine(self, data: bytes) -> Engine:
-        return Engine.deserialize(bytes(data))
+        from kilnrt.engine.planio import load_plan
+
+        return load_plan(bytes(data), memory_budget=self.memory_budget)
 
     deserialize_engine = deserialize_cuda_engine
 
 
-def load(plan: Any, *, key: bytes | str | None = None) -> Engine:
+def load(plan: Any, *, key: bytes | str | None = None, memory_budget: int | str | None = None) -> Engine:
     """Load a plan from a path, bytes, or a file object; with ``key``, only a plan signed with
-    it (``engine.save(path, key=...)``) loads."""
+    it (``engine.save(path, key=...)``) loads.  A plan whose weights and activations need more
+    than ``memory_budget`` bytes is refused (default: ``KILNRT_MEMORY_BUDGET``, else the
+    device's available memory)."""
+    from kilnrt.engine.planio import load_plan
+
     if isinstance(plan, (bytes, bytearray, memoryview)):
-        return Engine.deserialize(bytes(plan), key=key)
+        return load_plan(bytes(plan), key=key, memory_budget=memory_budget)
     if hasattr(plan, "read"):
-        return Engine.deserialize(plan.read(), key=key)
+        return load_plan(plan.read(), key=key, memory_budget=memory_budget)
     path = os.fspath(plan)
     if not os.path.exists(path):
         raise PlanError(ErrorCode.PLAN_NOT_A_PLAN, f"plan file {path!r} does not exist")
     with open(path, "rb") as f:
-        return Engine.deserialize(f.read(), key=key)
+        return load_plan(f.read(), key=key, memory_budget=memory_budget)

@@ -1,0 +1,95 @@
+"""The memory budget a plan is checked against at load (kilnrt.engine.plan_budget): what the
+layers will really allocate, measured on meta tensors at the profiles' largest shapes, plus the
+weights; a plan edited to ask for more (checksum recomputed) is refused before it runs."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+import kilnrt
+from kilnrt.engine.plan import pack, unpack
+from kilnrt.engine.plan_budget import activation_peak, parse_budget, shape_sets, weight_bytes
+from kilnrt.errors import ErrorCode, KilnError, PlanError
+from kilnrt.fuzzing import PROFILE, base_model
+
+RNG = np.random.default_rng()
+
+
+@pytest.fixture(scope="module")
+def plan() -> bytes:
+    return kilnrt.build(base_model(), profiles=PROFILE).serialize()
+
+
+def edited(plan: bytes, edit) -> bytes:
+    header, weights, kernels = unpack(plan)
+    header = copy.deepcopy(header)
+    edit(header)
+    return pack(header, weights, kernels)   # the checksum is recomputed
+
+
+def test_measured_bytes_are_the_weights_and_the_peak_of_live_activations(plan):
+    engine = kilnrt.load(plan)
+    assert weight_bytes(engine) == 4 * (4 * 2 * 3 * 3 + 4 + 5 * 16 + 5)
+    (shapes,) = shape_sets(engine, engine.profiles)
+    assert shapes == {"x": (4, 2, 6, 6)}                     # the profile's max
+    # x [4,2,6,6] and conv+relu [4,4,6,6] are alive together; later tensors are smaller
+    assert activation_peak(engine, shapes) == 4 * (4 * 2 * 6 * 6 + 4 * 4 * 6 * 6)
+
+
+def test_params_that_blow_up_an_activation_are_refused_at_load(plan):
+    def pad(header):   # 160 bytes of JSON that make the convolution's output ~600 GB
+        header["layers"][0]["params"]["pre_padding"] = {"tuple": [100000, 100000]}
+
+    with pytest.raises(PlanError) as info:
+        kilnrt.load(edited(plan, pad))
+    err = info.value
+    assert err.code == ErrorCode.PLAN_OVER_BUDGET
+    assert "bytes of activations at input shapes x=[4, 2, 6, 6]" in err.message
+    assert "more than the memory budget" in err.message and "memory_budget=" in err.message
+
+
+def test_a_profile_asking_for_more_than_the_budget_is_refused(plan):
+    def huge_batch(header):
+        header["profiles"][0]["x"][2][0] = 10 ** 9
+
+    with pytest.raises(PlanError, match=r"PLAN_OVER_BUDGET.*x=\[1000000000, 2, 6, 6\]"):
+        kilnrt.load(edited(plan, huge_batch), memory_budget="64G")
+
+
+def test_the_budget_is_the_callers_to_set(plan, monkeypatch):
+    need = 644 + 4 * (4 * 2 * 6 * 6 + 4 * 4 * 6 * 6)
+    assert kilnrt.load(plan, memory_budget=need).run({"x": RNG.standard_normal((4, 2, 6, 6)).astype(np.float32)})
+    with pytest.raises(PlanError, match=rf"asks for .*\({need} bytes\).* budget of 4.0 KiB \({need - 1} bytes\) \(the budget given\)"):
+        kilnrt.load(plan, memory_budget=need - 1)
+    runtime = kilnrt.Runtime()
+    runtime.memory_budget = "1K"
+    with pytest.raises(PlanError, match="budget of 1.0 KiB"):
+        runtime.deserialize_cuda_engine(plan)
+    monkeypatch.setenv("KILNRT_MEMORY_BUDGET", "2000")
+    with pytest.raises(PlanError, match=r"budget of 2.0 KiB \(2000 bytes\) \(\$KILNRT_MEMORY_BUDGET\)"):
+        kilnrt.load(plan)
+    assert kilnrt.load(plan, memory_budget="1M")   # the caller's value wins over the variable
+
+
+@pytest.mark.parametrize("value", [0, -5, "lots", True, 1.5])
+def test_a_budget_that_is_not_a_size_is_an_error(plan, value):
+    with pytest.raises(KilnError, match="memory_budget must be a positive number of bytes"):
+        kilnrt.load(plan, memory_budget=value)
+
+
+def test_budget_strings():
+    assert parse_budget("8G") == 8 << 30 and parse_budget("512MiB") == 512 << 20
+    assert parse_budget("1.5k") == 1536 and parse_budget(" 100 ") == 100
+
+
+def test_the_default_budget_is_the_memory_available(plan, monkeypatch):
+    monkeypatch.delenv("KILNRT_MEMORY_BUDGET", raising=False)
+    from kilnrt.engine import plan_budget
+
+    monkeypatch.setattr(plan_budget, "device_memory", lambda device: 1500)
+    with pytest.raises(PlanError, match=r"budget of 1.5 KiB \(1500 bytes\) \(the cpu memory available\)"):
+        kilnrt.load(plan)
+    monkeypatch.undo()
+    assert 0 < plan_budget.device_memory("cpu")
