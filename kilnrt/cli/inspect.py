@@ -4,6 +4,8 @@
     kilnrt inspect model.plan --profile  # plus measured per-layer times (runs the engine)
     kilnrt inspect model.onnx            # the imported network's layers, or what is unsupported
     kilnrt inspect model.onnx --json
+    kilnrt inspect model.plan --html engine.html --profile     # an interactive graph, one file
+    kilnrt inspect model.plan --html engine.html --layer-times profile.json   # kilnrt exec --exportProfile
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any
 
 from kilnrt.cli.args import (add_shape_option, console, engine_inputs, is_plan, parse_shapes, plan_key,
                              require_file)
-from kilnrt.errors import ImportErrors, KilnError
+from kilnrt.errors import ErrorCode, ImportErrors, KilnError
 
 HELP = "show the layers of a plan or an ONNX model"
 
@@ -24,6 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", type=int, nargs="?", const=10, default=0, metavar="N",
                    help="plans: run N times (default 10) on random inputs and show measured layer times")
     add_shape_option(p, help="input shapes for --profile runs with dynamic dims")
+    p.add_argument("--html", metavar="OUT.html",
+                   help="write the engine as a self-contained interactive graph (an ONNX model is built first)")
+    p.add_argument("--layer-times", metavar="PROFILE.json",
+                   help="per-layer times to show: the JSON of kilnrt exec --exportProfile (trtexec's format)")
 
 
 def _profile(engine, runs: int, shapes) -> dict[str, float]:
@@ -37,12 +43,52 @@ def _profile(engine, runs: int, shapes) -> dict[str, float]:
     return context.profiler.median_ms()
 
 
+def _timings(engine, args: argparse.Namespace, out) -> tuple[dict[str, float] | None, str | None]:
+    """Measured per-layer times (--profile runs, or a --layer-times file) and where they came from."""
+    if args.layer_times:
+        from kilnrt.cli.inspect_html import read_profile
+
+        if args.profile:
+            raise KilnError(ErrorCode.INVALID_ARGUMENT, "give --profile or --layer-times, not both")
+        times = read_profile(args.layer_times)
+        names = {l.name for l in engine.layers}
+        unknown = [n for n in times if n not in names]
+        if unknown and len(unknown) == len(times):
+            raise KilnError(ErrorCode.INVALID_ARGUMENT,
+                            f"--layer-times: none of the {len(times)} layers in {args.layer_times!r} is a layer of "
+                            f"this engine (e.g. {unknown[0]!r}); was the profile made from another plan?")
+        if unknown:
+            out.print(f"[yellow]warning:[/] --layer-times: {len(unknown)} name(s) are not layers of this engine "
+                      f"and were left out, e.g. {unknown[0]!r}", markup=True)
+        return {n: t for n, t in times.items() if n in names}, f"from {args.layer_times}"
+    if args.profile:
+        return _profile(engine, args.profile, parse_shapes(args.shapes)), \
+            f"median of {args.profile} profiled runs on {engine.device}"
+    return None, None
+
+
+def write_html(engine, args: argparse.Namespace, out) -> int:
+    from pathlib import Path
+
+    from kilnrt.cli.inspect_html import render_html
+
+    timings, source = _timings(engine, args, out)
+    target = Path(args.html)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(render_html(engine, timings, times_source=source), encoding="utf-8")
+    out.print(f"wrote {target} ({target.stat().st_size // 1024} KiB): {len(engine.layers)} layers"
+              + (f", layer times {source}" if timings else ", no measured layer times (add --profile)"))
+    return 0
+
+
 def inspect_plan(args: argparse.Namespace) -> int:
     import kilnrt
     from kilnrt.engine.inspector import describe_engine, layer_table, summary_table
 
     engine = kilnrt.load(args.path, key=plan_key(args))
-    timings = _profile(engine, args.profile, parse_shapes(args.shapes)) if args.profile else None
+    if args.html:
+        return write_html(engine, args, console())
+    timings, _ = _timings(engine, args, console())
     if args.json:
         print(json.dumps(describe_engine(engine, timings), indent=2, default=str))
         return 0
@@ -122,4 +168,10 @@ def inspect_model(args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     require_file(args.path, "plan or model")
+    if args.html and not is_plan(args.path):
+        from kilnrt.cli.args import load_engine
+
+        out = console()
+        out.print(f"building {args.path} with default options for the report (give a plan to show its own build)")
+        return write_html(load_engine(args.path, args), args, out)
     return inspect_plan(args) if is_plan(args.path) else inspect_model(args)
