@@ -85,7 +85,12 @@ def decode_params(kind: LayerKind, data: dict, weights: dict[str, np.ndarray]) -
         if not conforms(v, hints.get(k, Any)):
             raise PlanError(ErrorCode.PLAN_CORRUPT, f"{kind.value} params: field {k!r} is {_short(v)}, "
                                                     f"not a {_hint_text(hints[k])}")
-    return cls(**values)
+    params = cls(**values)
+    if kind == LayerKind.PLUGIN:   # the plugin must be registered here, its attributes fit it
+        from kilnrt.kernels.plugin import require
+
+        require(params)
+    return params
 
 
 _HINTS: dict[type, dict[str, Any]] = {}

@@ -118,6 +118,11 @@ def register(tactic: Tactic) -> Tactic:
     return tactic
 
 
+def unregister(name: str) -> None:
+    """Remove a tactic: a plugin's kernel, when the plugin is deregistered or replaced."""
+    _TACTICS.pop(name, None)
+
+
 def tactic(cls: type[Tactic]) -> type[Tactic]:
     """Class decorator: ``@tactic class CudaConvCudnn(Tactic): name = 'cuda.convolution.cudnn'``."""
     register(cls())
@@ -177,6 +182,10 @@ def tactics_for(layer: Layer, device: str, ctx: TacticContext) -> list[Tactic]:
 def get_tactic(name: str) -> Tactic:
     _load_device(name.split(".", 1)[0])
     if name not in _TACTICS:
+        if name.split(".")[1:2] == ["plugin"] and name.count(".") > 2:   # a user plugin's kernel
+            from kilnrt.kernels.plugin import missing_kernel_error
+
+            raise missing_kernel_error(name)
         raise PlanError(ErrorCode.PLAN_UNKNOWN_TACTIC,
                         f"the plan uses tactic {name!r}, which this kilnrt does not have; "
                         f"rebuild the plan with this kilnrt version")

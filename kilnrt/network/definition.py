@@ -17,6 +17,7 @@ import numpy as np
 
 from kilnrt.errors import ErrorCode, NetworkError
 from kilnrt.network.dtypes import DataType
+from kilnrt.network.plugin import PluginLayers
 from kilnrt.network.layers import (ActivationParams, ActivationType, CastParams, ConcatenationParams,
                                    ConstantParams, ConvolutionParams, DeconvolutionParams,
                                    DequantizeParams, EinsumParams, ElementWiseOperation,
@@ -227,8 +228,9 @@ def _slice_bounds(start: Sequence[int], shape: Sequence[int], stride: Sequence[i
 
 
 # ----------------------------------------------------------------------------- the mixin
-class NetworkDefinition:
-    """The ``add_*`` methods of TensorRT's ``INetworkDefinition`` (see the module docstring)."""
+class NetworkDefinition(PluginLayers):
+    """The ``add_*`` methods of TensorRT's ``INetworkDefinition`` (see the module docstring;
+    ``add_plugin_v3`` and ``add_plugin`` come from :mod:`kilnrt.network.plugin`)."""
 
     # provided by Network
     layers: list

@@ -539,11 +539,15 @@ class PaddingParams:
 
 @dataclass(frozen=True)
 class PluginParams:
-    """A built-in or user plugin, looked up by name and version. ``fields``: (key, value) pairs."""
+    """A built-in or user plugin (:mod:`kilnrt.network.plugin`), looked up by namespace, name and
+    version. ``fields``: its attributes as (key, value) pairs of plain data; the last
+    ``shape_inputs`` inputs are shape tensors (1-D ints), whose values its shape rule reads."""
 
     name: str
     version: str = "1"
     fields: tuple[tuple[str, Any], ...] = ()
+    namespace: str = ""
+    shape_inputs: int = 0
 
     def field(self, key: str, default: Any = None) -> Any:
         for k, v in self.fields:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import sympy
 
-from kilnrt.network import symbolic as S
+from kilnrt.network import plugin as plugins, symbolic as S
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import (ElementWiseOperation as E, FillOperation, GatherMode, LayerKind, MatrixOperation,
                                    PaddingMode, ReduceOperation, UnaryOperation as U)
@@ -1034,13 +1034,11 @@ def loop(ctx, layer, ins):
     return out
 
 
-# plugins: (name, version) -> rule(ctx, params, ins, num_outputs) -> [Info]; kernels register theirs
-PLUGIN_RULES: dict[tuple[str, str], Callable[..., list[Info]]] = {}
-
-
 def plugin_rule(name: str, version: str = "1"):
+    """The rule ``fn(ctx, params, ins, num_outputs) -> [Info]`` of the built-in plugin ``name``
+    (the plugin registry, :mod:`kilnrt.network.plugin`, holds it with the plugin's kernel)."""
     def register(fn):
-        PLUGIN_RULES[(name, version)] = fn
+        plugins.builtin(name, version).shape = fn
         return fn
     return register
 
@@ -1048,11 +1046,11 @@ def plugin_rule(name: str, version: str = "1"):
 @rule(LayerKind.PLUGIN)
 def plugin(ctx, layer, ins):
     p = layer.params
-    fn = PLUGIN_RULES.get((p.name, p.version))
-    if fn is None:   # no rule: the outputs' shapes are known only at run time
+    d = plugins.definition_of(p)
+    if d is None:   # not registered: the outputs' shapes are known only at run time (the build says why)
         dtype = ins[0].dtype if ins and ins[0] is not None else None
         return [Info(dtype, None) for _ in layer.outputs]
-    return fn(ctx, p, ins, len(layer.outputs))
+    return d.infer(ctx, p, ins, len(layer.outputs))
 
 
 @plugin_rule("BitCast")

@@ -129,7 +129,9 @@ def check_model(model: onnx.ModelProto) -> list[UnsupportedNodeError]:
         elif close:
             hint = f"nearest supported ops: {', '.join(close)}"
         else:
-            hint = "see docs/operators.md for the supported ops, or add a plugin"
+            hint = (f"see docs/operators.md for the supported ops, or register a plugin for it: "
+                    f"@kilnrt.plugins.register('{domain + '::' if domain not in registry.DEFAULT_DOMAINS else ''}"
+                    f"{op}') on a PyTorch implementation (docs/plugins.md)")
         dom = f" (domain {domain!r})" if domain not in registry.DEFAULT_DOMAINS else ""
         count = f"{len(names)} node{'s' if len(names) > 1 else ''}"
         errors.append(UnsupportedNodeError(

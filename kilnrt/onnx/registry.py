@@ -69,6 +69,10 @@ def lookup(op_type: str, opset: int, domain: str = "") -> Importer | None:
     for e in entries:
         if e.since <= opset:
             chosen = e
+    if chosen is None:   # a registered plugin of that name (kilnrt/onnx/plugin.py)
+        from kilnrt.onnx.plugin import plugin_importer
+
+        chosen = plugin_importer(op_type, domain)
     return chosen
 
 

@@ -81,7 +81,12 @@ def _load_builtin() -> None:
 
 def lookup(target: Any) -> AtenImporter | None:
     _load_builtin()
-    return _TABLE.get(target_name(target))
+    imp = _TABLE.get(target_name(target))
+    if imp is None:   # a custom op: a plugin layer (kilnrt/torch/plugin.py)
+        from kilnrt.torch.plugin import plugin_importer
+
+        imp = plugin_importer(target)
+    return imp
 
 
 def supported() -> dict[str, AtenImporter]:

@@ -38,6 +38,9 @@ from kilnrt.trt.interfaces import (CalibrationAlgoType, IInt8Calibrator, IInt8En
                                    IOutputAllocator, IProfiler, Profiler)
 from kilnrt.trt.logger import ILogger, Logger
 from kilnrt.trt.parser import OnnxParser, OnnxParserFlag, ParserError
+from kilnrt.trt import plugin  # noqa: F401  (trt.plugin.register / impl / autotune)
+from kilnrt.trt.plugin_registry import (PluginCreator, PluginField, PluginFieldCollection, PluginFieldType,
+                                        PluginRegistry, TensorRTPhase, get_plugin_registry)
 from kilnrt.trt.refitter import Refitter, WeightsRole
 from kilnrt.trt.runtime import (Builder, BuilderConfig, ICudaEngine, IEngineInspector, IExecutionContext,
                                 IHostMemory, INetworkDefinition, IOptimizationProfile, Runtime)
@@ -76,6 +79,8 @@ IBuilderConfig = BuilderConfig
 IRuntime = Runtime
 IRefitter = Refitter
 ITimingCache = TimingCache
+IPluginCreatorV3One = IPluginCreator = PluginCreator
+IPluginRegistry = PluginRegistry
 IOnnxParser = OnnxParser
 
 
