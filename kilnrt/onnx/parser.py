@@ -1,7 +1,12 @@
 """ONNX -> Network.
 
 :func:`parse` checks every node first and raises once with the complete list of what is
-unsupported (op, attribute, opset), then calls one importer per node.
+unsupported (op, attribute, opset), then calls one importer per node.  What ONNX Runtime and
+``onnx.checker`` refuse is refused here too: an attribute given twice, an op in a version
+ONNX Runtime has no kernel for (the pre-opset-6 forms with ``consumed_inputs``, so opset 1),
+an op the model's opset does not have yet, and a ``value_info`` or graph output whose data
+type contradicts what the node makes.  A contradicting *shape* is what ONNX Runtime merges
+leniently: kilnrt warns, naming the tensor, and keeps the shape it computed.
 """
 from __future__ import annotations
 
@@ -108,6 +113,7 @@ def check_model(model: onnx.ModelProto) -> list[UnsupportedNodeError]:
         if imp is None:
             unknown[(node.domain, node.op_type)].append(name)
             continue
+        errors.extend(_schema_errors(node, name, opset))
         if not imp.accepts_any_attribute:
             allowed = imp.attributes
             for attr in node.attribute:
@@ -139,6 +145,84 @@ def check_model(model: onnx.ModelProto) -> list[UnsupportedNodeError]:
             f"op {op}{dom} is not supported ({count}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); {hint}",
             node=names[0], op=op, opset=opset))
     return errors
+
+
+def _schema_errors(node: onnx.NodeProto, name: str, opset: int) -> list[UnsupportedNodeError]:
+    """What ONNX Runtime refuses about this node before running anything: a repeated attribute
+    (in it or in its subgraphs), an op its opset does not have, a legacy version with no kernel."""
+    errors = []
+    for where, n in _nodes_with_subgraphs(node, name):
+        names = [a.name for a in n.attribute]
+        for dup in sorted({a for a in names if names.count(a) > 1}):
+            errors.append(UnsupportedNodeError(
+                ErrorCode.INVALID_NODE, f"attribute {dup!r} appears {names.count(dup)} times{where}; "
+                "ONNX allows each attribute once (onnx.checker and ONNX Runtime refuse this model too)",
+                node=name, op=node.op_type, opset=opset))
+    if node.domain not in ("", "ai.onnx") or not onnx.defs.has(node.op_type, node.domain):
+        return errors
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
+    except onnx.defs.SchemaError:
+        first = onnx.defs.get_schema(node.op_type, onnx.defs.onnx_opset_version(), node.domain)
+        while True:
+            try:
+                first = onnx.defs.get_schema(node.op_type, first.since_version - 1, node.domain)
+            except onnx.defs.SchemaError:
+                break
+        errors.append(UnsupportedNodeError(
+            ErrorCode.UNSUPPORTED_NODE, f"{node.op_type} does not exist in opset {opset}; ONNX added it in opset "
+            f"{first.since_version}: re-export the model with opset >= {first.since_version}",
+            node=name, op=node.op_type, opset=opset))
+        return errors
+    if "consumed_inputs" in schema.attributes:
+        errors.append(UnsupportedNodeError(
+            ErrorCode.UNSUPPORTED_NODE, f"opset {opset} gives {node.op_type}-{schema.since_version}, a legacy form "
+            "(with consumed_inputs) that ONNX Runtime and kilnrt do not implement; convert the model to a newer "
+            "opset: onnx.version_converter.convert_version(model, 13)", node=name, op=node.op_type, opset=opset))
+    return errors
+
+
+def _nodes_with_subgraphs(node: onnx.NodeProto, name: str, where: str = ""):
+    yield where, node
+    for attr in node.attribute:
+        for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else
+                  list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []):
+            for i, sub in enumerate(g.node):
+                yield from _nodes_with_subgraphs(sub, name, f"{where} in node {sub.name or sub.op_type + '_' + str(i)!r} "
+                                                            f"of its {attr.name}")
+
+
+def check_value_info(graph: onnx.GraphProto, tensors: dict) -> None:
+    """Refuse a value_info or graph output whose data type contradicts the tensor the model
+    makes (ONNX Runtime refuses it too); warn about a contradicting static shape (ONNX Runtime
+    merges it leniently)."""
+    producer = {o: (n.name or f"{n.op_type}_{i}", n.op_type) for i, n in enumerate(graph.node) for o in n.output}
+    for kind, infos in (("value_info", graph.value_info), ("graph output", graph.output)):
+        for vi in infos:
+            t = tensors.get(vi.name)
+            if t is None or not vi.type.HasField("tensor_type"):
+                continue
+            node, op = producer.get(vi.name, (None, None))
+            tt = vi.type.tensor_type
+            if tt.elem_type:
+                try:
+                    declared = DataType.from_onnx(tt.elem_type)
+                except TypeError:
+                    raise KilnError(ErrorCode.INVALID_MODEL, f"{kind} {vi.name!r} has data type {tt.elem_type}, "
+                                    "which is not an ONNX tensor type", node=node, op=op) from None
+                if declared != t.dtype:
+                    raise KilnError(ErrorCode.INVALID_MODEL,
+                                    f"{kind} {vi.name!r} says {declared.name}, but the node makes {t.dtype.name}; "
+                                    "fix or remove the value_info (ONNX Runtime refuses this model too)",
+                                    node=node, op=op)
+            if tt.HasField("shape"):
+                dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+                shape = list(t.shape)
+                if len(dims) != len(shape) or any(d is not None and isinstance(s, int) and s >= 0 and d != s
+                                                  for d, s in zip(dims, shape)):
+                    log.warning("%s %r is declared with shape %s, but the model makes %s; kilnrt keeps %s "
+                                "(ONNX Runtime merges such shapes leniently, onnx.checker refuses them)",
+                                kind, vi.name, dims, shape, shape)
 
 
 MAX_DIM = 1 << 31
@@ -215,6 +299,7 @@ def parse_proto(proto: onnx.ModelProto, *, model_dir: str | None = None, name: s
 
     for i, node in enumerate(graph.node):
         import_node(ctx, node, i)
+    check_value_info(graph, ctx.tensors)
 
     for vi in graph.output:
         t = ctx.get(vi.name)
