@@ -169,6 +169,8 @@ def pooling(p: PoolingParams, x: torch.Tensor) -> torch.Tensor:
     pads = torch_pad_list(pre, post_all)
     if p.type == PoolingType.MAX:
         fill = float("-inf") if x.dtype.is_floating_point else torch.iinfo(x.dtype).min
+        if x.dtype.is_floating_point and x.device.type == "cpu" and bool(torch.isnan(x).any()):
+            return _max_pool_ignoring_nan(x, pre, post, extra, window, stride, dil)
         xp = F.pad(x, pads, value=fill) if any(pads) else x
         return _max_pool(xp, window, stride, dil)
     if p.type == PoolingType.LP:
@@ -206,6 +208,20 @@ def _max_pool(x: torch.Tensor, window, stride, dil) -> torch.Tensor:
         return fn(x, window, stride, 0, dil)
     w = _windows(x, window, stride, dil)
     return w.flatten(-n).amax(-1)
+
+
+def _max_pool_ignoring_nan(x: torch.Tensor, pre, post, extra, window, stride, dil) -> torch.Tensor:
+    """MaxPool skipping NaN, as onnx.reference's vectorized path does (its loop path and ONNX
+    Runtime keep a NaN in the first or last cell of a window): a window's max is that of its
+    numbers (np.fmax).  Explicit padding is -inf, a number; a window of only NaN (and ceil
+    mode's extra end cells) gives NaN."""
+    n = len(window)
+    nan = torch.isnan(x)
+    pads = torch_pad_list(pre, tuple(post[i] + extra[i] for i in range(n)))
+    y = _max_pool(F.pad(x.masked_fill(nan, float("-inf")), pads, value=float("-inf")), window, stride, dil)
+    numbers = F.pad((~nan).to(x.dtype), torch_pad_list(pre, post), value=1.0)
+    numbers = _max_pool(F.pad(numbers, torch_pad_list((0,) * n, tuple(extra))), window, stride, dil)
+    return y.masked_fill(numbers == 0, float("nan"))
 
 
 def _sum_pool(x: torch.Tensor, window, stride, dil) -> torch.Tensor:

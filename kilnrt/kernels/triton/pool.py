@@ -11,8 +11,8 @@ ceil mode, SAME_* modes), so shapes match it exactly.
 
 Average pooling follows the reference's (ONNX's) divisors: with ``average_count_excludes_padding``
 the count is the window cells inside the input; otherwise it also counts the explicit padding,
-but never the extra end cells that ceil mode adds.  Math is float32 (exact for max, where NaN
-wins as in the reference).
+but never the extra end cells that ceil mode adds.  Math is float32 (exact for max, which skips
+NaN as ONNX's reference evaluator does: a window of only NaN gives NaN).
 
 Any input layout is accepted (``.contiguous(memory_format=torch.channels_last)`` is a no-op
 for NHWC inputs); the output is channels-last.
@@ -65,6 +65,7 @@ def _pool_nhwc(x_ptr, y_ptr, n_pixels, C, H, W, OH, OW, pad_h, pad_w, end_h, end
         count = tl.zeros([BLOCK_P], tl.float32)
     else:
         acc = tl.full([BLOCK_P, BLOCK_C], float("-inf"), tl.float32)  # exact for every input type
+        number = tl.zeros([BLOCK_P, BLOCK_C], tl.int1)                  # the window held a non-NaN
     for kh in tl.static_range(KH):
         ih = h0 + kh * DH
         h_in = (ih >= 0) & (ih < H)
@@ -82,9 +83,12 @@ def _pool_nhwc(x_ptr, y_ptr, n_pixels, C, H, W, OH, OW, pad_h, pad_w, end_h, end
                 count += counted.to(tl.float32)
             else:
                 v = tl.load(ptrs, mask=mask, other=float("-inf")).to(tl.float32)
-                acc = tl.maximum(acc, v, propagate_nan=tl.PropagateNan.ALL)
+                acc = tl.where(v > acc, v, acc)    # ONNX's MaxPool skips NaN (never greater)
+                number = number | (v == v)         # padding (-inf) is a number
     if AVERAGE:
         acc = acc / count[:, None]
+    else:
+        acc = tl.where(number, acc, float("nan"))  # a window of only NaN
     out = y_ptr + (pix.to(tl.int64) * C)[:, None] + ch[None, :]
     tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=pix_ok[:, None] & c_ok[None, :])
 
