@@ -207,7 +207,7 @@ def check_value_info(graph: onnx.GraphProto, tensors: dict) -> None:
             if tt.elem_type:
                 try:
                     declared = DataType.from_onnx(tt.elem_type)
-                except TypeError:
+                except (TypeError, KeyError, ValueError):
                     raise KilnError(ErrorCode.INVALID_MODEL, f"{kind} {vi.name!r} has data type {tt.elem_type}, "
                                     "which is not an ONNX tensor type", node=node, op=op) from None
                 if declared != t.dtype:
@@ -215,7 +215,7 @@ def check_value_info(graph: onnx.GraphProto, tensors: dict) -> None:
                                     f"{kind} {vi.name!r} says {declared.name}, but the node makes {t.dtype.name}; "
                                     "fix or remove the value_info (ONNX Runtime refuses this model too)",
                                     node=node, op=op)
-            if tt.HasField("shape"):
+            if tt.HasField("shape") and t.shape is not None:
                 dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
                 shape = list(t.shape)
                 if len(dims) != len(shape) or any(d is not None and isinstance(s, int) and s >= 0 and d != s
