@@ -313,7 +313,7 @@ def test_bad_requests_get_protocol_errors_and_server_keeps_serving(server, engin
 
 
 def test_concurrent_clients_all_correct(server, engine):
-    """A small version of benchmarks/serve_concurrency.py (64 clients x 1000 requests)."""
+    """A small version of ``benchmarks/serve_load.py --check-clients 64 --check-requests 1000``."""
     import tritonclient.http as httpclient
 
     seed = fresh_seed()

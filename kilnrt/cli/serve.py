@@ -37,6 +37,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                              "(default ~/.cache/kilnrt/serve)")
     g.add_argument("--max-request-bytes", type=int, default=64 << 20, metavar="BYTES",
                    help="largest request body (default 64 MiB; larger ones get 413 / RESOURCE_EXHAUSTED)")
+    r = p.add_argument_group("Ray Serve (more than one machine; docs/serving.md)")
+    r.add_argument("--ray", action="store_true", help="deploy on Ray Serve instead: one engine per replica, "
+                                                       "KServe v2 over HTTP on --http-port (gRPC: not yet)")
+    r.add_argument("--replicas", type=int, metavar="N", help="replicas per model (default: one per GPU of the "
+                                                             "cluster with --device cuda, else 1)")
+    r.add_argument("--autoscale", metavar="MIN:MAX[:TARGET]", help="Ray Serve autoscaling between MIN and MAX "
+                                                                  "replicas, TARGET ongoing requests per replica")
+    r.add_argument("--gpus-per-replica", type=float, metavar="F", help="GPUs per replica (default 1 on CUDA; "
+                                                                       "0.5: two replicas per GPU)")
+    r.add_argument("--ray-address", metavar="ADDR", help="the Ray cluster to join (default: RAY_ADDRESS, else a "
+                                                         "local Ray instance)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -62,7 +73,51 @@ def main(args: argparse.Namespace) -> int:
                                 max_queue_delay_us=args.max_queue_delay_us, preferred_batch_sizes=preferred,
                                 device=args.device, precision=args.precision)
     cache = Path(args.timing_cache_dir) if args.timing_cache_dir else Path.home() / ".cache" / "kilnrt" / "serve"
+    ray_flags = [f for f, v in (("--replicas", args.replicas), ("--autoscale", args.autoscale),
+                                ("--gpus-per-replica", args.gpus_per_replica), ("--ray-address", args.ray_address))
+                 if v is not None]
+    if not args.ray and ray_flags:
+        raise KilnError(ErrorCode.INVALID_ARGUMENT, f"{', '.join(ray_flags)}: only with --ray (Ray Serve); "
+                                                    "without it, scale with --instances")
+    if args.ray:
+        return _serve_ray(args, settings, cache, plan_key(args))
     serve(settings, backend=args.backend, http_port=args.http_port, grpc_port=args.grpc_port,
           metrics_port=args.metrics_port or None, max_request_bytes=args.max_request_bytes, timing_cache_dir=cache,
           plan_key=plan_key(args))
+    return 0
+
+
+def _serve_ray(args, settings, cache, key) -> int:
+    import logging
+
+    from kilnrt.errors import ErrorCode, KilnError
+    from kilnrt.serve.ray_deployment import RayOptions, run_ray
+
+    log = logging.getLogger("kilnrt.serve")
+    if args.backend != "auto":
+        raise KilnError(ErrorCode.INVALID_ARGUMENT, f"--backend {args.backend} and --ray: Ray Serve is the server "
+                                                    "with --ray; drop one of them")
+    unused = [f for f, v, default in (("--grpc-port", args.grpc_port, 8001),
+                                      ("--metrics-port", args.metrics_port, 8002)) if v != default]
+    if unused:
+        log.warning("%s not used with --ray: Ray Serve answers HTTP only (gRPC under Ray: not yet), and its "
+                    "metrics go through Ray's own metrics export", " and ".join(unused))
+    autoscaling = None
+    if args.autoscale:
+        parts = args.autoscale.split(":")
+        try:
+            numbers = [int(x) for x in parts]
+        except ValueError:
+            numbers = []
+        if len(numbers) not in (2, 3):
+            raise KilnError(ErrorCode.INVALID_ARGUMENT, f"--autoscale {args.autoscale!r}: write MIN:MAX or "
+                                                        "MIN:MAX:TARGET, e.g. 1:8 or 1:8:16")
+        autoscaling = {"min_replicas": numbers[0], "max_replicas": numbers[1]}
+        if len(numbers) == 3:
+            autoscaling["target_ongoing_requests"] = numbers[2]
+    options = RayOptions(replicas=args.replicas, autoscaling=autoscaling, gpus_per_replica=args.gpus_per_replica,
+                         max_request_bytes=args.max_request_bytes)
+    log.warning("kilnrt serve: Ray Serve (asked for with --ray)")
+    run_ray(settings, options, http_port=args.http_port, address=args.ray_address, timing_cache_dir=str(cache),
+            plan_key=key)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -67,29 +68,44 @@ class ServerProcess:
         raise TimeoutError(f"kilnrt serve was not ready after {timeout_s:.0f} s:\n{self.log()[-4000:]}")
 
     def stop(self, timeout_s: float = 30) -> None:
+        """SIGTERM, as a service manager stops it; SIGKILL to what is left after ``timeout_s``."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+                pass
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL to the server and every process it started (Triton runs ``tritonserver`` and
+        its Python backend stubs as children), as a crash or an OOM kill of its container would."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+
+
+def start_server(args: Sequence[str], *, ports: Sequence[int] | None = None, env: dict | None = None,
+                 python: str | None = None) -> ServerProcess:
+    """``kilnrt serve ARGS`` in its own process group on ``ports`` (HTTP, gRPC, metrics; free
+    ones when None), not waiting for it; its output goes to a temporary log file."""
+    http, grpc, metrics = ports if ports is not None else free_ports(3)
+    with tempfile.NamedTemporaryFile("w", prefix="kilnrt-serve-", suffix=".log", delete=False) as log:
+        cmd = [python or sys.executable, "-m", "kilnrt.cli.main", "serve", *args, "--http-port", str(http),
+               "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+    return ServerProcess(proc, http, grpc, metrics, log.name)
 
 
 @contextlib.contextmanager
 def running_server(args: Sequence[str], *, models: Sequence[str] = (), timeout_s: float = 120,
                    env: dict | None = None, python: str | None = None) -> Iterator[ServerProcess]:
     """``kilnrt serve ARGS`` on free ports; yields once it and each of ``models`` are ready."""
-    http, grpc, metrics = free_ports(3)
-    log = tempfile.NamedTemporaryFile("w", prefix="kilnrt-serve-", suffix=".log", delete=False)
-    cmd = [python or sys.executable, "-m", "kilnrt.cli.main", "serve", *args, "--http-port", str(http),
-           "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env={**os.environ, **(env or {})})
-    server = ServerProcess(proc, http, grpc, metrics, log.name)
+    server = start_server(args, env=env, python=python)
     try:
         server.wait_ready(timeout_s, models)
         yield server
     finally:
         server.stop()
-        log.close()

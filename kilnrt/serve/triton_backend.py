@@ -76,16 +76,17 @@ def bind_model(triton, model: ServedModel) -> None:
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 
     s = model.settings
+    # PyTriton's ``batching`` says whether the first dim is the batch dim (False sets max_batch_size 0);
+    # the dynamic batcher is the separate ``batcher`` (None: batched requests, each run on its own)
     batcher = None
-    batching = s.dynamic_batching and model.max_batch > 0
-    if batching:
+    if s.dynamic_batching and model.max_batch > 0:
         batcher = DynamicBatcher(max_queue_delay_microseconds=s.max_queue_delay_us,
                                  preferred_batch_size=list(model.preferred_batch_sizes) or None)
     triton.bind(model_name=model.name,
                 infer_func=[_infer_function(model, c) for c in model.contexts],
                 inputs=[Tensor(name=t.name, dtype=t.dtype, shape=t.shape) for t in model.inputs],
                 outputs=[Tensor(name=t.name, dtype=t.dtype, shape=t.shape) for t in model.outputs],
-                config=ModelConfig(max_batch_size=model.max_batch, batching=batching, batcher=batcher),
+                config=ModelConfig(max_batch_size=model.max_batch, batching=model.max_batch > 0, batcher=batcher),
                 strict=True)
 
 

@@ -1,0 +1,342 @@
+"""kilnrt engines as a Ray Serve deployment: one deployment per model, each replica one engine and
+one execution context (and, on CUDA, ``num_gpus`` of a GPU), replicas placed by Ray on any node of
+the cluster, a fixed replica count or Ray Serve's autoscaling.
+
+    kilnrt serve --ray --model digits=examples/digits.onnx --replicas 2
+    kilnrt serve --ray --model resnet=resnet50.plan --device cuda           # one replica per GPU
+    kilnrt serve --ray --model resnet=resnet50.plan --autoscale 1:8 --ray-address auto
+
+or from Python, on the cluster ``ray.init()`` connects to::
+
+    from kilnrt.serve import ModelSettings
+    from kilnrt.serve.ray_deployment import RayOptions, deploy
+    handles = deploy([ModelSettings("digits", "examples/digits.onnx")], RayOptions(replicas=2))
+    handles["digits"].infer.remote({"input": x}).result()                   # -> {"logits": ...}
+
+Clients reach the models through Ray Serve's HTTP proxy with the KServe v2 REST protocol (JSON
+and the binary-tensor extension, what ``tritonclient.http`` sends): ``POST
+/v2/models/NAME/infer``, ``GET /v2/models/NAME`` (metadata), ``.../ready``, ``.../config``,
+``GET /v2/health/live|ready``.  Tensors are read and written with KServe's v2 codec, as on the
+KServe path.  Requests that reach one replica are stacked by kilnrt's dynamic batcher.  gRPC
+under Ray: not yet.  See docs/serving.md for clusters and Kubernetes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from kilnrt.errors import ErrorCode, KilnError
+from kilnrt.serve.config import DEFAULT_MAX_BATCH, ModelSettings
+
+log = logging.getLogger("kilnrt.serve")
+
+AUTOSCALING_KEYS = ("min_replicas", "initial_replicas", "max_replicas", "target_ongoing_requests",
+                    "metrics_interval_s", "look_back_period_s", "upscale_delay_s", "downscale_delay_s",
+                    "upscaling_factor", "downscaling_factor", "smoothing_factor")
+
+
+@dataclasses.dataclass
+class RayOptions:
+    """How every model's deployment is scaled and placed."""
+
+    replicas: int | None = None              # None: one per GPU of the cluster on CUDA, else 1
+    autoscaling: dict[str, Any] | None = None   # Ray Serve's autoscaling_config (replaces ``replicas``)
+    gpus_per_replica: float | None = None    # None: 1 on CUDA, 0 on the CPU; 0.5 puts two on a GPU
+    cpus_per_replica: float = 1.0
+    max_ongoing_requests: int | None = None  # per replica; None: the model's max batch (so it can fill one)
+    max_request_bytes: int = 64 << 20
+
+    def __post_init__(self) -> None:
+        if self.replicas is not None and (isinstance(self.replicas, bool) or not isinstance(self.replicas, int)
+                                          or self.replicas < 1):
+            raise KilnError(ErrorCode.INVALID_ARGUMENT, f"Ray replicas must be an integer >= 1, got {self.replicas!r}")
+        if self.autoscaling is not None:
+            if self.replicas is not None:
+                raise KilnError(ErrorCode.INVALID_ARGUMENT, "give Ray either a replica count or autoscaling, not "
+                                                            "both (autoscaling sets the count)")
+            unknown = sorted(set(self.autoscaling) - set(AUTOSCALING_KEYS))
+            if unknown:
+                raise KilnError(ErrorCode.INVALID_ARGUMENT, f"autoscaling: unknown key(s) {', '.join(unknown)}; "
+                                                            f"known: {', '.join(AUTOSCALING_KEYS)}")
+            low, high = self.autoscaling.get("min_replicas", 1), self.autoscaling.get("max_replicas", 1)
+            if not (isinstance(low, int) and isinstance(high, int) and 0 <= low <= high and high >= 1):
+                raise KilnError(ErrorCode.INVALID_ARGUMENT, f"autoscaling: need 0 <= min_replicas <= max_replicas "
+                                                            f"and max_replicas >= 1, got {low} and {high}")
+        for key in ("gpus_per_replica", "cpus_per_replica"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, (int, float)) or value < 0):
+                raise KilnError(ErrorCode.INVALID_ARGUMENT, f"{key} must be a number >= 0, got {value!r}")
+
+
+def deployment_options(settings: ModelSettings, options: RayOptions, cluster_gpus: float = 0.0) -> dict[str, Any]:
+    """The keyword arguments of ``serve.deployment`` for ``settings`` (``cluster_gpus``: the GPUs
+    Ray sees, for one replica per GPU)."""
+    gpus = options.gpus_per_replica
+    if gpus is None:
+        gpus = 1.0 if settings.device == "cuda" else 0.0
+    if settings.device == "cpu" and gpus:
+        log.warning("model %r: device cpu with %g GPU(s) per replica; the GPUs are reserved but not used",
+                    settings.name, gpus)
+    if settings.device == "cuda" and not gpus:
+        raise KilnError(ErrorCode.INVALID_ARGUMENT, f"model {settings.name!r}: device cuda needs a share of a GPU "
+                                                    "per replica (gpus_per_replica > 0), or Ray hides the GPUs")
+    out: dict[str, Any] = {"name": f"kilnrt-{settings.name}",
+                           "ray_actor_options": {"num_cpus": options.cpus_per_replica, "num_gpus": gpus}}
+    max_batch = settings.max_batch if settings.max_batch is not None else DEFAULT_MAX_BATCH
+    out["max_ongoing_requests"] = options.max_ongoing_requests or max(max_batch, 8)
+    if options.autoscaling is not None:
+        out["autoscaling_config"] = dict(options.autoscaling)
+    elif options.replicas is not None:
+        out["num_replicas"] = options.replicas
+    elif settings.device == "cuda":
+        per_gpu = math.floor(cluster_gpus / gpus) if gpus else 0
+        if per_gpu < 1:
+            raise KilnError(ErrorCode.RUNTIME, f"model {settings.name!r}: the Ray cluster has {cluster_gpus:g} GPU(s), "
+                                               f"not enough for one replica of {gpus:g} GPU(s)")
+        out["num_replicas"] = per_gpu
+    else:
+        out["num_replicas"] = 1
+    return out
+
+
+def _error(status: int, message: str):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(status_code=status, content={"error": message})
+
+
+class KilnrtReplica:
+    """One replica: one engine, one execution context, a dynamic batcher in front of it, and the
+    KServe v2 REST routes under ``/v2/models/NAME``."""
+
+    def __init__(self, settings: dict[str, Any], timing_cache_dir: str | None = None, plan_key: bytes | None = None,
+                 max_request_bytes: int = 64 << 20) -> None:
+        from pathlib import Path
+
+        from kilnrt.serve.batching import DynamicBatcher
+        from kilnrt.serve.kserve_backend import import_kserve
+        from kilnrt.serve.models import ServedModel
+
+        import_kserve()       # KServe's v2 codec (imported with kilnrt's argv kept away from it)
+        self.settings = ModelSettings(**{**settings, "instances": 1})
+        self.model = ServedModel.from_settings(self.settings, Path(timing_cache_dir) if timing_cache_dir else None,
+                                               plan_key)
+        self.max_request_bytes = max_request_bytes
+        self.prefix = f"/v2/models/{self.model.name}"
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"kilnrt-{self.model.name}")
+        self.batcher = None
+        if self.settings.dynamic_batching and self.model.max_batch > 0:
+            self.batcher = DynamicBatcher(self.model.run, max_batch=self.model.max_batch, instances=1,
+                                          max_queue_delay_s=self.settings.max_queue_delay_us / 1e6,
+                                          preferred_batch_sizes=self.model.preferred_batch_sizes,
+                                          executor=self._executor)
+        try:
+            from ray import serve
+
+            self.replica_id = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 -- outside Ray (a plain object in a test): no replica id
+            self.replica_id = "local"
+
+    # -- Python callers (a DeploymentHandle) ------------------------------------------------
+    async def infer(self, feeds: dict) -> dict:
+        """Check ``feeds`` and run them (batched with other requests); raises RequestError."""
+        batch = self.model.check_request(feeds)
+        if self.batcher is not None:
+            return await self.batcher.submit(feeds, batch)
+        import asyncio
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.model.run, feeds)
+
+    def replica(self) -> str:
+        """This replica's id (which replica answered)."""
+        return self.replica_id
+
+    # -- HTTP (KServe v2 REST) --------------------------------------------------------------
+    async def __call__(self, request):
+        from starlette.responses import JSONResponse
+
+        path = request.url.path
+        rest = path[len(self.prefix):] if path.startswith(self.prefix) else path
+        rest = rest.rstrip("/")
+        if rest.startswith("/versions/"):                    # /versions/1/infer -> /infer
+            rest = "/" + rest.split("/", 3)[3] if rest.count("/") >= 3 else ""
+        if request.method == "GET" and rest == "":
+            return JSONResponse(self.model.metadata())
+        if request.method == "GET" and rest == "/ready":
+            return JSONResponse({"name": self.model.name, "ready": True})
+        if request.method == "GET" and rest == "/config":
+            return JSONResponse(self.model.config())
+        if request.method == "POST" and rest == "/infer":
+            return await self._infer_http(request)
+        return _error(404, f"no route {request.method} {path}; model {self.model.name!r} answers GET "
+                           f"{self.prefix}, {self.prefix}/ready, {self.prefix}/config and POST {self.prefix}/infer")
+
+    async def _infer_http(self, request):
+        from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+        from starlette.responses import JSONResponse, Response
+
+        from kilnrt.serve.models import RequestError
+
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_request_bytes:
+            return _error(413, f"request body of {declared} bytes is over the server's limit of "
+                               f"{self.max_request_bytes} bytes")
+        body = await request.body()
+        header = request.headers.get("inference-header-content-length")
+        try:
+            json_length = int(header) if header is not None else len(body)
+            if not 0 < json_length <= len(body):
+                raise ValueError(f"Inference-Header-Content-Length {json_length} for a body of {len(body)} bytes")
+            payload = InferRequest.from_bytes(body, json_length, self.model.name)
+            feeds = {i.name: i.as_numpy() for i in payload.inputs}
+        except Exception as exc:  # noqa: BLE001 -- any unreadable body is the client's error
+            return _error(400, f"cannot read the request: {type(exc).__name__}: {exc}")
+        try:
+            outputs = await self.infer(feeds)
+        except RequestError as exc:
+            return _error(400, exc.message)
+        specs = {t.name: t for t in self.model.outputs}
+        infer_outputs = []
+        for name, value in outputs.items():
+            out = InferOutput(name=name, shape=list(value.shape), datatype=specs[name].datatype)
+            out.set_data_from_numpy(value, binary_data=True)
+            infer_outputs.append(out)
+        response = InferResponse(response_id=payload.id or "", model_name=self.model.name,
+                                 infer_outputs=infer_outputs, use_binary_outputs=payload.use_binary_outputs,
+                                 requested_outputs=payload.request_outputs)
+        content, json_length = response.to_rest()
+        headers = {"kilnrt-replica": self.replica_id}
+        if json_length is None:
+            return JSONResponse(content, headers=headers)
+        headers["inference-header-content-length"] = str(json_length)
+        return Response(content, media_type="application/octet-stream", headers=headers)
+
+
+class KilnrtHealth:
+    """``/v2``: server health and metadata, and a v2 error for models that are not served."""
+
+    def __init__(self, models: list[str]) -> None:
+        self.models = sorted(models)
+
+    async def __call__(self, request):
+        from starlette.responses import JSONResponse
+
+        from kilnrt import __version__
+
+        path = request.url.path.rstrip("/")
+        if path.endswith("/health/live") or path.endswith("/health/ready"):
+            return JSONResponse({"live": True} if path.endswith("live") else {"ready": True})
+        if path.endswith("/v2") or path == "":
+            return JSONResponse({"name": "kilnrt", "version": __version__, "extensions": ["binary_tensor_data"],
+                                 "models": self.models})
+        if "/models/" in path:
+            name = path.split("/models/", 1)[1].split("/")[0]
+            return _error(404, f"Model with name {name} does not exist (served: {', '.join(self.models)})")
+        return _error(404, f"no route {request.method} {request.url.path}")
+
+
+def _settings_dict(s: ModelSettings) -> dict[str, Any]:
+    out = dataclasses.asdict(s)
+    out["path"] = str(s.path.resolve())
+    return out
+
+
+def build_applications(settings: list[ModelSettings], options: RayOptions, *, timing_cache_dir: str | None = None,
+                       plan_key: bytes | None = None, cluster_gpus: float = 0.0):
+    """``[(app name, route prefix, Application)]``: one per model, and ``/v2`` for health."""
+    from ray import serve
+
+    apps = []
+    for s in settings:
+        if s.instances != 1:
+            log.warning("model %r: instances=%d; under Ray each replica is one execution context, so "
+                        "instances is not used (scale with replicas or autoscaling)", s.name, s.instances)
+        deployment = serve.deployment(**deployment_options(s, options, cluster_gpus))(KilnrtReplica)
+        app = deployment.bind(_settings_dict(s), timing_cache_dir, plan_key, options.max_request_bytes)
+        apps.append((s.name, f"/v2/models/{s.name}", app))
+    health = serve.deployment(name="kilnrt-health", num_replicas=1,
+                              ray_actor_options={"num_cpus": 0})(KilnrtHealth).bind([s.name for s in settings])
+    apps.append(("kilnrt-health", "/v2", health))
+    return apps
+
+
+def app_builder(args: dict[str, Any]):
+    """A Ray Serve *application builder* for config files (``serve run``, KubeRay's RayService):
+    ``import_path: kilnrt.serve.ray_deployment:app_builder`` with ``args``: ``model``
+    (``NAME=PATH``, one model per application), and optionally ``replicas``, ``autoscaling`` (a
+    dict), ``gpus_per_replica``, ``device``, ``precision``, ``max_batch``, ``timing_cache_dir``.
+    Give the application ``route_prefix: /v2/models/NAME``."""
+    from kilnrt.serve.config import parse_model_args
+
+    known = {"model", "replicas", "autoscaling", "gpus_per_replica", "cpus_per_replica", "device", "precision",
+             "max_batch", "timing_cache_dir", "cluster_gpus"}
+    unknown = sorted(set(args) - known)
+    if unknown or "model" not in args:
+        what = f"unknown key(s) {', '.join(unknown)}" if unknown else "no model"
+        raise KilnError(ErrorCode.INVALID_ARGUMENT, f"app_builder args: {what}; known: {', '.join(sorted(known))} "
+                                                    "(model is required)")
+    (settings,) = parse_model_args([args["model"]], device=args.get("device"), precision=args.get("precision"),
+                                   max_batch=args.get("max_batch"))
+    options = RayOptions(replicas=args.get("replicas"), autoscaling=args.get("autoscaling"),
+                         gpus_per_replica=args.get("gpus_per_replica"),
+                         cpus_per_replica=args.get("cpus_per_replica", 1.0))
+    cluster_gpus = args.get("cluster_gpus")
+    if cluster_gpus is None and settings.device == "cuda" and options.replicas is None and not options.autoscaling:
+        import ray
+
+        cluster_gpus = ray.cluster_resources().get("GPU", 0.0) if ray.is_initialized() else 0.0
+    apps = build_applications([settings], options, timing_cache_dir=args.get("timing_cache_dir"),
+                              cluster_gpus=float(cluster_gpus or 0.0))
+    return apps[0][2]
+
+
+def deploy(settings: list[ModelSettings], options: RayOptions | None = None, *, http_host: str = "127.0.0.1",
+           http_port: int = 8000, address: str | None = None, timing_cache_dir: str | None = None,
+           plan_key: bytes | None = None) -> dict[str, Any]:
+    """Deploy every model on the Ray cluster at ``address`` (None: the one ``ray.init()`` finds or
+    starts); returns a DeploymentHandle per model, once every replica is up."""
+    import ray
+    from ray import serve
+
+    options = options or RayOptions()
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")   # no usage report over the network unless asked
+        ray.init(address=address)
+    cluster_gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    serve.start(http_options={"host": http_host, "port": http_port})
+    handles = {}
+    for name, prefix, app in build_applications(settings, options, timing_cache_dir=timing_cache_dir,
+                                                plan_key=plan_key, cluster_gpus=cluster_gpus):
+        handles[name] = serve.run(app, name=name, route_prefix=prefix)
+        log.warning("Ray Serve: %s at http://%s:%d%s", name, http_host, http_port, prefix)
+    handles.pop("kilnrt-health", None)
+    return handles
+
+
+def run_ray(settings: list[ModelSettings], options: RayOptions, *, http_port: int, address: str | None = None,
+            http_host: str = "0.0.0.0", timing_cache_dir: str | None = None, plan_key: bytes | None = None) -> None:
+    """``kilnrt serve --ray``: deploy, then serve until SIGINT/SIGTERM."""
+    import signal
+    import threading
+
+    import ray
+    from ray import serve
+
+    deploy(settings, options, http_host=http_host, http_port=http_port, address=address,
+           timing_cache_dir=timing_cache_dir, plan_key=plan_key)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):       # after ray.init, which installs its own
+        signal.signal(sig, lambda *_: stop.set())
+    states = {n: str(getattr(a.status, "value", a.status)) for n, a in serve.status().applications.items()}
+    log.warning("Ray Serve: %s", json.dumps(states))
+    try:
+        stop.wait()
+    finally:
+        log.warning("Ray Serve: stopping")
+        serve.shutdown()
+        ray.shutdown()
