@@ -450,8 +450,9 @@ def main(argv=None) -> int:
 
     if args.engine_baseline:
         eng_batch = args.max_batch
-        row = {**base, "kind": "engine", "batch": eng_batch, "protocol": None, "dynamic_batching": None,
-               "concurrency": None, "notes": "engine.run on host numpy arrays, back to back, in one thread"}
+        row = {**base, "kind": "engine", "batch": eng_batch, "backend": None, "protocol": None,
+               "dynamic_batching": None, "concurrency": None, "instances": 1,
+               "notes": "engine.run on host numpy arrays, back to back, in one thread, no server"}
         if row_key(row) not in done:
             row.update(engine_baseline(engine, eng_batch, pool, args.seconds))
             print(f"engine alone, batch {eng_batch}: {row['items_per_s']:.0f} items/s", flush=True)
