@@ -92,7 +92,7 @@ def ray_app(tmp_path_factory):
     port = free_ports(1)[0]
     try:
         settings = [ModelSettings("digits", DIGITS, max_batch=32, max_queue_delay_us=2000)]
-        handles = deploy(settings, RayOptions(replicas=2), http_port=port,
+        handles = deploy(settings, RayOptions(replicas=2, max_request_bytes=1 << 20), http_port=port,
                          timing_cache_dir=str(tmp_path_factory.mktemp("timing")))
         yield f"127.0.0.1:{port}", handles["digits"]
     finally:
@@ -184,7 +184,8 @@ def test_bad_requests_get_v2_errors_and_replicas_keep_serving(ray_app, engine):
              (f"{url}/v2/models/digits/infer", _json_request(rng.standard_normal((33, 1, 8, 8))), 400,
               "batch size 33 is outside [1, 32]"),
              (f"{url}/v2/models/digits/infer", b'{"inputs": [{"name": "input", "shape": [1,', 400,
-              "cannot read the request")]
+              "cannot read the request"),
+             (f"{url}/v2/models/digits/infer", b" " * (2 << 20), 413, "over the server's limit of 1048576 bytes")]
     for where, body, status, message in cases:
         code, _, reply = _post(where, body)
         assert code == status and message in json.loads(reply)["error"], (where, code, reply[:300])

@@ -187,6 +187,9 @@ class KilnrtReplica:
             return _error(413, f"request body of {declared} bytes is over the server's limit of "
                                f"{self.max_request_bytes} bytes")
         body = await request.body()
+        if len(body) > self.max_request_bytes:          # a chunked body declares no length
+            return _error(413, f"request body of {len(body)} bytes is over the server's limit of "
+                               f"{self.max_request_bytes} bytes")
         header = request.headers.get("inference-header-content-length")
         try:
             json_length = int(header) if header is not None else len(body)
