@@ -30,14 +30,14 @@ BACKENDS = [pytest.param("kserve", marks=pytest.mark.skipif(not _have("kserve"),
 class RetryingClient(threading.Thread):
     """Sends requests one after another; each is retried (every 0.1 s) until it is answered."""
 
-    def __init__(self, protocol: str, url: str, pool, references) -> None:
+    def __init__(self, protocol: str, url: str, pool) -> None:
         super().__init__(daemon=True)
         if protocol == "http":
             import tritonclient.http as module
         else:
             import tritonclient.grpc as module
         self.module, self.url, self.protocol = module, url, protocol
-        self.pool, self.references = pool, references
+        self.pool = pool
         self.answers: list[tuple[int, float, np.ndarray]] = []     # (pool index, time answered, output)
         self.failures: list[tuple[float, str]] = []
         self.given_up: list[int] = []
@@ -103,8 +103,7 @@ def test_server_killed_and_restarted_while_clients_retry(backend, tmp_path):
     clients = []
     try:
         server.wait_ready(120, ["digits"])
-        clients = [RetryingClient("http", server.http_url, pool, references),
-                   RetryingClient("grpc", server.grpc_url, pool, references)]
+        clients = [RetryingClient("http", server.http_url, pool), RetryingClient("grpc", server.grpc_url, pool)]
         for c in clients:
             c.start()
         _wait(lambda: all(len(c.answers) >= 5 for c in clients), 60, "answers before the kill")
