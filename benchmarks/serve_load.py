@@ -61,6 +61,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -521,6 +522,7 @@ def main(argv=None) -> int:
     finally:
         if executor is not None:
             executor.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)
     print(f"results: {out}")
     try:
         print(f"chart: {chart(out)}")

@@ -109,3 +109,5 @@ def running_server(args: Sequence[str], *, models: Sequence[str] = (), timeout_s
         yield server
     finally:
         server.stop()
+        with contextlib.suppress(OSError):
+            os.unlink(server.log_path)
