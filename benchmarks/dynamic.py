@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,9 +31,11 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 warnings.filterwarnings("ignore")
 
 import kilnrt  # noqa: E402
+from measure import event_median_ms, public_call  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # model -> (profile min, opt, max, the three other test shapes); shapes are (batch,) or (batch, seq)
@@ -106,54 +107,6 @@ def build(path: str, name: str, profile: tuple, cache: str, *extra: tuple,
     engine = kilnrt.build(path, device="cuda", fp16=True, timing_cache=cache, profiles=profiles,
                           tactic_buckets=tactic_buckets)
     return engine, time.perf_counter() - t0
-
-
-def event_median_ms(call, iters: int) -> float:
-    """The median GPU time of ``call()`` in ms over ``iters`` calls, each between two CUDA events."""
-    samples = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        call()
-        b.record()
-        b.synchronize()
-        samples.append(a.elapsed_time(b))
-    return statistics.median(samples)
-
-
-def public_call(engine, feeds: dict[str, torch.Tensor], iters: int) -> dict:
-    """execute_async_v3 on buffers bound once: GPU ms per call (events), host us per call."""
-    ctx = engine.create_execution_context()
-    ctx.set_optimization_profile_async(engine.profile_containing({k: tuple(v.shape) for k, v in feeds.items()}), 0)
-    for k, v in feeds.items():
-        ctx.set_input_shape(k, tuple(v.shape))
-        ctx.set_tensor_address(k, v)
-    outs = {}
-    for name in engine.output_names:
-        shape = ctx.get_tensor_shape(name)
-        outs[name] = torch.empty(shape, dtype=engine.get_tensor_dtype(name).torch, device="cuda")
-        ctx.set_tensor_address(name, outs[name])
-    stream = torch.cuda.current_stream()
-    t0 = time.perf_counter()
-    ctx.execute_async_v3(stream.cuda_stream)      # first call: host shape program + capture
-    torch.cuda.synchronize()
-    first_ms = (time.perf_counter() - t0) * 1e3
-    for _ in range(10):
-        ctx.execute_async_v3(stream.cuda_stream)
-    torch.cuda.synchronize()
-    ms = event_median_ms(lambda: ctx.execute_async_v3(stream.cuda_stream), iters)
-    torch.cuda.synchronize()
-    n = 50
-    t0 = time.perf_counter()
-    for _ in range(n):
-        ctx.execute_async_v3(stream.cuda_stream)
-    host_us = (time.perf_counter() - t0) / n * 1e6
-    torch.cuda.synchronize()
-    stats = ctx.graph_stats
-    return {"ms": ms, "host_us": host_us, "first_call_ms": first_ms,
-            "captures": None if stats is None else stats.captures,
-            "eager_runs": None if stats is None else stats.eager_runs,
-            "fallback": None if stats is None else stats.fallback_reason, "outputs": outs, "ctx": ctx}
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:

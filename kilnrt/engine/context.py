@@ -5,6 +5,11 @@ Two calling styles:
 * TensorRT's: ``set_input_shape``, ``set_tensor_address`` (numpy arrays, torch tensors,
   or raw pointers), ``execute_async_v3(stream)`` / ``execute_v2(bindings)``;
 * Pythonic: ``context.run({"input": array}) -> {"output": array}``.
+
+On a CUDA engine both replay CUDA graphs (:mod:`kilnrt.engine.cudagraph`).  A call of
+``execute_async_v3`` whose bindings (addresses, shapes, profile) have not changed since the
+previous call on the same stream is one graph launch: nothing is checked again, since
+nothing that was checked has changed (``_version`` counts the changes).
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from kilnrt.engine.cudagraph import current_raw_stream
 from kilnrt.errors import DTypeError, ErrorCode, ExecutionError, KilnError, ShapeError
 from kilnrt.network.dtypes import DataType, numpy_to_torch, torch_to_numpy
 
@@ -30,13 +36,21 @@ class ExecutionContext:
         self._allocators: dict[str, Any] = {}
         self._output_shapes: dict[str, tuple[int, ...]] = {}
         self._advertised: dict[tuple, dict[str, tuple[int, ...]]] = {}   # see _pointer_output_shapes
-        self._graphs: dict[int, Any] = {}   # optimization profile -> its CUDA-graph cache
+        self._graphs: dict[int, Any] = {}   # optimization profile -> its CUDA-graph cache (run())
+        self._bound = None                  # BoundGraphs of execute_async_v3 on bound buffers
+        self._pool = None                   # the CUDA-graph memory pool all of this context's graphs share
+        self._version = 0                   # bumped by every change of shapes, bindings or profile
+        self._fast = None                   # (version, stream handle, program, launch) of the last bound run
+        self._checked: dict[tuple, tuple] = {}   # run(): feeds signature -> (profile, shapes) already checked
         self.use_cuda_graph = True
         self.graph_cache_config = None      # a GraphCacheConfig; None: its defaults (env knobs)
 
     # -- shapes ----------------------------------------------------------------------
     def set_input_shape(self, name: str, shape: Sequence[int]) -> bool:
-        self._shapes[name] = self.engine.check_input_shape(name, shape, self.active_optimization_profile)
+        checked = self.engine.check_input_shape(name, shape, self.active_optimization_profile)
+        if self._shapes.get(name) != checked:
+            self._version += 1
+            self._shapes[name] = checked
         return True
 
     def _check_shared_dims(self) -> None:
@@ -100,9 +114,19 @@ class ExecutionContext:
     @property
     def graph_stats(self):
         """CUDA-graph cache counters of this context (captures, replays, evictions, eager runs,
-        the newest capture's first-call time), or None before the first CUDA run."""
-        cache = self._graphs.get(self.active_optimization_profile)
-        return None if cache is None else cache.stats
+        the slowest capture's first-call time): those of ``run()`` at the active profile plus
+        those of ``execute_async_v3`` on bound buffers; None before the first CUDA run."""
+        caches = [c for c in (self._graphs.get(self.active_optimization_profile), self._bound) if c is not None]
+        if not caches:
+            return None
+        if len(caches) == 1:
+            return caches[0].stats
+        from kilnrt.engine.cudagraph import GraphStats
+
+        a, b = caches[0].stats, caches[1].stats
+        return GraphStats(a.captures + b.captures, a.replays + b.replays, a.evictions + b.evictions,
+                          a.eager_runs + b.eager_runs, max(a.last_capture_ms, b.last_capture_ms),
+                          a.fallback_reason or b.fallback_reason)
 
     def _engine(self):
         """The engine that runs the active optimization profile."""
@@ -126,13 +150,18 @@ class ExecutionContext:
             raise KilnError(ErrorCode.INVALID_ARGUMENT,
                             f"profile index {profile_index} out of range: the engine has "
                             f"{self.engine.num_optimization_profiles} profile(s)")
-        self.active_optimization_profile = profile_index
+        if profile_index != self.active_optimization_profile:
+            self._version += 1
+            self.active_optimization_profile = profile_index
         return True
 
     # -- bindings --------------------------------------------------------------------
     def set_tensor_address(self, name: str, address: Any) -> bool:
         self.engine._io(name)
-        self._addresses[name] = address
+        old = self._addresses.get(name)
+        if old is not address and not (type(old) is int and type(address) is int and old == address):
+            self._version += 1
+            self._addresses[name] = address
         return True
 
     def get_tensor_address(self, name: str) -> Any:
@@ -140,6 +169,7 @@ class ExecutionContext:
 
     def set_output_allocator(self, name: str, allocator: Any) -> bool:
         self.engine._io(name)
+        self._version += 1
         self._allocators[name] = allocator
         return True
 
@@ -172,13 +202,20 @@ class ExecutionContext:
     def execute_async_v3(self, stream_handle: int = 0) -> bool:
         """Run on ``stream_handle`` (a CUDA stream pointer; 0: the current stream): reads the
         bound inputs, writes the bound outputs, all ordered on that stream."""
+        fast = self._fast
+        if fast is not None and fast[0] == self._version and fast[1] == stream_handle \
+                and fast[2] is self._engine()._program and self.profiler is None and self.use_cuda_graph:
+            fast[3](stream_handle or current_raw_stream())
+            self._bound.stats.replays += 1
+            return True
         if self.engine.device != "cuda":
             return self._execute_bound(0)
         stream = torch.cuda.ExternalStream(stream_handle) if stream_handle else torch.cuda.current_stream()
         with torch.cuda.stream(stream):
-            return self._execute_bound(stream_handle)
+            return self._execute_bound(stream_handle, stream)
 
-    def _execute_bound(self, stream_handle: int) -> bool:
+    def _execute_bound(self, stream_handle: int, stream=None) -> bool:
+        self._fast = None
         feeds = {}
         for t in self.engine.io:
             if t.mode != "input":
@@ -200,13 +237,15 @@ class ExecutionContext:
         pointers = [t.name for t in self.engine.io if t.mode == "output" and t.name not in self._allocators
                     and _is_pointer(self._addresses.get(t.name))]
         advertised = self._pointer_output_shapes(pointers) if pointers else {}
+        if stream is not None and self._graphable(feeds):
+            return self._execute_bound_graph(feeds, advertised, stream_handle, stream)
         outputs = self._execute(feeds, stream_handle)
-        for name, value in outputs.items():
-            if name in advertised and value.numel() > int(np.prod(advertised[name])):
-                raise ExecutionError(ErrorCode.INVALID_SHAPE,
-                                     f"output {name!r} came out with shape {tuple(value.shape)}, larger than the "
-                                     f"{advertised[name]} that get_tensor_shape gave for its pointer buffer; nothing "
-                                     "was written (the plan's I/O table disagrees with its layers: rebuild it)")
+        self._store(outputs, advertised, stream_handle)
+        return True
+
+    def _store(self, outputs: Mapping[str, torch.Tensor], advertised, stream_handle: int) -> None:
+        """Write a run's outputs into their bound buffers or output allocators."""
+        self._check_advertised(outputs, advertised)
         for name, value in outputs.items():
             self._output_shapes[name] = tuple(value.shape)
             io = self.engine._io(name)
@@ -231,7 +270,71 @@ class ExecutionContext:
                                      "or set_output_allocator, or use engine.run()")
             target = self._as_tensor(name, self._addresses[name], advertised.get(name, tuple(value.shape)), io.dtype)
             self._write(target, value, name)
+
+    def _graphable(self, feeds: Mapping[str, torch.Tensor]) -> bool:
+        """Whether this bound run can be one captured graph: a CUDA engine with graphs on, no
+        profiler, no output allocator (data-dependent sizes), every input already on the GPU."""
+        return (self.engine.device == "cuda" and self.use_cuda_graph and self.profiler is None
+                and not self._allocators and all(t.is_cuda for t in feeds.values()))
+
+    def _execute_bound_graph(self, feeds, advertised, stream_handle: int, stream) -> bool:
+        """A bound run through a graph that reads and writes the bound buffers in place (see
+        :class:`kilnrt.engine.cudagraph.BoundGraphs`); later calls with unchanged bindings
+        launch it directly (``execute_async_v3``'s fast path)."""
+        targets = {}
+        for t in self.engine.io:
+            if t.mode != "output":
+                continue
+            if t.name not in self._addresses:
+                raise ExecutionError(ErrorCode.INVALID_ARGUMENT,
+                                     f"output {t.name!r} has no address: call set_tensor_address({t.name!r}, buffer) "
+                                     "or set_output_allocator, or use engine.run()")
+            buf = self._addresses[t.name]
+            shape = advertised.get(t.name)
+            if shape is None and _is_pointer(buf):   # a fixed-shape output bound by pointer
+                shape = tuple(t.shape)
+            targets[t.name] = self._as_tensor(t.name, buf, shape, t.dtype)
+        if not all(v.is_cuda for v in targets.values()):
+            outputs = self._execute(feeds, stream_handle)
+            self._store(outputs, advertised, stream_handle)
+            return True
+        if self._bound is None:
+            from kilnrt.engine.cudagraph import BoundGraphs
+
+            self._bound = BoundGraphs(self.graph_cache_config, self._graph_pool())
+        program = self._engine().program
+        key = (self.active_optimization_profile,) + self._bound.key(program, feeds, targets)
+        entry = self._bound.get(key)
+        if entry is False:
+            def write(outputs):
+                self._check_advertised(outputs, advertised)
+                for name, value in outputs.items():
+                    self._write(targets[name], value, name)
+            entry = self._bound.capture(key, program, feeds, write, stream)
+        if entry is None:   # not capturable: run eagerly
+            self._bound.stats.eager_runs += 1
+            outputs = self._execute(feeds, stream_handle)
+            self._store(outputs, advertised, stream_handle)
+            return True
+        entry.launch(stream.cuda_stream)
+        self._bound.stats.replays += 1
+        self._output_shapes.update(entry.output_shapes)
+        self._fast = (self._version, stream_handle, program, entry.launch)
         return True
+
+    def _graph_pool(self):
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        return self._pool
+
+    @staticmethod
+    def _check_advertised(outputs, advertised) -> None:
+        for name, value in outputs.items():
+            if name in advertised and value.numel() > int(np.prod(advertised[name])):
+                raise ExecutionError(ErrorCode.INVALID_SHAPE,
+                                     f"output {name!r} came out with shape {tuple(value.shape)}, larger than the "
+                                     f"{advertised[name]} that get_tensor_shape gave for its pointer buffer; nothing "
+                                     "was written (the plan's I/O table disagrees with its layers: rebuild it)")
 
     def _pointer_output_shapes(self, names: list[str]) -> dict[str, tuple[int, ...]]:
         """The shapes of outputs bound to raw pointers, as ``get_tensor_shape`` advertises them
@@ -277,25 +380,34 @@ class ExecutionContext:
         flat = target.reshape(-1)[: value.numel()]
         flat.copy_(value.reshape(-1).to(flat.dtype))
 
-    def _execute(self, feeds: Mapping[str, torch.Tensor], stream_handle: int = 0) -> dict[str, torch.Tensor]:
+    def _execute(self, feeds: Mapping[str, torch.Tensor], stream_handle: int = 0,
+                 key: tuple | None = None) -> dict[str, torch.Tensor]:
+        """Run the active profile's program on ``feeds`` (on the stream ``stream_handle``; 0:
+        the current one), through the CUDA-graph cache on a CUDA engine."""
         program = self._engine().program
         if program.device.type != "cuda":
             return program.execute(feeds, self.profiler)
-        stream = torch.cuda.ExternalStream(stream_handle) if stream_handle else torch.cuda.current_stream()
+        stream = torch.cuda.ExternalStream(stream_handle) if stream_handle else None
         if self.profiler is not None or not self.use_cuda_graph:
-            with torch.cuda.stream(stream):
+            with torch.cuda.stream(stream or torch.cuda.current_stream()):
                 return program.execute(feeds, self.profiler)
         cache = self._graphs.get(self.active_optimization_profile)
         if cache is None or cache.program is not program:   # a refit made a new program
             from kilnrt.engine.cudagraph import GraphCache
 
-            cache = self._graphs[self.active_optimization_profile] = GraphCache(program, self.graph_cache_config)
-        return cache.run(feeds, stream)
+            cache = self._graphs[self.active_optimization_profile] = GraphCache(
+                program, self.graph_cache_config, self._graph_pool())
+        return cache.run(feeds, stream, key)
 
     def run(self, feeds: Mapping[str, Any] | None = None, **named: Any) -> dict[str, Any]:
         """Run on numpy arrays or torch tensors; returns outputs of the same kind."""
         feeds = dict(feeds or {})
         feeds.update(named)
+        sig = _signature(feeds)
+        checked = self._checked.get(sig) if sig is not None else None
+        if checked is not None:   # these names, shapes and dtypes passed every check below before
+            self._adopt(*checked)
+            return self._finish_run(self._execute(feeds, 0, sig), feeds, False)
         inputs = [t for t in self.engine.io if t.mode == "input"]
         expected = {t.name for t in inputs}
         unknown = [n for n in feeds if n not in expected]
@@ -335,7 +447,24 @@ class ExecutionContext:
             self.set_input_shape(t.name, tuple(tensor.shape))
             tensors[t.name] = tensor
         self._check_shared_dims()
-        outputs = self._execute(tensors)
+        if sig is not None:
+            if len(self._checked) >= 256:
+                self._checked.clear()
+            self._checked[sig] = (self.active_optimization_profile, {t.name: self._shapes[t.name] for t in inputs})
+        return self._finish_run(self._execute(tensors, 0, sig), tensors, as_numpy)
+
+    def _adopt(self, profile: int, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Make ``profile`` and ``shapes`` (already checked) the context's, as run() would."""
+        if profile != self.active_optimization_profile:
+            self.active_optimization_profile = profile
+            self._version += 1
+        for name, shape in shapes.items():
+            if self._shapes.get(name) != shape:
+                self._shapes[name] = shape
+                self._version += 1
+
+    def _finish_run(self, outputs: dict[str, torch.Tensor], tensors, as_numpy: bool) -> dict[str, Any]:
+        """run()'s results: the caller's own arrays or tensors, never the graph's buffers."""
         for name, value in outputs.items():
             self._output_shapes[name] = tuple(value.shape)
         if as_numpy:  # numpy results are always the caller's own arrays
@@ -347,6 +476,15 @@ class ExecutionContext:
 
 
 _TORCH_TYPES = {dt.torch for dt in DataType}
+
+
+def _signature(feeds: Mapping[str, Any]) -> tuple | None:
+    """(name, shape, dtype) of each feed, sorted by name (the graph cache's key), when all are
+    torch tensors; None otherwise."""
+    for v in feeds.values():
+        if type(v) is not torch.Tensor:
+            return None
+    return tuple((n, v.shape, v.dtype) for n, v in sorted(feeds.items()))
 
 
 def _is_pointer(buf: Any) -> bool:

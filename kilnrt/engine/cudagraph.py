@@ -8,9 +8,21 @@ bounded by a count and by the bytes the graphs' inputs and outputs hold
 (:class:`GraphCacheConfig`); the least recently used graph goes first.  A network whose run
 needs the host mid-way (data-dependent shapes) cannot be captured; it runs eagerly, and the
 fallback is logged once per shape set.
+
+Two caches use these graphs:
+
+- :class:`GraphCache` serves ``engine.run`` / ``context.run``: inputs arrive in new tensors
+  on every call, so each graph owns static inputs and outputs, and a run copies the inputs
+  in and the caller gets copies of the outputs.
+- :class:`BoundGraphs` serves ``execute_async_v3`` on buffers bound with
+  ``set_tensor_address``: the graph reads the bound inputs and writes the bound outputs
+  where they are, so a call is one graph launch (:func:`launch`) with nothing copied.  A
+  graph is keyed by the bound addresses, shapes and dtypes; binding other buffers captures
+  another one.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import os
@@ -45,13 +57,54 @@ class GraphStats:
     fallback_reason: str = ""     # why the newest uncaptured shape set could not be captured
 
 
+def _driver_graph_launch():
+    """The CUDA driver's ``cuGraphLaunch(exec, stream)``, or None where it cannot be loaded."""
+    try:
+        fn = ctypes.CDLL("libcuda.so.1").cuGraphLaunch
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_LAUNCH = _driver_graph_launch() if torch.cuda.is_available() else None
+
+
+if hasattr(torch._C, "_cuda_getCurrentRawStream") and hasattr(torch._C, "_cuda_getDevice"):
+    def current_raw_stream() -> int:
+        """The current CUDA stream's handle (two C calls: a fraction of a microsecond)."""
+        return torch._C._cuda_getCurrentRawStream(torch._C._cuda_getDevice())
+else:
+    def current_raw_stream() -> int:
+        return torch.cuda.current_stream().cuda_stream
+
+
+def launcher(graph: "torch.cuda.CUDAGraph"):
+    """A callable ``f(raw_stream)`` that launches ``graph`` on that stream: one driver call
+    on its instantiated executable where the driver can be reached, else ``graph.replay()``
+    with the stream made current (a few microseconds more of host time)."""
+    exec_handle = graph.raw_cuda_graph_exec() if _LAUNCH is not None else 0
+    if exec_handle:
+        def launch(stream: int) -> None:
+            err = _LAUNCH(exec_handle, stream)
+            if err:
+                raise RuntimeError(f"cuGraphLaunch failed with CUDA driver error {err}")
+        return launch
+
+    def replay(stream: int) -> None:
+        with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
+            graph.replay()
+    return replay
+
+
 class GraphCache:
-    def __init__(self, program, config: GraphCacheConfig | None = None) -> None:
+    def __init__(self, program, config: GraphCacheConfig | None = None, pool=None) -> None:
         self.program = program
         self.config = config or GraphCacheConfig()
         self.graphs: OrderedDict[tuple, tuple | None] = OrderedDict()
         self.stats = GraphStats()
-        self._pool = torch.cuda.graph_pool_handle()
+        self._pool = pool if pool is not None else torch.cuda.graph_pool_handle()
         self._bytes: dict[tuple, int] = {}
 
     @staticmethod
@@ -62,10 +115,14 @@ class GraphCache:
     def bytes(self) -> int:
         return sum(self._bytes.values())
 
-    def run(self, feeds: Mapping[str, torch.Tensor], stream: torch.cuda.Stream) -> dict[str, torch.Tensor]:
-        key = self.key(feeds)
+    def run(self, feeds: Mapping[str, torch.Tensor], stream: torch.cuda.Stream | None = None,
+            key: tuple | None = None) -> dict[str, torch.Tensor]:
+        """Run on ``stream`` (None: the current one); ``key``: :meth:`key` of ``feeds`` if the
+        caller has it."""
+        key = key or self.key(feeds)
         entry = self.graphs.get(key, False)
         if entry is False:
+            stream = stream or torch.cuda.current_stream()
             t0 = time.perf_counter()
             entry = self.graphs[key] = self._capture(feeds, stream)
             self._evict(keep=key)
@@ -76,14 +133,20 @@ class GraphCache:
             self.graphs.move_to_end(key)
         if entry is None:
             self.stats.eager_runs += 1
+            if stream is None:
+                return self.program.execute(feeds)
             with torch.cuda.stream(stream):
                 return self.program.execute(feeds)
-        graph, static_in, static_out, _ = entry
-        with torch.cuda.stream(stream):
+        graph, static_in, static_out, _, launch = entry
+        if stream is None:
             for name, t in feeds.items():
-                if t.data_ptr() != static_in[name].data_ptr():
+                static_in[name].copy_(t, non_blocking=True)
+            launch(current_raw_stream())
+        else:
+            with torch.cuda.stream(stream):
+                for name, t in feeds.items():
                     static_in[name].copy_(t, non_blocking=True)
-            graph.replay()
+            launch(stream.cuda_stream)
         self.stats.replays += 1
         return static_out
 
@@ -122,4 +185,75 @@ class GraphCache:
         # the shape program's device values this graph reads: kept alive with it, whatever the
         # program's own cache of them drops
         reads = self.program.host_values(static_in)[1]
-        return graph, static_in, static_out, reads
+        return graph, static_in, static_out, reads, launcher(graph)
+
+
+class BoundGraph:
+    """One captured run on bound buffers: launching it reads the bound inputs and writes the
+    bound outputs in place."""
+    __slots__ = ("graph", "launch", "output_shapes", "keep")
+
+    def __init__(self, graph, launch, output_shapes: dict[str, tuple[int, ...]], keep: tuple) -> None:
+        self.graph, self.launch, self.output_shapes, self.keep = graph, launch, output_shapes, keep
+
+
+class BoundGraphs:
+    """The graphs of ``execute_async_v3`` on bound buffers, by (program, bound addresses,
+    shapes and dtypes); least recently used first out, at most ``config.max_graphs``."""
+
+    def __init__(self, config: GraphCacheConfig | None = None, pool=None) -> None:
+        self.config = config or GraphCacheConfig()
+        self.graphs: OrderedDict[tuple, BoundGraph | None] = OrderedDict()
+        self.stats = GraphStats()
+        self._pool = pool if pool is not None else torch.cuda.graph_pool_handle()
+        self._side = torch.cuda.Stream()
+
+    @staticmethod
+    def key(program, feeds: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> tuple:
+        return (id(program),
+                tuple((n, t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype) for n, t in feeds.items()),
+                tuple((n, t.data_ptr(), t.numel(), t.dtype) for n, t in targets.items()))
+
+    def get(self, key: tuple):
+        """The graph for ``key``; None where that run could not be captured; False if not seen."""
+        entry = self.graphs.get(key, False)
+        if entry is not False:
+            self.graphs.move_to_end(key)
+        return entry
+
+    def capture(self, key: tuple, program, feeds: Mapping[str, torch.Tensor], write, stream: torch.cuda.Stream):
+        """Capture ``program`` on ``feeds`` followed by ``write(outputs)`` (which stores the
+        outputs into the bound buffers and raises if they do not fit).  An eager run first
+        (lazy initialization, and the size checks before anything is captured).  Returns the
+        :class:`BoundGraph`, or None (logged) when the run cannot be captured."""
+        t0 = time.perf_counter()
+        side = self._side
+        side.wait_stream(stream)
+        with torch.cuda.stream(side):
+            outputs = program.execute(feeds)
+            write(outputs)   # a buffer too small raises here, before any capture
+        output_shapes = {n: tuple(v.shape) for n, v in outputs.items()}
+        del outputs
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with torch.cuda.graph(graph, pool=self._pool, stream=side):
+                    write(program.execute(feeds))
+            stream.wait_stream(side)
+        except Exception as exc:  # noqa: BLE001 - host syncs inside the run: no graph
+            torch.cuda.synchronize()
+            self.stats.fallback_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            log.info("engine %s runs bound buffers without a CUDA graph: %s", program.engine.name,
+                     str(exc).splitlines()[0][:200])
+            self.graphs[key] = None
+            return None
+        entry = BoundGraph(graph, launcher(graph), output_shapes,
+                           (program.host_values(feeds)[1], dict(feeds)))
+        self.graphs[key] = entry
+        self.stats.captures += 1
+        self.stats.last_capture_ms = (time.perf_counter() - t0) * 1e3
+        while len(self.graphs) > self.config.max_graphs:
+            self.graphs.popitem(last=False)
+            self.stats.evictions += 1
+        return entry

@@ -1,0 +1,107 @@
+"""How every benchmark times kilnrt, as BENCHMARKS.md defines it.
+
+- the public call (the headline): inputs and outputs bound once with ``set_tensor_address``,
+  then ``context.execute_async_v3(stream)``: GPU ms per call between CUDA events, and the
+  host time per call without a sync;
+- ``engine.run`` with device tensors: the same two figures;
+- the outer graph: the engine's program replayed inside a CUDA graph of the benchmark's own
+  (a lower bound, never the headline).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from kilnrt.builder.timing import time_cuda_graph
+
+
+def event_median_ms(call, iters: int) -> float:
+    """The median GPU time of ``call()`` in ms over ``iters`` calls, each between two CUDA events."""
+    samples = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        call()
+        b.record()
+        b.synchronize()
+        samples.append(a.elapsed_time(b))
+    return statistics.median(samples)
+
+
+def host_us_per_call(call, n: int = 20) -> float:
+    """Host microseconds per ``call()``, ``n`` calls back to back without a sync (the median of
+    15 rounds, each after a sync; few enough calls that the GPU's launch queue never fills and
+    blocks the host)."""
+    rounds = []
+    for _ in range(15):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            call()
+        rounds.append((time.perf_counter() - t0) / n * 1e6)
+    torch.cuda.synchronize()
+    return statistics.median(rounds)
+
+
+def bind(engine, feeds: dict[str, torch.Tensor]):
+    """A context with ``feeds`` and freshly allocated outputs bound by address: (ctx, outputs)."""
+    ctx = engine.create_execution_context()
+    ctx.set_optimization_profile_async(engine.profile_containing({k: tuple(v.shape) for k, v in feeds.items()}), 0)
+    for k, v in feeds.items():
+        ctx.set_input_shape(k, tuple(v.shape))
+        ctx.set_tensor_address(k, v)
+    outs = {}
+    for name in engine.output_names:
+        outs[name] = torch.empty(ctx.get_tensor_shape(name), dtype=engine.get_tensor_dtype(name).torch, device="cuda")
+        ctx.set_tensor_address(name, outs[name])
+    return ctx, outs
+
+
+def public_call(engine, feeds: dict[str, torch.Tensor], iters: int) -> dict:
+    """execute_async_v3 on buffers bound once: GPU ms per call (events), host us per call, the
+    first call's time (shape program and capture), the context's graph counters."""
+    ctx, outs = bind(engine, feeds)
+    stream = torch.cuda.current_stream()
+    t0 = time.perf_counter()
+    ctx.execute_async_v3(stream.cuda_stream)      # first call: host shape program + capture
+    torch.cuda.synchronize()
+    first_ms = (time.perf_counter() - t0) * 1e3
+    for _ in range(10):
+        ctx.execute_async_v3(stream.cuda_stream)
+    torch.cuda.synchronize()
+    ms = event_median_ms(lambda: ctx.execute_async_v3(stream.cuda_stream), iters)
+    host_us = host_us_per_call(lambda: ctx.execute_async_v3(stream.cuda_stream))
+    stats = ctx.graph_stats
+    return {"ms": ms, "host_us": host_us, "first_call_ms": first_ms,
+            "captures": None if stats is None else stats.captures,
+            "eager_runs": None if stats is None else stats.eager_runs,
+            "fallback": None if stats is None else stats.fallback_reason, "outputs": outs, "ctx": ctx}
+
+
+def run_call(engine, feeds: dict[str, torch.Tensor], iters: int) -> dict:
+    """engine.run with device tensors: GPU ms per call (events), host us per call."""
+    for _ in range(10):
+        engine.run(feeds)
+    ms = event_median_ms(lambda: engine.run(feeds), iters)
+    return {"ms": ms, "host_us": host_us_per_call(lambda: engine.run(feeds))}
+
+
+def outer_graph_ms(engine, feeds: dict[str, torch.Tensor], iters: int) -> float:
+    """The engine's program replayed inside an outer CUDA graph: the lower bound."""
+    program = engine.program
+    static = {k: v.contiguous() for k, v in feeds.items()}
+    return time_cuda_graph(lambda: program.execute(static), iters, warmup=10)
+
+
+def kilnrt_times(engine, feeds: dict[str, torch.Tensor], iters: int = 100) -> dict:
+    """The kilnrt fields of a results row (BENCHMARKS.md): kilnrt_ms (the public call),
+    kilnrt_run_ms, kilnrt_graph_ms, host_us (per execute_async_v3), run_host_us (per engine.run)."""
+    pub = public_call(engine, feeds, iters)
+    run = run_call(engine, feeds, iters)
+    return {"kilnrt_ms": round(pub["ms"], 4), "host_us": round(pub["host_us"], 1),
+            "kilnrt_run_ms": round(run["ms"], 4), "run_host_us": round(run["host_us"], 1),
+            "kilnrt_graph_ms": round(outer_graph_ms(engine, feeds, iters), 4),
+            "first_call_ms": round(pub["first_call_ms"], 1), "graph_captures": pub["captures"],
+            "graph_fallback": pub["fallback"] or None}

@@ -1,0 +1,157 @@
+"""The public calls on the GPU: ``execute_async_v3`` on bound buffers (one graph launch while
+the bindings stay the same) and ``engine.run`` with device tensors (checks skipped for feeds
+seen before).  Every result is checked against a float64 reference on fresh random inputs.
+
+Marked ``cuda``: skipped without a GPU; run on the GPU machine.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import kilnrt
+from kilnrt.errors import KilnError
+
+pytestmark = pytest.mark.cuda
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = os.path.join(ROOT, "examples", "digits.onnx")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The bundled digits CNN: a dynamic-batch CUDA engine, and the CPU engine as reference."""
+    gpu = kilnrt.build(DIGITS, device="cuda", tf32=False,
+                       profiles={"input": [(1, 1, 8, 8), (16, 1, 8, 8), (64, 1, 8, 8)]})
+    cpu = kilnrt.build(DIGITS)
+    return gpu, cpu
+
+
+def _reference(cpu, x: torch.Tensor) -> np.ndarray:
+    return cpu.run({"input": x.cpu().numpy()})["logits"]
+
+
+def _bound(engine, batch: int):
+    ctx = engine.create_execution_context()
+    x = torch.randn(batch, 1, 8, 8, device="cuda")
+    ctx.set_input_shape("input", tuple(x.shape))
+    y = torch.empty(ctx.get_tensor_shape("logits"), device="cuda")
+    ctx.set_tensor_address("input", x)
+    ctx.set_tensor_address("logits", y)
+    return ctx, x, y
+
+
+def test_bound_calls_read_the_buffers_live_and_launch_one_graph(digits):
+    gpu, cpu = digits
+    ctx, x, y = _bound(gpu, 8)
+    stream = torch.cuda.Stream()
+    for i in range(4):   # new data in the same buffer on every call
+        x.copy_(torch.randn_like(x))
+        stream.wait_stream(torch.cuda.current_stream())
+        assert ctx.execute_async_v3(stream.cuda_stream)
+        stream.synchronize()
+        np.testing.assert_allclose(y.cpu().numpy(), _reference(cpu, x), rtol=1e-3, atol=1e-3)
+        if i == 0:
+            assert ctx._fast is not None   # the next call with the same bindings is one launch
+    stats = ctx.graph_stats
+    assert stats.captures == 1 and stats.replays == 4 and stats.eager_runs == 0
+
+
+def test_rebinding_shapes_and_addresses_captures_again_and_stays_correct(digits):
+    gpu, cpu = digits
+    ctx, x, y = _bound(gpu, 8)
+    ctx.execute_async_v3(0)
+    x2 = torch.randn(8, 1, 8, 8, device="cuda")
+    ctx.set_tensor_address("input", x2)            # another buffer: another graph
+    ctx.execute_async_v3(0)
+    torch.cuda.synchronize()
+    np.testing.assert_allclose(y.cpu().numpy(), _reference(cpu, x2), rtol=1e-3, atol=1e-3)
+    ctx.set_tensor_address("input", x2)            # the same buffer again: nothing changes
+    version = ctx._version
+    ctx.set_tensor_address("input", x2)
+    assert ctx._version == version
+    x3 = torch.randn(33, 1, 8, 8, device="cuda")   # another shape, raw pointers this time
+    y3 = torch.empty(33, 10, device="cuda")
+    ctx.set_input_shape("input", tuple(x3.shape))
+    ctx.set_tensor_address("input", x3.data_ptr())
+    ctx.set_tensor_address("logits", y3.data_ptr())
+    ctx.execute_async_v3(0)
+    torch.cuda.synchronize()
+    np.testing.assert_allclose(y3.cpu().numpy(), _reference(cpu, x3), rtol=1e-3, atol=1e-3)
+    ctx.set_input_shape("input", (8, 1, 8, 8))     # back to the first graph's bindings
+    ctx.set_tensor_address("input", x)
+    ctx.set_tensor_address("logits", y)
+    x.copy_(torch.randn_like(x))
+    ctx.execute_async_v3(0)
+    torch.cuda.synchronize()
+    np.testing.assert_allclose(y.cpu().numpy(), _reference(cpu, x), rtol=1e-3, atol=1e-3)
+    assert ctx.graph_stats.captures == 3
+
+
+def test_too_small_output_buffer_is_refused_before_any_write(digits):
+    gpu, _ = digits
+    ctx, x, _ = _bound(gpu, 8)
+    small = torch.full((4, 10), 7.0, device="cuda")
+    ctx.set_tensor_address("logits", small)
+    with pytest.raises(KilnError, match="logits"):
+        ctx.execute_async_v3(0)
+    torch.cuda.synchronize()
+
+
+def test_profiler_and_graphs_off_take_the_eager_path(digits):
+    gpu, cpu = digits
+    ctx, x, y = _bound(gpu, 5)
+    ctx.execute_async_v3(0)
+    ctx.use_cuda_graph = False                     # the fast path must notice
+    x.copy_(torch.randn_like(x))
+    ctx.execute_async_v3(0)
+    torch.cuda.synchronize()
+    np.testing.assert_allclose(y.cpu().numpy(), _reference(cpu, x), rtol=1e-3, atol=1e-3)
+
+
+def test_run_with_device_tensors_checks_once_and_returns_the_callers_own_tensors(digits):
+    gpu, cpu = digits
+    x = torch.randn(16, 1, 8, 8, device="cuda")
+    first = gpu.run({"input": x})["logits"]
+    second = gpu.run({"input": x * -1.0})["logits"]   # same signature: the checked path
+    np.testing.assert_allclose(first.cpu().numpy(), _reference(cpu, x), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(second.cpu().numpy(), _reference(cpu, -x), rtol=1e-3, atol=1e-3)
+    assert first.data_ptr() != second.data_ptr()
+    with pytest.raises(KilnError, match="expects FLOAT"):   # another dtype is checked again
+        gpu.run({"input": x.half()})
+    with pytest.raises(KilnError, match="outside optimization profile"):
+        gpu.run({"input": torch.randn(65, 1, 8, 8, device="cuda")})
+
+
+def test_refit_invalidates_the_bound_graph(tmp_path):
+    import onnx
+    from onnx import helper, numpy_helper, TensorProto
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 8)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+                              [numpy_helper.from_array(w, "w")])
+    path = tmp_path / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    from kilnrt.builder import BuilderConfig, BuilderFlag, build_engine
+
+    config = BuilderConfig()
+    config.device = "cuda"
+    config.clear_flag(BuilderFlag.TF32)
+    config.set_flag(BuilderFlag.REFIT)
+    engine = build_engine(kilnrt.to_network(str(path)), config)
+    ctx = engine.create_execution_context()
+    x = torch.randn(4, 16, device="cuda")
+    y = torch.empty(4, 8, device="cuda")
+    ctx.set_tensor_address("x", x)
+    ctx.set_tensor_address("y", y)
+    ctx.execute_async_v3(0)
+    w2 = rng.standard_normal((16, 8)).astype(np.float32)
+    engine.refit({"w": w2})
+    ctx.execute_async_v3(0)
+    torch.cuda.synchronize()
+    np.testing.assert_allclose(y.cpu().numpy(), x.cpu().double().numpy() @ w2, rtol=1e-4, atol=1e-4)
