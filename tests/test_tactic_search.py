@@ -143,6 +143,33 @@ def test_cached_timings_are_used_and_close_calls_refined_into_the_cache(setup):
     assert choose(3, cache)[0].name == "gemm_b" and clock.samples == []  # the refined times stay
 
 
+def test_candidates_to_run_are_what_choose_tactic_runs(monkeypatch):
+    """What the parallel-compile pass (kilnrt/builder/precompile.py) runs ahead of timing: the
+    candidates without a cached timing plus the fastest cached one, and whether any is timed."""
+    log: list = []
+    cands = [Gemm("gemm_a", log), Gemm("gemm_b", log), Library("lib", log), Gemm("gemm_c", log)]
+    monkeypatch.setattr(search, "time_callable", Clock(log, TIMES))
+    net = Network()
+    layer = net.add_layer(LayerKind.ACTIVATION, ActivationParams(ActivationType.RELU),
+                          [net.add_input("x", DataType.HALF, (2, 3))])
+    ins = [torch.randn(2, 3)]
+    ctx = TacticContext(torch.device("cpu"), {})
+    cache = TimingCache()
+    names = lambda run: [c.name for c in run[0]]  # noqa: E731
+    assert names(search.candidates_to_run(layer, cands, ins, cache, "cuda", SEARCH[3])) == \
+        ["gemm_a", "gemm_b", "lib", "gemm_c"]
+    assert names(search.candidates_to_run(layer, cands, ins, cache, "cuda", SEARCH[1])) == ["gemm_a", "lib"]
+    choose_tactic(layer, cands, ctx, ins, cache, "cuda", SEARCH[3])
+    run, timed = search.candidates_to_run(layer, cands, ins, cache, "cuda", SEARCH[3])
+    assert [c.name for c in run] == ["gemm_c"] and not timed        # all cached: only the winner runs
+    del cache.entries[next(k for k in cache.entries if k.endswith("|gemm_b"))]
+    run, timed = search.candidates_to_run(layer, cands, ins, cache, "cuda", SEARCH[3])
+    assert [c.name for c in run] == ["gemm_b", "gemm_c"] and timed
+    log.clear()
+    choose_tactic(layer, cands, ctx, ins, cache, "cuda", SEARCH[3])
+    assert sorted(set(log)) == ["gemm_b"]   # choose_tactic timed exactly the uncached one
+
+
 @pytest.mark.parametrize("level", [-1, 6, 2.5, True, "3"])
 def test_a_bad_level_is_refused_before_any_work(level):
     with pytest.raises(BuildError, match="from 0 to 5"):

@@ -20,6 +20,7 @@ from kilnrt.builder.config import BuilderConfig, BuilderFlag, OptimizationProfil
 from kilnrt.builder.examples import FORMATS, example_inputs, record_layouts
 from kilnrt.builder.int8 import QUANTIZED_KINDS, RememberingCalibrator, apply_int8
 from kilnrt.builder.memory import plan_memory
+from kilnrt.builder.precompile import precompile
 from kilnrt.builder.ranges import check_ranges, symbol_ranges
 from kilnrt.builder.search import choose_tactic, search_for_level
 from kilnrt.builder.timing import device_name
@@ -28,6 +29,7 @@ from kilnrt.engine.engine import Engine, EngineLayer, IOTensor
 from kilnrt.errors import BuildError, ErrorCode, KilnError, NetworkError, ShapeError
 from kilnrt.kernels.precision import tf32_mode
 from kilnrt.kernels.registry import TacticContext, tactics_for
+from kilnrt.kernels.triton.compile_pool import default_workers as default_compile_workers
 from kilnrt.network.dtypes import DataType, numpy_to_torch
 from kilnrt.network.graph import Network
 from kilnrt.network import symbolic
@@ -42,7 +44,7 @@ class Builder:
 
     def __init__(self, logger: Any = None) -> None:
         self.logger = logger
-        self.max_threads = 1
+        self.max_threads = None   # TensorRT's: here, the processes that compile kernels (None: all CPUs)
 
     def create_network(self, flags: int = 0) -> Network:
         return Network()
@@ -68,12 +70,17 @@ class Builder:
         return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
 
     def build_engine_with_config(self, network: Network, config: BuilderConfig) -> Engine:
-        return build_engine(network, config)
+        return build_engine(network, self._with_threads(config))
+
+    def _with_threads(self, config: BuilderConfig) -> BuilderConfig:
+        if self.max_threads is not None and config.compile_workers is None:
+            config.compile_workers = int(self.max_threads)
+        return config
 
     def build_serialized_network(self, network: Network, config: BuilderConfig) -> bytes | None:
         """Build and serialize; like TensorRT, returns None (and logs the error) on failure."""
         try:
-            return build_engine(network, config).serialize()
+            return build_engine(network, self._with_threads(config)).serialize()
         except KilnError as exc:
             log.error("%s", exc)
             if self.logger is not None and hasattr(self.logger, "log"):
@@ -372,10 +379,18 @@ def _build_one(network: Network, config: BuilderConfig) -> Engine:
     points = bucket_shapes(net, profiles, config.tactic_buckets, config.builder_optimization_level) \
         if shapes is not None and config.device != "cpu" else []
     buckets = None
+    phases = {"optimize_s": round(time.perf_counter() - t0, 2)}
     try:
         with tf32_mode(BuilderFlag.TF32 in config.flags):
             ctx = tactic_context(net, config)
+            t1 = time.perf_counter()
+            workers = config.compile_workers if config.compile_workers is not None else default_compile_workers()
+            precompiled = precompile(net, config, shapes, ctx, search_for_level(config.builder_optimization_level),
+                                     _timing_cache(config), workers)
+            phases["compile_s"] = round(time.perf_counter() - t1, 2)
+            t1 = time.perf_counter()
             layers = select_tactics(net, config, shapes, (lambda: bar.update(1)) if bar else None, ctx)
+            phases["tactics_s"] = round(time.perf_counter() - t1, 2)
             if len(points) > 1:
                 buckets = tune_buckets(net, layers, ctx, points, _timing_cache(config), config.device,
                                        search_for_level(config.builder_optimization_level))
@@ -419,7 +434,7 @@ def _build_one(network: Network, config: BuilderConfig) -> Engine:
         "seconds": round(time.perf_counter() - t0, 3), "layers_in": layers_in,
         "layers_out": len(layers), "constants": len(constants), "passes": passes,
         "optimization_level": config.builder_optimization_level, "concat_elimination": concats,
-        "tactic_buckets": buckets, "int8": int8,
+        "tactic_buckets": buckets, "int8": int8, "phases": phases, "parallel_compile": precompiled,
         "flags": sorted(f.value for f in config.flags),
         "timing_cache": None if config.timing_cache is None else
         {"hits": config.timing_cache.hits, "misses": config.timing_cache.misses},

@@ -93,6 +93,9 @@ class BuilderConfig:
         # held-back calibration batch is at most this (None: quantize every layer with a range)
         self.int8_accuracy_budget: float | None = None
         self.progress = False
+        # processes that compile Triton kernels in parallel before timing (kilnrt/builder/precompile.py);
+        # None: KILNRT_COMPILE_WORKERS, else every CPU this process may use; 0 or 1: compile on first launch
+        self.compile_workers = None
         # profile points (besides opt) where each layer's tactics are timed again, and a faster
         # choice kept for input shapes nearer that point (kilnrt.builder.buckets)
         self.tactic_buckets: tuple[str, ...] = ("min",)

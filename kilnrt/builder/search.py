@@ -82,6 +82,32 @@ def first_that_runs(layer, candidates, ctx, ins):
     return candidates[0]
 
 
+def example_signature(layer, ins) -> str:
+    """The timing cache's key for ``layer`` on example inputs ``ins`` (shapes, dtypes, layouts)."""
+    return layer_signature(layer, [None if a is None else
+                                   [list(a.shape), str(a.dtype), a.dim() == 4 and not a.is_contiguous()]
+                                   for a in ins])
+
+
+def candidates_to_run(layer, candidates, ins, cache: TimingCache | None, device: str,
+                      search: TacticSearch) -> tuple[list, bool]:
+    """(the candidates :func:`choose_tactic` will run on ``ins``, whether any of them is timed):
+    those without a cached timing, and the fastest cached one (it may win, and the chosen
+    tactic is run to learn its layout)."""
+    if search.one_per_class:
+        candidates = first_per_class(candidates)
+    if len(candidates) <= 1 or not search.timed or cache is None:
+        return list(candidates if search.timed else candidates[:1]), len(candidates) > 1 and search.timed
+    signature = example_signature(layer, ins)
+    timed = {c.name: cache.entries.get(TimingCache.key(signature, device, c.name)) for c in candidates}
+    cached = [c for c in candidates if timed[c.name] is not None]
+    run = [c for c in candidates if timed[c.name] is None]
+    fresh = bool(run)
+    if cached:
+        run.append(min(cached, key=lambda c: timed[c.name]))
+    return run, fresh
+
+
 def choose_tactic(layer, candidates, ctx, ins, cache: TimingCache | None, device: str, search: TacticSearch):
     """(chosen tactic, {tactic name: ms}) for ``layer`` among ``candidates`` on example inputs ``ins``."""
     if search.one_per_class:
@@ -90,9 +116,7 @@ def choose_tactic(layer, candidates, ctx, ins, cache: TimingCache | None, device
         return candidates[0], {}
     if not search.timed:
         return first_that_runs(layer, candidates, ctx, ins), {}
-    signature = layer_signature(layer, [None if a is None else
-                                        [list(a.shape), str(a.dtype), a.dim() == 4 and not a.is_contiguous()]
-                                        for a in ins])
+    signature = example_signature(layer, ins)
     states, timings = {}, {}
     for cand in candidates:
         key = TimingCache.key(signature, device, cand.name)

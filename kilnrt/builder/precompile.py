@@ -1,0 +1,79 @@
+"""Compile every candidate's Triton kernels in parallel before tactics are timed.
+
+Timing a layer's candidates compiles their kernels on first launch, one after another; in a
+cold build that was most of the time (Swin-T on an H200: 187 kernels, about 80 s of a 126 s
+build).  Here the builder first runs each candidate that the timing pass will run, once, on
+example inputs, inside :func:`kilnrt.kernels.triton.compile_pool.discover`, which records the
+kernels instead of compiling them; worker processes then compile them all at once
+(:func:`~kilnrt.kernels.triton.compile_pool.compile_all`), and the timing pass loads each one
+from Triton's cache.
+
+A layer's inputs are tried in each layout that some candidate of its producer writes (NCHW
+and NHWC), since the timing pass feeds it the layout of whichever candidate wins there; a
+kernel still missed compiles on launch as before.  Candidates whose timings are all in the
+timing cache are not timed again, so only the fastest of them is run (to learn its layout);
+when that is so for every layer (a warm build), nothing is compiled here.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+
+from kilnrt.builder.examples import example_inputs, written_layouts
+from kilnrt.builder.search import candidates_to_run
+from kilnrt.kernels.registry import tactics_for
+from kilnrt.network.layers import LayerKind
+
+log = logging.getLogger("kilnrt.builder")
+
+
+def precompile(net, config, shapes, ctx, search, cache, workers: int) -> dict | None:
+    """Discover and compile the Triton kernels the timing pass will launch; returns the
+    counts and times for ``build_info`` (None when nothing was done)."""
+    if config.device != "cuda" or shapes is None or not search.timed or workers < 2:
+        return None
+    from kilnrt.kernels.triton import compile_pool
+
+    if not compile_pool.available():
+        return None
+    t0 = time.perf_counter()
+    layouts: dict[str, set[bool]] = {}   # activation -> the layouts some producer candidate writes
+    runs = fresh = 0   # candidate runs; layers whose candidates will be timed (not all in the timing cache)
+    with compile_pool.discover() as found:
+        for layer in net.layers:
+            if layer.kind == LayerKind.CONSTANT:
+                continue
+            candidates = tactics_for(layer, config.device, ctx)
+            for variant in _layout_variants(layer, layouts):
+                ins = example_inputs(layer, ctx, shapes, variant)
+                if ins is None:
+                    break
+                to_run, timed = candidates_to_run(layer, candidates, ins, cache, config.device, search)
+                fresh += timed
+                for cand in to_run:
+                    runs += 1
+                    try:
+                        outs = cand.run(cand.prepare(layer, ctx), ins)
+                    except Exception as exc:  # noqa: BLE001 - the timing pass reports real failures
+                        log.debug("discovery run of %s on %s failed: %s", cand.name, layer.name, exc)
+                        continue
+                    for t, nhwc in zip(layer.outputs, written_layouts(outs)):
+                        if nhwc is not None:
+                            layouts.setdefault(t.name, set()).add(nhwc)
+    discovered_s = time.perf_counter() - t0
+    # every timing cached (a warm build): the few chosen kernels are most likely in Triton's
+    # cache already, and loading them one by one beats starting workers
+    stats = compile_pool.compile_all(found, workers if fresh else 0)
+    stats.update(discovery_runs=runs, discovery_s=round(discovered_s, 2), timed_layers=fresh)
+    return stats
+
+
+def _layout_variants(layer, layouts: dict[str, set[bool]]) -> list[dict[str, bool]]:
+    """Each combination of the layouts this layer's inputs may arrive in (at most 4)."""
+    names = [t.name for t in layer.inputs if t is not None and len(layouts.get(t.name, ())) > 1][:2]
+    fixed = {t.name: next(iter(layouts[t.name])) for t in layer.inputs
+             if t is not None and len(layouts.get(t.name, ())) == 1}
+    if not names:
+        return [fixed]
+    return [dict(fixed, **dict(zip(names, combo))) for combo in itertools.product((False, True), repeat=len(names))]

@@ -1,0 +1,64 @@
+"""Parallel Triton compilation before timing (kilnrt/builder/precompile.py): a cold build with
+compile workers records the candidates' kernels, compiles them in forked processes, and builds
+the same correct engine as a build that compiles on first launch.
+
+Marked ``cuda``: skipped without a GPU; run on the GPU machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.cuda
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = r"""
+import json, sys
+import numpy as np, onnx, torch
+from onnx import helper, numpy_helper, TensorProto
+import kilnrt
+
+rng = np.random.default_rng(0)
+inits = [numpy_helper.from_array((rng.standard_normal((64, 96, 3, 3)) * 0.05).astype(np.float32), "w1"),
+         numpy_helper.from_array((rng.standard_normal((64 * 400, 256)) * 0.01).astype(np.float32), "w2")]
+nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("Flatten", ["r"], ["f"]),
+         helper.make_node("MatMul", ["f", "w2"], ["m"]),
+         helper.make_node("Softmax", ["m"], ["y"], axis=1)]
+graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 96, 20, 20])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 256])], inits)
+onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), sys.argv[1])
+engine = kilnrt.build(sys.argv[1], device="cuda", fp16=True)
+feed = torch.from_numpy(rng.standard_normal((4, 96, 20, 20)).astype(np.float32)).cuda()
+out = engine.run({"x": feed})["y"].float().cpu().numpy()
+print("RESULT " + json.dumps({"info": {k: engine.build_info.get(k) for k in ("parallel_compile", "phases")},
+                              "tactics": [l.tactic for l in engine.layers], "out": out.ravel()[:256].tolist()}))
+"""
+
+
+def _build(workers: int, cache_dir: str) -> dict:
+    env = dict(os.environ, TRITON_CACHE_DIR=cache_dir, PYTHONPATH=ROOT, KILNRT_COMPILE_WORKERS=str(workers))
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, os.path.join(cache_dir + ".onnx")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line is not None, proc.stderr[-3000:]
+    return json.loads(line[len("RESULT "):])
+
+
+def test_parallel_compile_builds_the_same_correct_engine(tmp_path):
+    parallel = _build(4, str(tmp_path / "a"))
+    serial = _build(0, str(tmp_path / "b"))
+    stats = parallel["info"]["parallel_compile"]
+    assert stats is not None and stats["kernels"] > 0 and stats["failed"] == 0, stats
+    assert serial["info"]["parallel_compile"] is None
+    assert len(parallel["tactics"]) == len(serial["tactics"])
+    # same model, same inputs: the same probabilities, to FP16's accuracy (tactics may differ)
+    np.testing.assert_allclose(parallel["out"], serial["out"], rtol=2e-2, atol=2e-3)
+    assert abs(sum(parallel["out"]) - 1.0) < 1e-2   # the first row of a softmax sums to 1
