@@ -1,0 +1,182 @@
+"""The README's speed tables and chart, generated from the results files, never typed in.
+
+    python benchmarks/report.py           # rewrite README.md's generated blocks and the chart
+    python benchmarks/report.py --check   # exit 1 if README.md is not what the files give (tests run this)
+
+Each block of README.md between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` is
+made by the function of that name below from the files it names (BENCHMARKS.md's format).
+Older files (run.py before the public call was timed) hold the outer-graph time in
+``kilnrt_ms``; a row is read as such when it has no ``kilnrt_graph_ms``, and its public-call
+column stays empty.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+README = os.path.join(ROOT, "README.md")
+CHART = os.path.join(ROOT, "docs", "images", "zoo-speedup.png")
+
+NAMES = {"resnet50": "ResNet-50", "bert": "BERT-base", "vit_b_16": "ViT-B/16", "mobilenet_v2": "MobileNetV2",
+         "efficientnet_b0": "EfficientNet-B0", "convnext_tiny": "ConvNeXt-T"}
+# the newest run of each headline and tuned row (the models kilnrt was tuned on)
+TUNED = ["2026-11-21-NVIDIA_H200-resnet50-b1-131755Z.json", "2026-11-21-NVIDIA_H200-resnet50-b256-123513Z.json",
+         "2026-11-21-NVIDIA_H200-bert-b1-122720Z.json", "2026-11-21-NVIDIA_H200-bert-b32-122819Z.json",
+         "2026-11-21-NVIDIA_H200-vit_b_16-b1+b64-133441Z.json", "2026-11-21-NVIDIA_H200-mobilenet_v2-b1-133748Z.json",
+         "2026-11-21-NVIDIA_H200-mobilenet_v2-b256-104150Z.json",
+         "2026-11-21-NVIDIA_H200-efficientnet_b0-b1-134206Z.json",
+         "2026-11-21-NVIDIA_H200-efficientnet_b0-b256-132802Z.json",
+         "2026-11-21-NVIDIA_H200-convnext_tiny-b1-133136Z.json",
+         "2026-11-21-NVIDIA_H200-convnext_tiny-b128-124738Z.json",
+         "2026-11-21-NVIDIA_H100-bert-b1-154618Z.json", "2026-11-21-NVIDIA_H100-bert-b32-154409Z.json",
+         "2026-11-21-NVIDIA_H100-vit_b_16-b1-b64-153535Z.json"]
+ZOO = ["2026-12-01-NVIDIA_H200-zoo.json"]
+CALLS = ["2026-12-01-NVIDIA_H200-call-overhead.json"]
+BUILDS = ["2026-12-01-NVIDIA_H200-build-time.json"]
+
+
+def _load(name: str) -> dict:
+    with open(os.path.join(RESULTS, name)) as f:
+        return json.load(f)
+
+
+def _ms(v) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.3f} ms" if v < 10 else f"{v:.2f} ms"
+
+
+def _ratio(peer, ours) -> str:
+    return "—" if not peer or not ours else f"**{peer / ours:.2f}×**"
+
+
+def _err(v) -> str:
+    return "—" if v is None else f"{v:.1e}"
+
+
+def _gpu(doc: dict, row: dict) -> str:
+    return (row.get("gpu") or doc.get("gpu") or "?").replace("NVIDIA ", "")
+
+
+def _shape(row: dict) -> str:
+    return f"{row['batch']} × {row['seq']}" if row.get("seq") and row["model"] in ("bert",) else f"batch {row['batch']}"
+
+
+def tuned() -> str:
+    lines = ["| model | shape | GPU | torch eager | torch.compile | kilnrt (outer graph) | kilnrt (public call) "
+             "| ÷ compile | rel. L2 (eager's) | results file |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in TUNED:
+        doc = _load(name)
+        for row in doc["rows"]:
+            if "kilnrt_ms" not in row:
+                continue
+            public = row["kilnrt_ms"] if "kilnrt_graph_ms" in row else None
+            graph = row.get("kilnrt_graph_ms", row["kilnrt_ms"])
+            ours = public or graph
+            err = row.get("rel_l2_vs_fp32", row.get("relerr"))
+            eager_err = row.get("torch_eager_rel_l2_vs_fp32", row.get("eager_relerr"))
+            lines.append(f"| {NAMES.get(row['model'], row['model'])} | {_shape(row)} | {_gpu(doc, row)} "
+                         f"| {_ms(row.get('torch_eager_ms'))} | {_ms(row.get('torch_compile_ms'))} | {_ms(graph)} "
+                         f"| {_ms(public)} | {_ratio(row.get('torch_compile_ms'), ours)} "
+                         f"| {_err(err)} ({_err(eager_err)}) | `{name}` |")
+    return "\n".join(lines)
+
+
+def zoo() -> str:
+    lines = ["| model | family | batch | torch eager | torch.compile default | torch.compile max-autotune "
+             "| kilnrt (public call) | `engine.run` | ÷ default | ÷ max-autotune | rel. L2 (eager's) | cold build |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in ZOO:
+        doc = _load(name)
+        for row in doc["rows"]:
+            if "kilnrt_ms" not in row:
+                lines.append(f"| {row['model']} | {row.get('family', '')} | {row['batch']} "
+                             f"| not measured: {row.get('error', '')[:60]} |||||||||")
+                continue
+            lines.append(f"| {row['model']} | {row.get('family', '')} | {row['batch']} "
+                         f"| {_ms(row.get('torch_eager_ms'))} | {_ms(row.get('torch_compile_default_ms'))} "
+                         f"| {_ms(row.get('torch_compile_ms'))} | {_ms(row['kilnrt_ms'])} "
+                         f"| {_ms(row.get('kilnrt_run_ms'))} "
+                         f"| {_ratio(row.get('torch_compile_default_ms'), row['kilnrt_ms'])} "
+                         f"| {_ratio(row.get('torch_compile_ms'), row['kilnrt_ms'])} "
+                         f"| {_err(row.get('relerr'))} ({_err(row.get('eager_relerr'))}) | {row['build_s']:.0f} s |")
+    lines.append("")
+    lines.append("From " + ", ".join(f"`{n}` ({_load(n)['date']}, {_load(n)['gpu']})" for n in ZOO) + ".")
+    return "\n".join(lines)
+
+
+def calls() -> str:
+    lines = ["| model | `execute_async_v3` GPU time | host time per call | `engine.run` GPU time | host time per call "
+             "| outer graph |", "|---|---|---|---|---|---|"]
+    for name in CALLS:
+        doc = _load(name)
+        for row in doc["rows"]:
+            lines.append(f"| {NAMES.get(row['model'], row['model'])} batch 1 | {_ms(row['kilnrt_ms'])} "
+                         f"| {row['host_us']:.1f} µs | {_ms(row['kilnrt_run_ms'])} | {row['run_host_us']:.1f} µs "
+                         f"| {_ms(row['kilnrt_graph_ms'])} |")
+    lines.append("")
+    lines.append("From " + ", ".join(f"`{n}` ({_load(n)['date']}, {_load(n)['gpu']})" for n in CALLS) + ".")
+    return "\n".join(lines)
+
+
+def builds() -> str:
+    lines = ["| model | cold build, kernels compiled on first launch | cold build now | warm build |",
+             "|---|---|---|---|"]
+    for name in BUILDS:
+        for row in _load(name)["rows"]:
+            lines.append(f"| {row['model']} batch {row['batch']} | {row['cold_before_parallel_compile_s']:.1f} s "
+                         f"| {row['cold']['seconds']:.1f} s | {row['warm']['seconds']:.1f} s |")
+    lines.append("")
+    lines.append("From " + ", ".join(f"`{n}` ({_load(n)['date']}, {_load(n)['gpu']})" for n in BUILDS) + ".")
+    return "\n".join(lines)
+
+
+BLOCKS = {"tuned": tuned, "zoo": zoo, "calls": calls, "builds": builds}
+
+
+def render(text: str) -> str:
+    """``text`` (README.md) with every generated block made again."""
+    for name, make in BLOCKS.items():
+        pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(<!-- /generated:{name} -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"README.md has no <!-- generated:{name} --> block")
+        body = make()
+        text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+    return text
+
+
+def chart() -> str:
+    sys.path.insert(0, ROOT)
+    from kilnrt.cli.plots import plot_results
+
+    return str(plot_results([os.path.join(RESULTS, n) for n in ZOO], CHART,
+                            title="kilnrt over each peer, the zoo (peer ms / kilnrt public-call ms)"))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--check", action="store_true", help="only compare README.md with what the files give")
+    args = p.parse_args(argv)
+    with open(README) as f:
+        text = f.read()
+    new = render(text)
+    if args.check:
+        if new != text:
+            print("README.md's generated blocks differ from the results files: run python benchmarks/report.py")
+            return 1
+        return 0
+    with open(README, "w") as f:
+        f.write(new)
+    print(f"README.md updated; chart: {chart()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
