@@ -6,6 +6,7 @@ from typing import Any, Mapping, Sequence
 
 from kilnrt.builder.buckets import check_bucket_points
 from kilnrt.builder import BuilderConfig, BuilderFlag, OptimizationProfile, TimingCache, build_engine
+from kilnrt.device import resolve_device
 from kilnrt.engine import Engine, load
 from kilnrt.errors import ErrorCode, KilnError
 from kilnrt.network.dtypes import DataType
@@ -44,7 +45,7 @@ def to_network(model: Any) -> Network:
 
 
 def build(model: Any, *, fp16: bool = False, bf16: bool = False, tf32: bool = True,
-          profiles: Any = None, device: str = "cpu", optimization_level: int = 3,
+          profiles: Any = None, device: str | None = None, optimization_level: int = 3,
           timing_cache: str | TimingCache | None = None, portable: bool = False,
           workspace: int | None = None, progress: bool = False, verbose: bool = False,
           tactic_buckets: Any = ("min",), int8: bool = False, calibration: Any = None,
@@ -63,12 +64,13 @@ def build(model: Any, *, fp16: bool = False, bf16: bool = False, tf32: bool = Tr
     float until the outputs' relative L2 error on the last (held-back) calibration batch fits
     it; see docs/int8.md.  ``layer_precisions``: layers to keep in FP32 in an FP16/BF16 build,
     ``{"Conv_3": "fp32"}`` or trtexec's ``"Conv_3:fp32,/blk/*:fp32"`` (a layer's name or its ONNX
-    node's; see docs/debugging.md).
+    node's; see docs/debugging.md).  ``device``: "cuda" or "cpu"; None (the default) builds for
+    the GPU when one is visible, else the CPU (``KILNRT_DEVICE`` overrides).
     """
     if verbose:
         logging.getLogger("kilnrt").setLevel(logging.DEBUG)
-    if device not in ("cpu", "cuda"):
-        raise KilnError(ErrorCode.INVALID_ARGUMENT, f"device={device!r}; supported: 'cpu', 'cuda'")
+    device = resolve_device(device)
+    log.info("building for %s", device)
     network = to_network(model)
     constrained = None
     if layer_precisions:   # pinned and lowered before the optimizer, so no fusion crosses a pin

@@ -4,6 +4,7 @@ from __future__ import annotations
 import enum
 from typing import Mapping, Sequence
 
+from kilnrt.device import default_device
 from kilnrt.errors import ErrorCode, ShapeError
 
 
@@ -84,7 +85,7 @@ class BuilderConfig:
         self.memory_pool_limits: dict[MemoryPoolType, int] = {}
         self.profiles: list[OptimizationProfile] = []
         self.builder_optimization_level = 3
-        self.device = "cpu"
+        self.device = default_device()   # CUDA when a GPU is visible (KILNRT_DEVICE overrides)
         self.timing_cache = None
         self.profiling_verbosity = ProfilingVerbosity.LAYER_NAMES_ONLY
         self.avg_timing_iterations = 1

@@ -112,7 +112,8 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--accuracy-budget", type=float, metavar="ERR",
                    help="INT8: keep the most sensitive layers in float until the outputs' relative error on "
                         "a held-back calibration batch is at most ERR")
-    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="the device to build for")
+    g.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="the device to build for (default: cuda when a GPU is visible, else cpu)")
     g.add_argument("--workspace", metavar="MIB", help="workspace memory pool limit in MiB, as trtexec (a suffix "
                                                       "B/K/M/G gives another unit: 512M, 2G)")
 

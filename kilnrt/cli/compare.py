@@ -54,11 +54,9 @@ def build_for_compare(args: argparse.Namespace, network, keep=()):
     from kilnrt.debugging.precision import build_reduced
 
     kwargs = build_kwargs(args)
-    device = kwargs.pop("device", None)
-    if device is None:
-        import torch
+    from kilnrt.device import resolve_device
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(kwargs.pop("device", None))
     return build_reduced(network, reduced_precision(args), device=device, keep=keep, **kwargs)
 
 

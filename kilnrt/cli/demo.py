@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="MODEL.onnx", help="default: examples/digits.onnx of the repository")
     p.add_argument("--data", metavar="DATA.npz", help="arrays images [N,1,8,8] and labels [N] "
                                                       "(default: digits_test.npz next to the model)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="default: cuda when a GPU is visible, else cpu")
     p.add_argument("--fp16", action="store_true", help="allow FP16 layers")
     p.add_argument("--iterations", type=int, default=20, metavar="N", help="timed runs per engine (default 20)")
     p.add_argument("-o", "--output", metavar="PLAN", help="where to save the plan (default: a temp folder)")
@@ -64,9 +65,12 @@ def main(args: argparse.Namespace) -> int:
     input_name = kilnrt.to_network(str(model)).get_input(0).name
     plan = Path(args.output) if args.output else Path(tempfile.gettempdir()) / "kilnrt-demo" / "digits.plan"
     plan.parent.mkdir(parents=True, exist_ok=True)
+    from kilnrt.device import resolve_device
+
+    device = resolve_device(args.device)
     t0 = time.perf_counter()
-    with out.status(f"building {model.name} for {args.device}", spinner="dots"):
-        engine = kilnrt.build(str(model), fp16=args.fp16, device=args.device,
+    with out.status(f"building {model.name} for {device}", spinner="dots"):
+        engine = kilnrt.build(str(model), fp16=args.fp16, device=device,
                               profiles={input_name: ((1,) + images.shape[1:], images.shape, images.shape)})
     build_s = time.perf_counter() - t0
     engine.save(plan)
@@ -77,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
     logits = next(iter(engine.run(feeds).values()))
     run, sync = engine_runner(engine, feeds)
     s = latency_summary(time_runs(run, iterations=args.iterations, warmup=3, sync=sync), n)
-    rows.append((f"kilnrt ({args.device})", float((logits.argmax(1) == labels).mean()), s))
+    rows.append((f"kilnrt ({device})", float((logits.argmax(1) == labels).mean()), s))
     try:
         import onnxruntime as ort
     except ImportError:

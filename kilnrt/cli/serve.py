@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-queue-delay-us", type=int, metavar="US",
                    help="how long a request may wait for others to batch with (default 500)")
     g.add_argument("--preferred-batch-sizes", metavar="N,N", help="batch sizes the batcher sends at once")
-    g.add_argument("--device", choices=("cpu", "cuda"), help="where ONNX files are built (default cpu)")
+    g.add_argument("--device", choices=("cpu", "cuda"), help="where ONNX files are built (default: cuda when a GPU is visible, else cpu)")
     g.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="precision of ONNX builds (default fp32)")
     g.add_argument("--timing-cache-dir", metavar="DIR", help="timing caches of ONNX builds, reused across starts "
                                                              "(default ~/.cache/kilnrt/serve)")

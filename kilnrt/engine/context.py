@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from kilnrt.device import pointer_kind
 from kilnrt.engine.cudagraph import current_raw_stream
 from kilnrt.errors import DTypeError, ErrorCode, ExecutionError, KilnError, ShapeError
 from kilnrt.network.dtypes import DataType, numpy_to_torch, torch_to_numpy
@@ -191,6 +192,11 @@ class ExecutionContext:
                 raise ExecutionError(ErrorCode.INVALID_ARGUMENT,
                                      f"tensor {name!r} is bound to a raw pointer but its shape is unknown; "
                                      "call set_input_shape first")
+            if self.engine.device != "cuda" and pointer_kind(ptr) == "device":
+                raise ExecutionError(ErrorCode.INVALID_ARGUMENT,
+                                     f"tensor {name!r} is bound to GPU memory ({ptr:#x}), but this engine runs on "
+                                     "the CPU and reads host memory; build it for the GPU (device='cuda', the "
+                                     "default where a GPU is visible), or bind host buffers")
             return _from_pointer(ptr, shape, dtype, self.engine.device)
         if hasattr(buf, "__cuda_array_interface__") or hasattr(buf, "__dlpack__"):
             return torch.from_dlpack(buf) if hasattr(buf, "__dlpack__") else torch.as_tensor(buf, device="cuda")

@@ -5,7 +5,7 @@ A model folder holds the plan or ONNX file and a small ``config.json``::
     {"max_batch": 64,                       # 0: no batch dim; absent: from the engine's profile
      "dynamic_batching": {"max_queue_delay_us": 500, "preferred_batch_sizes": [16, 32]},
      "instances": 2,                        # execution contexts serving requests at once
-     "device": "cpu",                       # or "cuda"
+     "device": "cuda",                      # or "cpu"; absent: CUDA when a GPU is visible
      "precision": "fp32"}                   # fp32 | fp16 | bf16 (ONNX files, built on start)
 
 A *model repository* is a folder of such folders, one per model, named after the model.
@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kilnrt.device import default_device
 from kilnrt.errors import ErrorCode, KilnError
 
 CONFIG_FILE = "config.json"
@@ -37,7 +38,7 @@ class ModelSettings:
     max_queue_delay_us: int = 500
     preferred_batch_sizes: tuple[int, ...] = ()
     instances: int = 1
-    device: str = "cpu"
+    device: str = dataclasses.field(default_factory=default_device)   # CUDA when a GPU is visible
     precision: str = "fp32"
 
     def __post_init__(self) -> None:

@@ -9,7 +9,7 @@ into the largest pieces whose every node has an importer; each piece becomes an
 built into the engines as constants (weights changed after compiling are not seen: compile
 again).  A piece builds one static engine per input-shape set it meets (a bounded cache), so
 dynamic shapes work without ranges.  Options (``torch.compile(..., options={...})``):
-``device``, ``fp16``, ``min_block_size`` (the fewest compute nodes a piece needs, default 1)
+``device`` (default: where the graph's inputs are), ``fp16``, ``min_block_size`` (the fewest compute nodes a piece needs, default 1)
 and the options of :func:`kilnrt.build`.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from kilnrt.torch.convert import graph_to_network, node_support
 
 log = logging.getLogger("kilnrt.torch")
 
-DEFAULTS = {"device": "cpu", "fp16": False, "int8": False, "min_block_size": 1}
+DEFAULTS = {"device": None, "fp16": False, "int8": False, "min_block_size": 1}   # device None: the inputs'
 CACHE_SIZE = 8                  # engines kept per piece, one per input-shape set
 # what the backend did, for tests and logs: "graphs", "pieces", "engines" (built), "pieces_in_pytorch"
 # (a piece whose build failed runs in PyTorch), and "pytorch:<op>" for each ATen op left to PyTorch
@@ -56,8 +56,9 @@ def backend_options(options: Mapping[str, Any] | None, mode: str | None = None) 
                             f"torch.compile(backend='kilnrt') has no option {key!r}; its options are: "
                             f"{', '.join(list(DEFAULTS) + list(BUILD_OPTIONS))}")
         opts[key] = value
-    if opts["device"] not in ("cpu", "cuda"):
-        raise KilnError(ErrorCode.INVALID_ARGUMENT, f"device={opts['device']!r}; supported: 'cpu', 'cuda'")
+    if opts["device"] not in (None, "cpu", "cuda"):
+        raise KilnError(ErrorCode.INVALID_ARGUMENT, f"device={opts['device']!r}; supported: 'cpu', 'cuda' "
+                                                    "(default: where the graph's inputs are)")
     return opts
 
 
@@ -207,6 +208,8 @@ def kilnrt_backend(gm: torch.fx.GraphModule, example_inputs: list, *, options: M
     from torch._dynamo.backends.common import aot_autograd
 
     opts = backend_options(options, mode)
+    if opts["device"] is None:   # where the model's inputs and weights are
+        opts["device"] = "cuda" if any(isinstance(x, torch.Tensor) and x.is_cuda for x in example_inputs) else "cpu"
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     weights = {i: ex.detach() for i, (n, ex) in enumerate(zip(placeholders, example_inputs))
                if isinstance(ex, torch.Tensor) and _is_weight(n, ex)}

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import torch
 
+from kilnrt.device import resolve_device
 from kilnrt.errors import ErrorCode, KilnError
 from kilnrt.torch import registry
 from kilnrt.torch.convert import graph_to_network
@@ -118,8 +119,16 @@ def _weights(ep) -> dict[str, torch.Tensor]:
     return out
 
 
+def _inputs_device(args: tuple, kwargs: Mapping[str, Any]) -> str | None:
+    """Where the example inputs live ("cuda" or "cpu"), or None when none is a tensor."""
+    tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+    if not tensors:
+        return None
+    return "cuda" if any(t.is_cuda for t in tensors) else "cpu"
+
+
 def compile(module: torch.nn.Module, example_inputs: Any = (), *, example_kwargs: Mapping[str, Any] | None = None,
-            dynamic_shapes: Any = None, fp16: bool = False, int8: bool = False, device: str = "cpu",
+            dynamic_shapes: Any = None, fp16: bool = False, int8: bool = False, device: str | None = None,
             fallback: bool = True, **build_options: Any) -> torch.nn.Module:
     """A module that runs ``module`` as a kilnrt engine; see docs/pytorch.md.
 
@@ -127,7 +136,9 @@ def compile(module: torch.nn.Module, example_inputs: Any = (), *, example_kwargs
     args).  ``dynamic_shapes``: torch.export's (``torch.export.Dim`` with min and max).  With a
     data-dependent Python branch, torch.export cannot capture one graph: with ``fallback`` (the
     default) kilnrt warns and compiles the module through ``torch.compile(backend="kilnrt")``
-    instead; ``fallback=False`` raises.  Other options go to :func:`kilnrt.build`.
+    instead; ``fallback=False`` raises.  ``device``: "cuda" or "cpu"; None (the default): where
+    the example inputs are (with no tensor among them, the GPU when one is visible).  Other
+    options go to :func:`kilnrt.build`.
     """
     if not isinstance(module, torch.nn.Module):
         raise KilnError(ErrorCode.INVALID_ARGUMENT, f"kilnrt.compile takes a torch.nn.Module; got {type(module).__name__}"
@@ -139,10 +150,9 @@ def compile(module: torch.nn.Module, example_inputs: Any = (), *, example_kwargs
         raise KilnError(ErrorCode.INVALID_ARGUMENT,
                         f"kilnrt.compile does not take {', '.join(unknown)}{hint}; it takes dynamic_shapes, fp16, "
                         f"int8, device, fallback and {', '.join(BUILD_OPTIONS)}")
-    if device not in ("cpu", "cuda"):
-        raise KilnError(ErrorCode.INVALID_ARGUMENT, f"device={device!r}; supported: 'cpu', 'cuda'")
     args = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     kwargs = dict(example_kwargs or {})
+    device = resolve_device(device if device is not None else _inputs_device(args, kwargs))
     name = type(module).__name__
     try:
         ep = export_program(module, args, kwargs, dynamic_shapes)

@@ -1,0 +1,66 @@
+"""Where kilnrt builds and runs when the caller does not say: the GPU when there is one.
+
+``KILNRT_DEVICE`` (``cpu`` or ``cuda``) overrides the choice, for a process that must stay
+on one device (the test suite keeps its CPU tests on the CPU this way).  Raw pointers bound
+to an engine are checked against it: :func:`pointer_kind` asks the CUDA driver whether an
+address is GPU memory.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+
+import torch
+
+from kilnrt.errors import ErrorCode, KilnError
+
+DEVICES = ("cpu", "cuda")
+
+
+def default_device() -> str:
+    """``KILNRT_DEVICE`` if set, else ``"cuda"`` when a CUDA GPU is visible, else ``"cpu"``."""
+    env = os.environ.get("KILNRT_DEVICE", "").strip().lower()
+    if env:
+        if env not in DEVICES:
+            raise KilnError(ErrorCode.INVALID_ARGUMENT, f"KILNRT_DEVICE={env!r}; use cpu or cuda (or unset it: "
+                                                        "CUDA when a GPU is visible, else the CPU)")
+        return env
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(device: str | None) -> str:
+    """``device``, or :func:`default_device` for None; refuses anything but cpu and cuda."""
+    if device is None:
+        return default_device()
+    if device not in DEVICES:
+        raise KilnError(ErrorCode.INVALID_ARGUMENT, f"device={device!r}; supported: 'cpu', 'cuda' "
+                                                    "(None: CUDA when a GPU is visible)")
+    return device
+
+
+@functools.cache
+def _pointer_attribute():
+    try:
+        fn = ctypes.CDLL("libcuda.so.1").cuPointerGetAttribute
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_MEMORY_TYPE = 2                                   # CU_POINTER_ATTRIBUTE_MEMORY_TYPE
+_KINDS = {1: "host", 2: "device", 3: "array", 4: "unified"}
+
+
+def pointer_kind(ptr: int) -> str:
+    """What the CUDA driver knows of address ``ptr``: ``"device"``, ``"host"`` (pinned),
+    ``"unified"``, or ``"unknown"`` (ordinary host memory, or no CUDA in this process)."""
+    fn = _pointer_attribute() if torch.cuda.is_available() else None
+    if fn is None:
+        return "unknown"
+    kind = ctypes.c_uint(0)
+    if fn(ctypes.byref(kind), _MEMORY_TYPE, ptr) != 0:
+        return "unknown"
+    return _KINDS.get(kind.value, "unknown")
