@@ -102,4 +102,11 @@ def main(args: argparse.Namespace) -> int:
     out.print(f"plan: {plan} ({plan.stat().st_size / 1024:.1f} KiB), built in {build_s:.2f} s")
     if ort is None:
         out.print("(install onnxruntime to compare with ONNX Runtime)")
+    if device == "cpu":
+        import torch
+
+        why = "--device cpu was asked for" if torch.cuda.is_available() else "no GPU here"
+        out.print(f"This ran on kilnrt's CPU backend ({why}): the reference path that runs and checks every engine "
+                  "without a GPU, not a fast one (ONNX Runtime is the faster CPU runtime). With an NVIDIA GPU, "
+                  "kilnrt demo builds a CUDA engine.")
     return 0
