@@ -141,6 +141,7 @@ def _whisper(batch: int):
 
     torch.manual_seed(0)
     config = WhisperConfig(d_model=512, encoder_layers=6, encoder_attention_heads=8, decoder_layers=1,
+                           decoder_attention_heads=8,
                            num_mel_bins=80, max_source_positions=1500, attn_implementation="eager")
     encoder = WhisperModel(config).get_encoder().cuda().eval()
     return _Outputs(encoder, ("input_features",)).eval(), \
