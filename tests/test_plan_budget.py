@@ -93,3 +93,14 @@ def test_the_default_budget_is_the_memory_available(plan, monkeypatch):
         kilnrt.load(plan)
     monkeypatch.undo()
     assert 0 < plan_budget.device_memory("cpu")
+
+
+def test_engine_deserialize_takes_the_callers_budget():
+    """Engine.deserialize (the trt facade's and kilnrt.load's path) checks the budget it is given."""
+    import os
+
+    digits = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "digits.onnx")
+    data = kilnrt.build(digits).serialize()
+    assert kilnrt.Engine.deserialize(data, memory_budget="1G").num_layers > 0
+    with pytest.raises(PlanError, match="budget"):
+        kilnrt.Engine.deserialize(data, memory_budget=1024)

@@ -315,13 +315,14 @@ class Engine:
             f.write(data)
 
     @classmethod
-    def deserialize(cls, data: bytes, *, check_device: bool = True, key: bytes | str | None = None) -> "Engine":
-        """An engine from plan bytes; with ``key``, only a plan signed with it loads."""
-        from kilnrt.engine.plan import strip_signature, verify
-        from kilnrt.engine.planio import engine_from_bytes
+    def deserialize(cls, data: bytes, *, check_device: bool = True, key: bytes | str | None = None,
+                    memory_budget: int | str | None = None) -> "Engine":
+        """An engine from plan bytes; with ``key``, only a plan signed with it loads; it must fit
+        in ``memory_budget`` (bytes or "8G"; None: ``KILNRT_MEMORY_BUDGET``, else the device's
+        available memory; see docs/robustness.md)."""
+        from kilnrt.engine.planio import load_plan
 
-        data = verify(data, key) if key is not None else strip_signature(bytes(data))
-        return engine_from_bytes(data, check_device=check_device)
+        return load_plan(bytes(data), key=key, check_device=check_device, memory_budget=memory_budget)
 
     def create_engine_inspector(self):
         from kilnrt.engine.inspector import EngineInspector
