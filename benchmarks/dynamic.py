@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 warnings.filterwarnings("ignore")
 
 import kilnrt  # noqa: E402
-from measure import event_median_ms, public_call  # noqa: E402
+from measure import event_median_ms, public_call, rel_l2  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # model -> (profile min, opt, max, the three other test shapes); shapes are (batch,) or (batch, seq)
@@ -107,11 +107,6 @@ def build(path: str, name: str, profile: tuple, cache: str, *extra: tuple,
     engine = kilnrt.build(path, device="cuda", fp16=True, timing_cache=cache, profiles=profiles,
                           tactic_buckets=tactic_buckets)
     return engine, time.perf_counter() - t0
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 def tactic_summary(engine) -> dict[str, int]:

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import signal
 import statistics
 import time
 
@@ -105,3 +106,24 @@ def kilnrt_times(engine, feeds: dict[str, torch.Tensor], iters: int = 100) -> di
             "kilnrt_graph_ms": round(outer_graph_ms(engine, feeds, iters), 4),
             "first_call_ms": round(pub["first_call_ms"], 1), "graph_captures": pub["captures"],
             "graph_fallback": pub["fallback"] or None}
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float64."""
+    a, b = a.double().flatten(), b.double().flatten()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+class Stopped(BaseException):
+    """SIGTERM arrived (``timeout``, a scheduler): a run writes what it measured, then ends.  A
+    BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way (inductor's
+    autotuner has some) takes it for one failed kernel and goes on."""
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def stop_on_sigterm():
+    """Make SIGTERM raise :class:`Stopped`; returns the previous handler (restore it after)."""
+    return signal.signal(signal.SIGTERM, _raise_stopped)

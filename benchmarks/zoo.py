@@ -38,25 +38,11 @@ warnings.filterwarnings("ignore")
 
 import kilnrt  # noqa: E402
 from kilnrt.builder.timing import time_cuda_graph  # noqa: E402
-from measure import kilnrt_times  # noqa: E402
+from measure import Stopped, kilnrt_times, rel_l2, stop_on_sigterm  # noqa: E402
 from zoo_models import ZOO  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
 PEERS = ("eager", "default", "max")
-
-
-class Stopped(BaseException):
-    """SIGTERM arrived: write what was measured, then end (a BaseException, so that no
-    ``except Exception`` on the way takes it for a failed kernel)."""
-
-
-def _stop(signum, frame):
-    raise Stopped(f"stopped by signal {signal.Signals(signum).name}")
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 def first_output(out):
@@ -208,7 +194,7 @@ def main(argv=None) -> int:
     done = {(r["model"], r["batch"]) for r in rows if "error" not in r}
     rows = [r for r in rows if "error" not in r]
     log = lambda m: print(m, flush=True)  # noqa: E731
-    previous = signal.signal(signal.SIGTERM, _stop)
+    previous = stop_on_sigterm()
     stopped = False
     try:
         for name in names:
