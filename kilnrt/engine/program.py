@@ -50,6 +50,15 @@ def fill_concat(plan: ConcatPlan, buffer: torch.Tensor, inputs) -> torch.Tensor:
     return buffer
 
 
+def layer_started(profiler: Any, name: str) -> float:
+    """A step under a profiler begins: its optional ``begin_layer(name)`` (e.g. to open a
+    ``torch.profiler`` range that its ``report_layer_time`` closes), then the start time."""
+    begin = getattr(profiler, "begin_layer", None)
+    if begin is not None:
+        begin(name)
+    return time.perf_counter()
+
+
 class Program:
     def __init__(self, engine) -> None:
         self.engine = engine
@@ -134,7 +143,7 @@ class Program:
                     if v.device != dev and v.device.type == "cpu":
                         v = v.to(dev, non_blocking=True)
                 args.append(v)
-            t0 = time.perf_counter() if profiler is not None else 0.0
+            t0 = layer_started(profiler, s.name) if profiler is not None else 0.0
             tactic, state = s.buckets.get(bucket, (s.tactic, s.state)) if bucket else (s.tactic, s.state)
             try:
                 if s.into is not None:
