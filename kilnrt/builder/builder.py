@@ -29,7 +29,7 @@ from kilnrt.engine.engine import Engine, EngineLayer, IOTensor
 from kilnrt.errors import BuildError, ErrorCode, KilnError, NetworkError, ShapeError
 from kilnrt.kernels.precision import tf32_mode
 from kilnrt.kernels.registry import TacticContext, tactics_for
-from kilnrt.kernels.triton.compile_pool import default_workers as default_compile_workers
+from kilnrt.kernels.compile_pool import default_workers as default_compile_workers
 from kilnrt.network.dtypes import DataType, numpy_to_torch
 from kilnrt.network.graph import Network
 from kilnrt.network import symbolic

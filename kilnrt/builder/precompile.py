@@ -3,9 +3,9 @@
 Timing a layer's candidates compiles their kernels on first launch, one after another; in a
 cold build that was most of the time (Swin-T on an H200: 187 kernels, about 80 s of a 126 s
 build).  Here the builder first runs each candidate that the timing pass will run, once, on
-example inputs, inside :func:`kilnrt.kernels.triton.compile_pool.discover`, which records the
+example inputs, inside :func:`kilnrt.kernels.compile_pool.discover`, which records the
 kernels instead of compiling them; worker processes then compile them all at once
-(:func:`~kilnrt.kernels.triton.compile_pool.compile_all`), and the timing pass loads each one
+(:func:`~kilnrt.kernels.compile_pool.compile_all`), and the timing pass loads each one
 from Triton's cache.
 
 A layer's inputs are tried in each layout that some candidate of its producer writes (NCHW
@@ -33,7 +33,7 @@ def precompile(net, config, shapes, ctx, search, cache, workers: int) -> dict | 
     counts and times for ``build_info`` (None when nothing was done)."""
     if config.device != "cuda" or shapes is None or not search.timed or workers < 2:
         return None
-    from kilnrt.kernels.triton import compile_pool
+    from kilnrt.kernels import compile_pool
 
     if not compile_pool.available():
         return None
