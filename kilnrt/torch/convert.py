@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import difflib
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import sympy
 import torch
@@ -119,15 +119,35 @@ def _is_free(node: torch.fx.Node, const: set) -> bool:
     return node in const and node.op == "call_function" and registry.lookup(node.target) is None
 
 
-def node_support(node: torch.fx.Node) -> str | None:
-    """Why kilnrt cannot import this call_function node, or None if it can."""
+def node_support(node: torch.fx.Node, *, whole_graph: bool = False) -> str | None:
+    """Why kilnrt cannot import this call_function node, or None if it can.  A node that takes
+    subgraphs (torch.cond's branches) is imported only when the whole graph is (``whole_graph``):
+    torch.fx's partitioner hands a piece its subgraphs as run-time inputs, which kilnrt cannot read."""
     imp = registry.lookup(node.target)
     if imp is None:
         return "no importer"
     bad = _unsupported_arguments(imp, node)
     if bad:
         return f"arguments not supported: {', '.join(bad)}"
+    branches = _subgraphs(node)
+    if branches and not whole_graph:
+        return "a node with subgraphs is imported by kilnrt.compile only (not inside a torch.compile piece)"
+    inner = [f"{name}: {e}" for name, sub in branches for e in check_graph(sub.graph)]
+    if inner:
+        return f"its subgraph cannot be imported ({'; '.join(inner)})"
     return None
+
+
+def _subgraphs(node: torch.fx.Node) -> list[tuple[str, torch.fx.GraphModule]]:
+    """The graph modules a node takes (torch.cond's branches), by attribute name."""
+    owner = node.graph.owning_module
+    out = []
+    for arg in node.args:
+        if isinstance(arg, torch.fx.Node) and arg.op == "get_attr" and owner is not None:
+            sub = _get_attr(owner, arg.target)
+            if isinstance(sub, torch.fx.GraphModule):
+                out.append((arg.target, sub))
+    return out
 
 
 def check_graph(graph: torch.fx.Graph, constants: Mapping[str, Any] = {}) -> list[UnsupportedNodeError]:
@@ -142,7 +162,7 @@ def check_graph(graph: torch.fx.Graph, constants: Mapping[str, Any] = {}) -> lis
                                                node=node.name, op=str(node.target)))
         if node.op != "call_function" or _is_free(node, const):
             continue
-        why = node_support(node)
+        why = node_support(node, whole_graph=True)
         if why == "no importer":
             unknown[registry.target_name(node.target)].append(node.name)
         elif why is not None:
@@ -200,15 +220,22 @@ def _input_dims(node: torch.fx.Node, dim_names: Mapping[str, str], bindings: Map
 
 def graph_to_network(graph: torch.fx.Graph, *, constants: Mapping[str, Any] = {},
                      owner: torch.nn.Module | None = None, dim_names: Mapping[str, str] = {},
-                     bindings: Mapping | None = None, name: str = "torch") -> Converted:
+                     bindings: Mapping | None = None, name: str = "torch",
+                     input_types: Sequence[tuple[DataType, tuple]] | None = None) -> Converted:
     """Convert ``graph``; ``constants`` maps placeholder names to tensors (weights), ``dim_names``
     sympy symbol names to profile dim names, and ``bindings`` (symbol -> int), when given, fixes
-    every symbolic size (a static network)."""
+    every symbolic size (a static network).  ``input_types``, when given, are the (dtype, shape) of
+    the input placeholders in order (a subgraph's inputs, shaped as the values bound to them)."""
     errors = check_graph(graph, constants)
     if errors:
         raise ImportErrors(errors)
+    owner = owner if owner is not None else graph.owning_module
     net = Network(name)
     ctx = TorchImportContext(net)
+    # a subgraph (torch.cond's branches) converts the same way, as a network of its own
+    ctx.import_graph = lambda gm, types, sub_name: graph_to_network(
+        gm.graph, owner=gm, dim_names=dim_names, bindings=bindings, name=sub_name, input_types=types)
+    given_types = list(input_types) if input_types is not None else None
     env: dict[torch.fx.Node, Any] = {}
     const = constant_nodes(graph, constants)
     real: dict[torch.fx.Node, Any] = {}
@@ -246,6 +273,12 @@ def graph_to_network(graph: torch.fx.Graph, *, constants: Mapping[str, Any] = {}
                     raise UnsupportedNodeError(ErrorCode.UNSUPPORTED_NODE_INPUT,
                                                f"a symbolic number input ({val}) is not supported", node=node.name)
                 env[node] = concrete
+            elif given_types is not None:
+                if not given_types:
+                    raise KilnError(ErrorCode.INVALID_MODEL, f"no value is bound to subgraph input {node.name!r}")
+                dtype, shape = given_types.pop(0)
+                env[node] = net.add_input(node.name, dtype, shape)
+                inputs.append(node.name)
             elif isinstance(val, torch.Tensor):
                 try:
                     dtype = DataType.from_torch(val.dtype)
@@ -258,7 +291,8 @@ def graph_to_network(graph: torch.fx.Graph, *, constants: Mapping[str, Any] = {}
                                            f"input of type {type(val).__name__} is not supported; inputs must be "
                                            "tensors", node=node.name)
         elif node.op == "get_attr":
-            env[node] = ctx.constant(_get_attr(owner, node.target))
+            attr = _get_attr(owner, node.target)   # a graph module (a cond branch) is its importer's to convert
+            env[node] = attr if isinstance(attr, torch.fx.GraphModule) else ctx.constant(attr)
         elif node.op == "call_function":
             if isinstance(val, _SYM_TYPES) and bindings is not None:
                 env[node] = _concrete(val, bindings)

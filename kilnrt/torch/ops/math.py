@@ -412,3 +412,20 @@ def sym_neg(ctx, a):
     """-size: python where known, else an int64 NEG."""
     k = ctx.int_value(a)
     return -k if k is not None else ctx.unary(U.NEG, ctx.tensor(a, DataType.INT64))
+
+
+_SYM_COMPARE = {operator.lt: E.LESS, operator.le: E.LESS_EQUAL, operator.gt: E.GREATER,
+                operator.ge: E.GREATER_EQUAL, operator.eq: E.EQUAL}
+
+
+@aten(*_SYM_COMPARE, operator.ne)
+def sym_compare(ctx, a, b):
+    """<, <=, >, >=, ==, != on sizes (as in torch's run-time checks): python where known, else a bool."""
+    fn = ctx.node.target
+    ka, kb = ctx.int_value(a), ctx.int_value(b)
+    if ka is not None and kb is not None:
+        return fn(ka, kb)
+    ta, tb = ctx.tensor(a, DataType.INT64), ctx.tensor(b, DataType.INT64)
+    if fn is operator.ne:
+        return ctx.unary(U.NOT, ctx.elementwise(E.EQUAL, ta, tb))
+    return ctx.elementwise(_SYM_COMPARE[fn], ta, tb)

@@ -1,0 +1,210 @@
+"""ATen importers for sorting and scans (sort, argsort, topk, cumsum) and advanced indexing
+(``x[i, :, j]`` and ``x[mask] = v``), through the layers the ONNX importer uses for TopK, CumSum,
+GatherND and ScatterND."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from kilnrt.errors import ErrorCode
+from kilnrt.network.dtypes import DataType
+from kilnrt.network.layers import (ConcatenationParams, CumulativeParams, ElementWiseOperation, ExpandParams,
+                                   FillOperation, FillParams, GatherMode, GatherParams, LayerKind, NonZeroParams,
+                                   ReduceOperation, ScatterMode, ScatterParams, SelectParams, TopKOperation,
+                                   TopKParams)
+from kilnrt.torch.ops.tensor import dim_size
+from kilnrt.torch.registry import aten
+
+A = torch.ops.aten
+
+
+# -- sorting and scans --------------------------------------------------------------------------
+def _topk(ctx, x, k, dim, largest: bool, sorted_: bool = True):
+    """A TOPK layer of ``k`` (an int, or an int64 scalar tensor computed at run time) along ``dim``."""
+    rank = ctx.rank(x)
+    ctx.require(rank > 0, ErrorCode.UNSUPPORTED_NODE_INPUT, "a 0-d input is not supported (nothing to sort)")
+    axis = ctx.axis(int(dim), rank)
+    op = TopKOperation.MAX if largest else TopKOperation.MIN
+    known = ctx.int_value(k)
+    if known is not None:
+        layer = ctx.add(LayerKind.TOPK, TopKParams(op, known, axis, bool(sorted_)), [x], num_outputs=2)
+    else:
+        count = ctx.reshape(ctx.tensor(k, DataType.INT64), [1])
+        layer = ctx.add(LayerKind.TOPK, TopKParams(op, 1, axis, bool(sorted_)), [x, count], num_outputs=2)
+    return layer.outputs[0], layer.outputs[1]
+
+
+@aten(A.sort.default, A.sort.stable)
+def sort(ctx, self, dim=-1, descending=False, stable=None):
+    """sort: a TOPK of the whole dim (values, int64 indices); equal values keep index order (stable=True's order)."""
+    return list(_topk(ctx, self, dim_size(ctx, self, ctx.axis(int(dim), ctx.rank(self))), dim, bool(descending)))
+
+
+@aten(A.argsort.default, A.argsort.stable)
+def argsort(ctx, self, dim=-1, descending=False, stable=None):
+    """argsort: the indices of a sort (a TOPK of the whole dim)."""
+    return sort(ctx, self, dim, descending)[1]
+
+
+@aten(A.topk.default)
+def topk(ctx, self, k, dim=-1, largest=True, sorted=True):  # noqa: A002 - the schema's name
+    """topk: a TOPK layer (k may be computed at run time); equal values keep index order."""
+    return list(_topk(ctx, self, k, dim, bool(largest), bool(sorted)))
+
+
+@aten(A.cumsum.default)
+def cumsum(ctx, self, dim, dtype=None):
+    """cumsum: a CUMULATIVE sum (integers and booleans sum in int64, as torch, unless dtype says otherwise)."""
+    out = ctx.out_dtype() or (DataType.from_torch(dtype) if dtype is not None else ctx.dtype(self))
+    x = ctx.tensor(self, out)
+    axis = ctx.constant(np.asarray(ctx.axis(int(dim), ctx.rank(self)), np.int64))
+    return ctx.out(LayerKind.CUMULATIVE, CumulativeParams(False, False, ReduceOperation.SUM), x, axis)
+
+
+# -- advanced indexing ------------------------------------------------------------------------
+def _index_tensors(ctx, x, indices) -> list:
+    """torch's index list as one entry per dim of ``x``: None (the whole dim) or an int64 index tensor;
+    a bool mask over m dims becomes m index tensors (its NON_ZERO coordinates, counted at run time)."""
+    rank = ctx.rank(x)
+    entries = []
+    for t in indices:
+        if t is None:
+            entries.append(None)
+            continue
+        dt = ctx.dtype(t)
+        if dt in (DataType.BOOL, DataType.UINT8):
+            m = ctx.rank(t)
+            ctx.require(m > 0, ErrorCode.UNSUPPORTED_NODE_INPUT, "a 0-d bool index is not supported")
+            mask = t if dt == DataType.BOOL else ctx.cast(t, DataType.BOOL)
+            coords = ctx.out(LayerKind.NON_ZERO, NonZeroParams(), mask)          # [m, count]
+            entries += [ctx.out(LayerKind.GATHER, GatherParams(0), coords, ctx.constant(np.asarray(i, np.int64)))
+                        for i in range(m)]
+            continue
+        ctx.require(not dt.is_floating, ErrorCode.UNSUPPORTED_NODE_DATATYPE,
+                    f"index tensors must be integers or bools; got {dt.name}")
+        entries.append(ctx.tensor(t, DataType.INT64))
+    ctx.require(len(entries) <= rank, ErrorCode.INVALID_NODE,
+                f"{len(entries)} indices for a tensor of rank {rank}")
+    return entries + [None] * (rank - len(entries))
+
+
+def _broadcast(ctx, tensors: list) -> tuple[list, object]:
+    """The index tensors expanded to their common (numpy-broadcast) shape, and that shape as a tensor."""
+    common = tensors[0]
+    for t in tensors[1:]:
+        if t.shape != common.shape:
+            common = ctx.out(LayerKind.EXPAND, ExpandParams(), common, ctx.shape_of(t))
+    shape = ctx.shape_of(common)
+    return [t if t.shape == common.shape else ctx.out(LayerKind.EXPAND, ExpandParams(), t, shape)
+            for t in tensors], shape
+
+
+class _Plan:
+    """How an index list addresses ``x``: the indexed dims moved first (``perm``), their index tuples
+    stacked in a last dim (``nd``, shape B + [k]), and where torch puts B in the result."""
+
+    def __init__(self, ctx, entries: list) -> None:
+        self.rank = len(entries)
+        self.adv = [d for d, e in enumerate(entries) if e is not None]
+        ctx.require(self.adv, ErrorCode.INVALID_NODE, "no index tensor")
+        self.rest = [d for d in range(self.rank) if d not in self.adv]
+        self.perm = self.adv + self.rest
+        tensors, self.b_shape = _broadcast(ctx, [entries[d] for d in self.adv])
+        self.b_rank = max(ctx.rank(t) for t in tensors)
+        self.nd = ctx.out(LayerKind.CONCATENATION, ConcatenationParams(self.b_rank),
+                          *[ctx.unsqueeze(t, [self.b_rank]) for t in tensors])
+        # adjacent indexed dims keep their place in the result; otherwise B comes first (numpy's rule)
+        adjacent = self.adv == list(range(self.adv[0], self.adv[-1] + 1))
+        self.before = self.adv[0] if adjacent else 0
+
+    def moved(self, ctx, x):
+        return x if self.perm == list(range(self.rank)) else ctx.transpose(x, self.perm)
+
+    def result_perm(self) -> list[int]:
+        """From the gathered layout [B, rest] to torch's [rest before, B, rest after]."""
+        b, n = self.b_rank, self.b_rank + len(self.rest)
+        return list(range(b, b + self.before)) + list(range(b)) + list(range(b + self.before, n))
+
+
+@aten(A.index.Tensor)
+def index(ctx, self, indices):
+    """index (x[i, :, j], x[mask]): a GATHER for one index tensor, else a GATHER_ND over the indexed dims.
+
+    Index tensors broadcast, negative indices count from the end, a bool mask becomes its NON_ZERO
+    coordinates (a size known at run time); the result's dims are placed by numpy's rule."""
+    entries = _index_tensors(ctx, self, indices)
+    adv = [d for d, e in enumerate(entries) if e is not None]
+    if len(adv) == 1:   # numpy's rule for one index tensor: B takes the place of the dim
+        return ctx.out(LayerKind.GATHER, GatherParams(adv[0]), self, entries[adv[0]])
+    plan = _Plan(ctx, entries)
+    y = ctx.out(LayerKind.GATHER, GatherParams(0, GatherMode.ND), plan.moved(ctx, self), plan.nd)
+    perm = plan.result_perm()
+    return y if perm == list(range(len(perm))) else ctx.transpose(y, perm)
+
+
+def _masked_put(ctx, x, mask, before: int, values, accumulate: bool):
+    """x[:, ..., mask] = v for a v that is the same for every masked element: a SELECT, no NON_ZERO."""
+    m = ctx.rank(mask)
+    trailing = ctx.rank(x) - before - m
+    v = ctx.tensor(values, ctx.dtype(x))
+    known = ctx.value(v)
+    if known is not None and known.size == 1:
+        v = ctx.constant(known.reshape(()).astype(ctx.dtype(x).numpy))
+    if trailing:
+        mask = ctx.reshape(mask, [dim_size(ctx, mask, i) for i in range(m)] + [1] * trailing)
+    if accumulate:
+        v = ctx.elementwise(ElementWiseOperation.SUM, x, v)
+    return ctx.out(LayerKind.SELECT, SelectParams(), mask, v, x)
+
+
+@aten(A.index_put.default)
+def index_put(ctx, self, indices, values, accumulate=False):
+    """index_put (x[i, j] = v, x[mask] = v): a SCATTER_ND (accumulate: add); a SELECT for a mask and one value.
+
+    ``x[mask] = v`` with a ``v`` that is the same for every masked element needs no NON_ZERO."""
+    rank = ctx.rank(self)
+    given = [(d, t) for d, t in enumerate(indices) if t is not None]
+    if len(given) == 1 and ctx.dtype(given[0][1]) == DataType.BOOL:
+        d, mask = given[0]
+        trailing = rank - d - ctx.rank(mask)
+        if isinstance(values, (int, float, bool)) or ctx.rank(values) <= trailing:
+            return _masked_put(ctx, self, mask, d, values, bool(accumulate))
+    plan = _Plan(ctx, _index_tensors(ctx, self, indices))
+    xt = plan.moved(ctx, self)
+    # values broadcast to torch's result layout [rest before, B, rest after], then moved to [B, rest]
+    dims = [dim_size(ctx, self, d) for d in plan.rest]
+    shape = ctx.out(LayerKind.CONCATENATION, ConcatenationParams(0), *(
+        [ctx.int_vector(dims[:plan.before])] if plan.before else []), plan.b_shape,
+        *([ctx.int_vector(dims[plan.before:])] if dims[plan.before:] else []))
+    v = ctx.out(LayerKind.EXPAND, ExpandParams(), ctx.tensor(values, ctx.dtype(self)), shape)
+    perm = plan.result_perm()
+    if perm != list(range(len(perm))):
+        v = ctx.transpose(v, [perm.index(i) for i in range(len(perm))])
+    y = ctx.out(LayerKind.SCATTER, ScatterParams(ScatterMode.ND, 0, "add" if accumulate else "none"), xt, plan.nd, v)
+    inverse = [plan.perm.index(i) for i in range(rank)]
+    return y if inverse == list(range(rank)) else ctx.transpose(y, inverse)
+
+
+@aten(A.slice_scatter.default)
+def slice_scatter(ctx, self, src, dim=0, start=None, end=None, step=1):
+    """slice_scatter (x[:, a:b:s] = src once functional): src as is for the whole dim, else a SCATTER along dim."""
+    rank = ctx.rank(self)
+    d = ctx.axis(int(dim), rank)
+    src = ctx.tensor(src, ctx.dtype(self))
+    first, stride = ctx.int_value(0 if start is None else start), ctx.int_value(step)
+    ctx.require(first is not None and stride is not None and stride > 0, ErrorCode.UNSUPPORTED_NODE_DYNAMIC,
+                "slice_scatter's start and step must be known at build time (step > 0)")
+    size, count = dim_size(ctx, self, d), dim_size(ctx, src, d)
+    if first == 0 and stride == 1 and isinstance(size, int) and size == count:
+        return src
+    if first < 0:   # counts from the end
+        first = first + size if isinstance(size, int) else ctx.elementwise(
+            ElementWiseOperation.SUM, ctx.tensor(size, DataType.INT64), ctx.tensor(first, DataType.INT64))
+    positions = ctx.out(LayerKind.FILL, FillParams(FillOperation.RANGE, 0, DataType.INT64),
+                        ctx.tensor(0, DataType.INT64), ctx.tensor(count, DataType.INT64),
+                        ctx.tensor(1, DataType.INT64))
+    positions = ctx.elementwise(ElementWiseOperation.SUM, ctx.tensor(first, DataType.INT64), ctx.elementwise(
+        ElementWiseOperation.PROD, positions, ctx.tensor(stride, DataType.INT64)))
+    positions = ctx.reshape(positions, [-1] + [1] * (rank - 1 - d))
+    positions = ctx.out(LayerKind.EXPAND, ExpandParams(), positions, ctx.shape_of(src))
+    return ctx.out(LayerKind.SCATTER, ScatterParams(ScatterMode.ELEMENT, d), self, positions, src)
