@@ -155,3 +155,4 @@ def test_refit_invalidates_the_bound_graph(tmp_path):
     ctx.execute_async_v3(0)
     torch.cuda.synchronize()
     np.testing.assert_allclose(y.cpu().numpy(), x.cpu().double().numpy() @ w2, rtol=1e-4, atol=1e-4)
+

@@ -309,6 +309,7 @@ class ExecutionContext:
 
             self._bound = BoundGraphs(self.graph_cache_config, self._graph_pool())
         program = self._engine().program
+        self._bound.use(self.active_optimization_profile, program)
         key = (self.active_optimization_profile,) + self._bound.key(program, feeds, targets)
         entry = self._bound.get(key)
         if entry is False:

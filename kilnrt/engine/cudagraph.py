@@ -207,6 +207,17 @@ class BoundGraphs:
         self.stats = GraphStats()
         self._pool = pool if pool is not None else torch.cuda.graph_pool_handle()
         self._side = torch.cuda.Stream()
+        self._programs: dict[int, object] = {}   # optimization profile -> the program its graphs ran
+
+    def use(self, profile: int, program) -> None:
+        """Drop profile ``profile``'s graphs if they were captured with another program than
+        ``program`` (a refit made a new one: the old graphs read the old weights).  Keys start
+        with the profile."""
+        old = self._programs.get(profile)
+        if old is not None and old is not program:
+            for key in [k for k in self.graphs if k[0] == profile]:
+                del self.graphs[key]
+        self._programs[profile] = program
 
     @staticmethod
     def key(program, feeds: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]) -> tuple:
