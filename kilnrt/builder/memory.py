@@ -6,33 +6,13 @@ whose lifetimes overlap), as TensorRT does; the arena's size is the peak.
 """
 from __future__ import annotations
 
-import dataclasses
+from kilnrt.engine.memory_plan import MemoryPlan
 
 ALIGNMENT = 256
 
 
 def _align(n: int) -> int:
     return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
-
-
-@dataclasses.dataclass
-class MemoryPlan:
-    offsets: dict[str, int]            # activation -> byte offset in the arena
-    sizes: dict[str, int]              # activation -> bytes
-    lifetimes: dict[str, tuple[int, int]]
-    arena_bytes: int                   # peak with reuse
-    naive_bytes: int                   # without reuse
-    unknown: list[str]                 # data-dependent activations, allocated at run time
-
-    def to_json(self) -> dict:
-        return {"arena_bytes": self.arena_bytes, "naive_bytes": self.naive_bytes,
-                "offsets": self.offsets, "sizes": self.sizes,
-                "lifetimes": {k: list(v) for k, v in self.lifetimes.items()}, "unknown": self.unknown}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "MemoryPlan":
-        return cls(dict(d["offsets"]), dict(d["sizes"]), {k: tuple(v) for k, v in d["lifetimes"].items()},
-                   int(d["arena_bytes"]), int(d["naive_bytes"]), list(d["unknown"]))
 
 
 def plan_memory(steps: list[tuple[list[str], list[str]]], sizes: dict[str, int | None],

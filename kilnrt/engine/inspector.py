@@ -129,7 +129,7 @@ def layout_text(summary: dict[str, Any]) -> str | None:
 
 
 def _concats(engine) -> dict[str, dict[str, Any]]:
-    from kilnrt.builder.concat import describe
+    from kilnrt.engine.concat_plan import describe
 
     return describe(engine.layers)
 
@@ -150,7 +150,7 @@ def layer_info(engine, index: int, timings: Mapping[str, float] | None = None,
                formats: Mapping[str, str | None] | None = None,
                concats: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """One layer, JSON-ready; ``formats`` is :func:`_tensor_formats` and ``concats``
-    :func:`kilnrt.builder.concat.describe` (each computed when not given)."""
+    :func:`kilnrt.engine.concat_plan.describe` (each computed when not given)."""
     layer = engine.layers[index]
     formats = _tensor_formats(engine) if formats is None else formats
     concats = _concats(engine) if concats is None else concats

@@ -278,7 +278,7 @@ def check_engine(engine: Any, device: str, budget: int | None = None) -> None:
     """Raise PlanError unless every tactic of the decoded ``engine`` (and its profile engines)
     exists, runs its layer's kind on ``device`` and can write where the plan says, and its
     memory fits in ``budget`` bytes (None: :func:`kilnrt.engine.plan_budget.default_budget`)."""
-    from kilnrt.builder.concat import check_tactics
+    from kilnrt.engine.concat_plan import check_tactics
     from kilnrt.engine.plan_budget import check_budget
     from kilnrt.kernels.registry import get_tactic
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kilnrt.builder.memory import MemoryPlan
+from kilnrt.engine.memory_plan import MemoryPlan
 from kilnrt.engine import refit
 from kilnrt.engine.engine import Engine, EngineLayer, IOTensor
 from kilnrt.engine.plan import FORMAT_VERSION, pack, unpack

@@ -5,7 +5,7 @@ uploaded once).  Each activation is released after its last use, so memory is re
 by liveness, as the engine's memory plan describes.
 
 A concatenation that producers write into (``EngineLayer.writes_into``, see
-:mod:`kilnrt.builder.concat`) has its output allocated on each run just before its first such
+:mod:`kilnrt.builder.concat`, read back by :mod:`kilnrt.engine.concat_plan`) has its output allocated on each run just before its first such
 producer; each of them stores into its slice (``Tactic.run_into``), and the concatenation's
 step copies only the other inputs into theirs.  Everything is allocated inside the step loop,
 so a CUDA graph captures it like any other activation.
@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import torch
 
-from kilnrt.builder.concat import ConcatPlan, concat_plans
+from kilnrt.engine.concat_plan import ConcatPlan, concat_plans
 from kilnrt.errors import ErrorCode, ExecutionError, KilnError
 from kilnrt.kernels.precision import tf32_mode
 from kilnrt.engine.buckets import BucketChooser
