@@ -29,8 +29,22 @@ def understate_output(header) -> None:
     header["tensors"]["y"]["dims"] = [1, 5]
 
 
+def understate_output_everywhere(header) -> None:
+    """The I/O table and the producing layer's record agree on the understated shape: only a run
+    can tell."""
+    understate_output(header)
+    for layer in header["layers"]:
+        if "y" in layer["outputs"]:
+            layer["output_shapes"][layer["outputs"].index("y")] = [1, 5]
+
+
+def test_an_io_table_that_disagrees_with_its_layers_is_refused_at_load():
+    with pytest.raises(PlanError, match=r"I/O table gives output 'y' shape \(1, 5\), but layer .* records \(2, 5\)"):
+        tampered(kilnrt.build(small_cnn_model(2)), understate_output)
+
+
 def test_an_understated_output_is_not_written_past_its_pointer_buffer():
-    engine = tampered(kilnrt.build(small_cnn_model(2)), understate_output)
+    engine = tampered(kilnrt.build(small_cnn_model(2)), understate_output_everywhere)
     ctx = engine.create_execution_context()
     assert ctx.get_tensor_shape("y") == (1, 5)            # what the user allocates from
     x = RNG.standard_normal((2, 2, 6, 6)).astype(np.float32)

@@ -274,6 +274,29 @@ def _build_info(b: Any, w: str) -> None:
             _fail(f"{w}.{key}", "must be an object or a list")
 
 
+def _check_outputs_agree(engine: Any) -> None:
+    """Raise PlanError unless each output in the I/O table has the dtype, rank and fixed dims
+    that the layer producing it recorded (an output the table understates would otherwise be
+    found only at run time)."""
+    produced = {name: (layer, k) for layer in engine.layers for k, name in enumerate(layer.outputs)}
+    for io in engine.io:
+        if io.mode != "output" or io.name not in produced:
+            continue
+        layer, k = produced[io.name]
+        shape = layer.output_shapes[k] if layer.output_shapes and k < len(layer.output_shapes) else None
+        dtype = layer.output_dtypes[k] if layer.output_dtypes and k < len(layer.output_dtypes) else None
+        declared = tuple(io.shape)
+        if dtype is not None and dtype != io.dtype.name:
+            raise PlanError(ErrorCode.PLAN_CORRUPT,
+                            f"the plan's I/O table gives output {io.name!r} dtype {io.dtype.name}, but layer "
+                            f"{layer.name!r}, which produces it, writes {dtype}")
+        if shape is not None and (len(shape) != len(declared) or
+                                  any(d >= 0 and r >= 0 and d != r for d, r in zip(declared, shape))):
+            raise PlanError(ErrorCode.PLAN_CORRUPT,
+                            f"the plan's I/O table gives output {io.name!r} shape {declared}, but layer "
+                            f"{layer.name!r}, which produces it, records {tuple(shape)}")
+
+
 def check_engine(engine: Any, device: str, budget: int | None = None) -> None:
     """Raise PlanError unless every tactic of the decoded ``engine`` (and its profile engines)
     exists, runs its layer's kind on ``device`` and can write where the plan says, and its
@@ -291,6 +314,7 @@ def check_engine(engine: Any, device: str, budget: int | None = None) -> None:
                     raise PlanError(ErrorCode.PLAN_CORRUPT,
                                     f"layer {layer.name!r} ({layer.kind.value}, {device}) names tactic {name!r}, "
                                     f"which runs {tactic.kind.value} layers on {tactic.device}")
+        _check_outputs_agree(one)
         try:
             check_tactics(one.layers, device)
         except ValueError as exc:
