@@ -10,7 +10,7 @@ from kilnrt.kernels.cpu.linalg import normalize_axes
 from kilnrt.network.layers import (ActivationType, ConstantParams, ElementWiseOperation, LayerKind,
                                    ReduceOperation, ScaleMode, SqueezeExcitationParams)
 from kilnrt.network.rewrite import NetworkCopier
-from kilnrt.optimize.passes.match import Emit, Graph, add_fused, fused, replace
+from kilnrt.optimize.passes.match import Emit, Graph, add_fused, fused, replace, rewrite
 
 
 def fuse_conv_scale(net: Network, stats: dict | None = None) -> Network:
@@ -51,7 +51,7 @@ def _folded_conv(conv: Layer, scale: Layer, w: np.ndarray, b: np.ndarray) -> Emi
                                   origin=conv.origin).outputs[0] for what, v in (("weights", w), ("bias", b)))
         return add_fused(c, LayerKind.CONVOLUTION, conv.params, [c.mapped(conv.inputs[0]), wt, bt], [conv, scale])
 
-    return emit
+    return rewrite([conv, scale], emit)
 
 
 # activations a convolution epilogue may absorb
@@ -119,26 +119,24 @@ def move_residual_bias(net: Network, stats: dict | None = None) -> Network:
         b2 = net.constant_value(conv2.inputs[2]) if conv2.inputs[2] is not None else np.zeros_like(b1)
         if b1 is None or b2 is None or b1.shape != b2.shape or b1.dtype != b2.dtype:
             continue
-        rewrites[id(conv1)] = _without_bias(conv1)
-        rewrites[id(conv2)] = _with_bias(conv2, (b1 + b2).astype(b1.dtype))
+        both = [conv1, conv2]   # refused together where their precisions differ: the bias moves
+        rewrites[id(conv1)] = _without_bias(conv1, both)
+        rewrites[id(conv2)] = _with_bias(conv2, (b1 + b2).astype(b1.dtype), both)
     return replace(net, rewrites, drop, stats, "move_residual_bias")
 
 
-def _without_bias(conv: Layer) -> Emit:
-    def emit(c: NetworkCopier) -> Tensor:
-        return c.net.add_layer(LayerKind.CONVOLUTION, conv.params, [c.mapped(t) for t in conv.inputs[:2]],
-                               name=conv.name, origin=conv.origin, output_names=[conv.outputs[0].name]).outputs[0]
-    return emit
+def _without_bias(conv: Layer, both: list[Layer]) -> Emit:
+    return rewrite(both, lambda c: c.copy(conv, [c.mapped(t) for t in conv.inputs[:2]]).outputs[0],
+                   [l.outputs[0] for l in both])
 
 
-def _with_bias(conv: Layer, bias: np.ndarray) -> Emit:
+def _with_bias(conv: Layer, bias: np.ndarray, both: list[Layer]) -> Emit:
     def emit(c: NetworkCopier) -> Tensor:
         bt = c.net.add_layer(LayerKind.CONSTANT, ConstantParams(bias), [], name=c.net.unique_name(f"{conv.name}/bias"),
                              origin=conv.origin).outputs[0]
         ins = [c.mapped(conv.inputs[0]), c.mapped(conv.inputs[1]), bt] + [c.mapped(t) for t in conv.inputs[3:]]
-        return c.net.add_layer(LayerKind.CONVOLUTION, conv.params, ins, name=conv.name, origin=conv.origin,
-                               output_names=[conv.outputs[0].name]).outputs[0]
-    return emit
+        return c.copy(conv, ins).outputs[0]
+    return rewrite(both, emit, [l.outputs[0] for l in both])
 
 
 def fuse_squeeze_excitation(net: Network, stats: dict | None = None) -> Network:

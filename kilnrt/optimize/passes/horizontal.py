@@ -95,8 +95,10 @@ def _emit_merged(c: NetworkCopier, members: list[Layer], weight_axis: int, out_a
     for m, width in zip(members, widths):
         bounds = [_constant(c, np.asarray([v], np.int64), f"{m.name}/{what}", m.origin)
                   for what, v in (("start", start), ("end", start + width), ("axis", out_axis))]
-        part = c.net.add_layer(LayerKind.SLICE, SliceParams(), [layer.outputs[0]] + bounds, name=f"{m.name}/slice",
-                               origin=m.origin, output_names=[m.outputs[0].name]).outputs[0]
+        piece = c.net.add_layer(LayerKind.SLICE, SliceParams(), [layer.outputs[0]] + bounds, name=f"{m.name}/slice",
+                                origin=m.origin, output_names=[m.outputs[0].name])
+        piece.precision = m.precision   # a pinned member's result stays in its precision
+        part = piece.outputs[0]
         part.dynamic_range = m.outputs[0].dynamic_range
         c.alias(m.outputs[0], part)
         start += width

@@ -28,7 +28,7 @@ from kilnrt.network.graph import Layer, Network, Tensor
 from kilnrt.network.layers import (ConstantParams, ElementWiseOperation as E, LayerKind, NormalizationParams,
                                    ReduceOperation, UnaryOperation as U)
 from kilnrt.network.rewrite import NetworkCopier
-from kilnrt.optimize.passes.match import Emit, Graph, add_fused, replace
+from kilnrt.optimize.passes.match import Emit, Graph, add_fused, replace, rewrite
 
 _LOW_FLOATS = (DataType.HALF, DataType.BF16)
 
@@ -178,8 +178,8 @@ def _emit(net: Network, m: _Match) -> Emit:
                                [], name=c.net.unique_name(f"{t.name}/normalized"), origin=m.layers[-1].origin).outputs[0]
 
     params = NormalizationParams(m.axes, float(m.epsilon), rms=m.rms)
-    return lambda c: add_fused(c, LayerKind.NORMALIZATION, params,
-                               [c.mapped(m.x), constant(c, m.scale), constant(c, m.bias)], m.layers)
+    return rewrite(m.layers, lambda c: add_fused(c, LayerKind.NORMALIZATION, params,
+                                                 [c.mapped(m.x), constant(c, m.scale), constant(c, m.bias)], m.layers))
 
 
 def fuse_normalizations(net: Network, stats: dict | None = None) -> Network:

@@ -14,7 +14,7 @@ from kilnrt.network.graph import Layer, Network, Tensor
 from kilnrt.network.layers import (ActivationType as A, CastParams, ElementWiseOperation as E, LayerKind,
                                    PointwiseParams, UnaryOperation as U)
 from kilnrt.network.rewrite import NetworkCopier
-from kilnrt.optimize.passes.match import Emit, Graph, fused, replace
+from kilnrt.optimize.passes.match import Emit, Graph, fused, replace, rewrite
 
 # the dtypes a region computes in (the Triton generator's: math in float32, stored in these)
 FLOATS = frozenset({DataType.FLOAT, DataType.HALF, DataType.BF16})
@@ -158,15 +158,10 @@ def _region(g: Graph, members: list[Layer]) -> Emit:
         return fused(LayerKind.POINTWISE, params, inputs, members)
 
     def emit(c: NetworkCopier) -> Tensor:
-        fused = c.net.add_layer(LayerKind.POINTWISE, params, [c.mapped(t) for t in inputs], num_outputs=len(outs),
-                                name=" + ".join(l.name for l in members),
-                                origin=tuple(o for l in members for o in l.origin),
-                                output_names=[t.name for t in outs])
-        for old, new in zip(outs, fused.outputs):
-            c.alias(old, new)
-        return fused.outputs[-1]  # the last member's result (``outs`` ends with it)
+        layer = c.add_merged(LayerKind.POINTWISE, params, [c.mapped(t) for t in inputs], members, outs)
+        return layer.outputs[-1]  # the last member's result (``outs`` ends with it)
 
-    return emit
+    return rewrite(members, emit, outs)
 
 
 def retarget_casts(p: PointwiseParams, old: DataType, new: DataType) -> PointwiseParams:

@@ -26,7 +26,7 @@ from kilnrt.network.graph import Layer, Network, Tensor
 from kilnrt.network.layers import (ConstantParams, LayerKind, MatrixOperation, QuantizedConvolutionParams,
                                    QuantizedMatrixMultiplyParams)
 from kilnrt.network.rewrite import NetworkCopier
-from kilnrt.optimize.passes.match import Emit, replace
+from kilnrt.optimize.passes.match import Emit, replace, rewrite
 
 QUANTIZED = {LayerKind.CONVOLUTION: (LayerKind.QUANTIZED_CONVOLUTION, QuantizedConvolutionParams),
              LayerKind.MATRIX_MULTIPLY: (LayerKind.QUANTIZED_MATRIX_MULTIPLY, QuantizedMatrixMultiplyParams)}
@@ -112,7 +112,7 @@ def _emit_quantized(layer: Layer, act, weights) -> Emit:
         ins = [c.mapped(source), c.mapped(wq), c.mapped(w_scale)] + [c.mapped(t) for t in layer.inputs[2:]]
         return _add(c, layer, kind, params, ins)
 
-    return emit
+    return rewrite([layer], emit)
 
 
 def _add(c: NetworkCopier, layer: Layer, kind: LayerKind, params, inputs) -> Tensor:
@@ -184,7 +184,7 @@ def _emit_calibrated(layer: Layer, input_scale: float, wq: np.ndarray, w_scale: 
         ins = [c.mapped(layer.inputs[0])] + consts + [c.mapped(t) for t in layer.inputs[2:]]
         return _add(c, layer, kind, params, ins)
 
-    return emit
+    return rewrite([layer], emit)
 
 
 def quantizable_inputs(net: Network) -> list[str]:

@@ -12,7 +12,7 @@ from kilnrt.network.graph import Layer, Network, Tensor
 from kilnrt.network.layers import (ActivationType, AttentionParams, ElementWiseOperation as E, LayerKind,
                                    MatrixOperation, ShuffleParams, UnaryOperation)
 from kilnrt.network.rewrite import NetworkCopier
-from kilnrt.optimize.passes.match import Emit, Graph, add_fused, fused, replace
+from kilnrt.optimize.passes.match import Emit, Graph, add_fused, fused, replace, rewrite
 
 
 _GEMM_ACTIVATIONS = {ActivationType.RELU, ActivationType.GELU_ERF, ActivationType.GELU_TANH, ActivationType.TANH,
@@ -136,11 +136,11 @@ def _attention(inputs: list[Tensor], k_perm: tuple[int, ...] | None, scale: floa
     def emit(c: NetworkCopier) -> Tensor:
         ins = [c.mapped(t) for t in inputs]
         if k_perm is not None:
-            ins[1] = c.net.add_layer(LayerKind.SHUFFLE, ShuffleParams(first_transpose=k_perm), [ins[1]],
-                                     name=c.net.unique_name(f"{chain[0].name}/k"), origin=chain[0].origin).outputs[0]
+            ins[1] = c.add_beside(LayerKind.SHUFFLE, ShuffleParams(first_transpose=k_perm), [ins[1]], chain,
+                                  name=f"{chain[0].name}/k").outputs[0]
         return add_fused(c, LayerKind.ATTENTION, AttentionParams(scale=scale), ins, chain)
 
-    return emit
+    return rewrite(chain, emit)
 
 
 def fuse_add_norm(net: Network, stats: dict | None = None) -> Network:
@@ -176,11 +176,9 @@ def _add_norm_with_sum(norm: Layer, add: Layer, ins: list[Tensor | None]) -> Emi
     """The fused layer with outputs (norm's, add's), in the norm's place; returns the norm's."""
     params = dataclasses.replace(norm.params, sum_output=True)
 
-    def emit(c: NetworkCopier) -> Tensor:
-        layer = c.net.add_layer(LayerKind.NORMALIZATION, params, [c.mapped(t) for t in ins], num_outputs=2,
-                                name=f"{add.name} + {norm.name}", origin=add.origin + norm.origin,
-                                output_names=[norm.outputs[0].name, add.outputs[0].name])
-        c.alias(add.outputs[0], layer.outputs[1])
-        return layer.outputs[0]
+    outputs = [norm.outputs[0], add.outputs[0]]
 
-    return emit
+    def emit(c: NetworkCopier) -> Tensor:
+        return c.add_merged(LayerKind.NORMALIZATION, params, [c.mapped(t) for t in ins], [add, norm], outputs).outputs[0]
+
+    return rewrite([add, norm], emit, outputs)

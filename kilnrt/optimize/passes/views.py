@@ -28,7 +28,7 @@ from kilnrt.kernels.views import Strided, contiguous_strides, gather_as_view
 from kilnrt.network.graph import Layer, Network, Tensor
 from kilnrt.network.layers import LayerKind, MatrixOperation, ShuffleParams, ViewParams
 from kilnrt.network.rewrite import NetworkCopier
-from kilnrt.optimize.passes.match import Graph, replace
+from kilnrt.optimize.passes.match import Graph, replace, rewrite
 
 _MOVES = {LayerKind.SHUFFLE, LayerKind.SQUEEZE, LayerKind.UNSQUEEZE, LayerKind.GATHER}
 
@@ -124,7 +124,7 @@ def fold_view_chains(net: Network, stats: dict | None = None) -> Network:
             st == c for st, c, d in zip(strides, contiguous_strides(shape), shape) if d != 1)
         is_output = out.name in g.outputs
         if contiguous and shape == tuple(root.shape) and not is_output:  # the identity: cancel
-            rewrites[id(layer)] = (lambda r: lambda c: c.mapped(r))(root)
+            rewrites[id(layer)] = rewrite(chain, (lambda r: lambda c: c.mapped(r))(root))
         elif contiguous and len(chain) >= 2:
             params = ShuffleParams(reshape_dims=shape, zero_is_placeholder=False)
             rewrites[id(layer)] = _emit(LayerKind.SHUFFLE, params, root, chain)
@@ -137,11 +137,7 @@ def fold_view_chains(net: Network, stats: dict | None = None) -> Network:
 
 
 def _emit(kind, params, root: Tensor, chain: list[Layer]):
-    def emit(c: NetworkCopier) -> Tensor:
-        return c.net.add_layer(kind, params, [c.mapped(root)], name=" + ".join(l.name for l in chain),
-                               origin=tuple(o for l in chain for o in l.origin),
-                               output_names=[chain[-1].outputs[0].name]).outputs[0]
-    return emit
+    return rewrite(chain, lambda c: c.add_merged(kind, params, [c.mapped(root)], chain).outputs[0])
 
 
 def sink_reshape_into_matmul(net: Network, stats: dict | None = None) -> Network:
@@ -183,9 +179,8 @@ def _sunk(mm: Layer, r1: Layer, r2: Layer, x: Tensor, lead: tuple, k: int):
     def emit(c: NetworkCopier) -> Tensor:
         a = c.mapped(x)
         if tuple(x.shape) != lead + (k,):
-            a = c.net.add_layer(LayerKind.SHUFFLE, ShuffleParams(reshape_dims=lead + (k,), zero_is_placeholder=False),
-                                [a], name=r1.name, origin=r1.origin).outputs[0]
-        return c.net.add_layer(mm.kind, mm.params, [a] + [c.mapped(t) for t in mm.inputs[1:]],
-                               name=mm.name, origin=r1.origin + mm.origin + r2.origin,
-                               output_names=[r2.outputs[0].name]).outputs[0]
-    return emit
+            a = c.add_beside(LayerKind.SHUFFLE, ShuffleParams(reshape_dims=lead + (k,), zero_is_placeholder=False),
+                             [a], [r1, mm, r2], name=r1.name).outputs[0]
+        return c.add_merged(mm.kind, mm.params, [a] + [c.mapped(t) for t in mm.inputs[1:]], [r1, mm, r2],
+                            name=mm.name).outputs[0]
+    return rewrite([r1, mm, r2], emit)
