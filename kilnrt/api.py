@@ -30,7 +30,7 @@ def _profiles(profiles: Any) -> list[OptimizationProfile]:
 
 
 def to_network(model: Any) -> Network:
-    """A Network from an ONNX path / bytes / ModelProto, or the Network itself."""
+    """A Network from an ONNX path / bytes / ModelProto, or the Network itself (Caffe: kilnrt.caffe.parse)."""
     if isinstance(model, Network):
         return model
     import torch
@@ -39,6 +39,11 @@ def to_network(model: Any) -> Network:
         raise KilnError(ErrorCode.INVALID_ARGUMENT,
                         f"got a PyTorch module ({type(model).__name__}); compile it with "
                         "kilnrt.compile(module, example_inputs), which goes through torch.export, not ONNX")
+    if isinstance(model, str) and model.endswith(".prototxt"):
+        raise KilnError(ErrorCode.INVALID_ARGUMENT,
+                        f"{model} is a Caffe net: it needs its weights and output blobs, so build "
+                        "kilnrt.caffe.parse(deploy, caffemodel, outputs=[...]) (import kilnrt.caffe), a Network, with "
+                        "kilnrt.build")
     from kilnrt.onnx import parse
 
     return parse(model)

@@ -1,6 +1,7 @@
 """trtexec's flags: build and/or load a plan, then benchmark it as trtexec does.
 
     kilnrt exec --onnx=model.onnx --saveEngine=model.plan --fp16 --shapes=input:8x3x224x224
+    kilnrt exec --deploy=deploy.prototxt --model=net.caffemodel --output=prob
     kilnrt exec --loadEngine=model.plan --iterations=100 --warmUp=200 --duration=3 --useCudaGraph \\
                 --exportTimes=times.json --exportProfile=profile.json --separateProfileRun
 
@@ -26,6 +27,9 @@ HELP = "trtexec-compatible flags (build, load, benchmark)"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and build (trtexec's names)")
     g.add_argument("--onnx", metavar="MODEL", help="build from this ONNX model")
+    g.add_argument("--deploy", metavar="PROTOTXT", help="build from this Caffe deploy.prototxt (with --model)")
+    g.add_argument("--model", metavar="CAFFEMODEL", help="the Caffe weights (.caffemodel) for --deploy")
+    g.add_argument("--output", action="append", metavar="BLOB", help="a Caffe output blob (repeat, or join with ,)")
     g.add_argument("--saveEngine", metavar="PLAN", help="save the built plan")
     g.add_argument("--loadEngine", metavar="PLAN", help="load this plan instead of building (a plan, not ONNX)")
     for flag in ("--fp16", "--bf16", "--int8", "--best", "--noTF32", "--stronglyTyped", "--explicitBatch"):
@@ -142,12 +146,33 @@ def _constraints(args: argparse.Namespace, out) -> dict[str, str]:
     return {**precisions, **outputs}
 
 
+def _source(args: argparse.Namespace):
+    """The model to build: the --onnx path, or the Network of --deploy/--model/--output (Caffe)."""
+    if args.deploy is None:
+        if args.model or args.output:
+            raise KilnError(ErrorCode.INVALID_ARGUMENT, "--model and --output are Caffe flags; give --deploy too")
+        require_file(args.onnx, "ONNX model")
+        return args.onnx
+    if args.onnx:
+        raise KilnError(ErrorCode.INVALID_ARGUMENT, "give --onnx or --deploy (Caffe), not both")
+    if args.calib:
+        raise KilnError(ErrorCode.INVALID_ARGUMENT, "--calib with --deploy is not supported yet; calibrate through "
+                                                    "kilnrt.build(kilnrt.caffe.parse(...), int8=True, calibration=...)")
+    from kilnrt.caffe import parse
+
+    require_file(args.deploy, "Caffe deploy.prototxt")
+    if args.model:
+        require_file(args.model, "Caffe model")
+    outputs = [o for flag in args.output or () for o in flag.split(",") if o] or None
+    return parse(args.deploy, args.model, outputs)
+
+
 def build(args: argparse.Namespace, shapes, device: str, out):
-    """The engine from --onnx, with trtexec's build flags."""
+    """The engine from --onnx (or Caffe's --deploy), with trtexec's build flags."""
     import kilnrt
     from kilnrt.debugging.precision import build_reduced, fp32_layers
 
-    require_file(args.onnx, "ONNX model")
+    model = _source(args)
     if args.stronglyTyped and (args.fp16 or args.bf16 or args.int8 or args.best):
         raise KilnError(ErrorCode.INVALID_ARGUMENT, "--stronglyTyped takes the types from the model; drop "
                                                     "--fp16/--bf16/--int8/--best (as trtexec requires)")
@@ -162,7 +187,7 @@ def build(args: argparse.Namespace, shapes, device: str, out):
     t0 = time.perf_counter()
     if constraints:
         precision = "fp16" if args.fp16 or args.best else "bf16" if args.bf16 else None
-        network = kilnrt.to_network(args.onnx)
+        network = kilnrt.to_network(model)
         keep, _ = fp32_layers(network, constraints)
         if precision is None:
             warn_once(out, "noreduced", "--layerPrecisions without --fp16/--bf16: every layer is FP32 already")
@@ -171,7 +196,7 @@ def build(args: argparse.Namespace, shapes, device: str, out):
                       f"{precision.upper()}")
         engine = build_reduced(network, precision, keep=keep, **_int8(args), **common)
     else:
-        engine = kilnrt.build(args.onnx, fp16=args.fp16 or args.best, bf16=args.bf16 or args.best,
+        engine = kilnrt.build(model, fp16=args.fp16 or args.best, bf16=args.bf16 or args.best,
                               **_int8(args), **common)
     out.print(f"[I] Engine built in {time.perf_counter() - t0:.3f} sec.")
     if args.saveEngine:
@@ -283,11 +308,12 @@ def main(args: argparse.Namespace) -> int:
     command = " ".join(getattr(args, "argv", None) or ["kilnrt", "exec"])
     out.print(f"&&&& RUNNING {test_name()} # {command}", markup=False)
     try:
-        if not args.onnx and not args.loadEngine:
-            raise KilnError(ErrorCode.INVALID_ARGUMENT, "give --onnx=MODEL to build, or --loadEngine=PLAN to load")
+        if not args.onnx and not args.deploy and not args.loadEngine:
+            raise KilnError(ErrorCode.INVALID_ARGUMENT, "give --onnx=MODEL (or Caffe's --deploy=PROTOTXT) to build, "
+                                                        "or --loadEngine=PLAN to load")
         shapes = parse_shapes(args.shapes)
         device = _device(args.device)
-        if args.onnx:
+        if args.onnx or args.deploy:
             engine = build(args, shapes, device, out)
         else:
             t0 = time.perf_counter()

@@ -36,6 +36,8 @@ from kilnrt.network.layers import (ActivationType, ElementWiseOperation, GatherM
 from kilnrt.trt.interfaces import (CalibrationAlgoType, IInt8Calibrator, IInt8EntropyCalibrator,
                                    IInt8EntropyCalibrator2, IInt8LegacyCalibrator, IInt8MinMaxCalibrator,
                                    IOutputAllocator, IProfiler, Profiler)
+from kilnrt.caffe import BlobNameToTensor as IBlobNameToTensor
+from kilnrt.trt.caffe import CaffeParser
 from kilnrt.trt.logger import ILogger, Logger
 from kilnrt.trt.parser import OnnxParser, OnnxParserFlag, ParserError
 from kilnrt.trt import plugin  # noqa: F401  (trt.plugin.register / impl / autotune)
@@ -82,6 +84,7 @@ ITimingCache = TimingCache
 IPluginCreatorV3One = IPluginCreator = PluginCreator
 IPluginRegistry = PluginRegistry
 IOnnxParser = OnnxParser
+ICaffeParser = CaffeParser
 
 
 def volume(shape: Sequence[int]) -> int:

@@ -1,0 +1,359 @@
+"""Caffe deploy.prototxt + .caffemodel through kilnrt.caffe, trt.CaffeParser and `kilnrt exec --deploy`.
+
+The files are written with kilnrt's own Caffe schema (no real Caffe is installable here); the
+reference is a float64 PyTorch reimplementation of each layer's documented Caffe semantics,
+written independently of kilnrt's converters (pooling by explicit window loops).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from google.protobuf import text_format
+
+import kilnrt
+import kilnrt.trt as trt
+from kilnrt.caffe import parse, schema
+from kilnrt.errors import KilnError
+from kilnrt.testing import assert_close
+
+
+# ----------------------------------------------------------------------------- writing files
+def caffemodel(weights: dict[str, list[np.ndarray]], legacy_shape: bool = False) -> bytes:
+    """A binary NetParameter holding each layer's blobs, as Caffe's snapshot writes them."""
+    net = schema.NetParameter(name="weights")
+    for name, blobs in weights.items():
+        layer = net.layer.add(name=name, type="Whatever")
+        for a in blobs:
+            b = layer.blobs.add()
+            if legacy_shape and a.ndim <= 4:
+                dims = (1,) * (4 - a.ndim) + a.shape
+                b.num, b.channels, b.height, b.width = dims
+            else:
+                b.shape.dim.extend(a.shape)
+            b.data.extend(a.astype(np.float32).ravel().tolist())
+    return net.SerializeToString()
+
+
+def rand(rng, *shape, lo=-1.0, hi=1.0):
+    return rng.uniform(lo, hi, size=shape).astype(np.float32)
+
+
+def t64(a):
+    return torch.from_numpy(np.asarray(a, dtype=np.float64))
+
+
+def run(network, feeds):
+    return kilnrt.build(network, device="cpu").run(feeds)
+
+
+# ----------------------------------------------------------------------------- the reference
+def caffe_pool(x: torch.Tensor, kind: str, k, s, p, ceil=True) -> torch.Tensor:
+    """Caffe's PoolingLayer forward, written out: output size rounds up, a last window starting
+    in the padding is dropped, averages divide by the window clipped to the padded extent."""
+    n, c, h, w = x.shape
+    def size(d, kk, ss, pp):
+        o = (math.ceil if ceil else math.floor)((d + 2 * pp - kk) / ss) + 1
+        if pp and (o - 1) * ss >= d + pp:
+            o -= 1
+        return o
+    oh, ow = size(h, k[0], s[0], p[0]), size(w, k[1], s[1], p[1])
+    out = torch.empty(n, c, oh, ow, dtype=x.dtype)
+    for i in range(oh):
+        for j in range(ow):
+            hs, ws = i * s[0] - p[0], j * s[1] - p[1]
+            he, we = min(hs + k[0], h + p[0]), min(ws + k[1], w + p[1])
+            count = (he - hs) * (we - ws)
+            win = x[:, :, max(hs, 0):min(he, h), max(ws, 0):min(we, w)]
+            out[:, :, i, j] = win.amax((2, 3)) if kind == "MAX" else win.sum((2, 3)) / count
+    return out
+
+
+def ref_conv(x, w, b, stride=1, pad=0, dil=1, group=1):
+    return F.conv2d(x, t64(w), None if b is None else t64(b), stride, pad, dil, group)
+
+
+def ref_ip(x, w, b, axis=1):
+    y = x.reshape(*x.shape[:axis], -1) @ t64(w).T
+    return y + t64(b)
+
+
+def ref_bn(x, mean, var, factor, eps=1e-5):
+    f = 0.0 if factor == 0 else 1.0 / factor
+    m, v = t64(mean).reshape(1, -1, 1, 1) * f, t64(var).reshape(1, -1, 1, 1) * f
+    return (x - m) / torch.sqrt(v + eps)
+
+
+def ref_lrn(x, size, alpha, beta, k):
+    sq = F.pad((x * x).unsqueeze(1), (0, 0, 0, 0, size // 2, size // 2)).squeeze(1)
+    c = x.shape[1]
+    acc = sum(sq[:, i:i + c] for i in range(size))
+    return x / (k + alpha / size * acc) ** beta
+
+
+# ----------------------------------------------------------------------------- LeNet
+LENET = """
+name: "LeNet"
+input: "data"
+input_dim: 2 input_dim: 1 input_dim: 28 input_dim: 28
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  param { lr_mult: 1 } param { lr_mult: 2 }
+  convolution_param { num_output: 4 kernel_size: 5 stride: 1 weight_filler { type: "xavier" } engine: CAFFE } }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+  pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+  convolution_param { num_output: 6 kernel_h: 3 kernel_w: 5 pad_h: 1 pad_w: 0 } }
+layer { name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2"
+  pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "ip1" type: "InnerProduct" bottom: "pool2" top: "ip1" inner_product_param { num_output: 20 } }
+layer { name: "relu1" type: "ReLU" bottom: "ip1" top: "ip1" relu_param { negative_slope: 0.1 } }
+layer { name: "drop1" type: "Dropout" bottom: "ip1" top: "ip1" dropout_param { dropout_ratio: 0.5 } }
+layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2" inner_product_param { num_output: 10 } }
+layer { name: "prob" type: "Softmax" bottom: "ip2" top: "prob" }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" top: "loss" include { phase: TRAIN } }
+"""
+
+
+def lenet_weights(rng):
+    return {"conv1": [rand(rng, 4, 1, 5, 5), rand(rng, 4)], "conv2": [rand(rng, 6, 4, 3, 5, lo=-0.3, hi=0.3), rand(rng, 6)],
+            "ip1": [rand(rng, 20, 6 * 7 * 5, lo=-0.1, hi=0.1), rand(rng, 20)], "ip2": [rand(rng, 10, 20), rand(rng, 10)]}
+
+
+def lenet_reference(x, wt):
+    y = ref_conv(t64(x), *wt["conv1"])
+    y = caffe_pool(y, "MAX", (2, 2), (2, 2), (0, 0))
+    y = ref_conv(y, *wt["conv2"], pad=(1, 0))
+    y = caffe_pool(y, "AVE", (3, 3), (2, 2), (1, 1))
+    y = ref_ip(y, *wt["ip1"])
+    y = torch.where(y > 0, y, 0.1 * y)
+    y = ref_ip(y, *wt["ip2"])
+    return torch.softmax(y, 1).numpy()
+
+
+def test_lenet_matches_the_reference(tmp_path):
+    rng = np.random.default_rng(0)
+    wt = lenet_weights(rng)
+    deploy, model = tmp_path / "deploy.prototxt", tmp_path / "lenet.caffemodel"
+    deploy.write_text(LENET)
+    model.write_bytes(caffemodel(wt, legacy_shape=True))     # N, C, H, W blobs, as older snapshots
+    net = parse(str(deploy), str(model))                       # outputs: the blobs no layer reads
+    assert [t.name for t in net.outputs] == ["prob"] and [t.name for t in net.inputs] == ["data"]
+    x = rand(rng, 2, 1, 28, 28)
+    out = run(net, {"data": x})["prob"]
+    assert out.shape == (2, 10)
+    assert_close(out, lenet_reference(x, wt), rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- BN, Scale, Eltwise, Concat, groups
+BLOCK = """
+name: "block"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 dim: 9 dim: 9 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 8 kernel_size: 3 pad: 2 dilation: 2 group: 2 bias_term: false } }
+layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" batch_norm_param { use_global_stats: true eps: 0.001 } }
+layer { name: "scale" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
+layer { name: "prelu" type: "PReLU" bottom: "conv" top: "act" }
+layer { name: "split" type: "Split" bottom: "act" top: "a" top: "b" }
+layer { name: "side" type: "Convolution" bottom: "data" top: "side"
+  convolution_param { num_output: 8 kernel_size: 1 stride: 1 } }
+layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "side" top: "sum" eltwise_param { operation: SUM coeff: 0.5 coeff: -2 } }
+layer { name: "prod" type: "Eltwise" bottom: "b" bottom: "side" top: "prod" eltwise_param { operation: PROD } }
+layer { name: "max" type: "Eltwise" bottom: "sum" bottom: "prod" bottom: "b" top: "max" eltwise_param { operation: MAX } }
+layer { name: "cat" type: "Concat" bottom: "max" bottom: "sum" top: "cat" concat_param { axis: 1 } }
+layer { name: "pool" type: "Pooling" bottom: "cat" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "pool_ave" type: "Pooling" bottom: "cat" top: "pool_ave" pooling_param { pool: AVE kernel_size: 2 stride: 2 } }
+layer { name: "gap" type: "Pooling" bottom: "pool" top: "gap" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "flat" type: "Flatten" bottom: "gap" top: "flat" }
+layer { name: "sig" type: "Sigmoid" bottom: "flat" top: "sig" }
+layer { name: "pow" type: "Power" bottom: "sig" top: "pow" power_param { power: 2 scale: 0.5 shift: 1 } }
+layer { name: "tanh" type: "TanH" bottom: "pool_ave" top: "tanh" }
+layer { name: "lrn" type: "LRN" bottom: "tanh" top: "lrn" lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 k: 2 } }
+layer { name: "resh" type: "Reshape" bottom: "lrn" top: "resh" reshape_param { shape { dim: 0 dim: -1 dim: 5 } } }
+layer { name: "sm" type: "Softmax" bottom: "resh" top: "sm" softmax_param { axis: 2 } }
+"""
+
+
+def block_weights(rng):
+    return {"conv": [rand(rng, 8, 2, 3, 3)],
+            "bn": [rand(rng, 8) * 10, rand(rng, 8, lo=1, hi=3) * 10, np.array([10.0], np.float32)],
+            "scale": [rand(rng, 8, lo=0.5, hi=1.5), rand(rng, 8)], "prelu": [rand(rng, 8, lo=0, hi=0.5)],
+            "side": [rand(rng, 8, 4, 1, 1), rand(rng, 8)]}
+
+
+def block_reference(x, wt):
+    x = t64(x)
+    y = ref_conv(x, wt["conv"][0], None, pad=2, dil=2, group=2)
+    y = ref_bn(y, *wt["bn"][:2], float(wt["bn"][2][0]), eps=1e-3)
+    y = y * t64(wt["scale"][0]).reshape(1, -1, 1, 1) + t64(wt["scale"][1]).reshape(1, -1, 1, 1)
+    slope = t64(wt["prelu"][0]).reshape(1, -1, 1, 1)
+    act = torch.where(y > 0, y, slope * y)
+    side = ref_conv(x, *wt["side"])
+    s = 0.5 * act - 2 * side
+    prod = act * side
+    mx = torch.maximum(torch.maximum(s, prod), act)
+    cat = torch.cat([mx, s], 1)
+    pool = caffe_pool(cat, "MAX", (3, 3), (2, 2), (1, 1))
+    ave = caffe_pool(cat, "AVE", (2, 2), (2, 2), (0, 0))        # 9 -> 5 (ceil): the last window is cut
+    gap = pool.mean((2, 3), keepdim=True)
+    pw = (1 + 0.5 * torch.sigmoid(gap.reshape(2, -1))) ** 2
+    lrn = ref_lrn(torch.tanh(ave), 3, 0.5, 0.75, 2.0)
+    sm = torch.softmax(lrn.reshape(2, -1, 5), 2)
+    return {"pow": pw.numpy(), "sm": sm.numpy(), "pool": pool.numpy(), "pool_ave": ave.numpy()}
+
+
+def test_block_matches_the_reference():
+    rng = np.random.default_rng(1)
+    wt = block_weights(rng)
+    outputs = ["pow", "sm", "pool", "pool_ave"]
+    net = parse(BLOCK, caffemodel(wt), outputs)        # text and bytes work as well as paths
+    x = rand(rng, 2, 4, 9, 9)
+    got = run(net, {"data": x})
+    want = block_reference(x, wt)
+    assert got["pool"].shape == (2, 16, 5, 5) and got["pool_ave"].shape == (2, 16, 5, 5)
+    for name in outputs:
+        assert_close(got[name], want[name], rtol=1e-4, atol=1e-5)
+
+
+def test_deconvolution_and_transposed_inner_product():
+    rng = np.random.default_rng(2)
+    text = """input: "x" input_shape { dim: 1 dim: 4 dim: 5 dim: 5 }
+    layer { name: "up" type: "Deconvolution" bottom: "x" top: "up"
+            convolution_param { num_output: 6 kernel_size: 4 stride: 2 pad: 1 group: 2 } }
+    layer { name: "fc" type: "InnerProduct" bottom: "up" top: "fc"
+            inner_product_param { num_output: 3 axis: -1 transpose: true } }
+    layer { name: "elu" type: "ELU" bottom: "fc" top: "fc" elu_param { alpha: 0.5 } }"""
+    wt = {"up": [rand(rng, 4, 3, 4, 4), rand(rng, 6)], "fc": [rand(rng, 10, 3), rand(rng, 3)]}
+    x = rand(rng, 1, 4, 5, 5)
+    got = run(parse(text, caffemodel(wt)), {"x": x})["fc"]
+    up = F.conv_transpose2d(t64(x), t64(wt["up"][0]), t64(wt["up"][1]), 2, 1, groups=2)
+    want = F.elu(up @ t64(wt["fc"][0]) + t64(wt["fc"][1]), 0.5)
+    assert got.shape == (1, 6, 10, 3)
+    assert_close(got, want.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_legacy_v1_layers():
+    rng = np.random.default_rng(3)
+    text = """input: "data" input_dim: 1 input_dim: 2 input_dim: 4 input_dim: 4
+    layers { name: "conv" type: CONVOLUTION bottom: "data" top: "conv" convolution_param { num_output: 3 kernel_size: 3 } }
+    layers { name: "relu" type: RELU bottom: "conv" top: "conv" }"""
+    wt = {"conv": [rand(rng, 3, 2, 3, 3), rand(rng, 3)]}
+    x = rand(rng, 1, 2, 4, 4)
+    got = run(parse(text, caffemodel(wt)), {"data": x})["conv"]
+    assert_close(got, torch.relu(ref_conv(t64(x), *wt["conv"])).numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- TensorRT's API, the CLI, build
+def test_trt_caffe_parser(tmp_path):
+    rng = np.random.default_rng(4)
+    wt = lenet_weights(rng)
+    deploy, model = tmp_path / "deploy.prototxt", tmp_path / "lenet.caffemodel"
+    deploy.write_text(LENET)
+    model.write_bytes(caffemodel(wt))
+    builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
+    network = builder.create_network(0)
+    with trt.CaffeParser() as parser:
+        blobs = parser.parse(deploy=str(deploy), model=str(model), network=network, dtype=trt.float32)
+        with pytest.raises(AttributeError):
+            parser.no_such_setting = 1
+    assert blobs.find("no_such_blob") is None
+    network.mark_output(blobs.find("prob"))
+    config = builder.create_builder_config()
+    config.device = "cpu"
+    engine = trt.Runtime(trt.Logger()).deserialize_cuda_engine(builder.build_serialized_network(network, config))
+    x = rand(rng, 2, 1, 28, 28)
+    assert_close(engine.run({"data": x})["prob"], lenet_reference(x, wt), rtol=1e-4, atol=1e-5)
+
+
+def test_cli_exec_deploy(tmp_path, capsys):
+    from kilnrt.cli.main import main
+
+    rng = np.random.default_rng(5)
+    deploy, model, plan = tmp_path / "deploy.prototxt", tmp_path / "lenet.caffemodel", tmp_path / "lenet.plan"
+    deploy.write_text(LENET)
+    wt = lenet_weights(rng)
+    model.write_bytes(caffemodel(wt))
+    rc = main(["exec", f"--deploy={deploy}", f"--model={model}", "--output=prob", f"--saveEngine={plan}",
+               "--device=cpu", "--skipInference"])
+    assert rc == 0 and "&&&& PASSED" in capsys.readouterr().out
+    engine = kilnrt.load(str(plan))
+    x = rand(rng, 2, 1, 28, 28)
+    assert_close(engine.run({"data": x})["prob"], lenet_reference(x, wt), rtol=1e-4, atol=1e-5)
+    assert main(["exec", f"--model={model}", "--device=cpu"]) != 0      # --model without --deploy
+
+
+def test_build_points_a_prototxt_to_caffe_parse(tmp_path):
+    with pytest.raises(KilnError, match=r"kilnrt\.caffe\.parse"):
+        kilnrt.build(str(tmp_path / "deploy.prototxt"))
+
+
+# ----------------------------------------------------------------------------- errors
+def test_unknown_layer_type_names_the_layer_and_the_supported_types():
+    text = LENET.replace('name: "prob" type: "Softmax"', 'name: "prob" type: "Crop"')
+    with pytest.raises(KilnError, match=r"Crop \(prob\).*Supported: .*Convolution"):
+        parse(text, caffemodel(lenet_weights(np.random.default_rng(0))))
+
+
+def test_unsupported_parameters_and_missing_weights_raise():
+    wt = lenet_weights(np.random.default_rng(0))
+    with pytest.raises(KilnError, match=r"layer 'pool1': Caffe Pooling layer: pool STOCHASTIC"):
+        parse(LENET.replace("pool: MAX kernel_size: 2", "pool: STOCHASTIC kernel_size: 2"), caffemodel(wt))
+    with pytest.raises(KilnError, match=r"layer 'pool1': .*would hold no input cell"):
+        parse(LENET.replace("kernel_size: 2 stride: 2", "kernel_size: 1 stride: 5"), caffemodel(wt))
+    wt["ip1"] = wt["ip1"][:1]
+    with pytest.raises(KilnError, match=r"layer 'ip1': Caffe InnerProduct layer: needs 2 weight blob"):
+        parse(LENET, caffemodel(wt))
+
+
+def test_batch_statistics_and_unknown_fields_raise():
+    text = BLOCK.replace("use_global_stats: true", "use_global_stats: false")
+    with pytest.raises(KilnError, match=r"layer 'bn': Caffe BatchNorm layer: use_global_stats: false"):
+        parse(text, caffemodel(block_weights(np.random.default_rng(0))))
+    with pytest.raises(KilnError, match="not a Caffe prototxt"):
+        parse(LENET.replace("engine: CAFFE", "fancy_option: 3"))
+
+
+# ----------------------------------------------------------------------------- the schema
+# (message, field) -> number, as read in BVLC Caffe's src/caffe/proto/caffe.proto
+CAFFE_PROTO_NUMBERS = {
+    ("NetParameter", "name"): 1, ("NetParameter", "input"): 3, ("NetParameter", "input_shape"): 8,
+    ("NetParameter", "input_dim"): 4, ("NetParameter", "layer"): 100, ("NetParameter", "layers"): 2,
+    ("BlobShape", "dim"): 1, ("BlobProto", "shape"): 7, ("BlobProto", "data"): 5, ("BlobProto", "double_data"): 8,
+    ("BlobProto", "num"): 1, ("BlobProto", "channels"): 2, ("BlobProto", "height"): 3, ("BlobProto", "width"): 4,
+    ("LayerParameter", "name"): 1, ("LayerParameter", "type"): 2, ("LayerParameter", "bottom"): 3,
+    ("LayerParameter", "top"): 4, ("LayerParameter", "blobs"): 7, ("LayerParameter", "include"): 8,
+    ("LayerParameter", "convolution_param"): 106, ("LayerParameter", "pooling_param"): 121,
+    ("LayerParameter", "inner_product_param"): 117, ("LayerParameter", "batch_norm_param"): 139,
+    ("LayerParameter", "scale_param"): 142, ("LayerParameter", "eltwise_param"): 110,
+    ("LayerParameter", "concat_param"): 104, ("LayerParameter", "softmax_param"): 125,
+    ("LayerParameter", "relu_param"): 123, ("LayerParameter", "input_param"): 143,
+    ("LayerParameter", "reshape_param"): 133, ("LayerParameter", "prelu_param"): 131,
+    ("LayerParameter", "lrn_param"): 118, ("LayerParameter", "power_param"): 122,
+    ("LayerParameter", "flatten_param"): 135, ("LayerParameter", "dropout_param"): 108,
+    ("ConvolutionParameter", "num_output"): 1, ("ConvolutionParameter", "bias_term"): 2,
+    ("ConvolutionParameter", "pad"): 3, ("ConvolutionParameter", "kernel_size"): 4,
+    ("ConvolutionParameter", "group"): 5, ("ConvolutionParameter", "stride"): 6,
+    ("ConvolutionParameter", "pad_h"): 9, ("ConvolutionParameter", "kernel_h"): 11,
+    ("ConvolutionParameter", "stride_w"): 14, ("ConvolutionParameter", "dilation"): 18,
+    ("PoolingParameter", "pool"): 1, ("PoolingParameter", "kernel_size"): 2, ("PoolingParameter", "stride"): 3,
+    ("PoolingParameter", "pad"): 4, ("PoolingParameter", "global_pooling"): 12, ("PoolingParameter", "round_mode"): 13,
+    ("InnerProductParameter", "num_output"): 1, ("InnerProductParameter", "axis"): 5,
+    ("InnerProductParameter", "transpose"): 6, ("BatchNormParameter", "use_global_stats"): 1,
+    ("BatchNormParameter", "eps"): 3, ("ScaleParameter", "bias_term"): 4, ("EltwiseParameter", "operation"): 1,
+    ("EltwiseParameter", "coeff"): 2, ("ConcatParameter", "axis"): 2, ("SoftmaxParameter", "axis"): 2,
+    ("ReLUParameter", "negative_slope"): 1, ("InputParameter", "shape"): 1, ("ReshapeParameter", "shape"): 1,
+    ("V1LayerParameter", "type"): 5, ("V1LayerParameter", "blobs"): 6, ("V1LayerParameter", "convolution_param"): 10,
+}
+
+
+def test_field_numbers_match_caffe_proto():
+    wrong = {key: schema.message_class(key[0]).DESCRIPTOR.fields_by_name[key[1]].number
+             for key in CAFFE_PROTO_NUMBERS
+             if schema.message_class(key[0]).DESCRIPTOR.fields_by_name[key[1]].number != CAFFE_PROTO_NUMBERS[key]}
+    assert not wrong
+    blob = schema.BlobProto()        # packed floats under field 5, as Caffe writes them
+    blob.data.extend([1.0, 2.0])
+    assert blob.SerializeToString() == bytes([0x2A, 8]) + np.array([1, 2], "<f4").tobytes()
+    assert text_format.Parse('pool: AVE', schema.message_class("PoolingParameter")()).pool == 1
