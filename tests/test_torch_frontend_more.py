@@ -154,8 +154,9 @@ def test_torch_compile_builds_them_as_engines(make, inputs):
     assert STATS["engines"] >= 1 and not left and not STATS["pieces_in_pytorch"], dict(STATS)
 
 
-def test_torch_compile_runs_cond_in_pytorch_and_the_rest_as_engines():
-    """torch.fx's partitioner hands a piece its branches as run-time inputs: cond stays in PyTorch."""
+def test_torch_compile_builds_cond_into_an_engine():
+    """torch.fx's partitioner hands a piece its branches as run-time inputs; the backend makes them
+    the piece's own, so cond is imported with the rest and nothing is left to PyTorch."""
     seed = fresh_seed()
     torch.manual_seed(seed)
     torch._dynamo.reset()
@@ -167,4 +168,4 @@ def test_torch_compile_runs_cond_in_pytorch_and_the_rest_as_engines():
             args = (torch.randn(4, 6) + shift, torch.randn(4, 6))
             check(compiled(*args), reference(model, *args), seed, f"cond shift={shift}")
     left = sorted(k for k in STATS if k.startswith("pytorch:"))
-    assert left == ["pytorch:higher_order.cond"] and STATS["engines"] >= 1 and not STATS["pieces_in_pytorch"]
+    assert not left and STATS["engines"] >= 1 and not STATS["pieces_in_pytorch"], dict(STATS)

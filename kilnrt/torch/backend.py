@@ -71,7 +71,7 @@ class KilnSupport(OperatorSupportBase):
         if registry.target_name(node.target) == "_operator.getitem":  # stays with the node it reads
             source = node.args[0]
             return isinstance(source, torch.fx.Node) and self.is_node_supported(submodules, source)
-        return node_support(node) is None
+        return node_support(node) is None   # partition() gives a piece its nodes' subgraphs (_own_subgraphs)
 
 
 def _compute_nodes(partition) -> int:
@@ -171,6 +171,7 @@ def partition(gm: torch.fx.GraphModule, constants: Mapping[int, torch.Tensor], o
         if node.op != "call_module" or not str(node.target).startswith("kilnrt_"):
             continue
         sub = getattr(fused, node.target)
+        _own_subgraphs(fused, node, sub)
         weights = {}
         for ph, arg in zip([n for n in sub.graph.nodes if n.op == "placeholder"], node.args):
             if "val" not in ph.meta and isinstance(arg, torch.fx.Node):
@@ -181,6 +182,31 @@ def partition(gm: torch.fx.GraphModule, constants: Mapping[int, torch.Tensor], o
     fused.pieces = [getattr(fused, n.target) for n in fused.graph.nodes
                     if n.op == "call_module" and str(n.target).startswith("kilnrt_")]
     return fused
+
+
+def _own_subgraphs(outer: torch.fx.GraphModule, call: torch.fx.Node, piece: torch.fx.GraphModule) -> None:
+    """torch.fx's partitioner hands a piece the graph modules its nodes take (torch.cond's
+    branches) as run-time inputs; make them the piece's own attributes instead, so the piece's
+    graph reads them with ``get_attr`` and kilnrt imports them with it (``call``'s arguments lose them)."""
+    placeholders = [n for n in piece.graph.nodes if n.op == "placeholder"]
+    kept = []
+    for ph, arg in zip(placeholders, call.args):
+        module = None
+        if isinstance(arg, torch.fx.Node) and arg.op == "get_attr":
+            module = functools.reduce(getattr, str(arg.target).split("."), outer)
+        if not isinstance(module, torch.fx.GraphModule):
+            kept.append(arg)
+            continue
+        name = f"subgraph_{ph.name}"
+        piece.add_submodule(name, module)
+        with piece.graph.inserting_before(ph):
+            attr = piece.graph.get_attr(name)
+        ph.replace_all_uses_with(attr)
+        piece.graph.erase_node(ph)
+    if len(kept) != len(call.args):
+        call.args = tuple(kept)
+        piece.recompile()
+        outer.recompile()
 
 
 def _is_weight(node: torch.fx.Node, example: Any) -> bool:

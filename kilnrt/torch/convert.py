@@ -119,10 +119,9 @@ def _is_free(node: torch.fx.Node, const: set) -> bool:
     return node in const and node.op == "call_function" and registry.lookup(node.target) is None
 
 
-def node_support(node: torch.fx.Node, *, whole_graph: bool = False) -> str | None:
-    """Why kilnrt cannot import this call_function node, or None if it can.  A node that takes
-    subgraphs (torch.cond's branches) is imported only when the whole graph is (``whole_graph``):
-    torch.fx's partitioner hands a piece its subgraphs as run-time inputs, which kilnrt cannot read."""
+def node_support(node: torch.fx.Node) -> str | None:
+    """Why kilnrt cannot import this call_function node, or None if it can (a node that takes
+    subgraphs, torch.cond's, only if every node of them can be imported)."""
     imp = registry.lookup(node.target)
     if imp is None:
         return "no importer"
@@ -130,8 +129,6 @@ def node_support(node: torch.fx.Node, *, whole_graph: bool = False) -> str | Non
     if bad:
         return f"arguments not supported: {', '.join(bad)}"
     branches = _subgraphs(node)
-    if branches and not whole_graph:
-        return "a node with subgraphs is imported by kilnrt.compile only (not inside a torch.compile piece)"
     inner = [f"{name}: {e}" for name, sub in branches for e in check_graph(sub.graph)]
     if inner:
         return f"its subgraph cannot be imported ({'; '.join(inner)})"
@@ -162,7 +159,7 @@ def check_graph(graph: torch.fx.Graph, constants: Mapping[str, Any] = {}) -> lis
                                                node=node.name, op=str(node.target)))
         if node.op != "call_function" or _is_free(node, const):
             continue
-        why = node_support(node, whole_graph=True)
+        why = node_support(node)
         if why == "no importer":
             unknown[registry.target_name(node.target)].append(node.name)
         elif why is not None:
