@@ -104,3 +104,42 @@ def test_engine_deserialize_takes_the_callers_budget():
     assert kilnrt.Engine.deserialize(data, memory_budget="1G").num_layers > 0
     with pytest.raises(PlanError, match="budget"):
         kilnrt.Engine.deserialize(data, memory_budget=1024)
+
+
+def _shape_times_c_plan(op: str) -> bytes:
+    """x [b, 2] -> Shape -> Mul(c) -> ConstantOfShape or Range(0, ., 1): a layer whose size
+    comes from a small real value, as edited constants make it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array([1, 1], np.int64), "c")]
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Mul", ["s", "c"], ["n"])]
+    if op == "ConstantOfShape":
+        nodes.append(helper.make_node("ConstantOfShape", ["n"], ["y"],
+                                      value=numpy_helper.from_array(np.array([1.0], np.float32))))
+    else:
+        inits += [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in (("zero", 0), ("one", 1), ("i0", [0]))]
+        nodes += [helper.make_node("Gather", ["n", "i0"], ["n0"]), helper.make_node("Squeeze", ["n0"], ["limit"]),
+                  helper.make_node("Range", ["zero", "limit", "one"], ["y"])]
+    graph = helper.make_graph(nodes, "fill", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.UNDEFINED, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return kilnrt.build(model.SerializeToString(), profiles={"x": [(1, 2), (2, 2), (4, 2)]}).serialize()
+
+
+@pytest.mark.parametrize("op, c", [("ConstantOfShape", [1 << 20, 1 << 20]),   # [4, 2] * c: 32 TiB of float32
+                                   ("Range", [1 << 40, 1])])                  # 4 * 2^40 int64: 32 TiB
+def test_a_fill_sized_by_an_edited_constant_is_measured_without_allocating_it(op, c):
+    """A Fill/Range layer has only shape inputs, which stay real while the plan is measured:
+    its output must still be made on the meta device (it used to be allocated for real, 16 GB
+    at load for a 1 MiB budget, or skipped as unmeasurable when too large to allocate)."""
+    import resource
+
+    data = _shape_times_c_plan(op)
+    assert kilnrt.load(data, memory_budget="1M").run({"x": np.ones((2, 2), np.float32)})
+    header, weights, kernels = unpack(data)
+    weights = dict(weights, c=np.array(c, np.int64))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(PlanError) as info:
+        kilnrt.load(pack(header, weights, kernels), memory_budget="1G")
+    assert info.value.code == ErrorCode.PLAN_OVER_BUDGET and "at input shapes x=[4, 2]" in info.value.message
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 256 << 10   # KiB: nothing big was made

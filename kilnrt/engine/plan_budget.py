@@ -148,9 +148,15 @@ def _measure(layer, ins: list, run_layer) -> list:
         return [None] * len(layer.outputs)   # a size that comes from data
     try:
         meta = [t if (t is None or i in shape_inputs) else t.to("meta") for i, t in enumerate(ins)]
-        outs = run_layer(layer, meta)
+        # Tensors a kernel makes from nothing (Fill's torch.full, Range's arange) are meta
+        # too: only shape inputs stay real, so without this a Fill whose shape is a small
+        # real value would allocate its whole output here, before the budget is compared.
+        with torch.device("meta"):
+            outs = run_layer(layer, meta)
         real = [t for t in ins if t is not None]
-        if all(t.device.type != "meta" for t in real) and all(o.numel() <= HOST_ELEMENTS for o in outs):
+        reads_values = layer.kind != LayerKind.SHAPE   # Shape reads only its input's shape
+        if (not reads_values or all(t.device.type != "meta" for t in real)) and \
+                all(isinstance(o, torch.Tensor) and o.numel() <= HOST_ELEMENTS for o in outs):
             outs = run_layer(layer, ins)   # a small value that later layers may read as a shape
     except KilnError:
         raise
