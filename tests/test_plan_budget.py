@@ -143,3 +143,30 @@ def test_a_fill_sized_by_an_edited_constant_is_measured_without_allocating_it(op
         kilnrt.load(pack(header, weights, kernels), memory_budget="1G")
     assert info.value.code == ErrorCode.PLAN_OVER_BUDGET and "at input shapes x=[4, 2]" in info.value.message
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 256 << 10   # KiB: nothing big was made
+
+
+def test_a_plugin_that_reads_an_input_value_is_measured_by_its_shape_rule():
+    """Col2Im (a built-in plugin) reads its image shape from an input that is no shape input,
+    so its kernel cannot run on meta tensors: its shape rule measures it (its output was
+    not counted, and a plan with an edited image shape loaded under any budget)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("image", [4, 4]), ("block", [2, 2]))]
+    node = helper.make_node("Col2Im", ["x", "image", "block"], ["y"], strides=[2, 2])
+    graph = helper.make_graph([node], "col2im", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    data = kilnrt.build(model.SerializeToString(), profiles={"x": [(1, 4, 4), (2, 4, 4), (4, 4, 4)]}).serialize()
+    engine = kilnrt.load(data)
+    (shapes,) = shape_sets(engine, engine.profiles)
+    assert activation_peak(engine, shapes) == 4 * (4 * 4 * 4 + 4 * 1 * 4 * 4)    # x and y
+    header, weights, kernels = unpack(data)
+    header = copy.deepcopy(header)
+    (layer,) = header["layers"]
+    layer["params"]["fields"] = {"tuple": [{"tuple": ["dilations", None]}, {"tuple": ["pads", None]},
+                                           {"tuple": ["strides", {"tuple": [1998, 1998]}]}]}
+    big = pack(header, dict(weights, image=np.array([2000, 2000], np.int64)), kernels)   # y [4, 1, 2000, 2000]
+    with pytest.raises(PlanError, match=r"PLAN_OVER_BUDGET.* \(32 bytes of weights \+ 64000256 bytes"):
+        kilnrt.load(big, memory_budget="1M")
+    assert kilnrt.load(big, memory_budget="1G").run({"x": np.ones((4, 4, 4), np.float32)})["y"].shape == \
+        (4, 1, 2000, 2000)

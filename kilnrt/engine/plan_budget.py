@@ -8,9 +8,11 @@ tensors, which have shapes and data types but no memory, through the same refere
 kernels that compute every layer's output shape, and keeps the peak of the activations alive
 at once (each is released after its last reader, as the runtime does).  Values the layers
 read as shapes (reshape targets, slice bounds, sizes) are computed for real, but only after
-a meta run has shown them to be small.  A layer whose output size depends on data (NonZero,
-NMS, loops) cannot be measured before it runs: its outputs, and what follows from them, are
-not counted.
+a meta run has shown them to be small; what a kernel makes from nothing (Fill, Range) is
+made on the meta device.  A layer whose kernel cannot run on meta tensors (a plugin that
+reads an input's values) is measured by its shape rule.  A layer whose output size depends
+on data (NonZero, NMS, loops) cannot be measured before it runs: its outputs, and what
+follows from them, are not counted.
 
 The budget is, in order: the ``memory_budget`` given to :func:`kilnrt.load` (or set on a
 :class:`~kilnrt.engine.runtime.Runtime`), the environment variable ``KILNRT_MEMORY_BUDGET``
@@ -160,9 +162,42 @@ def _measure(layer, ins: list, run_layer) -> list:
             outs = run_layer(layer, ins)   # a small value that later layers may read as a shape
     except KilnError:
         raise
-    except Exception:  # noqa: BLE001 - data-dependent or not computable on meta tensors: not measured
-        return [None] * len(layer.outputs)
+    except Exception:  # noqa: BLE001 - not computable on meta tensors: the shape rule, else not measured
+        return _by_shape_rule(layer, ins)
     return [o if isinstance(o, torch.Tensor) else None for o in outs] + [None] * (len(layer.outputs) - len(outs))
+
+
+def _by_shape_rule(layer, ins: list) -> list:
+    """Meta outputs shaped by the layer's shape rule (the builder's shape inference), for a
+    kernel that cannot run on meta tensors: a plugin that reads the values of an input its
+    params do not mark as a shape input (Col2Im's image shape).  An output whose rule gives
+    no numeric shape (data-dependent, or the rule failed) is None: not measured."""
+    import itertools
+
+    from kilnrt.network.dtypes import DataType, torch_to_numpy
+    from kilnrt.network.infer import InferenceContext, infer_layer
+    from kilnrt.network.shape_rules import MAX_VALUE_ELEMENTS, Info
+
+    try:
+        infos = []
+        for t in ins:
+            if t is None:
+                infos.append(None)
+                continue
+            value = torch_to_numpy(t) if t.device.type != "meta" and t.numel() <= MAX_VALUE_ELEMENTS else None
+            infos.append(Info(DataType.from_torch(t.dtype), tuple(t.shape), value))
+        outs = []
+        for info in infer_layer(InferenceContext(itertools.count()), layer, infos):
+            shape = info.shape
+            if info.dtype is None or shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
+                outs.append(None)
+            else:
+                outs.append(torch.empty(shape, dtype=info.dtype.torch, device="meta"))
+        return outs
+    except KilnError:
+        raise
+    except Exception:  # noqa: BLE001 - no shape to be had before it runs: not measured
+        return [None] * len(layer.outputs)
 
 
 def _nbytes(t: torch.Tensor, declared: Any = None) -> int:
