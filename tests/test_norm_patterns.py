@@ -39,7 +39,9 @@ def _check_against_ort(model: bytes, feeds: dict, rtol: float = 1e-4) -> None:
     out = kilnrt.build(model).run(feeds)
     names = [o.name for o in onnx.load_from_string(model).graph.output]
     for name, r in zip(names, ref):
-        np.testing.assert_allclose(out[name], r, rtol=rtol, atol=rtol)
+        # atol on the output's scale: a near miss such as d^3 sums cubes of both signs, whose
+        # cancellation leaves float32 rounding of ~1e-4 of the largest value on the smaller ones
+        np.testing.assert_allclose(out[name], r, rtol=rtol, atol=rtol * max(1.0, float(np.abs(r).max())))
 
 
 # ----------------------------------------------------------------------------- exported by PyTorch
