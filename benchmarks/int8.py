@@ -1,8 +1,8 @@
-"""INT8 against FP16, same ONNX file, same GPU, same run: BERT-base at 32x128 or ResNet-50 at
-batch 256 (and any shape given), calibrated on random batches (random weights, so accuracy here
-is the output error against the FP32 PyTorch model, not a task metric).
+"""INT8 and FP8 against FP16, same ONNX file, same GPU, same run: BERT-base at 32x128 or ResNet-50
+at batch 256 (and any shape given), calibrated on random batches (random weights, so accuracy
+here is the output error against the FP32 PyTorch model, not a task metric).
 
-    python benchmarks/int8.py --model bert --layers 12 --shape 32x128
+    python benchmarks/int8.py --model bert --layers 12 --shape 32x128 --precisions fp16,int8,fp8
     python benchmarks/int8.py --model resnet50 --shape 256
 
 Times ``engine.run`` on device tensors (CUDA events, median of ``--iters``), and lists the
@@ -41,6 +41,24 @@ def timed(engine, feeds, iters: int) -> float:
     return event_median_ms(lambda: engine.run(feeds), iters)
 
 
+def layer_times(engine, feeds) -> dict[str, float]:
+    """Median ms per (layer kind, tactic), summed over layers; printed, largest first."""
+    from layer_profile import Profiler
+
+    ctx = engine.create_execution_context()
+    prof = Profiler()
+    ctx.profiler = prof
+    for _ in range(5):
+        ctx.run(feeds)
+    per_layer = {n: sorted(v)[len(v) // 2] for n, v in prof.times.items()}
+    kinds: Counter = Counter()
+    for layer in engine.layers:
+        kinds[f"{layer.kind.value} {layer.tactic}"] += per_layer.get(layer.name, 0.0)
+    for key, ms in kinds.most_common(12):
+        print(f"    {key:70} {ms:8.3f} ms")
+    return {k: round(v, 4) for k, v in kinds.most_common()}
+
+
 def rel_l2(a, b) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
@@ -51,6 +69,9 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=12, help="BERT's layers")
     ap.add_argument("--shape", default=None, help="BATCHxSEQ for BERT (32x128), BATCH for ResNet-50 (256)")
     ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--precisions", default="fp16,int8", help="comma-separated: fp16, int8, fp8 (each +FP16)")
+    ap.add_argument("--profile", action="store_true", help="also print each build's time per layer kind and tactic "
+                                                           "(per-layer syncs: the total exceeds the run time)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     name = args.model
@@ -72,26 +93,32 @@ def main(argv=None) -> int:
         calib = [{"x": torch.randn((shape[0], 3, 224, 224), generator=g).numpy()} for _ in range(2)]
         label = name
     rows = []
-    for precision, kw in (("fp16", {}), ("int8+fp16", {"int8": True, "calibration": calib,
-                                                   "calibration_method": "minmax"})):
+    modes = {"fp16": ("fp16", {}),
+             "int8": ("int8+fp16", {"int8": True, "calibration": calib, "calibration_method": "minmax"}),
+             "fp8": ("fp8+fp16", {"fp8": True, "calibration": calib})}
+    for precision, kw in (modes[p] for p in args.precisions.split(",")):
         t0 = time.perf_counter()
         engine = kilnrt.build(path, device="cuda", fp16=True, profiles=profile, **kw)
         build_s = time.perf_counter() - t0
         out = engine.run(feeds)["y"]
         ms = timed(engine, feeds, args.iters)
         int8_tactics = Counter(l.tactic for l in engine.layers if l.precision is not None
-                               and l.precision.name == "INT8")
+                               and l.precision.name in ("INT8", "FP8"))
         row = {"model": label, "family": "transformer" if name == "bert" else "cnn", "batch": shape[0],
                "seq": shape[1] if len(shape) > 1 else None, "precision": precision, "build_s": round(build_s, 1),
                "kilnrt_run_ms": round(ms, 4), "items_per_s": round(shape[0] * 1000.0 / ms, 1),
                "relerr": rel_l2(out, ref), "engine_layers": len(engine.layers),
                "int8_tactics": dict(int8_tactics), "int8": engine.build_info.get("int8")}
+        if args.profile:
+            row["profile_ms"] = layer_times(engine, feeds)
         rows.append(row)
         print(f"{precision}: {ms:.4f} ms, relerr {row['relerr']:.3g}, build {build_s:.1f} s, int8 tactics {dict(int8_tactics)}",
               flush=True)
-    if len(rows) == 2:
-        rows[1]["speedup_vs_fp16"] = round(rows[0]["kilnrt_run_ms"] / rows[1]["kilnrt_run_ms"], 3)
-        print(f"INT8 / FP16 speed-up: {rows[1]['speedup_vs_fp16']}x")
+    base = next((r for r in rows if r["precision"] == "fp16"), None)
+    for row in rows:
+        if base is not None and row is not base:
+            row["speedup_vs_fp16"] = round(base["kilnrt_run_ms"] / row["kilnrt_run_ms"], 3)
+            print(f"{row['precision']} / fp16 speed-up: {row['speedup_vs_fp16']}x")
     import triton
 
     stamp = datetime.date.today().isoformat()

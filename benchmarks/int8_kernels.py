@@ -2,11 +2,13 @@
 
 For each ``[M, K] @ [K, N]``: cuBLAS FP16 (``torch.mm``), kilnrt's FP16 Triton GEMM (best tile),
 kilnrt's INT8 Triton GEMM (best tile; float input quantized in the kernel, and an int8 input),
-and cuBLASLt INT8 (``torch._int_mm``, weights column-major and row-major) with the separate
-quantize and rescale passes the ``int_mm`` tactic runs.  Every INT8 result is checked against
-the exact integer product.  Prints a table; ``--json PATH`` writes the rows.
+cuBLASLt INT8 (``torch._int_mm``, weights column-major and row-major) with the separate
+quantize and rescale passes the ``int_mm`` tactic runs, kilnrt's quantize kernel alone (what a
+QUANTIZE layer before an 8-bit GEMM costs), and FP8 E4M3: kilnrt's Triton GEMM on an FP8 input and
+cuBLASLt's ``torch._scaled_mm``.  Every INT8 result is checked against the exact integer product.
+Prints a table; ``--json PATH`` writes the rows.
 
-    python benchmarks/int8_kernels.py [--json out.json]
+    python benchmarks/int8_kernels.py [--json out.json]   (FP8 columns need compute capability 8.9+)
 """
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ import argparse
 import json
 
 import torch
+import triton
 import triton.testing
 
 from kilnrt.kernels.triton import gemm as fp16_gemm
-from kilnrt.kernels.triton import gemm_int8
+from kilnrt.kernels.triton import gemm_int8, quantize
 from kilnrt.kernels.triton.gemm import config_dict
 from kilnrt.network.dtypes import DataType
 
@@ -72,14 +75,32 @@ def main() -> None:
         row["int_mm_rowmajor_us"] = bench(lambda: torch._int_mm(xq, wrow))
         row["int_mm_tactic_us"] = bench(lambda: (torch._int_mm(torch.clamp(torch.round(x.float() / s), -128, 127)
                                                                .to(torch.int8), wcol).float() * (ws * s)).half())
+        xq8 = torch.empty_like(xq)
+        row["quantize_us"] = bench(lambda: quantize._quantize[(triton.cdiv(x.numel(), quantize.BLOCK),)](
+            x, xq8, x.numel(), 1.0 / s, 0.0, -128.0, 127.0, FP8=False, BLOCK=quantize.BLOCK, num_warps=8,
+            USE_PDL=False))
+        assert torch.equal(xq8, xq) or float((xq8.int() - xq.int()).abs().max()) <= 1
+        s8 = float(x.abs().max()) / 448
+        w8f = (torch.randn(n, k, device="cuda") * 100).clamp(-448, 448).to(torch.float8_e4m3fn)
+        q8 = gemm_int8.Int8Weights(w8f, ws, s8, 0, DataType.FP8)
+        xf = (x.float() / s8).clamp(-448, 448).to(torch.float8_e4m3fn)
+        exact8 = (xf.double() @ w8f.double().t()) * (ws.double() * s8)
+        y8 = gemm_int8.gemm_int8(xf, q8, None, None, "none", 0, 0, config_dict(*gemm_int8.CONFIGS[0]), torch.float32,
+                                 True)
+        row["fp8_max_rel_err"] = float((y8.double() - exact8).abs().max() / exact8.abs().max())
+        row["triton_fp8_in"], row["triton_fp8_in_us"] = best(
+            {nm: (lambda c=c: gemm_int8.gemm_int8(xf, q8, None, None, "none", 0, 0, c, torch.float16, True))
+             for nm, c in cfg8.items()})
+        one = torch.ones((), device="cuda")
+        row["scaled_mm_fp8_us"] = bench(lambda: torch._scaled_mm(xf, w8f.t(), one, one, out_dtype=torch.float16))
         rows.append(row)
         print(json.dumps(row), flush=True)
-    keys = ["cublas_fp16_us", "triton_fp16_us", "triton_int8_us", "triton_int8_in_us", "int_mm_colmajor_us",
-            "int_mm_rowmajor_us", "int_mm_tactic_us"]
-    print(f"{'M x K x N':>18} " + " ".join(f"{k[:-3]:>18}" for k in keys) + "  int8 rel err")
+    keys = ["cublas_fp16_us", "triton_fp16_us", "triton_int8_us", "triton_int8_in_us", "quantize_us",
+            "triton_fp8_in_us", "scaled_mm_fp8_us", "int_mm_colmajor_us", "int_mm_rowmajor_us", "int_mm_tactic_us"]
+    print(f"{'M x K x N':>18} " + " ".join(f"{k[:-3]:>17}" for k in keys) + "  int8/fp8 rel err")
     for r in rows:
-        print(f"{r['m']:>6}x{r['k']:>5}x{r['n']:>5} " + " ".join(f"{r[k]:>18.1f}" for k in keys)
-              + f"  {r['int8_max_rel_err']:.1e}  ({r['triton_int8']}, {r['triton_int8_in']})")
+        print(f"{r['m']:>6}x{r['k']:>5}x{r['n']:>5} " + " ".join(f"{r[k]:>17.1f}" for k in keys)
+              + f"  {r['int8_max_rel_err']:.1e} {r['fp8_max_rel_err']:.1e}  ({r['triton_int8']}, {r['triton_int8_in']})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)

@@ -101,7 +101,7 @@ _RULES: list[tuple[str, re.Pattern]] = [(f, re.compile(p)) for f, p in [
     (DATA, r"copy|memcpy|memset|transpose|permute|concat|contiguous|embedding|reformat|layout|reshape|flatten|"
            r"as_strided|unbind|(^|[^a-z])(cat|clone|index|gather|scatter|pad|view|slice|narrow|expand|repeat|"
            r"split|chunk|stack|squeeze|unsqueeze|select|roll|flip|fill|zero_)|aten::(t|to)$"),
-    (POINTWISE, r"elementwise|pointwise|functor|relu|gelu|silu|sigmoid|tanh|swish|mish|erf|exp|log|sqrt|clamp|"
+    (POINTWISE, r"elementwise|pointwise|functor|quantize|relu|gelu|silu|sigmoid|tanh|swish|mish|erf|exp|log|sqrt|clamp|"
                 r"where|softplus|dropout|aten::(add|sub|mul|div|pow|neg|abs|maximum|minimum|eq|ne|lt|le|gt|ge|"
                 r"isnan|round|floor|ceil|sign|reciprocal|bitwise_\w+|logical_\w+)_?$"),
 ]]

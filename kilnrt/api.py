@@ -55,7 +55,7 @@ def build(model: Any, *, fp16: bool = False, bf16: bool = False, tf32: bool = Tr
           workspace: int | None = None, progress: bool = False, verbose: bool = False,
           tactic_buckets: Any = ("min",), int8: bool = False, calibration: Any = None,
           calibration_method: str = "entropy", calibration_cache: str | None = None,
-          accuracy_budget: float | None = None, layer_precisions: Any = None) -> Engine:
+          accuracy_budget: float | None = None, layer_precisions: Any = None, fp8: bool = False) -> Engine:
     """Build an engine from an ONNX model (path, bytes, ModelProto) or a :class:`Network`.
 
     ``profiles``: for dynamic inputs, ``{"input": (min_shape, opt_shape, max_shape)}`` (or a
@@ -67,7 +67,9 @@ def build(model: Any, *, fp16: bool = False, bf16: bool = False, tf32: bool = Tr
     "entropy", "minmax" or "percentile") and/or ``calibration_cache`` (TensorRT's text format,
     read if it exists, else written); ``accuracy_budget``: keep the most sensitive layers in
     float until the outputs' relative L2 error on the last (held-back) calibration batch fits
-    it; see docs/int8.md.  ``layer_precisions``: layers to keep in FP32 in an FP16/BF16 build,
+    it; see docs/int8.md.  ``fp8``: the same in FP8 E4M3 (GPUs of compute capability 8.9 or
+    later; emulated on the CPU); with ``int8`` too, the layers the guard keeps run in FP8
+    instead of float.  ``layer_precisions``: layers to keep in FP32 in an FP16/BF16 build,
     ``{"Conv_3": "fp32"}`` or trtexec's ``"Conv_3:fp32,/blk/*:fp32"`` (a layer's name or its ONNX
     node's; see docs/debugging.md).  ``device``: "cuda" or "cpu"; None (the default) builds for
     the GPU when one is visible, else the CPU (``KILNRT_DEVICE`` overrides).
@@ -81,8 +83,9 @@ def build(model: Any, *, fp16: bool = False, bf16: bool = False, tf32: bool = Tr
     if layer_precisions:   # pinned and lowered before the optimizer, so no fusion crosses a pin
         from kilnrt.optimize.passes.precision import constrain_layers
 
-        if int8:
-            raise KilnError(ErrorCode.INVALID_ARGUMENT, "layer_precisions with int8=True is not supported yet; "
+        if int8 or fp8:
+            raise KilnError(ErrorCode.INVALID_ARGUMENT, "layer_precisions with fp8=True or int8=True is not "
+                                                        "supported yet; "
                                                         "keep layers in float through the model's Q/DQ placement")
         low = (DataType.HALF if fp16 else DataType.BF16 if bf16 else None) if device == "cuda" else None
         network, constrained = constrain_layers(network, layer_precisions, low)
@@ -96,20 +99,21 @@ def build(model: Any, *, fp16: bool = False, bf16: bool = False, tf32: bool = Tr
     config.builder_optimization_level = int(optimization_level)
     config.tactic_buckets = check_bucket_points(tactic_buckets)
     for flag, on in ((BuilderFlag.FP16, fp16), (BuilderFlag.BF16, bf16), (BuilderFlag.TF32, tf32),
-                     (BuilderFlag.PORTABLE, portable), (BuilderFlag.INT8, int8)):
+                     (BuilderFlag.PORTABLE, portable), (BuilderFlag.INT8, int8), (BuilderFlag.FP8, fp8)):
         (config.set_flag if on else config.clear_flag)(flag)
     if workspace is not None:
         from kilnrt.builder import MemoryPoolType
 
         config.set_memory_pool_limit(MemoryPoolType.WORKSPACE, workspace)
-    if accuracy_budget is not None and not int8:
+    if accuracy_budget is not None and not (int8 or fp8):
         raise KilnError(ErrorCode.INVALID_ARGUMENT, "accuracy_budget was given but int8=False; it bounds the "
-                                                    "error of an INT8 build: pass int8=True with calibration")
+                                                    "error of an INT8 (or FP8) build: pass int8=True (or fp8=True) "
+                                                    "with calibration")
     config.int8_accuracy_budget = accuracy_budget
     if calibration is not None or calibration_cache is not None:
-        if not int8:
+        if not (int8 or fp8):
             raise KilnError(ErrorCode.INVALID_ARGUMENT, "calibration data was given but int8=False; "
-                                                        "pass int8=True to quantize with it")
+                                                        "pass int8=True (or fp8=True) to quantize with it")
         from kilnrt.builder.int8 import BatchCalibrator
 
         config.int8_calibrator = BatchCalibrator(calibration if calibration is not None else [],

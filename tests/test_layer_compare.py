@@ -86,6 +86,7 @@ KERNELS = {
         "void at::native::unrolled_elementwise_kernel<at::native::CUDAFunctor_add<c10::Half>, "
         "at::detail::Array<char*, 3> >(int, ...)",
         "triton_poi_fused_convolution_relu_0", "triton_poi_fused_add_gelu_6", "triton_poi_fused_addmm_silu_2",
+        "_quantize",
         "triton_poi_fused_0", "pointwise_kernel",
         "aten::relu", "aten::clamp_min", "aten::add", "aten::mul", "aten::div_", "aten::sigmoid", "aten::hardswish",
         "aten::where", "aten::maximum",
@@ -132,7 +133,8 @@ def test_every_triton_kernel_of_kilnrt_is_in_the_table():
     for path in (ROOT / "kilnrt" / "kernels" / "triton").glob("*.py"):
         found |= set(re.findall(r"@triton\.jit[^\n]*\ndef (\w+)\(", path.read_text()))
     # device helpers inlined into the kernels above, never launched on their own
-    helpers = {"activate", "store_epilogue", "quantize_tile", "wait_for_previous_kernel",
+    helpers = {"activate", "store_epilogue", "apply_epilogue", "store_output", "quantize_tile", "quantize_fp8_tile",
+               "quantize_operand", "requantize", "wait_for_previous_kernel",
                "expm1", "log1p", "tanh", "softplus", "clamp", "pow_"}
     missing = found - helpers - named
     assert not missing, f"kilnrt Triton kernels without a family in the test table: {sorted(missing)}"

@@ -6,7 +6,8 @@ TensorRT leaves finding the layers that break INT8 to the user (with Polygraphy)
 builder holds back the last calibration batch from the statistics and, if quantizing every
 layer misses the budget there:
 
-1. measures each layer's *sensitivity*: the error with that layer alone in INT8;
+1. measures each layer's *sensitivity*: the error with that layer alone in INT8 (with both
+   INT8 and FP8 allowed, alone in each, and the layer takes the type with the smaller error);
 2. keeps the most sensitive layers in float, the fewest that meet the budget (a bisection
    over the layers sorted by sensitivity, checked at the end).
 
@@ -21,6 +22,7 @@ import time
 import torch
 
 from kilnrt.builder.calibration import CalibrationError, NetworkRunner
+from kilnrt.network.dtypes import DataType
 from kilnrt.optimize.passes.quantization import quantizable_layers, quantize_calibrated
 
 log = logging.getLogger("kilnrt.builder")
@@ -39,33 +41,49 @@ def output_error(runs: list[dict[str, torch.Tensor]], refs: list[dict[str, torch
     return (num / den) ** 0.5 if den > 0 else (0.0 if num == 0 else float("inf"))
 
 
-def guard(net, amax: dict[str, float], held: list, budget: float, device: str):
-    """(quantized network, report) meeting ``budget`` on ``held`` batches where it can."""
+def guard(net, amax: dict[str, float], held: list, budget: float, device: str, to: DataType = DataType.INT8,
+          alternative: DataType | None = None, fp8_amax: dict[str, float] | None = None):
+    """(quantized network, report) meeting ``budget`` on ``held`` batches where it can.  Layers are
+    in ``to`` (INT8 or FP8); with an ``alternative`` (FP8 when both flags are set) each layer takes
+    whichever of the two gives the smaller error alone; the most sensitive then stay float."""
     if not held:
         raise CalibrationError("accuracy_budget needs a held-back calibration batch: give at least two batches "
                                "(the last one is held back to measure the error)")
     t0 = time.perf_counter()
     refs = [NetworkRunner(net, device).run(b) for b in held]
 
-    def error(skip: frozenset[str]) -> float:
-        qnet = quantize_calibrated(net, amax, skip=skip)
-        runner = NetworkRunner(qnet, device)
+    def error(types: dict[str, DataType | None]) -> float:
+        runner = NetworkRunner(quantize_calibrated(net, amax, fp8_amax=fp8_amax, to=to, types=types), device)
         return output_error([runner.run(b) for b in held], refs)
 
     names = [l.name for l in quantizable_layers(net, amax)]
-    everything = frozenset(names)
-    full = error(frozenset())
-    report = {"budget": budget, "error_all_int8": round(full, 6), "kept_float": [], "error": round(full, 6)}
+    alone = {n: {None: 0.0} for n in names}         # each layer's error with only it quantized
+    for kind in (to, alternative):
+        if kind is not None and names and (alternative is not None or kind == to):
+            floats = dict.fromkeys(names)
+            for n in names:
+                alone[n][kind] = error({**floats, n: kind})
+    chosen = {n: min((k for k in alone[n] if k is not None), key=alone[n].get) for n in names}
+    full = error(chosen)
+    kinds = sorted({k.name for k in chosen.values()})
+    report = {"budget": budget, "types": kinds, "error_all_int8": round(full, 6), "kept_float": [],
+              "error": round(full, 6)}
+    if alternative is not None:
+        report["chosen"] = {n: k.name for n, k in chosen.items()}
     if full <= budget or not names:
         report["seconds"] = round(time.perf_counter() - t0, 3)
-        return quantize_calibrated(net, amax), report
-    sensitivity = {n: error(everything - {n}) for n in names}
+        return quantize_calibrated(net, amax, fp8_amax=fp8_amax, to=to, types=chosen), report
+    sensitivity = {n: alone[n][chosen[n]] for n in names}
     order = sorted(names, key=sensitivity.get, reverse=True)
+
+    def keeping(count: int) -> dict[str, DataType | None]:
+        return {**chosen, **dict.fromkeys(order[:count])}
+
     lo, hi = 1, len(order)                  # the fewest kept-float layers that meet the budget
     errors = {}
     while lo < hi:
         mid = (lo + hi) // 2
-        errors[mid] = error(frozenset(order[:mid]))
+        errors[mid] = error(keeping(mid))
         if errors[mid] <= budget:
             hi = mid
         else:
@@ -73,12 +91,13 @@ def guard(net, amax: dict[str, float], held: list, budget: float, device: str):
     kept = order[:lo]
     final = errors.get(lo)
     if final is None:
-        final = error(frozenset(kept))
+        final = error(keeping(lo))
     report.update(kept_float=[{"layer": n, "sensitivity": round(sensitivity[n], 6)} for n in kept],
                   error=round(final, 6), seconds=round(time.perf_counter() - t0, 3))
+    label = "/".join(kinds)
     if final > budget:
-        log.warning("INT8 accuracy guard: even with %d of %d layers in float the error is %.4g, above the budget "
-                    "%.4g", len(kept), len(names), final, budget)
-    log.info("INT8 accuracy guard: error %.4g with every layer in INT8, %.4g with %d layers kept in float "
-             "(budget %.4g): %s", full, final, len(kept), budget, ", ".join(kept))
-    return quantize_calibrated(net, amax, skip=frozenset(kept)), report
+        log.warning("%s accuracy guard: even with %d of %d layers in float the error is %.4g, above the budget "
+                    "%.4g", label, len(kept), len(names), final, budget)
+    log.info("%s accuracy guard: error %.4g with every layer quantized, %.4g with %d layers kept in float "
+             "(budget %.4g): %s", label, full, final, len(kept), budget, ", ".join(kept))
+    return quantize_calibrated(net, amax, fp8_amax=fp8_amax, to=to, types=keeping(lo)), report

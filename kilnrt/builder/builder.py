@@ -61,8 +61,8 @@ class Builder:
 
     @property
     def platform_has_fast_int8(self) -> bool:
-        """False: INT8 builds work (calibrated or Q/DQ), but kilnrt's INT8 layers run exact
-        reference kernels, not yet faster than FP16 (docs/int8.md)."""
+        """False: INT8 builds work (calibrated or Q/DQ) on 8-bit tensor-core kernels, but a whole
+        network is barely faster than in FP16 yet (BERT-base 1.02x on an H200; docs/int8.md)."""
         return False
 
     @property
@@ -243,7 +243,7 @@ def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, pro
             name=layer.name, kind=layer.kind, params=layer.params,
             inputs=[None if t is None else t.name for t in layer.inputs],
             outputs=[t.name for t in layer.outputs], origin=layer.origin, tactic=chosen.name,
-            precision=DataType.INT8 if layer.kind in QUANTIZED_KINDS else layer.precision,
+            precision=_precision(layer),
             output_dtypes=[t.dtype.name if t.dtype else None for t in layer.outputs],
             output_shapes=[_engine_shape(t) for t in layer.outputs],
             input_dtypes=[t.dtype.name if t is not None and t.dtype else None for t in layer.inputs],
@@ -253,6 +253,13 @@ def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, pro
         if progress is not None:
             progress()
     return layers
+
+
+def _precision(layer) -> DataType | None:
+    """What the inspector shows as a layer's precision: INT8 or FP8 for the 8-bit layers."""
+    if layer.kind in QUANTIZED_KINDS:
+        return DataType.FP8 if layer.params.input_type == DataType.FP8 else DataType.INT8
+    return layer.precision
 
 
 def _engine_shape(t) -> tuple | None:
@@ -338,10 +345,6 @@ def _build_one(network: Network, config: BuilderConfig) -> Engine:
     validate_network(network)
     search_for_level(config.builder_optimization_level)  # a bad level fails before any work
     _warn_unhonoured(config.flags)
-    if BuilderFlag.FP8 in config.flags:
-        raise BuildError(ErrorCode.INVALID_ARGUMENT,
-                         "BuilderFlag.FP8 is not supported yet: kilnrt has no FP8 layers. Clear the flag and use "
-                         "INT8 (with calibration or Q/DQ) or FP16")
     profiles = _profiles(network, config)
     if config.device == "cuda" and not torch.cuda.is_available():
         raise BuildError(ErrorCode.INVALID_ARGUMENT, "device 'cuda' was asked for, but no CUDA GPU is available")
@@ -364,6 +367,12 @@ def _build_one(network: Network, config: BuilderConfig) -> Engine:
 
         net = lower_precision(net, low)
         net = optimize(net, 0)
+    if int8 and (int8.get("int8_layers") or int8.get("fp8_layers") or int8.get("explicit_layers")):
+        from kilnrt.optimize.passes.quantization import quantize_once
+
+        once: dict = {}
+        net = quantize_once(net, once)
+        int8["quantized_once"] = once.get("quantize_once", 0)
     net.infer()
     opt = _opt_shapes(net, profiles)
     shapes = concrete_shapes(net, opt) if opt is not None else None

@@ -262,6 +262,10 @@ class NetworkRunner:
                 if layer.kind.value == "constant":
                     continue
                 outs = run_layer(layer, [None if t is None else values[t.name] for t in layer.inputs])
+                # a shape layer's reference kernel answers on the host: the next layer may mix it
+                # with device tensors (a dynamic network's shape arithmetic, calibrated on CUDA)
+                outs = [v.to(self.device) if isinstance(v, torch.Tensor) and v.device != self.device else v
+                        for v in outs]
                 for t, v in zip(layer.outputs, outs):
                     values[t.name] = v
                     if watch is not None:

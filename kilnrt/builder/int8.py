@@ -1,11 +1,12 @@
-"""The builder's INT8 step: ranges from a calibration cache, a calibrator, or
+"""The builder's INT8/FP8 step: ranges from a calibration cache, a calibrator, or
 ``ITensor.set_dynamic_range``, then the quantization of the layers that have them.
 
 Explicit Q/DQ networks need none of this: their quantized layers were made by the optimizer
-(``fold_qdq``).  With ``BuilderFlag.INT8`` set, every convolution and matrix multiply with
-constant weights whose input gets a range runs in INT8; the others stay in float (FP16
-where FP16 is allowed too), and the build info lists them.  INT8 with no source of ranges
-and no Q/DQ is an error, not an FP32 engine.
+(``fold_qdq``).  With ``BuilderFlag.INT8`` (or ``BuilderFlag.FP8``) set, every convolution and
+matrix multiply with constant weights whose input gets a range runs in INT8 (FP8 E4M3); the
+others stay in float (FP16 where FP16 is allowed too), and the build info lists them.  With
+both flags the layers run in INT8, unless the accuracy guard (``accuracy_budget``) measures FP8
+to be the more accurate for a layer.  INT8 or FP8 with no source of ranges and no Q/DQ is an error, not an FP32 engine.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from kilnrt.builder.calibration import (METHODS, CalibrationAlgoType, Calibratio
                                         calibrator_batches, collect, read_cache, write_cache)
 from kilnrt.builder.config import BuilderConfig, BuilderFlag
 from kilnrt.errors import BuildError, ErrorCode
+from kilnrt.network.dtypes import DataType
 from kilnrt.network.graph import Network
 from kilnrt.network.layers import LayerKind
 from kilnrt.optimize.passes.quantization import quantizable_inputs, quantize_calibrated
@@ -91,16 +93,36 @@ class RememberingCalibrator:
         self.inner.write_calibration_cache(data)
 
 
+def quantization_types(config: BuilderConfig) -> tuple[DataType | None, DataType | None]:
+    """(the type calibrated layers get, the other type the accuracy guard may choose per layer)
+    from the builder flags; FP8 needs E4M3 tensor cores on CUDA (compute capability 8.9+)."""
+    int8, fp8 = BuilderFlag.INT8 in config.flags, BuilderFlag.FP8 in config.flags
+    if fp8 and config.device == "cuda":
+        import torch
+
+        cc = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+        if cc is not None and cc < (8, 9):
+            raise BuildError(ErrorCode.INVALID_ARGUMENT,
+                             f"BuilderFlag.FP8 needs FP8 tensor cores (compute capability 8.9 or later: Ada, Hopper, "
+                             f"Blackwell); this GPU is sm_{cc[0]}{cc[1]}. Use INT8 or FP16 instead")
+    if int8:
+        return DataType.INT8, (DataType.FP8 if fp8 else None)
+    return (DataType.FP8 if fp8 else None), None
+
+
 def apply_int8(net: Network, config: BuilderConfig, profiles: list[dict[str, tuple]]) -> tuple[Network, dict | None]:
-    """``net`` with its calibrated layers in INT8, and what was done (for the build info)."""
+    """``net`` with its calibrated layers in INT8 (or FP8), and what was done (for the build info)."""
     explicit = sum(1 for l in net.layers if l.kind in QUANTIZED_KINDS)
-    if BuilderFlag.INT8 not in config.flags:
+    to, alternative = quantization_types(config)
+    if to is None:
         if config.int8_calibrator is not None:
-            log.warning("an INT8 calibrator was set, but BuilderFlag.INT8 was not: the calibrator is not used")
+            log.warning("an INT8 calibrator was set, but neither BuilderFlag.INT8 nor BuilderFlag.FP8 was: the "
+                        "calibrator is not used")
         return net, ({"explicit_layers": explicit} if explicit else None)
     t0 = time.perf_counter()
     watch = quantizable_inputs(net)
     amax: dict[str, float] = {}
+    peaks: dict[str, float] = {}     # the largest magnitudes, FP8's ranges when INT8's are thresholds
     source, held = None, []
     calibrator = config.int8_calibrator
     budget = config.int8_accuracy_budget
@@ -111,15 +133,17 @@ def apply_int8(net: Network, config: BuilderConfig, profiles: list[dict[str, tup
         raise BuildError(ErrorCode.INVALID_ARGUMENT, "accuracy_budget needs calibration batches to measure the "
                                                      "error on; set a calibrator (or calibration=batches)")
     if calibrator is not None:
-        amax, source, held = _calibrate(net, calibrator, watch, config, profiles, holdback=int(budget is not None))
+        amax, source, held, peaks = _calibrate(net, calibrator, watch, config, profiles,
+                                               holdback=int(budget is not None), largest=to == DataType.FP8)
     user = {t.name: max(abs(t.dynamic_range[0]), abs(t.dynamic_range[1]))
             for t in net.tensors.values() if getattr(t, "dynamic_range", None)}
     amax.update(user)   # ranges set on tensors win over calibration, as in TensorRT
+    fp8_amax = {**amax, **{k: v for k, v in peaks.items() if k not in user}}
     if user:
         source = f"{source} + {len(user)} set ranges" if source else f"{len(user)} ranges set on tensors"
     if not amax and not explicit:
         raise BuildError(ErrorCode.INVALID_ARGUMENT,
-                         "INT8 was allowed, but nothing gives the ranges to quantize with: set "
+                         f"{to.name} was allowed, but nothing gives the ranges to quantize with: set "
                          "config.int8_calibrator (or kilnrt.build(..., calibration=batches)), call "
                          "tensor.set_dynamic_range(lo, hi) on the activations, or build a model with "
                          "Quantize/DequantizeLinear nodes")
@@ -128,27 +152,34 @@ def apply_int8(net: Network, config: BuilderConfig, profiles: list[dict[str, tup
     if budget is not None:
         from kilnrt.builder.accuracy import guard
 
-        net, report = guard(net, amax, held, float(budget), config.device)
+        net, report = guard(net, amax, held, float(budget), config.device, to, alternative, fp8_amax)
         stats["quantize_calibrated"] = sum(1 for l in net.layers if l.kind in QUANTIZED_KINDS) - explicit
     else:
-        net = quantize_calibrated(net, amax, stats)
+        net = quantize_calibrated(net, amax, stats, to=to, fp8_amax=fp8_amax)
     quantized = [l.name for l in net.layers if l.kind in QUANTIZED_KINDS]
+    fp8 = sum(1 for l in net.layers if l.kind in QUANTIZED_KINDS and l.params.input_type == DataType.FP8)
     kept = [name for name in watch if name not in amax]
-    info = {"source": source or "Q/DQ in the model", "explicit_layers": explicit,
-            "calibrated_layers": stats.get("quantize_calibrated", 0), "int8_layers": len(quantized),
-            "inputs_without_range": kept, "guard": report, "seconds": round(time.perf_counter() - t0, 3)}
-    log.info("INT8: %d layers quantized (%s); %d quantizable inputs had no range and stay float",
-             len(quantized), info["source"], len(kept))
-    if config.device == "cuda" and quantized:
-        log.warning("INT8 on cuda: kilnrt's %d INT8 layers are not faster than FP16 yet (their kernels quantize "
-                    "float inputs themselves; BERT-base ran at 0.54x FP16's speed on an H200): build FP16 for "
-                    "speed (docs/int8.md)", len(quantized))
+    info = {"source": source or "Q/DQ in the model", "explicit_layers": explicit, "type": to.name,
+            "calibrated_layers": stats.get("quantize_calibrated", 0), "int8_layers": len(quantized) - fp8,
+            "fp8_layers": fp8, "inputs_without_range": kept, "guard": report,
+            "seconds": round(time.perf_counter() - t0, 3)}
+    log.info("%s: %d layers quantized (%d INT8, %d FP8; %s); %d quantizable inputs had no range and stay float",
+             to.name, len(quantized), len(quantized) - fp8, fp8, info["source"], len(kept))
+    if config.device == "cpu" and fp8:
+        log.info("FP8 on the CPU: the reference kernels emulate E4M3 (the numbers a GPU gives, not its speed)")
     return net, info
 
 
-def _calibrate(net, calibrator, watch, config, profiles, holdback: int = 0):
-    """(amax per tensor, where it came from, held-back batches for the accuracy guard)."""
+def _calibrate(net, calibrator, watch, config, profiles, holdback: int = 0, largest: bool = False):
+    """(amax per tensor, where it came from, held-back batches for the accuracy guard, the largest
+    magnitude per tensor where histograms were collected: none from a cache).  With
+    ``largest`` (FP8) the range is the largest magnitude seen, whatever the calibrator's
+    algorithm: E4M3's exponent covers what INT8's clipping thresholds trade away."""
     algorithm = CalibrationAlgoType(int(calibrator.get_algorithm()))
+    if largest and algorithm != CalibrationAlgoType.MINMAX_CALIBRATION:
+        log.info("FP8: ranges are each tensor's largest magnitude (MINMAX_CALIBRATION), not the calibrator's %s",
+                 algorithm.name)
+        algorithm = CalibrationAlgoType.MINMAX_CALIBRATION
     shapes = _input_shapes(net, profiles)
     check = _shape_checker(net, profiles)
     cached = calibrator.read_calibration_cache()
@@ -159,7 +190,7 @@ def _calibrate(net, calibrator, watch, config, profiles, holdback: int = 0):
         if holdback:   # the guard still needs a batch to measure on
             _, _, held = collect(net, calibrator_batches(calibrator, shapes, config.device), [], config.device,
                                  check_shape=check, holdback=holdback)
-        return amax, f"calibration cache ({algo_name}, {len(amax)} tensors)", held
+        return amax, f"calibration cache ({algo_name}, {len(amax)} tensors)", held, {}
     hists, count, held = collect(net, calibrator_batches(calibrator, shapes, config.device), watch, config.device,
                                  check_shape=check, holdback=holdback)
     if count == 0:
@@ -171,7 +202,8 @@ def _calibrate(net, calibrator, watch, config, profiles, holdback: int = 0):
     amax = {name: amax_of(h, algorithm, quantile) for name, h in hists.items() if h.amax > 0}
     calibrator.write_calibration_cache(write_cache(amax, algorithm))
     log.info("INT8: calibrated %d tensors on %d batches (%s)", len(amax), count, algorithm.name)
-    return amax, f"{algorithm.name} over {count} batches", held
+    peaks = {name: h.amax for name, h in hists.items() if h.amax > 0}
+    return amax, f"{algorithm.name} over {count} batches", held, peaks
 
 
 def _input_shapes(net, profiles) -> dict[str, tuple[tuple[int, ...], Any]]:

@@ -104,6 +104,9 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
                         "shapes: min, max, min,max, or none (default: min)")
     g.add_argument("--int8", action="store_true", help="quantize convolutions and matrix multiplies to INT8 "
                                                         "(needs --calib, or Q/DQ nodes in the model)")
+    g.add_argument("--fp8", action="store_true", help="quantize them to FP8 E4M3 (compute capability 8.9+; "
+                                                       "emulated on the CPU); with --int8, per layer by accuracy "
+                                                       "under --accuracy-budget")
     g.add_argument("--calib", metavar="PATH", help="INT8 calibration: a .npz of inputs, a folder of .npz/.npy "
                                                    "batches, or a calibration cache (docs/int8.md)")
     g.add_argument("--calib-method", choices=("entropy", "minmax", "percentile"), default="entropy",
@@ -147,14 +150,17 @@ def build_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def int8_kwargs(args: argparse.Namespace, model: str | None = None) -> dict[str, Any]:
-    """The INT8 keywords of :func:`kilnrt.build` from ``--int8 --calib ...``."""
-    if not getattr(args, "int8", False):
+    """The INT8/FP8 keywords of :func:`kilnrt.build` from ``--int8 [--fp8] --calib ...``."""
+    int8, fp8 = getattr(args, "int8", False), getattr(args, "fp8", False)
+    if not (int8 or fp8):
         for flag in ("calib", "calib_cache", "accuracy_budget"):
             if getattr(args, flag, None) is not None:
                 raise KilnError(ErrorCode.INVALID_ARGUMENT, f"--{flag.replace('_', '-')} is for INT8 builds: add --int8")
         return {}
-    out: dict[str, Any] = {"int8": True, "calibration_method": getattr(args, "calib_method", "entropy"),
+    out: dict[str, Any] = {"int8": int8, "calibration_method": getattr(args, "calib_method", "entropy"),
                            "accuracy_budget": getattr(args, "accuracy_budget", None)}
+    if fp8:
+        out["fp8"] = True
     if getattr(args, "calib_cache", None):
         out["calibration_cache"] = args.calib_cache
     if getattr(args, "calib", None):

@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output", action="append", metavar="BLOB", help="a Caffe output blob (repeat, or join with ,)")
     g.add_argument("--saveEngine", metavar="PLAN", help="save the built plan")
     g.add_argument("--loadEngine", metavar="PLAN", help="load this plan instead of building (a plan, not ONNX)")
-    for flag in ("--fp16", "--bf16", "--int8", "--best", "--noTF32", "--stronglyTyped", "--explicitBatch"):
+    for flag in ("--fp16", "--bf16", "--int8", "--fp8", "--best", "--noTF32", "--stronglyTyped", "--explicitBatch"):
         g.add_argument(flag, action="store_true")
     for flag in ("--shapes", "--minShapes", "--optShapes", "--maxShapes"):
         g.add_argument(flag, action="append", metavar="NAME:AxB..")
@@ -123,8 +123,8 @@ def _int8(args: argparse.Namespace) -> dict:
     no placeholder ranges; trtexec's make its accuracy meaningless)."""
     from kilnrt.cli.args import int8_kwargs
 
-    ns = argparse.Namespace(int8=args.int8, calib=args.calib, calib_method="entropy", calib_cache=None,
-                            accuracy_budget=None)
+    ns = argparse.Namespace(int8=args.int8, fp8=args.fp8, calib=args.calib, calib_method="entropy",
+                            calib_cache=None, accuracy_budget=None)
     return int8_kwargs(ns, args.onnx)
 
 
@@ -173,11 +173,12 @@ def build(args: argparse.Namespace, shapes, device: str, out):
     from kilnrt.debugging.precision import build_reduced, fp32_layers
 
     model = _source(args)
-    if args.stronglyTyped and (args.fp16 or args.bf16 or args.int8 or args.best):
+    if args.stronglyTyped and (args.fp16 or args.bf16 or args.int8 or args.fp8 or args.best):
         raise KilnError(ErrorCode.INVALID_ARGUMENT, "--stronglyTyped takes the types from the model; drop "
-                                                    "--fp16/--bf16/--int8/--best (as trtexec requires)")
-    if args.best and not args.int8:
-        out.print("[I] --best: FP16 and BF16 allowed; INT8 needs --int8 with --calib (or Q/DQ in the model)")
+                                                    "--fp16/--bf16/--int8/--fp8/--best (as trtexec requires)")
+    if args.best and not (args.int8 or args.fp8):
+        out.print("[I] --best: FP16 and BF16 allowed; INT8/FP8 need --int8/--fp8 with --calib (kilnrt has no "
+                  "placeholder ranges), or Q/DQ in the model")
     profile = profiles_from(shapes, parse_shapes(args.minShapes, "--minShapes"),
                             parse_shapes(args.optShapes, "--optShapes"), parse_shapes(args.maxShapes, "--maxShapes"))
     common = dict(tf32=not args.noTF32, profiles=profile, device=device,

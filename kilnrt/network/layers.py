@@ -332,20 +332,41 @@ class ConvolutionParams:
     activation_beta: float = 0.0
 
 
+class QuantizedOutput:
+    """What a quantized layer writes (the ``output_type`` and ``output_scale`` fields of
+    :class:`QuantizedConvolutionParams` and :class:`QuantizedMatrixMultiplyParams`).
+
+    - ``output_scale`` 0 (the default): ``y`` in float, of type ``output_type``, or of x's type
+      when that is None (x is float then).
+    - ``output_scale`` > 0: ``y`` requantized in the epilogue for the next quantized layer,
+      ``saturate(round(y / output_scale))`` in ``output_type`` (INT8), or
+      ``saturate_cast(y / output_scale)`` (FP8): a Quantize folded into its producer.
+    """
+
+    @staticmethod
+    def dtype(p, x_dtype: DataType | None) -> DataType | None:
+        return p.output_type if p.output_type is not None else x_dtype
+
+
 @dataclass(frozen=True)
 class QuantizedConvolutionParams(ConvolutionParams):
-    """A convolution on 8-bit integers (made by ``kilnrt.optimize.passes.quantization``).
+    """A convolution on 8-bit numbers (made by ``kilnrt.optimize.passes.quantization``).
 
-    Inputs: x (float), weights (INT8 [K, C/groups, *window]), weight_scale (float [K]), bias
-    (float [K], optional), residual (optional).  x is quantized per tensor,
-    ``xq = saturate(round(x / input_scale) + input_zero_point)`` in ``input_type``, and
-    ``y = act(input_scale * weight_scale[k] * conv(xq - input_zero_point, weights) + bias + residual)``
-    with the convolution summed exactly in integers.
+    Inputs: x (float, or already quantized), weights (INT8, or FP8 E4M3 when ``input_type`` is
+    FP8; [K, C/groups, *window]), weight_scale (float [K]), bias (float [K], optional), residual
+    (optional).  A float x is quantized per tensor: ``xq = saturate(round(x / input_scale) +
+    input_zero_point)`` in ``input_type`` (FP8: ``saturate_cast(x / input_scale)``); an x whose
+    dtype is ``input_type`` is ``xq`` already (a QUANTIZE layer or a producer's epilogue made it).
+    Then ``y = act(input_scale * weight_scale[k] * conv(xq - input_zero_point, weights) + bias +
+    residual)``, the convolution summed exactly (in integers for INT8).  See :class:`QuantizedOutput`
+    for the output's type.
     """
 
     input_scale: float = 1.0
     input_zero_point: int = 0
     input_type: DataType = DataType.INT8
+    output_type: DataType | None = None
+    output_scale: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -478,17 +499,21 @@ class MatrixMultiplyParams:
 
 @dataclass(frozen=True)
 class QuantizedMatrixMultiplyParams(MatrixMultiplyParams):
-    """A matrix multiply of a float activation by 8-bit integer weights (made by
+    """A matrix multiply of an activation by 8-bit weights (made by
     ``kilnrt.optimize.passes.quantization``).
 
-    Inputs: a (float), b (INT8 constant), b_scale (float: one per output column, or one),
-    bias (optional).  ``a`` is quantized per tensor as a quantized convolution's x is, and
+    Inputs: a (float, or already quantized), b (INT8 constant, or FP8 E4M3 when ``input_type`` is
+    FP8), b_scale (float: one per output column, or one), bias (optional).  ``a`` is quantized
+    per tensor as a quantized convolution's x is (or arrives quantized), and
     ``y = act(input_scale * b_scale[n] * (op0(aq - input_zero_point) @ op1(b))[..., n] + bias)``.
+    See :class:`QuantizedOutput` for the output's type.
     """
 
     input_scale: float = 1.0
     input_zero_point: int = 0
     input_type: DataType = DataType.INT8
+    output_type: DataType | None = None
+    output_scale: float = 0.0
 
 
 @dataclass(frozen=True)

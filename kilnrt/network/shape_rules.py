@@ -22,7 +22,7 @@ import sympy
 from kilnrt.network import plugin as plugins, symbolic as S
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import (ElementWiseOperation as E, FillOperation, GatherMode, LayerKind, MatrixOperation,
-                                   PaddingMode, ReduceOperation, UnaryOperation as U)
+                                   PaddingMode, QuantizedOutput, ReduceOperation, UnaryOperation as U)
 
 MAX_VALUE_ELEMENTS = 1 << 16   # values larger than this are not tracked (only shapes)
 
@@ -795,7 +795,7 @@ def matrix_multiply(ctx, layer, ins):
     p = layer.params
     a, b = ins[0], ins[1]
     if a.shape is None or b.shape is None:
-        return [Info(a.dtype, None)]
+        return [Info(_output_dtype(layer, a.dtype), None)]
     sa, sb = list(a.shape), list(b.shape)
     if p.op0 == MatrixOperation.TRANSPOSE:
         sa[-2:] = sa[-2:][::-1]
@@ -813,7 +813,14 @@ def matrix_multiply(ctx, layer, ins):
         out.pop(-1)
     if vec_a:
         out.pop(-2 if not vec_b else -1)
-    return [Info(a.dtype, tuple(out))]
+    return [Info(_output_dtype(layer, a.dtype), tuple(out))]
+
+
+def _output_dtype(layer, x_dtype):
+    """A quantized layer's output type may differ from its input's (``QuantizedOutput``)."""
+    if layer.kind in (LayerKind.QUANTIZED_MATRIX_MULTIPLY, LayerKind.QUANTIZED_CONVOLUTION):
+        return QuantizedOutput.dtype(layer.params, x_dtype)
+    return x_dtype
 
 
 @rule(LayerKind.EINSUM)
@@ -885,9 +892,9 @@ def convolution(ctx, layer, ins):
     p = layer.params
     x = ins[0]
     if x.shape is None:
-        return [Info(x.dtype, None)]
+        return [Info(_output_dtype(layer, x.dtype), None)]
     spatial = _windows(p, tuple(p.kernel_size_nd), tuple(x.shape[2:]))
-    return [Info(x.dtype, (x.shape[0], p.num_output_maps) + spatial)]
+    return [Info(_output_dtype(layer, x.dtype), (x.shape[0], p.num_output_maps) + spatial)]
 
 
 @rule(LayerKind.DECONVOLUTION)

@@ -22,6 +22,7 @@
 * ``cuda.convolution.triton_implicit_<tiles>``: any dense 2-D convolution on channels-last
   tensors as an implicit GEMM with the same epilogue, the reduction split over programs when
   a batch-1 layer has few output tiles (:mod:`.conv_implicit`).
+* ``cuda.quantize.triton``: per-tensor QuantizeLinear to INT8/UINT8/FP8 in one pass (:mod:`.quantize`).
 * ``cuda.attention.triton_<tiles>``: flash-style attention for short sequences, Q/K/V read
   through their strides, boolean or additive masks, causal, grouped-query (:mod:`.attention`).
 
@@ -104,3 +105,4 @@ from kilnrt.kernels.triton import conv_implicit  # noqa: E402,F401  (cuda.convol
 from kilnrt.kernels.triton import squeeze_excitation  # noqa: E402,F401  (cuda.squeeze_excitation.triton)
 from kilnrt.kernels.triton import attention  # noqa: E402,F401  (cuda.attention.triton_*)
 from kilnrt.kernels.triton import gemm_int8  # noqa: E402,F401  (cuda.quantized_matrix_multiply.triton_*)
+from kilnrt.kernels.triton import quantize  # noqa: E402,F401  (cuda.quantize.triton)

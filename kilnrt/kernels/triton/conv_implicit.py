@@ -33,14 +33,16 @@ from kilnrt.kernels.triton import launch_options, wait_for_previous_kernel
 from kilnrt.kernels.triton.epilogue import EPILOGUE_ACTIVATIONS
 from kilnrt.kernels.triton.conv_gemm import nhwc_rows, nhwc_slice_ok
 from kilnrt.kernels.triton.gemm import TiledTactic, TritonGemm, logical_rows, store_epilogue
-from kilnrt.kernels.triton.gemm_int8 import FLOAT_INPUTS, SHIFT, Int8Weights, quantize_tile
+from kilnrt.kernels.triton.gemm_int8 import (Int8Weights, fp8_capable, quantize_operand, quantized_support,
+                                             store_output, weight_dtype)
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import LayerKind
 
 
 @triton.jit
 def _conv_nhwc(x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, corr_ptr, scale_ptr, M, H, W, OH, OW, alpha, beta,
-               inv_scale, zero_point, lo, hi, shift, QUANT: tl.constexpr, HAS_CORR: tl.constexpr,
+               inv_scale, zero_point, lo, hi, shift, out_inv_scale, QUANT: tl.constexpr, A_QUANTIZED: tl.constexpr,
+               FP8: tl.constexpr, OUT_Q: tl.constexpr, HAS_CORR: tl.constexpr,
                C: tl.constexpr, N: tl.constexpr, LDC: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                SH: tl.constexpr, SW: tl.constexpr,
                PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
@@ -69,7 +71,7 @@ def _conv_nhwc(x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, corr_ptr, scale
     iw0 = ow * SW - PW
     rbn = tl.max_contiguous(tl.multiple_of(rn % N, BLOCK_N), BLOCK_N)  # wrapped columns, never stored
     first = tl.program_id(1) * TILES_PER_SPLIT
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if QUANT else tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if QUANT and not FP8 else tl.float32)
     for i in range(TILES_PER_SPLIT):
         t = first + i
         if C % BLOCK_K == 0:  # the tile lies inside one tap: a row offset per pixel
@@ -91,12 +93,12 @@ def _conv_nhwc(x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, corr_ptr, scale
             iw = iw0[:, None] + (tap % KW)[None, :] * DW
             ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             a = tl.load(x_ptr + ((img[:, None] * H + ih) * W + iw) * C + (kk % C)[None, :], mask=ok, other=0.0)
-            if QUANT:
-                w = tl.load(w_ptr + rbn[None, :] * (KH * KW * C) + kk[:, None], mask=k_ok[:, None], other=0)
+            if QUANT:  # (other=0.0, not 0: Triton casts no int constant to FP8)
+                w = tl.load(w_ptr + rbn[None, :] * (KH * KW * C) + kk[:, None], mask=k_ok[:, None], other=0.0)
             else:
                 w = tl.load(w_ptr + kk[:, None] * N + rbn[None, :], mask=k_ok[:, None], other=0.0)
-        if QUANT:  # padding reads 0.0, which quantizes to the zero point: it adds nothing
-            a = quantize_tile(a, inv_scale, zero_point, lo, hi, shift)
+        if QUANT and not A_QUANTIZED:  # padding reads 0.0, which quantizes to the zero point: it adds nothing
+            a = quantize_operand(a, inv_scale, zero_point, lo, hi, shift, FP8)
         acc = tl.dot(a, w, acc, out_dtype=acc.dtype)
     if QUANT:  # exact int32 sums -> float: the zero-point correction (once, in split 0), the scales
         if HAS_CORR:
@@ -104,8 +106,9 @@ def _conv_nhwc(x_ptr, w_ptr, bias_ptr, res_ptr, y_ptr, part_ptr, corr_ptr, scale
             acc += tl.where(tl.program_id(1) == 0, corr, 0)[None, :]
         acc = acc.to(tl.float32) * tl.load(scale_ptr + rn, mask=rn < N, other=0.0)[None, :]
     if SPLIT == 1:
-        store_epilogue(acc, rm, rn, M, N, LDC, bias_ptr, res_ptr, y_ptr, alpha, beta, HAS_BIAS, HAS_RES, ACT)
-    else:  # this split's float32 partial, [SPLIT, M, N]; _add_partials finishes
+        store_output(acc, rm, rn, M, N, LDC, bias_ptr, res_ptr, y_ptr, alpha, beta, out_inv_scale, HAS_BIAS, HAS_RES,
+                     ACT, OUT_Q)
+    else:  # (never with OUT_Q: a requantizing convolution does not split)  # this split's float32 partial, [SPLIT, M, N]; _add_partials finishes
         offs = (tl.program_id(1) * M + rm[:, None]).to(tl.int64) * N + rn[None, :]
         tl.store(part_ptr + offs, acc, mask=m_ok[:, None] & (rn[None, :] < N))
 
@@ -155,11 +158,13 @@ def conv_nhwc(x: torch.Tensor, weight: torch.Tensor, bias, residual, window, str
     ``[N, H, W, C]``, ``weight`` a contiguous ``[KH*KW*C, K]``, ``residual`` ``[N, OH, OW, K]``.
     With ``out`` (the ``[N*OH*OW, K]`` output pixels as rows ``out.stride(0)`` apart, unit column
     stride: a channel slice of a channels-last buffer) the result is stored there, returning None.
-    With ``quantized`` (INT8 weights ``[K, KH*KW*C]``; ``weight`` is then ignored) ``x`` is quantized
-    in the kernel and multiplied in integers (:mod:`.gemm_int8`), the output of ``out_dtype``."""
+    With ``quantized`` (INT8 or FP8 weights ``[K, KH*KW*C]``; ``weight`` is then ignored) ``x`` is
+    quantized in the kernel, unless it is already, and multiplied in 8 bits (:mod:`.gemm_int8`), the
+    output of ``out_dtype`` (requantized in the epilogue when ``quantized.out_q``)."""
     n, h, w, c = x.shape
-    if quantized is not None:
-        weight = quantized.weight
+    q = quantized
+    if q is not None:
+        weight = q.weight
     k = weight.shape[0] if quantized is not None else weight.shape[1]
     (oh, ow), m = out_hw, n * out_hw[0] * out_hw[1]
     y = torch.empty((n, oh, ow, k), dtype=out_dtype or x.dtype, device=x.device) if out is None else None
@@ -170,20 +175,21 @@ def conv_nhwc(x: torch.Tensor, weight: torch.Tensor, bias, residual, window, str
     bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
     k_tiles = triton.cdiv(window[0] * window[1] * c, bk)
     tiles = triton.cdiv(m, bm) * triton.cdiv(k, bn)
-    split = split_for(m, k, window[0] * window[1] * c, config, programs)
+    split = split_for(m, k, window[0] * window[1] * c, config, programs) if q is None or not q.out_q else 1
     parts = torch.empty((split, m, k), dtype=torch.float32, device=x.device) if split > 1 else rows
     big = max(x.numel(), m * k) + bm * c >= 2 ** 31
     epilogue = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None, ACT=act)
     bias_arg = bias if bias is not None else weight
     res_arg = residual if residual is not None else rows
     ldc = rows.stride(0) if m > 1 else k
-    q = quantized
     quant = (q.correction if q is not None and q.correction is not None else bias_arg,
              q.scale if q is not None else bias_arg, q.inv_scale if q else 1.0, q.zero_point if q else 0.0,
-             q.lo if q else 0.0, q.hi if q else 0.0, q.shift if q else 0.0)
+             q.lo if q else 0.0, q.hi if q else 0.0, q.shift if q else 0.0, q.out_inv_scale if q else 1.0)
     _conv_nhwc[(tiles, split)](
         x, weight, bias_arg, res_arg, rows, parts, quant[0], quant[1], m, h, w, oh, ow, float(alpha), float(beta),
-        *quant[2:], QUANT=q is not None, HAS_CORR=q is not None and q.correction is not None, C=c, N=k, LDC=ldc,
+        *quant[2:], QUANT=q is not None, A_QUANTIZED=q is not None and q.takes_quantized(x),
+        FP8=q is not None and q.fp8, OUT_Q=q.out_q if q is not None else 0,
+        HAS_CORR=q is not None and q.correction is not None, C=c, N=k, LDC=ldc,
         KH=window[0],
         KW=window[1], SH=stride[0], SW=stride[1], PH=pre[0], PW=pre[1], DH=dilation[0], DW=dilation[1],
         TILES_PER_SPLIT=k_tiles // split, SPLIT=split, BIG=big, **epilogue, **config, **launch_options(rows))
@@ -265,10 +271,12 @@ class TritonInt8ImplicitConv(TritonImplicitConv):
     def supports(self, layer, ctx) -> bool:
         p = layer.params
         x, w = layer.inputs[0], ctx.constant(layer, 1)
-        if (w is None or w.dim() != 4 or w.dtype != torch.int8 or p.num_groups != 1
-                or p.padding_mode not in FLOOR_PADDING_MODES or p.input_type not in SHIFT):
+        if (w is None or w.dim() != 4 or w.dtype != weight_dtype(p) or p.num_groups != 1
+                or p.padding_mode not in FLOOR_PADDING_MODES):
             return False
-        if x is None or x.dtype not in FLOAT_INPUTS or x.shape is None or len(x.shape) != 4:
+        if x is None or not quantized_support(p, x.dtype) or x.shape is None or len(x.shape) != 4:
+            return False
+        if p.input_type == DataType.FP8 and not fp8_capable(ctx.device):
             return False
         if ctx.constant(layer, 2) is None or (len(layer.inputs) > 3 and layer.inputs[3] is not None
                                               and ctx.constant(layer, 3) is None):
@@ -280,7 +288,7 @@ class TritonInt8ImplicitConv(TritonImplicitConv):
         w = ctx.constant(layer, 1)
         k, c, kh, kw = w.shape
         q = Int8Weights(w.permute(0, 2, 3, 1).reshape(k, kh * kw * c), ctx.constant(layer, 2), p.input_scale,
-                        p.input_zero_point, p.input_type)        # [K, (kh, kw, c)]
+                        p.input_zero_point, p.input_type, p.output_scale, p.output_type)   # [K, (kh, kw, c)]
         b = ctx.constant(layer, 3) if len(layer.inputs) > 3 else None
         bias = None if b is None else b.reshape(-1).to(torch.float32).contiguous()
         return p, None, bias, (kh, kw), multiprocessors(ctx.device), {"quantized": q,

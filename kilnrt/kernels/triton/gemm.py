@@ -32,14 +32,21 @@ def store_epilogue(acc, rm, rn, M, N, ldc, bias_ptr, res_ptr, c_ptr, alpha, beta
     """``c[rm, rn] = act(acc + bias[rn] + res[rm, rn])`` for a ``[M, N]`` output whose rows are
     ``ldc`` elements apart: ``N`` for a matrix of its own, more for a column slice of a wider
     one (a concatenation's buffer).  The residual is a ``[M, N]`` row-major matrix."""
+    acc = apply_epilogue(acc, rm, rn, M, N, bias_ptr, res_ptr, alpha, beta, HAS_BIAS, HAS_RES, ACT)
     mask = (rm[:, None] < M) & (rn[None, :] < N)
+    tl.store(c_ptr + rm[:, None].to(tl.int64) * ldc + rn[None, :], acc.to(c_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def apply_epilogue(acc, rm, rn, M, N, bias_ptr, res_ptr, alpha, beta,
+                   HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr):
+    """``act(acc + bias[rn] + res[rm, rn])`` in float32, not stored (:func:`store_epilogue`)."""
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-    rows = rm[:, None].to(tl.int64)
     if HAS_RES:  # added before the activation
-        acc += tl.load(res_ptr + rows * N + rn[None, :], mask=mask, other=0.0).to(tl.float32)
-    acc = activate(acc, ACT, alpha, beta)
-    tl.store(c_ptr + rows * ldc + rn[None, :], acc.to(c_ptr.dtype.element_ty), mask=mask)
+        mask = (rm[:, None] < M) & (rn[None, :] < N)
+        acc += tl.load(res_ptr + rm[:, None].to(tl.int64) * N + rn[None, :], mask=mask, other=0.0).to(tl.float32)
+    return activate(acc, ACT, alpha, beta)
 
 
 @triton.jit
