@@ -169,3 +169,23 @@ def test_torch_compile_builds_cond_into_an_engine():
             check(compiled(*args), reference(model, *args), seed, f"cond shift={shift}")
     left = sorted(k for k in STATS if k.startswith("pytorch:"))
     assert not left and STATS["engines"] >= 1 and not STATS["pieces_in_pytorch"], dict(STATS)
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_kilnrt_compile_quantizes_with_calibration(precision):
+    """kilnrt.compile(..., int8=True | fp8=True, calibration=feeds): the linear layers run as 8-bit
+    layers (FP8 emulated on the CPU), close to the float module on fresh inputs."""
+    from kilnrt.network.dtypes import DataType
+    from kilnrt.network.layers import LayerKind
+
+    torch.manual_seed(fresh_seed())
+    model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 10)).eval()
+    x = torch.randn(8, 64)
+    calib = [{"input": torch.randn(8, 64).numpy()} for _ in range(4)]
+    compiled = kilnrt.compile(model, x, device="cpu", calibration=calib, **{precision: True})
+    layers = [l for l in compiled.engine.layers if l.kind == LayerKind.QUANTIZED_MATRIX_MULTIPLY]
+    assert len(layers) == 2
+    assert {l.params.input_type for l in layers} == {DataType.INT8 if precision == "int8" else DataType.FP8}
+    fresh = torch.randn(8, 64)
+    ref = model(fresh)
+    assert float((compiled(fresh) - ref).norm() / ref.norm()) < 0.1

@@ -23,7 +23,7 @@ from kilnrt.torch.module import CallSpec, CompiledModule, forward_parameters
 # options of kilnrt.build that kilnrt.compile passes on
 BUILD_OPTIONS = ("bf16", "tf32", "optimization_level", "timing_cache", "portable", "workspace", "progress",
                  "verbose", "tactic_buckets", "calibration", "calibration_method", "calibration_cache",
-                 "accuracy_budget")
+                 "accuracy_budget", "fp8")
 
 
 def decomposition_table() -> dict:
