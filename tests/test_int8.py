@@ -463,3 +463,49 @@ def test_calibration_runs_the_shape_arithmetic_of_a_dynamic_network(device):
     feed = {"x": torch.from_numpy(x["x"]).to(device)}
     got, want = (np.asarray(torch.as_tensor(e.run(feed)["y"]).cpu()) for e in (int8, fp32))
     assert rel_l2(got, want) < 0.02
+
+
+@pytest.mark.parametrize("flag", ["INT8", "FP8"])
+def test_refit_of_an_int8_or_fp8_engine_requantizes_the_new_weights(flag, tmp_path):
+    """BuilderFlag.REFIT with INT8/FP8: a refit quantizes the new weights per channel again, with
+    the build's activation ranges and per-layer types, and then equals a fresh build of the new
+    weights with those ranges; a saved plan refits the same way."""
+    def build(model):
+        network = kilnrt.to_network(model)
+        for name, amax in (("x", 4.0), ("r1", 3.0), ("f", 2.5)):
+            network.tensors[name].set_dynamic_range(-amax, amax)
+        config = kilnrt.BuilderConfig()
+        config.device = "cpu"
+        for f in ("REFIT", flag):
+            config.set_flag(getattr(kilnrt.BuilderFlag, f))
+        profile = kilnrt.Builder().create_optimization_profile()
+        profile.set_shape("x", (4, 3, 10, 10), (4, 3, 10, 10), (4, 3, 10, 10))
+        config.add_optimization_profile(profile)
+        return kilnrt.Builder().build_engine_with_config(network, config)
+
+    model = conv_net()
+    engine = build(model)
+    want = DataType.INT8 if flag == "INT8" else DataType.FP8
+    assert [l.params.input_type for l in engine.layers if l.kind in INT8_KINDS] == [want] * 3
+    rng = np.random.default_rng(11)
+    new = {name: (rng.standard_normal(shape) * 0.2).astype(np.float32)
+           for name, shape in (("w1", (8, 3, 3, 3)), ("w2", (8, 8, 3, 3)), ("fw", (10, 800)))}
+    x = batches(1)[0]
+    before = engine.run(x)["y"]
+    assert sorted(engine.refit(new)) == ["fw", "w1", "w2"]
+    refitted = onnx.ModelProto()
+    refitted.CopyFrom(model)
+    for init in refitted.graph.initializer:
+        if init.name in new:
+            init.CopyFrom(numpy_helper.from_array(new[init.name], init.name))
+    fresh = build(refitted).run(x)["y"]
+    got = engine.run(x)["y"]
+    assert not np.allclose(got, before)
+    np.testing.assert_allclose(got, fresh, rtol=1e-6, atol=1e-6)
+    path = tmp_path / "q.plan"
+    engine.save(str(path))
+    loaded = kilnrt.load(str(path))
+    np.testing.assert_allclose(loaded.run(x)["y"], got, rtol=0, atol=0)
+    half = {k: v * 0.5 for k, v in new.items()}
+    loaded.refit(half)
+    assert rel_l2(loaded.run(x)["y"], got) > 0.05

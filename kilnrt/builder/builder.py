@@ -189,10 +189,6 @@ def _keep_for_refit(network: Network, net: Network, config: BuilderConfig):
     """With BuilderFlag.REFIT: what the engine keeps to fold new weights (kilnrt.engine.refit)."""
     if BuilderFlag.REFIT not in config.flags:
         return None
-    if BuilderFlag.INT8 in config.flags:
-        raise BuildError(ErrorCode.INVALID_ARGUMENT,
-                         "BuilderFlag.REFIT with BuilderFlag.INT8 is not supported yet (refit would need the "
-                         "calibration again); build REFIT engines in FP32/FP16, or with explicit Q/DQ layers")
     from kilnrt.engine.refit import keep_for_refit, onnx_model_of
 
     return keep_for_refit(network, net, config.builder_optimization_level, onnx_model_of(network))
@@ -358,7 +354,7 @@ def _build_one(network: Network, config: BuilderConfig) -> Engine:
         check_ranges(net, ranges)
     refit = _keep_for_refit(network, net, config)
     net = optimize(net, config.builder_optimization_level, report=passes)
-    net, int8 = apply_int8(net, config, profiles)
+    net, int8, quantization = apply_int8(net, config, profiles)
     if int8 and int8.get("calibrated_layers"):
         net = optimize(net, 0)   # the float weights the INT8 layers replaced are dead now
     low = _low_precision(config)
@@ -455,6 +451,7 @@ def _build_one(network: Network, config: BuilderConfig) -> Engine:
                     kernels=kernel_cache.collect(since) if config.device == "cuda" else {})
     if refit is not None:
         refit.low_precision = low
+        refit.quantization = quantization
         engine.refit_source = refit
     log.info("built %s: %d layers -> %d engine layers in %.2f s", network.name, layers_in, len(layers),
              build_info["seconds"])

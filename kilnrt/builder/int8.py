@@ -21,7 +21,8 @@ from kilnrt.errors import BuildError, ErrorCode
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.graph import Network
 from kilnrt.network.layers import LayerKind
-from kilnrt.optimize.passes.quantization import quantizable_inputs, quantize_calibrated
+from kilnrt.optimize.passes.quantization import (Quantization, quantizable_inputs, quantizable_layers,
+                                                 quantize_calibrated)
 
 log = logging.getLogger("kilnrt.builder")
 
@@ -110,15 +111,17 @@ def quantization_types(config: BuilderConfig) -> tuple[DataType | None, DataType
     return (DataType.FP8 if fp8 else None), None
 
 
-def apply_int8(net: Network, config: BuilderConfig, profiles: list[dict[str, tuple]]) -> tuple[Network, dict | None]:
-    """``net`` with its calibrated layers in INT8 (or FP8), and what was done (for the build info)."""
+def apply_int8(net: Network, config: BuilderConfig,
+               profiles: list[dict[str, tuple]]) -> tuple[Network, dict | None, Quantization | None]:
+    """``net`` with its calibrated layers in INT8 (or FP8), what was done (for the build info), and
+    the decisions a refit repeats with new weights (None when nothing was calibrated)."""
     explicit = sum(1 for l in net.layers if l.kind in QUANTIZED_KINDS)
     to, alternative = quantization_types(config)
     if to is None:
         if config.int8_calibrator is not None:
             log.warning("an INT8 calibrator was set, but neither BuilderFlag.INT8 nor BuilderFlag.FP8 was: the "
                         "calibrator is not used")
-        return net, ({"explicit_layers": explicit} if explicit else None)
+        return net, ({"explicit_layers": explicit} if explicit else None), None
     t0 = time.perf_counter()
     watch = quantizable_inputs(net)
     amax: dict[str, float] = {}
@@ -149,6 +152,7 @@ def apply_int8(net: Network, config: BuilderConfig, profiles: list[dict[str, tup
                          "Quantize/DequantizeLinear nodes")
     stats: dict = {}
     report = None
+    candidates = [l.name for l in quantizable_layers(net, amax)]
     if budget is not None:
         from kilnrt.builder.accuracy import guard
 
@@ -167,7 +171,9 @@ def apply_int8(net: Network, config: BuilderConfig, profiles: list[dict[str, tup
              to.name, len(quantized), len(quantized) - fp8, fp8, info["source"], len(kept))
     if config.device == "cpu" and fp8:
         log.info("FP8 on the CPU: the reference kernels emulate E4M3 (the numbers a GPU gives, not its speed)")
-    return net, info
+    made = {l.name: l.params.input_type for l in net.layers if l.kind in QUANTIZED_KINDS}
+    decisions = Quantization(to, {name: made.get(name) for name in candidates}, amax, fp8_amax)
+    return net, info, decisions
 
 
 def _calibrate(net, calibrator, watch, config, profiles, holdback: int = 0, largest: bool = False):

@@ -45,6 +45,7 @@ class RefitSource:
     values: dict[str, np.ndarray]           # refittable weight name -> its current value
     low_precision: DataType | None = None   # FP16/BF16 lowering the build applied, if any
     onnx: bytes | None = None               # the ONNX model without its refittable initializers
+    quantization: Any = None                # a calibrated INT8/FP8 build's decisions (optimize.passes.quantization)
 
     @property
     def names(self) -> list[str]:
@@ -193,10 +194,17 @@ def refold(source: RefitSource, new: dict[str, np.ndarray]) -> Network:
                              f"{list(array.shape)}, the engine's is {old.dtype}{list(old.shape)}; rebuild the engine")
         net.tensors[name].producer.params = ConstantParams(array)
     net = optimize(net, source.level)
+    q = source.quantization
+    if q is not None and any(t is not None for t in q.types.values()):
+        net = optimize(q.apply(net), 0)   # the new weights quantized with the build's ranges and types
     if source.low_precision is not None:
         from kilnrt.optimize.passes.precision import lower_precision
 
         net = optimize(lower_precision(net, source.low_precision), 0)
+    if any(l.kind in (LayerKind.QUANTIZED_CONVOLUTION, LayerKind.QUANTIZED_MATRIX_MULTIPLY) for l in net.layers):
+        from kilnrt.optimize.passes.quantization import quantize_once
+
+        net = quantize_once(net)
     net.infer()
     return net
 
@@ -313,6 +321,11 @@ def to_record(source: RefitSource, weights: dict, prefix: str) -> dict:
     }
     if source.onnx is not None:
         record["onnx"] = put(np.frombuffer(source.onnx, dtype=np.uint8), "onnx")
+    q = source.quantization
+    if q is not None:
+        record["quantization"] = {"to": q.to.name, "types": {n: t.name if t else None for n, t in q.types.items()},
+                                  "amax": {n: float(v) for n, v in q.amax.items()},
+                                  "fp8_amax": {n: float(v) for n, v in q.fp8_amax.items()}}
     return record
 
 
@@ -383,7 +396,26 @@ def _from_record(record: dict, weights: dict) -> RefitSource:
     onnx_bytes = None
     if record.get("onnx") is not None:
         onnx_bytes = _weight(weights, record["onnx"]).tobytes()
-    return RefitSource(net, level, values, low, onnx_bytes)
+    return RefitSource(net, level, values, low, onnx_bytes, _quantization(record.get("quantization")))
+
+
+def _quantization(d: Any):
+    """A refit record's INT8/FP8 decisions, checked: the types INT8/FP8 (or null), ranges finite
+    and positive."""
+    if d is None:
+        return None
+    from kilnrt.optimize.passes.quantization import Quantization
+
+    eight = {"INT8": DataType.INT8, "FP8": DataType.FP8}
+
+    def ranges(m: Any) -> dict[str, float]:
+        out = {str(k): float(v) for k, v in dict(m).items()}
+        if any(not (math.isfinite(v) and v > 0) for v in out.values()):
+            raise ValueError("refit ranges must be finite and positive")
+        return out
+
+    types = {str(n): None if t is None else eight[t] for n, t in dict(d["types"]).items()}
+    return Quantization(eight[d["to"]], types, ranges(d["amax"]), ranges(d["fp8_amax"]))
 
 
 def _bad_dim(v: Any):

@@ -3,10 +3,11 @@
 Two routes lead to the same layers (``QUANTIZED_CONVOLUTION``, ``QUANTIZED_MATRIX_MULTIPLY``):
 
 - **Explicit** (:func:`fold_qdq`): a network that carries Quantize/Dequantize pairs, as
-  ``onnxruntime.quantization`` (QDQ format) and other toolkits write them.  Where a
-  convolution or matrix multiply reads ``DQ(Q(x, s, z), s, z)`` and weights
-  ``DQ(w_int8, w_scale)`` (symmetric: zero points 0; per output channel or per tensor), the
-  DQs fold into it: it quantizes x itself and multiplies in integers.  No float kernel is
+  ``onnxruntime.quantization`` (QDQ format), PyTorch 2 export quantization and NVIDIA's
+  Model Optimizer write them.  Where a convolution or matrix multiply reads
+  ``DQ(Q(x, s, z), s, z)`` and weights ``DQ(w_int8, w_scale)`` (symmetric: zero points 0; per
+  output channel or per tensor), or the same in FP8 E4M3, the DQs fold into it: it quantizes
+  x itself and multiplies in 8 bits.  No float kernel is
   left between the Quantize and the Dequantize.  The pass runs first, before constant
   folding would turn the weights' DQ into float weights.
 - **Implicit** (:func:`quantize_calibrated`): TensorRT's weakly typed INT8.  Given each
@@ -32,7 +33,8 @@ from kilnrt.optimize.passes.match import Emit, replace, rewrite
 
 QUANTIZED = {LayerKind.CONVOLUTION: (LayerKind.QUANTIZED_CONVOLUTION, QuantizedConvolutionParams),
              LayerKind.MATRIX_MULTIPLY: (LayerKind.QUANTIZED_MATRIX_MULTIPLY, QuantizedMatrixMultiplyParams)}
-INPUT_TYPES = (DataType.INT8, DataType.UINT8)
+INPUT_TYPES = (DataType.INT8, DataType.UINT8, DataType.FP8)
+WEIGHT_TYPES = {DataType.INT8: np.int8, DataType.UINT8: np.int8, DataType.FP8: DataType.FP8.numpy}
 FP8_MAX = 448.0   # E4M3FN's largest finite value: FP8 scales map amax to it
 
 
@@ -46,7 +48,7 @@ def fold_qdq(net: Network, stats: dict | None = None) -> Network:
         if layer.kind not in QUANTIZED or len(layer.inputs) < 2:
             continue
         act = _quantized_activation(net, layer.inputs[0])
-        weights = _quantized_weights(net, layer)
+        weights = _quantized_weights(net, layer, act[3]) if act is not None else None
         if act is None or weights is None:
             continue
         rewrites[id(layer)] = _emit_quantized(layer, act, weights)
@@ -72,6 +74,8 @@ def _quantized_activation(net: Network, x: Tensor) -> tuple[Tensor, float, int, 
     q_zp = _constant_scalar(net, q.inputs[2]) if len(q.inputs) > 2 and q.inputs[2] is not None else 0
     if scale is None or zp is None or scale != q_scale or zp != q_zp or not scale > 0:
         return None
+    if q.params.to_type == DataType.FP8 and (float(zp) != 0 or not q.params.saturate):
+        return None
     return q.inputs[0], float(scale), int(zp), q.params.to_type
 
 
@@ -83,21 +87,22 @@ def _output_axis(layer: Layer, rank: int) -> int:
     return rank - 2 if layer.params.op1 == MatrixOperation.TRANSPOSE else rank - 1
 
 
-def _quantized_weights(net: Network, layer: Layer) -> tuple[Tensor, Tensor] | None:
-    """(INT8 weights, scale) where the layer's weights are ``DQ(int8 constant, scale)`` with
-    zero points 0 and the scale per tensor or per output channel."""
+def _quantized_weights(net: Network, layer: Layer, to: DataType) -> tuple[Tensor, Tensor] | None:
+    """(8-bit weights, scale) where the layer's weights are ``DQ(constant, scale)``, the constant
+    INT8 for an INT8/UINT8 activation and FP8 E4M3 for an FP8 one, with zero points 0 and the
+    scale per tensor or per output channel."""
     dq = layer.inputs[1].producer
     if dq is None or dq.kind != LayerKind.DEQUANTIZE or dq.params.block_size:
         return None
     w = net.constant_value(dq.inputs[0])
     scale = net.constant_value(dq.inputs[1])
-    if w is None or scale is None or w.dtype != np.int8 or not np.all(np.asarray(scale) > 0):
+    if w is None or scale is None or w.dtype != WEIGHT_TYPES[to] or not np.all(np.asarray(scale) > 0):
         return None
     if layer.kind == LayerKind.MATRIX_MULTIPLY and (w.ndim != 2 or layer.params.op1 == MatrixOperation.VECTOR):
         return None
     if len(dq.inputs) > 2 and dq.inputs[2] is not None:
         zp = net.constant_value(dq.inputs[2])
-        if zp is None or np.any(zp != 0):
+        if zp is None or np.any(np.asarray(zp, np.float64) != 0):
             return None
     if scale.size != 1 and (scale.ndim != 1 or dq.params.axis % w.ndim != _output_axis(layer, w.ndim)):
         return None
@@ -126,6 +131,20 @@ def _add(c: NetworkCopier, layer: Layer, kind: LayerKind, params, inputs) -> Ten
 
 
 # ----------------------------------------------------------------------------- calibrated INT8 and FP8
+@dataclasses.dataclass
+class Quantization:
+    """A calibrated build's decisions, which a refit applies again to new weights: the type
+    (``to``), each quantizable layer's type (None: kept float), and the activation ranges."""
+
+    to: DataType
+    types: dict[str, DataType | None]
+    amax: dict[str, float]
+    fp8_amax: dict[str, float]
+
+    def apply(self, net: Network) -> Network:
+        return quantize_calibrated(net, self.amax, to=self.to, types=self.types, fp8_amax=self.fp8_amax)
+
+
 def quantize_calibrated(net: Network, amax: dict[str, float], stats: dict | None = None,
                         to: DataType = DataType.INT8, types: dict[str, DataType | None] | None = None,
                         fp8_amax: dict[str, float] | None = None) -> Network:
