@@ -276,20 +276,23 @@ def bucket_text(info: dict[str, Any]) -> str:
 
 
 def int8_text(build: dict[str, Any]) -> str:
-    """What the INT8 step did: how many layers run in INT8, from which ranges, and the layers the
-    accuracy guard kept in float."""
+    """What the INT8/FP8 step did: how many layers run in INT8 and FP8, from which ranges, and the
+    layers the accuracy guard kept in float."""
     info = build.get("int8")
     if not info:
         return ""
     if "int8_layers" not in info:
         return f"{info.get('explicit_layers', 0)} INT8 layers from the model's Q/DQ nodes"
-    text = f"{info['int8_layers']} INT8 layers ({info['source']})"
+    fp8 = info.get("fp8_layers") or 0
+    counts = f"{info['int8_layers']} INT8 layers" + (f" + {fp8} FP8 layers" if fp8 else "")
+    text = f"{counts} ({info['source']})"
     if info.get("inputs_without_range"):
         text += f"; {len(info['inputs_without_range'])} quantizable inputs had no range (float)"
     guard = info.get("guard")
     if guard:
         kept = guard["kept_float"]
-        text += (f"; accuracy guard: error {guard['error_all_int8']:.4g} all-INT8, {guard['error']:.4g} with "
+        text += (f"; accuracy guard: error {guard['error_all_int8']:.4g} all-{'/'.join(guard.get('types') or ['INT8'])}, "
+                 f"{guard['error']:.4g} with "
                  f"{len(kept)} layers kept in float (budget {guard['budget']:.4g})")
         if kept:
             text += ": " + ", ".join(f"{k['layer']} ({k['sensitivity']:.3g})" for k in kept)
