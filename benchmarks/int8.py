@@ -43,14 +43,9 @@ def timed(engine, feeds, iters: int) -> float:
 
 def layer_times(engine, feeds) -> dict[str, float]:
     """Median ms per (layer kind, tactic), summed over layers; printed, largest first."""
-    from layer_profile import Profiler
+    from layer_profile import layer_medians
 
-    ctx = engine.create_execution_context()
-    prof = Profiler()
-    ctx.profiler = prof
-    for _ in range(5):
-        ctx.run(feeds)
-    per_layer = {n: sorted(v)[len(v) // 2] for n, v in prof.times.items()}
+    per_layer = layer_medians(engine, feeds)
     kinds: Counter = Counter()
     for layer in engine.layers:
         kinds[f"{layer.kind.value} {layer.tactic}"] += per_layer.get(layer.name, 0.0)

@@ -30,6 +30,16 @@ class Profiler:
         self.times[name].append(ms)
 
 
+def layer_medians(engine, feeds, runs: int = 5) -> dict[str, float]:
+    """Each layer's median ms over ``runs`` profiled runs (a device sync around each layer)."""
+    ctx = engine.create_execution_context()
+    prof = Profiler()
+    ctx.profiler = prof
+    for _ in range(runs):
+        ctx.run(feeds)
+    return {n: sorted(v)[len(v) // 2] for n, v in prof.times.items()}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("model")
@@ -44,12 +54,7 @@ def main(argv=None) -> int:
         export_onnx(model.cpu(), {k: v.cpu() for k, v in inputs.items()}, is_cnn, path)
         engine = kilnrt.build(path, device="cuda", fp16=not args.fp32)
     feeds = {k: v for k, v in inputs.items() if k in engine.input_names}
-    ctx = engine.create_execution_context()
-    prof = Profiler()
-    ctx.profiler = prof
-    for _ in range(5):
-        ctx.run(feeds)
-    by_layer = {n: sorted(v)[len(v) // 2] for n, v in prof.times.items()}
+    by_layer = layer_medians(engine, feeds)
     kinds: dict[str, float] = collections.defaultdict(float)
     counts: dict[str, int] = collections.defaultdict(int)
     for l in engine.layers:

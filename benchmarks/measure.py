@@ -15,20 +15,7 @@ import time
 
 import torch
 
-from kilnrt.builder.timing import time_cuda_graph
-
-
-def event_median_ms(call, iters: int) -> float:
-    """The median GPU time of ``call()`` in ms over ``iters`` calls, each between two CUDA events."""
-    samples = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        call()
-        b.record()
-        b.synchronize()
-        samples.append(a.elapsed_time(b))
-    return statistics.median(samples)
+from kilnrt.builder.timing import event_median_ms, time_cuda_graph
 
 
 def host_us_per_call(call, n: int = 20) -> float:

@@ -125,28 +125,34 @@ def time_cuda_graph(fn: Callable[[], Any], iters: int = 10, repeat: int = 1, war
     return statistics.median(samples)
 
 
+def event_median_ms(fn: Callable[[], Any], iters: int) -> float:
+    """The median GPU time of ``fn()`` in ms over ``iters`` calls, each between two CUDA events."""
+    samples = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end))
+    return statistics.median(samples)
+
+
 def time_callable(fn: Callable[[], Any], device: str, *, warmup: int = 3, iters: int = 10) -> float:
     """Median milliseconds of ``fn``: on the GPU replayed from a CUDA graph when it can be
     captured (launch overhead then counts as it does in an engine), else with CUDA events;
     perf_counter on the CPU."""
     for _ in range(warmup):
         fn()
-    samples = []
     if device == "cuda":
         try:
             return time_cuda_graph(fn, iters, repeat=8)
         except Exception:  # noqa: BLE001 - host work inside: time it eagerly instead
             torch.cuda.synchronize()
-        for _ in range(iters):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end))
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
+        return event_median_ms(fn, iters)
+    samples = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(samples)
