@@ -357,3 +357,30 @@ def test_field_numbers_match_caffe_proto():
     blob.data.extend([1.0, 2.0])
     assert blob.SerializeToString() == bytes([0x2A, 8]) + np.array([1, 2], "<f4").tobytes()
     assert text_format.Parse('pool: AVE', schema.message_class("PoolingParameter")()).pool == 1
+
+
+def test_cli_exec_deploy_calibrates_int8(tmp_path, capsys):
+    """`kilnrt exec --deploy ... --int8 --calib=FOLDER`: the Caffe network's input names the
+    batches; its convolutions and inner products run in INT8, close to the reference."""
+    from kilnrt.cli.main import main
+    from kilnrt.network.layers import LayerKind
+
+    rng = np.random.default_rng(9)
+    deploy, model, plan = tmp_path / "deploy.prototxt", tmp_path / "lenet.caffemodel", tmp_path / "lenet8.plan"
+    deploy.write_text(LENET)
+    wt = lenet_weights(rng)
+    model.write_bytes(caffemodel(wt))
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(4):
+        np.save(calib / f"{i}.npy", rand(rng, 2, 1, 28, 28))
+    rc = main(["exec", f"--deploy={deploy}", f"--model={model}", "--output=prob", f"--saveEngine={plan}",
+               "--int8", f"--calib={calib}", "--device=cpu", "--skipInference"])
+    assert rc == 0 and "&&&& PASSED" in capsys.readouterr().out
+    engine = kilnrt.load(str(plan))
+    assert sum(l.kind in (LayerKind.QUANTIZED_CONVOLUTION, LayerKind.QUANTIZED_MATRIX_MULTIPLY)
+               for l in engine.layers) == 4
+    x = rand(rng, 2, 1, 28, 28)
+    ref = lenet_reference(x, wt)
+    got = engine.run({"data": x})["prob"]
+    assert np.abs(got - ref).max() < 0.05 and not np.allclose(got, ref, rtol=0, atol=1e-7)

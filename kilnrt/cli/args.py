@@ -149,8 +149,9 @@ def build_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             **int8_kwargs(args)}
 
 
-def int8_kwargs(args: argparse.Namespace, model: str | None = None) -> dict[str, Any]:
-    """The INT8/FP8 keywords of :func:`kilnrt.build` from ``--int8 [--fp8] --calib ...``."""
+def int8_kwargs(args: argparse.Namespace, model: Any = None) -> dict[str, Any]:
+    """The INT8/FP8 keywords of :func:`kilnrt.build` from ``--int8 [--fp8] --calib ...``; ``model``
+    (a path or a Network) names the inputs a .npz's arrays belong to."""
     int8, fp8 = getattr(args, "int8", False), getattr(args, "fp8", False)
     if not (int8 or fp8):
         for flag in ("calib", "calib_cache", "accuracy_budget"):
@@ -166,10 +167,12 @@ def int8_kwargs(args: argparse.Namespace, model: str | None = None) -> dict[str,
     if getattr(args, "calib", None):
         import kilnrt
         from kilnrt.cli.calib import calibration_kwargs
+        from kilnrt.network.graph import Network
 
-        path = model or getattr(args, "model", None)
-        inputs = [t.name for t in kilnrt.to_network(os.fspath(path)).inputs] if path else []
-        out.update(calibration_kwargs(args.calib, inputs))
+        source = model or getattr(args, "model", None)
+        network = source if isinstance(source, Network) else \
+            kilnrt.to_network(os.fspath(source)) if source else None
+        out.update(calibration_kwargs(args.calib, [t.name for t in network.inputs] if network else []))
     return out
 
 

@@ -118,14 +118,15 @@ def _percentiles(text: str) -> list[float]:
                         f"--percentile={text!r}; write numbers in [0, 100] joined by commas, e.g. 90,95,99") from None
 
 
-def _int8(args: argparse.Namespace) -> dict:
+def _int8(args: argparse.Namespace, model) -> dict:
     """trtexec's --int8 [--calib=PATH]: without --calib the model must carry Q/DQ nodes (kilnrt has
-    no placeholder ranges; trtexec's make its accuracy meaningless)."""
+    no placeholder ranges; trtexec's make its accuracy meaningless).  ``model``: the ONNX path or
+    the parsed Caffe network."""
     from kilnrt.cli.args import int8_kwargs
 
     ns = argparse.Namespace(int8=args.int8, fp8=args.fp8, calib=args.calib, calib_method="entropy",
                             calib_cache=None, accuracy_budget=None)
-    return int8_kwargs(ns, args.onnx)
+    return int8_kwargs(ns, model)
 
 
 def _constraints(args: argparse.Namespace, out) -> dict[str, str]:
@@ -155,9 +156,6 @@ def _source(args: argparse.Namespace):
         return args.onnx
     if args.onnx:
         raise KilnError(ErrorCode.INVALID_ARGUMENT, "give --onnx or --deploy (Caffe), not both")
-    if args.calib:
-        raise KilnError(ErrorCode.INVALID_ARGUMENT, "--calib with --deploy is not supported yet; calibrate through "
-                                                    "kilnrt.build(kilnrt.caffe.parse(...), int8=True, calibration=...)")
     from kilnrt.caffe import parse
 
     require_file(args.deploy, "Caffe deploy.prototxt")
@@ -195,10 +193,10 @@ def build(args: argparse.Namespace, shapes, device: str, out):
         else:
             out.print(f"[I] {len(keep)} layer(s) kept in FP32 (inputs and outputs too), the others in "
                       f"{precision.upper()}")
-        engine = build_reduced(network, precision, keep=keep, **_int8(args), **common)
+        engine = build_reduced(network, precision, keep=keep, **_int8(args, network), **common)
     else:
         engine = kilnrt.build(model, fp16=args.fp16 or args.best, bf16=args.bf16 or args.best,
-                              **_int8(args), **common)
+                              **_int8(args, model), **common)
     out.print(f"[I] Engine built in {time.perf_counter() - t0:.3f} sec.")
     if args.saveEngine:
         engine.save(args.saveEngine, key=plan_key(args))
