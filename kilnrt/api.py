@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Mapping, Sequence
 
 from kilnrt.builder.buckets import check_bucket_points
@@ -49,13 +50,25 @@ def to_network(model: Any) -> Network:
     return parse(model)
 
 
+def _onnx_proto(model: Any):
+    """The ModelProto of an ONNX path, bytes or ModelProto (external data loaded)."""
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, (bytes, bytearray)):
+        return onnx.load_from_string(bytes(model))
+    return onnx.load(os.fspath(model))
+
+
 def build(model: Any, *, fp16: bool = False, bf16: bool = False, tf32: bool = True,
           profiles: Any = None, device: str | None = None, optimization_level: int = 3,
           timing_cache: str | TimingCache | None = None, portable: bool = False,
           workspace: int | None = None, progress: bool = False, verbose: bool = False,
           tactic_buckets: Any = ("min",), int8: bool = False, calibration: Any = None,
           calibration_method: str = "entropy", calibration_cache: str | None = None,
-          accuracy_budget: float | None = None, layer_precisions: Any = None, fp8: bool = False) -> Engine:
+          accuracy_budget: float | None = None, layer_precisions: Any = None, fp8: bool = False,
+          refit: bool = False) -> Engine:
     """Build an engine from an ONNX model (path, bytes, ModelProto) or a :class:`Network`.
 
     ``profiles``: for dynamic inputs, ``{"input": (min_shape, opt_shape, max_shape)}`` (or a
@@ -71,7 +84,9 @@ def build(model: Any, *, fp16: bool = False, bf16: bool = False, tf32: bool = Tr
     later; emulated on the CPU); with ``int8`` too, the layers the guard keeps run in FP8
     instead of float.  ``layer_precisions``: layers to keep in FP32 in an FP16/BF16 build,
     ``{"Conv_3": "fp32"}`` or trtexec's ``"Conv_3:fp32,/blk/*:fp32"`` (a layer's name or its ONNX
-    node's; see docs/debugging.md).  ``device``: "cuda" or "cpu"; None (the default) builds for
+    node's; see docs/debugging.md).  ``refit``: the engine takes new weights later
+    (``engine.refit({name: array})``, TensorRT's ``BuilderFlag.REFIT``; docs/refit.md).
+    ``device``: "cuda" or "cpu"; None (the default) builds for
     the GPU when one is visible, else the CPU (``KILNRT_DEVICE`` overrides).
     """
     if verbose:
@@ -79,6 +94,10 @@ def build(model: Any, *, fp16: bool = False, bf16: bool = False, tf32: bool = Tr
     device = resolve_device(device)
     log.info("building for %s", device)
     network = to_network(model)
+    if refit and not isinstance(model, Network):   # a refit parses the ONNX model again (BatchNorm folds)
+        from kilnrt.engine.refit import remember_onnx
+
+        remember_onnx(network, _onnx_proto(model))
     constrained = None
     if layer_precisions:   # pinned and lowered before the optimizer, so no fusion crosses a pin
         from kilnrt.optimize.passes.precision import constrain_layers
@@ -99,7 +118,8 @@ def build(model: Any, *, fp16: bool = False, bf16: bool = False, tf32: bool = Tr
     config.builder_optimization_level = int(optimization_level)
     config.tactic_buckets = check_bucket_points(tactic_buckets)
     for flag, on in ((BuilderFlag.FP16, fp16), (BuilderFlag.BF16, bf16), (BuilderFlag.TF32, tf32),
-                     (BuilderFlag.PORTABLE, portable), (BuilderFlag.INT8, int8), (BuilderFlag.FP8, fp8)):
+                     (BuilderFlag.PORTABLE, portable), (BuilderFlag.INT8, int8), (BuilderFlag.FP8, fp8),
+                     (BuilderFlag.REFIT, refit)):
         (config.set_flag if on else config.clear_flag)(flag)
     if workspace is not None:
         from kilnrt.builder import MemoryPoolType

@@ -269,3 +269,24 @@ def test_new_weights_that_change_what_was_folded_away_are_refused_clearly():
     other = rng.standard_normal(4).astype(np.float32)
     engine.refit({"g": other, "z": other})
     assert_close(engine.run({"x": x})["y"], x * other + other, rtol=1e-6, atol=1e-6)
+
+
+def test_kilnrt_build_refit_true_refolds_batchnorm_from_an_onnx_file(tmp_path):
+    """kilnrt.build(path, refit=True): the Pythonic REFIT build keeps the ONNX model, so the
+    BatchNormalization parameters the importer folded are refittable too."""
+    seed = fresh_seed()
+    rng = np.random.default_rng(seed)
+    model = cnn(rng, "batch")
+    path = tmp_path / "cnn.onnx"
+    onnx.save(model, str(path))
+    profiles = {"input": [(1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8)]}
+    engine = kilnrt.build(str(path), refit=True, device="cpu", profiles=profiles)
+    assert engine.refittable and {"bn.scale", "bn.var", "conv.weight"} <= set(engine.refittable_weights)
+    weights = new_weights(model, rng)
+    engine.refit(weights)
+    x = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
+    refitted = with_weights(model, weights)
+    fresh = kilnrt.build(refitted, device="cpu", profiles=profiles)
+    assert_close(engine.run({"input": x})["probs"], fresh.run({"input": x})["probs"], rtol=1e-5, atol=1e-6,
+                 seed=seed)
+    assert not kilnrt.build(str(path), device="cpu", profiles=profiles).refittable
