@@ -50,15 +50,18 @@ def to_network(model: Any) -> Network:
     return parse(model)
 
 
-def _onnx_proto(model: Any):
-    """The ModelProto of an ONNX path, bytes or ModelProto (external data loaded)."""
+def keep_onnx_for_refit(network: Network, model: Any) -> None:
+    """Record the ONNX model (path, bytes or ModelProto) ``network`` was parsed from: a REFIT build
+    of it parses the model again at refit, redoing the importer's folds (BatchNormalization)."""
     import onnx
 
-    if isinstance(model, onnx.ModelProto):
-        return model
+    from kilnrt.engine.refit import remember_onnx
+
     if isinstance(model, (bytes, bytearray)):
-        return onnx.load_from_string(bytes(model))
-    return onnx.load(os.fspath(model))
+        model = onnx.load_from_string(bytes(model))
+    elif not isinstance(model, onnx.ModelProto):
+        model = onnx.load(os.fspath(model))
+    remember_onnx(network, model)
 
 
 def build(model: Any, *, fp16: bool = False, bf16: bool = False, tf32: bool = True,
@@ -94,10 +97,8 @@ def build(model: Any, *, fp16: bool = False, bf16: bool = False, tf32: bool = Tr
     device = resolve_device(device)
     log.info("building for %s", device)
     network = to_network(model)
-    if refit and not isinstance(model, Network):   # a refit parses the ONNX model again (BatchNorm folds)
-        from kilnrt.engine.refit import remember_onnx
-
-        remember_onnx(network, _onnx_proto(model))
+    if refit and not isinstance(model, Network):
+        keep_onnx_for_refit(network, model)
     constrained = None
     if layer_precisions:   # pinned and lowered before the optimizer, so no fusion crosses a pin
         from kilnrt.optimize.passes.precision import constrain_layers

@@ -290,3 +290,20 @@ def test_kilnrt_build_refit_true_refolds_batchnorm_from_an_onnx_file(tmp_path):
     assert_close(engine.run({"input": x})["probs"], fresh.run({"input": x})["probs"], rtol=1e-5, atol=1e-6,
                  seed=seed)
     assert not kilnrt.build(str(path), device="cpu", profiles=profiles).refittable
+
+
+def test_cli_refit_flag_makes_refittable_plans(tmp_path):
+    """`kilnrt build --refit` and trtexec's `--refit` in `kilnrt exec` save plans that take new weights."""
+    from kilnrt.cli.main import main
+
+    rng = np.random.default_rng(fresh_seed())
+    model = cnn(rng, 2)
+    path = tmp_path / "cnn.onnx"
+    onnx.save(model, str(path))
+    assert main(["build", str(path), "-o", str(tmp_path / "a.plan"), "--refit", "--device", "cpu"]) == 0
+    assert main(["exec", f"--onnx={path}", "--refit", f"--saveEngine={tmp_path / 'b.plan'}", "--device=cpu",
+                 "--skipInference"]) == 0
+    assert main(["build", str(path), "-o", str(tmp_path / "c.plan"), "--device", "cpu"]) == 0
+    a, b, c = (kilnrt.load(str(tmp_path / f"{n}.plan")) for n in "abc")
+    assert a.refittable and b.refittable and not c.refittable
+    assert sorted(a.refit(new_weights(model, rng))) == sorted(i.name for i in model.graph.initializer)

@@ -117,6 +117,8 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
                         "a held-back calibration batch is at most ERR")
     g.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="the device to build for (default: cuda when a GPU is visible, else cpu)")
+    g.add_argument("--refit", action="store_true", help="a refittable engine: new weights later without a rebuild "
+                                                         "(docs/refit.md)")
     g.add_argument("--workspace", metavar="MIB", help="workspace memory pool limit in MiB, as trtexec (a suffix "
                                                       "B/K/M/G gives another unit: 512M, 2G)")
 
@@ -143,7 +145,7 @@ def build_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"fp16": args.fp16, "bf16": args.bf16, "profiles": profile, "device": args.device,
             "optimization_level": args.optimization_level, "timing_cache": args.timing_cache,
             "workspace": None if args.workspace is None else parse_size_mib(args.workspace, "--workspace"),
-            "verbose": args.verbose,
+            "verbose": args.verbose, "refit": getattr(args, "refit", False),
             "tactic_buckets": () if args.tactic_buckets in ("", "none") else
             tuple(p.strip() for p in args.tactic_buckets.split(",")),
             **int8_kwargs(args)}

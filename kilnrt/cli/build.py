@@ -64,6 +64,10 @@ def build(args: argparse.Namespace, out=None):
         network = kilnrt.to_network(os.fspath(args.model))
     t1 = time.perf_counter()
     kwargs = build_kwargs(args)
+    if kwargs.get("refit"):
+        from kilnrt.api import keep_onnx_for_refit
+
+        keep_onnx_for_refit(network, os.fspath(args.model))
     constraints = layer_precisions(args, out)
     if constraints:
         kwargs["layer_precisions"] = constraints

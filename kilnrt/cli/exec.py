@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output", action="append", metavar="BLOB", help="a Caffe output blob (repeat, or join with ,)")
     g.add_argument("--saveEngine", metavar="PLAN", help="save the built plan")
     g.add_argument("--loadEngine", metavar="PLAN", help="load this plan instead of building (a plan, not ONNX)")
-    for flag in ("--fp16", "--bf16", "--int8", "--fp8", "--best", "--noTF32", "--stronglyTyped", "--explicitBatch"):
+    for flag in ("--fp16", "--bf16", "--int8", "--fp8", "--best", "--noTF32", "--stronglyTyped", "--explicitBatch",
+                 "--refit"):
         g.add_argument(flag, action="store_true")
     for flag in ("--shapes", "--minShapes", "--optShapes", "--maxShapes"):
         g.add_argument(flag, action="append", metavar="NAME:AxB..")
@@ -179,7 +180,7 @@ def build(args: argparse.Namespace, shapes, device: str, out):
                   "placeholder ranges), or Q/DQ in the model")
     profile = profiles_from(shapes, parse_shapes(args.minShapes, "--minShapes"),
                             parse_shapes(args.optShapes, "--optShapes"), parse_shapes(args.maxShapes, "--maxShapes"))
-    common = dict(tf32=not args.noTF32, profiles=profile, device=device,
+    common = dict(tf32=not args.noTF32, profiles=profile, device=device, refit=args.refit,
                   optimization_level=args.builderOptimizationLevel, timing_cache=args.timingCacheFile,
                   workspace=workspace_bytes(args, out), verbose=args.verbose)
     constraints = _constraints(args, out)
@@ -187,6 +188,10 @@ def build(args: argparse.Namespace, shapes, device: str, out):
     if constraints:
         precision = "fp16" if args.fp16 or args.best else "bf16" if args.bf16 else None
         network = kilnrt.to_network(model)
+        if args.refit and not isinstance(model, type(network)):
+            from kilnrt.api import keep_onnx_for_refit
+
+            keep_onnx_for_refit(network, model)
         keep, _ = fp32_layers(network, constraints)
         if precision is None:
             warn_once(out, "noreduced", "--layerPrecisions without --fp16/--bf16: every layer is FP32 already")
