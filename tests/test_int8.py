@@ -509,3 +509,42 @@ def test_refit_of_an_int8_or_fp8_engine_requantizes_the_new_weights(flag, tmp_pa
     half = {k: v * 0.5 for k, v in new.items()}
     loaded.refit(half)
     assert rel_l2(loaded.run(x)["y"], got) > 0.05
+
+
+@pytest.mark.parametrize("prequantized", [False, True])
+def test_int_mm_tactic_reads_float_or_int8_activations(prequantized):
+    """cuda.quantized_matrix_multiply.int_mm (torch._int_mm, which also runs on CPU tensors): an int8
+    input made upstream is multiplied as it is, and the output has the layer's float type; a layer
+    that requantizes its output is declined."""
+    import dataclasses
+
+    import kilnrt.kernels.cuda  # noqa: F401  (registers the tactic)
+    from kilnrt.kernels.cpu.quantized import quantize_values, quantized_matrix_multiply
+    from kilnrt.kernels.registry import TacticContext, get_tactic
+    from kilnrt.network.graph import Network
+    from kilnrt.network.layers import MatrixOperation, QuantizedMatrixMultiplyParams
+
+    g = torch.Generator().manual_seed(3 + prequantized)
+    m, k, n, scale = 24, 64, 32, 0.02
+    x = (torch.randint(-120, 120, (m, k), generator=g) + torch.rand(m, k, generator=g) * 0.5 - 0.25) * scale
+    w = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    w_scale, bias = torch.rand(n, generator=g) * 0.01 + 1e-3, torch.randn(n, generator=g)
+    p = QuantizedMatrixMultiplyParams(op1=MatrixOperation.TRANSPOSE, input_scale=scale,
+                                      output_type=DataType.FLOAT if prequantized else None)
+    if prequantized:
+        x = quantize_values(x, scale, 0, DataType.INT8)
+    net = Network()
+    ins = [net.add_input("x", DataType.from_torch(x.dtype), (m, k)), net.add_input("w", DataType.INT8, (n, k)),
+           net.add_input("s", DataType.FLOAT, (n,)), net.add_input("b", DataType.FLOAT, (n,))]
+    layer = net.add_layer(LayerKind.QUANTIZED_MATRIX_MULTIPLY, p, ins)
+    net.infer()
+    ctx = TacticContext(torch.device("cpu"), {"w": w, "s": w_scale, "b": bias})
+    tactic = get_tactic("cuda.quantized_matrix_multiply.int_mm")
+    assert tactic.supports(layer, ctx)
+    y = tactic.run(tactic.prepare(layer, ctx), [x])[0]
+    ref = quantized_matrix_multiply(p, x if prequantized else x.double(), w, w_scale, bias.double())
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y.double(), ref.double(), rtol=1e-5, atol=1e-5)
+    requant = net.add_layer(LayerKind.QUANTIZED_MATRIX_MULTIPLY,
+                            dataclasses.replace(p, output_scale=0.1, output_type=DataType.INT8), ins)
+    assert not tactic.supports(requant, ctx)

@@ -133,7 +133,7 @@ def test_every_triton_kernel_of_kilnrt_is_in_the_table():
     for path in (ROOT / "kilnrt" / "kernels" / "triton").glob("*.py"):
         found |= set(re.findall(r"@triton\.jit[^\n]*\ndef (\w+)\(", path.read_text()))
     # device helpers inlined into the kernels above, never launched on their own
-    helpers = {"activate", "store_epilogue", "apply_epilogue", "store_output", "quantize_tile", "quantize_fp8_tile",
+    helpers = {"activate", "store_epilogue", "apply_epilogue", "store_output", "quantize_tile", "round_saturate", "quantize_fp8_tile",
                "quantize_operand", "requantize", "wait_for_previous_kernel",
                "expm1", "log1p", "tanh", "softplus", "clamp", "pow_"}
     missing = found - helpers - named

@@ -47,15 +47,21 @@ ROUNDING = tl.constexpr(12582912.0)  # 1.5 * 2**23: adding it leaves no fraction
 
 
 @triton.jit
-def quantize_tile(x, inv_scale, zero_point, lo, hi, shift):
-    """``saturate(round_half_even(x * (1 / scale)) + zero_point) - shift`` as int8 (module
-    docstring).  A multiply, not an IEEE division (which cost 4x the GEMM's time on an H200): the
+def round_saturate(x, inv_scale, zero_point, lo, hi):
+    """``saturate(round_half_even(x * (1 / scale)) + zero_point)`` in float32, an integer in
+    ``[lo, hi]``.  A multiply, not an IEEE division (which cost 4x the GEMM's time on an H200): the
     two differ only where ``x / scale`` lies within an ulp of a rounding tie."""
     v = x.to(tl.float32) * inv_scale
     v = tl.minimum(tl.maximum(v, -1024.0), 1024.0)            # saturates below anyway
     q = (v + ROUNDING) - ROUNDING + zero_point                  # float32 adds round half to even
-    q = tl.minimum(tl.maximum(q, lo), hi) - shift
-    return q.to(tl.int8)
+    return tl.minimum(tl.maximum(q, lo), hi)
+
+
+@triton.jit
+def quantize_tile(x, inv_scale, zero_point, lo, hi, shift):
+    """:func:`round_saturate` minus ``shift``, as the signed bytes the tensor cores take (module
+    docstring)."""
+    return (round_saturate(x, inv_scale, zero_point, lo, hi) - shift).to(tl.int8)
 
 
 FP8_MAX = tl.constexpr(448.0)  # E4M3FN's largest finite value

@@ -4,7 +4,7 @@ Reads the float tensor once and writes one byte per element, in the input's memo
 channels-last activation stays channels-last), so that the 8-bit layers after it read bytes
 they can feed straight to the tensor cores.  INT8/UINT8 round half to even after the
 multiply by ``1 / scale`` and saturate; FP8 is a saturating cast (:mod:`.gemm_int8`'s
-``quantize_tile`` and ``quantize_fp8_tile``, the same code the 8-bit kernels run).
+``round_saturate`` and ``quantize_fp8_tile``, the same code the 8-bit kernels run).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import triton.language as tl
 
 from kilnrt.kernels.registry import Tactic, tactic
 from kilnrt.kernels.triton import FLOAT_TYPES, TORCH_FLOATS, launch_options, wait_for_previous_kernel
-from kilnrt.kernels.triton.gemm_int8 import RANGE, fp8_capable, quantize_fp8_tile, quantize_tile
+from kilnrt.kernels.triton.gemm_int8 import RANGE, fp8_capable, quantize_fp8_tile, round_saturate
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import LayerKind
 
@@ -30,8 +30,8 @@ def _quantize(x_ptr, y_ptr, n, inv_scale, zero_point, lo, hi, FP8: tl.constexpr,
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     if FP8:
         q = quantize_fp8_tile(x, inv_scale)
-    else:
-        q = quantize_tile(x, inv_scale, zero_point, lo, hi, 0.0)
+    else:   # an integer in the output type's range: the cast is exact (UINT8 too)
+        q = round_saturate(x, inv_scale, zero_point, lo, hi)
     tl.store(y_ptr + offs, q.to(y_ptr.dtype.element_ty), mask=mask)
 
 
