@@ -548,3 +548,21 @@ def test_int_mm_tactic_reads_float_or_int8_activations(prequantized):
     requant = net.add_layer(LayerKind.QUANTIZED_MATRIX_MULTIPLY,
                             dataclasses.replace(p, output_scale=0.1, output_type=DataType.INT8), ins)
     assert not tactic.supports(requant, ctx)
+
+
+@pytest.mark.parametrize("bad", [{"input_scale": float("nan")}, {"input_scale": 0.0}, {"output_scale": -1.0},
+                                 {"output_scale": 0.5}, {"output_type": DataType.BOOL}])
+def test_a_plan_whose_quantization_no_kernel_defines_is_refused(bad):
+    """A plan is data: an 8-bit layer's scales and types are checked at load (check_engine), so an
+    edited plan cannot reach a kernel with a NaN scale or a float output marked requantized."""
+    import dataclasses
+
+    from kilnrt.engine.plan_schema import check_engine
+    from kilnrt.errors import PlanError
+
+    engine = kilnrt.build(conv_net(), int8=True, calibration=batches(3), profiles={"x": (4, 3, 10, 10)}, device="cpu")
+    check_engine(engine, "cpu")
+    layer = next(l for l in engine.layers if l.kind in INT8_KINDS)
+    layer.params = dataclasses.replace(layer.params, **bad)
+    with pytest.raises(PlanError, match="quantization no kernel defines"):
+        check_engine(engine, "cpu")

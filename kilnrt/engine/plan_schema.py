@@ -16,6 +16,8 @@ activations its layers make at the profiles' largest shapes) fits in the memory 
 """
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 from kilnrt.errors import ErrorCode, PlanError
@@ -297,6 +299,30 @@ def _check_outputs_agree(engine: Any) -> None:
                             f"{layer.name!r}, which produces it, records {tuple(shape)}")
 
 
+_EIGHT_BIT_INPUTS = ("INT8", "UINT8", "FP8")
+_FLOATS = ("FLOAT", "HALF", "BF16")
+
+
+def _check_quantized(layer: Any) -> None:
+    """Raise PlanError unless an 8-bit layer's quantization is one the kernels define: a finite
+    positive input scale, an 8-bit input type, and a float output, or an INT8/FP8 one with a
+    finite positive output scale (``QuantizedOutput``)."""
+    p = layer.params
+    scale, out_scale = getattr(p, "input_scale", None), getattr(p, "output_scale", None)
+    in_type, out_type = getattr(p, "input_type", None), getattr(p, "output_type", None)
+    def real(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    ok = (real(scale) and scale > 0 and real(out_scale) and out_scale >= 0
+          and getattr(in_type, "name", None) in _EIGHT_BIT_INPUTS
+          and (out_type is None or getattr(out_type, "name", None) in
+               (("INT8", "FP8") if out_scale > 0 else _FLOATS)))
+    if not ok:
+        raise PlanError(ErrorCode.PLAN_CORRUPT,
+                        f"layer {layer.name!r} ({layer.kind.value}) has a quantization no kernel defines: input "
+                        f"{in_type} scale {scale!r}, output {out_type} scale {out_scale!r}")
+
+
 def check_engine(engine: Any, device: str, budget: int | None = None) -> None:
     """Raise PlanError unless every tactic of the decoded ``engine`` (and its profile engines)
     exists, runs its layer's kind on ``device`` and can write where the plan says, and its
@@ -308,6 +334,8 @@ def check_engine(engine: Any, device: str, budget: int | None = None) -> None:
     engines = engine.profile_engines or [engine]
     for one in engines:
         for layer in one.layers:
+            if layer.kind in (LayerKind.QUANTIZED_CONVOLUTION, LayerKind.QUANTIZED_MATRIX_MULTIPLY):
+                _check_quantized(layer)
             for name in (layer.tactic, *layer.bucket_tactics.values()):
                 tactic = get_tactic(name)  # unknown tactic names are refused at load, not at first run
                 if tactic.kind != layer.kind or tactic.device != device:
