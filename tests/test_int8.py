@@ -551,7 +551,8 @@ def test_int_mm_tactic_reads_float_or_int8_activations(prequantized):
 
 
 @pytest.mark.parametrize("bad", [{"input_scale": float("nan")}, {"input_scale": 0.0}, {"output_scale": -1.0},
-                                 {"output_scale": 0.5}, {"output_type": DataType.BOOL}])
+                                 {"output_scale": 0.5}, {"output_type": DataType.BOOL},
+                                 {"output_scale": 0.5, "output_type": None}])
 def test_a_plan_whose_quantization_no_kernel_defines_is_refused(bad):
     """A plan is data: an 8-bit layer's scales and types are checked at load (check_engine), so an
     edited plan cannot reach a kernel with a NaN scale or a float output marked requantized."""

@@ -58,12 +58,18 @@ def guard(net, amax: dict[str, float], held: list, budget: float, device: str, t
 
     names = [l.name for l in quantizable_layers(net, amax)]
     alone = {n: {None: 0.0} for n in names}         # each layer's error with only it quantized
-    for kind in (to, alternative):
-        if kind is not None and names and (alternative is not None or kind == to):
-            floats = dict.fromkeys(names)
+
+    def measure_alone(kinds) -> None:
+        floats = dict.fromkeys(names)
+        for kind in kinds:
             for n in names:
                 alone[n][kind] = error({**floats, n: kind})
-    chosen = {n: min((k for k in alone[n] if k is not None), key=alone[n].get) for n in names}
+
+    if alternative is not None:   # each layer takes the type with the smaller error alone
+        measure_alone((to, alternative))
+        chosen = {n: min((k for k in alone[n] if k is not None), key=alone[n].get) for n in names}
+    else:
+        chosen = dict.fromkeys(names, to)
     full = error(chosen)
     kinds = sorted({k.name for k in chosen.values()})
     report = {"budget": budget, "types": kinds, "error_all_int8": round(full, 6), "kept_float": [],
@@ -73,6 +79,8 @@ def guard(net, amax: dict[str, float], held: list, budget: float, device: str, t
     if full <= budget or not names:
         report["seconds"] = round(time.perf_counter() - t0, 3)
         return quantize_calibrated(net, amax, fp8_amax=fp8_amax, to=to, types=chosen), report
+    if alternative is None:       # only when the budget is missed: one run per layer
+        measure_alone((to,))
     sensitivity = {n: alone[n][chosen[n]] for n in names}
     order = sorted(names, key=sensitivity.get, reverse=True)
 

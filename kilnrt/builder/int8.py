@@ -137,7 +137,8 @@ def apply_int8(net: Network, config: BuilderConfig,
                                                      "error on; set a calibrator (or calibration=batches)")
     if calibrator is not None:
         amax, source, held, peaks = _calibrate(net, calibrator, watch, config, profiles,
-                                               holdback=int(budget is not None), largest=to == DataType.FP8)
+                                               holdback=int(budget is not None), largest=to == DataType.FP8,
+                                               fp8=DataType.FP8 in (to, alternative))
     user = {t.name: max(abs(t.dynamic_range[0]), abs(t.dynamic_range[1]))
             for t in net.tensors.values() if getattr(t, "dynamic_range", None)}
     amax.update(user)   # ranges set on tensors win over calibration, as in TensorRT
@@ -176,7 +177,8 @@ def apply_int8(net: Network, config: BuilderConfig,
     return net, info, decisions
 
 
-def _calibrate(net, calibrator, watch, config, profiles, holdback: int = 0, largest: bool = False):
+def _calibrate(net, calibrator, watch, config, profiles, holdback: int = 0, largest: bool = False,
+               fp8: bool = False):
     """(amax per tensor, where it came from, held-back batches for the accuracy guard, the largest
     magnitude per tensor where histograms were collected: none from a cache).  With
     ``largest`` (FP8) the range is the largest magnitude seen, whatever the calibrator's
@@ -192,6 +194,10 @@ def _calibrate(net, calibrator, watch, config, profiles, holdback: int = 0, larg
     if cached:
         algo_name, amax = read_cache(cached)
         log.info("INT8: ranges of %d tensors from the calibration cache (%s)", len(amax), algo_name)
+        if fp8 and "MinMax" not in algo_name:
+            log.warning("FP8 layers take their ranges from the calibration cache, written by %s: clipping "
+                        "thresholds, not the largest magnitudes FP8 is calibrated with otherwise; calibrate "
+                        "without a cache, or with a MinMax one, to keep the outliers", algo_name)
         held = []
         if holdback:   # the guard still needs a batch to measure on
             _, _, held = collect(net, calibrator_batches(calibrator, shapes, config.device), [], config.device,

@@ -315,8 +315,8 @@ def _check_quantized(layer: Any) -> None:
 
     ok = (real(scale) and scale > 0 and real(out_scale) and out_scale >= 0
           and getattr(in_type, "name", None) in _EIGHT_BIT_INPUTS
-          and (out_type is None or getattr(out_type, "name", None) in
-               (("INT8", "FP8") if out_scale > 0 else _FLOATS)))
+          and (getattr(out_type, "name", None) in ("INT8", "FP8") if out_scale > 0 else
+               out_type is None or getattr(out_type, "name", None) in _FLOATS))
     if not ok:
         raise PlanError(ErrorCode.PLAN_CORRUPT,
                         f"layer {layer.name!r} ({layer.kind.value}) has a quantization no kernel defines: input "

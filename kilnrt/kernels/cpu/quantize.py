@@ -137,6 +137,8 @@ def quantize(p: QuantizeParams, x: torch.Tensor, scale: torch.Tensor,
     to = p.to_type.torch
     if x.device.type == "meta":
         return torch.empty(x.shape, dtype=to, device="meta")
+    if x.dtype in (torch.float16, torch.bfloat16):   # not rounded to 16 bits before the rounding to integers
+        x = x.to(torch.float32)
     q = x / broadcast_param(scale, tuple(x.shape), p.axis, p.block_size)
     if to in FLOAT8:
         return _to_float8(q, to, p.saturate)

@@ -282,10 +282,10 @@ def quantize_once(net: Network, stats: dict | None = None) -> Network:
         for key in inserted.get(t.name, ()):
             quantized[key] = _add_quantize(c, None, c.mapped(t), key[1], key[2])
             count += 1
+    members = {id(l) for group in readers.values() for l in group}   # a zero point elsewhere: not a reader
     for layer in net.layers:
         p = layer.params
-        if layer.kind in QUANTIZED_KINDS and layer.inputs[0].dtype in FLOAT_TYPES and \
-                (layer.inputs[0].name, p.input_type, p.input_scale) in readers:
+        if id(layer) in members:
             key = (layer.inputs[0].name, p.input_type, p.input_scale)
             x = quantized.get(key)
             if x is None:        # read from a producer folded above: its output is 8-bit already
