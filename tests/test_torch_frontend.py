@@ -281,6 +281,6 @@ def test_torch_compile_runs_missing_op_in_pytorch(seed):
 
 def test_torch_compile_refuses_unknown_options():
     torch._dynamo.reset()
-    compiled = torch.compile(MLP().eval(), backend="kilnrt", options={"fp8": True})
-    with pytest.raises(Exception, match="no option 'fp8'"):
+    compiled = torch.compile(MLP().eval(), backend="kilnrt", options={"fp4": True})
+    with pytest.raises(Exception, match="no option 'fp4'"):
         compiled(torch.randn(2, 6))
