@@ -69,3 +69,72 @@ def test_an_8_bit_producer_read_only_by_8_bit_layers_requantizes_in_its_epilogue
     assert layers["ffn1"].params.output_scale == 0.02 and layers["ffn1"].outputs[0].dtype == DataType.INT8
     assert layers["ffn2"].inputs[0] is layers["ffn1"].outputs[0]
     assert sum(l.kind == LayerKind.QUANTIZE for l in net.layers) == 1        # x's only
+
+
+# ----------------------------------------------------------------------------- random networks
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+QUANTIZATIONS = [(DataType.INT8, 0), (DataType.INT8, -3), (DataType.UINT8, 128), (DataType.UINT8, 7),
+                 (DataType.FP8, 0)]
+
+
+@st.composite
+def networks(draw):
+    """A random DAG of 8-bit GEMMs over x [4, 16], every width 16: each GEMM reads x, an earlier
+    GEMM's result, or a ReLU of one, with one of a few quantizations (few scales, so readers of
+    one tensor often share a quantization, or differ only in the zero point); a random subset of
+    the results are network outputs."""
+    n = draw(st.integers(2, 7))
+    plan = []
+    pool = 1                                   # x, then each GEMM's result and maybe its ReLU
+    for _ in range(n):
+        src = draw(st.integers(0, pool - 1))
+        q = draw(st.sampled_from(QUANTIZATIONS))
+        scale = draw(st.sampled_from([0.02, 0.05]))
+        act = draw(st.sampled_from([None, ActivationType.RELU]))
+        relu = draw(st.booleans())
+        plan.append((src, q, scale, act, relu))
+        pool += 1 + relu
+    outputs = draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=n, unique=True))
+    return plan, outputs
+
+
+def _random_net(plan, outputs, rng) -> Network:
+    from kilnrt.network.layers import ActivationParams
+
+    net = Network()
+    pool = [net.add_input("x", DataType.FLOAT, (4, 16))]
+    made = []
+    for i, (src, (to, zp), scale, act, relu) in enumerate(plan):
+        y = _gemm(net, rng, pool[src], f"mm{i}", 16, 16, scale, zp, to, act)
+        made.append(y)
+        pool.append(y)
+        if relu:
+            pool.append(net.add_layer(LayerKind.ACTIVATION, ActivationParams(ActivationType.RELU), [y],
+                                      name=f"relu{i}").outputs[0])
+    read = {t.name for l in net.layers for t in l.inputs if t is not None}
+    for i, t in enumerate(made):   # outputs, and every result nothing reads
+        if i in outputs or t.name not in read:
+            net.mark_output(t)
+    for t in pool[1:]:
+        if t.name not in read and t not in made:
+            net.mark_output(t)
+    return net
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(networks(), st.integers(0, 2 ** 31 - 1))
+def test_quantize_once_keeps_every_output_of_random_networks(spec, seed):
+    plan, outputs = spec
+    feed = {"x": torch.from_numpy(np.random.default_rng(seed).standard_normal((4, 16)).astype(np.float32) * 2)}
+    before = NetworkRunner(_random_net(plan, outputs, np.random.default_rng(seed)), "cpu").run(feed)
+    after_net = quantize_once(_random_net(plan, outputs, np.random.default_rng(seed)))
+    after = NetworkRunner(after_net, "cpu").run(feed)
+    assert set(after) == set(before)
+    for name, v in before.items():
+        assert after[name].dtype == v.dtype, name
+        # the same quantization in another place: equal, but for a value within float32 rounding
+        # of a tie (the reader divides in float64, a QUANTIZE layer in float32): one input step
+        diff = (after[name].double() - v.double()).abs()
+        assert float((diff > 1e-6 * (1 + v.double().abs())).double().mean()) <= 0.02, (name, float(diff.max()))
