@@ -193,7 +193,7 @@ def _calibrate(net, calibrator, watch, config, profiles, holdback: int = 0, larg
     cached = calibrator.read_calibration_cache()
     if cached:
         algo_name, amax = read_cache(cached)
-        log.info("INT8: ranges of %d tensors from the calibration cache (%s)", len(amax), algo_name)
+        log.info("calibration: ranges of %d tensors from the calibration cache (%s)", len(amax), algo_name)
         if fp8 and "MinMax" not in algo_name:
             log.warning("FP8 layers take their ranges from the calibration cache, written by %s: clipping "
                         "thresholds, not the largest magnitudes FP8 is calibrated with otherwise; calibrate "
@@ -213,7 +213,7 @@ def _calibrate(net, calibrator, watch, config, profiles, holdback: int = 0, larg
     quantile = float(calibrator.get_quantile()) if hasattr(calibrator, "get_quantile") else 0.9999
     amax = {name: amax_of(h, algorithm, quantile) for name, h in hists.items() if h.amax > 0}
     calibrator.write_calibration_cache(write_cache(amax, algorithm))
-    log.info("INT8: calibrated %d tensors on %d batches (%s)", len(amax), count, algorithm.name)
+    log.info("calibration: calibrated %d tensors on %d batches (%s)", len(amax), count, algorithm.name)
     peaks = {name: h.amax for name, h in hists.items() if h.amax > 0}
     return amax, f"{algorithm.name} over {count} batches", held, peaks
 
