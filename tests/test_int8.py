@@ -567,3 +567,28 @@ def test_a_plan_whose_quantization_no_kernel_defines_is_refused(bad):
     layer.params = dataclasses.replace(layer.params, **bad)
     with pytest.raises(PlanError, match="quantization no kernel defines"):
         check_engine(engine, "cpu")
+
+
+def test_fp8_is_refused_on_a_gpu_without_fp8_tensor_cores(monkeypatch):
+    """BuilderFlag.FP8 on a GPU below compute capability 8.9 (an A100 here, simulated) is an error
+    that names the GPU's capability, not an FP32 or INT8 engine."""
+    from kilnrt.builder.int8 import quantization_types
+
+    config = kilnrt.BuilderConfig()
+    config.device = "cuda"
+    config.set_flag(kilnrt.BuilderFlag.FP8)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
+    with pytest.raises(BuildError, match="sm_80"):
+        quantization_types(config)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    assert quantization_types(config) == (DataType.FP8, None)
+    config.set_flag(kilnrt.BuilderFlag.INT8)
+    assert quantization_types(config) == (DataType.INT8, DataType.FP8)
+
+
+def test_int8_and_fp8_without_a_budget_warn_that_every_layer_is_int8(caplog):
+    engine = kilnrt.build(conv_net(), int8=True, fp8=True, calibration=batches(3), profiles={"x": (4, 3, 10, 10)},
+                          device="cpu")
+    assert engine.build_info["int8"]["int8_layers"] == 3 and engine.build_info["int8"]["fp8_layers"] == 0
+    assert "every layer is INT8" in caplog.text

@@ -6,7 +6,8 @@ Explicit Q/DQ networks need none of this: their quantized layers were made by th
 matrix multiply with constant weights whose input gets a range runs in INT8 (FP8 E4M3); the
 others stay in float (FP16 where FP16 is allowed too), and the build info lists them.  With
 both flags the layers run in INT8, unless the accuracy guard (``accuracy_budget``) measures FP8
-to be the more accurate for a layer.  INT8 or FP8 with no source of ranges and no Q/DQ is an error, not an FP32 engine.
+to be the more accurate for a layer.  INT8 or FP8 with no source of ranges and no Q/DQ is an
+error, not an FP32 engine.
 """
 from __future__ import annotations
 
@@ -132,6 +133,9 @@ def apply_int8(net: Network, config: BuilderConfig,
     if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
         raise BuildError(ErrorCode.INVALID_ARGUMENT, f"accuracy_budget must be a positive relative error "
                                                      f"(0.05 = 5% of the outputs' L2 norm), got {budget!r}")
+    if alternative is not None and budget is None:
+        log.warning("BuilderFlag.FP8 with BuilderFlag.INT8 and no accuracy budget: every layer is INT8 (the "
+                    "accuracy guard is what chooses FP8 for a layer); set accuracy_budget, or drop INT8 for FP8")
     if budget is not None and calibrator is None:
         raise BuildError(ErrorCode.INVALID_ARGUMENT, "accuracy_budget needs calibration batches to measure the "
                                                      "error on; set a calibrator (or calibration=batches)")
