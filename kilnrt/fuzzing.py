@@ -141,6 +141,19 @@ def _set(root, path, value):
     root[path[-1]] = value
 
 
+def quantized_plans() -> dict[str, bytes]:
+    """Plans of :func:`base_model` with 8-bit layers, for plan mutations: calibrated INT8 and FP8
+    REFIT builds (their refit records carry the calibration's ranges and types) and an INT8+FP8
+    build under the accuracy guard, built on the CPU."""
+    import kilnrt
+
+    calib = [{"x": np.random.default_rng(i).standard_normal((2, 2, 6, 6)).astype(np.float32)} for i in range(3)]
+    builds = {"int8_refit": dict(int8=True, refit=True), "fp8_refit": dict(fp8=True, refit=True),
+              "int8_fp8_guard": dict(int8=True, fp8=True, accuracy_budget=0.01)}
+    return {label: kilnrt.build(base_model(), profiles=PROFILE, calibration=calib, device="cpu", **kw).serialize()
+            for label, kw in builds.items()}
+
+
 def plan_case(rng: random.Random, plan: bytes) -> Callable[[], Any]:
     from kilnrt.engine.plan import pack, unpack
 
