@@ -20,6 +20,7 @@ from kilnrt.builder.calibration import (CalibrationAlgoType, CalibrationError, H
 from kilnrt.errors import BuildError, KilnError
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import LayerKind
+from kilnrt.testing import fresh_seed
 
 ort = pytest.importorskip("onnxruntime")
 RNG = np.random.default_rng()
@@ -454,15 +455,17 @@ def shape_arithmetic_net() -> onnx.ModelProto:
 def test_calibration_runs_the_shape_arithmetic_of_a_dynamic_network(device):
     """Calibration runs the float network layer by layer on the build device; the host-side
     results of its shape layers must meet the device tensors (on CUDA they once did not)."""
-    data = [{"x": RNG.standard_normal((2, 5, 32)).astype(np.float32)} for _ in range(3)]
+    rng = np.random.default_rng(fresh_seed())
+    data = [{"x": rng.standard_normal((2, 5, 32)).astype(np.float32)} for _ in range(3)]
     profile = {"x": [(1, 1, 32), (2, 5, 32), (4, 8, 32)]}
     fp32 = kilnrt.build(shape_arithmetic_net(), profiles=profile, device=device)
-    int8 = kilnrt.build(shape_arithmetic_net(), int8=True, calibration=data, profiles=profile, device=device)
+    int8 = kilnrt.build(shape_arithmetic_net(), int8=True, calibration=data, calibration_method="minmax",
+                        profiles=profile, device=device)
     assert int8.build_info["int8"]["int8_layers"] == 1
-    x = {"x": RNG.standard_normal((3, 7, 32)).astype(np.float32)}
+    x = {"x": rng.standard_normal((3, 7, 32)).astype(np.float32)}
     feed = {"x": torch.from_numpy(x["x"]).to(device)}
     got, want = (np.asarray(torch.as_tensor(e.run(feed)["y"]).cpu()) for e in (int8, fp32))
-    assert rel_l2(got, want) < 0.02
+    assert 0 < rel_l2(got, want) < 0.06   # INT8 of a 32-deep product: 1.4% on average, 2.9% at most over 25 seeds
 
 
 @pytest.mark.parametrize("flag", ["INT8", "FP8"])
