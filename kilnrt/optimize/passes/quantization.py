@@ -245,8 +245,12 @@ def quantize_once(net: Network, stats: dict | None = None) -> Network:
       nothing else reads (``QuantizedOutput``: a Quantize folded into its producer);
     - otherwise a QUANTIZE layer after the producer.
 
-    The readers then write the float type they wrote before (``output_type``).  The numbers do
-    not change: the same quantization is applied in another place.
+    The readers then write the float type they wrote before (``output_type``).  The same
+    quantization is applied in another place, so the numbers agree up to rounding: a QUANTIZE
+    layer divides in float32 where a reader divided in float64, and a requantizing producer
+    quantizes its float32 result where its reader quantized that result rounded to the
+    producer's output type (FP16 in an FP16 build).  Either moves a value one step only within
+    rounding of a tie (``tests/test_quantize_once.py``).
     """
     net.infer()
     readers: dict[tuple, list[Layer]] = {}
