@@ -18,7 +18,7 @@ from kilnrt.builder.concat import eliminate_concats, memory_steps
 from kilnrt.builder.buckets import bucket_shapes, drop_for_concats, tune_buckets
 from kilnrt.builder.config import BuilderConfig, BuilderFlag, OptimizationProfile
 from kilnrt.builder.examples import FORMATS, example_inputs, record_layouts
-from kilnrt.builder.int8 import QUANTIZED_KINDS, RememberingCalibrator, apply_int8
+from kilnrt.builder.int8 import RememberingCalibrator, apply_int8
 from kilnrt.builder.memory import plan_memory
 from kilnrt.builder.precompile import precompile
 from kilnrt.builder.ranges import check_ranges, symbol_ranges
@@ -34,7 +34,7 @@ from kilnrt.network.dtypes import DataType, numpy_to_torch
 from kilnrt.network.graph import Network
 from kilnrt.network import symbolic
 from kilnrt.network.infer import concrete_shapes
-from kilnrt.network.layers import LayerKind
+from kilnrt.network.layers import QUANTIZED_KINDS, LayerKind
 
 log = logging.getLogger("kilnrt.builder")
 
@@ -335,6 +335,7 @@ def _build_per_profile(network: Network, config: BuilderConfig) -> Engine:
 
 def _build_one(network: Network, config: BuilderConfig) -> Engine:
     from kilnrt.optimize import optimize
+    from kilnrt.optimize.passes.quantization import quantize_once
 
     t0 = time.perf_counter()
     since = kernel_cache.snapshot()
@@ -363,11 +364,9 @@ def _build_one(network: Network, config: BuilderConfig) -> Engine:
 
         net = lower_precision(net, low)
         net = optimize(net, 0)
-    if int8 and (int8.get("int8_layers") or int8.get("fp8_layers") or int8.get("explicit_layers")):
-        from kilnrt.optimize.passes.quantization import quantize_once
-
-        once: dict = {}
-        net = quantize_once(net, once)
+    once: dict = {}
+    net = quantize_once(net, once)   # no 8-bit layer: the network as it is
+    if int8:
         int8["quantized_once"] = once.get("quantize_once", 0)
     net.infer()
     opt = _opt_shapes(net, profiles)

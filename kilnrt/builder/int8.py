@@ -21,13 +21,12 @@ from kilnrt.builder.config import BuilderConfig, BuilderFlag
 from kilnrt.errors import BuildError, ErrorCode
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.graph import Network
-from kilnrt.network.layers import LayerKind
+from kilnrt.network.layers import QUANTIZED_KINDS
 from kilnrt.optimize.passes.quantization import (Quantization, quantizable_inputs, quantizable_layers,
                                                  quantize_calibrated)
 
 log = logging.getLogger("kilnrt.builder")
 
-QUANTIZED_KINDS = (LayerKind.QUANTIZED_CONVOLUTION, LayerKind.QUANTIZED_MATRIX_MULTIPLY)
 
 
 class BatchCalibrator:

@@ -22,7 +22,7 @@ from typing import Any
 
 from kilnrt.errors import ErrorCode, PlanError
 from kilnrt.network.dtypes import DataType
-from kilnrt.network.layers import LayerKind
+from kilnrt.network.layers import QUANTIZED_KINDS, LayerKind
 
 IO_MODES = ("input", "output")
 MAX_DIM = 1 << 40
@@ -334,7 +334,7 @@ def check_engine(engine: Any, device: str, budget: int | None = None) -> None:
     engines = engine.profile_engines or [engine]
     for one in engines:
         for layer in one.layers:
-            if layer.kind in (LayerKind.QUANTIZED_CONVOLUTION, LayerKind.QUANTIZED_MATRIX_MULTIPLY):
+            if layer.kind in QUANTIZED_KINDS:
                 _check_quantized(layer)
             for name in (layer.tactic, *layer.bucket_tactics.values()):
                 tactic = get_tactic(name)  # unknown tactic names are refused at load, not at first run

@@ -201,10 +201,9 @@ def refold(source: RefitSource, new: dict[str, np.ndarray]) -> Network:
         from kilnrt.optimize.passes.precision import lower_precision
 
         net = optimize(lower_precision(net, source.low_precision), 0)
-    if any(l.kind in (LayerKind.QUANTIZED_CONVOLUTION, LayerKind.QUANTIZED_MATRIX_MULTIPLY) for l in net.layers):
-        from kilnrt.optimize.passes.quantization import quantize_once
+    from kilnrt.optimize.passes.quantization import quantize_once
 
-        net = quantize_once(net)
+    net = quantize_once(net)   # as the build did after lowering (nothing without 8-bit layers)
     net.infer()
     return net
 

@@ -332,6 +332,10 @@ class ConvolutionParams:
     activation_beta: float = 0.0
 
 
+# the 8-bit layers (made by kilnrt.optimize.passes.quantization)
+QUANTIZED_KINDS = frozenset({LayerKind.QUANTIZED_CONVOLUTION, LayerKind.QUANTIZED_MATRIX_MULTIPLY})
+
+
 class QuantizedOutput:
     """What a quantized layer writes (the ``output_type`` and ``output_scale`` fields of
     :class:`QuantizedConvolutionParams` and :class:`QuantizedMatrixMultiplyParams`).

@@ -22,7 +22,7 @@ import sympy
 from kilnrt.network import plugin as plugins, symbolic as S
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import (ElementWiseOperation as E, FillOperation, GatherMode, LayerKind, MatrixOperation,
-                                   PaddingMode, QuantizedOutput, ReduceOperation, UnaryOperation as U)
+                                   PaddingMode, QUANTIZED_KINDS, QuantizedOutput, ReduceOperation, UnaryOperation as U)
 
 MAX_VALUE_ELEMENTS = 1 << 16   # values larger than this are not tracked (only shapes)
 
@@ -818,7 +818,7 @@ def matrix_multiply(ctx, layer, ins):
 
 def _output_dtype(layer, x_dtype):
     """A quantized layer's output type may differ from its input's (``QuantizedOutput``)."""
-    if layer.kind in (LayerKind.QUANTIZED_MATRIX_MULTIPLY, LayerKind.QUANTIZED_CONVOLUTION):
+    if layer.kind in QUANTIZED_KINDS:
         return QuantizedOutput.dtype(layer.params, x_dtype)
     return x_dtype
 

@@ -26,8 +26,8 @@ import numpy as np
 
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.graph import Layer, Network, Tensor
-from kilnrt.network.layers import (ConstantParams, LayerKind, MatrixOperation, QuantizedConvolutionParams,
-                                   QuantizedMatrixMultiplyParams, QuantizeParams)
+from kilnrt.network.layers import (QUANTIZED_KINDS, ConstantParams, LayerKind, MatrixOperation,
+                                   QuantizedConvolutionParams, QuantizedMatrixMultiplyParams, QuantizeParams)
 from kilnrt.network.rewrite import NetworkCopier
 from kilnrt.optimize.passes.match import Emit, replace, rewrite
 
@@ -228,7 +228,6 @@ def quantizable_inputs(net: Network) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- quantize once
-QUANTIZED_KINDS = frozenset({LayerKind.QUANTIZED_CONVOLUTION, LayerKind.QUANTIZED_MATRIX_MULTIPLY})
 ONCE_TYPES = {DataType.INT8: 0, DataType.FP8: 0}   # the input types quantized upstream, with their zero point
 FLOAT_TYPES = frozenset({DataType.FLOAT, DataType.HALF, DataType.BF16})
 
@@ -252,6 +251,8 @@ def quantize_once(net: Network, stats: dict | None = None) -> Network:
     producer's output type (FP16 in an FP16 build).  Either moves a value one step only within
     rounding of a tie (``tests/test_quantize_once.py``).
     """
+    if not any(l.kind in QUANTIZED_KINDS for l in net.layers):
+        return net
     net.infer()
     readers: dict[tuple, list[Layer]] = {}
     for layer in net.layers:
