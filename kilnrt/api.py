@@ -84,8 +84,8 @@ def build(model: Any, *, fp16: bool = False, bf16: bool = False, tf32: bool = Tr
     read if it exists, else written); ``accuracy_budget``: keep the most sensitive layers in
     float until the outputs' relative L2 error on the last (held-back) calibration batch fits
     it; see docs/int8.md.  ``fp8``: the same in FP8 E4M3 (GPUs of compute capability 8.9 or
-    later; emulated on the CPU); with ``int8`` too, the layers the guard keeps run in FP8
-    instead of float.  ``layer_precisions``: layers to keep in FP32 in an FP16/BF16 build,
+    later; emulated on the CPU); with ``int8`` too and an ``accuracy_budget``, each layer takes
+    whichever of INT8 and FP8 is the more accurate for it.  ``layer_precisions``: layers to keep in FP32 in an FP16/BF16 build,
     ``{"Conv_3": "fp32"}`` or trtexec's ``"Conv_3:fp32,/blk/*:fp32"`` (a layer's name or its ONNX
     node's; see docs/debugging.md).  ``refit``: the engine takes new weights later
     (``engine.refit({name: array})``, TensorRT's ``BuilderFlag.REFIT``; docs/refit.md).

@@ -188,7 +188,7 @@ def build(args: argparse.Namespace, shapes, device: str, out):
     if constraints:
         precision = "fp16" if args.fp16 or args.best else "bf16" if args.bf16 else None
         network = kilnrt.to_network(model)
-        if args.refit and not isinstance(model, type(network)):
+        if args.refit and isinstance(model, str):   # an --onnx path (a Caffe source is a Network)
             from kilnrt.api import keep_onnx_for_refit
 
             keep_onnx_for_refit(network, model)

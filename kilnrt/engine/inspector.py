@@ -291,8 +291,8 @@ def int8_text(build: dict[str, Any]) -> str:
     guard = info.get("guard")
     if guard:
         kept = guard["kept_float"]
-        text += (f"; accuracy guard: error {guard['error_all_int8']:.4g} all-{'/'.join(guard.get('types') or ['INT8'])}, "
-                 f"{guard['error']:.4g} with "
+        types = "/".join(guard.get("types") or ["INT8"])
+        text += (f"; accuracy guard: error {guard['error_all_int8']:.4g} all-{types}, {guard['error']:.4g} with "
                  f"{len(kept)} layers kept in float (budget {guard['budget']:.4g})")
         if kept:
             text += ": " + ", ".join(f"{k['layer']} ({k['sensitivity']:.3g})" for k in kept)

@@ -61,7 +61,7 @@ def _to_sub_byte(x: torch.Tensor, to: torch.dtype) -> torch.Tensor:
 _E4M3FN_OVERFLOW = 464.0
 
 
-def _to_float8(x: torch.Tensor, to: torch.dtype, saturate: bool) -> torch.Tensor:
+def to_float8(x: torch.Tensor, to: torch.dtype, saturate: bool) -> torch.Tensor:
     if not x.dtype.is_floating_point or x.dtype in FLOAT8 or x.dtype == E8M0:
         x = x.to(torch.float32)
     if saturate:
@@ -103,7 +103,7 @@ def convert(x: torch.Tensor, to: torch.dtype, saturate: bool = True, round_mode:
     if to in SUB_BYTE:
         return _to_sub_byte(x, to)
     if to in FLOAT8:
-        return _to_float8(x, to, saturate)
+        return to_float8(x, to, saturate)
     if to == E8M0:
         return _to_e8m0(x, saturate, round_mode)
     if x.dtype in FLOAT8 or x.dtype == E8M0:
@@ -141,7 +141,7 @@ def quantize(p: QuantizeParams, x: torch.Tensor, scale: torch.Tensor,
         x = x.to(torch.float32)
     q = x / broadcast_param(scale, tuple(x.shape), p.axis, p.block_size)
     if to in FLOAT8:
-        return _to_float8(q, to, p.saturate)
+        return to_float8(q, to, p.saturate)
     q = torch.round(q.to(torch.float64))
     if zero_point is not None:
         q = q + broadcast_param(decode(zero_point), tuple(x.shape), p.axis, p.block_size).to(torch.float64)

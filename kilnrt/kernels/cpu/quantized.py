@@ -15,24 +15,17 @@ import torch
 from kilnrt.kernels.cpu.conv import _convolution
 from kilnrt.kernels.cpu.epilogue import conv_epilogue
 from kilnrt.kernels.cpu.linalg import _matmul
-from kilnrt.kernels.cpu.quantize import int_range
+from kilnrt.kernels.cpu.quantize import int_range, to_float8
 from kilnrt.kernels.registry import kernel
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import LayerKind, QuantizedConvolutionParams, QuantizedMatrixMultiplyParams
-
-FP8_MAX = 448.0   # E4M3FN's largest finite value
-
-
-def to_fp8(v: torch.Tensor) -> torch.Tensor:
-    """A saturating cast to FP8 E4M3 (round to nearest even), from any float tensor."""
-    return torch.clamp(v.to(torch.float32), -FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-
 
 def quantize_values(v: torch.Tensor, scale: float, zero_point: int, to: DataType) -> torch.Tensor:
     """``v`` quantized per tensor into ``to``: INT8/UINT8 ``saturate(round(v / scale) + zero_point)``,
     FP8 ``saturate_cast(v / scale)``."""
     if to == DataType.FP8:
-        return to_fp8(v.to(torch.float64) / scale)
+        # rounded to float32 first, as the kernels compute ``x * (1 / scale)`` in float32
+        return to_float8((v.to(torch.float64) / scale).to(torch.float32), torch.float8_e4m3fn, saturate=True)
     lo, hi = int_range(to.torch)
     return torch.clamp(torch.round(v.to(torch.float64) / scale) + zero_point, lo, hi).to(to.torch)
 
