@@ -125,6 +125,53 @@ def test_run_with_device_tensors_checks_once_and_returns_the_callers_own_tensors
         gpu.run({"input": torch.randn(65, 1, 8, 8, device="cuda")})
 
 
+def test_run_replays_the_graph_directly_and_stays_correct_across_shapes_and_evictions(digits):
+    gpu, cpu = digits
+    from kilnrt.engine.cudagraph import GraphCacheConfig
+
+    ctx = gpu.create_execution_context()
+    ctx.graph_cache_config = GraphCacheConfig(max_graphs=1)   # every new shape evicts the other graph
+    seen = []
+    for batch in (4, 4, 9, 4, 9, 9):
+        x = torch.randn(batch, 1, 8, 8, device="cuda")
+        out = ctx.run({"input": x})["logits"]
+        seen.append(out)
+        np.testing.assert_allclose(out.cpu().numpy(), _reference(cpu, x), rtol=1e-3, atol=1e-3)
+        assert ctx.get_tensor_shape("input") == (batch, 1, 8, 8)
+        assert ctx.get_tensor_shape("logits")[0] == batch
+    assert len({t.data_ptr() for t in seen}) == len(seen)        # each call's outputs are the caller's own
+    stats = ctx.graph_stats
+    assert stats.evictions >= 3 and stats.captures >= 4
+    assert ctx._replays, "runs with seen device tensors take the replay path"
+    ctx.use_cuda_graph = False                                   # the replay path must notice
+    x = torch.randn(4, 1, 8, 8, device="cuda")
+    replays = stats.replays
+    np.testing.assert_allclose(ctx.run(input=x)["logits"].cpu().numpy(), _reference(cpu, x), rtol=1e-3, atol=1e-3)
+    assert ctx.graph_stats.replays == replays
+
+
+def test_run_replay_follows_a_refit(tmp_path):
+    import onnx
+    from onnx import helper, numpy_helper, TensorProto
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((16, 8)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
+                              [numpy_helper.from_array(w, "w")])
+    path = tmp_path / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    engine = kilnrt.build(str(path), device="cuda", tf32=False, refit=True)
+    x = torch.randn(4, 16, device="cuda")
+    for _ in range(2):
+        engine.run({"x": x})
+    w2 = rng.standard_normal((16, 8)).astype(np.float32)
+    engine.refit({"w": w2})
+    y = engine.run({"x": x})["y"]
+    np.testing.assert_allclose(y.cpu().numpy(), x.cpu().double().numpy() @ w2, rtol=1e-4, atol=1e-4)
+
+
 def test_refit_invalidates_the_bound_graph(tmp_path):
     import onnx
     from onnx import helper, numpy_helper, TensorProto

@@ -106,6 +106,7 @@ class GraphCache:
         self.stats = GraphStats()
         self._pool = pool if pool is not None else torch.cuda.graph_pool_handle()
         self._bytes: dict[tuple, int] = {}
+        self.generation = 0   # bumped by every eviction: a run's remembered graph may be gone
 
     @staticmethod
     def key(feeds: Mapping[str, torch.Tensor]) -> tuple:
@@ -157,6 +158,7 @@ class GraphCache:
             del self.graphs[old]
             self._bytes.pop(old, None)
             self.stats.evictions += 1
+            self.generation += 1
 
     def _capture(self, feeds: Mapping[str, torch.Tensor], stream: torch.cuda.Stream):
         static_in = {n: torch.empty_like(t, device="cuda") for n, t in feeds.items()}
