@@ -10,7 +10,17 @@ output is the reference; the model is exported with PyTorch's default ONNX expor
 TorchScript one where that fails, recorded in ``exporter``); kilnrt builds it in FP16 with
 the default options and is timed through the public call (``benchmarks/measure.py``); then
 the peers at FP16, each replayed from a CUDA graph: eager (``channels_last`` for CNNs),
-``torch.compile`` default mode, and ``max-autotune-no-cudagraphs``, with their compile times.
+``torch.compile`` default mode, and ``max-autotune-no-cudagraphs``.
+
+Two passes, so that a set fits the GPU machine's time:
+
+1. prepare (``--prepare-jobs`` rows at once, each in a fresh process): the export, the inputs
+   and reference output, and one compile of each torch.compile peer, which fills inductor's
+   on-disk caches; its time is the row's cold compile time (``*_cold_s``; ``compile_s`` is
+   max-autotune's).
+2. time, one row at a time with nothing else running: kilnrt's cold build (a fresh process,
+   an empty Triton cache, no timing cache: ``build_s``) and its timings, then the peers,
+   compiled again from inductor's caches (``*_warm_s``).
 
 Writes the results JSON of BENCHMARKS.md after every row (and on SIGTERM, the row it was in,
 marked with an ``error``); ``--resume`` skips the rows already measured in ``--out``.
@@ -37,12 +47,14 @@ sys.path.insert(0, HERE)
 warnings.filterwarnings("ignore")
 
 import kilnrt  # noqa: E402
-from kilnrt.builder.timing import time_cuda_graph  # noqa: E402
+from kilnrt.builder.timing import event_median_ms, time_cuda_graph  # noqa: E402
 from measure import Stopped, kilnrt_times, rel_l2, stop_on_sigterm  # noqa: E402
 from zoo_models import ZOO  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
 PEERS = ("eager", "default", "max")
+# (peer, torch.compile mode, the row's key stem)
+COMPILE_PEERS = (("default", "default", "torch_compile_default"), ("max", "max-autotune-no-cudagraphs", "torch_compile"))
 
 
 def first_output(out):
@@ -78,32 +90,106 @@ def peer_inputs(inputs: dict[str, torch.Tensor], cnn: bool) -> tuple:
     return tuple(out)
 
 
-def bench_row(row: dict, name: str, batch: int, peers: tuple[str, ...], iters: int, cache: str, log) -> None:
+def stem(name: str, batch: int) -> str:
+    return f"{name}-b{batch}"
+
+
+def prepare(name: str, batch: int, peers: tuple[str, ...], folder: str) -> dict:
+    """In a worker process: export the row's ONNX file, save its inputs and the FP32 model's
+    output, and compile each torch.compile peer once, which fills inductor's on-disk caches
+    (the timing pass then compiles from them).  Returns the row fields it measured."""
+    warnings.filterwarnings("ignore")
     entry = ZOO[name]
-    row.update(family=entry.family, seq=entry.seq, precision="fp16", profile="static",
-               gpu=torch.cuda.get_device_name(), torch=torch.__version__)
+    info: dict = {}
     model32, inputs = entry.make(batch)
     with torch.no_grad():
         ref = first_output(model32(*inputs.values())).float()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, f"{name}.onnx")
+    torch.save({"inputs": {k: v.cpu() for k, v in inputs.items()}, "ref": ref.cpu()},
+               os.path.join(folder, stem(name, batch) + ".pt"))
+    path = os.path.join(folder, stem(name, batch) + ".onnx")
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        info["exporter"] = export_onnx(model32, inputs, path)
+    info["export_s"] = round(time.perf_counter() - t0, 1)
+    model = model32.half()
+    if entry.cnn:
+        model = model.to(memory_format=torch.channels_last)
+    args = peer_inputs(inputs, entry.cnn)
+    for peer, mode, key in COMPILE_PEERS:
+        if peer not in peers:
+            continue
+        torch._dynamo.reset()
         t0 = time.perf_counter()
         with torch.no_grad():
-            row["exporter"] = export_onnx(model32, inputs, path)
-        row["export_s"] = round(time.perf_counter() - t0, 1)
-        t0 = time.perf_counter()
-        engine = kilnrt.build(path, device="cuda", fp16=True, timing_cache=cache)
-        row["build_s"] = round(time.perf_counter() - t0, 2)
-    row["engine_layers"] = len(engine.layers)
-    feeds = {k: inputs[k].contiguous() for k in engine.input_names}
-    out = engine.run(feeds)
-    row["relerr"] = rel_l2(out[engine.output_names[0]].float(), ref)
-    row.update(kilnrt_times(engine, feeds, iters))
-    log(f"  kilnrt {row['kilnrt_ms']:.3f} ms (run {row['kilnrt_run_ms']:.3f}, graph {row['kilnrt_graph_ms']:.3f}, "
-        f"host {row['host_us']:.0f} us), relerr {row['relerr']:.1e}, build {row['build_s']} s")
-    del engine
-    torch.cuda.empty_cache()
+            torch.compile(model, mode=mode)(*args)
+        torch.cuda.synchronize()
+        info[key + "_cold_s"] = round(time.perf_counter() - t0, 1)
+    return info
 
+
+def kilnrt_child(folder: str, row_stem: str, iters: int) -> None:
+    """In a fresh process (an empty Triton cache, no timing cache): kilnrt's cold build of the
+    row's ONNX file in FP16 with the default options, its error and its timings, written to
+    ``<stem>.kilnrt.json``."""
+    saved = torch.load(os.path.join(folder, row_stem + ".pt"))
+    t0 = time.perf_counter()
+    engine = kilnrt.build(os.path.join(folder, row_stem + ".onnx"), device="cuda", fp16=True)
+    row = {"build_s": round(time.perf_counter() - t0, 2), "engine_layers": len(engine.layers)}
+    feeds = {k: saved["inputs"][k].cuda().contiguous() for k in engine.input_names}
+    out = engine.run(feeds)
+    row["relerr"] = rel_l2(out[engine.output_names[0]].float(), saved["ref"].cuda())
+    row.update(kilnrt_times(engine, feeds, iters))
+    with open(os.path.join(folder, row_stem + ".kilnrt.json"), "w") as f:
+        json.dump(row, f)
+
+
+def run_kilnrt(folder: str, row_stem: str, iters: int, timeout_s: float) -> dict:
+    """:func:`kilnrt_child` in a fresh process with its own empty Triton cache."""
+    out = os.path.join(folder, row_stem + ".kilnrt.json")
+    if os.path.exists(out):
+        os.remove(out)
+    with tempfile.TemporaryDirectory() as triton_cache:
+        env = dict(os.environ, TRITON_CACHE_DIR=triton_cache)
+        child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--kilnrt-child", row_stem,
+                                  "--folder", folder, "--iters", str(iters)], env=env)
+        try:
+            rc = child.wait(timeout=timeout_s)
+        except BaseException:   # Stopped, a timeout: the child goes too
+            child.kill()
+            child.wait()
+            raise
+    if rc != 0 or not os.path.exists(out):
+        raise RuntimeError(f"kilnrt's build or run failed (exit {rc}; its traceback is above)")
+    with open(out) as f:
+        return json.load(f)
+
+
+def time_peer(fn, iters: int, log) -> tuple[float, bool]:
+    """(median ms, whether it was replayed from a CUDA graph): a CUDA graph as for every peer;
+    where the peer cannot be captured (a model that copies from pageable host memory on every
+    call, as some transformers models do), CUDA events around eager calls, which then count the
+    peer's launch overhead too (the row says so: ``<peer>_graph`` is false)."""
+    try:
+        return round(time_cuda_graph(fn, iters, warmup=10), 4), True
+    except Exception as exc:  # noqa: BLE001 - recorded in the row
+        torch.cuda.synchronize()
+        log(f"  cannot be captured ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); timed with events")
+    for _ in range(10):
+        fn()
+    return round(event_median_ms(fn, iters), 4), False
+
+
+def bench_row(row: dict, name: str, batch: int, peers: tuple[str, ...], iters: int, folder: str, log) -> None:
+    """One row, from what :func:`prepare` left in ``folder``: kilnrt in a fresh process, then
+    the peers here."""
+    entry = ZOO[name]
+    row.update(family=entry.family, seq=entry.seq, precision="fp16", profile="static",
+               gpu=torch.cuda.get_device_name(), torch=torch.__version__)
+    row.update(run_kilnrt(folder, stem(name, batch), iters, timeout_s=900))
+    log(f"  kilnrt {row['kilnrt_ms']:.3f} ms (run {row['kilnrt_run_ms']:.3f}, graph {row['kilnrt_graph_ms']:.3f}, "
+        f"host {row['host_us']:.0f} us), relerr {row['relerr']:.1e}, cold build {row['build_s']} s")
+    ref = torch.load(os.path.join(folder, stem(name, batch) + ".pt"))["ref"].cuda()
+    model32, inputs = entry.make(batch)
     model = model32.half()
     if entry.cnn:
         model = model.to(memory_format=torch.channels_last)
@@ -112,11 +198,12 @@ def bench_row(row: dict, name: str, batch: int, peers: tuple[str, ...], iters: i
         row["eager_relerr"] = rel_l2(first_output(model(*args)).float(), ref)
         # FP16's bar: 1e-2, or no worse than eager FP16's own error (random weights can amplify rounding)
         row["correct"] = row["relerr"] < 1e-2 or row["relerr"] <= 1.5 * row["eager_relerr"]
+        row["torch_eager_ms"] = None
         if "eager" in peers:
-            row["torch_eager_ms"] = round(time_cuda_graph(lambda: model(*args), iters, warmup=10), 4)
+            row["torch_eager_ms"], row["torch_eager_graph"] = time_peer(lambda: model(*args), iters, log)
             log(f"  eager {row['torch_eager_ms']:.3f} ms")
-        for peer, mode, key in (("default", "default", "torch_compile_default_ms"),
-                                ("max", "max-autotune-no-cudagraphs", "torch_compile_ms")):
+        for peer, mode, key in COMPILE_PEERS:
+            row[key + "_ms"] = None
             if peer not in peers:
                 continue
             torch._dynamo.reset()
@@ -124,16 +211,48 @@ def bench_row(row: dict, name: str, batch: int, peers: tuple[str, ...], iters: i
             t0 = time.perf_counter()
             compiled(*args)
             torch.cuda.synchronize()
-            row[key.replace("_ms", "_s")] = round(time.perf_counter() - t0, 1)
-            row[key] = round(time_cuda_graph(lambda: compiled(*args), iters, warmup=10), 4)
-            log(f"  torch.compile {mode}: {row[key]:.3f} ms (compile {row[key.replace('_ms', '_s')]} s)")
-    row["compile_s"] = row.get("torch_compile_s")
+            row[key + "_warm_s"] = round(time.perf_counter() - t0, 1)
+            row[key + "_ms"], row[key + "_graph"] = time_peer(lambda: compiled(*args), iters, log)
+            log(f"  torch.compile {mode}: {row[key + '_ms']:.3f} ms (compile {row.get(key + '_cold_s')} s cold, "
+                f"{row[key + '_warm_s']} s from its caches)")
+    row["compile_s"] = row.get("torch_compile_cold_s")
     for key, peer in (("speedup_vs_eager", "torch_eager_ms"), ("speedup_vs_compile", "torch_compile_ms"),
                       ("speedup_vs_compile_default", "torch_compile_default_ms")):
         if row.get(peer):
             row[key] = round(row[peer] / row["kilnrt_ms"], 3)
     model = model32 = None  # noqa: F841 - frees the GPU memory before the next row
     torch.cuda.empty_cache()
+
+
+def prepare_all(todo: list[tuple[str, int]], peers: tuple[str, ...], folder: str, jobs: int, log) -> dict:
+    """:func:`prepare` for every row, ``jobs`` at a time, each in a fresh process; returns
+    {(name, batch): fields or an exception}.  Runs before any row is timed, so that nothing
+    else loads the CPU or the GPU while kilnrt builds and the peers are timed."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    done: dict = {}
+    pool = cf.ProcessPoolExecutor(max(1, jobs), mp_context=multiprocessing.get_context("spawn"),
+                                  max_tasks_per_child=1)
+    workers = []
+    try:
+        futures = {pool.submit(prepare, name, batch, peers, folder): (name, batch) for name, batch in todo}
+        workers = list(pool._processes.values())   # to stop them if this pass is stopped
+        for fut in cf.as_completed(futures):
+            key = futures[fut]
+            try:
+                done[key] = fut.result()
+                log(f"prepared {key[0]} batch {key[1]}: {done[key]}")
+            except Exception as exc:  # noqa: BLE001 - the row records it
+                done[key] = exc
+                log(f"prepare {key[0]} batch {key[1]} failed: {type(exc).__name__}: {str(exc)[:300]}")
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in workers + list((pool._processes or {}).values()):
+            proc.kill()
+        raise
+    pool.shutdown(wait=True)
+    return done
 
 
 def load_rows(path: str) -> list[dict]:
@@ -179,8 +298,14 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--out", default=None)
     p.add_argument("--resume", action="store_true", help="skip the rows --out already holds without an error")
-    p.add_argument("--timing-cache", default=os.path.join(tempfile.gettempdir(), "kilnrt-zoo.timing"))
+    p.add_argument("--prepare-jobs", type=int, default=4,
+                   help="rows prepared at once (export, inductor cache warm-up), each in its own process")
+    p.add_argument("--folder", default=None, help="where prepared rows are kept (default: a temporary folder)")
+    p.add_argument("--kilnrt-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.kilnrt_child:
+        kilnrt_child(args.folder, args.kilnrt_child, args.iters)
+        return 0
     names = [n for n in args.models.split(",") if n]
     unknown = [n for n in names if n not in ZOO]
     if unknown:
@@ -193,29 +318,43 @@ def main(argv=None) -> int:
     rows = load_rows(out) if args.resume else []
     done = {(r["model"], r["batch"]) for r in rows if "error" not in r}
     rows = [r for r in rows if "error" not in r]
+    todo = []
+    for name in names:
+        entry = ZOO[name]
+        batches = {"1": entry.batches[:1], "throughput": entry.batches[1:], "both": entry.batches}[args.batches]
+        todo += [(name, b) for b in batches if (name, b) not in done]
     log = lambda m: print(m, flush=True)  # noqa: E731
+    folder = args.folder or tempfile.mkdtemp(prefix="kilnrt-zoo-")
+    os.makedirs(folder, exist_ok=True)
     previous = stop_on_sigterm()
     stopped = False
     try:
-        for name in names:
-            entry = ZOO[name]
-            batches = {"1": entry.batches[:1], "throughput": entry.batches[1:], "both": entry.batches}[args.batches]
-            for batch in batches:
-                if stopped or (name, batch) in done:
-                    continue
-                row = {"model": name, "batch": batch}
-                rows.append(row)
-                log(f"{name} batch {batch}")
-                try:
-                    bench_row(row, name, batch, peers, args.iters, args.timing_cache, log)
-                except Stopped as exc:
-                    row["error"] = f"{exc} before this row finished"
-                    stopped = True
-                except Exception as exc:  # noqa: BLE001 - report it and go on with the other rows
-                    traceback.print_exc()
-                    row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-                torch.cuda.empty_cache()
-                write_results(out, rows)
+        t0 = time.perf_counter()
+        prepared = prepare_all(todo, peers, folder, args.prepare_jobs, log) if todo else {}
+        log(f"prepared {len(todo)} rows in {time.perf_counter() - t0:.0f} s")
+        for name, batch in todo:
+            row = {"model": name, "batch": batch}
+            rows.append(row)
+            log(f"{name} batch {batch}")
+            try:
+                info = prepared.get((name, batch))
+                if isinstance(info, BaseException):
+                    raise info
+                row.update(info or {})
+                bench_row(row, name, batch, peers, args.iters, folder, log)
+            except Stopped as exc:
+                row["error"] = f"{exc} before this row finished"
+                stopped = True
+            except Exception as exc:  # noqa: BLE001 - report it and go on with the other rows
+                traceback.print_exc()
+                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            torch.cuda.empty_cache()
+            write_results(out, rows)
+            if stopped:
+                break
+    except Stopped as exc:
+        stopped = True
+        log(f"{exc} while preparing")
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(f"\nresults: {out}\n")
