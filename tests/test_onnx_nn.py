@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
@@ -201,6 +202,48 @@ def test_resize_tf_crop_and_resize_extrapolation(r):
 def test_resize_integer_nearest(r):
     x = r.integers(0, 255, (1, 1, 3, 4)).astype(np.uint8)
     check("Resize", {"x": x, "": None, "s": np.array([1, 1, 2.5, 1.5], np.float32)}, 1, opset=19)
+
+
+def _resize_to(x: np.ndarray, sizes: list[int], mode: str) -> onnx.ModelProto:
+    """A Resize to constant ``sizes`` (an initializer, as exporters write it)."""
+    sizes = np.array(sizes, np.int64)
+    m = model("Resize", {"x": x, "": None, " ": None, "z": sizes}, 1, 19, mode=mode)
+    m.graph.initializer.append(onnx.numpy_helper.from_array(sizes, "z"))
+    del m.graph.input[1]
+    return m
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_resize_repeat_run_copies_nothing_from_the_host(r, monkeypatch, mode):
+    """The taps of an axis are made on the device once: a later run builds no tensor from a
+    host array, so a CUDA graph can capture it (a capture refuses pageable host copies)."""
+    m = _resize_to(randn(r, 1, 2, 4, 6), [1, 2, 8, 9], mode)
+    engine = kilnrt.build(m)
+    x = randn(r, 1, 2, 4, 6)
+    first = engine.run({"x": x})["y0"]
+    made = []
+    real = torch.from_numpy
+    monkeypatch.setattr(torch, "from_numpy", lambda a: made.append(a.shape) or real(a))
+    x2 = randn(r, 1, 2, 4, 6)
+    second = engine.run({"x": x2})["y0"]
+    monkeypatch.undo()
+    assert not [s for s in made if s != x2.shape], f"host arrays turned into tensors on a repeat run: {made}"
+    assert_close(second, ReferenceEvaluator(m).run(None, {"x": x2})[0], name="Resize")
+    assert_close(first, ReferenceEvaluator(m).run(None, {"x": x})[0], name="Resize")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_resize_engine_is_captured_into_one_cuda_graph(r, mode):
+    m = _resize_to(randn(r, 1, 3, 5, 7), [1, 3, 10, 9], mode)
+    engine = kilnrt.build(m, device="cuda", tf32=False)
+    ctx = engine.create_execution_context()
+    for _ in range(3):
+        x = randn(r, 1, 3, 5, 7)
+        got = ctx.run({"x": torch.from_numpy(x).cuda()})["y0"].cpu().numpy()
+        assert_close(got, ReferenceEvaluator(m).run(None, {"x": x})[0], name="Resize")
+    stats = ctx.graph_stats
+    assert stats.captures == 1 and stats.eager_runs == 0, stats.fallback_reason
 
 
 def test_upsample_nearest(r):

@@ -1,6 +1,7 @@
 """CPU kernels for vision layers: resize, grid sample, non-max suppression, and the RoiAlign plugin."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -126,6 +127,22 @@ def resize_plan(p: ResizeParams, shape: tuple[int, ...], scales, sizes, roi):
     return axes, out, scale, full_roi
 
 
+@functools.lru_cache(maxsize=512)
+def _device_taps(p: ResizeParams, in_w: int, out_w: int, scale: float, roi: tuple[float, float] | None,
+                 device: torch.device):
+    """:func:`_axis_taps` as tensors on ``device`` (nearest: the picked indices, no weights),
+    made once per axis geometry: a run after the first copies nothing from the host, so it can
+    be captured into a CUDA graph (a capture refuses copies from pageable host memory)."""
+    idx, coeffs, extrapolated = _axis_taps(p, in_w, out_w, scale, roi)
+    to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    if p.mode == "nearest":
+        taps, weights = to(idx[np.arange(out_w), coeffs.argmax(axis=1)]), None
+    else:
+        taps, weights = to(idx.reshape(-1)), to(coeffs)
+    mask = to(extrapolated) if extrapolated is not None and extrapolated.any() else None
+    return taps, idx.shape, weights, mask
+
+
 @kernel(LayerKind.RESIZE)
 def resize(p: ResizeParams, x: torch.Tensor, scales: torch.Tensor | None = None,
            sizes: torch.Tensor | None = None, roi: torch.Tensor | None = None) -> torch.Tensor:
@@ -142,17 +159,16 @@ def resize(p: ResizeParams, x: torch.Tensor, scales: torch.Tensor | None = None,
         if out[a] == 0:
             y = y.narrow(a, 0, 0)
             continue
-        idx, coeffs, extrapolated = _axis_taps(p, y.shape[a], out[a], scale[a], axis_roi)
+        index, tap_shape, weights, extrapolated = _device_taps(
+            p, y.shape[a], out[a], float(scale[a]), None if axis_roi is None else tuple(map(float, axis_roi)),
+            y.device)
         if nearest:
-            pick = idx[np.arange(out[a]), coeffs.argmax(axis=1)]
-            y = y.index_select(a, torch.from_numpy(pick).to(y.device))
+            y = y.index_select(a, index)
         else:
-            taps = y.index_select(a, torch.from_numpy(idx.reshape(-1)).to(y.device))
-            taps = taps.reshape(tuple(y.shape[:a]) + idx.shape + tuple(y.shape[a + 1:]))
-            w = torch.from_numpy(coeffs).to(y.device).reshape((1,) * a + coeffs.shape + (1,) * (rank - a - 1))
-            y = (taps * w).sum(dim=a + 1)
-        if extrapolated is not None and extrapolated.any():
-            m = torch.from_numpy(extrapolated).to(y.device).reshape((1,) * a + (out[a],) + (1,) * (rank - a - 1))
+            taps = y.index_select(a, index).reshape(tuple(y.shape[:a]) + tap_shape + tuple(y.shape[a + 1:]))
+            y = (taps * weights.reshape((1,) * a + tap_shape + (1,) * (rank - a - 1))).sum(dim=a + 1)
+        if extrapolated is not None:
+            m = extrapolated.reshape((1,) * a + (out[a],) + (1,) * (rank - a - 1))
             y = torch.where(m, torch.tensor(p.extrapolation_value, dtype=y.dtype), y)
     if y.dtype == x.dtype:
         return y
