@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -89,25 +90,49 @@ def tuned() -> str:
     return "\n".join(lines)
 
 
+def _peer_ms(row: dict, key: str) -> str:
+    """A peer's time; marked where it was timed with CUDA events because it cannot be captured."""
+    text = _ms(row.get(key + "_ms"))
+    return text + " (events)" if row.get(key + "_graph") is False else text
+
+
 def zoo() -> str:
     lines = ["| model | family | batch | torch eager | torch.compile default | torch.compile max-autotune "
              "| kilnrt (public call) | `engine.run` | ÷ default | ÷ max-autotune | rel. L2 (eager's) | cold build |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    ratios, peer_errors = [], []
     for name in ZOO:
         doc = _load(name)
         for row in doc["rows"]:
-            if "kilnrt_ms" not in row:
+            if row.get("kilnrt_ms") is None:
                 lines.append(f"| {row['model']} | {row.get('family', '')} | {row['batch']} "
                              f"| not measured: {row.get('error', '')[:60]} |||||||||")
                 continue
-            lines.append(f"| {row['model']} | {row.get('family', '')} | {row['batch']} "
-                         f"| {_ms(row.get('torch_eager_ms'))} | {_ms(row.get('torch_compile_default_ms'))} "
-                         f"| {_ms(row.get('torch_compile_ms'))} | {_ms(row['kilnrt_ms'])} "
+            mark = ""
+            if row.get("peer_error"):
+                peer_errors.append(row["model"])
+                mark = " ¹"
+            if row.get("torch_compile_default_ms"):
+                ratios.append(row["torch_compile_default_ms"] / row["kilnrt_ms"])
+            lines.append(f"| {row['model']}{mark} | {row.get('family', '')} | {row['batch']} "
+                         f"| {_peer_ms(row, 'torch_eager')} | {_peer_ms(row, 'torch_compile_default')} "
+                         f"| {_peer_ms(row, 'torch_compile')} | {_ms(row['kilnrt_ms'])} "
                          f"| {_ms(row.get('kilnrt_run_ms'))} "
                          f"| {_ratio(row.get('torch_compile_default_ms'), row['kilnrt_ms'])} "
                          f"| {_ratio(row.get('torch_compile_ms'), row['kilnrt_ms'])} "
                          f"| {_err(row.get('relerr'))} ({_err(row.get('eager_relerr'))}) | {row['build_s']:.0f} s |")
     lines.append("")
+    if ratios:
+        geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+        lines.append(f"Over the {len(ratios)} rows with the default-mode peer: kilnrt is at least 1.1× on "
+                     f"{sum(r >= 1.1 for r in ratios)}, below 1.0× on {sum(r < 1.0 for r in ratios)}; geometric "
+                     f"mean {geomean:.2f}×.")
+        lines.append("")
+    if peer_errors:
+        lines.append("¹ A peer was not timed: " + "; ".join(
+            f"{row['model']}: {row['peer_error'][:110]}" for name in ZOO for row in _load(name)["rows"]
+            if row.get("peer_error")) + ".")
+        lines.append("")
     lines.append("From " + ", ".join(f"`{n}` ({_load(n)['date']}, {_load(n)['gpu']})" for n in ZOO) + ".")
     return "\n".join(lines)
 
