@@ -102,3 +102,17 @@ def test_cuda_fp16_build_keeps_pinned_layers_in_fp32(model):
     engine = kilnrt.build(path, fp16=True, device="cuda", layer_precisions={"Mul_big": "fp32", "Mul_small": "fp32"})
     assert engine.build_info["layer_precisions"]["lowered"] == "HALF" and "fp16" in engine.build_info["flags"]
     assert_close(engine.run(feeds)["y"], expected, rtol=1e-2, atol=1e-2, seed=seed)
+
+
+@pytest.mark.cuda
+def test_cuda_exec_pins_the_named_layers_as_build_does(model, tmp_path, capsys):
+    """kilnrt exec on the GPU takes the same path as kilnrt build: pins, then the FP16 build."""
+    path, seed = model
+    plan = tmp_path / "exec.plan"
+    assert main(["exec", f"--onnx={path}", "--fp16", "--precisionConstraints=obey", "--skipInference",
+                 "--layerPrecisions=Mul_big:fp32,Mul_small:fp32", f"--saveEngine={plan}"]) == 0
+    assert "2 layer(s) kept in FP32 (inputs and outputs too), the others in HALF" in capsys.readouterr().out
+    engine = kilnrt.load(str(plan))
+    assert engine.build_info["layer_precisions"]["lowered"] == "HALF"
+    feeds = seeded_inputs(kilnrt.to_network(path), seed)
+    assert_close(engine.run(feeds)["y"], onnxruntime_run(path, feeds)["y"], rtol=1e-2, atol=1e-2, seed=seed)

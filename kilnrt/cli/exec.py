@@ -169,8 +169,6 @@ def _source(args: argparse.Namespace):
 def build(args: argparse.Namespace, shapes, device: str, out):
     """The engine from --onnx (or Caffe's --deploy), with trtexec's build flags."""
     import kilnrt
-    from kilnrt.debugging.precision import build_reduced, fp32_layers
-
     model = _source(args)
     if args.stronglyTyped and (args.fp16 or args.bf16 or args.int8 or args.fp8 or args.best):
         raise KilnError(ErrorCode.INVALID_ARGUMENT, "--stronglyTyped takes the types from the model; drop "
@@ -184,24 +182,32 @@ def build(args: argparse.Namespace, shapes, device: str, out):
                   optimization_level=args.builderOptimizationLevel, timing_cache=args.timingCacheFile,
                   workspace=workspace_bytes(args, out), verbose=args.verbose)
     constraints = _constraints(args, out)
+    precision = "fp16" if args.fp16 or args.best else "bf16" if args.bf16 else None
+    if constraints and precision is None:
+        warn_once(out, "noreduced", "--layerPrecisions without --fp16/--bf16: every layer is FP32 already")
     t0 = time.perf_counter()
-    if constraints:
-        precision = "fp16" if args.fp16 or args.best else "bf16" if args.bf16 else None
+    if constraints and device != "cuda":
+        # the CPU runs FP16/BF16 builds in FP32: the mixed-precision network shows what FP16 does
+        # to the layers that are not kept (docs/debugging.md)
+        from kilnrt.debugging.precision import build_reduced, fp32_layers
+
         network = kilnrt.to_network(model)
         if args.refit and isinstance(model, str):   # an --onnx path (a Caffe source is a Network)
             from kilnrt.api import keep_onnx_for_refit
 
             keep_onnx_for_refit(network, model)
         keep, _ = fp32_layers(network, constraints)
-        if precision is None:
-            warn_once(out, "noreduced", "--layerPrecisions without --fp16/--bf16: every layer is FP32 already")
-        else:
+        if precision is not None:
             out.print(f"[I] {len(keep)} layer(s) kept in FP32 (inputs and outputs too), the others in "
                       f"{precision.upper()}")
         engine = build_reduced(network, precision, keep=keep, **_int8(args, network), **common)
-    else:
+    else:   # on the GPU: the named layers pinned before the optimizer, as kilnrt build does
         engine = kilnrt.build(model, fp16=args.fp16 or args.best, bf16=args.bf16 or args.best,
-                              **_int8(args, model), **common)
+                              layer_precisions=constraints or None, **_int8(args, model), **common)
+        pinned = engine.build_info.get("layer_precisions")
+        if pinned and pinned["lowered"]:
+            out.print(f"[I] {len(pinned['fp32_layers'])} layer(s) kept in FP32 (inputs and outputs too), the "
+                      f"others in {pinned['lowered']}")
     out.print(f"[I] Engine built in {time.perf_counter() - t0:.3f} sec.")
     if args.saveEngine:
         engine.save(args.saveEngine, key=plan_key(args))
