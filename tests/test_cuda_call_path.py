@@ -150,6 +150,21 @@ def test_run_replays_the_graph_directly_and_stays_correct_across_shapes_and_evic
     assert ctx.graph_stats.replays == replays
 
 
+def test_run_of_an_engine_without_inputs_replays_too(tmp_path):
+    import onnx
+    from onnx import helper, numpy_helper, TensorProto
+
+    value = np.random.default_rng(5).standard_normal((3, 4)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(value)),
+                               helper.make_node("Relu", ["c"], ["y"])], "const", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])])
+    path = tmp_path / "const.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    engine = kilnrt.build(str(path), device="cuda")
+    for _ in range(3):
+        np.testing.assert_allclose(engine.run({})["y"].cpu().numpy(), np.maximum(value, 0))
+
+
 def test_run_replay_follows_a_refit(tmp_path):
     import onnx
     from onnx import helper, numpy_helper, TensorProto

@@ -496,7 +496,8 @@ class ExecutionContext:
         if self._version != replay.version or self.active_optimization_profile != replay.profile:
             self._adopt(replay.profile, replay.shapes)
             replay.version = self._version
-        torch._foreach_copy_(replay.inputs, list(feeds.values()), non_blocking=True)
+        if replay.inputs:
+            torch._foreach_copy_(replay.inputs, list(feeds.values()), non_blocking=True)
         replay.launch(current_raw_stream())
         cache = replay.cache
         cache.stats.replays += 1
