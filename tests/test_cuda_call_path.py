@@ -165,11 +165,12 @@ def test_run_of_an_engine_without_inputs_replays_too(tmp_path):
         np.testing.assert_allclose(engine.run({})["y"].cpu().numpy(), np.maximum(value, 0))
 
 
-def test_run_replay_follows_a_refit(tmp_path):
+def _matmul_model(tmp_path, seed: int):
+    """x[4, 16] @ w[16, 8] with w an initializer: (its path, the generator that drew w)."""
     import onnx
     from onnx import helper, numpy_helper, TensorProto
 
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     w = rng.standard_normal((16, 8)).astype(np.float32)
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
@@ -177,6 +178,11 @@ def test_run_replay_follows_a_refit(tmp_path):
                               [numpy_helper.from_array(w, "w")])
     path = tmp_path / "mm.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path, rng
+
+
+def test_run_replay_follows_a_refit(tmp_path):
+    path, rng = _matmul_model(tmp_path, seed=3)
     engine = kilnrt.build(str(path), device="cuda", tf32=False, refit=True)
     x = torch.randn(4, 16, device="cuda")
     for _ in range(2):
@@ -188,17 +194,7 @@ def test_run_replay_follows_a_refit(tmp_path):
 
 
 def test_refit_invalidates_the_bound_graph(tmp_path):
-    import onnx
-    from onnx import helper, numpy_helper, TensorProto
-
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((16, 8)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
-                              [numpy_helper.from_array(w, "w")])
-    path = tmp_path / "mm.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    path, rng = _matmul_model(tmp_path, seed=0)
     from kilnrt.builder import BuilderConfig, BuilderFlag, build_engine
 
     config = BuilderConfig()
