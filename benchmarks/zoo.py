@@ -14,13 +14,14 @@ the peers at FP16, each replayed from a CUDA graph: eager (``channels_last`` for
 
 Two passes, so that a set fits the GPU machine's time:
 
-1. prepare (``--prepare-jobs`` rows at once, each in a fresh process): the export, the inputs
-   and reference output, and one compile of each torch.compile peer, which fills inductor's
-   on-disk caches; its time is the row's cold compile time (``*_cold_s``; ``compile_s`` is
-   max-autotune's).
+1. prepare: each row gets a process of its own for its peers (``--prepare-jobs`` of them
+   preparing at once), which exports the ONNX file, saves the inputs and the reference
+   output, and compiles each torch.compile peer (``torch_compile_default_s``,
+   ``torch_compile_s``; ``compile_s`` is max-autotune's), then keeps the compiled models
+   and waits;
 2. time, one row at a time with nothing else running: kilnrt's cold build (a fresh process,
-   an empty Triton cache, no timing cache: ``build_s``) and its timings, then the peers,
-   compiled again from inductor's caches (``*_warm_s``).
+   an empty Triton cache, no timing cache: ``build_s``) and its timings, then the row's
+   peer process times eager and the compiled peers it kept.
 
 Writes the results JSON of BENCHMARKS.md after every row (and on SIGTERM, the row it was in,
 marked with an ``error``); ``--resume`` skips the rows already measured in ``--out``.
@@ -55,6 +56,7 @@ RESULTS = os.path.join(HERE, "results")
 PEERS = ("eager", "default", "max")
 # (peer, torch.compile mode, the row's key stem)
 COMPILE_PEERS = (("default", "default", "torch_compile_default"), ("max", "max-autotune-no-cudagraphs", "torch_compile"))
+PEER_TIMEOUT_S = 1800   # a peer process's longest silence (max-autotune compiles for minutes)
 
 
 def first_output(out):
@@ -94,37 +96,54 @@ def stem(name: str, batch: int) -> str:
     return f"{name}-b{batch}"
 
 
-def prepare(name: str, batch: int, peers: tuple[str, ...], folder: str) -> dict:
-    """In a worker process: export the row's ONNX file, save its inputs and the FP32 model's
-    output, and compile each torch.compile peer once, which fills inductor's on-disk caches
-    (the timing pass then compiles from them).  Returns the row fields it measured."""
+def peer_worker(name: str, batch: int, peers: tuple[str, ...], folder: str, conn) -> None:
+    """One row's peers, in a process of their own.  First it exports the row's ONNX file, saves
+    its inputs and the FP32 model's output, and compiles each torch.compile peer, then sends
+    ``("ready", fields)``; it keeps the compiled models and waits.  On ``("time", iters)`` it
+    times eager and the compiled peers and sends ``("timed", fields)``.  A failure sends
+    ``("error", text)``.  Compiled once and timed later, in its turn, with nothing else running."""
     warnings.filterwarnings("ignore")
-    entry = ZOO[name]
-    info: dict = {}
-    model32, inputs = entry.make(batch)
-    with torch.no_grad():
-        ref = first_output(model32(*inputs.values())).float()
-    torch.save({"inputs": {k: v.cpu() for k, v in inputs.items()}, "ref": ref.cpu()},
-               os.path.join(folder, stem(name, batch) + ".pt"))
-    path = os.path.join(folder, stem(name, batch) + ".onnx")
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        info["exporter"] = export_onnx(model32, inputs, path)
-    info["export_s"] = round(time.perf_counter() - t0, 1)
-    model = model32.half()
-    if entry.cnn:
-        model = model.to(memory_format=torch.channels_last)
-    args = peer_inputs(inputs, entry.cnn)
-    for peer, mode, key in COMPILE_PEERS:
-        if peer not in peers:
-            continue
-        torch._dynamo.reset()
+    try:
+        entry = ZOO[name]
+        info: dict = {}
+        model32, inputs = entry.make(batch)
+        with torch.no_grad():
+            ref = first_output(model32(*inputs.values())).float()
+        torch.save({"inputs": {k: v.cpu() for k, v in inputs.items()}, "ref": ref.cpu()},
+                   os.path.join(folder, stem(name, batch) + ".pt"))
+        path = os.path.join(folder, stem(name, batch) + ".onnx")
         t0 = time.perf_counter()
         with torch.no_grad():
-            torch.compile(model, mode=mode)(*args)
-        torch.cuda.synchronize()
-        info[key + "_cold_s"] = round(time.perf_counter() - t0, 1)
-    return info
+            info["exporter"] = export_onnx(model32, inputs, path)
+        info["export_s"] = round(time.perf_counter() - t0, 1)
+        model = model32.half()
+        if entry.cnn:
+            model = model.to(memory_format=torch.channels_last)
+        args = peer_inputs(inputs, entry.cnn)
+        compiled = {}
+        with torch.no_grad():
+            info["eager_relerr"] = rel_l2(first_output(model(*args)).float(), ref)
+            for peer, mode, key in COMPILE_PEERS:
+                if peer in peers:
+                    t0 = time.perf_counter()
+                    compiled[key] = torch.compile(model, mode=mode)
+                    compiled[key](*args)
+                    torch.cuda.synchronize()
+                    info[key + "_s"] = round(time.perf_counter() - t0, 1)
+        conn.send(("ready", info))
+        command, iters = conn.recv()
+        timed: dict = {}
+        with torch.no_grad():
+            if "eager" in peers:
+                timed["torch_eager_ms"], timed["torch_eager_graph"] = time_peer(lambda: model(*args), iters, print)
+            for key, fn in compiled.items():
+                timed[key + "_ms"], timed[key + "_graph"] = time_peer(lambda: fn(*args), iters, print)
+        conn.send(("timed", timed))
+    except Exception as exc:  # noqa: BLE001 - the row records it
+        traceback.print_exc()
+        conn.send(("error", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"))
+    finally:
+        conn.close()
 
 
 def kilnrt_child(folder: str, row_stem: str, iters: int) -> None:
@@ -179,80 +198,85 @@ def time_peer(fn, iters: int, log) -> tuple[float, bool]:
     return round(event_median_ms(fn, iters), 4), False
 
 
-def bench_row(row: dict, name: str, batch: int, peers: tuple[str, ...], iters: int, folder: str, log) -> None:
-    """One row, from what :func:`prepare` left in ``folder``: kilnrt in a fresh process, then
-    the peers here."""
+def bench_row(row: dict, name: str, batch: int, peers: tuple[str, ...], iters: int, folder: str, conn,
+              log) -> None:
+    """One row, once its peer process is ready (``conn``): kilnrt in a fresh process, then the
+    peers in theirs."""
     entry = ZOO[name]
     row.update(family=entry.family, seq=entry.seq, precision="fp16", profile="static",
                gpu=torch.cuda.get_device_name(), torch=torch.__version__)
     row.update(run_kilnrt(folder, stem(name, batch), iters, timeout_s=900))
     log(f"  kilnrt {row['kilnrt_ms']:.3f} ms (run {row['kilnrt_run_ms']:.3f}, graph {row['kilnrt_graph_ms']:.3f}, "
         f"host {row['host_us']:.0f} us), relerr {row['relerr']:.1e}, cold build {row['build_s']} s")
-    ref = torch.load(os.path.join(folder, stem(name, batch) + ".pt"))["ref"].cuda()
-    model32, inputs = entry.make(batch)
-    model = model32.half()
-    if entry.cnn:
-        model = model.to(memory_format=torch.channels_last)
-    args = peer_inputs(inputs, entry.cnn)
-    with torch.no_grad():
-        row["eager_relerr"] = rel_l2(first_output(model(*args)).float(), ref)
-        # FP16's bar: 1e-2, or no worse than eager FP16's own error (random weights can amplify rounding)
-        row["correct"] = row["relerr"] < 1e-2 or row["relerr"] <= 1.5 * row["eager_relerr"]
-        row["torch_eager_ms"] = None
-        if "eager" in peers:
-            row["torch_eager_ms"], row["torch_eager_graph"] = time_peer(lambda: model(*args), iters, log)
-            log(f"  eager {row['torch_eager_ms']:.3f} ms")
-        for peer, mode, key in COMPILE_PEERS:
-            row[key + "_ms"] = None
-            if peer not in peers:
-                continue
-            torch._dynamo.reset()
-            compiled = torch.compile(model, mode=mode)
-            t0 = time.perf_counter()
-            compiled(*args)
-            torch.cuda.synchronize()
-            row[key + "_warm_s"] = round(time.perf_counter() - t0, 1)
-            row[key + "_ms"], row[key + "_graph"] = time_peer(lambda: compiled(*args), iters, log)
-            log(f"  torch.compile {mode}: {row[key + '_ms']:.3f} ms (compile {row.get(key + '_cold_s')} s cold, "
-                f"{row[key + '_warm_s']} s from its caches)")
-    row["compile_s"] = row.get("torch_compile_cold_s")
+    # FP16's bar: 1e-2, or no worse than eager FP16's own error (random weights can amplify rounding)
+    row["correct"] = row["relerr"] < 1e-2 or row["relerr"] <= 1.5 * row["eager_relerr"]
+    for key in ("torch_eager_ms", "torch_compile_default_ms", "torch_compile_ms"):
+        row[key] = None
+    conn.send(("time", iters))
+    if not conn.poll(PEER_TIMEOUT_S):
+        raise RuntimeError(f"the peers did not answer within {PEER_TIMEOUT_S} s")
+    kind, fields = conn.recv()
+    if kind != "timed":
+        row["peer_error"] = fields
+        log(f"  peers failed: {fields}")
+    else:
+        row.update(fields)
+        log("  " + ", ".join(f"{k[:-3]} {v:.3f} ms" for k, v in fields.items() if k.endswith("_ms") and v))
+    row["compile_s"] = row.get("torch_compile_s")
     for key, peer in (("speedup_vs_eager", "torch_eager_ms"), ("speedup_vs_compile", "torch_compile_ms"),
                       ("speedup_vs_compile_default", "torch_compile_default_ms")):
         if row.get(peer):
             row[key] = round(row[peer] / row["kilnrt_ms"], 3)
-    model = model32 = None  # noqa: F841 - frees the GPU memory before the next row
-    torch.cuda.empty_cache()
 
 
-def prepare_all(todo: list[tuple[str, int]], peers: tuple[str, ...], folder: str, jobs: int, log) -> dict:
-    """:func:`prepare` for every row, ``jobs`` at a time, each in a fresh process; returns
-    {(name, batch): fields or an exception}.  Runs before any row is timed, so that nothing
-    else loads the CPU or the GPU while kilnrt builds and the peers are timed."""
-    import concurrent.futures as cf
+def prepare_all(todo: list[tuple[str, int]], peers: tuple[str, ...], folder: str, jobs: int, log,
+                worker=None) -> tuple[dict, list]:
+    """A peer process (:func:`peer_worker`) for every row, ``jobs`` of them preparing at once;
+    returns ({(name, batch): (fields, connection) or an exception}, the processes).  All are
+    ready before any row is timed, so nothing else loads the CPU or the GPU while kilnrt builds
+    and the peers are timed; the caller stops the processes (:func:`stop_all`)."""
     import multiprocessing
+    from multiprocessing.connection import wait
 
-    done: dict = {}
-    pool = cf.ProcessPoolExecutor(max(1, jobs), mp_context=multiprocessing.get_context("spawn"),
-                                  max_tasks_per_child=1)
-    workers = []
+    ctx = multiprocessing.get_context("spawn")
+    # inductor's compile workers: the cores shared among the rows preparing at once (the
+    # processes inherit this environment)
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, jobs))))
+    pending, running, done, procs = list(todo), {}, {}, []
     try:
-        futures = {pool.submit(prepare, name, batch, peers, folder): (name, batch) for name, batch in todo}
-        workers = list(pool._processes.values())   # to stop them if this pass is stopped
-        for fut in cf.as_completed(futures):
-            key = futures[fut]
-            try:
-                done[key] = fut.result()
-                log(f"prepared {key[0]} batch {key[1]}: {done[key]}")
-            except Exception as exc:  # noqa: BLE001 - the row records it
-                done[key] = exc
-                log(f"prepare {key[0]} batch {key[1]} failed: {type(exc).__name__}: {str(exc)[:300]}")
+        while pending or running:
+            while pending and len(running) < max(1, jobs):
+                key = pending.pop(0)
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=worker or peer_worker, args=(*key, peers, folder, child))
+                proc.start()
+                child.close()
+                procs.append(proc)
+                running[parent] = (key, proc)
+            for conn in wait(list(running), timeout=PEER_TIMEOUT_S):
+                key, proc = running.pop(conn)
+                try:
+                    kind, fields = conn.recv()
+                except EOFError:
+                    proc.join(5)
+                    kind, fields = "error", f"its process ended (exit code {proc.exitcode})"
+                if kind == "ready":
+                    done[key] = (fields, conn)
+                    log(f"prepared {key[0]} batch {key[1]}: {fields}")
+                else:
+                    done[key] = RuntimeError(fields)
+                    log(f"prepare {key[0]} batch {key[1]} failed: {fields}")
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        for proc in workers + list((pool._processes or {}).values()):
-            proc.kill()
+        stop_all(procs)
         raise
-    pool.shutdown(wait=True)
-    return done
+    return done, procs
+
+
+def stop_all(procs: list) -> None:
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
+        proc.join(5)
 
 
 def load_rows(path: str) -> list[dict]:
@@ -327,28 +351,30 @@ def main(argv=None) -> int:
     folder = args.folder or tempfile.mkdtemp(prefix="kilnrt-zoo-")
     os.makedirs(folder, exist_ok=True)
     previous = stop_on_sigterm()
-    stopped = False
+    stopped, procs = False, []
     try:
         t0 = time.perf_counter()
-        prepared = prepare_all(todo, peers, folder, args.prepare_jobs, log) if todo else {}
+        prepared, procs = prepare_all(todo, peers, folder, args.prepare_jobs, log) if todo else ({}, [])
         log(f"prepared {len(todo)} rows in {time.perf_counter() - t0:.0f} s")
         for name, batch in todo:
             row = {"model": name, "batch": batch}
             rows.append(row)
             log(f"{name} batch {batch}")
             try:
-                info = prepared.get((name, batch))
-                if isinstance(info, BaseException):
-                    raise info
-                row.update(info or {})
-                bench_row(row, name, batch, peers, args.iters, folder, log)
+                ready = prepared[(name, batch)]
+                if isinstance(ready, BaseException):
+                    row["error"] = f"preparing: {ready}"
+                    write_results(out, rows)
+                    continue
+                info, conn = ready
+                row.update(info)
+                bench_row(row, name, batch, peers, args.iters, folder, conn, log)
             except Stopped as exc:
                 row["error"] = f"{exc} before this row finished"
                 stopped = True
             except Exception as exc:  # noqa: BLE001 - report it and go on with the other rows
                 traceback.print_exc()
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-            torch.cuda.empty_cache()
             write_results(out, rows)
             if stopped:
                 break
@@ -356,6 +382,7 @@ def main(argv=None) -> int:
         stopped = True
         log(f"{exc} while preparing")
     finally:
+        stop_all(procs)
         signal.signal(signal.SIGTERM, previous)
     print(f"\nresults: {out}\n")
     print_table(rows)
