@@ -24,6 +24,7 @@ from kilnrt.builder.precompile import precompile
 from kilnrt.builder.ranges import check_ranges, symbol_ranges
 from kilnrt.builder.search import choose_tactic, search_for_level
 from kilnrt.builder.timing import device_name
+from kilnrt.device import out_of_memory
 from kilnrt.engine import kernel_cache
 from kilnrt.engine.engine import Engine, EngineLayer, IOTensor
 from kilnrt.errors import BuildError, ErrorCode, KilnError, NetworkError, ShapeError
@@ -297,9 +298,16 @@ def build_engine(network: Network, config: BuilderConfig | None = None) -> Engin
     tactics are chosen on its own (as TensorRT does), and the engine runs the one that the
     execution context's active profile names (:func:`_build_per_profile`)."""
     config = config or BuilderConfig()
-    if len(config.profiles) > 1:
-        return _build_per_profile(network, config)
-    return _build_one(network, config)
+    said = None
+    try:
+        if len(config.profiles) > 1:
+            return _build_per_profile(network, config)
+        return _build_one(network, config)
+    except torch.OutOfMemoryError as exc:   # raised below, once the build's tensors are gone
+        said = str(exc)
+    raise BuildError(ErrorCode.OUT_OF_MEMORY, out_of_memory(
+        said, "while building", "the builder makes example inputs and times tactics at each profile's opt "
+        "shapes: build with a smaller opt (or max), or free the GPU memory held elsewhere"))
 
 
 def _build_per_profile(network: Network, config: BuilderConfig) -> Engine:

@@ -24,7 +24,10 @@ import logging
 import statistics
 from dataclasses import dataclass
 
+import torch
+
 from kilnrt.builder.timing import TimingCache, layer_signature, time_callable
+from kilnrt.device import out_of_memory
 from kilnrt.errors import BuildError, ErrorCode
 
 log = logging.getLogger("kilnrt.builder")
@@ -117,7 +120,7 @@ def choose_tactic(layer, candidates, ctx, ins, cache: TimingCache | None, device
     if not search.timed:
         return first_that_runs(layer, candidates, ctx, ins), {}
     signature = example_signature(layer, ins)
-    states, timings = {}, {}
+    states, timings, out_of_memory_in = {}, {}, []
     for cand in candidates:
         key = TimingCache.key(signature, device, cand.name)
         ms = cache.get(key) if cache is not None else None
@@ -129,11 +132,20 @@ def choose_tactic(layer, candidates, ctx, ins, cache: TimingCache | None, device
                     states[cand.name] = state
             except Exception as exc:  # noqa: BLE001 - a tactic that fails here is not chosen
                 log.debug("tactic %s failed on %s: %s", cand.name, layer.name, exc)
+                if isinstance(exc, torch.OutOfMemoryError):
+                    out_of_memory_in.append((cand.name, str(exc)))
                 continue
             if cache is not None:
                 cache.put(key, ms)
         timings[cand.name] = ms
         log.debug("  %-40s %-36s %.4f ms", layer.name[:40], cand.name, ms)
+    if not timings and out_of_memory_in:
+        shapes = ", ".join(f"{tuple(t.shape)}:{str(t.dtype).replace('torch.', '')}" for t in ins if t is not None)
+        raise BuildError(ErrorCode.OUT_OF_MEMORY, out_of_memory(
+            out_of_memory_in[0][1], f"timing every tactic of layer {layer.name!r} on inputs [{shapes}] "
+            f"({', '.join(name for name, _ in out_of_memory_in)})",
+            "tactics are timed at the profile's opt shapes: build with a smaller opt (or max), or free the "
+            "GPU memory held elsewhere"))
     if not timings:
         return candidates[0], {}
     if search.recheck_rounds:

@@ -33,6 +33,9 @@ from typing import Mapping
 
 import torch
 
+from kilnrt.device import out_of_memory
+from kilnrt.errors import ErrorCode, ExecutionError, KilnError
+
 log = logging.getLogger("kilnrt.runtime")
 
 
@@ -98,6 +101,19 @@ def launcher(graph: "torch.cuda.CUDAGraph"):
     return replay
 
 
+_ADVICE = ("run smaller shapes, or free the GPU memory held elsewhere (other engines and their contexts' "
+           "CUDA graphs: KILNRT_GRAPH_CACHE_BYTES bounds a context's; other processes)")
+
+
+def _raise_if_out_of_memory(exc: Exception, where: str) -> None:
+    """A capture that ran out of memory is an error, not a shape set to run eagerly from now on
+    (the memory may be back by the next call)."""
+    if isinstance(exc, KilnError) and exc.code == ErrorCode.OUT_OF_MEMORY:
+        raise exc
+    if isinstance(exc, torch.OutOfMemoryError):
+        raise ExecutionError(ErrorCode.OUT_OF_MEMORY, out_of_memory(str(exc), where, _ADVICE)) from None
+
+
 class GraphCache:
     def __init__(self, program, config: GraphCacheConfig | None = None, pool=None) -> None:
         self.program = program
@@ -161,7 +177,14 @@ class GraphCache:
             self.generation += 1
 
     def _capture(self, feeds: Mapping[str, torch.Tensor], stream: torch.cuda.Stream):
-        static_in = {n: torch.empty_like(t, device="cuda") for n, t in feeds.items()}
+        said = None
+        try:   # the graph's own inputs
+            static_in = {n: torch.empty_like(t, device="cuda") for n, t in feeds.items()}
+        except torch.OutOfMemoryError as exc:
+            said = str(exc)
+        if said is not None:
+            raise ExecutionError(ErrorCode.OUT_OF_MEMORY, out_of_memory(
+                said, "allocating the CUDA graph's copy of the inputs of engine.run", _ADVICE))
         for n, t in feeds.items():
             static_in[n].copy_(t)
         side = torch.cuda.Stream()
@@ -178,6 +201,7 @@ class GraphCache:
             stream.wait_stream(side)
         except Exception as exc:  # noqa: BLE001 - host syncs inside the run: no graph
             torch.cuda.synchronize()
+            _raise_if_out_of_memory(exc, "capturing engine.run's CUDA graph")
             self.stats.fallback_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
             log.info("engine %s runs without a CUDA graph for shapes %s: %s", self.program.engine.name,
                      [s for _, s, _ in self.key(feeds)], str(exc).splitlines()[0][:200])
@@ -256,6 +280,7 @@ class BoundGraphs:
             stream.wait_stream(side)
         except Exception as exc:  # noqa: BLE001 - host syncs inside the run: no graph
             torch.cuda.synchronize()
+            _raise_if_out_of_memory(exc, "capturing execute_async_v3's CUDA graph")
             self.stats.fallback_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
             log.info("engine %s runs bound buffers without a CUDA graph: %s", program.engine.name,
                      str(exc).splitlines()[0][:200])

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 import torch
 
+from kilnrt.device import out_of_memory
 from kilnrt.engine.concat_plan import ConcatPlan, concat_plans
 from kilnrt.errors import ErrorCode, ExecutionError, KilnError
 from kilnrt.kernels.precision import tf32_mode
@@ -145,6 +146,7 @@ class Program:
                 args.append(v)
             t0 = layer_started(profiler, s.name) if profiler is not None else 0.0
             tactic, state = s.buckets.get(bucket, (s.tactic, s.state)) if bucket else (s.tactic, s.state)
+            oom = None
             try:
                 if s.into is not None:
                     outs = [values[s.into[0]].narrow(*s.into[1:])]
@@ -155,12 +157,22 @@ class Program:
                     outs = tactic.run(state, args)
             except KilnError:
                 raise
+            except torch.OutOfMemoryError as exc:
+                # raised below, outside this block, so that nothing keeps the failed frames and
+                # their tensors alive
+                oom = str(exc) or type(exc).__name__
             except Exception as exc:  # noqa: BLE001
-                shapes = ", ".join("-" if a is None else f"{tuple(a.shape)}:{str(a.dtype).replace('torch.', '')}"
-                                   for a in args)
                 raise ExecutionError(ErrorCode.RUNTIME,
-                                     f"failed in tactic {tactic.name} with inputs [{shapes}]: "
+                                     f"failed in tactic {tactic.name} with inputs [{_shapes_text(args)}]: "
                                      f"{type(exc).__name__}: {exc}", layer=s.name) from exc
+            if oom is not None:
+                shapes = _shapes_text(args)
+                values.clear()   # this run's activations go back before the free memory is counted,
+                args = v = outs = host = None   # and the error keeps none of them alive
+                raise ExecutionError(ErrorCode.OUT_OF_MEMORY, out_of_memory(
+                    oom, f"in tactic {tactic.name} with inputs [{shapes}]",
+                    "run smaller shapes, or free the GPU memory held elsewhere (other engines and their "
+                    "contexts' CUDA graphs, other processes)"), layer=s.name)
             if profiler is not None:
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
@@ -170,3 +182,7 @@ class Program:
             for n in s.release:
                 values.pop(n, None)
         return {t.name: values[t.name] for t in self.engine.io if t.mode == "output"}
+
+
+def _shapes_text(args) -> str:
+    return ", ".join("-" if a is None else f"{tuple(a.shape)}:{str(a.dtype).replace('torch.', '')}" for a in args)
