@@ -232,6 +232,18 @@ def test_resize_repeat_run_copies_nothing_from_the_host(r, monkeypatch, mode):
     assert_close(first, ReferenceEvaluator(m).run(None, {"x": x})[0], name="Resize")
 
 
+def test_resize_taps_are_never_evicted():
+    """A captured graph reads the taps by address, so none may be freed while the process lives."""
+    from kilnrt.kernels.cpu.vision import _device_taps
+    from kilnrt.network.layers import ResizeParams
+
+    p = ResizeParams(mode="linear")
+    first = _device_taps(p, 5, 9, 1.8, None, torch.device("cpu"))
+    for out_w in range(10, 1200):
+        _device_taps(p, 5, out_w, out_w / 5, None, torch.device("cpu"))
+    assert _device_taps(p, 5, 9, 1.8, None, torch.device("cpu"))[0] is first[0]
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("mode", ["nearest", "linear"])
 def test_resize_engine_is_captured_into_one_cuda_graph(r, mode):

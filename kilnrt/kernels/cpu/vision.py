@@ -127,12 +127,14 @@ def resize_plan(p: ResizeParams, shape: tuple[int, ...], scales, sizes, roi):
     return axes, out, scale, full_roi
 
 
-@functools.lru_cache(maxsize=512)
+@functools.cache
 def _device_taps(p: ResizeParams, in_w: int, out_w: int, scale: float, roi: tuple[float, float] | None,
                  device: torch.device):
     """:func:`_axis_taps` as tensors on ``device`` (nearest: the picked indices, no weights),
     made once per axis geometry: a run after the first copies nothing from the host, so it can
-    be captured into a CUDA graph (a capture refuses copies from pageable host memory)."""
+    be captured into a CUDA graph (a capture refuses copies from pageable host memory).  Kept
+    for the life of the process, never evicted: a captured graph reads them by address (a few
+    KB per geometry)."""
     idx, coeffs, extrapolated = _axis_taps(p, in_w, out_w, scale, roi)
     to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
     if p.mode == "nearest":
