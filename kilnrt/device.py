@@ -39,18 +39,23 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
-def out_of_memory(said: str, where: str, advice: str) -> str:
+RUN_ADVICE = ("run smaller shapes, or free the GPU memory held elsewhere (other engines and their contexts' "
+              "CUDA graphs: KILNRT_GRAPH_CACHE_BYTES bounds a context's; other processes)")
+
+
+def out_of_memory(said: str, where: str, advice: str = RUN_ADVICE) -> str:
     """The message of an out-of-memory error: ``where`` it happened, what the allocator
     ``said`` (its first sentence), how much the GPU has free now (after this process's cached
     blocks went back to it), ``advice``."""
     said = said.splitlines()[0].split(". GPU ")[0] if said else "OutOfMemoryError"
     free = ""
     if torch.cuda.is_available():
-        torch.cuda.empty_cache()   # this process's cached blocks go back: the process stays usable
         try:
+            if not torch.cuda.is_current_stream_capturing():   # PyTorch refuses it during a capture
+                torch.cuda.empty_cache()   # this process's cached blocks go back: the process stays usable
             have, total = torch.cuda.mem_get_info()
             free = f"; the GPU has {have / 2**30:.2f} GiB free of {total / 2**30:.2f} GiB now"
-        except RuntimeError:
+        except RuntimeError:   # another thread capturing: the figure is left out
             pass
     return f"out of GPU memory {where} ({said}){free}; {advice}"
 

@@ -142,7 +142,8 @@ def test_run_replays_the_graph_directly_and_stays_correct_across_shapes_and_evic
     assert len({t.data_ptr() for t in seen}) == len(seen)        # each call's outputs are the caller's own
     stats = ctx.graph_stats
     assert stats.evictions >= 3 and stats.captures >= 4
-    assert ctx._replays, "runs with seen device tensors take the replay path"
+    assert len(ctx._replays) == 1, "an evicted graph's replay entry (and its buffers) is dropped"
+    assert all(ctx._current(r) for r in ctx._replays.values())
     ctx.use_cuda_graph = False                                   # the replay path must notice
     x = torch.randn(4, 1, 8, 8, device="cuda")
     replays = stats.replays
@@ -161,8 +162,10 @@ def test_run_of_an_engine_without_inputs_replays_too(tmp_path):
     path = tmp_path / "const.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     engine = kilnrt.build(str(path), device="cuda")
+    ctx = engine.create_execution_context()
     for _ in range(3):
-        np.testing.assert_allclose(engine.run({})["y"].cpu().numpy(), np.maximum(value, 0))
+        np.testing.assert_allclose(ctx.run({})["y"].cpu().numpy(), np.maximum(value, 0))
+    assert ctx._replays and ctx.graph_stats.captures == 1 and ctx.graph_stats.replays == 3
 
 
 def _matmul_model(tmp_path, seed: int):

@@ -123,21 +123,27 @@ def test_build_out_of_memory_anywhere_is_a_build_error(monkeypatch):
 
 
 @pytest.mark.cuda
-def test_cuda_run_past_the_gpus_memory_then_a_run_that_fits():
-    """A batch whose input takes 60% of the free GPU memory: its output cannot also fit, so the
+@pytest.mark.parametrize("graphs", [False, True])
+def test_cuda_run_past_the_gpus_memory_then_a_run_that_fits(graphs):
+    """A batch whose input takes 60% of the free GPU memory: its output (without graphs, in the
+    layer's tactic) or the graph's own copy of the input (with graphs) cannot also fit, so the
     run fails with OUT_OF_MEMORY; then the same context runs a small batch correctly, and the
     memory is back (a profile's max is not checked against memory at build, only at load)."""
     n = 4096
+    torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info()
     batch = int(0.6 * free) // (n * 4)
     model, w = _model(n)
     engine = kilnrt.build(model, device="cuda", tf32=False, profiles={"x": [(1, n), (2, n), (batch, n)]})
     ctx = engine.create_execution_context()
+    ctx.use_cuda_graph = graphs
     x = torch.empty(batch, n, device="cuda")   # its values do not matter: the run cannot finish
     with pytest.raises(ExecutionError) as info:
         ctx.run({"x": x})
     assert info.value.code == ErrorCode.OUT_OF_MEMORY, info.value
-    assert "out of GPU memory" in str(info.value) and "GiB free of" in str(info.value)
+    text = str(info.value)
+    assert "out of GPU memory" in text and "GiB free of" in text
+    assert ("CUDA graph's copy of the inputs" in text) == graphs
     del x, info
     gc.collect()
     torch.cuda.empty_cache()

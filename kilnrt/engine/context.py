@@ -14,15 +14,31 @@ nothing that was checked has changed (``_version`` counts the changes).
 from __future__ import annotations
 
 import ctypes
+import functools
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from kilnrt.device import pointer_kind
+from kilnrt.device import out_of_memory, pointer_kind
 from kilnrt.engine.cudagraph import current_raw_stream
 from kilnrt.errors import DTypeError, ErrorCode, ExecutionError, KilnError, ShapeError
 from kilnrt.network.dtypes import DataType, numpy_to_torch, torch_to_numpy
+
+
+def _no_bare_out_of_memory(method):
+    """``method`` with a torch.OutOfMemoryError outside any layer (an input's or output's copy,
+    the shape program's values) raised as ExecutionError OUT_OF_MEMORY; a layer's own is one
+    already (``Program``)."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except torch.OutOfMemoryError as exc:   # raised below, outside this block (see Program)
+            said = str(exc)
+        raise ExecutionError(ErrorCode.OUT_OF_MEMORY,
+                             out_of_memory(said, f"in {method.__name__}, copying the inputs or the outputs"))
+    return call
 
 
 class ExecutionContext:
@@ -206,6 +222,7 @@ class ExecutionContext:
                              "a torch tensor, an object with __dlpack__, or an integer pointer")
 
     # -- running ---------------------------------------------------------------------
+    @_no_bare_out_of_memory
     def execute_async_v3(self, stream_handle: int = 0) -> bool:
         """Run on ``stream_handle`` (a CUDA stream pointer; 0: the current stream): reads the
         bound inputs, writes the bound outputs, all ordered on that stream."""
@@ -365,6 +382,7 @@ class ExecutionContext:
         self._advertised[key] = out
         return out
 
+    @_no_bare_out_of_memory
     def execute_v2(self, bindings: Sequence[Any]) -> bool:
         """Synchronous run with one buffer (array, tensor or pointer) per I/O tensor, in I/O order."""
         if len(bindings) != self.engine.num_io_tensors:
@@ -407,6 +425,7 @@ class ExecutionContext:
                 program, self.graph_cache_config, self._graph_pool())
         return cache.run(feeds, stream, key)
 
+    @_no_bare_out_of_memory
     def run(self, feeds: Mapping[str, Any] | None = None, **named: Any) -> dict[str, Any]:
         """Run on numpy arrays or torch tensors; returns outputs of the same kind."""
         if named:
@@ -414,8 +433,7 @@ class ExecutionContext:
         elif feeds is None:
             feeds = {}
         replay = self._replays.get(_replay_key(feeds)) if self._replays else None
-        if replay is not None and replay.cache.generation == replay.generation and self.profiler is None \
-                and self.use_cuda_graph and replay.program is self._engine()._program:
+        if replay is not None and self.profiler is None and self.use_cuda_graph and self._current(replay):
             return self._replay(replay, feeds)
         feeds = dict(feeds)
         sig = _signature(feeds)
@@ -482,6 +500,8 @@ class ExecutionContext:
         if not entry or key is None or not all(k[3] for k in key):
             return
         _, static_in, static_out, _, launch = entry
+        # stale ones go: they hold their graph's buffers (evicted or of a program a refit replaced)
+        self._replays = {k: r for k, r in self._replays.items() if self._current(r)}
         if len(self._replays) >= 256:
             self._replays.clear()
         self._replays[key] = _Replay(
@@ -489,6 +509,11 @@ class ExecutionContext:
             profile=self.active_optimization_profile, shapes={n: self._shapes[n] for n in feeds},
             version=self._version, inputs=[static_in[n] for n in feeds], outputs=list(static_out.items()),
             output_shapes={n: tuple(v.shape) for n, v in static_out.items()}, launch=launch)
+
+    def _current(self, replay: "_Replay") -> bool:
+        """Whether ``replay``'s graph is still in its cache and its program still the engine's."""
+        return (replay.cache.generation == replay.generation and self._graphs.get(replay.profile) is replay.cache
+                and replay.program is self.engine.for_profile(replay.profile)._program)
 
     def _replay(self, replay: "_Replay", feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """run()'s fast path: copy the inputs into the graph's (one multi-tensor copy), launch

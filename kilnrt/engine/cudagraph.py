@@ -101,17 +101,13 @@ def launcher(graph: "torch.cuda.CUDAGraph"):
     return replay
 
 
-_ADVICE = ("run smaller shapes, or free the GPU memory held elsewhere (other engines and their contexts' "
-           "CUDA graphs: KILNRT_GRAPH_CACHE_BYTES bounds a context's; other processes)")
-
-
 def _raise_if_out_of_memory(exc: Exception, where: str) -> None:
     """A capture that ran out of memory is an error, not a shape set to run eagerly from now on
     (the memory may be back by the next call)."""
     if isinstance(exc, KilnError) and exc.code == ErrorCode.OUT_OF_MEMORY:
         raise exc
     if isinstance(exc, torch.OutOfMemoryError):
-        raise ExecutionError(ErrorCode.OUT_OF_MEMORY, out_of_memory(str(exc), where, _ADVICE)) from None
+        raise ExecutionError(ErrorCode.OUT_OF_MEMORY, out_of_memory(str(exc), where)) from None
 
 
 class GraphCache:
@@ -184,7 +180,7 @@ class GraphCache:
             said = str(exc)
         if said is not None:
             raise ExecutionError(ErrorCode.OUT_OF_MEMORY, out_of_memory(
-                said, "allocating the CUDA graph's copy of the inputs of engine.run", _ADVICE))
+                said, "allocating the CUDA graph's copy of the inputs of engine.run"))
         for n, t in feeds.items():
             static_in[n].copy_(t)
         side = torch.cuda.Stream()

@@ -169,10 +169,9 @@ class Program:
                 shapes = _shapes_text(args)
                 values.clear()   # this run's activations go back before the free memory is counted,
                 args = v = outs = host = None   # and the error keeps none of them alive
-                raise ExecutionError(ErrorCode.OUT_OF_MEMORY, out_of_memory(
-                    oom, f"in tactic {tactic.name} with inputs [{shapes}]",
-                    "run smaller shapes, or free the GPU memory held elsewhere (other engines and their "
-                    "contexts' CUDA graphs, other processes)"), layer=s.name)
+                raise ExecutionError(ErrorCode.OUT_OF_MEMORY,
+                                     out_of_memory(oom, f"in tactic {tactic.name} with inputs [{shapes}]"),
+                                     layer=s.name)
             if profiler is not None:
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
