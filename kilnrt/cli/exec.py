@@ -186,9 +186,10 @@ def build(args: argparse.Namespace, shapes, device: str, out):
     if constraints and precision is None:
         warn_once(out, "noreduced", "--layerPrecisions without --fp16/--bf16: every layer is FP32 already")
     t0 = time.perf_counter()
-    if constraints and device != "cuda":
+    if constraints and (device != "cuda" or args.int8 or args.fp8):
         # the CPU runs FP16/BF16 builds in FP32: the mixed-precision network shows what FP16 does
-        # to the layers that are not kept (docs/debugging.md)
+        # to the layers that are not kept (docs/debugging.md); pins do not combine with 8-bit
+        # builds yet (kilnrt.build refuses them), so those keep this path too
         from kilnrt.debugging.precision import build_reduced, fp32_layers
 
         network = kilnrt.to_network(model)
