@@ -69,12 +69,13 @@ def worker(engine, contexts: list, cases: list[dict], runs: int, stream, toleran
     out_name = engine.output_names[0]
     in_name = engine.input_names[0]
     device = cases[0]["feeds"][in_name].device
-    wrong = torch.zeros((), dtype=torch.int64, device=device)
-    identical = torch.zeros((), dtype=torch.int64, device=device)
-    buffers = [torch.empty_like(max(cases, key=lambda c: c["batch"])["ref"][out_name]) for _ in contexts]
     done = 0
     try:
         with torch.cuda.stream(stream) if stream is not None else _nothing():
+            # made on this thread's stream, which every use below is ordered on
+            wrong = torch.zeros((), dtype=torch.int64, device=device)
+            identical = torch.zeros((), dtype=torch.int64, device=device)
+            buffers = [torch.empty_like(max(cases, key=lambda c: c["batch"])["ref"][out_name]) for _ in contexts]
             for r in range(runs):
                 k = int(rng.integers(len(contexts)))
                 ctx, case = contexts[k], cases[int(rng.integers(len(cases)))]
@@ -92,15 +93,15 @@ def worker(engine, contexts: list, cases: list[dict], runs: int, stream, toleran
                 wrong += diff > atol + rtol * case["scale"][out_name]
                 identical += diff == 0
                 done += 1
-        if stream is not None:
-            stream.synchronize()
     except Exception as exc:  # noqa: BLE001 - counted and reported: the bar is none
         with lock:
             errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+    if stream is not None:
+        stream.synchronize()
     with lock:
         counters["runs"] += done
-        counters["wrong"] += int(wrong)
-        counters["identical"] += int(identical)
+        counters["wrong"] += int(wrong) if done else 0
+        counters["identical"] += int(identical) if done else 0
 
 
 class _nothing:

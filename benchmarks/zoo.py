@@ -232,7 +232,7 @@ def bench_row(row: dict, name: str, batch: int, peers: tuple[str, ...], iters: i
 def prepare_all(todo: list[tuple[str, int]], peers: tuple[str, ...], folder: str, jobs: int, log,
                 worker=None) -> tuple[dict, list]:
     """A peer process (:func:`peer_worker`) for every row, ``jobs`` of them preparing at once;
-    returns ({(name, batch): (fields, connection) or an exception}, the processes).  All are
+    returns ({(name, batch): (fields, connection, process) or an exception}, the processes).  All are
     ready before any row is timed, so nothing else loads the CPU or the GPU while kilnrt builds
     and the peers are timed; the caller stops the processes (:func:`stop_all`)."""
     import multiprocessing
@@ -253,7 +253,13 @@ def prepare_all(todo: list[tuple[str, int]], peers: tuple[str, ...], folder: str
                 child.close()
                 procs.append(proc)
                 running[parent] = (key, proc)
-            for conn in wait(list(running), timeout=PEER_TIMEOUT_S):
+            answered = wait(list(running), timeout=PEER_TIMEOUT_S)
+            if not answered:   # none said anything for that long: those rows fail, the rest go on
+                for conn, (key, proc) in running.items():
+                    proc.kill()
+                    done[key] = RuntimeError(f"no answer from its peer process within {PEER_TIMEOUT_S} s")
+                running.clear()
+            for conn in answered:
                 key, proc = running.pop(conn)
                 try:
                     kind, fields = conn.recv()
@@ -261,10 +267,11 @@ def prepare_all(todo: list[tuple[str, int]], peers: tuple[str, ...], folder: str
                     proc.join(5)
                     kind, fields = "error", f"its process ended (exit code {proc.exitcode})"
                 if kind == "ready":
-                    done[key] = (fields, conn)
+                    done[key] = (fields, conn, proc)
                     log(f"prepared {key[0]} batch {key[1]}: {fields}")
                 else:
                     done[key] = RuntimeError(fields)
+                    proc.join(5)
                     log(f"prepare {key[0]} batch {key[1]} failed: {fields}")
     except BaseException:
         stop_all(procs)
@@ -366,9 +373,12 @@ def main(argv=None) -> int:
                     row["error"] = f"preparing: {ready}"
                     write_results(out, rows)
                     continue
-                info, conn = ready
+                info, conn, proc = ready
                 row.update(info)
-                bench_row(row, name, batch, peers, args.iters, folder, conn, log)
+                try:
+                    bench_row(row, name, batch, peers, args.iters, folder, conn, log)
+                finally:   # its GPU memory and compile workers go before the next row is timed
+                    stop_all([proc])
             except Stopped as exc:
                 row["error"] = f"{exc} before this row finished"
                 stopped = True
