@@ -26,7 +26,7 @@ sys.path.insert(0, HERE)
 warnings.filterwarnings("ignore")
 
 import kilnrt  # noqa: E402
-from measure import kilnrt_times  # noqa: E402
+from measure import kilnrt_times, results_header  # noqa: E402
 from run import export_onnx, make_model  # noqa: E402
 
 
@@ -65,8 +65,7 @@ def main(argv=None) -> int:
     out = args.out or os.path.join(HERE, "results", f"{datetime.date.today().isoformat()}-{gpu.replace(' ', '_')}"
                                                      "-call-overhead.json")
     with open(out, "w") as f:
-        json.dump({"date": datetime.date.today().isoformat(), "gpu": gpu, "torch": torch.__version__,
-                   "set": "call overhead", "rows": rows}, f, indent=1)
+        json.dump({**results_header("call overhead", gpu), "rows": rows}, f, indent=1)
     print(f"{'model':10} {'execute_async_v3 ms':>20} {'host us':>8} {'engine.run ms':>14} {'host us':>8} "
           f"{'outer graph ms':>15}")
     for r in rows:

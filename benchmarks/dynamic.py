@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 warnings.filterwarnings("ignore")
 
 import kilnrt  # noqa: E402
-from measure import event_median_ms, public_call, rel_l2  # noqa: E402
+from measure import event_median_ms, public_call, rel_l2, results_header  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # model -> (profile min, opt, max, the three other test shapes); shapes are (batch,) or (batch, seq)
@@ -136,16 +135,12 @@ def main(argv=None) -> int:
     if args.resume and os.path.exists(path):
         rows = json.load(open(path))["rows"]
     done = {(r["model"], tuple(r["shape"]), json.dumps(r["profile"])) for r in rows if "kilnrt_ms" in r}
-    import triton
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    header = results_header("dynamic", torch.cuda.get_device_name(), stamp)
 
     def save() -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path + ".tmp", "w") as f:
-            json.dump({"date": stamp, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-                       "triton": triton.__version__, "kilnrt_commit": commit, "set": "dynamic", "rows": rows},
-                      f, indent=1, default=str)
+            json.dump({**header, "rows": rows}, f, indent=1, default=str)
         os.replace(path + ".tmp", path)
 
     lo, opt, hi, others = PROFILES[args.model]

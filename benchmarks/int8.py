@@ -15,7 +15,6 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ warnings.filterwarnings("ignore")
 
 import kilnrt  # noqa: E402
 from dynamic import event_median_ms, export, make_inputs, make_model  # noqa: E402
+from measure import results_header  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -114,15 +114,11 @@ def main(argv=None) -> int:
         if base is not None and row is not base:
             row["speedup_vs_fp16"] = round(base["kilnrt_run_ms"] / row["kilnrt_run_ms"], 3)
             print(f"{row['precision']} / fp16 speed-up: {row['speedup_vs_fp16']}x")
-    import triton
-
     stamp = datetime.date.today().isoformat()
     gpu = torch.cuda.get_device_name()
     out = args.out or os.path.join(RESULTS, f"{stamp}-{gpu.replace(' ', '_')}-int8-{name}.json")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     with open(out, "w") as f:
-        json.dump({"date": stamp, "gpu": gpu, "torch": torch.__version__, "triton": triton.__version__,
-                   "kilnrt_commit": commit, "set": "int8", "rows": rows}, f, indent=1, default=str)
+        json.dump({**results_header("int8", gpu, stamp), "rows": rows}, f, indent=1, default=str)
     return 0
 
 

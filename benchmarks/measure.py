@@ -9,8 +9,11 @@
 """
 from __future__ import annotations
 
+import datetime
+import os
 import signal
 import statistics
+import subprocess
 import time
 
 import torch
@@ -114,3 +117,18 @@ def _raise_stopped(signum, frame):
 def stop_on_sigterm():
     """Make SIGTERM raise :class:`Stopped`; returns the previous handler (restore it after)."""
     return signal.signal(signal.SIGTERM, _raise_stopped)
+
+
+def results_header(set_name: str, gpu: str, date: str | None = None) -> dict:
+    """The fields a results file starts with (BENCHMARKS.md): its date, the GPU, torch's and
+    Triton's versions, the commit of the code that ran and the set; add ``"rows"``."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    return {"date": date or datetime.date.today().isoformat(), "gpu": gpu, "torch": torch.__version__,
+            "triton": triton_version, "kilnrt_commit": commit, "set": set_name}

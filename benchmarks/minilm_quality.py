@@ -20,7 +20,6 @@ import inspect
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -169,10 +168,11 @@ def main(argv=None) -> int:
     stamp = datetime.date.today().isoformat()
     where = torch.cuda.get_device_name().replace(" ", "_") if device == "cuda" else "cpu"
     out = args.out or os.path.join(RESULTS, f"{stamp}-{where}-minilm-quality.json")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from measure import results_header
+
     with open(out, "w") as f:
-        json.dump({"date": stamp, "gpu": where, "torch": torch.__version__, "kilnrt_commit": commit,
-                   "set": "minilm-quality", "rows": rows}, f, indent=1)
+        json.dump({**results_header("minilm-quality", where, stamp), "rows": rows}, f, indent=1)
     print(f"{'precision':<18} {'mean cos':>9} {'min cos':>8} {'int8':>5} {'fp8':>4} {'float':>5} {'run ms':>8}")
     for r in rows:
         print(f"{r['precision']:<18} {r['mean_cosine']:>9.5f} {r['min_cosine']:>8.5f} {str(r['int8_layers']):>5} "

@@ -33,8 +33,10 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
 
 import kilnrt  # noqa: E402
+from measure import results_header  # noqa: E402
 
 DIGITS = os.path.join(ROOT, "examples", "digits.onnx")
 
@@ -171,8 +173,7 @@ def main(argv=None) -> int:
                                                     f"{gpu.replace(' ', '_')}-stress.json")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"date": datetime.date.today().isoformat(), "gpu": gpu, "torch": torch.__version__,
-                   "set": "stress", "rows": [row]}, f, indent=1)
+        json.dump({**results_header("stress", gpu), "rows": [row]}, f, indent=1)
     print(json.dumps(row, indent=1))
     ok = row["wrong"] == 0 and not errors and row["runs"] == args.runs // args.threads * args.threads
     print(f"{'PASSED' if ok else 'FAILED'}: {row['runs']} runs on {args.contexts} contexts and {args.threads} "

@@ -49,7 +49,7 @@ warnings.filterwarnings("ignore")
 
 import kilnrt  # noqa: E402
 from kilnrt.builder.timing import event_median_ms, time_cuda_graph  # noqa: E402
-from measure import Stopped, kilnrt_times, rel_l2, stop_on_sigterm  # noqa: E402
+from measure import Stopped, kilnrt_times, rel_l2, results_header, stop_on_sigterm  # noqa: E402
 from zoo_models import ZOO  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
@@ -294,12 +294,7 @@ def load_rows(path: str) -> list[dict]:
 
 
 def write_results(path: str, rows: list[dict]) -> None:
-    import triton
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=HERE).stdout.strip() or None
-    doc = {"date": datetime.date.today().isoformat(), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "triton": triton.__version__, "kilnrt_commit": commit, "set": "zoo", "rows": rows}
+    doc = {**results_header("zoo", torch.cuda.get_device_name()), "rows": rows}
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump(doc, f, indent=1)
