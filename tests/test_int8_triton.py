@@ -32,6 +32,23 @@ def _context(consts: dict) -> TacticContext:
     return TacticContext(DEVICE, {k: v.to(DEVICE) for k, v in consts.items()})
 
 
+def _implicit_conv(p, x_type: DataType, x_shape, w: torch.Tensor, w_type: DataType, w_scale: torch.Tensor,
+                   bias: torch.Tensor, residual_shape=None):
+    """(tactic, state): the implicit-GEMM Triton tactic prepared for a QUANTIZED_CONVOLUTION layer
+    of ``p`` reading x, w, its scales, the bias and an optional residual, which it must support."""
+    net = Network()
+    ins = [net.add_input("x", x_type, tuple(x_shape)), net.add_input("w", w_type, tuple(w.shape)),
+           net.add_input("s", DataType.FLOAT, tuple(w_scale.shape)),
+           net.add_input("b", DataType.FLOAT, tuple(bias.shape))]
+    if residual_shape is not None:
+        ins.append(net.add_input("r", DataType.FLOAT, tuple(residual_shape)))
+    layer = net.add_layer(LayerKind.QUANTIZED_CONVOLUTION, p, ins)
+    ctx = _context({"w": w, "s": w_scale, "b": bias})
+    tactic = get_tactic("cuda.quantized_convolution.triton_implicit_64x64x32_s4_w4")
+    assert tactic.supports(layer, ctx)
+    return tactic, tactic.prepare(layer, ctx)
+
+
 def _check(y: torch.Tensor, ref: torch.Tensor, step: torch.Tensor, w: torch.Tensor) -> None:
     """Exact integer sums, then float32 scales: outputs within one output step (``input_scale *
     weight_scale``) of the reference.  The kernel quantizes with ``x * (1 / scale)``, the reference
@@ -83,15 +100,8 @@ def test_convolution_matches_the_exact_integer_reference(input_type, zero_point,
     p = QuantizedConvolutionParams(num_output_maps=k, kernel_size_nd=(window, window), stride_nd=(stride, stride),
                                    pre_padding=(pad, pad), post_padding=(pad, pad), activation=A.RELU,
                                    input_scale=scale, input_zero_point=zero_point, input_type=input_type)
-    net = Network()
-    ins = [net.add_input("x", DataType.FLOAT, (n, c, h, w_)), net.add_input("w", DataType.INT8, tuple(w.shape)),
-           net.add_input("s", DataType.FLOAT, (k,)), net.add_input("b", DataType.FLOAT, (k,)),
-           net.add_input("r", DataType.FLOAT, tuple(residual.shape))]
-    layer = net.add_layer(LayerKind.QUANTIZED_CONVOLUTION, p, ins)
-    ctx = _context({"w": w, "s": w_scale, "b": bias})
-    tactic = get_tactic("cuda.quantized_convolution.triton_implicit_64x64x32_s4_w4")
-    assert tactic.supports(layer, ctx)
-    y = tactic.run(tactic.prepare(layer, ctx), [x.to(DEVICE), None, None, None, residual.to(DEVICE)])[0]
+    tactic, state = _implicit_conv(p, DataType.FLOAT, (n, c, h, w_), w, DataType.INT8, w_scale, bias, residual.shape)
+    y = tactic.run(state, [x.to(DEVICE), None, None, None, residual.to(DEVICE)])[0]
     ref = quantized_convolution(p, x.double(), w, w_scale, bias.double(), residual.double())
     _check(y, ref, (w_scale.double() * scale).view(1, -1, 1, 1), w)
 
@@ -216,14 +226,8 @@ def test_convolution_reads_int8_and_requantizes(out_type):
     p = QuantizedConvolutionParams(num_output_maps=k, kernel_size_nd=(3, 3), pre_padding=(1, 1), post_padding=(1, 1),
                                    activation=A.RELU, input_scale=scale, output_type=out_type or DataType.FLOAT,
                                    output_scale=out_scale if out_type else 0.0)
-    net = Network()
-    ins = [net.add_input("x", DataType.INT8, tuple(x.shape)), net.add_input("w", DataType.INT8, tuple(w.shape)),
-           net.add_input("s", DataType.FLOAT, (k,)), net.add_input("b", DataType.FLOAT, (k,))]
-    layer = net.add_layer(LayerKind.QUANTIZED_CONVOLUTION, p, ins)
-    ctx = _context({"w": w, "s": w_scale, "b": bias})
-    tactic = get_tactic("cuda.quantized_convolution.triton_implicit_64x64x32_s4_w4")
-    assert tactic.supports(layer, ctx)
-    y = tactic.run(tactic.prepare(layer, ctx), [x.to(DEVICE).contiguous(memory_format=torch.channels_last)])[0]
+    tactic, state = _implicit_conv(p, DataType.INT8, x.shape, w, DataType.INT8, w_scale, bias)
+    y = tactic.run(state, [x.to(DEVICE).contiguous(memory_format=torch.channels_last)])[0]
     ref = quantized_convolution(p, x, w, w_scale, bias.double())
     assert y.dtype == ref.dtype
     diff = (y.cpu().double() - ref.double()).abs()
@@ -250,13 +254,7 @@ def test_fp8_convolution_matches_the_reference(c, window, stride, pad):
     p = QuantizedConvolutionParams(num_output_maps=k, kernel_size_nd=(window, window), stride_nd=(stride, stride),
                                    pre_padding=(pad, pad), post_padding=(pad, pad), input_scale=scale,
                                    input_type=DataType.FP8)
-    net = Network()
-    ins = [net.add_input("x", DataType.FLOAT, tuple(x.shape)), net.add_input("w", DataType.FP8, tuple(w.shape)),
-           net.add_input("s", DataType.FLOAT, (k,)), net.add_input("b", DataType.FLOAT, (k,))]
-    layer = net.add_layer(LayerKind.QUANTIZED_CONVOLUTION, p, ins)
-    ctx = _context({"w": w, "s": w_scale, "b": bias})
-    tactic = get_tactic("cuda.quantized_convolution.triton_implicit_64x64x32_s4_w4")
-    assert tactic.supports(layer, ctx)
-    y = tactic.run(tactic.prepare(layer, ctx), [x.to(DEVICE)])[0]
+    tactic, state = _implicit_conv(p, DataType.FLOAT, x.shape, w, DataType.FP8, w_scale, bias)
+    y = tactic.run(state, [x.to(DEVICE)])[0]
     ref = quantized_convolution(p, x.double(), w, w_scale, bias.double())
     torch.testing.assert_close(y.cpu().double(), ref.double(), rtol=2e-2, atol=2e-2 * float(ref.abs().max()))
