@@ -182,12 +182,14 @@ def kernels_of(events: list, device: str, layer_names: set[str] = frozenset()) -
     cpu = [e for e in events if not _is_cuda(e)]
     out = []
     if device == "cuda":
-        launchers = {e.id: e for e in cpu if e.linked_correlation_id == 0}
+        # torch 2.13's events link a kernel to the op that launched it; 2.11's do not keep
+        # that link (no attribute): then the layer ranges alone place the kernels
+        launchers = {e.id: e for e in cpu if getattr(e, "linked_correlation_id", 0) == 0}
         ranges = sorted((e.time_range.start, e.time_range.end, e.name) for e in cpu if e.name in layer_names)
         for e in events:
             if not _is_cuda(e) or e.is_user_annotation:
                 continue
-            layer = _enclosing(launchers.get(e.linked_correlation_id), layer_names)
+            layer = _enclosing(launchers.get(getattr(e, "linked_correlation_id", None)), layer_names)
             if layer is None:
                 layer = next((n for s, t, n in ranges if s <= e.time_range.start <= t), None)
             out.append(Kernel(e.name, (e.time_range.end - e.time_range.start) / 1e3, layer))

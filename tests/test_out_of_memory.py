@@ -132,6 +132,7 @@ def test_cuda_run_past_the_gpus_memory_then_a_run_that_fits(graphs):
     n = 4096
     torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info()
+    held = torch.cuda.memory_reserved()   # this process's: other test workers share the GPU
     batch = int(0.6 * free) // (n * 4)
     model, w = _model(n)
     engine = kilnrt.build(model, device="cuda", tf32=False, profiles={"x": [(1, n), (2, n), (batch, n)]})
@@ -147,7 +148,8 @@ def test_cuda_run_past_the_gpus_memory_then_a_run_that_fits(graphs):
     del x, info
     gc.collect()
     torch.cuda.empty_cache()
-    assert torch.cuda.mem_get_info()[0] > 0.8 * free
+    # the engine's weights and what the failed run kept (the graph pool's blocks) stay small
+    assert torch.cuda.memory_reserved() - held < 0.05 * free
     small = torch.randn(2, n, device="cuda")
     y = ctx.run({"x": small})["y"]
     expected = torch.relu(small.double() @ torch.from_numpy(w).cuda().double())

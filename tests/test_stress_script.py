@@ -7,6 +7,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 STRESS = Path(__file__).resolve().parents[1] / "benchmarks" / "stress.py"
 
 
@@ -28,3 +30,32 @@ def test_threads_share_contexts_and_every_output_is_checked(tmp_path):
     assert stress.main(["--device", "cpu", "--runs", "60", "--contexts", "2", "--threads", "2", "--atol", "-1",
                         "--out", str(out)]) == 1
     assert json.loads(out.read_text())["rows"][0]["wrong"] == 60
+
+
+@pytest.mark.cuda
+def test_cuda_threads_capture_and_run_at_once(tmp_path):
+    """Eight threads, each on a stream of its own, capture graphs and run at the same time:
+    no capture may take in another thread's kernels (the capture streams are the contexts'
+    own, not torch's pooled ones) and none may fail because another thread allocates."""
+    stress = _stress()
+    out = tmp_path / "stress.json"
+    for calls in ("v3", "run"):
+        assert stress.main(["--device", "cuda", "--runs", "4000", "--contexts", "32", "--threads", "8",
+                            "--calls", calls, "--out", str(out)]) == 0, out.read_text()
+
+
+@pytest.mark.cuda
+def test_cuda_capture_streams_are_never_torchs_pooled_ones():
+    import torch
+
+    from kilnrt.engine.cudagraph import owned_stream
+
+    owned = [owned_stream() for _ in range(40)]
+    pooled = {torch.cuda.Stream().cuda_stream for _ in range(64)}
+    handles = {s.cuda_stream for s in owned}
+    assert len(handles) == 40 and not handles & pooled
+    x = torch.randn(1000, device="cuda")
+    with torch.cuda.stream(owned[0]):
+        y = x * 2
+    torch.cuda.current_stream().wait_stream(owned[0])
+    torch.testing.assert_close(y, x * 2)

@@ -427,7 +427,8 @@ class ExecutionContext:
 
     @_no_bare_out_of_memory
     def run(self, feeds: Mapping[str, Any] | None = None, **named: Any) -> dict[str, Any]:
-        """Run on numpy arrays or torch tensors; returns outputs of the same kind."""
+        """Run on numpy arrays or torch tensors; returns outputs of the same kind (without
+        inputs: torch tensors from a CUDA engine, numpy arrays from a CPU one)."""
         if named:
             feeds = {**feeds, **named} if feeds else named
         elif feeds is None:
@@ -440,7 +441,7 @@ class ExecutionContext:
         checked = self._checked.get(sig) if sig is not None else None
         if checked is not None:   # these names, shapes and dtypes passed every check below before
             self._adopt(*checked)
-            result = self._finish_run(self._execute(feeds, 0, sig), feeds, False)
+            result = self._finish_run(self._execute(feeds, 0, sig), feeds, not feeds and self.engine.device != "cuda")
             self._remember_replay(feeds, sig)
             return result
         inputs = [t for t in self.engine.io if t.mode == "input"]
@@ -459,7 +460,8 @@ class ExecutionContext:
             self.active_optimization_profile = self.engine.profile_containing(
                 {t.name: tuple(np.shape(feeds[t.name])) if not isinstance(feeds[t.name], torch.Tensor)
                  else tuple(feeds[t.name].shape) for t in inputs})
-        as_numpy = True
+        # numpy in, numpy out; torch in, torch out; no inputs: what the engine runs on
+        as_numpy = self.engine.device != "cuda" or bool(inputs)
         tensors: dict[str, torch.Tensor] = {}
         for t in inputs:
             value = feeds[t.name]

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import logging
 import os
 import time
 import warnings
+import weakref
 from collections import OrderedDict
 from typing import Mapping
 
@@ -37,6 +39,11 @@ from kilnrt.device import out_of_memory
 from kilnrt.errors import ErrorCode, ExecutionError, KilnError
 
 log = logging.getLogger("kilnrt.runtime")
+
+# A capture forbids unsafe calls (cudaMalloc, a sync) on the capturing thread only: in the
+# default ("global") mode, another thread's context that allocates or syncs while this one
+# captures fails, and breaks this capture too.
+CAPTURE_MODE = "thread_local"
 
 
 @dataclasses.dataclass
@@ -72,6 +79,38 @@ def _driver_graph_launch():
 
 
 _LAUNCH = _driver_graph_launch() if torch.cuda.is_available() else None
+
+
+def owned_stream() -> torch.cuda.Stream:
+    """A non-blocking CUDA stream that nothing else uses, for captures.  ``torch.cuda.Stream()``
+    hands out one of 32 pooled streams round-robin, so two contexts (or a context and the
+    caller) can get the same one; a capture on it would then take in the other's kernels, and
+    their work would never run.  Made with the driver (destroyed with the returned object);
+    a pooled stream where the driver cannot be reached."""
+    driver = _driver()
+    if driver is None:
+        return torch.cuda.Stream()
+    ctx = ctypes.c_void_p()
+    if driver.cuCtxGetCurrent(ctypes.byref(ctx)) == 0 and not ctx.value:   # a thread the runtime has not set up
+        torch.cuda.current_stream().synchronize()   # a runtime call: makes the device's context current
+    handle = ctypes.c_void_p()
+    err = driver.cuStreamCreate(ctypes.byref(handle), 1)   # CU_STREAM_NON_BLOCKING
+    if err:
+        raise RuntimeError(f"cuStreamCreate failed with CUDA driver error {err}")
+    stream = torch.cuda.ExternalStream(handle.value)
+    weakref.finalize(stream, driver.cuStreamDestroy_v2, handle)
+    return stream
+
+
+@functools.cache
+def _driver():
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+        for name in ("cuCtxGetCurrent", "cuStreamCreate", "cuStreamDestroy_v2"):
+            getattr(driver, name).restype = ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return driver
 
 
 if hasattr(torch._C, "_cuda_getCurrentRawStream") and hasattr(torch._C, "_cuda_getDevice"):
@@ -119,6 +158,7 @@ class GraphCache:
         self._pool = pool if pool is not None else torch.cuda.graph_pool_handle()
         self._bytes: dict[tuple, int] = {}
         self.generation = 0   # bumped by every eviction: a run's remembered graph may be gone
+        self._side = None     # the stream graphs are captured on (made on the first capture)
 
     @staticmethod
     def key(feeds: Mapping[str, torch.Tensor]) -> tuple:
@@ -183,7 +223,9 @@ class GraphCache:
                 said, "allocating the CUDA graph's copy of the inputs of engine.run"))
         for n, t in feeds.items():
             static_in[n].copy_(t)
-        side = torch.cuda.Stream()
+        if self._side is None:
+            self._side = owned_stream()
+        side = self._side
         side.wait_stream(stream)
         try:
             with torch.cuda.stream(side):
@@ -192,7 +234,7 @@ class GraphCache:
             graph = torch.cuda.CUDAGraph()
             with warnings.catch_warnings():  # a failed capture warns of an empty graph: we log instead
                 warnings.simplefilter("ignore")
-                with torch.cuda.graph(graph, pool=self._pool, stream=side):
+                with torch.cuda.graph(graph, pool=self._pool, stream=side, capture_error_mode=CAPTURE_MODE):
                     static_out = self.program.execute(static_in)
             stream.wait_stream(side)
         except Exception as exc:  # noqa: BLE001 - host syncs inside the run: no graph
@@ -228,7 +270,7 @@ class BoundGraphs:
         self.graphs: OrderedDict[tuple, BoundGraph | None] = OrderedDict()
         self.stats = GraphStats()
         self._pool = pool if pool is not None else torch.cuda.graph_pool_handle()
-        self._side = torch.cuda.Stream()
+        self._side = owned_stream()
         self._programs: dict[int, object] = {}   # optimization profile -> the program its graphs ran
 
     def use(self, profile: int, program) -> None:
@@ -271,7 +313,7 @@ class BoundGraphs:
             graph = torch.cuda.CUDAGraph()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                with torch.cuda.graph(graph, pool=self._pool, stream=side):
+                with torch.cuda.graph(graph, pool=self._pool, stream=side, capture_error_mode=CAPTURE_MODE):
                     write(program.execute(feeds))
             stream.wait_stream(side)
         except Exception as exc:  # noqa: BLE001 - host syncs inside the run: no graph
