@@ -96,31 +96,40 @@ def _peer_ms(row: dict, key: str) -> str:
     return text + " (events)" if row.get(key + "_graph") is False else text
 
 
+def _zoo_rows() -> list[dict]:
+    """The zoo's rows, one per model and batch: a later file's row replaces an earlier one's
+    (a model measured again after a change)."""
+    rows: dict[tuple, dict] = {}
+    for name in ZOO:
+        for row in _load(name)["rows"]:
+            rows[(row["model"], row["batch"])] = row
+    return list(rows.values())
+
+
 def zoo() -> str:
     lines = ["| model | family | batch | torch eager | torch.compile default | torch.compile max-autotune "
              "| kilnrt (public call) | `engine.run` | ÷ default | ÷ max-autotune | rel. L2 (eager's) | cold build |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ratios, peer_errors = [], []
-    for name in ZOO:
-        doc = _load(name)
-        for row in doc["rows"]:
-            if row.get("kilnrt_ms") is None:
-                lines.append(f"| {row['model']} | {row.get('family', '')} | {row['batch']} "
-                             f"| not measured: {row.get('error', '')[:60]} |||||||||")
-                continue
-            mark = ""
-            if row.get("peer_error"):
-                peer_errors.append(row["model"])
-                mark = " ¹"
-            if row.get("torch_compile_default_ms"):
-                ratios.append(row["torch_compile_default_ms"] / row["kilnrt_ms"])
-            lines.append(f"| {row['model']}{mark} | {row.get('family', '')} | {row['batch']} "
-                         f"| {_peer_ms(row, 'torch_eager')} | {_peer_ms(row, 'torch_compile_default')} "
-                         f"| {_peer_ms(row, 'torch_compile')} | {_ms(row['kilnrt_ms'])} "
-                         f"| {_ms(row.get('kilnrt_run_ms'))} "
-                         f"| {_ratio(row.get('torch_compile_default_ms'), row['kilnrt_ms'])} "
-                         f"| {_ratio(row.get('torch_compile_ms'), row['kilnrt_ms'])} "
-                         f"| {_err(row.get('relerr'))} ({_err(row.get('eager_relerr'))}) | {row['build_s']:.0f} s |")
+    rows = _zoo_rows()
+    for row in rows:
+        if row.get("kilnrt_ms") is None:
+            lines.append(f"| {row['model']} | {row.get('family', '')} | {row['batch']} "
+                         f"| not measured: {row.get('error', '')[:60]} |||||||||")
+            continue
+        mark = ""
+        if row.get("peer_error"):
+            peer_errors.append(row["model"])
+            mark = " ¹"
+        if row.get("torch_compile_default_ms"):
+            ratios.append(row["torch_compile_default_ms"] / row["kilnrt_ms"])
+        lines.append(f"| {row['model']}{mark} | {row.get('family', '')} | {row['batch']} "
+                     f"| {_peer_ms(row, 'torch_eager')} | {_peer_ms(row, 'torch_compile_default')} "
+                     f"| {_peer_ms(row, 'torch_compile')} | {_ms(row['kilnrt_ms'])} "
+                     f"| {_ms(row.get('kilnrt_run_ms'))} "
+                     f"| {_ratio(row.get('torch_compile_default_ms'), row['kilnrt_ms'])} "
+                     f"| {_ratio(row.get('torch_compile_ms'), row['kilnrt_ms'])} "
+                     f"| {_err(row.get('relerr'))} ({_err(row.get('eager_relerr'))}) | {row['build_s']:.0f} s |")
     lines.append("")
     if ratios:
         geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
@@ -130,8 +139,7 @@ def zoo() -> str:
         lines.append("")
     if peer_errors:
         lines.append("¹ A peer was not timed: " + "; ".join(
-            f"{row['model']}: {row['peer_error'][:110]}" for name in ZOO for row in _load(name)["rows"]
-            if row.get("peer_error")) + ".")
+            f"{row['model']}: {row['peer_error'][:110]}" for row in rows if row.get("peer_error")) + ".")
         lines.append("")
     lines.append("From " + ", ".join(f"`{n}` ({_load(n)['date']}, {_load(n)['gpu']})" for n in ZOO) + ".")
     return "\n".join(lines)
@@ -179,10 +187,14 @@ def render(text: str) -> str:
 
 def chart() -> str:
     sys.path.insert(0, ROOT)
-    from kilnrt.cli.plots import plot_results
+    from kilnrt.cli.plots import results_figure
 
-    return str(plot_results([os.path.join(RESULTS, n) for n in ZOO], CHART,
-                            title="kilnrt over each peer, the zoo (peer ms / kilnrt public-call ms)"))
+    titles = sorted({f"{_load(n)['gpu']}, {_load(n)['date']}" for n in ZOO})
+    fig = results_figure(_zoo_rows(), titles,
+                         title="kilnrt over each peer, the zoo (peer ms / kilnrt public-call ms)")
+    os.makedirs(os.path.dirname(CHART), exist_ok=True)
+    fig.savefig(CHART, dpi=120)
+    return CHART
 
 
 def main(argv=None) -> int:

@@ -9,11 +9,12 @@ from kilnrt.network.graph import Network
 from kilnrt.optimize.passes.activations import fuse_activations
 from kilnrt.optimize.passes.cleanup import (eliminate_common_subexpressions, eliminate_dead_layers, fold_constants,
                                             remove_identities)
+from kilnrt.optimize.passes.concat import share_concatenations
 from kilnrt.optimize.passes.fusion import (fuse_conv_epilogue, fuse_conv_scale, fuse_squeeze_excitation,
                                             move_residual_bias)
 from kilnrt.optimize.passes.norms import fuse_normalizations
 from kilnrt.optimize.passes.horizontal import fuse_sibling_convs, fuse_sibling_matmuls
-from kilnrt.optimize.passes.pointwise import fuse_pointwise
+from kilnrt.optimize.passes.pointwise import fuse_pointwise, scales_to_elementwise
 from kilnrt.optimize.passes.quantization import fold_qdq
 from kilnrt.optimize.passes.transformer import fuse_add_norm, fuse_attention, fuse_matmul_epilogue
 from kilnrt.optimize.passes.views import fold_view_chains, sink_reshape_into_matmul
@@ -29,6 +30,7 @@ PIPELINE: list[tuple[str, Pass, int]] = [
     ("remove_identities", remove_identities, 0),
     ("eliminate_dead_layers", eliminate_dead_layers, 0),
     ("eliminate_common_subexpressions", eliminate_common_subexpressions, 1),
+    ("share_concatenations", share_concatenations, 1),  # after CSE: equal concatenations are one by then
     ("fuse_activations", fuse_activations, 1),  # before the epilogue fusions, which absorb them
     ("fuse_normalizations", fuse_normalizations, 1),  # before fuse_add_norm, which takes their residual adds
     ("fuse_conv_scale", fuse_conv_scale, 1),
@@ -49,7 +51,9 @@ PIPELINE: list[tuple[str, Pass, int]] = [
     ("sink_reshape_into_matmul", sink_reshape_into_matmul, 2),
     ("fold_view_chains", fold_view_chains, 2),
     ("eliminate_dead_layers", eliminate_dead_layers, 2),
+    ("scales_to_elementwise", scales_to_elementwise, 3),  # scales left beside pointwise layers join their regions
     ("fuse_pointwise", fuse_pointwise, 3),  # after the anchor fusions: takes what they left
+    ("eliminate_dead_layers", eliminate_dead_layers, 3),  # the weights scales_to_elementwise replaced
 ]
 
 

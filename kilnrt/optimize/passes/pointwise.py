@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.graph import Layer, Network, Tensor
-from kilnrt.network.layers import (ActivationType as A, CastParams, ElementWiseOperation as E, LayerKind,
-                                   PointwiseParams, UnaryOperation as U)
+from kilnrt.network.layers import (ActivationType as A, CastParams, ConstantParams, ElementWiseOperation as E,
+                                   ElementWiseParams, LayerKind, PointwiseParams, ScaleMode, UnaryOperation as U)
 from kilnrt.network.rewrite import NetworkCopier
 from kilnrt.optimize.passes.match import Emit, Graph, fused, replace, rewrite
 
@@ -102,6 +102,66 @@ class _Regions:
         self.members[root].sort(key=lambda l: self.pos[id(l)])
         self.last[root] = end
         return True
+
+
+def scales_to_elementwise(net: Network, stats: dict | None = None) -> Network:
+    """scale(x, shift, s) => x * s + shift, as two elementwise layers on constants shaped to
+    broadcast, where a pointwise layer is next to it (its producer, or every reader), so that
+    :func:`fuse_pointwise` takes the scale into that layer's region: a BatchNormalization no
+    convolution absorbed (DenseNet's and pre-activation networks', on a concatenation or a sum)
+    and its ReLU become one kernel instead of a scale kernel and an activation kernel.  Only
+    constant weights and no power; a float input of known rank."""
+    g = Graph(net)
+    ok = {id(l) for l in net.layers if fusible(l)}
+    rewrites: dict[int, Emit] = {}
+    for layer in net.layers:
+        if layer.kind != LayerKind.SCALE or layer.precision is not None or layer.output_types:
+            continue
+        x = layer.inputs[0]
+        ins = list(layer.inputs[1:]) + [None] * (4 - len(layer.inputs))
+        shift, scale, power = ins[:3]
+        values = [net.constant_value(t) if t is not None else None for t in (shift, scale)]
+        if power is not None or any(t is not None and v is None for t, v in zip((shift, scale), values)) \
+                or x is None or x.dtype not in FLOATS or x.shape is None \
+                or any(v is not None and v.dtype != x.dtype.numpy for v in values):
+            continue
+        out = layer.outputs[0]
+        users = g.uses.get(out.name, [])
+        near = (x.producer is not None and id(x.producer) in ok and g.single_use(x) is layer) or \
+            (users and out.name not in g.outputs and all(id(u) in ok for u, _ in users))
+        if near:
+            rewrites[id(layer)] = _scale_as_elementwise(layer, *(_broadcastable(v, layer, len(x.shape))
+                                                                 for v in values))
+    return replace(net, rewrites, set(), stats, "scales_to_elementwise")
+
+
+def _broadcastable(v, layer: Layer, rank: int):
+    """A scale weight shaped as the elementwise layer needs it (what the scale kernel
+    broadcasts: a per-channel vector gets trailing ones after the channel axis)."""
+    if v is None:
+        return None
+    if layer.params.mode == ScaleMode.CHANNEL and v.ndim == 1:
+        v = v.reshape((-1,) + (1,) * (rank - layer.params.channel_axis % rank - 1))
+    return v.copy()   # a constant of its own: plans refuse two weights sharing memory
+
+
+def _scale_as_elementwise(layer: Layer, shift, scale) -> Emit:
+    def emit(c: NetworkCopier) -> Tensor:
+        y = c.mapped(layer.inputs[0])
+        steps = [(E.PROD, scale, "scale"), (E.SUM, shift, "shift")]
+        steps = [s for s in steps if s[1] is not None]
+        if not steps:   # neither weight: the identity
+            return y
+        for i, (op, value, what) in enumerate(steps):
+            const = c.net.add_layer(LayerKind.CONSTANT, ConstantParams(value), [],
+                                    name=c.net.unique_name(f"{layer.name}/{what}"), origin=layer.origin).outputs[0]
+            if i == len(steps) - 1:   # the last keeps the scale's name and output
+                return c.add_merged(LayerKind.ELEMENTWISE, ElementWiseParams(op), [y, const], [layer]).outputs[0]
+            y = c.net.add_layer(LayerKind.ELEMENTWISE, ElementWiseParams(op), [y, const],
+                                name=c.net.unique_name(f"{layer.name}/{what}"), origin=layer.origin).outputs[0]
+        raise AssertionError("unreachable")
+
+    return rewrite([layer], emit)
 
 
 def fuse_pointwise(net: Network, stats: dict | None = None) -> Network:
