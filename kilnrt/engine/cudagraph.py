@@ -36,13 +36,15 @@ from typing import Mapping
 import torch
 
 from kilnrt.device import out_of_memory
+from kilnrt.engine.capture_lock import CAPTURES
 from kilnrt.errors import ErrorCode, ExecutionError, KilnError
 
 log = logging.getLogger("kilnrt.runtime")
 
 # A capture forbids unsafe calls (cudaMalloc, a sync) on the capturing thread only: in the
 # default ("global") mode, another thread's context that allocates or syncs while this one
-# captures fails, and breaks this capture too.
+# captures fails, and breaks this capture too.  Eager runs on other threads wait for the
+# capture (kilnrt.engine.capture_lock).
 CAPTURE_MODE = "thread_local"
 
 
@@ -177,7 +179,8 @@ class GraphCache:
         if entry is False:
             stream = stream or torch.cuda.current_stream()
             t0 = time.perf_counter()
-            entry = self.graphs[key] = self._capture(feeds, stream)
+            with CAPTURES.capture():
+                entry = self.graphs[key] = self._capture(feeds, stream)
             self._evict(keep=key)
             if entry is not None:
                 self.stats.captures += 1
@@ -301,6 +304,10 @@ class BoundGraphs:
         outputs into the bound buffers and raises if they do not fit).  An eager run first
         (lazy initialization, and the size checks before anything is captured).  Returns the
         :class:`BoundGraph`, or None (logged) when the run cannot be captured."""
+        with CAPTURES.capture():
+            return self._capture(key, program, feeds, write, stream)
+
+    def _capture(self, key: tuple, program, feeds: Mapping[str, torch.Tensor], write, stream: torch.cuda.Stream):
         t0 = time.perf_counter()
         side = self._side
         side.wait_stream(stream)

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import torch
 
 from kilnrt.device import out_of_memory
+from kilnrt.engine.capture_lock import CAPTURES
 from kilnrt.engine.concat_plan import ConcatPlan, concat_plans
 from kilnrt.errors import ErrorCode, ExecutionError, KilnError
 from kilnrt.kernels.precision import tf32_mode
@@ -113,7 +114,7 @@ class Program:
     def execute(self, feeds: Mapping[str, torch.Tensor], profiler: Any = None) -> dict[str, torch.Tensor]:
         if self.device.type != "cuda":
             return self._execute(feeds, profiler)
-        with tf32_mode(self.tf32):
+        with CAPTURES.eager(), tf32_mode(self.tf32):
             return self._execute(feeds, profiler)
 
     def _execute(self, feeds: Mapping[str, torch.Tensor], profiler: Any = None) -> dict[str, torch.Tensor]:

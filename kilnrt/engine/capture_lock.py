@@ -1,0 +1,66 @@
+"""One lock, per process, between CUDA-graph captures and eager runs on other threads.
+
+A thread's first cuBLAS or cuDNN call creates that thread's library handles, and a library
+may allocate or synchronize the device as it does; while another thread captures a graph,
+that fails both ("operation not permitted when stream is capturing").  So a capture (its
+warm-up run included) holds the lock alone, and eager runs share it: they wait while a
+capture is under way, a capture waits for the eager runs in progress, and a waiting capture
+goes before eager runs that come after it.  Graph replays take no lock: launching a captured
+graph allocates nothing.  A thread that holds the lock alone may run eagerly inside it (a
+capture's warm-up run).
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+
+
+class CaptureLock:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running = 0          # eager runs under way
+        self._capturing = None     # the capturing thread's ident
+        self._waiting = 0          # captures waiting for the eager runs to finish
+
+    @contextlib.contextmanager
+    def eager(self):
+        me = threading.get_ident()
+        with self._cond:
+            if self._capturing == me:   # the capture's own runs
+                inside = True
+            else:
+                inside = False
+                while self._capturing is not None or self._waiting:
+                    self._cond.wait()
+                self._running += 1
+        try:
+            yield
+        finally:
+            if not inside:
+                with self._cond:
+                    self._running -= 1
+                    if not self._running:
+                        self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def capture(self):
+        me = threading.get_ident()
+        with self._cond:
+            if self._capturing == me:
+                raise RuntimeError("a CUDA-graph capture inside another capture on the same thread")
+            self._waiting += 1
+            try:
+                while self._capturing is not None or self._running:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
+            self._capturing = me
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._capturing = None
+                self._cond.notify_all()
+
+
+CAPTURES = CaptureLock()

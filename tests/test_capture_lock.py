@@ -1,0 +1,85 @@
+"""kilnrt.engine.capture_lock: a capture runs alone, eager runs share, a waiting capture goes
+before later eager runs, and a capture's own runs pass through (CPU threads; the GPU check is
+benchmarks/stress.py and tests/test_stress_script.py)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from kilnrt.engine.capture_lock import CaptureLock
+
+
+def test_eager_runs_share_and_a_capture_waits_for_them():
+    lock, log = CaptureLock(), []
+    first_in, release = threading.Event(), threading.Event()
+
+    def eager(name):
+        with lock.eager():
+            log.append(f"{name} in")
+            first_in.set()
+            release.wait(5)
+            log.append(f"{name} out")
+
+    def capture():
+        with lock.capture():
+            log.append("capture")
+
+    a = threading.Thread(target=eager, args=("a",))
+    a.start()
+    first_in.wait(5)
+    with lock.eager():             # a second eager run enters beside the first
+        log.append("b")
+    c = threading.Thread(target=capture)
+    c.start()
+    time.sleep(0.1)
+    assert "capture" not in log    # waits for a
+    release.set()
+    a.join(5)
+    c.join(5)
+    assert log == ["a in", "b", "a out", "capture"]
+
+
+def test_a_waiting_capture_goes_before_later_eager_runs():
+    lock, log = CaptureLock(), []
+    release = threading.Event()
+    holding = threading.Event()
+
+    def eager(name, hold=False):
+        with lock.eager():
+            if hold:
+                holding.set()
+                release.wait(5)
+            log.append(name)
+
+    def capture():
+        with lock.capture():
+            log.append("capture")
+
+    first = threading.Thread(target=eager, args=("first", True))
+    first.start()
+    holding.wait(5)
+    c = threading.Thread(target=capture)
+    c.start()
+    time.sleep(0.1)
+    later = threading.Thread(target=eager, args=("later",))
+    later.start()
+    time.sleep(0.1)
+    assert log == []
+    release.set()
+    for t in (first, c, later):
+        t.join(5)
+    assert log == ["first", "capture", "later"]
+
+
+def test_a_captures_own_runs_pass_and_nested_captures_refuse():
+    lock = CaptureLock()
+    with lock.capture():
+        with lock.eager():
+            pass
+        with pytest.raises(RuntimeError, match="inside another capture"):
+            with lock.capture():
+                pass
+    with lock.eager():   # released
+        pass
