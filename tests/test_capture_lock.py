@@ -83,3 +83,31 @@ def test_a_captures_own_runs_pass_and_nested_captures_refuse():
                 pass
     with lock.eager():   # released
         pass
+
+
+def test_a_run_inside_a_run_passes_while_a_capture_waits():
+    lock, log = CaptureLock(), []
+    outer_in, go = threading.Event(), threading.Event()
+
+    def outer():
+        with lock.eager():
+            outer_in.set()
+            go.wait(5)
+            with lock.eager():   # would deadlock if it queued behind the waiting capture
+                log.append("inner")
+
+    def capture():
+        with lock.capture():
+            log.append("capture")
+
+    a = threading.Thread(target=outer)
+    a.start()
+    outer_in.wait(5)
+    c = threading.Thread(target=capture)
+    c.start()
+    time.sleep(0.1)
+    go.set()
+    a.join(5)
+    c.join(5)
+    assert not a.is_alive() and not c.is_alive()
+    assert log == ["inner", "capture"]

@@ -21,21 +21,25 @@ class CaptureLock:
         self._running = 0          # eager runs under way
         self._capturing = None     # the capturing thread's ident
         self._waiting = 0          # captures waiting for the eager runs to finish
+        self._mine = threading.local()   # .depth: this thread's eager runs under way
 
     @contextlib.contextmanager
     def eager(self):
         me = threading.get_ident()
+        depth = getattr(self._mine, "depth", 0)
         with self._cond:
-            if self._capturing == me:   # the capture's own runs
-                inside = True
-            else:
-                inside = False
+            # the capture's own runs, and a run inside a run (a plugin running another
+            # engine), pass: waiting there would wait for this thread itself
+            inside = self._capturing == me or depth > 0
+            if not inside:
                 while self._capturing is not None or self._waiting:
                     self._cond.wait()
                 self._running += 1
+        self._mine.depth = depth + 1
         try:
             yield
         finally:
+            self._mine.depth = depth
             if not inside:
                 with self._cond:
                     self._running -= 1
