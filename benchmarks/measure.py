@@ -128,7 +128,23 @@ def results_header(set_name: str, gpu: str, date: str | None = None) -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
     return {"date": date or datetime.date.today().isoformat(), "gpu": gpu, "torch": torch.__version__,
-            "triton": triton_version, "kilnrt_commit": commit, "set": set_name}
+            "triton": triton_version, "kilnrt_commit": code_commit(), "set": set_name}
+
+
+def code_commit() -> str | None:
+    """The commit of the code that runs: ``KILNRT_COMMIT`` where the caller knows it better
+    (a copy of the working tree whose git metadata lags, as on the GPU machine), else git's
+    HEAD, marked ``+changes`` when tracked files differ from it."""
+    if os.environ.get("KILNRT_COMMIT"):
+        return os.environ["KILNRT_COMMIT"]
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=here).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or None
+    if commit and git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+changes"
+    return commit
+

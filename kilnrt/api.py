@@ -55,7 +55,7 @@ def keep_onnx_for_refit(network: Network, model: Any) -> None:
     of it parses the model again at refit, redoing the importer's folds (BatchNormalization)."""
     import onnx
 
-    from kilnrt.engine.refit import remember_onnx
+    from kilnrt.builder.refit import remember_onnx
 
     if isinstance(model, (bytes, bytearray)):
         model = onnx.load_from_string(bytes(model))

@@ -187,10 +187,10 @@ def _warn_unhonoured(flags) -> None:
 
 
 def _keep_for_refit(network: Network, net: Network, config: BuilderConfig):
-    """With BuilderFlag.REFIT: what the engine keeps to fold new weights (kilnrt.engine.refit)."""
+    """With BuilderFlag.REFIT: what the engine keeps to fold new weights (kilnrt.builder.refit)."""
     if BuilderFlag.REFIT not in config.flags:
         return None
-    from kilnrt.engine.refit import keep_for_refit, onnx_model_of
+    from kilnrt.builder.refit import keep_for_refit, onnx_model_of
 
     return keep_for_refit(network, net, config.builder_optimization_level, onnx_model_of(network))
 

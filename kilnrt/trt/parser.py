@@ -5,7 +5,7 @@ import enum
 import os
 from typing import Any
 
-from kilnrt.engine.refit import remember_onnx
+from kilnrt.builder.refit import remember_onnx
 from kilnrt.errors import ErrorCode, ImportErrors, KilnError
 from kilnrt.network.graph import Network
 from kilnrt.trt.logger import ILogger, Severity, report
