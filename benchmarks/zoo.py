@@ -29,6 +29,7 @@ marked with an ``error``); ``--resume`` skips the rows already measured in ``--o
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -107,6 +108,9 @@ def peer_worker(name: str, batch: int, peers: tuple[str, ...], folder: str, conn
         entry = ZOO[name]
         info: dict = {}
         model32, inputs = entry.make(batch)
+        # the peers' copy, taken before any forward: a module may cache float32 values in its
+        # first eval run (timm's LeViT caches its attention biases), which .half() leaves float32
+        fresh = copy.deepcopy(model32)
         with torch.no_grad():
             ref = first_output(model32(*inputs.values())).float()
         torch.save({"inputs": {k: v.cpu() for k, v in inputs.items()}, "ref": ref.cpu()},
@@ -116,7 +120,7 @@ def peer_worker(name: str, batch: int, peers: tuple[str, ...], folder: str, conn
         with torch.no_grad():
             info["exporter"] = export_onnx(model32, inputs, path)
         info["export_s"] = round(time.perf_counter() - t0, 1)
-        model = model32.half()
+        model = fresh.half()
         if entry.cnn:
             model = model.to(memory_format=torch.channels_last)
         args = peer_inputs(inputs, entry.cnn)
