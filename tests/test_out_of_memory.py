@@ -67,6 +67,33 @@ def test_run_out_of_memory_is_a_clear_error_and_the_engine_still_runs(monkeypatc
     np.testing.assert_allclose(y, np.maximum(x.astype(np.float64) @ w, 0), rtol=1e-4, atol=1e-4)
 
 
+def test_out_of_memory_loading_the_weights_names_the_engine_and_the_next_run_loads_again(monkeypatch):
+    """A plan whose weights do not fit on the GPU: the first run (which loads them) fails with
+    OUT_OF_MEMORY naming the engine and its weights' size, not a bare allocator error or one
+    about copying inputs; the engine has no half-loaded program, so a later run loads it."""
+    from kilnrt.engine.program import Program
+
+    model, w = _model()
+    engine = kilnrt.Runtime().deserialize_cuda_engine(kilnrt.build(model).serialize())
+
+    def runs_out(self, engine):
+        self.constants = {"partly": torch.ones(4)}   # what a half-done load holds
+        raise torch.OutOfMemoryError(ALLOCATOR_SAYS)
+
+    monkeypatch.setattr(Program, "_prepare", runs_out)
+    x = RNG.standard_normal((8, 16)).astype(np.float32)
+    with pytest.raises(ExecutionError) as info:
+        engine.run({"x": x})
+    assert info.value.code == ErrorCode.OUT_OF_MEMORY
+    text = str(info.value)
+    assert f"loading engine {engine.name!r} onto the GPU" in text and "GiB of weights" in text
+    assert "Tried to allocate 20.00 GiB" in text and "lower precision" in text
+    assert engine._program is None
+    monkeypatch.undo()
+    y = engine.run({"x": x})["y"]
+    np.testing.assert_allclose(y, np.maximum(x.astype(np.float64) @ w, 0), rtol=1e-4, atol=1e-4)
+
+
 class _Candidate:
     def __init__(self, name: str, fails_with: BaseException | None = None) -> None:
         self.name, self.fails_with = name, fails_with

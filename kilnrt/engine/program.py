@@ -61,8 +61,26 @@ def layer_started(profiler: Any, name: str) -> float:
     return time.perf_counter()
 
 
+LOAD_ADVICE = ("free GPU memory (other engines and contexts, tensors, processes), or build with lower precision "
+               "(fp16, int8) for smaller weights")
+
+
 class Program:
     def __init__(self, engine) -> None:
+        said = None
+        try:
+            self._prepare(engine)
+        except torch.OutOfMemoryError as exc:   # raised below, with this frame's tensors gone
+            said = str(exc)
+        if said is not None:
+            self.constants, self.host_constants, self.steps = {}, {}, []
+            size = sum(a.nbytes for a in engine.constants.values()) / 2**30
+            raise ExecutionError(ErrorCode.OUT_OF_MEMORY, out_of_memory(
+                said, f"loading engine {engine.name!r} onto the GPU ({size:.2f} GiB of weights, then each layer's "
+                      "prepared form)", LOAD_ADVICE))
+
+    def _prepare(self, engine) -> None:
+        """The weights on the device, each layer's tactic prepared, the steps in order."""
         self.engine = engine
         self.device = torch.device(engine.device)
         self.constants: dict[str, torch.Tensor] = {}
