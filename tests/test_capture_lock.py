@@ -6,8 +6,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
-
 from kilnrt.engine.capture_lock import CaptureLock
 
 
@@ -73,16 +71,19 @@ def test_a_waiting_capture_goes_before_later_eager_runs():
     assert log == ["first", "capture", "later"]
 
 
-def test_a_captures_own_runs_pass_and_nested_captures_refuse():
+def test_a_captures_own_runs_pass_and_a_capture_inside_a_run_is_told_no():
     lock = CaptureLock()
-    with lock.capture():
+    with lock.capture() as alone:
+        assert alone
         with lock.eager():
             pass
-        with pytest.raises(RuntimeError, match="inside another capture"):
-            with lock.capture():
-                pass
-    with lock.eager():   # released
-        pass
+        with lock.capture() as again:   # inside a capture: would wait for itself
+            assert not again
+    with lock.eager():
+        with lock.capture() as inside_a_run:   # a plugin's engine inside an eager run
+            assert not inside_a_run
+    with lock.capture() as alone:   # released: free again
+        assert alone
 
 
 def test_a_run_inside_a_run_passes_while_a_capture_waits():

@@ -7,7 +7,8 @@ warm-up run included) holds the lock alone, and eager runs share it: they wait w
 capture is under way, a capture waits for the eager runs in progress, and a waiting capture
 goes before eager runs that come after it.  Graph replays take no lock: launching a captured
 graph allocates nothing.  A thread that holds the lock alone may run eagerly inside it (a
-capture's warm-up run).
+capture's warm-up run); a thread inside an eager run or a capture that asks to capture (a
+plugin running another engine) is told no, and runs eagerly.
 """
 from __future__ import annotations
 
@@ -48,19 +49,25 @@ class CaptureLock:
 
     @contextlib.contextmanager
     def capture(self):
+        """Yields True once this thread may capture alone; False, at once, where this thread
+        is inside a capture or an eager run already (a plugin running another engine): it
+        would wait for itself, so the caller runs eagerly instead."""
         me = threading.get_ident()
         with self._cond:
-            if self._capturing == me:
-                raise RuntimeError("a CUDA-graph capture inside another capture on the same thread")
-            self._waiting += 1
-            try:
-                while self._capturing is not None or self._running:
-                    self._cond.wait()
-            finally:
-                self._waiting -= 1
-            self._capturing = me
+            nested = self._capturing == me or getattr(self._mine, "depth", 0) > 0
+            if not nested:
+                self._waiting += 1
+                try:
+                    while self._capturing is not None or self._running:
+                        self._cond.wait()
+                finally:
+                    self._waiting -= 1
+                self._capturing = me
+        if nested:
+            yield False
+            return
         try:
-            yield
+            yield True
         finally:
             with self._cond:
                 self._capturing = None

@@ -100,7 +100,7 @@ def owned_stream() -> torch.cuda.Stream:
     if err:
         raise RuntimeError(f"cuStreamCreate failed with CUDA driver error {err}")
     stream = torch.cuda.ExternalStream(handle.value)
-    weakref.finalize(stream, driver.cuStreamDestroy_v2, handle)
+    weakref.finalize(stream, driver.cuStreamDestroy_v2, handle).atexit = False   # the driver may be gone by then
     return stream
 
 
@@ -179,9 +179,12 @@ class GraphCache:
         if entry is False:
             stream = stream or torch.cuda.current_stream()
             t0 = time.perf_counter()
-            with CAPTURES.capture():
-                entry = self.graphs[key] = self._capture(feeds, stream)
-            self._evict(keep=key)
+            with CAPTURES.capture() as alone:
+                # not alone: inside another run on this thread; run eagerly, capture next time
+                entry = self._capture(feeds, stream) if alone else None
+            if alone:
+                self.graphs[key] = entry
+                self._evict(keep=key)
             if entry is not None:
                 self.stats.captures += 1
                 self.stats.last_capture_ms = (time.perf_counter() - t0) * 1e3
@@ -304,8 +307,9 @@ class BoundGraphs:
         outputs into the bound buffers and raises if they do not fit).  An eager run first
         (lazy initialization, and the size checks before anything is captured).  Returns the
         :class:`BoundGraph`, or None (logged) when the run cannot be captured."""
-        with CAPTURES.capture():
-            return self._capture(key, program, feeds, write, stream)
+        with CAPTURES.capture() as alone:
+            # not alone: inside another run on this thread; run eagerly, capture next time
+            return self._capture(key, program, feeds, write, stream) if alone else None
 
     def _capture(self, key: tuple, program, feeds: Mapping[str, torch.Tensor], write, stream: torch.cuda.Stream):
         t0 = time.perf_counter()
