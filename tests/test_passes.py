@@ -296,6 +296,33 @@ def test_remove_identities_near_misses():
     assert out.dtype == np.float16
 
 
+def test_remove_identities_drops_a_pad_by_zeros_and_keeps_real_pads():
+    """Constant zero pads (in any mode) add nothing; a pad by one, or by a computed amount, stays."""
+    from kilnrt.network.layers import PaddingParams
+
+    net = Network("pads")
+    x = net.add_input("x", DataType.FLOAT, (1, 3, 4, 4))
+    n = net.add_input("n", DataType.INT64, (8,))
+
+    def const(v):
+        return net.add_layer(LayerKind.CONSTANT, ConstantParams(np.asarray(v, np.int64)), []).outputs[0]
+
+    zero = net.add_layer(LayerKind.PADDING, PaddingParams("reflect"), [x, const([0] * 8)]).outputs[0]
+    one = net.add_layer(LayerKind.PADDING, PaddingParams(), [zero, const([0, 0, 0, 1, 0, 0, 0, 1])]).outputs[0]
+    computed = net.add_layer(LayerKind.PADDING, PaddingParams(), [one, n]).outputs[0]
+    y = net.add_layer(LayerKind.ACTIVATION, ActivationParams(ActivationType.TANH), [computed]).outputs[0]
+    net.mark_output(y)
+    stats: dict = {}
+    after = remove_identities(net.clone(), stats)
+    assert stats.get("remove_identities") == 1
+    pads = [l for l in after.layers if l.kind == LayerKind.PADDING]
+    assert len(pads) == 2 and pads[0].inputs[0].name == "x"
+    feeds = {"x": np.random.default_rng(3).standard_normal((1, 3, 4, 4)).astype(np.float32),
+             "n": np.array([0, 0, 1, 0, 0, 0, 0, 2], np.int64)}
+    for a, e in zip(evaluate(after, feeds), evaluate(net, feeds)):
+        np.testing.assert_array_equal(a, e)
+
+
 def test_common_subexpressions_merge_and_near_misses_stay():
     from kilnrt.optimize.passes.cleanup import eliminate_common_subexpressions
 

@@ -62,14 +62,18 @@ def fold_constants(net: Network, stats: dict | None = None) -> Network:
 
 
 def remove_identities(net: Network, stats: dict | None = None) -> Network:
-    """identity(x) -> x, cast(x: T) to T -> x (unless the output is a network output)."""
+    """identity(x) -> x, cast(x: T) to T -> x, pad(x) by constant zero pads -> x (unless the
+    output is a network output).  Zero pads come from models that pad to a multiple of a
+    window whatever the size (Swin: ``F.pad`` by ``(w - W % w) % w``), exported at sizes that
+    need none: each was a full copy of its input."""
     outputs = {t.name for t in net.outputs}
     c = NetworkCopier(net)
     for layer in net.layers:
         x = c.mapped(layer.inputs[0]) if layer.inputs else None
         is_noop = layer.kind == LayerKind.IDENTITY or (
             layer.kind == LayerKind.CAST and x is not None and x.dtype is not None
-            and isinstance(layer.params, CastParams) and x.dtype == layer.params.to)
+            and isinstance(layer.params, CastParams) and x.dtype == layer.params.to) or (
+            layer.kind == LayerKind.PADDING and _zero_pads(net, layer))
         if is_noop and layer.outputs[0].name not in outputs and x is not None:
             c.alias(layer.outputs[0], x)
             if stats is not None:
@@ -77,6 +81,12 @@ def remove_identities(net: Network, stats: dict | None = None) -> Network:
             continue
         c.copy(layer)
     return c.finish()
+
+
+def _zero_pads(net: Network, layer) -> bool:
+    """Whether a PADDING layer's pads are a constant of zeros (in every mode: nothing added)."""
+    pads = net.constant_value(layer.inputs[1]) if len(layer.inputs) > 1 else None
+    return pads is not None and pads.size > 0 and not np.any(pads)
 
 
 def eliminate_dead_layers(net: Network, stats: dict | None = None) -> Network:
