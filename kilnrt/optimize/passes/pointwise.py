@@ -122,7 +122,7 @@ def scales_to_elementwise(net: Network, stats: dict | None = None) -> Network:
         shift, scale, power = ins[:3]
         values = [net.constant_value(t) if t is not None else None for t in (shift, scale)]
         if power is not None or any(t is not None and v is None for t, v in zip((shift, scale), values)) \
-                or x is None or x.dtype not in FLOATS or x.shape is None \
+                or x is None or x.dtype not in FLOATS or not x.shape \
                 or any(v is not None and v.dtype != x.dtype.numpy for v in values):
             continue
         out = layer.outputs[0]
