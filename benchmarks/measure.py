@@ -135,7 +135,7 @@ def results_header(set_name: str, gpu: str, date: str | None = None) -> dict:
 def code_commit() -> str | None:
     """The commit of the code that runs: ``KILNRT_COMMIT`` where the caller knows it better
     (a copy of the working tree whose git metadata lags, as on the GPU machine), else git's
-    HEAD, marked ``+changes`` when tracked files differ from it."""
+    HEAD, marked ``+changes`` when tracked code (``kilnrt/``, ``benchmarks/*.py``) differs from it."""
     if os.environ.get("KILNRT_COMMIT"):
         return os.environ["KILNRT_COMMIT"]
     here = os.path.dirname(os.path.abspath(__file__))
@@ -144,7 +144,9 @@ def code_commit() -> str | None:
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=here).stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD") or None
-    if commit and git("status", "--porcelain", "--untracked-files=no"):
+    root = os.path.dirname(here)
+    if commit and git("status", "--porcelain", "--untracked-files=no", "--", os.path.join(root, "kilnrt"),
+                      os.path.join(root, "benchmarks", "*.py")):   # the code, not results files
         commit += "+changes"
     return commit
 

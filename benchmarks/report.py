@@ -97,12 +97,14 @@ def _peer_ms(row: dict, key: str) -> str:
 
 
 def _zoo_rows() -> list[dict]:
-    """The zoo's rows, one per model and batch: a later file's row replaces an earlier one's
-    (a model measured again after a change)."""
+    """The zoo's rows, one per model and batch: a later file's measured row replaces an earlier
+    one's (a model measured again after a change)."""
     rows: dict[tuple, dict] = {}
     for name in ZOO:
         for row in _load(name)["rows"]:
-            rows[(row["model"], row["batch"])] = row
+            key = (row["model"], row["batch"])
+            if row.get("kilnrt_ms") is not None or rows.get(key, {}).get("kilnrt_ms") is None:
+                rows[key] = row   # a failed row does not hide a measured one
     return list(rows.values())
 
 
@@ -194,6 +196,9 @@ def chart() -> str:
                          title="kilnrt over each peer, the zoo (peer ms / kilnrt public-call ms)")
     os.makedirs(os.path.dirname(CHART), exist_ok=True)
     fig.savefig(CHART, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
     return CHART
 
 

@@ -17,7 +17,8 @@ A wrong output is one whose largest difference from the reference is above ``--a
 ``--rtol`` times the reference's largest magnitude.  The same kernels at the same shape
 should give identical bits, so ``identical`` counts those too.  The bar (issue: reliability):
 0 wrong outputs and 0 exceptions; a run that raises is counted and its thread goes on.
-``worst_diff_over_tolerance`` says how far the worst output was off.  Writes one JSON
+``worst_abs_diff`` says how far the worst output was off (``worst_is_nan``: an output had
+NaN where the reference had none).  Writes one JSON
 (BENCHMARKS.md's results format).
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import sys
 import threading
@@ -79,7 +81,7 @@ def worker(engine, contexts: list, cases: list[dict], runs: int, stream, toleran
         # made on this thread's stream, which every use below is ordered on
         wrong = torch.zeros((), dtype=torch.int64, device=device)
         identical = torch.zeros((), dtype=torch.int64, device=device)
-        worst = torch.zeros((), dtype=torch.float64, device=device)   # largest diff / tolerance
+        worst = torch.zeros((), dtype=torch.float64, device=device)   # largest difference from the reference
         buffers = [torch.empty_like(max(cases, key=lambda c: c["batch"])["ref"][out_name]) for _ in contexts]
         for r in range(runs):
             k = int(rng.integers(len(contexts)))
@@ -101,9 +103,9 @@ def worker(engine, contexts: list, cases: list[dict], runs: int, stream, toleran
                 continue
             diff = (got.float() - ref.float()).abs().max()
             bound = atol + rtol * case["scale"][out_name]
-            wrong += diff > bound
+            wrong += ~(diff <= bound)   # a NaN output is wrong too
             identical += diff == 0
-            worst = torch.maximum(worst, diff.double() / bound)
+            worst = torch.maximum(worst, diff.double())   # NaN stays NaN
             done += 1
     if stream is not None:
         stream.synchronize()
@@ -111,7 +113,8 @@ def worker(engine, contexts: list, cases: list[dict], runs: int, stream, toleran
         counters["runs"] += done
         counters["wrong"] += int(wrong)
         counters["identical"] += int(identical)
-        counters["worst"] = max(counters["worst"], float(worst))
+        w = float(worst)
+        counters["worst"] = math.nan if math.isnan(w) or math.isnan(counters["worst"]) else max(counters["worst"], w)
 
 
 class _nothing:
@@ -174,7 +177,9 @@ def main(argv=None) -> int:
            "profile": {"min": min(batches), "opt": max(batches), "max": max(batches)}, "batches": batches,
            "contexts": args.contexts, "threads": args.threads, "streams": args.threads if args.device == "cuda" else 0,
            "calls": args.calls, "runs": counters["runs"], "wrong": counters["wrong"],
-           "identical": counters["identical"], "worst_diff_over_tolerance": round(counters["worst"], 3),
+           "identical": counters["identical"],
+           "worst_abs_diff": None if math.isnan(counters["worst"]) else counters["worst"],
+           "worst_is_nan": math.isnan(counters["worst"]), "atol": args.atol, "rtol": args.rtol,
            "exceptions": len(errors), "first_exceptions": errors[:5], "seconds": round(seconds, 2),
            "runs_per_s": round(counters["runs"] / seconds, 1), "graph_captures": captures,
            "build_s": round(build_s, 2), "reference_vs_cpu_max_abs": ref_err,

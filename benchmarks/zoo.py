@@ -120,6 +120,7 @@ def peer_worker(name: str, batch: int, peers: tuple[str, ...], folder: str, conn
         with torch.no_grad():
             info["exporter"] = export_onnx(model32, inputs, path)
         info["export_s"] = round(time.perf_counter() - t0, 1)
+        del model32   # the FP32 model's part is done: it would hold GPU memory while peers compile and time
         model = fresh.half()
         if entry.cnn:
             model = model.to(memory_format=torch.channels_last)

@@ -1,6 +1,6 @@
 """kilnrt.engine.capture_lock: a capture runs alone, eager runs share, a waiting capture goes
-before later eager runs, and a capture's own runs pass through (CPU threads; the GPU check is
-benchmarks/stress.py and tests/test_stress_script.py)."""
+before later eager runs, and a capture's own runs pass through (CPU threads, daemons: a deadlock fails the test instead of
+hanging it; the GPU check is benchmarks/stress.py and tests/test_stress_script.py)."""
 from __future__ import annotations
 
 import threading
@@ -24,18 +24,19 @@ def test_eager_runs_share_and_a_capture_waits_for_them():
         with lock.capture():
             log.append("capture")
 
-    a = threading.Thread(target=eager, args=("a",))
+    a = threading.Thread(daemon=True, target=eager, args=("a",))
     a.start()
     first_in.wait(5)
     with lock.eager():             # a second eager run enters beside the first
         log.append("b")
-    c = threading.Thread(target=capture)
+    c = threading.Thread(daemon=True, target=capture)
     c.start()
     time.sleep(0.1)
     assert "capture" not in log    # waits for a
     release.set()
     a.join(5)
     c.join(5)
+    assert not a.is_alive() and not c.is_alive()
     assert log == ["a in", "b", "a out", "capture"]
 
 
@@ -55,19 +56,20 @@ def test_a_waiting_capture_goes_before_later_eager_runs():
         with lock.capture():
             log.append("capture")
 
-    first = threading.Thread(target=eager, args=("first", True))
+    first = threading.Thread(daemon=True, target=eager, args=("first", True))
     first.start()
     holding.wait(5)
-    c = threading.Thread(target=capture)
+    c = threading.Thread(daemon=True, target=capture)
     c.start()
     time.sleep(0.1)
-    later = threading.Thread(target=eager, args=("later",))
+    later = threading.Thread(daemon=True, target=eager, args=("later",))
     later.start()
     time.sleep(0.1)
     assert log == []
     release.set()
     for t in (first, c, later):
         t.join(5)
+    assert not any(t.is_alive() for t in (first, c, later))
     assert log == ["first", "capture", "later"]
 
 
@@ -101,10 +103,10 @@ def test_a_run_inside_a_run_passes_while_a_capture_waits():
         with lock.capture():
             log.append("capture")
 
-    a = threading.Thread(target=outer)
+    a = threading.Thread(daemon=True, target=outer)
     a.start()
     outer_in.wait(5)
-    c = threading.Thread(target=capture)
+    c = threading.Thread(daemon=True, target=capture)
     c.start()
     time.sleep(0.1)
     go.set()
@@ -112,3 +114,46 @@ def test_a_run_inside_a_run_passes_while_a_capture_waits():
     c.join(5)
     assert not a.is_alive() and not c.is_alive()
     assert log == ["inner", "capture"]
+
+
+def test_a_capture_interrupted_while_waiting_lets_the_eager_runs_go():
+    """A capture waiting for an eager run that is interrupted (KeyboardInterrupt in its wait)
+    must wake the eager runs that queued behind it."""
+    lock, log = CaptureLock(), []
+    holding, release = threading.Event(), threading.Event()
+
+    def first():
+        with lock.eager():
+            holding.set()
+            release.wait(5)
+
+    def later():
+        with lock.eager():
+            log.append("later")
+
+    a = threading.Thread(daemon=True, target=first)
+    a.start()
+    holding.wait(5)
+    calls = {"n": 0}
+    real_wait = lock._cond.wait
+
+    def interrupted(timeout=None):
+        calls["n"] += 1
+        if calls["n"] == 1:   # the capture's first wait
+            b.start()
+            real_wait(0.3)    # releases the lock a while: b queues behind the waiting capture
+            raise KeyboardInterrupt
+        return real_wait(timeout)
+
+    b = threading.Thread(daemon=True, target=later)
+    lock._cond.wait = interrupted
+    try:
+        with lock.capture():
+            pass
+    except KeyboardInterrupt:
+        pass
+    lock._cond.wait = real_wait
+    b.join(2)
+    assert log == ["later"] and not b.is_alive()
+    release.set()
+    a.join(5)

@@ -119,11 +119,13 @@ def test_scales_the_rewrite_leaves():
     pooled = net.add_layer(LayerKind.REDUCE, _mean_params(), [alone]).outputs[0]
     with_power = net.add_layer(LayerKind.SCALE, _scale_params(), [x, None, s, power]).outputs[0]
     relu = net.add_layer(LayerKind.ACTIVATION, _relu(), [with_power]).outputs[0]
+    bare = net.add_layer(LayerKind.SCALE, _scale_params(), [relu]).outputs[0]   # no weights, after a ReLU
     net.mark_output(pooled)
-    net.mark_output(relu)
+    net.mark_output(bare)
     stats: dict = {}
     after = scales_to_elementwise(net.clone(), stats)
-    assert sum(layer.kind == LayerKind.SCALE for layer in after.layers) == 2 and not stats.get("scales_to_elementwise")
+    assert sum(layer.kind == LayerKind.SCALE for layer in after.layers) == 3 and not stats.get("scales_to_elementwise")
+    assert [t.name for t in after.outputs] == [pooled.name, bare.name]
 
 
 def _scale_params():

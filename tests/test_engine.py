@@ -427,3 +427,20 @@ def test_build_records_the_layout_each_chosen_tactic_writes():
     failing = SimpleNamespace(prepare=Tactic().prepare, run=lambda state, inputs: 1 / 0)
     record_layouts(SimpleNamespace(outputs=[SimpleNamespace(name="lost")]), failing, None, [x], layouts)
     assert FORMATS.get(layouts.get("lost")) is None
+
+
+def test_a_cpu_engine_without_inputs_returns_numpy_on_every_run(tmp_path):
+    import onnx
+    from onnx import helper, numpy_helper, TensorProto
+
+    value = np.random.default_rng(6).standard_normal((3, 4)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(value)),
+                               helper.make_node("Relu", ["c"], ["y"])], "const", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])])
+    path = tmp_path / "const.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    ctx = kilnrt.build(str(path), device="cpu").create_execution_context()
+    for _ in range(3):   # the first run checks; later ones take the checked path
+        y = ctx.run({})["y"]
+        assert isinstance(y, np.ndarray)
+        np.testing.assert_array_equal(y, np.maximum(value, 0))

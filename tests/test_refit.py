@@ -271,6 +271,37 @@ def test_new_weights_that_change_what_was_folded_away_are_refused_clearly():
     assert_close(engine.run({"x": x})["y"], x * other + other, rtol=1e-6, atol=1e-6)
 
 
+def test_a_plan_from_an_optimizer_with_other_passes_says_so_when_its_refit_folds_differently():
+    """The same refusal as above, for a plan whose recorded passes are not this kilnrt's (a
+    plan saved by an earlier version): the message says why and what to do.  The record
+    survives a save and load; a plan without it (older than the record) counts as other."""
+    rng = np.random.default_rng(fresh_seed())
+    same = rng.standard_normal(4).astype(np.float32)
+    inits = [numpy_helper.from_array(same, "g"), numpy_helper.from_array(same.copy(), "z")]
+    nodes = [helper.make_node("Mul", ["x", "g"], ["m"]), helper.make_node("Add", ["m", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    engine = trt_build(model, trt.BuilderFlag.REFIT)
+    from kilnrt.builder.refit import pipeline_fingerprint
+
+    assert engine.refit_source.pipeline == pipeline_fingerprint()
+    loaded = kilnrt.Runtime().deserialize_cuda_engine(engine.serialize())
+    assert loaded.refit_source.pipeline == pipeline_fingerprint()
+    with pytest.raises(KilnError) as same_passes:
+        loaded.refit({"z": rng.standard_normal(4).astype(np.float32)})
+    assert "other passes" not in str(same_passes.value)
+    for recorded in ("0123456789abcdef", None):
+        loaded.refit_source.pipeline = recorded
+        with pytest.raises(KilnError, match="folds the network differently .* built by a kilnrt whose optimizer "
+                                            "had other passes .* rebuild the engine from the model"):
+            loaded.refit({"z": rng.standard_normal(4).astype(np.float32)})
+    other = rng.standard_normal(4).astype(np.float32)
+    loaded.refit({"g": other, "z": other})   # a refit that folds the same way still works
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    assert_close(loaded.run({"x": x})["y"], x * other + other, rtol=1e-6, atol=1e-6)
+
+
 def test_kilnrt_build_refit_true_refolds_batchnorm_from_an_onnx_file(tmp_path):
     """kilnrt.build(path, refit=True): the Pythonic REFIT build keeps the ONNX model, so the
     BatchNormalization parameters the importer folded are refittable too."""

@@ -9,6 +9,7 @@ optimizer or the ONNX importer.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import weakref
 from typing import Any
@@ -39,11 +40,21 @@ def keep_for_refit(network: Network, prepared: Network, level: int, onnx_model: 
     """The refit source of a build: ``prepared`` is the network the optimizer is about to run
     on; ``onnx_model`` the ModelProto ``network`` was parsed from, if known."""
     net = prepared.clone() if prepared is network else prepared
-    if onnx_model is not None:
-        source = _onnx_source(net, level, onnx_model)
-        if source is not None:
-            return source
-    return RefitSource(net, level, _weight_constants(net))
+    source = _onnx_source(net, level, onnx_model) if onnx_model is not None else None
+    if source is None:
+        source = RefitSource(net, level, _weight_constants(net))
+    source.pipeline = pipeline_fingerprint()
+    return source
+
+
+def pipeline_fingerprint() -> str:
+    """The optimizer's passes and their levels, hashed: a refit folds the new weights with
+    the passes of the kilnrt that runs it, which may fold differently from those that built
+    the plan."""
+    from kilnrt.optimize import PIPELINE
+
+    text = ";".join(f"{name}@{level}" for name, _, level in PIPELINE)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _onnx_source(net: Network, level: int, model) -> RefitSource | None:
@@ -109,7 +120,10 @@ def refold(source: RefitSource, new: dict[str, np.ndarray]) -> Network:
     net = optimize(net, source.level)
     q = source.quantization
     if q is not None and any(t is not None for t in q.types.values()):
-        net = optimize(q.apply(net), 0)   # the new weights quantized with the build's ranges and types
+        from kilnrt.optimize.passes.quantization import quantize_calibrated
+
+        # the new weights quantized with the build's ranges and types
+        net = optimize(quantize_calibrated(net, q.amax, to=q.to, types=q.types, fp8_amax=q.fp8_amax), 0)
     if source.low_precision is not None:
         from kilnrt.optimize.passes.precision import lower_precision
 
@@ -140,6 +154,18 @@ def _skeleton(value: Any) -> Any:
 def refitted(engine, new: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(new constants, layer name -> new params) of one engine (one profile), or BuildError
     when the refolded network no longer has the engine's structure."""
+    try:
+        return _refitted(engine, new)
+    except BuildError as exc:
+        if engine.refit_source.pipeline == pipeline_fingerprint():
+            raise
+        raise BuildError(ErrorCode.INVALID_ARGUMENT,
+                         f"{exc.message}. This plan was built by a kilnrt whose "
+                         "optimizer had other passes than this one's, which fold the weights differently: rebuild "
+                         "the engine from the model with this kilnrt, then refit it") from None
+
+
+def _refitted(engine, new: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     net = refold(engine.refit_source, new)
     constants = _all_constants(net)
     if set(constants) != set(engine.constants):

@@ -101,17 +101,23 @@ def time_cuda_graph(fn: Callable[[], Any], iters: int = 10, repeat: int = 1, war
     benchmark suite times every peer this way too). Raises if ``fn`` cannot be captured."""
     import warnings
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up outside the graph: library handles, lazy init
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with torch.cuda.graph(graph, stream=side):
-            for _ in range(repeat):
-                fn()
+    from kilnrt.engine.capture_lock import CAPTURES
+    from kilnrt.engine.cudagraph import CAPTURE_MODE, owned_stream
+
+    side = owned_stream()   # as engines capture: a stream of its own, other threads' work untouched
+    with CAPTURES.capture() as alone:
+        if not alone:
+            raise RuntimeError("time_cuda_graph inside a run or capture on this thread: cannot capture")
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the graph: library handles, lazy init
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.cuda.graph(graph, stream=side, capture_error_mode=CAPTURE_MODE):
+                for _ in range(repeat):
+                    fn()
     for _ in range(warmup):
         graph.replay()
     samples = []

@@ -5,10 +5,17 @@ may allocate or synchronize the device as it does; while another thread captures
 that fails both ("operation not permitted when stream is capturing").  So a capture (its
 warm-up run included) holds the lock alone, and eager runs share it: they wait while a
 capture is under way, a capture waits for the eager runs in progress, and a waiting capture
-goes before eager runs that come after it.  Graph replays take no lock: launching a captured
-graph allocates nothing.  A thread that holds the lock alone may run eagerly inside it (a
+goes before eager runs that come after it.  Graph replays take no lock: they launch the graph
+and copy (allocating at most from torch's caching allocator, which thread-local capture mode
+allows on other threads).  A thread that holds the lock alone may run eagerly inside it (a
 capture's warm-up run); a thread inside an eager run or a capture that asks to capture (a
 plugin running another engine) is told no, and runs eagerly.
+
+What it does not cover: building an engine's program (weights to the device, tactics
+prepared: the first run, before ``Program.execute``), and CUDA work of the caller's own on
+other threads.  And an eager run that waits for another thread which itself runs an engine
+eagerly (a plugin handing work to a thread pool) deadlocks while a capture waits between
+them: the helper waits for the capture, the capture for the outer run.
 """
 from __future__ import annotations
 
@@ -62,6 +69,8 @@ class CaptureLock:
                         self._cond.wait()
                 finally:
                     self._waiting -= 1
+                    if self._capturing is None:   # interrupted while waiting: eager runs may go
+                        self._cond.notify_all()
                 self._capturing = me
         if nested:
             yield False

@@ -48,7 +48,8 @@ class RefitSource:
     values: dict[str, np.ndarray]           # refittable weight name -> its current value
     low_precision: DataType | None = None   # FP16/BF16 lowering the build applied, if any
     onnx: bytes | None = None               # the ONNX model without its refittable initializers
-    quantization: Any = None                # a calibrated INT8/FP8 build's decisions (optimize.passes.quantization)
+    quantization: Any = None                # a calibrated INT8/FP8 build's decisions: to, types, amax, fp8_amax
+    pipeline: str | None = None             # the optimizer's passes that built it (None: a plan from before the field)
 
     @property
     def names(self) -> list[str]:
@@ -192,6 +193,7 @@ def to_record(source: RefitSource, weights: dict, prefix: str) -> dict:
                     "layers": layers, "outputs": [t.name for t in net.outputs]},
         "values": {name: put(a, "weight/" + name) for name, a in sorted(source.values.items())},
         "onnx": None,
+        "pipeline": source.pipeline,
     }
     if source.onnx is not None:
         record["onnx"] = put(np.frombuffer(source.onnx, dtype=np.uint8), "onnx")
@@ -270,7 +272,10 @@ def _from_record(record: dict, weights: dict) -> RefitSource:
     onnx_bytes = None
     if record.get("onnx") is not None:
         onnx_bytes = _weight(weights, record["onnx"]).tobytes()
-    return RefitSource(net, level, values, low, onnx_bytes, _quantization(record.get("quantization")))
+    pipeline = record.get("pipeline")
+    if pipeline is not None and not isinstance(pipeline, str):
+        raise ValueError(f"the refit pipeline must be a string, got {type(pipeline).__name__}")
+    return RefitSource(net, level, values, low, onnx_bytes, _quantization(record.get("quantization")), pipeline)
 
 
 def _quantization(d: Any):
@@ -278,8 +283,6 @@ def _quantization(d: Any):
     and positive."""
     if d is None:
         return None
-    from kilnrt.optimize.passes.quantization import Quantization
-
     eight = {"INT8": DataType.INT8, "FP8": DataType.FP8}
 
     def ranges(m: Any) -> dict[str, float]:
@@ -289,7 +292,18 @@ def _quantization(d: Any):
         return out
 
     types = {str(n): None if t is None else eight[t] for n, t in dict(d["types"]).items()}
-    return Quantization(eight[d["to"]], types, ranges(d["amax"]), ranges(d["fp8_amax"]))
+    return QuantizationRecord(eight[d["to"]], types, ranges(d["amax"]), ranges(d["fp8_amax"]))
+
+
+@dataclasses.dataclass
+class QuantizationRecord:
+    """A calibrated build's decisions as a plan keeps them (the fields of
+    ``optimize.passes.quantization.Quantization``, which the builder applies at refit)."""
+
+    to: DataType
+    types: dict[str, DataType | None]
+    amax: dict[str, float]
+    fp8_amax: dict[str, float]
 
 
 def _bad_dim(v: Any):

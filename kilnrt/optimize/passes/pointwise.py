@@ -121,7 +121,8 @@ def scales_to_elementwise(net: Network, stats: dict | None = None) -> Network:
         ins = list(layer.inputs[1:]) + [None] * (4 - len(layer.inputs))
         shift, scale, power = ins[:3]
         values = [net.constant_value(t) if t is not None else None for t in (shift, scale)]
-        if power is not None or any(t is not None and v is None for t, v in zip((shift, scale), values)) \
+        if power is not None or (shift is None and scale is None) \
+                or any(t is not None and v is None for t, v in zip((shift, scale), values)) \
                 or x is None or x.dtype not in FLOATS or not x.shape \
                 or any(v is not None and v.dtype != x.dtype.numpy for v in values):
             continue
@@ -146,20 +147,22 @@ def _broadcastable(v, layer: Layer, rank: int):
 
 
 def _scale_as_elementwise(layer: Layer, shift, scale) -> Emit:
+    """``x * scale`` then ``+ shift`` (each only where given: at least one is), the last
+    keeping the scale's name and output."""
+    steps = [(op, value, what) for op, value, what in ((E.PROD, scale, "scale"), (E.SUM, shift, "shift"))
+             if value is not None]
+
     def emit(c: NetworkCopier) -> Tensor:
+        def const(value, what: str) -> Tensor:
+            return c.net.add_layer(LayerKind.CONSTANT, ConstantParams(value), [],
+                                   name=c.net.unique_name(f"{layer.name}/{what}"), origin=layer.origin).outputs[0]
+
         y = c.mapped(layer.inputs[0])
-        steps = [(E.PROD, scale, "scale"), (E.SUM, shift, "shift")]
-        steps = [s for s in steps if s[1] is not None]
-        if not steps:   # neither weight: the identity
-            return y
-        for i, (op, value, what) in enumerate(steps):
-            const = c.net.add_layer(LayerKind.CONSTANT, ConstantParams(value), [],
-                                    name=c.net.unique_name(f"{layer.name}/{what}"), origin=layer.origin).outputs[0]
-            if i == len(steps) - 1:   # the last keeps the scale's name and output
-                return c.add_merged(LayerKind.ELEMENTWISE, ElementWiseParams(op), [y, const], [layer]).outputs[0]
-            y = c.net.add_layer(LayerKind.ELEMENTWISE, ElementWiseParams(op), [y, const],
+        for op, value, what in steps[:-1]:
+            y = c.net.add_layer(LayerKind.ELEMENTWISE, ElementWiseParams(op), [y, const(value, what)],
                                 name=c.net.unique_name(f"{layer.name}/{what}"), origin=layer.origin).outputs[0]
-        raise AssertionError("unreachable")
+        op, value, what = steps[-1]
+        return c.add_merged(LayerKind.ELEMENTWISE, ElementWiseParams(op), [y, const(value, what)], [layer]).outputs[0]
 
     return rewrite([layer], emit)
 
