@@ -283,9 +283,11 @@ def compare(engine, feeds: dict[str, torch.Tensor], peer: Callable[[], Any], dev
         f["peer_kernels"] += 1 / calls
         peer_kernels[k.name].append(k.ms)
     for f in fam.values():
-        f["ratio"] = round(f["kilnrt_ms"] / f["peer_ms"], 3) if f["peer_ms"] > 0 else None
         for key in ("kilnrt_ms", "kilnrt_by_kernel_ms", "peer_ms", "kilnrt_kernels", "peer_kernels"):
             f[key] = round(f[key], 5)
+        # of the rounded times, to three significant digits (a family far faster on one side has
+        # a ratio far below 0.001)
+        f["ratio"] = float(f"{f['kilnrt_ms'] / f['peer_ms']:.3g}") if f["peer_ms"] > 0 else None
     return {
         "device": device, "calls": calls,
         "kilnrt": {"kernel_ms": round(sum(k.ms for k in mine) / calls, 5),
