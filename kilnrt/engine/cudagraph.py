@@ -69,18 +69,21 @@ class GraphStats:
     fallback_reason: str = ""     # why the newest uncaptured shape set could not be captured
 
 
-def _driver_graph_launch():
-    """The CUDA driver's ``cuGraphLaunch(exec, stream)``, or None where it cannot be loaded."""
+@functools.cache
+def _driver():
+    """The CUDA driver library with the calls used here typed, or None where it cannot be loaded."""
     try:
-        fn = ctypes.CDLL("libcuda.so.1").cuGraphLaunch
+        driver = ctypes.CDLL("libcuda.so.1")
+        for name in ("cuGraphLaunch", "cuCtxGetCurrent", "cuStreamCreate", "cuStreamDestroy_v2"):
+            getattr(driver, name).restype = ctypes.c_int
     except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-    fn.restype = ctypes.c_int
-    return fn
+    driver.cuGraphLaunch.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    return driver
 
 
-_LAUNCH = _driver_graph_launch() if torch.cuda.is_available() else None
+_DRIVER = _driver() if torch.cuda.is_available() else None
+_LAUNCH = _DRIVER.cuGraphLaunch if _DRIVER is not None else None   # cuGraphLaunch(exec, stream)
 
 
 def owned_stream() -> torch.cuda.Stream:
@@ -102,17 +105,6 @@ def owned_stream() -> torch.cuda.Stream:
     stream = torch.cuda.ExternalStream(handle.value)
     weakref.finalize(stream, driver.cuStreamDestroy_v2, handle).atexit = False   # the driver may be gone by then
     return stream
-
-
-@functools.cache
-def _driver():
-    try:
-        driver = ctypes.CDLL("libcuda.so.1")
-        for name in ("cuCtxGetCurrent", "cuStreamCreate", "cuStreamDestroy_v2"):
-            getattr(driver, name).restype = ctypes.c_int
-    except (OSError, AttributeError):
-        return None
-    return driver
 
 
 if hasattr(torch._C, "_cuda_getCurrentRawStream") and hasattr(torch._C, "_cuda_getDevice"):

@@ -699,6 +699,14 @@ class ScaleParams:
     mode: ScaleMode = ScaleMode.CHANNEL
     channel_axis: int = 1
 
+    def broadcastable(self, weight, rank: int):
+        """``weight`` (a numpy array or torch tensor) shaped to broadcast against an input of
+        ``rank``: a per-channel vector gets trailing ones after the channel axis; any other
+        weight broadcasts as it is."""
+        if self.mode == ScaleMode.CHANNEL and weight.ndim == 1:
+            return weight.reshape((-1,) + (1,) * (rank - self.channel_axis % rank - 1))
+        return weight
+
 
 @dataclass(frozen=True)
 class ScatterParams:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from kilnrt.kernels.registry import kernel, writes_into
 from kilnrt.network.layers import (ActivationParams, ActivationType as A,
                                    ElementWiseOperation as E, ElementWiseParams, IdentityParams,
-                                   LayerKind, ScaleMode, ScaleParams, SelectParams,
+                                   LayerKind, ScaleParams, SelectParams,
                                    UnaryOperation as U, UnaryParams)
 
 
@@ -177,23 +177,16 @@ def identity(p: IdentityParams, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _broadcast_channel(v: torch.Tensor, x: torch.Tensor, p: ScaleParams) -> torch.Tensor:
-    if p.mode == ScaleMode.CHANNEL and v.dim() == 1:
-        axis = p.channel_axis % x.dim()
-        return v.reshape((-1,) + (1,) * (x.dim() - axis - 1))
-    return v
-
-
 @kernel(LayerKind.SCALE)
 def scale(p: ScaleParams, x: torch.Tensor, shift: torch.Tensor | None = None,
           scale_: torch.Tensor | None = None, power: torch.Tensor | None = None) -> torch.Tensor:
     y = x
     if scale_ is not None:
-        y = y * _broadcast_channel(scale_, x, p)
+        y = y * p.broadcastable(scale_, x.dim())
     if shift is not None:
-        y = y + _broadcast_channel(shift, x, p)
+        y = y + p.broadcastable(shift, x.dim())
     if power is not None:
-        y = torch.pow(y, _broadcast_channel(power, x, p))
+        y = torch.pow(y, p.broadcastable(power, x.dim()))
     return y
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.graph import Layer, Network, Tensor
 from kilnrt.network.layers import (ActivationType as A, CastParams, ConstantParams, ElementWiseOperation as E,
-                                   ElementWiseParams, LayerKind, PointwiseParams, ScaleMode, UnaryOperation as U)
+                                   ElementWiseParams, LayerKind, PointwiseParams, UnaryOperation as U)
 from kilnrt.network.rewrite import NetworkCopier
 from kilnrt.optimize.passes.match import Emit, Graph, fused, replace, rewrite
 
@@ -137,13 +137,9 @@ def scales_to_elementwise(net: Network, stats: dict | None = None) -> Network:
 
 
 def _broadcastable(v, layer: Layer, rank: int):
-    """A scale weight shaped as the elementwise layer needs it (what the scale kernel
-    broadcasts: a per-channel vector gets trailing ones after the channel axis)."""
-    if v is None:
-        return None
-    if layer.params.mode == ScaleMode.CHANNEL and v.ndim == 1:
-        v = v.reshape((-1,) + (1,) * (rank - layer.params.channel_axis % rank - 1))
-    return v.copy()   # a constant of its own: plans refuse two weights sharing memory
+    """A scale weight shaped as the elementwise layer needs it (as the scale kernel broadcasts
+    it), in a constant of its own: plans refuse two weights sharing memory."""
+    return None if v is None else layer.params.broadcastable(v, rank).copy()
 
 
 def _scale_as_elementwise(layer: Layer, shift, scale) -> Emit:
