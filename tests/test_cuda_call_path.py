@@ -152,16 +152,10 @@ def test_run_replays_the_graph_directly_and_stays_correct_across_shapes_and_evic
 
 
 def test_run_of_an_engine_without_inputs_replays_too(tmp_path):
-    import onnx
-    from onnx import helper, numpy_helper, TensorProto
+    from test_engine import model_without_inputs
 
-    value = np.random.default_rng(5).standard_normal((3, 4)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(value)),
-                               helper.make_node("Relu", ["c"], ["y"])], "const", [],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])])
-    path = tmp_path / "const.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    engine = kilnrt.build(str(path), device="cuda")
+    path, value = model_without_inputs(tmp_path, 5)
+    engine = kilnrt.build(path, device="cuda")
     ctx = engine.create_execution_context()
     for _ in range(3):
         np.testing.assert_allclose(ctx.run({})["y"].cpu().numpy(), np.maximum(value, 0))

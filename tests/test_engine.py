@@ -429,17 +429,23 @@ def test_build_records_the_layout_each_chosen_tactic_writes():
     assert FORMATS.get(layouts.get("lost")) is None
 
 
-def test_a_cpu_engine_without_inputs_returns_numpy_on_every_run(tmp_path):
+def model_without_inputs(tmp_path, seed: int) -> tuple[str, np.ndarray]:
+    """An ONNX file computing y = relu(c) for a random constant c: (its path, c)."""
     import onnx
     from onnx import helper, numpy_helper, TensorProto
 
-    value = np.random.default_rng(6).standard_normal((3, 4)).astype(np.float32)
+    value = np.random.default_rng(seed).standard_normal((3, 4)).astype(np.float32)
     graph = helper.make_graph([helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(value)),
                                helper.make_node("Relu", ["c"], ["y"])], "const", [],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])])
     path = tmp_path / "const.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    ctx = kilnrt.build(str(path), device="cpu").create_execution_context()
+    return str(path), value
+
+
+def test_a_cpu_engine_without_inputs_returns_numpy_on_every_run(tmp_path):
+    path, value = model_without_inputs(tmp_path, 6)
+    ctx = kilnrt.build(path, device="cpu").create_execution_context()
     for _ in range(3):   # the first run checks; later ones take the checked path
         y = ctx.run({})["y"]
         assert isinstance(y, np.ndarray)

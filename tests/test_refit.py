@@ -249,18 +249,22 @@ def test_refit_on_the_gpu_with_fp16_matches_a_fresh_build():
     assert_close(engine.run({"input": x})["probs"], reference(refitted, x), rtol=2e-2, atol=2e-3, seed=seed)
 
 
+def equal_weights_model(same: np.ndarray) -> onnx.ModelProto:
+    """y = x * g + z with g and z both ``same`` (CSE merges them into one constant at build)."""
+    inits = [numpy_helper.from_array(same, "g"), numpy_helper.from_array(same.copy(), "z")]
+    nodes = [helper.make_node("Mul", ["x", "g"], ["m"]), helper.make_node("Add", ["m", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
 def test_new_weights_that_change_what_was_folded_away_are_refused_clearly():
     """Two equal initializers are merged into one constant at build (common-subexpression
     elimination); refitting only one of them would need them apart again: refused, with a
     message that says to rebuild.  Refitting both to equal values keeps the structure."""
     rng = np.random.default_rng(fresh_seed())
     same = rng.standard_normal(4).astype(np.float32)
-    inits = [numpy_helper.from_array(same, "g"), numpy_helper.from_array(same.copy(), "z")]
-    nodes = [helper.make_node("Mul", ["x", "g"], ["m"]), helper.make_node("Add", ["m", "z"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    engine = trt_build(model, trt.BuilderFlag.REFIT)
+    engine = trt_build(equal_weights_model(same), trt.BuilderFlag.REFIT)
     assert len(engine.constants) == 1
     x = rng.standard_normal((2, 4)).astype(np.float32)
     with pytest.raises(KilnError, match="folds the network differently .* rebuild the engine"):
@@ -277,12 +281,7 @@ def test_a_plan_from_an_optimizer_with_other_passes_says_so_when_its_refit_folds
     survives a save and load; a plan without it (older than the record) counts as other."""
     rng = np.random.default_rng(fresh_seed())
     same = rng.standard_normal(4).astype(np.float32)
-    inits = [numpy_helper.from_array(same, "g"), numpy_helper.from_array(same.copy(), "z")]
-    nodes = [helper.make_node("Mul", ["x", "g"], ["m"]), helper.make_node("Add", ["m", "z"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    engine = trt_build(model, trt.BuilderFlag.REFIT)
+    engine = trt_build(equal_weights_model(same), trt.BuilderFlag.REFIT)
     from kilnrt.builder.refit import pipeline_fingerprint
 
     assert engine.refit_source.pipeline == pipeline_fingerprint()
