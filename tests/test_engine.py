@@ -417,13 +417,20 @@ def test_build_records_the_layout_each_chosen_tactic_writes():
             return None
 
         def run(self, state, inputs):
-            return [x.contiguous(memory_format=torch.channels_last), x, x.reshape(2, 72), torch.ones(1, 8, 1, 1)]
+            nhwc = x.contiguous(memory_format=torch.channels_last)
+            return [nhwc, x, x.reshape(2, 72), torch.ones(1, 8, 1, 1), nhwc[:, 2:6], x[:, 2:6],
+                    nhwc.permute(0, 2, 1, 3)]
 
-    layer = SimpleNamespace(outputs=[SimpleNamespace(name=n) for n in ("nhwc", "nchw", "flat", "vector")])
+    names = ("nhwc", "nchw", "flat", "vector", "nhwc_slice", "nchw_slice", "permuted")
+    layer = SimpleNamespace(outputs=[SimpleNamespace(name=n) for n in names])
     layouts = {}
     record_layouts(layer, Tactic(), None, [x], layouts)
+    # a channel slice of an NHWC tensor is NHWC for its consumers (torch.cat of such views writes NHWC)
     assert {n: FORMATS.get(v) for n, v in layouts.items()} == \
-        {"nhwc": "channels_last", "nchw": "linear", "flat": "linear", "vector": "linear"}
+        {"nhwc": "channels_last", "nchw": "linear", "flat": "linear", "vector": "linear",
+         "nhwc_slice": "channels_last", "nchw_slice": "linear", "permuted": "linear"}
+    assert torch.cat([x.contiguous(memory_format=torch.channels_last)[:, 2:6]] * 2, 1) \
+        .is_contiguous(memory_format=torch.channels_last)
     failing = SimpleNamespace(prepare=Tactic().prepare, run=lambda state, inputs: 1 / 0)
     record_layouts(SimpleNamespace(outputs=[SimpleNamespace(name="lost")]), failing, None, [x], layouts)
     assert FORMATS.get(layouts.get("lost")) is None

@@ -63,7 +63,20 @@ def record_layouts(layer, tactic, ctx, ins, layouts) -> None:
 
 
 def written_layouts(outs) -> list[bool | None]:
-    """Per output a tactic returned: True where it is NHWC (channels-last, not also row-major),
-    False for any other tensor, None for what is not a tensor."""
-    return [(o.dim() == 4 and o.is_contiguous(memory_format=torch.channels_last) and not o.is_contiguous())
-            if isinstance(o, torch.Tensor) else None for o in outs]
+    """Per output a tactic returned: True where it is NHWC, False for any other tensor, None for
+    what is not a tensor."""
+    return [_nhwc(o) if isinstance(o, torch.Tensor) else None for o in outs]
+
+
+def _nhwc(t: torch.Tensor) -> bool:
+    """Channels innermost, then W, H and N: a dense channels-last tensor (that is not also
+    row-major), or a view of one, such as the channel slice a merged convolution's consumer
+    reads.  Such a view is NHWC for what runs after it (``torch.cat`` of NHWC-ordered views writes
+    NHWC), so its consumers are timed on NHWC inputs, as they will run."""
+    if t.dim() != 4 or t.is_contiguous():
+        return False
+    if t.is_contiguous(memory_format=torch.channels_last):
+        return True
+    _, c, h, w = t.shape
+    sn, sc, sh, sw = t.stride()
+    return sc == 1 and sw >= c and sh >= sw * w and sn >= sh * h
