@@ -74,7 +74,7 @@ def _driver():
     """The CUDA driver library with the calls used here typed, or None where it cannot be loaded."""
     try:
         driver = ctypes.CDLL("libcuda.so.1")
-        for name in ("cuGraphLaunch", "cuCtxGetCurrent", "cuStreamCreate", "cuStreamDestroy_v2"):
+        for name in ("cuGraphLaunch", "cuCtxGetCurrent", "cuStreamCreate"):
             getattr(driver, name).restype = ctypes.c_int
     except (OSError, AttributeError):
         return None
@@ -86,15 +86,38 @@ _DRIVER = _driver() if torch.cuda.is_available() else None
 _LAUNCH = _DRIVER.cuGraphLaunch if _DRIVER is not None else None   # cuGraphLaunch(exec, stream)
 
 
+# Handles of owned streams that nothing uses now, by device.  An owned stream is never
+# destroyed: PyTorch's caching allocator remembers the stream each cached block was used on
+# (and a CUDA graph's pool, the stream it was captured on), and calls the driver with it long
+# after; a destroyed stream there is undefined behaviour (seen: "context is destroyed" errors
+# after an FFT layer's engine was dropped, segfaults in later builds).  So a stream whose
+# user is gone goes back here, and the next user takes it: as many streams are made as are
+# ever in use at once.
+_IDLE_STREAMS: dict[int, list[int]] = {}
+
+
 def owned_stream() -> torch.cuda.Stream:
-    """A non-blocking CUDA stream that nothing else uses, for captures.  ``torch.cuda.Stream()``
-    hands out one of 32 pooled streams round-robin, so two contexts (or a context and the
-    caller) can get the same one; a capture on it would then take in the other's kernels, and
-    their work would never run.  Made with the driver (destroyed with the returned object);
-    a pooled stream where the driver cannot be reached."""
+    """A non-blocking CUDA stream that no one else uses while the returned object lives, for
+    captures.  ``torch.cuda.Stream()`` hands out one of 32 pooled streams round-robin, so two
+    contexts (or a context and the caller) can get the same one; a capture on it would then
+    take in the other's kernels, and their work would never run.  Made with the driver, and
+    given back to the next caller (never destroyed, see ``_IDLE_STREAMS``) once the returned
+    object is gone; a pooled stream where the driver cannot be reached."""
     driver = _driver()
     if driver is None:
         return torch.cuda.Stream()
+    device = torch.cuda.current_device()
+    idle = _IDLE_STREAMS.setdefault(device, [])
+    try:
+        handle = idle.pop()   # atomic under the GIL: one taker per handle
+    except IndexError:
+        handle = _new_stream(driver)
+    stream = torch.cuda.ExternalStream(handle, device=device)
+    weakref.finalize(stream, idle.append, handle).atexit = False
+    return stream
+
+
+def _new_stream(driver) -> int:
     ctx = ctypes.c_void_p()
     if driver.cuCtxGetCurrent(ctypes.byref(ctx)) == 0 and not ctx.value:   # a thread the runtime has not set up
         torch.cuda.current_stream().synchronize()   # a runtime call: makes the device's context current
@@ -102,9 +125,7 @@ def owned_stream() -> torch.cuda.Stream:
     err = driver.cuStreamCreate(ctypes.byref(handle), 1)   # CU_STREAM_NON_BLOCKING
     if err:
         raise RuntimeError(f"cuStreamCreate failed with CUDA driver error {err}")
-    stream = torch.cuda.ExternalStream(handle.value)
-    weakref.finalize(stream, driver.cuStreamDestroy_v2, handle).atexit = False   # the driver may be gone by then
-    return stream
+    return handle.value
 
 
 if hasattr(torch._C, "_cuda_getCurrentRawStream") and hasattr(torch._C, "_cuda_getDevice"):
