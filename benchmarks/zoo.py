@@ -29,6 +29,7 @@ marked with an ``error``); ``--resume`` skips the rows already measured in ``--o
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import copy
 import datetime
 import json
@@ -155,6 +156,7 @@ def kilnrt_child(folder: str, row_stem: str, iters: int) -> None:
     """In a fresh process (an empty Triton cache, no timing cache): kilnrt's cold build of the
     row's ONNX file in FP16 with the default options, its error and its timings, written to
     ``<stem>.kilnrt.json``."""
+    faulthandler.enable()   # a crash in a driver or library call still says where
     saved = torch.load(os.path.join(folder, row_stem + ".pt"))
     t0 = time.perf_counter()
     engine = kilnrt.build(os.path.join(folder, row_stem + ".onnx"), device="cuda", fp16=True)
