@@ -167,6 +167,7 @@ def kilnrt_child(folder: str, row_stem: str, iters: int) -> None:
     row.update(kilnrt_times(engine, feeds, iters))
     with open(os.path.join(folder, row_stem + ".kilnrt.json"), "w") as f:
         json.dump(row, f)
+    print(f"kilnrt child: {row_stem} written", flush=True)   # a crash after this is at exit
 
 
 def run_kilnrt(folder: str, row_stem: str, iters: int, timeout_s: float) -> dict:
