@@ -62,10 +62,14 @@ def test_cuda_capture_streams_are_never_torchs_pooled_ones():
     torch.testing.assert_close(y, x * 2)
     # streams whose users are gone are handed out again, never destroyed (PyTorch's allocator
     # keeps using the handles of streams that blocks were used on)
+    from kilnrt.engine.cudagraph import _IDLE_STREAMS
+
     del owned
     gc.collect()
+    idle = set(_IDLE_STREAMS[torch.cuda.current_device()])
+    assert handles <= idle
     again = {owned_stream().cuda_stream for _ in range(40)}
-    assert again == handles
+    assert again <= idle
 
 
 @pytest.mark.cuda

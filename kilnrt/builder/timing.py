@@ -102,9 +102,14 @@ def time_cuda_graph(fn: Callable[[], Any], iters: int = 10, repeat: int = 1, war
     import warnings
 
     from kilnrt.engine.capture_lock import CAPTURES
-    from kilnrt.engine.cudagraph import CAPTURE_MODE, owned_stream
 
-    side = owned_stream()   # as engines capture: a stream of its own, other threads' work untouched
+    # PyTorch's pooled stream and its default (global) capture mode, not the engines' own
+    # streams and thread-local mode: with those, a build whose timing captures failed now and
+    # then (tactics that sync the host) ended in a segfault at interpreter exit on the H200
+    # (torch 2.11; googlenet's cold build, 2026-12-01), and an FFT engine built after such
+    # builds in the same process gave wrong outputs.  Engines still capture on their own
+    # streams; the capture lock keeps kilnrt's eager runs on other threads out of this capture.
+    side = torch.cuda.Stream()
     with CAPTURES.capture() as alone:
         if not alone:
             raise RuntimeError("time_cuda_graph inside a run or capture on this thread: cannot capture")
@@ -115,7 +120,7 @@ def time_cuda_graph(fn: Callable[[], Any], iters: int = 10, repeat: int = 1, war
         graph = torch.cuda.CUDAGraph()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with torch.cuda.graph(graph, stream=side, capture_error_mode=CAPTURE_MODE):
+            with torch.cuda.graph(graph, stream=side):
                 for _ in range(repeat):
                     fn()
     for _ in range(warmup):
