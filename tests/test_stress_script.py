@@ -45,13 +45,18 @@ def test_cuda_threads_capture_and_run_at_once(tmp_path):
                             "--calls", calls, "--out", str(out)]) == 0, out.read_text()
 
 
+class _Owner:
+    """What owns a capture stream (a graph cache, in kilnrt)."""
+
+
 @pytest.mark.cuda
 def test_cuda_capture_streams_are_never_torchs_pooled_ones():
     import torch
 
-    from kilnrt.engine.cudagraph import owned_stream
+    from kilnrt.engine.cudagraph import _IDLE_STREAMS, owned_stream
 
-    owned = [owned_stream() for _ in range(40)]
+    owners = [_Owner() for _ in range(40)]
+    owned = [owned_stream(o) for o in owners]
     pooled = {torch.cuda.Stream().cuda_stream for _ in range(64)}
     handles = {s.cuda_stream for s in owned}
     assert len(handles) == 40 and not handles & pooled
@@ -60,16 +65,53 @@ def test_cuda_capture_streams_are_never_torchs_pooled_ones():
         y = x * 2
     torch.cuda.current_stream().wait_stream(owned[0])
     torch.testing.assert_close(y, x * 2)
-    # streams whose users are gone are handed out again, never destroyed (PyTorch's allocator
+    # a stream whose owner is gone is handed out again, never destroyed (PyTorch's allocator
     # keeps using the handles of streams that blocks were used on)
-    from kilnrt.engine.cudagraph import _IDLE_STREAMS
-
-    del owned
+    del owners
     gc.collect()
     idle = set(_IDLE_STREAMS[torch.cuda.current_device()])
     assert handles <= idle
-    again = {owned_stream().cuda_stream for _ in range(40)}
+    again = {owned_stream(o).cuda_stream for o in [_Owner() for _ in range(40)]}
     assert again <= idle
+
+
+def test_capture_streams_go_back_when_their_owner_is_gone(monkeypatch):
+    """The hand-back itself, with a stand-in driver: a stream is made only when none is idle,
+    and one goes back to the idle list when its owner (not the stream object) is collected."""
+    import ctypes
+    from types import SimpleNamespace
+
+    import torch
+
+    from kilnrt.engine import cudagraph
+
+    made = []
+
+    def stream_create(out, flags):
+        made.append(1000 + len(made))
+        ctypes.cast(out, ctypes.POINTER(ctypes.c_void_p))[0] = made[-1]
+        return 0
+
+    def ctx_get_current(out):
+        ctypes.cast(out, ctypes.POINTER(ctypes.c_void_p))[0] = 1
+        return 0
+
+    driver = SimpleNamespace(cuStreamCreate=stream_create, cuCtxGetCurrent=ctx_get_current)
+    monkeypatch.setattr(cudagraph, "_driver", lambda: driver)
+    monkeypatch.setattr(cudagraph, "_IDLE_STREAMS", {})
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "ExternalStream", lambda handle, device: SimpleNamespace(cuda_stream=handle))
+    a, b = _Owner(), _Owner()
+    sa, sb = cudagraph.owned_stream(a), cudagraph.owned_stream(b)
+    assert (sa.cuda_stream, sb.cuda_stream) == (1000, 1001) and made == [1000, 1001]
+    del a
+    gc.collect()
+    assert cudagraph._IDLE_STREAMS == {0: [1000]}      # the stream object still lives: its owner decides
+    c = _Owner()
+    assert cudagraph.owned_stream(c).cuda_stream == 1000 and made == [1000, 1001]
+    assert cudagraph.owned_stream(_Owner()).cuda_stream == 1002 and made == [1000, 1001, 1002]
+    gc.collect()
+    assert cudagraph._IDLE_STREAMS == {0: [1002]}
 
 
 @pytest.mark.cuda

@@ -103,12 +103,12 @@ def time_cuda_graph(fn: Callable[[], Any], iters: int = 10, repeat: int = 1, war
 
     from kilnrt.engine.capture_lock import CAPTURES
 
-    # PyTorch's pooled stream and its default (global) capture mode, not the engines' own
-    # streams and thread-local mode: with those, a build whose timing captures failed now and
-    # then (tactics that sync the host) ended in a segfault at interpreter exit on the H200
-    # (torch 2.11; googlenet's cold build, 2026-12-01), and an FFT engine built after such
-    # builds in the same process gave wrong outputs.  Engines still capture on their own
-    # streams; the capture lock keeps kilnrt's eager runs on other threads out of this capture.
+    # PyTorch's pooled stream and its default (global) capture mode, not an engine's own
+    # stream: a cold build times hundreds of captures, and when each took an owned stream (then
+    # watched through a weak reference on the stream object, which PyTorch never clears),
+    # googlenet's cold build segfaulted at interpreter exit on the H200 (torch 2.11,
+    # 2026-12-01); this form ran clean there.  The capture lock keeps kilnrt's eager runs on
+    # other threads out of this capture.
     side = torch.cuda.Stream()
     with CAPTURES.capture() as alone:
         if not alone:

@@ -87,22 +87,24 @@ _LAUNCH = _DRIVER.cuGraphLaunch if _DRIVER is not None else None   # cuGraphLaun
 
 
 # Handles of owned streams that nothing uses now, by device.  An owned stream is never
-# destroyed: PyTorch's caching allocator remembers the stream each cached block was used on
-# (and a CUDA graph's pool, the stream it was captured on), and calls the driver with it long
-# after; a destroyed stream there is undefined behaviour (seen: "context is destroyed" errors
-# after an FFT layer's engine was dropped, segfaults in later builds).  So a stream whose
-# user is gone goes back here, and the next user takes it: as many streams are made as are
-# ever in use at once.
+# destroyed (PyTorch's caching allocator remembers the streams its blocks were used on and
+# calls the driver with them later); once its owner is gone it goes back here, and the next
+# owner takes it, so as many streams are made as are ever in use at once.  The owner, not the
+# stream object, is watched: PyTorch's CUDA stream objects take weak references but never
+# clear them when they die (torch 2.11), so a finalizer on one never runs, or runs on
+# whatever object later lives at its address (seen on the H200: streams destroyed while in
+# use, "context is destroyed" errors, segfaults at interpreter exit).
 _IDLE_STREAMS: dict[int, list[int]] = {}
 
 
-def owned_stream() -> torch.cuda.Stream:
-    """A non-blocking CUDA stream that no one else uses while the returned object lives, for
-    captures.  ``torch.cuda.Stream()`` hands out one of 32 pooled streams round-robin, so two
-    contexts (or a context and the caller) can get the same one; a capture on it would then
-    take in the other's kernels, and their work would never run.  Made with the driver, and
-    given back to the next caller (never destroyed, see ``_IDLE_STREAMS``) once the returned
-    object is gone; a pooled stream where the driver cannot be reached."""
+def owned_stream(owner: object) -> torch.cuda.Stream:
+    """A non-blocking CUDA stream that no one else uses while ``owner`` lives, for captures.
+    ``torch.cuda.Stream()`` hands out one of 32 pooled streams round-robin, so two contexts
+    (or a context and the caller) can get the same one; a capture on it would then take in
+    the other's kernels, and their work would never run.  Made with the driver, and handed to
+    the next caller once ``owner`` (a plain Python object that takes weak references, which
+    keeps the returned stream) is garbage; never destroyed.  A pooled stream where the driver
+    cannot be reached."""
     driver = _driver()
     if driver is None:
         return torch.cuda.Stream()
@@ -112,9 +114,8 @@ def owned_stream() -> torch.cuda.Stream:
         handle = idle.pop()   # atomic under the GIL: one taker per handle
     except IndexError:
         handle = _new_stream(driver)
-    stream = torch.cuda.ExternalStream(handle, device=device)
-    weakref.finalize(stream, idle.append, handle).atexit = False
-    return stream
+    weakref.finalize(owner, idle.append, handle).atexit = False
+    return torch.cuda.ExternalStream(handle, device=device)
 
 
 def _new_stream(driver) -> int:
@@ -243,7 +244,7 @@ class GraphCache:
         for n, t in feeds.items():
             static_in[n].copy_(t)
         if self._side is None:
-            self._side = owned_stream()
+            self._side = owned_stream(self)
         side = self._side
         side.wait_stream(stream)
         try:
@@ -289,7 +290,7 @@ class BoundGraphs:
         self.graphs: OrderedDict[tuple, BoundGraph | None] = OrderedDict()
         self.stats = GraphStats()
         self._pool = pool if pool is not None else torch.cuda.graph_pool_handle()
-        self._side = owned_stream()
+        self._side = owned_stream(self)
         self._programs: dict[int, object] = {}   # optimization profile -> the program its graphs ran
 
     def use(self, profile: int, program) -> None:
