@@ -32,10 +32,10 @@ import collections
 import dataclasses
 import datetime
 import importlib
+import importlib.util
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -410,10 +410,11 @@ def write_json(path: str, meta: dict, result: dict) -> None:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=HERE).stdout.strip() or None
+    spec = importlib.util.spec_from_file_location("kilnrt_bench_measure", os.path.join(HERE, "measure.py"))
+    measure_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(measure_module)
     doc = {"date": datetime.date.today().isoformat(), "torch": torch.__version__, "triton": triton_version,
-           "kilnrt_commit": commit, "set": "layers", **meta, **result}
+           "kilnrt_commit": measure_module.code_commit(), "set": "layers", **meta, **result}
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
@@ -473,10 +474,11 @@ def main(argv=None) -> int:
         name = args.name or args.model or os.path.splitext(os.path.basename(args.onnx))[0]
         result = measure(model32, inputs, onnx_path, args.device, peer, fp16, channels_last, args.calls, args.iters,
                          args.timing_cache)
-    gpu = torch.cuda.get_device_name().replace(" ", "_") if args.device == "cuda" else "cpu"
+    gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     meta = {"gpu": gpu, "model": name, "batch": args.batch, "precision": "fp16" if fp16 else "fp32"}
     result["peer"]["mode"] = peer
-    out = args.out or os.path.join(RESULTS, f"{datetime.date.today().isoformat()}-{gpu}-layers-{name}-b{args.batch}.json")
+    out = args.out or os.path.join(
+        RESULTS, f"{datetime.date.today().isoformat()}-{gpu.replace(' ', '_')}-layers-{name}-b{args.batch}.json")
     write_json(out, meta, result)
     print(f"\n{name} batch {args.batch}, {meta['precision']}, {gpu}: kilnrt vs {peer}; relerr {result['relerr']:.1e} "
           f"(peer {result['peer_relerr']:.1e})" + ("" if result["correct"] else "  WRONG: kilnrt's output is off"))

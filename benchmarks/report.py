@@ -37,7 +37,8 @@ TUNED = ["2026-11-21-NVIDIA_H200-resnet50-b1-131755Z.json", "2026-11-21-NVIDIA_H
          "2026-11-21-NVIDIA_H200-convnext_tiny-b128-124738Z.json",
          "2026-11-21-NVIDIA_H100-bert-b1-154618Z.json", "2026-11-21-NVIDIA_H100-bert-b32-154409Z.json",
          "2026-11-21-NVIDIA_H100-vit_b_16-b1-b64-153535Z.json"]
-ZOO = ["2026-12-01-NVIDIA_H200-zoo.json", "2026-12-01-NVIDIA_H200-zoo-densenet121-googlenet-pvt_v2_b0-retinanet_head.json"]
+ZOO = ["2026-12-01-NVIDIA_H200-zoo.json", "2026-12-01-NVIDIA_H200-zoo-densenet121-googlenet-pvt_v2_b0-retinanet_head.json",
+       "2026-12-01-NVIDIA_H200-zoo-googlenet-swin_t.json"]
 CALLS = ["2026-12-01-NVIDIA_H200-call-overhead.json"]
 BUILDS = ["2026-12-01-NVIDIA_H200-build-time.json"]
 
