@@ -102,3 +102,34 @@ def test_arg_max_and_min_pick_nan(op, attrs):
 def test_sign_of_nan_is_nan():
     shape = (3, 7)
     check(one_node("Sign", shape), with_nan(shape, 0.3))
+
+
+def test_max_pool_reference_skips_nan_without_asking_off_the_cpu(monkeypatch):
+    """On a GPU the reference kernel cannot ask whether there is NaN (a sync inside a CUDA
+    graph), so it always takes the NaN-skipping path; checked here by making the CPU tensors
+    look like another device's to it."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from kilnrt.kernels.cpu import conv
+    from kilnrt.network.layers import PaddingMode, PoolingParams, PoolingType
+
+    calls = []
+    real = conv._max_pool_ignoring_nan
+    monkeypatch.setattr(conv, "_max_pool_ignoring_nan", lambda *a: calls.append(1) or real(*a))
+    p = PoolingParams(PoolingType.MAX, (3, 3), (1, 1), (1, 1), (1, 1), padding_mode=PaddingMode.EXPLICIT_ROUND_DOWN)
+    x = torch.from_numpy(with_nan((2, 3, 8, 9)))
+
+    class OnAnotherDevice(torch.Tensor):
+        device = SimpleNamespace(type="cuda")
+
+    want = conv.pooling(p, x)
+    assert calls == [1]                                   # NaN on the CPU: asked, and skipped
+    clean = torch.from_numpy(RNG.standard_normal((2, 3, 8, 9)).astype(np.float32))
+    conv.pooling(p, clean)
+    assert calls == [1]                                   # no NaN on the CPU: the plain path
+    got = conv.pooling(p, x.as_subclass(OnAnotherDevice))
+    assert calls == [1, 1]
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert not np.isnan(np.asarray(want)).any()

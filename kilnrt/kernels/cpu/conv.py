@@ -169,7 +169,9 @@ def pooling(p: PoolingParams, x: torch.Tensor) -> torch.Tensor:
     pads = torch_pad_list(pre, post_all)
     if p.type == PoolingType.MAX:
         fill = float("-inf") if x.dtype.is_floating_point else torch.iinfo(x.dtype).min
-        if x.dtype.is_floating_point and x.device.type == "cpu" and bool(torch.isnan(x).any()):
+        # on a GPU without asking whether there is NaN (a sync, and no CUDA graph)
+        device = x.device.type
+        if x.dtype.is_floating_point and device != "meta" and (device != "cpu" or bool(torch.isnan(x).any())):
             return _max_pool_ignoring_nan(x, pre, post, extra, window, stride, dil)
         xp = F.pad(x, pads, value=fill) if any(pads) else x
         return _max_pool(xp, window, stride, dil)
