@@ -157,3 +157,90 @@ def test_a_capture_interrupted_while_waiting_lets_the_eager_runs_go():
     assert log == ["later"] and not b.is_alive()
     release.set()
     a.join(5)
+
+
+def test_a_run_that_waits_for_a_helper_thread_while_a_capture_waits_does_not_deadlock(caplog):
+    """Run A hands work to helper B (a plugin with a thread pool) and waits for it; capture C
+    arrives between them.  B would wait for C, C for A, A for B: C, which waited first, gives
+    up after ``patience_s`` with a warning (its caller runs eagerly this time), then B and A
+    go; the next capture gets in."""
+    lock, log = CaptureLock(patience_s=0.3), []
+    c_waiting = threading.Event()
+
+    def helper():
+        with lock.eager():
+            log.append("b")
+
+    def outer():
+        with lock.eager():
+            c_waiting.wait(5)
+            time.sleep(0.05)            # C is now waiting for this run
+            b = threading.Thread(daemon=True, target=helper)
+            b.start()
+            b.join(5)
+            log.append("a")
+
+    def capture():
+        c_waiting.set()
+        with lock.capture() as alone:
+            log.append(f"capture {alone}")
+
+    a = threading.Thread(daemon=True, target=outer)
+    a.start()
+    time.sleep(0.05)
+    c = threading.Thread(daemon=True, target=capture)
+    t0 = time.monotonic()
+    c.start()
+    a.join(5)
+    c.join(5)
+    assert not a.is_alive() and not c.is_alive()
+    assert log == ["capture False", "b", "a"]
+    assert 0.25 < time.monotonic() - t0 < 3 and lock.timeouts == 1
+    assert "capture gave up waiting for eager runs" in caplog.text
+    with lock.capture() as alone:
+        assert alone is True
+
+
+def test_an_eager_run_goes_beside_a_capture_that_takes_too_long(caplog):
+    lock = CaptureLock(patience_s=0.2)
+    capturing, release = threading.Event(), threading.Event()
+
+    def capture():
+        with lock.capture() as alone:
+            assert alone
+            capturing.set()
+            release.wait(5)
+
+    c = threading.Thread(daemon=True, target=capture)
+    c.start()
+    capturing.wait(5)
+    t0 = time.monotonic()
+    with lock.eager():
+        waited = time.monotonic() - t0
+    release.set()
+    c.join(5)
+    assert 0.15 < waited < 3 and lock.timeouts == 1
+    assert "eager run went on beside a CUDA-graph capture" in caplog.text
+
+
+def test_a_capture_that_waits_too_long_gives_up_for_this_call():
+    lock = CaptureLock(patience_s=0.2)
+    holding, release = threading.Event(), threading.Event()
+
+    def eager():
+        with lock.eager():
+            holding.set()
+            release.wait(5)
+
+    a = threading.Thread(daemon=True, target=eager)
+    a.start()
+    holding.wait(5)
+    with lock.capture() as alone:
+        assert alone is False             # the caller runs eagerly this time
+    assert lock.timeouts == 1
+    with lock.eager():                    # and nothing is left waiting: eager runs go at once
+        pass
+    release.set()
+    a.join(5)
+    with lock.capture() as alone:
+        assert alone is True

@@ -112,7 +112,8 @@ def time_cuda_graph(fn: Callable[[], Any], iters: int = 10, repeat: int = 1, war
     side = torch.cuda.Stream()
     with CAPTURES.capture() as alone:
         if not alone:
-            raise RuntimeError("time_cuda_graph inside a run or capture on this thread: cannot capture")
+            raise RuntimeError("time_cuda_graph cannot capture now: inside a run or capture on this thread, or "
+                               "other threads' eager runs did not finish within KILNRT_CAPTURE_WAIT_S")
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside the graph: library handles, lazy init
             fn()

@@ -11,20 +11,33 @@ allows on other threads).  A thread that holds the lock alone may run eagerly in
 capture's warm-up run); a thread inside an eager run or a capture that asks to capture (a
 plugin running another engine) is told no, and runs eagerly.
 
+No wait is unbounded.  An eager run that waits for another thread which itself runs an
+engine eagerly (a plugin handing work to a thread pool) would otherwise deadlock while a
+capture waits between them: the helper waits for the capture, the capture for the outer run.
+So after ``patience_s`` (``KILNRT_CAPTURE_WAIT_S``, default 10 s) an eager run goes anyway
+(it may then break the capture, which falls back to an eager run and tries again on a later
+call), and a capture that still waits gives up for this call (the caller runs eagerly, and
+captures on a later call).  Each is logged as a warning, and counted in ``timeouts``.
+
 What it does not cover: building an engine's program (weights to the device, tactics
 prepared: the first run, before ``Program.execute``), and CUDA work of the caller's own on
-other threads.  And an eager run that waits for another thread which itself runs an engine
-eagerly (a plugin handing work to a thread pool) deadlocks while a capture waits between
-them: the helper waits for the capture, the capture for the outer run.
+other threads.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import threading
+import time
+
+log = logging.getLogger("kilnrt.runtime")
 
 
 class CaptureLock:
-    def __init__(self) -> None:
+    def __init__(self, patience_s: float | None = None) -> None:
+        self.patience_s = float(os.environ.get("KILNRT_CAPTURE_WAIT_S", 10)) if patience_s is None else patience_s
+        self.timeouts = 0          # waits that ran out of patience (eager runs that went, captures given up)
         self._cond = threading.Condition()
         self._running = 0          # eager runs under way
         self._capturing = None     # the capturing thread's ident
@@ -40,8 +53,9 @@ class CaptureLock:
             # engine), pass: waiting there would wait for this thread itself
             inside = self._capturing == me or depth > 0
             if not inside:
-                while self._capturing is not None or self._waiting:
-                    self._cond.wait()
+                if not self._wait_while(lambda: self._capturing is not None or self._waiting):
+                    self._gave_up("an eager run went on beside a CUDA-graph capture on another thread "
+                                  "(the capture may fail and run eagerly)")
                 self._running += 1
         self._mine.depth = depth + 1
         try:
@@ -62,17 +76,21 @@ class CaptureLock:
         me = threading.get_ident()
         with self._cond:
             nested = self._capturing == me or getattr(self._mine, "depth", 0) > 0
+            alone = False
             if not nested:
                 self._waiting += 1
                 try:
-                    while self._capturing is not None or self._running:
-                        self._cond.wait()
+                    alone = self._wait_while(lambda: self._capturing is not None or self._running)
                 finally:
                     self._waiting -= 1
-                    if self._capturing is None:   # interrupted while waiting: eager runs may go
+                    if self._capturing is None:   # interrupted or given up: eager runs may go
                         self._cond.notify_all()
-                self._capturing = me
-        if nested:
+                if alone:
+                    self._capturing = me
+                else:
+                    self._gave_up("a CUDA-graph capture gave up waiting for eager runs on other threads "
+                                  "(this call runs eagerly; a later one captures)")
+        if not alone:
             yield False
             return
         try:
@@ -81,6 +99,21 @@ class CaptureLock:
             with self._cond:
                 self._capturing = None
                 self._cond.notify_all()
+
+    def _wait_while(self, busy) -> bool:
+        """Wait (holding ``_cond``) until ``busy()`` is false: True, or False after ``patience_s``."""
+        deadline = time.monotonic() + self.patience_s
+        while busy():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._cond.wait(left)
+        return True
+
+    def _gave_up(self, what: str) -> None:
+        self.timeouts += 1
+        log.warning("%s after waiting %.1f s (KILNRT_CAPTURE_WAIT_S); a run that waits for another thread's "
+                    "kilnrt run, such as a plugin using a thread pool, does this", what, self.patience_s)
 
 
 CAPTURES = CaptureLock()
