@@ -152,14 +152,15 @@ def test_build_out_of_memory_anywhere_is_a_build_error(monkeypatch):
 @pytest.mark.cuda
 @pytest.mark.parametrize("graphs", [False, True])
 def test_cuda_run_past_the_gpus_memory_then_a_run_that_fits(graphs):
-    """A batch whose input takes 60% of the free GPU memory: its output (without graphs, in the
-    layer's tactic) or the graph's own copy of the input (with graphs) cannot also fit, so the
-    run fails with OUT_OF_MEMORY; then the same context runs a small batch correctly, and the
-    memory is back (a profile's max is not checked against memory at build, only at load)."""
-    n = 4096
-    torch.cuda.empty_cache()
-    free, _ = torch.cuda.mem_get_info()
-    batch = int(0.6 * free) // (n * 4)
+    """This process may use 8 GiB more than its engine and context hold
+    (``torch.cuda.set_per_process_memory_fraction``: other test workers share the GPU, so its
+    free memory is no measure).  A batch whose input takes 60% of that: its output (without
+    graphs, in the layer's tactic) or the graph's own copy of the input (with graphs) cannot
+    also fit, so the run fails with OUT_OF_MEMORY; then the same context runs a small batch
+    correctly, and the memory is back (a profile's max is not checked against memory at
+    build, only at load)."""
+    n, budget = 4096, 8 * 2**30
+    batch = int(0.6 * budget) // (n * 4)
     model, w = _model(n)
     engine = kilnrt.build(model, device="cuda", tf32=False, profiles={"x": [(1, n), (2, n), (batch, n)]})
     ctx = engine.create_execution_context()
@@ -167,23 +168,24 @@ def test_cuda_run_past_the_gpus_memory_then_a_run_that_fits(graphs):
     ctx.run({"x": torch.randn(2, n, device="cuda")})   # the weights on the GPU (and a small graph)
     gc.collect()
     torch.cuda.empty_cache()
-    # what the failed run may leave is counted from here: this process's memory (other test
-    # workers share the GPU), after the build and the context's first run
     held = torch.cuda.memory_reserved()
-    free, _ = torch.cuda.mem_get_info()
-    batch = min(batch, int(0.6 * free) // (n * 4))
-    x = torch.empty(batch, n, device="cuda")   # its values do not matter: the run cannot finish
-    with pytest.raises(ExecutionError) as info:
-        ctx.run({"x": x})
-    assert info.value.code == ErrorCode.OUT_OF_MEMORY, info.value
-    text = str(info.value)
-    assert "out of GPU memory" in text and "GiB free of" in text
-    assert ("CUDA graph's copy of the inputs" in text) == graphs
-    del x, info
-    gc.collect()
-    torch.cuda.empty_cache()
-    # the engine's weights and what the failed run kept (the graph pool's blocks) stay small
-    assert torch.cuda.memory_reserved() - held < 0.05 * free
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, (held + budget) / total))
+    try:
+        x = torch.empty(batch, n, device="cuda")   # its values do not matter: the run cannot finish
+        with pytest.raises(ExecutionError) as info:
+            ctx.run({"x": x})
+        assert info.value.code == ErrorCode.OUT_OF_MEMORY, info.value
+        text = str(info.value)
+        assert "out of GPU memory" in text and "GiB free of" in text
+        assert ("CUDA graph's copy of the inputs" in text) == graphs, text
+        del x, info
+        gc.collect()
+        torch.cuda.empty_cache()
+        # what the failed run kept (the graph pool's blocks) stays small
+        assert torch.cuda.memory_reserved() - held < 0.05 * budget
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
     small = torch.randn(2, n, device="cuda")
     y = ctx.run({"x": small})["y"]
     expected = torch.relu(small.double() @ torch.from_numpy(w).cuda().double())
