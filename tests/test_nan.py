@@ -131,5 +131,8 @@ def test_max_pool_reference_skips_nan_without_asking_off_the_cpu(monkeypatch):
     assert calls == [1]                                   # no NaN on the CPU: the plain path
     got = conv.pooling(p, x.as_subclass(OnAnotherDevice))
     assert calls == [1, 1]
+    plain = conv.pooling(p, clean.as_subclass(OnAnotherDevice))   # off the CPU: never asked, so taken
+    assert calls == [1, 1, 1]
+    np.testing.assert_array_equal(np.asarray(plain), np.asarray(conv.pooling(p, clean)))
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     assert not np.isnan(np.asarray(want)).any()

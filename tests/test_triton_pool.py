@@ -139,6 +139,18 @@ def test_max_nan_and_inf_propagate(seed):
     check(params(PT.MAX, *WINDOWS["3x3s2p1"]), x.contiguous(memory_format=torch.channels_last), seed)
 
 
+def test_max_nan_in_a_ceil_mode_window_is_nan_as_in_the_reference(seed):
+    """Ceil mode's extra end cells are not numbers (explicit padding is): a last window holding
+    only NaN and extra cells gives NaN, as the reference gives."""
+    x = nonzero((1, 2, 3, 3))
+    x[0, 0, 2, 2] = float("nan")
+    x[0, 1, 2, :] = float("nan")
+    p = params(PT.MAX, (2, 2), (2, 2), (), (), (), UP)
+    ref = reference_kernel(LayerKind.POOLING)(p, x)
+    assert torch.isnan(ref[0, 0, 1, 1]) and torch.isnan(ref[0, 1, 1]).all()
+    check(p, x.contiguous(memory_format=torch.channels_last), seed)
+
+
 def test_max_all_padding_window_is_minus_inf(seed):
     """A window wholly inside the padding sees only -inf, as the reference's padded input does."""
     check(params(PT.MAX, (2, 2), (3, 3), (2, 2), (2, 2)), nonzero((1, 3, 4, 4)), seed)

@@ -108,7 +108,8 @@ def time_cuda_graph(fn: Callable[[], Any], iters: int = 10, repeat: int = 1, war
     # watched through a weak reference on the stream object, which PyTorch never clears),
     # googlenet's cold build segfaulted at interpreter exit on the H200 (torch 2.11,
     # 2026-12-01); this form ran clean there.  The capture lock keeps kilnrt's eager runs on
-    # other threads out of this capture.
+    # other threads out of this capture, but not their graph replays or the caller's own CUDA
+    # work: a build beside other CUDA threads is not safe yet (docs/robustness.md).
     side = torch.cuda.Stream()
     with CAPTURES.capture() as alone:
         if not alone:

@@ -14,10 +14,13 @@ plugin running another engine) is told no, and runs eagerly.
 No wait is unbounded.  An eager run that waits for another thread which itself runs an
 engine eagerly (a plugin handing work to a thread pool) would otherwise deadlock while a
 capture waits between them: the helper waits for the capture, the capture for the outer run.
-So after ``patience_s`` (``KILNRT_CAPTURE_WAIT_S``, default 10 s) an eager run goes anyway
-(it may then break the capture, which falls back to an eager run and tries again on a later
-call), and a capture that still waits gives up for this call (the caller runs eagerly, and
-captures on a later call).  Each is logged as a warning, and counted in ``timeouts``.
+So after ``patience_s`` (``KILNRT_CAPTURE_WAIT_S``, default 10 s; ``inf`` waits for ever) an
+eager run goes anyway (it may then break the capture, which falls back to an eager run and
+tries again on a later call, or fail itself, as a library call made during a capture can),
+and a capture that still waits gives up for this call (the caller runs eagerly).  For
+``patience_s`` after a capture gave up, captures do not wait at all (their callers run
+eagerly), so that the pattern does not stall every call.  Each time out is logged as a
+warning, and counted in ``timeouts``.
 
 What it does not cover: building an engine's program (weights to the device, tactics
 prepared: the first run, before ``Program.execute``), and CUDA work of the caller's own on
@@ -36,8 +39,9 @@ log = logging.getLogger("kilnrt.runtime")
 
 class CaptureLock:
     def __init__(self, patience_s: float | None = None) -> None:
-        self.patience_s = float(os.environ.get("KILNRT_CAPTURE_WAIT_S", 10)) if patience_s is None else patience_s
+        self.patience_s = _patience_from_env() if patience_s is None else patience_s
         self.timeouts = 0          # waits that ran out of patience (eager runs that went, captures given up)
+        self._quiet_until = 0.0    # captures skip waiting until then (monotonic), after one gave up
         self._cond = threading.Condition()
         self._running = 0          # eager runs under way
         self._capturing = None     # the capturing thread's ident
@@ -77,6 +81,8 @@ class CaptureLock:
         with self._cond:
             nested = self._capturing == me or getattr(self._mine, "depth", 0) > 0
             alone = False
+            if not nested and time.monotonic() < self._quiet_until:
+                nested = True   # a capture gave up a moment ago: this caller runs eagerly too
             if not nested:
                 self._waiting += 1
                 try:
@@ -88,6 +94,7 @@ class CaptureLock:
                 if alone:
                     self._capturing = me
                 else:
+                    self._quiet_until = time.monotonic() + self.patience_s
                     self._gave_up("a CUDA-graph capture gave up waiting for eager runs on other threads "
                                   "(this call runs eagerly; a later one captures)")
         if not alone:
@@ -107,13 +114,25 @@ class CaptureLock:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            self._cond.wait(left)
+            self._cond.wait(min(left, threading.TIMEOUT_MAX))
         return True
 
     def _gave_up(self, what: str) -> None:
         self.timeouts += 1
         log.warning("%s after waiting %.1f s (KILNRT_CAPTURE_WAIT_S); a run that waits for another thread's "
                     "kilnrt run, such as a plugin using a thread pool, does this", what, self.patience_s)
+
+
+def _patience_from_env() -> float:
+    text = os.environ.get("KILNRT_CAPTURE_WAIT_S", "10")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:   # NaN too
+        log.warning("KILNRT_CAPTURE_WAIT_S=%r is not a number of seconds above 0 (inf: no limit); using 10", text)
+        return 10.0
+    return value
 
 
 CAPTURES = CaptureLock()

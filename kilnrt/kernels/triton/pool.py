@@ -74,17 +74,16 @@ def _pool_nhwc(x_ptr, y_ptr, n_pixels, C, H, W, OH, OW, pad_h, pad_w, end_h, end
             inside = h_in & (iw >= 0) & (iw < W) & pix_ok
             ptrs = x_ptr + (base + (ih * W + iw) * C)[:, None] + ch[None, :]
             mask = inside[:, None] & c_ok[None, :]
+            # the input and its explicit padding; not ceil mode's extra end cells
+            padded = (ih >= -pad_h) & (ih < end_h) & (iw >= -pad_w) & (iw < end_w)
             if AVERAGE:
                 acc += tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-                if COUNT_PAD:  # explicit padding counts, ceil mode's extra end cells do not
-                    counted = (ih >= -pad_h) & (ih < end_h) & (iw >= -pad_w) & (iw < end_w)
-                else:
-                    counted = inside
+                counted = padded if COUNT_PAD else inside
                 count += counted.to(tl.float32)
             else:
                 v = tl.load(ptrs, mask=mask, other=float("-inf")).to(tl.float32)
                 acc = tl.where(v > acc, v, acc)    # ONNX's MaxPool skips NaN (never greater)
-                number = number | (v == v)         # padding (-inf) is a number
+                number = number | ((v == v) & padded[:, None])   # explicit padding (-inf) is a number
     if AVERAGE:
         acc = acc / count[:, None]
     else:
