@@ -227,8 +227,9 @@ def test_an_eager_run_goes_beside_a_capture_that_takes_too_long(caplog):
     assert "eager run went on beside a CUDA-graph capture" in caplog.text
 
 
-def test_a_capture_that_waits_too_long_gives_up_for_this_call():
-    lock = CaptureLock(patience_s=0.2)
+def eager_run_held_open(lock):
+    """An eager run on another thread, under way when this returns: (its thread, the event
+    that ends it)."""
     holding, release = threading.Event(), threading.Event()
 
     def eager():
@@ -239,6 +240,12 @@ def test_a_capture_that_waits_too_long_gives_up_for_this_call():
     a = threading.Thread(daemon=True, target=eager)
     a.start()
     holding.wait(5)
+    return a, release
+
+
+def test_a_capture_that_waits_too_long_gives_up_for_this_call():
+    lock = CaptureLock(patience_s=0.2)
+    a, release = eager_run_held_open(lock)
     with lock.capture() as alone:
         assert alone is False             # the caller runs eagerly this time
     assert lock.timeouts == 1
@@ -261,16 +268,7 @@ def test_the_wait_limit_comes_from_the_environment(monkeypatch, caplog):
     monkeypatch.delenv("KILNRT_CAPTURE_WAIT_S")
     assert capture_lock.CaptureLock().patience_s == 10.0
     lock = CaptureLock(patience_s=float("inf"))   # no limit: waits without overflowing
-    holding, release = threading.Event(), threading.Event()
-
-    def eager():
-        with lock.eager():
-            holding.set()
-            release.wait(5)
-
-    a = threading.Thread(daemon=True, target=eager)
-    a.start()
-    holding.wait(5)
+    a, release = eager_run_held_open(lock)
     threading.Timer(0.2, release.set).start()
     with lock.capture() as alone:
         assert alone is True
