@@ -1,6 +1,7 @@
-"""ATen importers for sorting and scans (sort, argsort, topk, cumsum) and advanced indexing
-(``x[i, :, j]`` and ``x[mask] = v``), through the layers the ONNX importer uses for TopK, CumSum,
-GatherND and ScatterND."""
+"""ATen importers for sorting and scans (sort, argsort, topk, cumsum, cumprod), advanced indexing
+(``x[i, :, j]`` and ``x[mask] = v``) and element-wise gather and scatter (``gather``,
+``scatter``, ``scatter_add``, ``scatter_reduce``, ``select_scatter``), through the layers the ONNX
+importer uses for TopK, CumSum, GatherND, ScatterND, GatherElements and ScatterElements."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,8 @@ from kilnrt.errors import ErrorCode
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.layers import (ConcatenationParams, CumulativeParams, ElementWiseOperation, ExpandParams,
                                    FillOperation, FillParams, GatherMode, GatherParams, LayerKind, NonZeroParams,
-                                   ReduceOperation, ScatterMode, ScatterParams, SelectParams, TopKOperation,
-                                   TopKParams)
+                                   ReduceOperation, ScatterMode, ScatterParams, SelectParams, SliceParams,
+                                   TopKOperation, TopKParams)
 from kilnrt.torch.ops.tensor import dim_size
 from kilnrt.torch.registry import aten
 
@@ -59,6 +60,93 @@ def cumsum(ctx, self, dim, dtype=None):
     x = ctx.tensor(self, out)
     axis = ctx.constant(np.asarray(ctx.axis(int(dim), ctx.rank(self)), np.int64))
     return ctx.out(LayerKind.CUMULATIVE, CumulativeParams(False, False, ReduceOperation.SUM), x, axis)
+
+
+@aten(A.cumprod.default)
+def cumprod(ctx, self, dim, dtype=None):
+    """cumprod: a CUMULATIVE product (integers and booleans multiply in int64, as torch, unless dtype says otherwise)."""
+    out = ctx.out_dtype() or (DataType.from_torch(dtype) if dtype is not None else ctx.dtype(self))
+    x = ctx.tensor(self, out)
+    axis = ctx.constant(np.asarray(ctx.axis(int(dim), ctx.rank(self)), np.int64))
+    return ctx.out(LayerKind.CUMULATIVE, CumulativeParams(False, False, ReduceOperation.PROD), x, axis)
+
+
+# -- element-wise gather and scatter ----------------------------------------------------------
+@aten(A.gather.default)
+def gather(ctx, self, dim, index, sparse_grad=False):
+    """gather: a GATHER in ELEMENT mode (ONNX GatherElements): out[..i..] = self[.. index[..i..] ..] along dim."""
+    rank = ctx.rank(self)
+    ctx.require(ctx.rank(index) == rank, ErrorCode.UNSUPPORTED_NODE_INPUT,
+                f"gather's index must have the input's rank ({rank}); it has {ctx.rank(index)}")
+    return ctx.out(LayerKind.GATHER, GatherParams(ctx.axis(int(dim), rank), GatherMode.ELEMENT), self,
+                   ctx.tensor(index, DataType.INT64))
+
+
+def _index_shaped(ctx, src, index):
+    """``src`` cut to ``index``'s shape: torch's scatter reads only that corner of a larger src,
+    ONNX's ScatterElements wants updates of the index's shape."""
+    rank = ctx.rank(index)
+    same = all(isinstance(a, int) and a == b for a, b in
+               ((dim_size(ctx, src, d), dim_size(ctx, index, d)) for d in range(rank)))
+    if same:
+        return src
+    return ctx.out(LayerKind.SLICE, SliceParams(), src, ctx.constant(np.zeros(rank, np.int64)), ctx.shape_of(index))
+
+
+def _scatter(ctx, self, dim, index, src, reduction: str):
+    rank = ctx.rank(self)
+    ctx.require(ctx.rank(index) == rank, ErrorCode.UNSUPPORTED_NODE_INPUT,
+                f"scatter's index must have the input's rank ({rank}); it has {ctx.rank(index)}")
+    if isinstance(src, (int, float, bool)) or ctx.rank(src) == 0:   # one value for every index
+        updates = ctx.out(LayerKind.EXPAND, ExpandParams(), ctx.tensor(src, ctx.dtype(self)), ctx.shape_of(index))
+    else:
+        updates = _index_shaped(ctx, ctx.tensor(src, ctx.dtype(self)), index)
+    return ctx.out(LayerKind.SCATTER, ScatterParams(ScatterMode.ELEMENT, ctx.axis(int(dim), rank), reduction),
+                   self, ctx.tensor(index, DataType.INT64), updates)
+
+
+_SCATTER_REDUCE = {"add": "add", "multiply": "mul"}                          # scatter(..., reduce=)
+_SCATTER_REDUCE_TWO = {"sum": "add", "prod": "mul", "amax": "max", "amin": "min"}   # scatter_reduce
+
+
+@aten(A.scatter.src, A.scatter.value, A.scatter.reduce, A.scatter.value_reduce)
+def scatter(ctx, self, dim, index, src=None, value=None, reduce=None):
+    """scatter (src or one value; reduce "add" or "multiply"): a SCATTER in ELEMENT mode (ONNX
+    ScatterElements). Where an index repeats without a reduction, which write wins is undefined in
+    torch and in kilnrt alike."""
+    updates = src if src is not None else value
+    if reduce is None:
+        return _scatter(ctx, self, dim, index, updates, "none")
+    ctx.require(reduce in _SCATTER_REDUCE, ErrorCode.UNSUPPORTED_NODE_ATTR,
+                f"scatter's reduce is {reduce!r}; kilnrt imports 'add' and 'multiply'")
+    return _scatter(ctx, self, dim, index, updates, _SCATTER_REDUCE[reduce])
+
+
+@aten(A.scatter_add.default)
+def scatter_add(ctx, self, dim, index, src):
+    """scatter_add: a SCATTER that adds (repeated indices add up)."""
+    return _scatter(ctx, self, dim, index, src, "add")
+
+
+@aten(A.scatter_reduce.two)
+def scatter_reduce(ctx, self, dim, index, src, reduce, include_self=True):
+    """scatter_reduce with include_self=True: sum, prod, amax or amin into the input's values."""
+    ctx.require(reduce in _SCATTER_REDUCE_TWO, ErrorCode.UNSUPPORTED_NODE_ATTR,
+                f"scatter_reduce's reduce is {reduce!r}; kilnrt imports {', '.join(map(repr, _SCATTER_REDUCE_TWO))} "
+                "('mean' has no ScatterElements reduction)")
+    ctx.require(bool(include_self), ErrorCode.UNSUPPORTED_NODE_ATTR,
+                "scatter_reduce with include_self=False is not supported (ONNX's ScatterElements reductions "
+                "include the input's values); scatter into a tensor filled with the reduction's identity instead")
+    return _scatter(ctx, self, dim, index, src, _SCATTER_REDUCE_TWO[reduce])
+
+
+@aten(A.select_scatter.default)
+def select_scatter(ctx, self, src, dim, index):
+    """select_scatter (x[:, i] = src once functional): src, given back its dim, slice-scattered at i."""
+    d = ctx.axis(int(dim), ctx.rank(self))
+    i = ctx.int_value(index)
+    ctx.require(i is not None, ErrorCode.UNSUPPORTED_NODE_DYNAMIC, "select_scatter's index must be known at build time")
+    return slice_scatter(ctx, self, ctx.unsqueeze(ctx.tensor(src, ctx.dtype(self)), [d]), d, i, None, 1)
 
 
 # -- advanced indexing ------------------------------------------------------------------------

@@ -1,0 +1,84 @@
+"""Importers for element-wise gather and scatter (gather, scatter with a src, a value or a reduce,
+scatter_add, scatter_reduce, select_scatter) and cumprod, through kilnrt.compile with a dynamic
+batch and torch.compile(backend="kilnrt"), each matched against the module run in float64 on
+fresh random inputs."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.export import Dim
+
+import kilnrt
+from kilnrt.errors import KilnError
+from kilnrt.testing import fresh_seed
+from kilnrt.torch.backend import STATS
+from test_torch_frontend import check, reference
+
+BATCH = Dim("batch", min=2, max=12)
+
+
+class GatherScatter(nn.Module):
+    def forward(self, x, idx, perm, src):
+        picked = torch.gather(x, 1, idx)                                 # idx [n, 4] into 7 columns
+        placed = torch.scatter(torch.zeros_like(x), 1, perm, x)          # a permutation: no index repeats
+        small = x.scatter(1, perm[:, :3], src)                           # src larger than the index: its corner
+        ones = x.scatter(1, idx[:, :2], 2.5)                             # one value
+        added = torch.scatter_add(x, 1, idx, src[:, :4])                 # repeated indices add up
+        summed = x.scatter_reduce(1, idx, src[:, :4], "sum")
+        mult = x.scatter_reduce(1, idx, src[:, :4], "prod")
+        top = x.scatter_reduce(1, idx, src[:, :4], "amax")
+        low = x.scatter_reduce(0, torch.ones_like(idx[:1]), src[:1, :4] - 1, "amin")   # along the batch
+        multiplied = x.scatter(1, idx, src[:, :4], reduce="multiply")
+        row = torch.select_scatter(x, src[:, 0] * 3, 1, -2)              # x[:, -2] = ...
+        return (picked, placed, small, ones, added, summed, mult, top, low, multiplied, row,
+                torch.cumprod(x, 1), torch.cumprod(idx, 0), torch.cumprod(x, -1, dtype=torch.float64))
+
+
+def _inputs(n, g):
+    x = torch.randn(n, 7, generator=g)
+    idx = torch.randint(0, 7, (n, 4), generator=g)             # torch's gather and scatter take no negative index
+    idx[:, 1] = idx[:, 0]                                        # repeats, for the reductions
+    perm = torch.stack([torch.randperm(7, generator=g) for _ in range(n)])
+    src = torch.rand(n, 7, generator=g) + 0.5
+    return x, idx, perm, src
+
+
+def test_kilnrt_compile_with_a_dynamic_batch():
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    model = GatherScatter().eval()
+    dynamic = {"x": {0: BATCH}, "idx": {0: BATCH}, "perm": {0: BATCH}, "src": {0: BATCH}}
+    compiled = kilnrt.compile(model, _inputs(4, g), dynamic_shapes=dynamic)
+    for n in (2, 5, 12):
+        args = _inputs(n, g)
+        check(compiled(*args), reference(model, *args), seed, f"gather/scatter n={n}")
+
+
+def test_torch_compile_builds_them_as_engines():
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    torch._dynamo.reset()
+    STATS.clear()
+    model = GatherScatter().eval()
+    compiled = torch.compile(model, backend="kilnrt")
+    with torch.no_grad():
+        for n in (4, 6):
+            args = _inputs(n, g)
+            check(compiled(*args), reference(model, *args), seed, f"gather/scatter n={n}")
+    left = sorted(k for k in STATS if k.startswith("pytorch:"))
+    assert STATS["engines"] >= 1 and not left and not STATS["pieces_in_pytorch"], dict(STATS)
+
+
+@pytest.mark.parametrize("reduce, include_self, says", [
+    ("mean", True, "'mean' has no ScatterElements reduction"),
+    ("sum", False, "include_self=False is not supported"),
+])
+def test_scatter_reductions_kilnrt_cannot_import_say_so(reduce, include_self, says):
+    class Reduce(nn.Module):
+        def forward(self, x, idx):
+            return x.scatter_reduce(1, idx, x[:, :2], reduce, include_self=include_self)
+
+    x, idx = torch.randn(3, 5), torch.randint(0, 5, (3, 2))
+    with pytest.raises(KilnError, match=says):
+        kilnrt.compile(Reduce(), (x, idx))
