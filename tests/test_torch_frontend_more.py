@@ -189,3 +189,38 @@ def test_kilnrt_compile_quantizes_with_calibration(precision):
     fresh = torch.randn(8, 64)
     ref = model(fresh)
     assert float((compiled(fresh) - ref).norm() / ref.norm()) < 0.1
+
+
+class MapScan(nn.Module):
+    """A running sum carried by scan (with a captured weight), its per-step outputs, and a map of a
+    matmul over the rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(6, 6))
+
+    def forward(self, x):
+        from torch._higher_order_ops.map import map as map_rows
+        from torch._higher_order_ops.scan import scan
+
+        def step(carry, row):
+            nxt = carry * 0.5 + torch.tanh(row @ self.w)
+            return nxt, nxt.sin() + row
+
+        last, per_step = scan(step, torch.zeros_like(x[0]), x)
+        rows = map_rows(lambda row, w: torch.relu(row @ w.T) - row, x, self.w)
+        return last, per_step, rows
+
+
+def test_map_and_scan_with_a_dynamic_length(tmp_path):
+    seed = fresh_seed()
+    torch.manual_seed(seed)
+    model = MapScan().eval()
+    compiled = kilnrt.compile(model, (torch.randn(4, 6),), dynamic_shapes={"x": {0: BATCH}})
+    compiled.save(tmp_path / "scan.plan")
+    loaded = kilnrt.torch.load(tmp_path / "scan.plan")
+    for n in (2, 5, 12):
+        x = torch.randn(n, 6)
+        check(compiled(x), reference(model, x), seed, f"map/scan n={n}")
+        for a, b in zip(loaded(x), compiled(x)):
+            assert torch.equal(a, b)

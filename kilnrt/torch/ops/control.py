@@ -1,5 +1,6 @@
-"""ATen importers for control flow: ``torch.cond`` as a CONDITIONAL layer, its branches imported
-through the same table into subgraphs (as the ONNX ``If`` importer builds them)."""
+"""ATen importers for control flow: ``torch.cond`` as a CONDITIONAL layer, and the ``map`` and
+``scan`` higher-order ops as LOOP layers (as the ONNX ``If`` and ``Scan`` importers build them);
+their functions are imported through the same table into subgraphs."""
 from __future__ import annotations
 
 import torch
@@ -7,7 +8,7 @@ import torch
 from kilnrt.errors import ErrorCode
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.graph import Tensor
-from kilnrt.network.layers import ConditionalParams, LayerKind, Subgraph, SubgraphLayer
+from kilnrt.network.layers import ConditionalParams, LayerKind, LoopParams, Subgraph, SubgraphLayer
 from kilnrt.torch.registry import aten
 
 
@@ -50,3 +51,44 @@ def cond(ctx, pred, true_fn, false_fn, operands=()):
                     "in the false one")
     layer = ctx.add(LayerKind.CONDITIONAL, ConditionalParams(a, b), [pred, *operands], num_outputs=len(a.outputs))
     return list(layer.outputs)
+
+
+def _loop(ctx, fn, what: str, carried, xs, captured):
+    """A LOOP layer running ``fn(*carried, *slices, *captured) -> (*carried, *per-slice outputs)``
+    once per slice along dim 0 of ``xs``; outputs: the final carried values, then the per-slice
+    outputs stacked along dim 0."""
+    values = [*carried, *xs, *captured]
+    ctx.require(all(isinstance(t, Tensor) for t in values), ErrorCode.UNSUPPORTED_NODE_INPUT,
+                f"{what}'s inputs must be tensors (numbers are not supported)")
+    ctx.require(isinstance(fn, torch.fx.GraphModule), ErrorCode.INVALID_NODE, f"{what}'s function must be a graph module")
+    ctx.require(len(xs) > 0 and all(ctx.rank(x) > 0 for x in xs), ErrorCode.UNSUPPORTED_NODE_INPUT,
+                f"{what} needs at least one input to slice along dim 0")
+    types = ([(ctx.dtype(t), tuple(t.shape)) for t in carried] + [(ctx.dtype(x), tuple(x.shape)[1:]) for x in xs]
+             + [(ctx.dtype(t), tuple(t.shape)) for t in captured])
+    body = _subgraph(ctx.import_graph(fn, types, f"{ctx.node.name}/body"), f"{what}'s function", ctx)
+    per_slice = len(body.outputs) - len(carried)
+    ctx.require(per_slice >= 0, ErrorCode.INVALID_NODE,
+                f"{what}'s function returns {len(body.outputs)} values, fewer than the {len(carried)} it carries")
+    params = LoopParams(body, len(carried), (0,) * len(xs), (False,) * len(xs), (0,) * per_slice, (False,) * per_slice,
+                        counter_inputs=False)
+    layer = ctx.add(LayerKind.LOOP, params, [None, None, *values], num_outputs=len(body.outputs))
+    return list(layer.outputs)
+
+
+@aten(torch.ops.higher_order.map_impl)
+def map_impl(ctx, f, xs, pos_args=()):
+    """map (torch._higher_order_ops.map): a LOOP over dim 0 of xs; f's outputs stacked along dim 0."""
+    return _loop(ctx, f, "map", [], list(xs), list(pos_args))
+
+
+@aten(torch.ops.higher_order.scan)
+def scan(ctx, combine_fn, init, xs, *rest, additional_inputs=()):
+    """scan (torch._higher_order_ops.scan): a LOOP over dim 0 of xs carrying init; the final carry,
+    then the per-step outputs stacked along dim 0."""
+    if len(rest) == 3:   # older PyTorch: scan(combine_fn, init, xs, dim, reverse, additional_inputs)
+        dim, reverse, additional_inputs = rest
+        ctx.require(int(dim) == 0 and not reverse, ErrorCode.UNSUPPORTED_NODE_ATTR,
+                    f"scan along dim {dim}{' in reverse' if reverse else ''}: kilnrt imports dim 0, forwards")
+    elif rest:
+        additional_inputs = rest[0]
+    return _loop(ctx, combine_fn, "scan", list(init), list(xs), list(additional_inputs))
