@@ -224,3 +224,18 @@ def test_map_and_scan_with_a_dynamic_length(tmp_path):
         check(compiled(x), reference(model, x), seed, f"map/scan n={n}")
         for a, b in zip(loaded(x), compiled(x)):
             assert torch.equal(a, b)
+
+
+def test_torch_compile_builds_map_and_scan_into_engines():
+    seed = fresh_seed()
+    torch.manual_seed(seed)
+    torch._dynamo.reset()
+    STATS.clear()
+    model = MapScan().eval()
+    compiled = torch.compile(model, backend="kilnrt")
+    with torch.no_grad():
+        for n in (4, 6):
+            x = torch.randn(n, 6)
+            check(compiled(x), reference(model, x), seed, f"map/scan n={n}")
+    left = sorted(k for k in STATS if k.startswith("pytorch:"))
+    assert STATS["engines"] >= 1 and not left and not STATS["pieces_in_pytorch"], dict(STATS)
