@@ -239,3 +239,35 @@ def test_torch_compile_builds_map_and_scan_into_engines():
             check(compiled(x), reference(model, x), seed, f"map/scan n={n}")
     left = sorted(k for k in STATS if k.startswith("pytorch:"))
     assert STATS["engines"] >= 1 and not left and not STATS["pieces_in_pytorch"], dict(STATS)
+
+
+class WhileLoop(nn.Module):
+    """Iterate y = tanh(y @ w) + y while the count is below a run-time limit and y stays small;
+    a limit of 0 runs the body not at all."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(6, 6) * 0.3)
+
+    def forward(self, x, limit):
+        from torch._higher_order_ops.while_loop import while_loop
+
+        def cond(i, y):
+            return (i < limit.sum()) & (y.abs().sum() < 1e4)
+
+        def body(i, y):
+            return i + 1, torch.tanh(y @ self.w) + y
+
+        return while_loop(cond, body, (torch.zeros((), dtype=torch.int64), x))
+
+
+def test_while_loop_runs_as_long_as_its_condition_says():
+    seed = fresh_seed()
+    torch.manual_seed(seed)
+    model = WhileLoop().eval()
+    compiled = kilnrt.compile(model, (torch.randn(4, 6), torch.tensor([3])), dynamic_shapes={"x": {0: BATCH}, "limit": None})
+    for n, limit in ((2, 0), (5, 1), (12, 4), (3, 7)):
+        x, lim = torch.randn(n, 6), torch.tensor([limit])
+        got, want = compiled(x, lim), reference(model, x, lim)
+        assert int(got[0]) == int(want[0]) == min(limit, int(want[0])), (got[0], want[0])
+        check(got, want, seed, f"while_loop n={n} limit={limit}")

@@ -1,6 +1,7 @@
-"""ATen importers for control flow: ``torch.cond`` as a CONDITIONAL layer, and the ``map`` and
-``scan`` higher-order ops as LOOP layers (as the ONNX ``If`` and ``Scan`` importers build them);
-their functions are imported through the same table into subgraphs."""
+"""ATen importers for control flow: ``torch.cond`` as a CONDITIONAL layer, and the ``map``,
+``scan`` and ``while_loop`` higher-order ops as LOOP layers (as the ONNX ``If``, ``Scan`` and
+``Loop`` importers build them); their functions are imported through the same table into
+subgraphs."""
 from __future__ import annotations
 
 import torch
@@ -92,3 +93,69 @@ def scan(ctx, combine_fn, init, xs, *rest, additional_inputs=()):
     elif rest:
         additional_inputs = rest[0]
     return _loop(ctx, combine_fn, "scan", list(init), list(xs), list(additional_inputs))
+
+
+def _inline(ctx, converted, operands) -> list:
+    """The layers of a converted function copied into this network, its inputs bound to
+    ``operands``: its outputs here."""
+    net = converted.network
+    here = dict(zip(converted.inputs, operands))
+    for layer in net.layers:
+        copy = ctx.add(layer.kind, layer.params, [None if t is None else here[t.name] for t in layer.inputs],
+                       num_outputs=len(layer.outputs))
+        here.update((t.name, c) for t, c in zip(layer.outputs, copy.outputs))
+    return [here[o.name] for o in converted.outputs]
+
+
+def _body_then_condition(body_fn, cond_fn) -> torch.fx.GraphModule:
+    """One graph ``(iteration, condition, *values) -> (cond_fn(*next, *captured), *next)`` with
+    ``next = body_fn(*values)``: a LOOP body that decides the next iteration, as ONNX Loop's does.
+    ``values`` are the carried values, then the captured ones."""
+    root = torch.nn.Module()
+    root.body, root.cond = body_fn, cond_fn
+    g = torch.fx.Graph()
+    g.placeholder("iteration")
+    g.placeholder("condition")
+    body_inputs = [n for n in body_fn.graph.nodes if n.op == "placeholder"]
+    values = [g.placeholder(f"value_{k}") for k in range(len(body_inputs))]
+
+    def copy(fn, prefix, inputs):
+        before = set(g.nodes)
+        out = g.graph_copy(fn.graph, dict(zip([n for n in fn.graph.nodes if n.op == "placeholder"], inputs)))
+        for n in g.nodes:
+            if n not in before and n.op == "get_attr":
+                n.target = f"{prefix}.{n.target}"
+        return out
+
+    nxt = copy(body_fn, "body", values)
+    nxt = list(nxt) if isinstance(nxt, (list, tuple)) else [nxt]
+    keep_going = copy(cond_fn, "cond", nxt + values[len(nxt):])
+    g.output((keep_going, *nxt))
+    return torch.fx.GraphModule(root, g)
+
+
+@aten(torch.ops.higher_order.while_loop)
+def while_loop(ctx, cond_fn, body_fn, carried_inputs, additional_inputs=()):
+    """while_loop (torch.while_loop): a LOOP whose body runs body_fn then cond_fn on its result;
+    cond_fn on the initial values, in the network before it, says whether it runs at all."""
+    carried, captured = list(carried_inputs), list(additional_inputs)
+    values = carried + captured
+    ctx.require(all(isinstance(t, Tensor) for t in values), ErrorCode.UNSUPPORTED_NODE_INPUT,
+                "while_loop's values must be tensors (numbers, such as a size under torch.compile's "
+                "dynamic shapes, are not supported)")
+    ctx.require(isinstance(cond_fn, torch.fx.GraphModule) and isinstance(body_fn, torch.fx.GraphModule),
+                ErrorCode.INVALID_NODE, "while_loop's functions must be graph modules")
+    types = [(ctx.dtype(t), tuple(t.shape)) for t in values]
+    name = ctx.node.name
+    first = _inline(ctx, ctx.import_graph(cond_fn, list(types), f"{name}/cond"), values)
+    ctx.require(len(first) == 1 and ctx.dtype(first[0]) == DataType.BOOL, ErrorCode.INVALID_NODE,
+                "while_loop's condition must return one bool")
+    go = first[0] if not ctx.rank(first[0]) else ctx.reshape(first[0], [])
+    counters = [(DataType.INT64, ()), (DataType.BOOL, ())]
+    body = _subgraph(ctx.import_graph(_body_then_condition(body_fn, cond_fn), counters + types, f"{name}/body"),
+                     "while_loop's body", ctx)
+    ctx.require(len(body.outputs) == 1 + len(carried), ErrorCode.INVALID_NODE,
+                f"while_loop's body returns {len(body.outputs) - 1} values for {len(carried)} carried ones")
+    layer = ctx.add(LayerKind.LOOP, LoopParams(body, len(carried), counter_inputs=True), [None, go, *values],
+                    num_outputs=len(carried))
+    return list(layer.outputs)
