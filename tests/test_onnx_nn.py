@@ -155,9 +155,10 @@ def test_rms_normalization(r):
     check("RMSNormalization", {"x": x, "s": randn(r, 3, 5)}, 1, opset=23, axis=1, epsilon=0.1)
 
 
-def test_group_normalization(r):
+@pytest.mark.parametrize("groups", [3, 1, 6])   # one group: over C and the spatial dims, not InstanceNorm
+def test_group_normalization(r, groups):
     x = randn(r, 2, 6, 3, 3)
-    check("GroupNormalization", {"x": x, "s": randn(r, 6), "b": randn(r, 6)}, 1, opset=21, num_groups=3)
+    check("GroupNormalization", {"x": x, "s": randn(r, 6), "b": randn(r, 6)}, 1, opset=21, num_groups=groups)
 
 
 def test_batch_normalization_training_mode(r):

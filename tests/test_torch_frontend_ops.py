@@ -22,12 +22,13 @@ class Convs(nn.Module):
         self.up = nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1)
         self.same = nn.Conv2d(6, 6, 3, padding="same", dilation=2, groups=3)
         self.gn = nn.GroupNorm(2, 6)
+        self.gn1 = nn.GroupNorm(1, 6)   # one group: over C and the spatial dims (PoolFormer's norm)
 
     def forward(self, x):
         y = F.leaky_relu(self.c1(x), 0.2)                        # [n, 4, 8]
         y = y[:, :, None, :] * y[:, :, :, None]                   # [n, 4, 8, 8]
         y = F.elu(self.up(y))                                     # [n, 6, 16, 16]
-        y = F.hardswish(self.gn(self.same(y)))
+        y = F.hardswish(self.gn(self.same(y))) + self.gn1(y) * 2
         a = F.max_pool2d(y, 3, stride=2, padding=1, ceil_mode=True)
         b = F.avg_pool2d(y, 2, count_include_pad=True)
         c = F.adaptive_avg_pool2d(y, (4, 4))

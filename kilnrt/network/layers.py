@@ -551,6 +551,16 @@ class NormalizationParams:
     rms: bool = False
     sum_output: bool = False
 
+    @classmethod
+    def group_norm(cls, rank: int, epsilon: float, num_groups: int) -> "NormalizationParams":
+        """GroupNorm of an ``[N, C, *spatial]`` tensor: statistics per group of channels over its
+        channels and every position.  One group is all of C and the spatial dims (``num_groups=1``
+        means "over ``axes``", so those are C's and the spatial ones, not the spatial ones alone,
+        which would be InstanceNorm)."""
+        if int(num_groups) == 1:
+            return cls(tuple(range(1, rank)), float(epsilon))
+        return cls(tuple(range(2, rank)), float(epsilon), num_groups=int(num_groups))
+
 
 @dataclass(frozen=True)
 class OneHotParams:

@@ -267,8 +267,7 @@ def _group_norm(ctx, x, scale, bias, epsilon, num_groups):
     rank = ctx.rank(x)
     tail = [1] * (rank - 2)
     s, b = ctx.reshape(scale, [-1] + tail), ctx.reshape(bias, [-1] + tail)
-    params = NormalizationParams(tuple(range(2, rank)), float(epsilon), num_groups=int(num_groups))
-    return ctx.out(LayerKind.NORMALIZATION, params, x, s, b)
+    return ctx.out(LayerKind.NORMALIZATION, NormalizationParams.group_norm(rank, epsilon, num_groups), x, s, b)
 
 
 @importer("GroupNormalization", since=18)

@@ -234,7 +234,7 @@ def group_norm(ctx, input, num_groups, weight=None, bias=None, eps=1e-5, cudnn_e
     tail = [1] * (rank - 2)
     s = _ones(ctx, input, [channels]) if weight is None else weight
     b = _ones(ctx, input, [channels], 0.0) if bias is None else bias
-    params = NormalizationParams(tuple(range(2, rank)), float(eps), num_groups=int(num_groups))
+    params = NormalizationParams.group_norm(rank, eps, num_groups)
     return ctx.out(LayerKind.NORMALIZATION, params, input, ctx.reshape(s, [-1] + tail), ctx.reshape(b, [-1] + tail))
 
 
