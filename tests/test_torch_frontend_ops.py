@@ -154,3 +154,17 @@ def test_torch_encoder_layer_fast_path_under_torch_compile(norm_first, activatio
         with torch.no_grad():
             check(compiled(x), reference(model, x), seed, f"encoder n={n}")
     assert STATS["engines"] >= 1 and not any(k.startswith("pytorch:") for k in STATS), dict(STATS)
+
+
+def test_cat_skips_empty_1d_inputs_beside_other_ranks():
+    """torch.cat's legacy rule, which a Hugging Face key/value cache's first step relies on:
+    empty 1-D inputs beside inputs of another rank are skipped."""
+    class Cache(nn.Module):
+        def forward(self, x, past):
+            return torch.cat([past, x, past], dim=-2) * 2, torch.cat([past, x.flatten()[:3]])
+
+    x = torch.randn(2, 3, 4)
+    empty = torch.zeros(0)
+    compiled = kilnrt.compile(Cache(), (x, empty))
+    for got, want in zip(compiled(x, empty), Cache()(x, empty)):
+        assert got.shape == want.shape and torch.equal(got, want)

@@ -208,10 +208,15 @@ def index_select(ctx, self, dim, index):
 
 @aten(A.cat.default)
 def cat(ctx, tensors, dim=0):
-    """cat: a CONCATENATION (inputs promoted to the output's dtype)."""
+    """cat: a CONCATENATION (inputs promoted to the output's dtype); empty 1-D inputs beside
+    inputs of another rank are skipped, as torch does (a key/value cache's first step)."""
     dt = ctx.out_dtype()
     parts = [ctx.tensor(t, dt) for t in tensors]
     ctx.require(parts, ErrorCode.INVALID_NODE, "cat of no tensors")
+    if any(ctx.rank(p) != 1 for p in parts):
+        parts = [p for p in parts if not (ctx.rank(p) == 1 and p.shape[0] == 0)]
+    if len(parts) == 1:
+        return parts[0]
     return ctx.out(LayerKind.CONCATENATION, ConcatenationParams(ctx.axis(int(dim), ctx.rank(parts[0]))), *parts)
 
 
