@@ -1,0 +1,128 @@
+"""ATen importers for padding and upsampling, through the PADDING and RESIZE layers the ONNX
+Pad and Resize importers use: ``constant_pad_nd`` and the reflection and replication pads
+(``F.pad``), and the nearest, linear, bilinear, bicubic and trilinear upsamples
+(``F.interpolate``, ``nn.Upsample``)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from kilnrt.errors import ErrorCode
+from kilnrt.network.layers import LayerKind, PaddingParams, ResizeParams
+from kilnrt.torch.registry import aten
+
+A = torch.ops.aten
+
+
+# -- padding ----------------------------------------------------------------------------------
+def _pad(ctx, x, pad, mode: str, value=None):
+    """torch's pad list ([last dim's begin, end, the one before's begin, end, ...]; negative
+    crops) as ONNX's [begins..., ends...] over every dim."""
+    rank = ctx.rank(x)
+    pad = list(pad)
+    ctx.require(len(pad) % 2 == 0 and len(pad) // 2 <= rank, ErrorCode.INVALID_NODE,
+                f"pad has {len(pad)} values for a tensor of rank {rank}; it takes two per padded dim, last dim first")
+    begins, ends = [0] * rank, [0] * rank
+    for k in range(len(pad) // 2):
+        begins[rank - 1 - k], ends[rank - 1 - k] = pad[2 * k], pad[2 * k + 1]
+    pads = ctx.int_vector(begins + ends)
+    if mode != "constant":
+        return ctx.out(LayerKind.PADDING, PaddingParams(mode), x, pads)
+    fill = ctx.constant(np.asarray(0 if value is None else value, dtype=ctx.dtype(x).numpy))
+    return ctx.out(LayerKind.PADDING, PaddingParams("constant"), x, pads, fill)
+
+
+@aten(A.constant_pad_nd.default)
+def constant_pad_nd(ctx, self, pad, value=0):
+    """constant_pad_nd (F.pad, mode "constant"): a PADDING with the value; negative pads crop."""
+    return _pad(ctx, self, pad, "constant", value)
+
+
+@aten(A.reflection_pad1d.default, A.reflection_pad2d.default, A.reflection_pad3d.default)
+def reflection_pad(ctx, self, padding):
+    """reflection_pad1d/2d/3d (F.pad, mode "reflect"): a PADDING in reflect mode."""
+    return _pad(ctx, self, padding, "reflect")
+
+
+@aten(A.replication_pad1d.default, A.replication_pad2d.default, A.replication_pad3d.default)
+def replication_pad(ctx, self, padding):
+    """replication_pad1d/2d/3d (F.pad, mode "replicate"): a PADDING in edge mode."""
+    return _pad(ctx, self, padding, "edge")
+
+
+# -- upsampling -------------------------------------------------------------------------------
+def _resize(ctx, x, spatial: int, output_size, scale_factors, params: ResizeParams):
+    """A RESIZE of the last ``spatial`` dims to ``output_size`` or by ``scale_factors``.  Either
+    way PyTorch's source coordinates follow the same formulas as ONNX's with the matching
+    coordinate transformation (scales: 1 / scale factor, as torch uses them when given)."""
+    rank = ctx.rank(x)
+    ctx.require(rank == spatial + 2, ErrorCode.UNSUPPORTED_NODE_INPUT,
+                f"the input has rank {rank}; a {spatial}-D upsample takes [N, C, {spatial} dims]")
+    axes = tuple(range(2, rank))
+    params = dataclasses.replace(params, axes=axes)
+    if output_size is not None:
+        ctx.require(len(output_size) == spatial, ErrorCode.INVALID_NODE,
+                    f"output_size has {len(output_size)} values for {spatial} dims")
+        return ctx.out(LayerKind.RESIZE, params, x, None, ctx.int_vector(list(output_size)))
+    ctx.require(scale_factors is not None and len(scale_factors) == spatial, ErrorCode.INVALID_NODE,
+                "an upsample needs output_size or one scale factor per spatial dim")
+    scales = ctx.constant(np.asarray([float(s) for s in scale_factors], np.float32))
+    return ctx.out(LayerKind.RESIZE, params, x, scales, None)
+
+
+def _linear(align_corners) -> ResizeParams:
+    return ResizeParams(mode="linear", coordinate_transformation="align_corners" if align_corners else "half_pixel")
+
+
+_NEAREST = ResizeParams(mode="nearest", coordinate_transformation="asymmetric", nearest_mode="floor")
+@aten(A.upsample_nearest1d.vec, A.upsample_nearest2d.vec, A.upsample_nearest3d.vec)
+def upsample_nearest_vec(ctx, input, output_size=None, scale_factors=None):
+    """upsample_nearest1d/2d/3d (F.interpolate, mode "nearest"): a nearest RESIZE, source index
+    floor(dst * in / out)."""
+    return _resize(ctx, input, ctx.rank(input) - 2, output_size, scale_factors, _NEAREST)
+
+
+def _sized(ctx, x, output_size, scales: dict) -> list:
+    """The output size of an upsample given both a size and (optionally) its scales: PyTorch maps
+    coordinates by 1 / scale when a scale is given, ONNX's sizes by in / out; taken only where
+    the two agree."""
+    given = [v for k, v in sorted(scales.items()) if k.startswith("scales") and v is not None]
+    if given:
+        spatial = tuple(x.shape[2:])
+        agree = len(given) == len(output_size) and all(
+            isinstance(n, int) and isinstance(o, int) and n > 0 and float(o) / n == float(s)
+            for n, o, s in zip(spatial, output_size, given))
+        ctx.require(agree, ErrorCode.UNSUPPORTED_NODE_ATTR,
+                    f"an upsample to {list(output_size)} with scales {given} that are not output / input: "
+                    "PyTorch maps coordinates by the scales there; use scale_factor or size alone")
+    return list(output_size)
+
+
+@aten(A.upsample_nearest1d.default, A.upsample_nearest2d.default, A.upsample_nearest3d.default)
+def upsample_nearest(ctx, self, output_size, **scales):
+    """upsample_nearest with an output size: a nearest RESIZE to it."""
+    return _resize(ctx, self, ctx.rank(self) - 2, _sized(ctx, self, output_size, scales), None, _NEAREST)
+
+
+@aten(A.upsample_linear1d.vec, A.upsample_bilinear2d.vec, A.upsample_trilinear3d.vec)
+def upsample_linear_vec(ctx, input, output_size=None, align_corners=False, scale_factors=None):
+    """upsample_linear1d / bilinear2d / trilinear3d (F.interpolate, linear modes): a linear RESIZE,
+    half-pixel coordinates (align_corners: corner-aligned)."""
+    return _resize(ctx, input, ctx.rank(input) - 2, output_size, scale_factors, _linear(align_corners))
+
+
+@aten(A.upsample_linear1d.default, A.upsample_bilinear2d.default, A.upsample_trilinear3d.default)
+def upsample_linear(ctx, self, output_size, align_corners=False, **scales):
+    """upsample_linear with an output size: a linear RESIZE to it."""
+    size = _sized(ctx, self, output_size, {} if align_corners else scales)   # corner-aligned ignores scales
+    return _resize(ctx, self, ctx.rank(self) - 2, size, None, _linear(align_corners))
+
+
+@aten(A.upsample_bicubic2d.vec)
+def upsample_bicubic_vec(ctx, input, output_size=None, align_corners=False, scale_factors=None):
+    """upsample_bicubic2d (F.interpolate, mode "bicubic"): a cubic RESIZE with PyTorch's a = -0.75."""
+    params = ResizeParams(mode="cubic", coordinate_transformation="align_corners" if align_corners else "half_pixel",
+                          cubic_coeff_a=-0.75)
+    return _resize(ctx, input, 2, output_size, scale_factors, params)

@@ -1,0 +1,86 @@
+"""Importers for padding (F.pad in every mode, negative pads) and upsampling (F.interpolate and
+nn.Upsample: nearest, linear, bilinear, bicubic, trilinear, by size and by scale factor, with and
+without align_corners), through kilnrt.compile with a dynamic batch and torch.compile(backend=
+"kilnrt"), each matched against the module run in float64 on fresh random inputs."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.export import Dim
+
+import kilnrt
+from kilnrt.errors import KilnError
+from kilnrt.testing import fresh_seed
+from kilnrt.torch.backend import STATS
+from test_torch_frontend import check, reference
+
+BATCH = Dim("batch", min=1, max=6)
+
+
+class Pads(nn.Module):
+    def forward(self, x, v, s):
+        return (F.pad(x, (1, 2, 0, 3), value=-1.5),                 # last two dims
+                F.pad(x, (2, -1)),                                  # a negative pad crops
+                F.pad(x, (1, 1, 2, 0), mode="reflect"),
+                F.pad(x, (3, 0, 1, 2), mode="replicate"),
+                F.pad(v, (2, 1), mode="reflect"), F.pad(v, (0, 3), mode="replicate"),
+                F.pad(s, (1, 0, 1, 1, 0, 1), mode="replicate"), F.pad(s, (1, 1, 0, 0, 2, 1)))
+
+
+class Upsamples(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+
+    def forward(self, x, v, s):
+        return (self.up(x),
+                F.interpolate(x, size=(7, 9), mode="nearest"),
+                F.interpolate(x, scale_factor=1.5, mode="bilinear"),
+                F.interpolate(x, size=(3, 11), mode="bilinear", align_corners=True),
+                F.interpolate(x, size=(9, 7), mode="bilinear"),
+                F.interpolate(x, scale_factor=2, mode="bicubic"),
+                F.interpolate(v, size=13, mode="linear"), F.interpolate(v, scale_factor=3, mode="nearest"),
+                F.interpolate(s, scale_factor=2, mode="trilinear"),
+                F.interpolate(s, size=(4, 5, 3), mode="trilinear", align_corners=True))
+
+
+def _inputs(n, g):
+    return torch.randn(n, 3, 5, 6, generator=g), torch.randn(n, 2, 8, generator=g), torch.randn(n, 2, 3, 4, 5, generator=g)
+
+
+@pytest.mark.parametrize("make", [Pads, Upsamples], ids=["pad", "upsample"])
+def test_kilnrt_compile_with_a_dynamic_batch(make):
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    model = make().eval()
+    compiled = kilnrt.compile(model, _inputs(2, g), dynamic_shapes={"x": {0: BATCH}, "v": {0: BATCH}, "s": {0: BATCH}})
+    for n in (1, 4, 6):
+        args = _inputs(n, g)
+        check(compiled(*args), reference(model, *args), seed, f"{make.__name__} n={n}")
+
+
+@pytest.mark.parametrize("make", [Pads, Upsamples], ids=["pad", "upsample"])
+def test_torch_compile_builds_them_as_engines(make):
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    torch._dynamo.reset()
+    STATS.clear()
+    model = make().eval()
+    compiled = torch.compile(model, backend="kilnrt")
+    with torch.no_grad():
+        for n in (2, 3):
+            args = _inputs(n, g)
+            check(compiled(*args), reference(model, *args), seed, f"{make.__name__} n={n}")
+    left = sorted(k for k in STATS if k.startswith("pytorch:"))
+    assert STATS["engines"] >= 1 and not left and not STATS["pieces_in_pytorch"], dict(STATS)
+
+
+def test_antialiased_upsampling_is_refused_by_name():
+    class Antialias(nn.Module):
+        def forward(self, x):
+            return F.interpolate(x, size=(3, 3), mode="bilinear", antialias=True)
+
+    with pytest.raises(KilnError, match="upsample_bilinear2d_aa"):
+        kilnrt.compile(Antialias(), (torch.randn(1, 2, 8, 8),))
