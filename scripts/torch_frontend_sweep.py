@@ -89,7 +89,7 @@ def one(name: str) -> dict:
         try:
             compiled = kilnrt.compile(model, inputs(1))
         except Exception as exc:  # noqa: BLE001 - the row says what failed
-            return {**row, "status": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:500]}"}
+            return {**row, "status": "failed", "error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:500]}"}
         row["build_s"] = round(time.perf_counter() - t0, 2)
         x = inputs(2)
         got, want = compiled(*x).double(), model(*x).double()

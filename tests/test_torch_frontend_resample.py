@@ -1,7 +1,9 @@
-"""Importers for padding (F.pad in every mode, negative pads) and upsampling (F.interpolate and
-nn.Upsample: nearest, linear, bilinear, bicubic, trilinear, by size and by scale factor, with and
-without align_corners), through kilnrt.compile with a dynamic batch and torch.compile(backend=
-"kilnrt"), each matched against the module run in float64 on fresh random inputs."""
+"""Importers for padding (F.pad: constant, reflect and replicate, negative pads) and upsampling
+(F.interpolate and nn.Upsample: nearest, linear, bilinear, bicubic, trilinear, by size and by
+scale factors above and below 1, with and without align_corners, nearest at sizes where
+PyTorch's float32 index arithmetic and ONNX's differ), through kilnrt.compile with a dynamic
+batch and torch.compile(backend="kilnrt"), each matched against the module run in float64 on
+fresh random inputs."""
 from __future__ import annotations
 
 import pytest
@@ -20,7 +22,7 @@ BATCH = Dim("batch", min=1, max=6)
 
 
 class Pads(nn.Module):
-    def forward(self, x, v, s):
+    def forward(self, x, v, s, w):
         return (F.pad(x, (1, 2, 0, 3), value=-1.5),                 # last two dims
                 F.pad(x, (2, -1)),                                  # a negative pad crops
                 F.pad(x, (1, 1, 2, 0), mode="reflect"),
@@ -34,8 +36,16 @@ class Upsamples(nn.Module):
         super().__init__()
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
 
-    def forward(self, x, v, s):
+    def forward(self, x, v, s, w):
         return (self.up(x),
+                F.interpolate(x, scale_factor=0.7, mode="nearest"),        # 5x6 -> floor(3.5) x floor(4.2)
+                F.interpolate(x, scale_factor=0.7, mode="bilinear"),
+                F.interpolate(x, scale_factor=1.5, mode="bilinear", align_corners=True),
+                F.interpolate(x, scale_factor=(2.5, 1.5), mode="bicubic", align_corners=True),
+                F.interpolate(w, size=(18, 27), mode="nearest"),             # floor(dst * in/out) in float32
+                F.interpolate(w, size=(34, 49), mode="nearest"), F.interpolate(w, size=(58, 54), mode="nearest"),
+                F.interpolate(w, scale_factor=(1.3, 2.2), mode="nearest"),
+                F.interpolate(w[..., :10], scale_factor=0.7, mode="bilinear"),   # 10 * 0.7: 7 in double, 6 in float32
                 F.interpolate(x, size=(7, 9), mode="nearest"),
                 F.interpolate(x, scale_factor=1.5, mode="bilinear"),
                 F.interpolate(x, size=(3, 11), mode="bilinear", align_corners=True),
@@ -47,7 +57,8 @@ class Upsamples(nn.Module):
 
 
 def _inputs(n, g):
-    return torch.randn(n, 3, 5, 6, generator=g), torch.randn(n, 2, 8, generator=g), torch.randn(n, 2, 3, 4, 5, generator=g)
+    return (torch.randn(n, 3, 5, 6, generator=g), torch.randn(n, 2, 8, generator=g),
+            torch.randn(n, 2, 3, 4, 5, generator=g), torch.randn(n, 1, 14, 21, generator=g))
 
 
 @pytest.mark.parametrize("make", [Pads, Upsamples], ids=["pad", "upsample"])
@@ -55,7 +66,8 @@ def test_kilnrt_compile_with_a_dynamic_batch(make):
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     model = make().eval()
-    compiled = kilnrt.compile(model, _inputs(2, g), dynamic_shapes={"x": {0: BATCH}, "v": {0: BATCH}, "s": {0: BATCH}})
+    compiled = kilnrt.compile(model, _inputs(2, g),
+                              dynamic_shapes={"x": {0: BATCH}, "v": {0: BATCH}, "s": {0: BATCH}, "w": {0: BATCH}})
     for n in (1, 4, 6):
         args = _inputs(n, g)
         check(compiled(*args), reference(model, *args), seed, f"{make.__name__} n={n}")
@@ -84,3 +96,13 @@ def test_antialiased_upsampling_is_refused_by_name():
 
     with pytest.raises(KilnError, match="upsample_bilinear2d_aa"):
         kilnrt.compile(Antialias(), (torch.randn(1, 2, 8, 8),))
+
+
+def test_a_reflect_pad_that_crops_one_side_and_pads_the_other_is_refused():
+    """PyTorch reflects about the uncropped edge there; the PADDING layer crops first."""
+    class Mixed(nn.Module):
+        def forward(self, v):
+            return F.pad(v, (-3, 3), mode="reflect")
+
+    with pytest.raises(KilnError, match="reflect pad that crops one side"):
+        kilnrt.compile(Mixed(), (torch.randn(1, 2, 8),))

@@ -82,3 +82,14 @@ def test_scatter_reductions_kilnrt_cannot_import_say_so(reduce, include_self, sa
     x, idx = torch.randn(3, 5), torch.randint(0, 5, (3, 2))
     with pytest.raises(KilnError, match=says):
         kilnrt.compile(Reduce(), (x, idx))
+
+
+def test_scatter_and_gather_of_0d_tensors():
+    class Scalars(nn.Module):
+        def forward(self, x, i, s):
+            return x.scatter(0, i, s), x.scatter(0, i, 3.0), torch.gather(x, 0, i) * 2
+
+    x, i, s = torch.tensor(1.5), torch.tensor(0), torch.tensor(-2.0)
+    compiled = kilnrt.compile(Scalars(), (x, i, s))
+    for got, want in zip(compiled(x, i, s), Scalars()(x, i, s)):
+        assert got.shape == want.shape == () and torch.equal(got, want)

@@ -78,6 +78,8 @@ def gather(ctx, self, dim, index, sparse_grad=False):
     rank = ctx.rank(self)
     ctx.require(ctx.rank(index) == rank, ErrorCode.UNSUPPORTED_NODE_INPUT,
                 f"gather's index must have the input's rank ({rank}); it has {ctx.rank(index)}")
+    if rank == 0:   # a 0-d gather: as 1-D, then back
+        return ctx.reshape(gather(ctx, ctx.unsqueeze(self, [0]), 0, ctx.unsqueeze(index, [0])), [])
     return ctx.out(LayerKind.GATHER, GatherParams(ctx.axis(int(dim), rank), GatherMode.ELEMENT), self,
                    ctx.tensor(index, DataType.INT64))
 
@@ -94,6 +96,12 @@ def _index_shaped(ctx, src, index):
 
 
 def _scatter(ctx, self, dim, index, src, reduction: str):
+    if ctx.rank(self) == 0:   # a 0-d scatter: as 1-D, then back
+        one = [0]
+        src = src if isinstance(src, (int, float, bool)) or ctx.rank(src) == 0 else ctx.unsqueeze(src, one)
+        y = _scatter(ctx, ctx.unsqueeze(self, one), 0, ctx.unsqueeze(index, one) if ctx.rank(index) == 0 else index,
+                     src, reduction)
+        return ctx.reshape(y, [])
     rank = ctx.rank(self)
     ctx.require(ctx.rank(index) == rank, ErrorCode.UNSUPPORTED_NODE_INPUT,
                 f"scatter's index must have the input's rank ({rank}); it has {ctx.rank(index)}")

@@ -5,12 +5,13 @@ Pad and Resize importers use: ``constant_pad_nd`` and the reflection and replica
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import torch
 
 from kilnrt.errors import ErrorCode
-from kilnrt.network.layers import LayerKind, PaddingParams, ResizeParams
+from kilnrt.network.layers import GatherParams, LayerKind, PaddingParams, ResizeParams
 from kilnrt.torch.registry import aten
 
 A = torch.ops.aten
@@ -27,6 +28,12 @@ def _pad(ctx, x, pad, mode: str, value=None):
     begins, ends = [0] * rank, [0] * rank
     for k in range(len(pad) // 2):
         begins[rank - 1 - k], ends[rank - 1 - k] = pad[2 * k], pad[2 * k + 1]
+    if mode == "reflect":   # PyTorch reflects about the uncropped edge; the PADDING layer crops first
+        mixed = [d for d, (b, e) in enumerate(zip(begins, ends))
+                 if not (isinstance(b, int) and isinstance(e, int)) or min(b, e) < 0 < max(b, e)]
+        ctx.require(not mixed, ErrorCode.UNSUPPORTED_NODE_ATTR,
+                    f"a reflect pad that crops one side of dim {mixed[0] if mixed else ''} and pads the other "
+                    "(or whose pads are known only at run time) is not supported; crop with a slice first")
     pads = ctx.int_vector(begins + ends)
     if mode != "constant":
         return ctx.out(LayerKind.PADDING, PaddingParams(mode), x, pads)
@@ -54,22 +61,45 @@ def replication_pad(ctx, self, padding):
 
 # -- upsampling -------------------------------------------------------------------------------
 def _resize(ctx, x, spatial: int, output_size, scale_factors, params: ResizeParams):
-    """A RESIZE of the last ``spatial`` dims to ``output_size`` or by ``scale_factors``.  Either
-    way PyTorch's source coordinates follow the same formulas as ONNX's with the matching
-    coordinate transformation (scales: 1 / scale factor, as torch uses them when given)."""
+    """The last ``spatial`` dims of ``x`` resized to ``output_size`` or by ``scale_factors``, as
+    PyTorch does it:
+
+    - the output size by a scale factor is floor(in * scale) in double precision (the scales
+      go to the RESIZE layer in float64, where float32 would round 0.7 * 10 down to 6);
+    - nearest picks floor(dst * s) with s = 1 / scale or in / out in float32, as PyTorch's
+      kernel does (ONNX's floor(dst / (out / in)) differs at exact boundaries): a GATHER of
+      those indices per dim, where the input's size is known at build time;
+    - linear and cubic map source coordinates by 1 / scale when a scale factor is given (as
+      ONNX's scales do), by in / out for a size; with align_corners by (in - 1) / (out - 1) of
+      the integer sizes, so a scale factor is turned into sizes first."""
     rank = ctx.rank(x)
     ctx.require(rank == spatial + 2, ErrorCode.UNSUPPORTED_NODE_INPUT,
                 f"the input has rank {rank}; a {spatial}-D upsample takes [N, C, {spatial} dims]")
-    axes = tuple(range(2, rank))
-    params = dataclasses.replace(params, axes=axes)
-    if output_size is not None:
+    if output_size is None:
+        ctx.require(scale_factors is not None and len(scale_factors) == spatial, ErrorCode.INVALID_NODE,
+                    "an upsample needs output_size or one scale factor per spatial dim")
+    else:
         ctx.require(len(output_size) == spatial, ErrorCode.INVALID_NODE,
                     f"output_size has {len(output_size)} values for {spatial} dims")
-        return ctx.out(LayerKind.RESIZE, params, x, None, ctx.int_vector(list(output_size)))
-    ctx.require(scale_factors is not None and len(scale_factors) == spatial, ErrorCode.INVALID_NODE,
-                "an upsample needs output_size or one scale factor per spatial dim")
-    scales = ctx.constant(np.asarray([float(s) for s in scale_factors], np.float32))
-    return ctx.out(LayerKind.RESIZE, params, x, scales, None)
+    sizes_in = [x.shape[d] if isinstance(x.shape[d], int) else None for d in range(2, rank)]
+    static = all(n is not None for n in sizes_in)
+    if output_size is None and static:
+        output_size = [int(math.floor(n * float(s))) for n, s in zip(sizes_in, scale_factors)]
+    else:
+        scale_factors = None if output_size is not None else scale_factors
+    if params.mode == "nearest" and static and all(isinstance(o, int) for o in output_size):
+        for d, (n, o) in enumerate(zip(sizes_in, output_size)):
+            s = np.float32(1.0 / float(scale_factors[d])) if scale_factors is not None else np.float32(n) / np.float32(o)
+            idx = np.minimum(np.floor(np.arange(o, dtype=np.float32) * s), n - 1).astype(np.int64)
+            x = ctx.out(LayerKind.GATHER, GatherParams(2 + d), x, ctx.constant(idx))
+        return x
+    params = dataclasses.replace(params, axes=tuple(range(2, rank)))
+    if scale_factors is not None and params.coordinate_transformation != "align_corners":
+        scales = ctx.constant(np.asarray([float(s) for s in scale_factors], np.float64))
+        return ctx.out(LayerKind.RESIZE, params, x, scales, None)
+    ctx.require(output_size is not None, ErrorCode.UNSUPPORTED_NODE_DYNAMIC,
+                "an upsample by a scale factor with align_corners needs the input's spatial size known at build time")
+    return ctx.out(LayerKind.RESIZE, params, x, None, ctx.int_vector(list(output_size)))
 
 
 def _linear(align_corners) -> ResizeParams:
