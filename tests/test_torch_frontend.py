@@ -45,6 +45,20 @@ def check(actual, expected, seed, name=""):
             assert a == e
 
 
+def check_torch_compile_makes_engines(model, inputs, seed, name, calls=(4, 6)):
+    """torch.compile(model, backend="kilnrt") on ``inputs(c)`` for each c in ``calls`` matches
+    the float64 reference, and every piece ran as a kilnrt engine (nothing left to PyTorch)."""
+    torch._dynamo.reset()
+    STATS.clear()
+    compiled = torch.compile(model, backend="kilnrt")
+    with torch.no_grad():
+        for c in calls:
+            args = inputs(c)
+            check(compiled(*args), reference(model, *args), seed, f"{name} {c}")
+    left = sorted(k for k in STATS if k.startswith("pytorch:"))
+    assert STATS["engines"] >= 1 and not left and not STATS["pieces_in_pytorch"], dict(STATS)
+
+
 @pytest.fixture
 def seed():
     s = fresh_seed()

@@ -12,7 +12,7 @@ import kilnrt
 from kilnrt.errors import KilnError
 from kilnrt.testing import fresh_seed
 from kilnrt.torch.backend import STATS
-from test_torch_frontend import check, reference
+from test_torch_frontend import check, check_torch_compile_makes_engines, reference
 
 BATCH = Dim("batch", min=2, max=12)
 
@@ -142,16 +142,7 @@ def test_cond_with_an_unsupported_branch_names_the_op():
 def test_torch_compile_builds_them_as_engines(make, inputs):
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
-    torch._dynamo.reset()
-    STATS.clear()
-    model = make().eval()
-    compiled = torch.compile(model, backend="kilnrt")
-    with torch.no_grad():
-        for n in (4, 6):
-            args = inputs(n, g)
-            check(compiled(*args), reference(model, *args), seed, f"{make.__name__} n={n}")
-    left = sorted(k for k in STATS if k.startswith("pytorch:"))
-    assert STATS["engines"] >= 1 and not left and not STATS["pieces_in_pytorch"], dict(STATS)
+    check_torch_compile_makes_engines(make().eval(), lambda n: inputs(n, g), seed, make.__name__)
 
 
 def test_torch_compile_builds_cond_into_an_engine():
@@ -229,16 +220,7 @@ def test_map_and_scan_with_a_dynamic_length(tmp_path):
 def test_torch_compile_builds_map_and_scan_into_engines():
     seed = fresh_seed()
     torch.manual_seed(seed)
-    torch._dynamo.reset()
-    STATS.clear()
-    model = MapScan().eval()
-    compiled = torch.compile(model, backend="kilnrt")
-    with torch.no_grad():
-        for n in (4, 6):
-            x = torch.randn(n, 6)
-            check(compiled(x), reference(model, x), seed, f"map/scan n={n}")
-    left = sorted(k for k in STATS if k.startswith("pytorch:"))
-    assert STATS["engines"] >= 1 and not left and not STATS["pieces_in_pytorch"], dict(STATS)
+    check_torch_compile_makes_engines(MapScan().eval(), lambda n: (torch.randn(n, 6),), seed, "map/scan")
 
 
 class WhileLoop(nn.Module):

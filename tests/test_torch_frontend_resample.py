@@ -15,8 +15,7 @@ from torch.export import Dim
 import kilnrt
 from kilnrt.errors import KilnError
 from kilnrt.testing import fresh_seed
-from kilnrt.torch.backend import STATS
-from test_torch_frontend import check, reference
+from test_torch_frontend import check, check_torch_compile_makes_engines, reference
 
 BATCH = Dim("batch", min=1, max=6)
 
@@ -77,16 +76,7 @@ def test_kilnrt_compile_with_a_dynamic_batch(make):
 def test_torch_compile_builds_them_as_engines(make):
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
-    torch._dynamo.reset()
-    STATS.clear()
-    model = make().eval()
-    compiled = torch.compile(model, backend="kilnrt")
-    with torch.no_grad():
-        for n in (2, 3):
-            args = _inputs(n, g)
-            check(compiled(*args), reference(model, *args), seed, f"{make.__name__} n={n}")
-    left = sorted(k for k in STATS if k.startswith("pytorch:"))
-    assert STATS["engines"] >= 1 and not left and not STATS["pieces_in_pytorch"], dict(STATS)
+    check_torch_compile_makes_engines(make().eval(), lambda n: _inputs(n, g), seed, make.__name__, calls=(2, 3))
 
 
 def test_antialiased_upsampling_is_refused_by_name():

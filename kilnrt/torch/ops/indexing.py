@@ -53,22 +53,23 @@ def topk(ctx, self, k, dim=-1, largest=True, sorted=True):  # noqa: A002 - the s
     return list(_topk(ctx, self, k, dim, bool(largest), bool(sorted)))
 
 
+def _cumulative(ctx, x, dim, dtype, op: ReduceOperation):
+    """A CUMULATIVE layer (integers and booleans accumulate in int64, as torch, unless dtype says otherwise)."""
+    out = ctx.out_dtype() or (DataType.from_torch(dtype) if dtype is not None else ctx.dtype(x))
+    axis = ctx.constant(np.asarray(ctx.axis(int(dim), ctx.rank(x)), np.int64))
+    return ctx.out(LayerKind.CUMULATIVE, CumulativeParams(False, False, op), ctx.tensor(x, out), axis)
+
+
 @aten(A.cumsum.default)
 def cumsum(ctx, self, dim, dtype=None):
     """cumsum: a CUMULATIVE sum (integers and booleans sum in int64, as torch, unless dtype says otherwise)."""
-    out = ctx.out_dtype() or (DataType.from_torch(dtype) if dtype is not None else ctx.dtype(self))
-    x = ctx.tensor(self, out)
-    axis = ctx.constant(np.asarray(ctx.axis(int(dim), ctx.rank(self)), np.int64))
-    return ctx.out(LayerKind.CUMULATIVE, CumulativeParams(False, False, ReduceOperation.SUM), x, axis)
+    return _cumulative(ctx, self, dim, dtype, ReduceOperation.SUM)
 
 
 @aten(A.cumprod.default)
 def cumprod(ctx, self, dim, dtype=None):
     """cumprod: a CUMULATIVE product (integers and booleans multiply in int64, as torch, unless dtype says otherwise)."""
-    out = ctx.out_dtype() or (DataType.from_torch(dtype) if dtype is not None else ctx.dtype(self))
-    x = ctx.tensor(self, out)
-    axis = ctx.constant(np.asarray(ctx.axis(int(dim), ctx.rank(self)), np.int64))
-    return ctx.out(LayerKind.CUMULATIVE, CumulativeParams(False, False, ReduceOperation.PROD), x, axis)
+    return _cumulative(ctx, self, dim, dtype, ReduceOperation.PROD)
 
 
 # -- element-wise gather and scatter ----------------------------------------------------------
