@@ -91,9 +91,9 @@ _LAUNCH = _DRIVER.cuGraphLaunch if _DRIVER is not None else None   # cuGraphLaun
 # calls the driver with them later); once its owner is gone it goes back here, and the next
 # owner takes it, so as many streams are made as are ever in use at once.  The owner, not the
 # stream object, is watched: PyTorch's CUDA stream objects take weak references but never
-# clear them when they die (torch 2.11), so a finalizer on one never runs, or runs on
-# whatever object later lives at its address (seen on the H200: streams destroyed while in
-# use, "context is destroyed" errors, segfaults at interpreter exit).
+# clear them when they die (torch 2.11), so a finalizer on one never runs and its weak
+# reference outlives the object (with finalizers on stream objects, the H200 showed "context
+# is destroyed" errors and segfaults at interpreter exit).
 _IDLE_STREAMS: dict[int, list[int]] = {}
 
 
