@@ -7,9 +7,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.export import Dim
 
 import kilnrt
 import kilnrt.torch as kt
+from kilnrt.errors import KilnError
 from kilnrt.torch.backend import STATS
 from test_torch_frontend import check, reference  # noqa: F401 - shared helpers
 from kilnrt.testing import fresh_seed
@@ -168,3 +170,27 @@ def test_cat_skips_empty_1d_inputs_beside_other_ranks():
     compiled = kilnrt.compile(Cache(), (x, empty))
     for got, want in zip(compiled(x, empty), Cache()(x, empty)):
         assert got.shape == want.shape and torch.equal(got, want)
+
+
+def test_vector_norms():
+    """linalg_vector_norm in each of its forms (F.normalize, torch.norm, ord 1, 2, 3, ±inf; dims,
+    keepdim), with a dynamic batch; ord=0 is refused by name."""
+    class Norms(nn.Module):
+        def forward(self, x):
+            return (F.normalize(x, dim=-1), torch.norm(x), torch.linalg.vector_norm(x, 1, dim=(1, 2)),
+                    torch.linalg.vector_norm(x, 3, dim=-1, keepdim=True), torch.linalg.vector_norm(x, float("inf"), dim=1),
+                    torch.linalg.vector_norm(x, float("-inf"), dim=2), x.norm(p=2, dim=0))
+
+    seed = fresh_seed()
+    torch.manual_seed(seed)
+    compiled = kilnrt.compile(Norms(), (torch.randn(3, 4, 5),), dynamic_shapes={"x": {0: Dim("batch", min=1, max=8)}})
+    for n in (1, 6):
+        x = torch.randn(n, 4, 5)
+        check(compiled(x), reference(Norms(), x), seed, f"norms n={n}")
+
+    class Count(nn.Module):
+        def forward(self, x):
+            return torch.linalg.vector_norm(x, 0)
+
+    with pytest.raises(KilnError, match="ord=0"):
+        kilnrt.compile(Count(), (torch.randn(3, 4),))

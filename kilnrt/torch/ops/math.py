@@ -339,6 +339,27 @@ def _axes(ctx, x, dim) -> tuple[int, ...]:
     return tuple(range(rank)) if not dim else tuple(sorted(ctx.axis(int(d), rank) for d in dim))
 
 
+@aten(A.linalg_vector_norm.default)
+def linalg_vector_norm(ctx, self, ord=2, dim=None, keepdim=False, dtype=None):  # noqa: A002 - the schema's name
+    """linalg_vector_norm (torch.norm, F.normalize): a sum REDUCE of |x|^ord to the power 1 / ord
+    (ord 2: sqrt of a sum of squares; ord 1: a sum of |x|); ord ±inf: a max or min REDUCE of |x|."""
+    x = self if dtype is None else ctx.cast(self, DataType.from_torch(dtype))
+    p = float(ord)
+    ctx.require(p != 0, ErrorCode.UNSUPPORTED_NODE_ATTR,
+                "ord=0 (a count of nonzero elements) is not supported; use (x != 0).sum(dim)")
+    if p in (float("inf"), float("-inf")):
+        op = ReduceOperation.MAX if p > 0 else ReduceOperation.MIN
+        return _reduce(ctx, op, ctx.unary(U.ABS, x), dim, keepdim)
+    if p == 2:
+        return ctx.unary(U.SQRT, _reduce(ctx, ReduceOperation.SUM, ctx.elementwise(E.PROD, x, x), dim, keepdim))
+    a = ctx.unary(U.ABS, x)
+    if p == 1:
+        return _reduce(ctx, ReduceOperation.SUM, a, dim, keepdim)
+    dt = ctx.dtype(x)
+    total = _reduce(ctx, ReduceOperation.SUM, ctx.elementwise(E.POW, a, ctx.tensor(p, dt)), dim, keepdim)
+    return ctx.elementwise(E.POW, total, ctx.tensor(1.0 / p, dt))
+
+
 @aten(A.prod.dim_int)
 def prod_dim(ctx, self, dim, keepdim=False, dtype=None):
     """prod over one dim: a product REDUCE."""
