@@ -215,3 +215,13 @@ def test_registered_beside_native_for_average_pooling_only():
     for dtype in (DataType.HALF, DataType.FLOAT, DataType.INT8):
         maximum = make_layer(params(PT.MAX, *WINDOWS["3x3s2p1"]), dtype, (4, 64, 112, 112))
         assert "cuda.pooling.native" not in {t.name for t in tactics_for(maximum, "cuda", CTX)}
+
+
+def test_plans_whose_max_pools_ran_pytorchs_pooling_still_run_them_right():
+    """A plan built when cuda.pooling.native also served max pooling names it for a MaxPool
+    layer: it runs the reference there (NaN skipped), never average pooling."""
+    x = nonzero((1, 3, 6, 6))
+    x[0, 0, 1, 1] = float("nan")
+    p = params(PT.MAX, *WINDOWS["3x3s2p1"])
+    out = get_tactic("cuda.pooling.native").run(p, [x])[0]
+    torch.testing.assert_close(out, reference_kernel(LayerKind.POOLING)(p, x), equal_nan=True, rtol=0, atol=0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from kilnrt.kernels.registry import Tactic, tactic
+from kilnrt.kernels.registry import Tactic, reference_kernel, tactic
 from kilnrt.network.layers import LayerKind, PaddingMode, PoolingType
 
 
@@ -35,6 +35,8 @@ class CudaPoolNative(Tactic):
 
     def run(self, p, inputs):
         x = inputs[0]
+        if p.type != PoolingType.AVERAGE:   # a plan built when this tactic also served max pooling
+            return [reference_kernel(LayerKind.POOLING)(p, x)]
         stride = tuple(p.stride_nd) or (1, 1)
         padding = tuple(p.pre_padding) or (0, 0)
         ceil = p.padding_mode == PaddingMode.EXPLICIT_ROUND_UP
