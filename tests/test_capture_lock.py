@@ -116,24 +116,32 @@ def test_a_run_inside_a_run_passes_while_a_capture_waits():
     assert log == ["inner", "capture"]
 
 
+def eager_run_held_open(lock):
+    """An eager run on another thread, under way when this returns: (its thread, the event
+    that ends it)."""
+    holding, release = threading.Event(), threading.Event()
+
+    def eager():
+        with lock.eager():
+            holding.set()
+            release.wait(5)
+
+    a = threading.Thread(daemon=True, target=eager)
+    a.start()
+    holding.wait(5)
+    return a, release
+
+
 def test_a_capture_interrupted_while_waiting_lets_the_eager_runs_go():
     """A capture waiting for an eager run that is interrupted (KeyboardInterrupt in its wait)
     must wake the eager runs that queued behind it."""
     lock, log = CaptureLock(), []
-    holding, release = threading.Event(), threading.Event()
-
-    def first():
-        with lock.eager():
-            holding.set()
-            release.wait(5)
 
     def later():
         with lock.eager():
             log.append("later")
 
-    a = threading.Thread(daemon=True, target=first)
-    a.start()
-    holding.wait(5)
+    a, release = eager_run_held_open(lock)
     calls = {"n": 0}
     real_wait = lock._cond.wait
 
@@ -225,22 +233,6 @@ def test_an_eager_run_goes_beside_a_capture_that_takes_too_long(caplog):
     c.join(5)
     assert 0.15 < waited < 3 and lock.timeouts == 1
     assert "eager run went on beside a CUDA-graph capture" in caplog.text
-
-
-def eager_run_held_open(lock):
-    """An eager run on another thread, under way when this returns: (its thread, the event
-    that ends it)."""
-    holding, release = threading.Event(), threading.Event()
-
-    def eager():
-        with lock.eager():
-            holding.set()
-            release.wait(5)
-
-    a = threading.Thread(daemon=True, target=eager)
-    a.start()
-    holding.wait(5)
-    return a, release
 
 
 def test_a_capture_that_waits_too_long_gives_up_for_this_call():

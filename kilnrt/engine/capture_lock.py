@@ -75,15 +75,14 @@ class CaptureLock:
     @contextlib.contextmanager
     def capture(self):
         """Yields True once this thread may capture alone; False, at once, where this thread
-        is inside a capture or an eager run already (a plugin running another engine): it
-        would wait for itself, so the caller runs eagerly instead."""
+        is inside a capture or an eager run already (a plugin running another engine: it
+        would wait for itself) or a capture gave up less than ``patience_s`` ago; False also
+        when the wait runs out of patience.  On False the caller runs eagerly instead."""
         me = threading.get_ident()
         with self._cond:
             nested = self._capturing == me or getattr(self._mine, "depth", 0) > 0
             alone = False
-            if not nested and time.monotonic() < self._quiet_until:
-                nested = True   # a capture gave up a moment ago: this caller runs eagerly too
-            if not nested:
+            if not nested and time.monotonic() >= self._quiet_until:
                 self._waiting += 1
                 try:
                     alone = self._wait_while(lambda: self._capturing is not None or self._running)
