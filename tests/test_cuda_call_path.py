@@ -211,3 +211,31 @@ def test_refit_invalidates_the_bound_graph(tmp_path):
     torch.cuda.synchronize()
     np.testing.assert_allclose(y.cpu().numpy(), x.cpu().double().numpy() @ w2, rtol=1e-4, atol=1e-4)
 
+
+
+def test_a_failed_capture_leaves_pytorch_as_it_was():
+    """A NonZero engine cannot be captured (its run reads the count on the host): each new shape
+    set's capture fails, and the run goes on eagerly.  PyTorch is then as it was: the same
+    current stream, a random generator out of capture mode, an allocator that frees what is
+    freed, and the context's next capture is not refused for a pool "already recording"."""
+    from models import nonzero_model
+
+    engine = kilnrt.build(nonzero_model(), device="cuda", profiles={"x": [(1, 5), (4, 5), (8, 5)]})
+    ctx = engine.create_execution_context()
+    before = torch.cuda.current_stream()
+    for rows in (3, 7):   # two shape sets: two failed captures into the context's one pool
+        x = torch.randn(rows, 5, device="cuda")
+        got = ctx.run({"x": x})["y"]
+        torch.testing.assert_close(got.cpu(), torch.nonzero(x.cpu() > 0).T)
+        assert "already recording" not in ctx.graph_stats.fallback_reason, ctx.graph_stats.fallback_reason
+    assert ctx.graph_stats.captures == 0 and ctx.graph_stats.eager_runs == 2
+    assert torch.cuda.current_stream() == before
+    z = torch.randn(1000, device="cuda")   # raised "Offset increment outside graph capture ..." before
+    torch.testing.assert_close((z * 2).cpu(), z.cpu() * 2)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    held = torch.cuda.memory_reserved()
+    big = torch.empty(1 << 28, device="cuda")   # 1 GiB, freed: back to the driver
+    del big
+    torch.cuda.empty_cache()
+    assert torch.cuda.memory_reserved() <= held

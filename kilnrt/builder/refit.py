@@ -20,14 +20,14 @@ from kilnrt.engine import refit as engine_refit
 from kilnrt.engine.refit import RefitSource, _all_constants, _is_float
 from kilnrt.errors import BuildError, ErrorCode
 from kilnrt.network.graph import Network
-from kilnrt.network.layers import SHAPE_INPUTS, ConstantParams, LayerKind
+from kilnrt.network.layers import ConstantParams, LayerKind, shape_input_positions
 
 
 def _weight_constants(net: Network) -> dict[str, np.ndarray]:
     """Float CONSTANT layers that some layer reads as data (not only as a shape input)."""
     data_reads: set[str] = set()
     for layer in net.layers:
-        shape_inputs = SHAPE_INPUTS.get(layer.kind, frozenset())
+        shape_inputs = shape_input_positions(layer)
         for i, t in enumerate(layer.inputs):
             if t is not None and i not in shape_inputs:
                 data_reads.add(t.name)

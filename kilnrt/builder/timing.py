@@ -99,9 +99,8 @@ class TimingCache:
 def time_cuda_graph(fn: Callable[[], Any], iters: int = 10, repeat: int = 1, warmup: int = 3) -> float:
     """Median ms of one call of ``fn`` replayed from a CUDA graph, as engines run (the
     benchmark suite times every peer this way too). Raises if ``fn`` cannot be captured."""
-    import warnings
-
     from kilnrt.engine.capture_lock import CAPTURES
+    from kilnrt.engine.cudagraph import capturing
 
     # PyTorch's pooled stream and its default (global) capture mode, not an engine's own
     # stream: a cold build times hundreds of captures, and when each took an owned stream (then
@@ -120,11 +119,9 @@ def time_cuda_graph(fn: Callable[[], Any], iters: int = 10, repeat: int = 1, war
             fn()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with torch.cuda.graph(graph, stream=side):
-                for _ in range(repeat):
-                    fn()
+        with capturing(graph, torch.cuda.graph_pool_handle(), side, "global"):
+            for _ in range(repeat):
+                fn()
     for _ in range(warmup):
         graph.replay()
     samples = []

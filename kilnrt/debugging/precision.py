@@ -83,7 +83,7 @@ def mixed_precision(network: Network, dtype: DataType, keep: Iterable[str]) -> N
     where a reduced-precision build rounds them, and a kept layer reads and writes FP32, as
     TensorRT does with ``--layerPrecisions=L:fp32 --layerOutputTypes=L:fp32``. Build the
     result without --fp16/--bf16."""
-    from kilnrt.network.layers import SHAPE_INPUTS, CastParams
+    from kilnrt.network.layers import CastParams, shape_input_positions
     from kilnrt.network.rewrite import NetworkCopier
 
     keep = set(keep)
@@ -103,7 +103,7 @@ def mixed_precision(network: Network, dtype: DataType, keep: Iterable[str]) -> N
         if layer.name in keep or layer.kind == LayerKind.CONSTANT or layer.kind in _FLOAT_PARAMS or not any(floats_out):
             c.copy(layer)
             continue
-        shape_inputs = SHAPE_INPUTS.get(layer.kind, frozenset())
+        shape_inputs = shape_input_positions(layer)
         ins = []
         for i, t in enumerate(layer.inputs):
             m = c.mapped(t)

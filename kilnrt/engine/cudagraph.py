@@ -22,6 +22,7 @@ Two caches use these graphs:
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import functools
@@ -156,6 +157,49 @@ def launcher(graph: "torch.cuda.CUDAGraph"):
     return replay
 
 
+@contextlib.contextmanager
+def capturing(graph: "torch.cuda.CUDAGraph", pool: tuple, stream: torch.cuda.Stream, mode: str = CAPTURE_MODE):
+    """``torch.cuda.graph(graph, pool, stream)`` (its empty-graph warning silenced) that leaves
+    PyTorch as it found it when the capture fails.  A failed capture makes ``capture_end``
+    raise before it has done its bookkeeping (torch 2.11), and seen on the H200 that left: the
+    capture stream current for the rest of the thread, so later work ran there and a freed
+    4.8 GiB input stayed reserved after ``empty_cache``; the allocator still recording into
+    ``pool`` (its next capture refuses, and the pool is never freed); and the CUDA random
+    generator in capture mode, so the next ``torch.randn`` on the GPU raised "Offset increment
+    outside graph capture encountered unexpectedly".  Each is undone here
+    (:func:`_undo_failed_capture`) before the error goes on."""
+    before = torch.cuda.current_stream()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode=mode):
+                yield
+    except BaseException:
+        _undo_failed_capture(before, pool, stream)
+        raise
+
+
+def _undo_failed_capture(before: torch.cuda.Stream, pool: tuple, stream: torch.cuda.Stream) -> None:
+    torch.cuda.set_stream(before)
+    device = torch.cuda.current_device()
+    end = getattr(torch._C, "_cuda_endAllocateToPool", None)
+    release = getattr(torch._C, "_cuda_releasePool", None)
+    if end is not None:
+        try:
+            end(device, pool)
+        except RuntimeError:
+            pass   # capture_end got that far: it ended the recording, and the graph releases the pool
+        else:
+            if release is not None:
+                release(device, pool)   # the failed graph's share of the pool, which it never gives back
+    # an empty capture runs the random generator's capture prologue and epilogue: out of capture mode
+    torch.cuda.synchronize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.cuda.graph(torch.cuda.CUDAGraph(), stream=stream):
+            pass
+
+
 def _raise_if_out_of_memory(exc: Exception, where: str) -> None:
     """A capture that ran out of memory is an error, not a shape set to run eagerly from now on
     (the memory may be back by the next call)."""
@@ -252,10 +296,8 @@ class GraphCache:
                 self.program.execute(static_in)  # warm-up: library handles, autotuning, lazy init
             stream.wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with warnings.catch_warnings():  # a failed capture warns of an empty graph: we log instead
-                warnings.simplefilter("ignore")
-                with torch.cuda.graph(graph, pool=self._pool, stream=side, capture_error_mode=CAPTURE_MODE):
-                    static_out = self.program.execute(static_in)
+            with capturing(graph, self._pool, side):
+                static_out = self.program.execute(static_in)
             stream.wait_stream(side)
         except Exception as exc:  # noqa: BLE001 - host syncs inside the run: no graph
             torch.cuda.synchronize()
@@ -336,10 +378,8 @@ class BoundGraphs:
         del outputs
         try:
             graph = torch.cuda.CUDAGraph()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with torch.cuda.graph(graph, pool=self._pool, stream=side, capture_error_mode=CAPTURE_MODE):
-                    write(program.execute(feeds))
+            with capturing(graph, self._pool, side):
+                write(program.execute(feeds))
             stream.wait_stream(side)
         except Exception as exc:  # noqa: BLE001 - host syncs inside the run: no graph
             torch.cuda.synchronize()

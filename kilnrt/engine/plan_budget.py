@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from kilnrt.errors import ErrorCode, KilnError, PlanError
-from kilnrt.network.layers import SHAPE_INPUTS, LayerKind
+from kilnrt.network.layers import LayerKind, shape_input_positions
 
 ENV = "KILNRT_MEMORY_BUDGET"
 HOST_ELEMENTS = 1 << 16          # shape values larger than this stay meta (never computed at load)
@@ -145,7 +145,7 @@ def _measure(layer, ins: list, run_layer) -> list:
     """The layer's outputs at these inputs: meta tensors, or small real shape values."""
     if layer.kind in UNMEASURED or any(n is not None and t is None for n, t in zip(layer.inputs, ins)):
         return [None] * len(layer.outputs)
-    shape_inputs = SHAPE_INPUTS.get(layer.kind, frozenset())
+    shape_inputs = shape_input_positions(layer)
     if any(t is not None and t.device.type == "meta" for i, t in enumerate(ins) if i in shape_inputs):
         return [None] * len(layer.outputs)   # a size that comes from data
     try:

@@ -26,7 +26,7 @@ from kilnrt.engine.buckets import BucketChooser
 from kilnrt.engine.shape_program import ShapeProgram
 from kilnrt.kernels.registry import TacticContext, get_tactic, run_layer
 from kilnrt.network.dtypes import numpy_to_torch
-from kilnrt.network.layers import SHAPE_INPUTS
+from kilnrt.network.layers import shape_input_positions
 
 
 class Step:
@@ -98,7 +98,7 @@ class Program:
             net_layer = layer.as_network_layer()
             state = tactic.prepare(net_layer, ctx)
             step = Step(layer.name, tactic, state, list(layer.inputs), list(layer.outputs),
-                        SHAPE_INPUTS.get(layer.kind, frozenset()))
+                        shape_input_positions(layer))
             prepared = {layer.tactic: (tactic, state)}
             for b, name in sorted(layer.bucket_tactics.items()):
                 if name not in prepared:

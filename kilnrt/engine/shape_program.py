@@ -26,7 +26,7 @@ import torch
 
 from kilnrt.errors import ErrorCode, ExecutionError, KilnError
 from kilnrt.network import symbolic as S
-from kilnrt.network.layers import SHAPE_INPUTS, LayerKind
+from kilnrt.network.layers import LayerKind, shape_input_positions
 
 # kinds whose layers may run on the host when all their inputs are host values
 HOST_KINDS = frozenset({
@@ -67,7 +67,7 @@ class ShapeProgram:
         for layer in engine.layers:
             if layer.name in self.host_layer_names:
                 continue
-            shape_positions = SHAPE_INPUTS.get(layer.kind, frozenset())
+            shape_positions = shape_input_positions(layer)
             self.uploads.update(n for i, n in enumerate(layer.inputs) if n in host and i not in shape_positions)
         self._cache: OrderedDict[tuple, tuple[dict, dict]] = OrderedDict()
         self._lock = threading.Lock()
@@ -209,7 +209,7 @@ def synchronizing_layers(engine, program: ShapeProgram | None = None) -> list[tu
         if made - seen:
             out.append((layer.name, "its output size depends on the data"))
             continue
-        positions = SHAPE_INPUTS.get(layer.kind, frozenset())
+        positions = shape_input_positions(layer)
         device_made = [n for i, n in enumerate(layer.inputs) if i in positions and n is not None
                        and n not in program.host_names and n not in engine.constants]
         if device_made:

@@ -37,7 +37,7 @@ def lookup(p: PluginParams) -> plugins.PluginDefinition:
 def run_user(d: plugins.PluginDefinition, fn: Any, p: PluginParams, inputs: Sequence[torch.Tensor | None],
              what: str) -> list[torch.Tensor]:
     """``fn(*inputs, **attributes)`` (a user plugin's reference or kernel), its outputs checked.
-    Shape inputs come last, as the tensors they are (their values: ``.tolist()``)."""
+    Shape inputs come last, as host tensors (their values: ``.tolist()``)."""
     data = list(inputs)
     try:
         out = fn(*data, **dict(p.fields))

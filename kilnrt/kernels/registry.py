@@ -210,11 +210,11 @@ def run_layer(layer, inputs: Sequence[torch.Tensor | None]) -> list[torch.Tensor
     """Run a layer's CPU reference kernel (constant folding, host-side shape computations).
     Inputs may be real or meta tensors: any meta data input makes every data input meta."""
     from kilnrt.network.dtypes import numpy_to_torch
-    from kilnrt.network.layers import SHAPE_INPUTS
+    from kilnrt.network.layers import shape_input_positions
 
     if layer.kind == LayerKind.CONSTANT:
         return [numpy_to_torch(layer.params.weights)]
-    shape_inputs = SHAPE_INPUTS.get(layer.kind, frozenset())
+    shape_inputs = shape_input_positions(layer)
     if any(t is not None and t.device.type == "meta" for i, t in enumerate(inputs) if i not in shape_inputs):
         inputs = [t if (t is None or i in shape_inputs) else t.to("meta") for i, t in enumerate(inputs)]
     out = reference_kernel(layer.kind)(layer.params, *inputs)

@@ -580,13 +580,17 @@ class PaddingParams:
 class PluginParams:
     """A built-in or user plugin (:mod:`kilnrt.network.plugin`), looked up by namespace, name and
     version. ``fields``: its attributes as (key, value) pairs of plain data; the last
-    ``shape_inputs`` inputs are shape tensors (1-D ints), whose values its shape rule reads."""
+    ``shape_inputs`` inputs are shape tensors (1-D ints), whose values its shape rule reads.
+    ``host_inputs``: other input positions it reads as host values (a built-in's scalars that
+    set sizes, such as DFT's length and axis).  Both kinds reach its kernels as host tensors,
+    so a run reads them without waiting for the GPU (and can be captured in a CUDA graph)."""
 
     name: str
     version: str = "1"
     fields: tuple[tuple[str, Any], ...] = ()
     namespace: str = ""
     shape_inputs: int = 0
+    host_inputs: tuple[int, ...] = ()
 
     def field(self, key: str, default: Any = None) -> Any:
         for k, v in self.fields:
@@ -878,6 +882,15 @@ SHAPE_INPUTS: dict[LayerKind, frozenset[int]] = {
     LayerKind.TOPK: frozenset({1}),
     LayerKind.UNSQUEEZE: frozenset({1}),
 }
+
+def shape_input_positions(layer: Any) -> frozenset[int]:
+    """The input positions ``layer`` reads as host values: ``SHAPE_INPUTS`` of its kind; for a
+    plugin, its trailing ``shape_inputs`` and its ``host_inputs``."""
+    if layer.kind != LayerKind.PLUGIN:
+        return SHAPE_INPUTS.get(layer.kind, frozenset())
+    count, p = len(layer.inputs), layer.params
+    return frozenset(range(count - p.shape_inputs, count)) | frozenset(p.host_inputs)
+
 
 # Layers whose output shape depends on input values that are not shape inputs.
 DATA_DEPENDENT: frozenset[LayerKind] = frozenset({LayerKind.NON_ZERO, LayerKind.NMS})

@@ -15,7 +15,7 @@ from kilnrt.errors import ErrorCode, ExecutionError
 from kilnrt.kernels.cpu.shape import rank_rule
 from kilnrt.kernels.registry import kernel, reference_kernel
 from kilnrt.network.dtypes import numpy_to_torch
-from kilnrt.network.layers import SHAPE_INPUTS, ConditionalParams, LayerKind, LoopParams, Subgraph
+from kilnrt.network.layers import ConditionalParams, LayerKind, LoopParams, Subgraph, shape_input_positions
 
 MAX_META_ITERATIONS = 4096   # shape inference unrolls at most this many iterations
 
@@ -32,7 +32,7 @@ def run_subgraph(g: Subgraph, bound: Mapping[str, torch.Tensor | None], device: 
             value = numpy_to_torch(layer.params.weights)
             outs: Sequence[torch.Tensor] = [value.to(device) if device.type not in ("cpu", "meta") else value]
         else:
-            shape_inputs = SHAPE_INPUTS.get(layer.kind, frozenset())
+            shape_inputs = shape_input_positions(layer)
             ins = [None if n is None else env[n] for n in layer.inputs]
             ins = [t.cpu() if (i in shape_inputs and t is not None and not _is_meta(t)) else t
                    for i, t in enumerate(ins)]

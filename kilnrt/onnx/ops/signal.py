@@ -68,7 +68,7 @@ def dft_v17(ctx, node, input, dft_length=None, *, axis=1, inverse=0, onesided=0)
     """DFT (opset 17-19): the axis is an attribute."""
     _signal(ctx, input, "the input")
     fields = (("axis", int(axis)), ("inverse", int(inverse)), ("onesided", int(onesided)))
-    return ctx.out(LayerKind.PLUGIN, PluginParams("DFT", "1", fields), input, dft_length, None)
+    return ctx.out(LayerKind.PLUGIN, PluginParams("DFT", "1", fields, host_inputs=(1, 2)), input, dft_length, None)
 
 
 @importer("DFT", since=20)
@@ -77,7 +77,7 @@ def dft(ctx, node, input, dft_length=None, axis=None, *, inverse=0, onesided=0):
     the n // 2 + 1 non-negative frequencies (forward) or takes them (inverse: real output)."""
     _signal(ctx, input, "the input")
     fields = (("axis", -2), ("inverse", int(inverse)), ("onesided", int(onesided)))
-    return ctx.out(LayerKind.PLUGIN, PluginParams("DFT", "1", fields), input, dft_length, axis)
+    return ctx.out(LayerKind.PLUGIN, PluginParams("DFT", "1", fields, host_inputs=(1, 2)), input, dft_length, axis)
 
 
 @importer("STFT", since=17)
@@ -86,7 +86,7 @@ def stft(ctx, node, signal, frame_step, window=None, frame_length=None, *, onesi
     _signal(ctx, signal, "the signal")
     ctx.require(window is not None or frame_length is not None, ErrorCode.INVALID_NODE,
                 "needs a window or a frame_length")
-    return ctx.out(LayerKind.PLUGIN, PluginParams("STFT", "1", (("onesided", int(onesided)),)),
+    return ctx.out(LayerKind.PLUGIN, PluginParams("STFT", "1", (("onesided", int(onesided)),), host_inputs=(1, 3)),
                    signal, frame_step, window, frame_length)
 
 

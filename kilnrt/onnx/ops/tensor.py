@@ -394,4 +394,4 @@ def col2im(ctx, node, x, image_shape, block_shape, *, dilations=None, pads=None,
     fields = (("dilations", None if dilations is None else tuple(int(d) for d in dilations)),
               ("pads", None if pads is None else tuple(int(p) for p in pads)),
               ("strides", None if strides is None else tuple(int(s) for s in strides)))
-    return ctx.out(LayerKind.PLUGIN, PluginParams("Col2Im", "1", fields), x, image_shape, block_shape)
+    return ctx.out(LayerKind.PLUGIN, PluginParams("Col2Im", "1", fields, host_inputs=(1, 2)), x, image_shape, block_shape)

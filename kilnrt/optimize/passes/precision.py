@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from kilnrt.errors import ErrorCode, KilnError
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.graph import Layer, Network, Tensor
-from kilnrt.network.layers import SHAPE_INPUTS, CastParams, ConstantParams, LayerKind
+from kilnrt.network.layers import CastParams, ConstantParams, LayerKind, shape_input_positions
 from kilnrt.network.rewrite import NetworkCopier
 
 FLOAT = DataType.FLOAT
@@ -33,7 +33,7 @@ def _shape_only_constants(net: Network) -> set[str]:
     """Constants read only as shape inputs (their values matter, not their precision)."""
     uses: dict[str, bool] = {}
     for layer in net.layers:
-        shape_inputs = SHAPE_INPUTS.get(layer.kind, frozenset())
+        shape_inputs = shape_input_positions(layer)
         for i, t in enumerate(layer.inputs):
             if t is not None:
                 uses[t.name] = uses.get(t.name, True) and i in shape_inputs
@@ -57,7 +57,7 @@ class _Lowering:
 
     def lowered_inputs(self, layer: Layer) -> list[Tensor | None]:
         """``layer``'s inputs for a lowered copy: FP32 tensors cast to the low type (not at shape inputs)."""
-        shape_inputs = SHAPE_INPUTS.get(layer.kind, frozenset())
+        shape_inputs = shape_input_positions(layer)
         ins = []
         for i, t in enumerate(layer.inputs):
             m = self.c.mapped(t)
