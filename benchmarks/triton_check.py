@@ -50,9 +50,10 @@ def rand(shape, dtype, positive=False):
     return (x.abs() + 0.1 if positive else x).to(dtype)
 
 
-def check(layer, inputs):
-    """(ok, max abs error) of the Triton tactic against the CPU reference on float32 copies."""
-    tac = get_tactic(f"cuda.{layer.kind.value}.triton")
+def check(layer, inputs, name=None):
+    """(ok, max abs error) of a Triton tactic (default: ``cuda.<kind>.triton``) against the CPU
+    reference on float32 copies."""
+    tac = get_tactic(name or f"cuda.{layer.kind.value}.triton")
     if not tac.supports(layer, CTX):
         return False, float("nan"), "declined"
     out = tac.run(tac.prepare(layer, CTX), inputs)[0]
@@ -113,6 +114,8 @@ def realistic():
         ("layernorm 1024 bf16", LayerKind.NORMALIZATION, ln, [(BF16, (4096, 1024)), (BF16, (1024,)),
                                                               (BF16, (1024,))]),
         ("rmsnorm 4096", LayerKind.NORMALIZATION, rms, [(F16, (4096, 4096)), (F16, (4096,))]),
+        ("instancenorm 64 ch", LayerKind.NORMALIZATION, ln, [(F16, (64, 3136)), (F16, (64, 1)), (F16, (64, 1))]),
+        ("groupnorm 1 group", LayerKind.NORMALIZATION, ln, [(F16, (1, 200704)), (F16, (1, 1)), (F16, (1, 1))]),
         ("gelu_erf", LayerKind.ACTIVATION, act(A.GELU_ERF), [(F16, (4096, 3072))]),
         ("gelu_tanh", LayerKind.ACTIVATION, act(A.GELU_TANH), [(F16, (4096, 3072))]),
         ("silu", LayerKind.ACTIVATION, act(A.SILU), [(F16, (4096, 11008))]),
@@ -131,13 +134,17 @@ def bench() -> int:
     for name, kind, params, specs in realistic():
         layer = make_layer(kind, params, *specs)
         inputs = [rand(shape, dt) for dt, shape in specs]
-        ok, err, why = check(layer, inputs)
-        failures += not ok
         times = {}
         for tac in tactics_for(layer, "cuda", CTX):
             state = tac.prepare(layer, CTX)
             times[tac.name] = triton.testing.do_bench(lambda: tac.run(state, inputs), return_mode="median")
-        mine = times.pop(f"cuda.{kind.value}.triton", float("nan"))
+        ours = [n for n in times if n.startswith(f"cuda.{kind.value}.triton")]   # the fastest of them
+        chosen = min(ours, key=times.get) if ours else None
+        ok, err, why = check(layer, inputs, chosen)
+        failures += not ok
+        mine = times.pop(chosen, float("nan"))
+        for other in ours:
+            times.pop(other, None)
         best = min(times, key=times.get) if times else "-"
         other = times.get(best, float("nan"))
         shapes = " ".join("x".join(map(str, s)) for _, s in specs)

@@ -160,18 +160,64 @@ def test_normalization_with_fused_residual_and_its_sum(dtype, rms, seed):
                                msg=lambda m: f"seed={seed}\n{m}")
 
 
+NORMS = ["cuda.normalization.triton", "cuda.normalization.triton_split"]
+
+
+@pytest.mark.parametrize("name", NORMS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("scale_shape", [(6, 1), (1, 6, 1), (1,)], ids=str)
+def test_normalization_with_a_scale_per_row(name, dtype, scale_shape, seed):
+    """InstanceNormalization's layout: x [N, C, L] normalized over L, scale and bias [C, 1]
+    (constant along the row); and a single scale for every row."""
+    shape = (2, 6, 4100)   # rows longer than one split program's 4096
+    p = NormalizationParams(axes=(2,), epsilon=1e-5)
+    layer = make_layer(LayerKind.NORMALIZATION, p, (DT[dtype], shape), (DT[dtype], scale_shape),
+                       (DT[dtype], scale_shape))
+    check(name, layer, [nonzero(shape, dtype, scale=2.0) + 0.7, nonzero(scale_shape, dtype),
+                        nonzero(scale_shape, dtype)], seed)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rms", [False, True], ids=["layernorm", "rmsnorm"])
+def test_split_normalization_of_long_rows(dtype, rms, seed):
+    """Rows of 40,000 (beyond one program's registers) with a residual, its sum stored, and a
+    mean 30 times the spread (the chunks' moments are combined without cancelling it)."""
+    shape = (2, 40000)
+    p = NormalizationParams(axes=(1,), epsilon=1e-5, rms=rms, sum_output=True)
+    layer = make_layer(LayerKind.NORMALIZATION, p, (DT[dtype], shape), (DT[dtype], (40000,)),
+                       (DT[dtype], (40000,)), (DT[dtype], shape))
+    x, scale, bias, r = nonzero(shape, dtype) + 30.0, nonzero((40000,), dtype), nonzero((40000,), dtype), \
+        nonzero(shape, dtype)
+    tac = get_tactic("cuda.normalization.triton_split")
+    assert tac.supports(layer, CTX) and not get_tactic("cuda.normalization.triton").supports(layer, CTX)
+    y, total = tac.run(tac.prepare(layer, CTX), [x, scale, bias, r])
+    want_y, _ = reference_kernel(LayerKind.NORMALIZATION)(p, (x + r).double(), scale.double(), bias.double(), None)
+    torch.testing.assert_close(total, x + r, rtol=0, atol=0, msg=lambda m: f"seed={seed}\n{m}")
+    torch.testing.assert_close(y.double(), want_y, rtol=TOL[dtype][0], atol=TOL[dtype][1],
+                               msg=lambda m: f"seed={seed}\n{m}")
+
+
 @pytest.mark.parametrize("p,specs", [
     (NormalizationParams(axes=(2,), num_groups=2), [(DataType.FLOAT, (2, 4, 6))]),      # group norm
     (NormalizationParams(axes=(1,)), [(DataType.FLOAT, (2, 4, 6))]),                    # not trailing
-    (NormalizationParams(axes=(1,)), [(DataType.FLOAT, (2, 40000))]),                   # row too long
     (NormalizationParams(axes=(1,)), [(DataType.FLOAT, (2, "n"))]),                     # symbolic row
-    (NormalizationParams(axes=(1,)), [(DataType.FLOAT, (2, 6)), (DataType.FLOAT, (1,))]),   # broadcast scale
+    (NormalizationParams(axes=(1,)), [(DataType.FLOAT, (2, 6)), (DataType.FLOAT, (3,))]),   # scale fits no way
+    (NormalizationParams(axes=(2,)), [(DataType.FLOAT, (2, 4, 6)), (DataType.FLOAT, (4, 1)),
+                                      (DataType.FLOAT, (6,))]),                          # per row and per column
     (NormalizationParams(axes=(1,)), [(DataType.DOUBLE, (2, 6))]),
     (NormalizationParams(axes=(1,)), [(DataType.INT32, (2, 6))]),
 ])
-def test_normalization_declines(p, specs):
+@pytest.mark.parametrize("name", NORMS)
+def test_normalization_declines(p, specs, name):
     layer = make_layer(LayerKind.NORMALIZATION, p, *specs)
-    assert not get_tactic("cuda.normalization.triton").supports(layer, CTX)
+    assert not get_tactic(name).supports(layer, CTX)
+
+
+def test_normalization_row_lengths_each_tactic_takes():
+    short = make_layer(LayerKind.NORMALIZATION, NormalizationParams(axes=(1,)), (DataType.FLOAT, (2, 4096)))
+    long = make_layer(LayerKind.NORMALIZATION, NormalizationParams(axes=(1,)), (DataType.FLOAT, (2, 40000)))
+    assert get_tactic(NORMS[0]).supports(short, CTX) and not get_tactic(NORMS[1]).supports(short, CTX)
+    assert not get_tactic(NORMS[0]).supports(long, CTX) and get_tactic(NORMS[1]).supports(long, CTX)
 
 
 # ----------------------------------------------------------------------------- activations
