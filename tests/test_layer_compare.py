@@ -77,7 +77,8 @@ KERNELS = {
         "void cudnn::bn_fw_inf_1C11_kernel_NCHW<float, float, true, 1>(float, float, cudnnTensorStruct, ...)",
         "triton_per_fused_native_layer_norm_0", "triton_poi_fused__native_batch_norm_legit_no_training_relu_3",
         "triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_1",   # RMSNorm written out
-        "_norm_rows", "aten::layer_norm", "aten::native_batch_norm", "aten::group_norm",
+        "_norm_rows", "_norm_chunk_moments", "_norm_chunks", "aten::layer_norm", "aten::native_batch_norm",
+        "aten::group_norm",
     ],
     "pointwise": [
         "void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl(at::TensorIteratorBase&, "
