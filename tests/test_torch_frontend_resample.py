@@ -1,4 +1,5 @@
-"""Importers for padding (F.pad: constant, reflect and replicate, negative pads) and upsampling
+"""Importers for padding (F.pad: constant, reflect, replicate and circular, negative pads, a
+convolution's circular padding) and upsampling
 (F.interpolate and nn.Upsample: nearest, linear, bilinear, bicubic, trilinear, by size and by
 scale factors above and below 1, with and without align_corners, nearest at sizes where
 PyTorch's float32 index arithmetic and ONNX's differ), through kilnrt.compile with a dynamic
@@ -21,13 +22,21 @@ BATCH = Dim("batch", min=1, max=6)
 
 
 class Pads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, padding=1, padding_mode="circular")
+
     def forward(self, x, v, s, w):
         return (F.pad(x, (1, 2, 0, 3), value=-1.5),                 # last two dims
                 F.pad(x, (2, -1)),                                  # a negative pad crops
                 F.pad(x, (1, 1, 2, 0), mode="reflect"),
                 F.pad(x, (3, 0, 1, 2), mode="replicate"),
                 F.pad(v, (2, 1), mode="reflect"), F.pad(v, (0, 3), mode="replicate"),
-                F.pad(s, (1, 0, 1, 1, 0, 1), mode="replicate"), F.pad(s, (1, 1, 0, 0, 2, 1)))
+                F.pad(s, (1, 0, 1, 1, 0, 1), mode="replicate"), F.pad(s, (1, 1, 0, 0, 2, 1)),
+                F.pad(x, (1, 6, 5, 0), mode="circular"),            # as far as a whole dim
+                F.pad(x, (-1, 2, 2, -1), mode="circular"),          # crops one side, wraps the other
+                F.pad(v, (3, 1), mode="circular"), F.pad(s, (1, 0, 2, 2, 0, 1), mode="circular"),
+                self.conv(x))                                       # a convolution's circular padding
 
 
 class Upsamples(nn.Module):
@@ -96,3 +105,30 @@ def test_a_reflect_pad_that_crops_one_side_and_pads_the_other_is_refused():
 
     with pytest.raises(KilnError, match="reflect pad that crops one side"):
         kilnrt.compile(Mixed(), (torch.randn(1, 2, 8),))
+
+
+class Copies(nn.Module):
+    """In-place copies, functional once exported: ``copy`` (a broadcast and a cast) into
+    ``empty`` and into a slice."""
+
+    def forward(self, x, i):
+        y = torch.empty(x.shape[0], 4)
+        y.copy_(i)                          # int64 [4] broadcast over the rows, cast to float
+        z = torch.zeros(x.shape[0], 5, dtype=torch.float16)
+        z[:, 1:3].copy_(x[:, :2])
+        return x + y, z
+
+
+def test_copies_into_empty_tensors_and_slices():
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+
+    def inputs(n):
+        return torch.randn(n, 4, generator=g), torch.randint(-5, 5, (4,), generator=g)
+
+    model = Copies().eval()
+    compiled = kilnrt.compile(model, inputs(2), dynamic_shapes={"x": {0: BATCH}, "i": None})
+    for n in (1, 5):
+        args = inputs(n)
+        check(compiled(*args), reference(model, *args), seed, f"copies n={n}")
+    check_torch_compile_makes_engines(model, inputs, seed, "copies", calls=(2, 3))

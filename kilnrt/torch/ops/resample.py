@@ -1,6 +1,6 @@
 """ATen importers for padding and upsampling, through the PADDING and RESIZE layers the ONNX
-Pad and Resize importers use: ``constant_pad_nd`` and the reflection and replication pads
-(``F.pad``), and the nearest, linear, bilinear, bicubic and trilinear upsamples
+Pad and Resize importers use: ``pad`` in every mode (circular included), ``constant_pad_nd`` and
+the reflection and replication pads (``F.pad``), and the nearest, linear, bilinear, bicubic and trilinear upsamples
 (``F.interpolate``, ``nn.Upsample``)."""
 from __future__ import annotations
 
@@ -45,6 +45,18 @@ def _pad(ctx, x, pad, mode: str, value=None):
 def constant_pad_nd(ctx, self, pad, value=0):
     """constant_pad_nd (F.pad, mode "constant"): a PADDING with the value; negative pads crop."""
     return _pad(ctx, self, pad, "constant", value)
+
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+@aten(A.pad.default)
+def pad(ctx, self, pad, mode="constant", value=None):
+    """pad (F.pad, and a convolution's ``padding_mode``): a PADDING in that mode; "circular" is
+    ONNX's "wrap" (kept whole: PyTorch's decomposition writes it with in-place copies)."""
+    ctx.require(mode in _PAD_MODES, ErrorCode.UNSUPPORTED_NODE_ATTR,
+                f"pad mode {mode!r} is not supported; the modes are {', '.join(map(repr, _PAD_MODES))}")
+    return _pad(ctx, self, pad, _PAD_MODES[mode], value)
 
 
 @aten(A.reflection_pad1d.default, A.reflection_pad2d.default, A.reflection_pad3d.default)

@@ -309,6 +309,22 @@ def zeros_ones(ctx, size, dtype=None, layout=None, device=None, pin_memory=None)
     return _fill(ctx, size, value, _creation_dtype(ctx, dtype))
 
 
+@aten(A.empty.memory_format)
+def empty(ctx, size, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None):
+    """empty (values unspecified; PyTorch's decompositions write into it): zeros."""
+    return _fill(ctx, size, 0, _creation_dtype(ctx, dtype))
+
+
+@aten(A.copy.default)
+def copy(ctx, self, src, non_blocking=False):
+    """copy (``self.copy_(src)`` once functional): src cast to self's dtype and broadcast to its shape."""
+    x = ctx.cast(src, ctx.dtype(self)) if ctx.dtype(src) != ctx.dtype(self) else src
+    if x.shape is not None and tuple(x.shape) == tuple(self.shape):   # the same dims, symbols included
+        return x
+    return ctx.out(LayerKind.EXPAND, ExpandParams(), x,
+                   ctx.int_vector([dim_size(ctx, self, i) for i in range(ctx.rank(self))]))
+
+
 @aten(A.full_like.default, A.zeros_like.default, A.ones_like.default)
 def full_like(ctx, self, fill_value=None, dtype=None, layout=None, device=None, pin_memory=None,
               memory_format=None):
