@@ -137,16 +137,36 @@ def scatter_add(ctx, self, dim, index, src):
     return _scatter(ctx, self, dim, index, src, "add")
 
 
+def _identity(reduce: str, dt: DataType):
+    """The value a reduction starts from: 0 for sum and mean, 1 for prod, the lowest value for
+    amax and the highest for amin."""
+    if reduce in ("amax", "amin"):
+        if np.issubdtype(dt.numpy, np.floating):
+            return float("-inf") if reduce == "amax" else float("inf")
+        info = np.iinfo(dt.numpy)
+        return int(info.min) if reduce == "amax" else int(info.max)
+    return 1 if reduce == "prod" else 0
+
+
 @aten(A.scatter_reduce.two)
 def scatter_reduce(ctx, self, dim, index, src, reduce, include_self=True):
-    """scatter_reduce with include_self=True: sum, prod, amax or amin into the input's values."""
-    ctx.require(reduce in _SCATTER_REDUCE_TWO, ErrorCode.UNSUPPORTED_NODE_ATTR,
-                f"scatter_reduce's reduce is {reduce!r}; kilnrt imports {', '.join(map(repr, _SCATTER_REDUCE_TWO))} "
-                "('mean' has no ScatterElements reduction)")
-    ctx.require(bool(include_self), ErrorCode.UNSUPPORTED_NODE_ATTR,
-                "scatter_reduce with include_self=False is not supported (ONNX's ScatterElements reductions "
-                "include the input's values); scatter into a tensor filled with the reduction's identity instead")
-    return _scatter(ctx, self, dim, index, src, _SCATTER_REDUCE_TWO[reduce])
+    """scatter_reduce: sum, prod, amax, amin or mean (floats) of the scattered values, with the
+    input's value (include_self) or without (those positions start from the reduction's
+    identity: a SCATTER of it first); mean divides a scatter-add by a scatter-added count."""
+    ctx.require(reduce in _SCATTER_REDUCE_TWO or reduce == "mean", ErrorCode.UNSUPPORTED_NODE_ATTR,
+                f"scatter_reduce's reduce is {reduce!r}; kilnrt imports "
+                f"{', '.join(map(repr, [*_SCATTER_REDUCE_TWO, 'mean']))}")
+    dt = ctx.dtype(self)
+    base = self if include_self else _scatter(ctx, self, dim, index, _identity(reduce, dt), "none")
+    if reduce != "mean":
+        return _scatter(ctx, base, dim, index, src, _SCATTER_REDUCE_TWO[reduce])
+    ctx.require(np.issubdtype(dt.numpy, np.floating), ErrorCode.UNSUPPORTED_NODE_INPUT,
+                f"scatter_reduce 'mean' of {dt.name} values (PyTorch rounds an integer mean down) is not "
+                "supported; scatter floats")
+    ones = ctx.out(LayerKind.EXPAND, ExpandParams(), ctx.constant(np.asarray(1, dt.numpy)), ctx.shape_of(self))
+    counts = ones if include_self else _scatter(ctx, ones, dim, index, 0, "none")
+    counts = _scatter(ctx, counts, dim, index, 1, "add")
+    return ctx.elementwise(ElementWiseOperation.DIV, _scatter(ctx, base, dim, index, src, "add"), counts)
 
 
 @aten(A.select_scatter.default)
