@@ -38,7 +38,10 @@ TUNED = ["2026-11-21-NVIDIA_H200-resnet50-b1-131755Z.json", "2026-11-21-NVIDIA_H
          "2026-11-21-NVIDIA_H100-bert-b1-154618Z.json", "2026-11-21-NVIDIA_H100-bert-b32-154409Z.json",
          "2026-11-21-NVIDIA_H100-vit_b_16-b1-b64-153535Z.json"]
 ZOO = ["2026-12-01-NVIDIA_H200-zoo.json", "2026-12-01-NVIDIA_H200-zoo-densenet121-googlenet-pvt_v2_b0-retinanet_head.json",
-       "2026-12-01-NVIDIA_H200-zoo-googlenet-swin_t.json"]
+       "2026-12-01-NVIDIA_H200-zoo-googlenet-swin_t.json",
+       "2026-12-01-NVIDIA_H200-zoo-inception_v3-shufflenet_v2_x1_0-squeezenet1_1.json",
+       "2026-12-01-NVIDIA_H200-zoo-cspdarknet53-levit_128s-mobilevit_s-poolformer_s12.json",
+       "2026-12-01-NVIDIA_H200-zoo-poolformer_s12-levit_128s.json"]
 CALLS = ["2026-12-01-NVIDIA_H200-call-overhead.json"]
 BUILDS = ["2026-12-01-NVIDIA_H200-build-time.json"]
 
@@ -144,7 +147,8 @@ def zoo() -> str:
         lines.append("¹ A peer was not timed: " + "; ".join(
             f"{row['model']}: {row['peer_error'][:110]}" for row in rows if row.get("peer_error")) + ".")
         lines.append("")
-    lines.append("From " + ", ".join(f"`{n}` ({_load(n)['date']}, {_load(n)['gpu']})" for n in ZOO) + ".")
+    lines.append("From " + ", ".join(f"`{n}` ({_load(n)['date']}, {_load(n)['gpu']}, {_load(n)['kilnrt_commit']})"
+                                     for n in ZOO) + "; a later file's row replaces an earlier one's.")
     return "\n".join(lines)
 
 

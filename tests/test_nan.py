@@ -136,3 +136,28 @@ def test_max_pool_reference_skips_nan_without_asking_off_the_cpu(monkeypatch):
     np.testing.assert_array_equal(np.asarray(plain), np.asarray(conv.pooling(p, clean)))
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     assert not np.isnan(np.asarray(want)).any()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape, attrs", [
+    ((2, 16, 14, 15), {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1]}),
+    ((2, 16, 14, 15), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+    ((1, 8, 9, 10), {"kernel_shape": [2, 2], "strides": [2, 2]}),
+])
+def test_cuda_max_pool_skips_nan_whatever_tactic_the_build_picks(shape, attrs):
+    """On the GPU (FP32 and FP16 builds, whichever tactic wins the timing): the same values as
+    the CPU engine, NaN skipped, a window of only NaN giving NaN."""
+    import torch
+
+    x = RNG.standard_normal(shape).astype(np.float32)
+    x[RNG.random(shape) < 0.3] = NAN
+    x[0, 0, :4, :4] = NAN                                      # windows of only NaN
+    model = one_node("MaxPool", shape, **attrs)
+    want = kilnrt.build(model).run({"x": x})["y"]
+    for fp16 in (False, True):
+        engine = kilnrt.build(model, device="cuda", fp16=fp16)
+        got = engine.run({"x": torch.from_numpy(x).cuda()})["y"].float().cpu().numpy()
+        expected = want.astype(np.float16).astype(np.float32) if fp16 else want
+        assert np.isnan(expected).any() and not np.isnan(expected).all()
+        np.testing.assert_array_equal(got, expected, err_msg=f"seed {SEED} fp16={fp16} "
+                                                             f"{[l.tactic for l in engine.layers]}")

@@ -1,7 +1,9 @@
 """kilnrt's own Triton kernels, registered as CUDA tactics beside the PyTorch/cuDNN/cuBLAS ones.
 
 * ``cuda.softmax.triton``: softmax / log-softmax over the last axis (:mod:`.softmax`).
-* ``cuda.normalization.triton``: LayerNorm and RMSNorm over trailing axes (:mod:`.norm`).
+* ``cuda.normalization.triton``, ``cuda.normalization.triton_split``: LayerNorm, RMSNorm,
+  InstanceNorm and one-group GroupNorm over trailing axes, a row in one program or split over
+  many (:mod:`.norm`).
 * ``cuda.activation.triton``, ``cuda.elementwise.triton``, ``cuda.unary.triton``: kernels
   generated from an expression tree (:mod:`.pointwise`), the generator that pointwise-region
   fusion reuses.
