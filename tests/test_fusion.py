@@ -310,3 +310,88 @@ def test_squeeze_excitation_fuses_into_one_gate(variant, tmp_path):
         out = e.run({"x": xs})
         np.testing.assert_allclose(out["y"], ref[0], rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(out["z"], ref[1], rtol=1e-4, atol=1e-5)
+
+
+def _random_bn(bn: nn.BatchNorm1d) -> nn.BatchNorm1d:
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.uniform_(-0.5, 0.5)
+    return bn
+
+
+class LinearNorms(nn.Module):
+    """LeViT's linear + BatchNorm1d over [tokens, features] (no bias, through reshapes), a
+    linear with a bias and its norm on 2-D rows, and two near misses: a linear read twice,
+    and a norm over features that a reshape made of two linear outputs' dims."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.n1 = nn.Linear(6, 8, bias=False), _random_bn(nn.BatchNorm1d(8))
+        self.l2, self.n2 = nn.Linear(6, 5), _random_bn(nn.BatchNorm1d(5))
+        self.l3, self.n3 = nn.Linear(6, 4), _random_bn(nn.BatchNorm1d(4))
+        self.l4, self.n4 = nn.Linear(6, 4), _random_bn(nn.BatchNorm1d(12))
+
+    def forward(self, x, r):
+        b, n, _ = x.shape
+        y = self.n1(self.l1(x).flatten(0, 1)).reshape(b, n, 8)
+        z = torch.relu(self.n2(self.l2(r)))
+        h = self.l3(r)
+        w = self.n3(h) + h                                   # h read twice: not folded
+        v = self.n4(self.l4(x).reshape(b * n // 3, 12))      # the last dim changes: not folded
+        return y, z, w, v
+
+
+def test_matmul_scale_folds_a_linear_layers_batch_norm():
+    from kilnrt.optimize.passes.cleanup import fold_constants
+    from kilnrt.optimize.passes.fusion import fuse_matmul_scale
+
+    torch.manual_seed(0)
+    x, r = torch.randn(2, 3, 6), torch.randn(7, 6)
+    f = io.BytesIO()
+    torch.onnx.export(LinearNorms().eval(), (x, r), f, input_names=["x", "r"], output_names=["y", "z", "w", "v"],
+                      opset_version=17, dynamo=False, do_constant_folding=False)
+    model = f.getvalue()
+    net = fold_constants(kilnrt.to_network(model))   # the weights' Transpose: constants, as the optimizer has them
+    assert sum(l.kind == LayerKind.SCALE for l in net.layers) == 4
+    folded = fuse_matmul_scale(net, stats := {})
+    assert stats["fuse_matmul_scale"] == 2 + 3   # the matmul and its scale; the Gemm, its bias add and its scale
+    assert sum(l.kind == LayerKind.SCALE for l in folded.layers) == 2
+    rng = np.random.default_rng()
+    feeds = {"x": rng.normal(size=(2, 3, 6)).astype(np.float32), "r": rng.normal(size=(7, 6)).astype(np.float32)}
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)
+    for network in (folded, kilnrt.to_network(model)):
+        out = kilnrt.build(network, optimization_level=0).run(feeds)
+        for name, w in zip(("y", "z", "w", "v"), want):
+            np.testing.assert_allclose(out[name], w, rtol=1e-4, atol=1e-4, err_msg=name)
+    engine = kilnrt.build(model)
+    assert sum(l.kind == LayerKind.SCALE for l in engine.layers) <= 2
+
+
+class LinearNormAct(nn.Module):
+    """LeViT's MLP: linear + BatchNorm1d through reshapes, hardswish, linear + BatchNorm1d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.n1 = nn.Linear(6, 12, bias=False), _random_bn(nn.BatchNorm1d(12))
+        self.l2, self.n2 = nn.Linear(12, 6, bias=False), _random_bn(nn.BatchNorm1d(6))
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        h = F.hardswish(self.n1(self.l1(x).flatten(0, 1)).reshape(b, n, 12))
+        return self.n2(self.l2(h).flatten(0, 1)).reshape(b, n, 6) + x
+
+
+def test_default_build_folds_linear_norms_and_takes_the_activation_past_reshapes():
+    torch.manual_seed(0)
+    f = io.BytesIO()
+    torch.onnx.export(LinearNormAct().eval(), (torch.randn(2, 5, 6),), f, input_names=["x"], output_names=["y"],
+                      opset_version=17, dynamo=False, do_constant_folding=False)
+    engine = kilnrt.build(f.getvalue())
+    mms = [l for l in engine.layers if l.kind == LayerKind.MATRIX_MULTIPLY]
+    assert [l.params.activation for l in mms] == [ActivationType.HARD_SWISH, None]
+    assert all(len(l.inputs) == 3 for l in mms)   # the folded norms' biases
+    assert not any(l.kind in (LayerKind.SCALE, LayerKind.ACTIVATION) for l in engine.layers)
+    x = np.random.default_rng().normal(size=(2, 5, 6)).astype(np.float32)
+    want = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(engine.run({"x": x})["y"], want, rtol=1e-4, atol=1e-4)

@@ -7,7 +7,7 @@ import numpy as np
 
 from kilnrt.network.graph import Layer, Network, Tensor
 from kilnrt.kernels.cpu.linalg import normalize_axes
-from kilnrt.network.layers import (ActivationType, ConstantParams, ElementWiseOperation, LayerKind,
+from kilnrt.network.layers import (ActivationType, ConstantParams, ElementWiseOperation, LayerKind, MatrixOperation,
                                    ReduceOperation, ScaleMode, SqueezeExcitationParams)
 from kilnrt.network.rewrite import NetworkCopier
 from kilnrt.optimize.passes.match import Emit, Graph, add_fused, fused, replace, rewrite
@@ -41,6 +41,89 @@ def fuse_conv_scale(net: Network, stats: dict | None = None) -> Network:
         rewrites[id(nxt)] = _folded_conv(layer, nxt, new_w, new_b)
         drop.add(id(layer))
     return replace(net, rewrites, drop, stats, "fuse_conv_scale")
+
+
+def _scale_weights(net: Network, layer: Layer, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """A per-channel SCALE layer's (scale, shift) as float64 vectors of ``channels``; None if it
+    has a power or a weight that is not a constant."""
+    ins = layer.inputs + [None] * (4 - len(layer.inputs))
+    shift = net.constant_value(ins[1]) if ins[1] is not None else None
+    scale = net.constant_value(ins[2]) if ins[2] is not None else None
+    if ins[3] is not None or (ins[1] is not None and shift is None) or (ins[2] is not None and scale is None):
+        return None
+    vector = lambda v, default: np.full(channels, default, np.float64) if v is None else \
+        np.broadcast_to(np.asarray(v, np.float64).reshape(-1), (channels,))  # noqa: E731
+    return vector(scale, 1.0), vector(shift, 0.0)
+
+
+def _keeps_last_dim(layer: Layer, n: int) -> bool:
+    """A plain reshape whose input and output both end in a static dim of ``n``: element
+    (..., j) stays in column j."""
+    p, x, y = layer.params, layer.inputs[0], layer.outputs[0]
+    return (layer.kind == LayerKind.SHUFFLE and p.first_transpose is None and p.second_transpose is None
+            and x.shape is not None and y.shape is not None and len(x.shape) > 0 and len(y.shape) > 0
+            and x.shape[-1] == n and y.shape[-1] == n)
+
+
+def fuse_matmul_scale(net: Network, stats: dict | None = None) -> Network:
+    """matmul(a, W[, b]) [+ b'] -> reshapes that keep the last dim -> scale(shift, s) along it
+    => matmul(a, W * s, (b + b') * s + shift) -> the reshapes: folds a BatchNormalization over
+    a linear layer's output features (``BatchNorm1d`` on ``[tokens, features]``, as LeViT has
+    after every linear layer) into its weights and a bias, as fuse_conv_scale does for
+    convolutions."""
+    g = Graph(net)
+    rewrites, drop = {}, set()
+    for mm in net.layers:
+        if mm.kind != LayerKind.MATRIX_MULTIPLY or mm.params.activation is not None \
+                or mm.params.op0 != MatrixOperation.NONE or len(mm.inputs) not in (2, 3):
+            continue
+        w = net.constant_value(mm.inputs[1])
+        bias_t = mm.inputs[2] if len(mm.inputs) == 3 else None
+        b = net.constant_value(bias_t) if bias_t is not None else None
+        if w is None or w.ndim != 2 or not np.issubdtype(w.dtype, np.floating) or (bias_t is not None and b is None):
+            continue
+        transposed = mm.params.op1 == MatrixOperation.TRANSPOSE
+        n = w.shape[0] if transposed else w.shape[1]
+        if b is not None and b.size != n:
+            continue
+        nxt = g.single_use(mm.outputs[0])
+        add = None   # a bias added as its own layer (an exporter's Gemm, before fuse_matmul_epilogue)
+        if g.is_op(nxt, ElementWiseOperation.SUM):
+            other = net.constant_value(g.other(nxt, mm.outputs[0]))
+            if other is None or other.size != n or other.shape[-1:] != (n,) or g.other(nxt, mm.outputs[0]) is mm.outputs[0]:
+                continue
+            add, b = nxt, (other if b is None else b + other).reshape(-1)
+            nxt = g.single_use(add.outputs[0])
+        while nxt is not None and _keeps_last_dim(nxt, n):
+            nxt = g.single_use(nxt.outputs[0])
+        if nxt is None or nxt.kind != LayerKind.SCALE or nxt.params.mode != ScaleMode.CHANNEL \
+                or nxt.outputs[0].name in g.outputs:
+            continue
+        x = nxt.inputs[0]
+        if x.shape is None or not x.shape or nxt.params.channel_axis % len(x.shape) != len(x.shape) - 1 \
+                or x.shape[-1] != n:
+            continue
+        weights = _scale_weights(net, nxt, n)
+        if weights is None:
+            continue
+        s, shift = weights
+        w64 = w.astype(np.float64) * (s[:, None] if transposed else s[None, :])
+        new_b = (np.zeros(n) if b is None else np.asarray(b, np.float64).reshape(-1)) * s + shift
+        rewrites[id(mm)] = _folded_matmul(mm, nxt, w64.astype(w.dtype), new_b.astype(w.dtype))
+        if add is not None:
+            rewrites[id(add)] = rewrite([add], lambda c, t=mm.outputs[0]: c.mapped(t))
+        rewrites[id(nxt)] = rewrite([nxt], lambda c, t=x: c.mapped(t))
+    return replace(net, rewrites, drop, stats, "fuse_matmul_scale")
+
+
+def _folded_matmul(mm: Layer, scale: Layer, w: np.ndarray, b: np.ndarray) -> Emit:
+    def emit(c: NetworkCopier) -> Tensor:
+        wt, bt = (c.net.add_layer(LayerKind.CONSTANT, ConstantParams(v), [], name=c.net.unique_name(f"{mm.name}/{what}"),
+                                  origin=mm.origin).outputs[0] for what, v in (("weights", w), ("bias", b)))
+        return c.add_merged(LayerKind.MATRIX_MULTIPLY, mm.params, [c.mapped(mm.inputs[0]), wt, bt], [mm, scale],
+                            outputs=[mm.outputs[0]]).outputs[0]
+
+    return rewrite([mm], emit)
 
 
 def _folded_conv(conv: Layer, scale: Layer, w: np.ndarray, b: np.ndarray) -> Emit:

@@ -16,18 +16,40 @@ from kilnrt.optimize.passes.match import Emit, Graph, add_fused, fused, replace,
 
 
 _GEMM_ACTIVATIONS = {ActivationType.RELU, ActivationType.GELU_ERF, ActivationType.GELU_TANH, ActivationType.TANH,
-                     ActivationType.SIGMOID, ActivationType.SILU}
+                     ActivationType.SIGMOID, ActivationType.SILU, ActivationType.HARD_SWISH}
+
+
+def _with_activation(params, act: Layer | None):
+    """``params`` with ``act``'s activation, or None when ``act`` is no activation a GEMM epilogue takes."""
+    if act is None or act.kind != LayerKind.ACTIVATION or act.params.type not in _GEMM_ACTIVATIONS:
+        return None
+    return dataclasses.replace(params, activation=act.params.type, activation_alpha=act.params.alpha,
+                               activation_beta=act.params.beta)
 
 
 def fuse_matmul_epilogue(net: Network, stats: dict | None = None) -> Network:
-    """matmul(a, W) + bias [-> act] => matmul(a, W, bias, act): cuBLASLt's bias epilogue."""
+    """matmul(a, W) + bias [-> act] => matmul(a, W, bias, act): cuBLASLt's bias epilogue; and
+    matmul(a, W, bias) [-> reshapes] -> act => matmul(a, W, bias, act) [-> reshapes] (a bias
+    fuse_matmul_scale folded in; an activation is elementwise, so it goes before a reshape)."""
     g = Graph(net)
     rewrites, drop = {}, set()
     for mm in net.layers:
-        if mm.kind != LayerKind.MATRIX_MULTIPLY or len(mm.inputs) > 2 or mm.params.activation is not None:
+        if mm.kind != LayerKind.MATRIX_MULTIPLY or len(mm.inputs) > 3 or mm.params.activation is not None:
             continue
         w = net.constant_value(mm.inputs[1])
         if w is None or w.ndim != 2 or mm.params.op0 != MatrixOperation.NONE:
+            continue
+        if len(mm.inputs) == 3:   # its bias is in already: only an activation to take, maybe past reshapes
+            act = g.single_use(mm.outputs[0])
+            while act is not None and act.kind == LayerKind.SHUFFLE and act.params.first_transpose is None \
+                    and act.params.second_transpose is None:
+                act = g.single_use(act.outputs[0])
+            params = _with_activation(mm.params, act)
+            if mm.inputs[2] is not None and params is not None and act.outputs[0].name not in g.outputs:
+                rewrites[id(mm)] = rewrite([mm, act], lambda c, mm=mm, act=act, params=params: c.add_merged(
+                    LayerKind.MATRIX_MULTIPLY, params, [c.mapped(t) for t in mm.inputs], [mm, act],
+                    outputs=[mm.outputs[0]]).outputs[0])
+                rewrites[id(act)] = rewrite([act], lambda c, t=act.inputs[0]: c.mapped(t))
             continue
         n = w.shape[0] if mm.params.op1 == MatrixOperation.TRANSPOSE else w.shape[1]
         add = g.single_use(mm.outputs[0])
@@ -39,9 +61,8 @@ def fuse_matmul_epilogue(net: Network, stats: dict | None = None) -> Network:
             continue
         chain, params = [mm, add], mm.params
         act = g.single_use(add.outputs[0])
-        if act is not None and act.kind == LayerKind.ACTIVATION and act.params.type in _GEMM_ACTIVATIONS:
-            params = dataclasses.replace(params, activation=act.params.type, activation_alpha=act.params.alpha,
-                                         activation_beta=act.params.beta)
+        if _with_activation(params, act) is not None:
+            params = _with_activation(params, act)
             chain.append(act)
         rewrites[id(chain[-1])] = fused(LayerKind.MATRIX_MULTIPLY, params, [mm.inputs[0], mm.inputs[1], bias_t], chain)
         drop.update(id(l) for l in chain[:-1])
