@@ -1,7 +1,7 @@
 """Importers for padding (F.pad: constant, reflect, replicate and circular, negative pads, a
 convolution's circular padding) and upsampling
 (F.interpolate and nn.Upsample: nearest, linear, bilinear, bicubic, trilinear, by size and by
-scale factors above and below 1, with and without align_corners, nearest at sizes where
+scale factors above and below 1, with and without align_corners, antialiased, nearest at sizes where
 PyTorch's float32 index arithmetic and ONNX's differ), through kilnrt.compile with a dynamic
 batch and torch.compile(backend="kilnrt"), each matched against the module run in float64 on
 fresh random inputs."""
@@ -61,7 +61,10 @@ class Upsamples(nn.Module):
                 F.interpolate(x, scale_factor=2, mode="bicubic"),
                 F.interpolate(v, size=13, mode="linear"), F.interpolate(v, scale_factor=3, mode="nearest"),
                 F.interpolate(s, scale_factor=2, mode="trilinear"),
-                F.interpolate(s, size=(4, 5, 3), mode="trilinear", align_corners=True))
+                F.interpolate(s, size=(4, 5, 3), mode="trilinear", align_corners=True),
+                F.interpolate(w, scale_factor=0.4, mode="bilinear", antialias=True),    # PIL's filters, widened
+                F.interpolate(w, size=(5, 30), mode="bicubic", antialias=True),       # shrink one dim, grow one
+                F.interpolate(x, scale_factor=(0.5, 1.5), mode="bilinear", antialias=True))
 
 
 def _inputs(n, g):
@@ -88,12 +91,12 @@ def test_torch_compile_builds_them_as_engines(make):
     check_torch_compile_makes_engines(make().eval(), lambda n: _inputs(n, g), seed, make.__name__, calls=(2, 3))
 
 
-def test_antialiased_upsampling_is_refused_by_name():
+def test_antialiased_upsampling_with_align_corners_is_refused_by_name():
     class Antialias(nn.Module):
         def forward(self, x):
-            return F.interpolate(x, size=(3, 3), mode="bilinear", antialias=True)
+            return F.interpolate(x, size=(3, 3), mode="bilinear", antialias=True, align_corners=True)
 
-    with pytest.raises(KilnError, match="upsample_bilinear2d_aa"):
+    with pytest.raises(KilnError, match="antialias=True with align_corners=True is not supported"):
         kilnrt.compile(Antialias(), (torch.randn(1, 2, 8, 8),))
 
 

@@ -1,7 +1,7 @@
 """ATen importers for padding and upsampling, through the PADDING and RESIZE layers the ONNX
-Pad and Resize importers use: ``pad`` in every mode (circular included), ``constant_pad_nd`` and
-the reflection and replication pads (``F.pad``), and the nearest, linear, bilinear, bicubic and trilinear upsamples
-(``F.interpolate``, ``nn.Upsample``)."""
+Pad and Resize importers use: ``pad`` in every mode (circular included), ``constant_pad_nd``
+and the reflection and replication pads (``F.pad``), and the nearest, linear, bilinear,
+bicubic and trilinear upsamples (``F.interpolate``, ``nn.Upsample``), antialiased or not."""
 from __future__ import annotations
 
 import dataclasses
@@ -126,26 +126,30 @@ def upsample_nearest_vec(ctx, input, output_size=None, scale_factors=None):
     return _resize(ctx, input, ctx.rank(input) - 2, output_size, scale_factors, _NEAREST)
 
 
-def _sized(ctx, x, output_size, scales: dict) -> list:
-    """The output size of an upsample given both a size and (optionally) its scales: PyTorch maps
-    coordinates by 1 / scale when a scale is given, ONNX's sizes by in / out; taken only where
-    the two agree."""
+def _sized(ctx, x, output_size, scales: dict) -> tuple[list | None, list | None]:
+    """(output size, scale factors) for ``_resize`` of an upsample given a size and, optionally,
+    its scales (PyTorch's decompositions pass both): PyTorch maps coordinates by 1 / scale when
+    a scale is given, ONNX's sizes by in / out.  The scales are used when they give that size
+    (floor(in * scale)); the size alone when the scales are its ratios; refused otherwise."""
     given = [v for k, v in sorted(scales.items()) if k.startswith("scales") and v is not None]
-    if given:
-        spatial = tuple(x.shape[2:])
-        agree = len(given) == len(output_size) and all(
-            isinstance(n, int) and isinstance(o, int) and n > 0 and float(o) / n == float(s)
-            for n, o, s in zip(spatial, output_size, given))
-        ctx.require(agree, ErrorCode.UNSUPPORTED_NODE_ATTR,
-                    f"an upsample to {list(output_size)} with scales {given} that are not output / input: "
-                    "PyTorch maps coordinates by the scales there; use scale_factor or size alone")
-    return list(output_size)
+    if not given:
+        return list(output_size), None
+    spatial = tuple(x.shape[2:])
+    static = len(given) == len(output_size) and all(isinstance(n, int) and n > 0 for n in spatial) \
+        and all(isinstance(o, int) for o in output_size)
+    if static and all(float(o) / n == float(s) for n, o, s in zip(spatial, output_size, given)):
+        return list(output_size), None
+    ctx.require(static and all(math.floor(n * float(s)) == o for n, o, s in zip(spatial, output_size, given)),
+                ErrorCode.UNSUPPORTED_NODE_ATTR,
+                f"an upsample to {list(output_size)} with scales {given} that do not give that size from "
+                f"{list(spatial)}: use scale_factor or size alone")
+    return None, [float(v) for v in given]
 
 
 @aten(A.upsample_nearest1d.default, A.upsample_nearest2d.default, A.upsample_nearest3d.default)
 def upsample_nearest(ctx, self, output_size, **scales):
     """upsample_nearest with an output size: a nearest RESIZE to it."""
-    return _resize(ctx, self, ctx.rank(self) - 2, _sized(ctx, self, output_size, scales), None, _NEAREST)
+    return _resize(ctx, self, ctx.rank(self) - 2, *_sized(ctx, self, output_size, scales), _NEAREST)
 
 
 @aten(A.upsample_linear1d.vec, A.upsample_bilinear2d.vec, A.upsample_trilinear3d.vec)
@@ -158,8 +162,8 @@ def upsample_linear_vec(ctx, input, output_size=None, align_corners=False, scale
 @aten(A.upsample_linear1d.default, A.upsample_bilinear2d.default, A.upsample_trilinear3d.default)
 def upsample_linear(ctx, self, output_size, align_corners=False, **scales):
     """upsample_linear with an output size: a linear RESIZE to it."""
-    size = _sized(ctx, self, output_size, {} if align_corners else scales)   # corner-aligned ignores scales
-    return _resize(ctx, self, ctx.rank(self) - 2, size, None, _linear(align_corners))
+    size, factors = _sized(ctx, self, output_size, {} if align_corners else scales)   # corner-aligned ignores scales
+    return _resize(ctx, self, ctx.rank(self) - 2, size, factors, _linear(align_corners))
 
 
 @aten(A.upsample_bicubic2d.vec)
@@ -168,3 +172,28 @@ def upsample_bicubic_vec(ctx, input, output_size=None, align_corners=False, scal
     params = ResizeParams(mode="cubic", coordinate_transformation="align_corners" if align_corners else "half_pixel",
                           cubic_coeff_a=-0.75)
     return _resize(ctx, input, 2, output_size, scale_factors, params)
+
+
+def _antialiased(ctx, align_corners) -> ResizeParams:
+    """PyTorch's antialiased resampling (``antialias=True``, PIL's filters): ONNX Resize's
+    antialias, with the filter's weights renormalized inside the image (exclude_outside) and
+    cubic's a = -0.5.  With align_corners PyTorch maps coordinates its own way: refused."""
+    ctx.require(not align_corners, ErrorCode.UNSUPPORTED_NODE_ATTR,
+                "antialias=True with align_corners=True is not supported; use one or the other")
+    mode = "linear" if ctx.node.target in (A._upsample_bilinear2d_aa.vec, A._upsample_bilinear2d_aa.default) \
+        else "cubic"
+    return ResizeParams(mode=mode, coordinate_transformation="half_pixel", cubic_coeff_a=-0.5, exclude_outside=True,
+                        antialias=True)
+
+
+@aten(A._upsample_bilinear2d_aa.vec, A._upsample_bicubic2d_aa.vec)
+def upsample_antialiased_vec(ctx, input, output_size=None, align_corners=False, scale_factors=None):
+    """_upsample_bilinear2d_aa / _upsample_bicubic2d_aa (F.interpolate with antialias=True): an
+    antialiased RESIZE, its filter widened by in / out when shrinking, as PyTorch and PIL do."""
+    return _resize(ctx, input, 2, output_size, scale_factors, _antialiased(ctx, align_corners))
+
+
+@aten(A._upsample_bilinear2d_aa.default, A._upsample_bicubic2d_aa.default)
+def upsample_antialiased(ctx, self, output_size, align_corners=False, **scales):
+    """The antialiased upsamples with an output size: an antialiased RESIZE to it."""
+    return _resize(ctx, self, 2, *_sized(ctx, self, output_size, scales), _antialiased(ctx, align_corners))
