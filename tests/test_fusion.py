@@ -395,3 +395,48 @@ def test_default_build_folds_linear_norms_and_takes_the_activation_past_reshapes
     x = np.random.default_rng().normal(size=(2, 5, 6)).astype(np.float32)
     want = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(engine.run({"x": x})["y"], want, rtol=1e-4, atol=1e-4)
+
+
+class LinearNormRelu(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l, self.n = nn.Linear(6, 8), _random_bn(nn.BatchNorm1d(8))
+
+    def forward(self, x):
+        return torch.relu(self.n(self.l(x))).reshape(7, 2, 4).reshape(7, 8) * 2.0
+
+
+def test_matmul_folds_keep_precision_pins():
+    """A matmul pinned to FP32 and its norm (or, once folded, its activation) pinned to FP16:
+    neither fold nor epilogue takes them, and the result stays right (an activation dropped
+    from a refused epilogue showed as negative outputs of a ReLU)."""
+    from kilnrt.network.dtypes import DataType
+    from kilnrt.optimize.passes.cleanup import fold_constants
+    from kilnrt.optimize.passes.fusion import fuse_matmul_scale
+    from kilnrt.optimize.passes.transformer import fuse_matmul_epilogue
+
+    torch.manual_seed(0)
+    f = io.BytesIO()
+    torch.onnx.export(LinearNormRelu().eval(), (torch.randn(7, 6),), f, input_names=["x"], output_names=["y"],
+                      opset_version=17, dynamo=False, do_constant_folding=False)
+    model = f.getvalue()
+
+    def pinned(net, second):
+        for layer in net.layers:
+            if layer.kind == LayerKind.MATRIX_MULTIPLY:
+                layer.precision = DataType.FLOAT
+            if layer.kind == second:
+                layer.precision = DataType.HALF
+        return net
+
+    x = np.random.default_rng().normal(size=(7, 6)).astype(np.float32)
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    net = fuse_matmul_scale(pinned(fold_constants(kilnrt.to_network(model)), LayerKind.SCALE), stats := {})
+    assert "fuse_matmul_scale" not in stats
+    folded = pinned(fuse_matmul_scale(fold_constants(kilnrt.to_network(model)), {}), LayerKind.ACTIVATION)
+    epilogue = fuse_matmul_epilogue(folded, stats := {})
+    assert "fuse_matmul_epilogue" not in stats
+    assert any(l.kind == LayerKind.ACTIVATION for l in epilogue.layers)
+    for network in (net, epilogue):
+        np.testing.assert_allclose(kilnrt.build(network, optimization_level=0).run({"x": x})["y"], want,
+                                   rtol=1e-4, atol=1e-4)

@@ -83,3 +83,20 @@ def test_scatter_and_gather_of_0d_tensors():
     compiled = kilnrt.compile(Scalars(), (x, i, s))
     for got, want in zip(compiled(x, i, s), Scalars()(x, i, s)):
         assert got.shape == want.shape == () and torch.equal(got, want)
+
+
+def test_scatter_reductions_of_bfloat16():
+    """amax without the input's values starts from -inf, and mean divides, in bfloat16 too."""
+    class Reduce(nn.Module):
+        def forward(self, x, idx):
+            return (x.scatter_reduce(1, idx, x[:, :3] * 2, "amax", include_self=False),
+                    x.scatter_reduce(1, idx, x[:, :3] * 2, "mean"),
+                    x.scatter_reduce(1, idx, x[:, :3] * 2, "mean", include_self=False))
+
+    g = torch.Generator().manual_seed(fresh_seed())
+    x, idx = torch.randn(4, 6, generator=g).to(torch.bfloat16), torch.randint(0, 6, (4, 3), generator=g)
+    idx[:, 1] = idx[:, 0]
+    compiled = kilnrt.compile(Reduce(), (x, idx))
+    for got, want in zip(compiled(x, idx), Reduce()(x, idx)):
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)

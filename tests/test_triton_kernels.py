@@ -165,16 +165,18 @@ NORMS = ["cuda.normalization.triton", "cuda.normalization.triton_split"]
 
 @pytest.mark.parametrize("name", NORMS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("scale_shape", [(6, 1), (1, 6, 1), (1,)], ids=str)
-def test_normalization_with_a_scale_per_row(name, dtype, scale_shape, seed):
+@pytest.mark.parametrize("scale_shape,bias_shape", [((6, 1), (6, 1)), ((1, 6, 1), (1, 6, 1)), ((1,), (1,)),
+                                                    ((6, 1), (1,)), ((1,), (6, 1)), ((2, 6, 1), (6, 1))], ids=str)
+def test_normalization_with_a_scale_per_row(name, dtype, scale_shape, bias_shape, seed):
     """InstanceNormalization's layout: x [N, C, L] normalized over L, scale and bias [C, 1]
-    (constant along the row); and a single scale for every row."""
+    (constant along the row); a single value for every row; a scale and a bias of different
+    sizes (each indexed by its own)."""
     shape = (2, 6, 4100)   # rows longer than one split program's 4096
     p = NormalizationParams(axes=(2,), epsilon=1e-5)
     layer = make_layer(LayerKind.NORMALIZATION, p, (DT[dtype], shape), (DT[dtype], scale_shape),
-                       (DT[dtype], scale_shape))
+                       (DT[dtype], bias_shape))
     check(name, layer, [nonzero(shape, dtype, scale=2.0) + 0.7, nonzero(scale_shape, dtype),
-                        nonzero(scale_shape, dtype)], seed)
+                        nonzero(bias_shape, dtype)], seed)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

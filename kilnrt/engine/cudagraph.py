@@ -162,12 +162,12 @@ def capturing(graph: "torch.cuda.CUDAGraph", pool: tuple, stream: torch.cuda.Str
     """``torch.cuda.graph(graph, pool, stream)`` (its empty-graph warning silenced) that leaves
     PyTorch as it found it when the capture fails.  A failed capture makes ``capture_end``
     raise before it has done its bookkeeping (torch 2.11), and seen on the H200 that left: the
-    capture stream current for the rest of the thread, so later work ran there and a freed
-    4.8 GiB input stayed reserved after ``empty_cache``; the allocator still recording into
+    capture stream current for the rest of the thread (a freed 4.8 GiB input, allocated on it
+    afterwards, stayed reserved after ``empty_cache``); the allocator still recording into
     ``pool`` (its next capture refuses, and the pool is never freed); and the CUDA random
     generator in capture mode, so the next ``torch.randn`` on the GPU raised "Offset increment
     outside graph capture encountered unexpectedly".  Each is undone here
-    (:func:`_undo_failed_capture`) before the error goes on."""
+    (:func:`_undo_failed_capture`), and the capture's own error goes on."""
     before = torch.cuda.current_stream()
     try:
         with warnings.catch_warnings():
@@ -175,29 +175,42 @@ def capturing(graph: "torch.cuda.CUDAGraph", pool: tuple, stream: torch.cuda.Str
             with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode=mode):
                 yield
     except BaseException:
-        _undo_failed_capture(before, pool, stream)
+        _undo_failed_capture(before, pool, stream, mode)
         raise
 
 
-def _undo_failed_capture(before: torch.cuda.Stream, pool: tuple, stream: torch.cuda.Stream) -> None:
-    torch.cuda.set_stream(before)
-    device = torch.cuda.current_device()
-    end = getattr(torch._C, "_cuda_endAllocateToPool", None)
-    release = getattr(torch._C, "_cuda_releasePool", None)
-    if end is not None:
-        try:
-            end(device, pool)
-        except RuntimeError:
-            pass   # capture_end got that far: it ended the recording, and the graph releases the pool
-        else:
-            if release is not None:
-                release(device, pool)   # the failed graph's share of the pool, which it never gives back
+def _undo_failed_capture(before: torch.cuda.Stream, pool: tuple, stream: torch.cuda.Stream, mode: str) -> None:
+    """Each step on its own: one that fails is logged, and the others still run."""
+    try:
+        device = torch.cuda.current_device()
+        end = getattr(torch._C, "_cuda_endAllocateToPool", None)
+        release = getattr(torch._C, "_cuda_releasePool", None)
+        if end is not None:
+            try:
+                end(device, pool)
+            except RuntimeError:
+                # capture_end ended the recording itself; if it failed after that (before the
+                # graph counted as captured), the pool keeps the failed graph's share: a leak
+                pass
+            else:
+                if release is not None:
+                    release(device, pool)   # the failed graph's share of the pool, which it never gives back
+    except Exception as exc:  # noqa: BLE001 - PyTorch's private allocator calls: report, go on
+        log.warning("after a failed CUDA-graph capture, its memory pool could not be released: %s", exc)
+    finally:
+        torch.cuda.set_stream(before)
     # an empty capture runs the random generator's capture prologue and epilogue: out of capture mode
-    torch.cuda.synchronize()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with torch.cuda.graph(torch.cuda.CUDAGraph(), stream=stream):
-            pass
+    try:
+        torch.cuda.synchronize()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.cuda.graph(torch.cuda.CUDAGraph(), stream=stream, capture_error_mode=mode):
+                pass
+    except Exception as exc:  # noqa: BLE001 - the capture's own error matters more
+        log.warning("after a failed CUDA-graph capture, CUDA's random generator may still be in capture mode: %s",
+                    exc)
+    finally:
+        torch.cuda.set_stream(before)
 
 
 def _raise_if_out_of_memory(exc: Exception, where: str) -> None:

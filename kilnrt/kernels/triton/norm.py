@@ -36,7 +36,7 @@ from kilnrt.network.layers import LayerKind
 
 
 @triton.jit
-def _norm_rows(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, s_ptr, n_rows, n_cols, eps, w_rows, RMS: tl.constexpr,
+def _norm_rows(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, s_ptr, n_rows, n_cols, eps, w_rows, b_rows, RMS: tl.constexpr,
                HAS_R: tl.constexpr, STORE_SUM: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
                PER_ROW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr):
     wait_for_previous_kernel(USE_PDL)
@@ -57,12 +57,11 @@ def _norm_rows(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, s_ptr, n_rows, n_cols, eps, w_
         centered = tl.where(mask, x - (tl.sum(x, axis=1) / n_cols)[:, None], 0.0)
         var = tl.sum(centered * centered, axis=1) / n_cols
         y = centered * (1.0 / tl.sqrt_rn(var + eps))[:, None]
-    if PER_ROW:   # scale and bias constant along the row: w_rows values, row r takes r % w_rows
-        at = rows % w_rows
+    if PER_ROW:   # scale and bias constant along the row: w_rows (b_rows) values, row r takes r % w_rows
         if HAS_W:
-            y = y * tl.load(w_ptr + at, mask=rows < n_rows, other=0.0).to(tl.float32)[:, None]
+            y = y * tl.load(w_ptr + rows % w_rows, mask=rows < n_rows, other=0.0).to(tl.float32)[:, None]
         if HAS_B:
-            y = y + tl.load(b_ptr + at, mask=rows < n_rows, other=0.0).to(tl.float32)[:, None]
+            y = y + tl.load(b_ptr + rows % b_rows, mask=rows < n_rows, other=0.0).to(tl.float32)[:, None]
     else:
         if HAS_W:
             y = y * tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
@@ -94,7 +93,7 @@ def _norm_chunk_moments(x_ptr, r_ptr, m_ptr, n_cols, n_chunks, HAS_R: tl.constex
 
 
 @triton.jit
-def _norm_chunks(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, s_ptr, m_ptr, n_cols, n_chunks, eps, w_rows,
+def _norm_chunks(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, s_ptr, m_ptr, n_cols, n_chunks, eps, w_rows, b_rows,
                  RMS: tl.constexpr, HAS_R: tl.constexpr, STORE_SUM: tl.constexpr, HAS_W: tl.constexpr,
                  HAS_B: tl.constexpr, PER_ROW: tl.constexpr, BLOCK: tl.constexpr, CHUNKS: tl.constexpr,
                  USE_PDL: tl.constexpr):
@@ -128,7 +127,7 @@ def _norm_chunks(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, s_ptr, m_ptr, n_cols, n_chun
         if HAS_W:
             y = y * tl.load(w_ptr + row % w_rows).to(tl.float32)
         if HAS_B:
-            y = y + tl.load(b_ptr + row % w_rows).to(tl.float32)
+            y = y + tl.load(b_ptr + row % b_rows).to(tl.float32)
     else:
         if HAS_W:
             y = y * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
@@ -216,11 +215,13 @@ class _NormalizationTactic(Tactic):
             return outs
         w = x if scale is None else scale.contiguous()
         b = x if bias is None else bias.contiguous()
-        w_rows = max(1, (scale if scale is not None else bias).numel()) if per_row else 1
+        w_rows = max(1, scale.numel()) if per_row and scale is not None else 1
+        b_rows = max(1, bias.numel()) if per_row and bias is not None else 1
         r = x if residual is None else residual.contiguous()
         flags = dict(RMS=p.rms, HAS_R=residual is not None, STORE_SUM=total is not None, HAS_W=scale is not None,
                      HAS_B=bias is not None, PER_ROW=per_row)
-        self.launch(x, r, w, b, y, y if total is None else total, n_rows, n_cols, float(p.epsilon), w_rows, flags)
+        self.launch(x, r, w, b, y, y if total is None else total, n_rows, n_cols, float(p.epsilon), (w_rows, b_rows),
+                    flags)
         return outs
 
 
@@ -239,12 +240,12 @@ class TritonNormalization(_NormalizationTactic):
         return _layouts(layer) is not None and self.fits(math.prod(
             x.shape[len(x.shape) - len(normalize_axes(layer.params.axes, len(x.shape))):]))
 
-    def launch(self, x, r, w, b, y, s, n_rows, n_cols, eps, w_rows, flags):
+    def launch(self, x, r, w, b, y, s, n_rows, n_cols, eps, rows_of, flags):
         # 16 elements per thread: BERT's 4096 x 768 add + LayerNorm took 4.5 us with 4 warps
         # per two rows, 5.6 us with 8 (H200)
         block_m, block_n, num_warps = row_blocks(n_rows, n_cols, per_thread=16)
         _norm_rows[(triton.cdiv(n_rows, block_m),)](
-            x, r, w, b, y, s, n_rows, n_cols, eps, w_rows, **flags, BLOCK_M=block_m, BLOCK_N=block_n,
+            x, r, w, b, y, s, n_rows, n_cols, eps, *rows_of, **flags, BLOCK_M=block_m, BLOCK_N=block_n,
             num_warps=num_warps, **launch_options(y))
 
 
@@ -267,12 +268,12 @@ class TritonSplitNormalization(_NormalizationTactic):
         n_cols = math.prod(x.shape[len(x.shape) - len(normalize_axes(layer.params.axes, len(x.shape))):])
         return _layouts(layer) is not None and SPLIT_BLOCK < n_cols and self.fits(n_cols)
 
-    def launch(self, x, r, w, b, y, s, n_rows, n_cols, eps, w_rows, flags):
+    def launch(self, x, r, w, b, y, s, n_rows, n_cols, eps, rows_of, flags):
         n_chunks = triton.cdiv(n_cols, SPLIT_BLOCK)
         moments = torch.empty(n_rows * n_chunks * 2, dtype=torch.float32, device=x.device)
         options = launch_options(y)
         _norm_chunk_moments[(n_rows, n_chunks)](x, r, moments, n_cols, n_chunks, HAS_R=flags["HAS_R"],
                                            BLOCK=SPLIT_BLOCK, num_warps=8, **options)
-        _norm_chunks[(n_rows, n_chunks)](x, r, w, b, y, s, moments, n_cols, n_chunks, eps, w_rows, **flags,
+        _norm_chunks[(n_rows, n_chunks)](x, r, w, b, y, s, moments, n_cols, n_chunks, eps, *rows_of, **flags,
                                          BLOCK=SPLIT_BLOCK, CHUNKS=triton.next_power_of_2(n_chunks), num_warps=8,
                                          **options)

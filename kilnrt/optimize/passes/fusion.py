@@ -9,7 +9,7 @@ from kilnrt.network.graph import Layer, Network, Tensor
 from kilnrt.kernels.cpu.linalg import normalize_axes
 from kilnrt.network.layers import (ActivationType, ConstantParams, ElementWiseOperation, LayerKind, MatrixOperation,
                                    ReduceOperation, ScaleMode, SqueezeExcitationParams)
-from kilnrt.network.rewrite import NetworkCopier
+from kilnrt.network.rewrite import NetworkCopier, pin_conflict
 from kilnrt.optimize.passes.match import Emit, Graph, add_fused, fused, replace, rewrite
 
 
@@ -75,7 +75,8 @@ def fuse_matmul_scale(net: Network, stats: dict | None = None) -> Network:
     rewrites, drop = {}, set()
     for mm in net.layers:
         if mm.kind != LayerKind.MATRIX_MULTIPLY or mm.params.activation is not None \
-                or mm.params.op0 != MatrixOperation.NONE or len(mm.inputs) not in (2, 3):
+                or mm.params.op0 != MatrixOperation.NONE or len(mm.inputs) not in (2, 3) \
+                or mm.params.op1 not in (MatrixOperation.NONE, MatrixOperation.TRANSPOSE):
             continue
         w = net.constant_value(mm.inputs[1])
         bias_t = mm.inputs[2] if len(mm.inputs) == 3 else None
@@ -84,15 +85,18 @@ def fuse_matmul_scale(net: Network, stats: dict | None = None) -> Network:
             continue
         transposed = mm.params.op1 == MatrixOperation.TRANSPOSE
         n = w.shape[0] if transposed else w.shape[1]
-        if b is not None and b.size != n:
+        out = mm.outputs[0]
+        if b is not None and (b.size != n or b.shape[-1:] != (n,)):
             continue
-        nxt = g.single_use(mm.outputs[0])
+        nxt = g.single_use(out)
         add = None   # a bias added as its own layer (an exporter's Gemm, before fuse_matmul_epilogue)
         if g.is_op(nxt, ElementWiseOperation.SUM):
-            other = net.constant_value(g.other(nxt, mm.outputs[0]))
-            if other is None or other.size != n or other.shape[-1:] != (n,) or g.other(nxt, mm.outputs[0]) is mm.outputs[0]:
+            other_t = g.other(nxt, out)
+            other = net.constant_value(other_t)
+            if other is None or other_t is out or other.size != n or other.shape[-1:] != (n,) \
+                    or out.shape is None or other.ndim > len(out.shape):
                 continue
-            add, b = nxt, (other if b is None else b + other).reshape(-1)
+            add, b = nxt, (other.reshape(-1) if b is None else b.reshape(-1) + other.reshape(-1))
             nxt = g.single_use(add.outputs[0])
         while nxt is not None and _keeps_last_dim(nxt, n):
             nxt = g.single_use(nxt.outputs[0])
@@ -104,23 +108,27 @@ def fuse_matmul_scale(net: Network, stats: dict | None = None) -> Network:
                 or x.shape[-1] != n:
             continue
         weights = _scale_weights(net, nxt, n)
-        if weights is None:
+        absorbed = [mm] + ([add] if add is not None else []) + [nxt]
+        if weights is None or pin_conflict(absorbed, [out]) is not None:
             continue
         s, shift = weights
         w64 = w.astype(np.float64) * (s[:, None] if transposed else s[None, :])
         new_b = (np.zeros(n) if b is None else np.asarray(b, np.float64).reshape(-1)) * s + shift
-        rewrites[id(mm)] = _folded_matmul(mm, nxt, w64.astype(w.dtype), new_b.astype(w.dtype))
+        rewrites[id(mm)] = _folded_matmul(mm, absorbed, w64.astype(w.dtype), new_b.astype(w.dtype))
         if add is not None:
-            rewrites[id(add)] = rewrite([add], lambda c, t=mm.outputs[0]: c.mapped(t))
+            rewrites[id(add)] = rewrite([add], lambda c, t=out: c.mapped(t))
         rewrites[id(nxt)] = rewrite([nxt], lambda c, t=x: c.mapped(t))
     return replace(net, rewrites, drop, stats, "fuse_matmul_scale")
 
 
-def _folded_matmul(mm: Layer, scale: Layer, w: np.ndarray, b: np.ndarray) -> Emit:
+def _folded_matmul(mm: Layer, absorbed: list[Layer], w: np.ndarray, b: np.ndarray) -> Emit:
+    """The matmul with the folded weights and bias, named after and pinned as ``absorbed`` (the
+    matmul, its bias add, its scale: checked by the caller), writing the matmul's output."""
+
     def emit(c: NetworkCopier) -> Tensor:
         wt, bt = (c.net.add_layer(LayerKind.CONSTANT, ConstantParams(v), [], name=c.net.unique_name(f"{mm.name}/{what}"),
                                   origin=mm.origin).outputs[0] for what, v in (("weights", w), ("bias", b)))
-        return c.add_merged(LayerKind.MATRIX_MULTIPLY, mm.params, [c.mapped(mm.inputs[0]), wt, bt], [mm, scale],
+        return c.add_merged(LayerKind.MATRIX_MULTIPLY, mm.params, [c.mapped(mm.inputs[0]), wt, bt], absorbed,
                             outputs=[mm.outputs[0]]).outputs[0]
 
     return rewrite([mm], emit)

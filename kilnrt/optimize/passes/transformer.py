@@ -11,7 +11,7 @@ import dataclasses
 from kilnrt.network.graph import Layer, Network, Tensor
 from kilnrt.network.layers import (ActivationType, AttentionParams, ElementWiseOperation as E, LayerKind,
                                    MatrixOperation, ShuffleParams, UnaryOperation)
-from kilnrt.network.rewrite import NetworkCopier
+from kilnrt.network.rewrite import NetworkCopier, pin_conflict
 from kilnrt.optimize.passes.match import Emit, Graph, add_fused, fused, replace, rewrite
 
 
@@ -37,7 +37,8 @@ def fuse_matmul_epilogue(net: Network, stats: dict | None = None) -> Network:
         if mm.kind != LayerKind.MATRIX_MULTIPLY or len(mm.inputs) > 3 or mm.params.activation is not None:
             continue
         w = net.constant_value(mm.inputs[1])
-        if w is None or w.ndim != 2 or mm.params.op0 != MatrixOperation.NONE:
+        if w is None or w.ndim != 2 or mm.params.op0 != MatrixOperation.NONE \
+                or mm.params.op1 not in (MatrixOperation.NONE, MatrixOperation.TRANSPOSE):
             continue
         if len(mm.inputs) == 3:   # its bias is in already: only an activation to take, maybe past reshapes
             act = g.single_use(mm.outputs[0])
@@ -45,7 +46,8 @@ def fuse_matmul_epilogue(net: Network, stats: dict | None = None) -> Network:
                     and act.params.second_transpose is None:
                 act = g.single_use(act.outputs[0])
             params = _with_activation(mm.params, act)
-            if mm.inputs[2] is not None and params is not None and act.outputs[0].name not in g.outputs:
+            if mm.inputs[2] is not None and params is not None and act.outputs[0].name not in g.outputs \
+                    and pin_conflict([mm, act], [mm.outputs[0]]) is None:   # both rewrites, or neither
                 rewrites[id(mm)] = rewrite([mm, act], lambda c, mm=mm, act=act, params=params: c.add_merged(
                     LayerKind.MATRIX_MULTIPLY, params, [c.mapped(t) for t in mm.inputs], [mm, act],
                     outputs=[mm.outputs[0]]).outputs[0])

@@ -141,16 +141,18 @@ def _identity(reduce: str, dt: DataType):
     """The value a reduction starts from: 0 for sum and mean, 1 for prod, the lowest value for
     amax and the highest for amin."""
     if reduce in ("amax", "amin"):
-        if np.issubdtype(dt.numpy, np.floating):
+        if dt.torch.is_floating_point:
             return float("-inf") if reduce == "amax" else float("inf")
-        info = np.iinfo(dt.numpy)
+        if dt.torch == torch.bool:
+            return reduce == "amin"
+        info = torch.iinfo(dt.torch)
         return int(info.min) if reduce == "amax" else int(info.max)
     return 1 if reduce == "prod" else 0
 
 
 @aten(A.scatter_reduce.two)
 def scatter_reduce(ctx, self, dim, index, src, reduce, include_self=True):
-    """scatter_reduce: sum, prod, amax, amin or mean (floats) of the scattered values, with the
+    """scatter_reduce: sum, prod, amax, amin or mean (floating-point types) of the scattered values, with the
     input's value (include_self) or without (those positions start from the reduction's
     identity: a SCATTER of it first); mean divides a scatter-add by a scatter-added count."""
     ctx.require(reduce in _SCATTER_REDUCE_TWO or reduce == "mean", ErrorCode.UNSUPPORTED_NODE_ATTR,
@@ -160,7 +162,7 @@ def scatter_reduce(ctx, self, dim, index, src, reduce, include_self=True):
     base = self if include_self else _scatter(ctx, self, dim, index, _identity(reduce, dt), "none")
     if reduce != "mean":
         return _scatter(ctx, base, dim, index, src, _SCATTER_REDUCE_TWO[reduce])
-    ctx.require(np.issubdtype(dt.numpy, np.floating), ErrorCode.UNSUPPORTED_NODE_INPUT,
+    ctx.require(dt.torch.is_floating_point, ErrorCode.UNSUPPORTED_NODE_INPUT,
                 f"scatter_reduce 'mean' of {dt.name} values (PyTorch rounds an integer mean down) is not "
                 "supported; scatter floats")
     ones = ctx.out(LayerKind.EXPAND, ExpandParams(), ctx.constant(np.asarray(1, dt.numpy)), ctx.shape_of(self))
