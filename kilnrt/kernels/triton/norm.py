@@ -72,7 +72,7 @@ def _norm_rows(x_ptr, r_ptr, w_ptr, b_ptr, y_ptr, s_ptr, n_rows, n_cols, eps, w_
 
 @triton.jit
 def _norm_chunk_moments(x_ptr, r_ptr, m_ptr, n_cols, n_chunks, HAS_R: tl.constexpr, BLOCK: tl.constexpr,
-                   USE_PDL: tl.constexpr):
+                        USE_PDL: tl.constexpr):
     """Program (row, chunk): the chunk's mean and centered sum of squares, float32, at
     ``m_ptr[(row * n_chunks + chunk) * 2 + (0, 1)]``."""
     wait_for_previous_kernel(USE_PDL)
@@ -273,7 +273,7 @@ class TritonSplitNormalization(_NormalizationTactic):
         moments = torch.empty(n_rows * n_chunks * 2, dtype=torch.float32, device=x.device)
         options = launch_options(y)
         _norm_chunk_moments[(n_rows, n_chunks)](x, r, moments, n_cols, n_chunks, HAS_R=flags["HAS_R"],
-                                           BLOCK=SPLIT_BLOCK, num_warps=8, **options)
+                                                BLOCK=SPLIT_BLOCK, num_warps=8, **options)
         _norm_chunks[(n_rows, n_chunks)](x, r, w, b, y, s, moments, n_cols, n_chunks, eps, *rows_of, **flags,
                                          BLOCK=SPLIT_BLOCK, CHUNKS=triton.next_power_of_2(n_chunks), num_warps=8,
                                          **options)
