@@ -27,14 +27,11 @@ def fuse_conv_scale(net: Network, stats: dict | None = None) -> Network:
             continue
         if nxt.kind != LayerKind.SCALE or nxt.params.mode != ScaleMode.CHANNEL or nxt.params.channel_axis != 1:
             continue
-        ins = nxt.inputs + [None] * (4 - len(nxt.inputs))
-        shift = net.constant_value(ins[1]) if ins[1] is not None else None
-        scale = net.constant_value(ins[2]) if ins[2] is not None else None
-        if ins[3] is not None or (ins[1] is not None and shift is None) or (ins[2] is not None and scale is None):
-            continue
         k = w.shape[0]
-        s = np.ones(k, np.float64) if scale is None else np.broadcast_to(np.asarray(scale, np.float64).reshape(-1), (k,))
-        sh = np.zeros(k, np.float64) if shift is None else np.broadcast_to(np.asarray(shift, np.float64).reshape(-1), (k,))
+        weights = _scale_weights(net, nxt, k)
+        if weights is None:
+            continue
+        s, sh = weights
         bias = np.zeros(k, np.float64) if b is None else np.asarray(b, np.float64)
         new_w = (w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype)
         new_b = (bias * s + sh).astype(w.dtype)
@@ -72,7 +69,7 @@ def fuse_matmul_scale(net: Network, stats: dict | None = None) -> Network:
     after every linear layer) into its weights and a bias, as fuse_conv_scale does for
     convolutions."""
     g = Graph(net)
-    rewrites, drop = {}, set()
+    rewrites = {}
     for mm in net.layers:
         if mm.kind != LayerKind.MATRIX_MULTIPLY or mm.params.activation is not None \
                 or mm.params.op0 != MatrixOperation.NONE or len(mm.inputs) not in (2, 3) \
@@ -118,7 +115,14 @@ def fuse_matmul_scale(net: Network, stats: dict | None = None) -> Network:
         if add is not None:
             rewrites[id(add)] = rewrite([add], lambda c, t=out: c.mapped(t))
         rewrites[id(nxt)] = rewrite([nxt], lambda c, t=x: c.mapped(t))
-    return replace(net, rewrites, drop, stats, "fuse_matmul_scale")
+    return replace(net, rewrites, set(), stats, "fuse_matmul_scale")   # each absorbed layer is rewritten itself
+
+
+def _folded_constants(c: NetworkCopier, anchor: Layer, w: np.ndarray, b: np.ndarray) -> tuple[Tensor, Tensor]:
+    """A fold's new weights and bias as constants named after ``anchor``."""
+    return tuple(c.net.add_layer(LayerKind.CONSTANT, ConstantParams(v), [], origin=anchor.origin,
+                                 name=c.net.unique_name(f"{anchor.name}/{what}")).outputs[0]
+                 for what, v in (("weights", w), ("bias", b)))
 
 
 def _folded_matmul(mm: Layer, absorbed: list[Layer], w: np.ndarray, b: np.ndarray) -> Emit:
@@ -126,8 +130,7 @@ def _folded_matmul(mm: Layer, absorbed: list[Layer], w: np.ndarray, b: np.ndarra
     matmul, its bias add, its scale: checked by the caller), writing the matmul's output."""
 
     def emit(c: NetworkCopier) -> Tensor:
-        wt, bt = (c.net.add_layer(LayerKind.CONSTANT, ConstantParams(v), [], name=c.net.unique_name(f"{mm.name}/{what}"),
-                                  origin=mm.origin).outputs[0] for what, v in (("weights", w), ("bias", b)))
+        wt, bt = _folded_constants(c, mm, w, b)
         return c.add_merged(LayerKind.MATRIX_MULTIPLY, mm.params, [c.mapped(mm.inputs[0]), wt, bt], absorbed,
                             outputs=[mm.outputs[0]]).outputs[0]
 
@@ -138,8 +141,7 @@ def _folded_conv(conv: Layer, scale: Layer, w: np.ndarray, b: np.ndarray) -> Emi
     """Emits the folded weights and bias as new constants, then the convolution reading them."""
 
     def emit(c: NetworkCopier) -> Tensor:
-        wt, bt = (c.net.add_layer(LayerKind.CONSTANT, ConstantParams(v), [], name=c.net.unique_name(f"{conv.name}/{what}"),
-                                  origin=conv.origin).outputs[0] for what, v in (("weights", w), ("bias", b)))
+        wt, bt = _folded_constants(c, conv, w, b)
         return add_fused(c, LayerKind.CONVOLUTION, conv.params, [c.mapped(conv.inputs[0]), wt, bt], [conv, scale])
 
     return rewrite([conv, scale], emit)

@@ -63,8 +63,9 @@ def fuse_matmul_epilogue(net: Network, stats: dict | None = None) -> Network:
             continue
         chain, params = [mm, add], mm.params
         act = g.single_use(add.outputs[0])
-        if _with_activation(params, act) is not None:
-            params = _with_activation(params, act)
+        with_act = _with_activation(params, act)
+        if with_act is not None:
+            params = with_act
             chain.append(act)
         rewrites[id(chain[-1])] = fused(LayerKind.MATRIX_MULTIPLY, params, [mm.inputs[0], mm.inputs[1], bias_t], chain)
         drop.update(id(l) for l in chain[:-1])
