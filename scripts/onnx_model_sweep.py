@@ -13,16 +13,13 @@ torchvision's ViT starts with a zero head (an all-zero output), so its head is r
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
 
-from torch_frontend_sweep import _commit, _versions
+from torch_frontend_sweep import sweep
 
 TIMM = ["convnext_atto", "efficientformer_l1", "efficientformerv2_s0", "fastvit_t8", "repvit_m1", "mobilevitv2_050",
         "coat_lite_tiny", "crossvit_tiny_240", "deit_tiny_patch16_224", "xcit_nano_12_p16_224", "cait_xxs24_224",
@@ -99,34 +96,8 @@ def one(name: str) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--out", default=None)
-    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.one:
-        print(json.dumps(one(args.one)))
-        return 0
-    rows = []
-    for name in args.models.split(","):
-        try:
-            done = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True, timeout=600)
-            lines = [l for l in done.stdout.splitlines() if l.startswith("{")]
-            row = json.loads(lines[-1]) if lines else \
-                {"model": name, "status": "crashed", "error": (done.stderr.strip().splitlines() or ["?"])[-1][:500]}
-        except subprocess.TimeoutExpired:
-            row = {"model": name, "status": "timeout"}
-        rows.append(row)
-        print(f"{name:28} {row['status']:14} {row.get('relerr', ''):<24} {row.get('build_s', '')} "
-              f"{row.get('error', '')[:110]}", flush=True)
-    statuses = ("correct", "wrong", "failed", "crashed", "timeout", "export failed", "skipped")
-    counts = {s: sum(r["status"] == s for r in rows) for s in statuses}
-    print(counts)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"date": time.strftime("%Y-%m-%d"), "set": "onnx-model-sweep", "device": "cpu",
-                       "kilnrt_commit": _commit(), "packages": _versions(), "counts": counts, "rows": rows}, f, indent=1)
-    return 0 if not (counts["wrong"] or counts["failed"] or counts["crashed"] or counts["timeout"]) else 1
+    return sweep(__file__, __doc__, MODELS, one, "onnx-model-sweep",
+                 ("correct", "wrong", "failed", "crashed", "timeout", "export failed", "skipped"), argv)
 
 
 if __name__ == "__main__":

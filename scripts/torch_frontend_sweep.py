@@ -115,34 +115,45 @@ def _commit() -> str | None:
     return done.stdout.strip() or None
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default=",".join(MODELS))
+def sweep(script: str, doc: str, models: list[str], one_row, set_name: str, statuses: tuple[str, ...],
+          argv=None) -> int:
+    """The command line both sweeps share (``doc``: the script's docstring): ``--one NAME`` prints ``one_row(NAME)`` as JSON;
+    otherwise each of ``--models`` (default ``models``) runs as ``script --one NAME`` in a
+    process of its own, a line is printed per row, the counts by status last, and ``--out``
+    gets the rows in the results format.  Exit status 1 when a row is wrong, failed, crashed
+    or timed out."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--models", default=",".join(models))
     p.add_argument("--out", default=None)
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
-        print(json.dumps(one(args.one)))
+        print(json.dumps(one_row(args.one)))
         return 0
     rows = []
     for name in args.models.split(","):
         try:
-            done = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True, timeout=600)
+            done = subprocess.run([sys.executable, script, "--one", name], capture_output=True, text=True, timeout=600)
             lines = [l for l in done.stdout.splitlines() if l.startswith("{")]
             row = json.loads(lines[-1]) if lines else \
                 {"model": name, "status": "crashed", "error": (done.stderr.strip().splitlines() or ["?"])[-1][:500]}
         except subprocess.TimeoutExpired:
             row = {"model": name, "status": "timeout"}
         rows.append(row)
-        print(f"{name:22} {row['status']:8} {row.get('relerr', ''):<24} {row.get('build_s', '')} {row.get('error', '')[:120]}",
-              flush=True)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("correct", "wrong", "failed", "crashed", "timeout", "skipped")}
+        print(f"{name:28} {row['status']:14} {row.get('relerr', ''):<24} {row.get('build_s', '')} "
+              f"{row.get('error', '')[:110]}", flush=True)
+    counts = {s: sum(r["status"] == s for r in rows) for s in statuses}
     print(counts)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"date": time.strftime("%Y-%m-%d"), "set": "torch-frontend-sweep", "device": "cpu",
+            json.dump({"date": time.strftime("%Y-%m-%d"), "set": set_name, "device": "cpu",
                        "kilnrt_commit": _commit(), "packages": _versions(), "counts": counts, "rows": rows}, f, indent=1)
     return 0 if not (counts["wrong"] or counts["failed"] or counts["crashed"] or counts["timeout"]) else 1
+
+
+def main(argv=None) -> int:
+    return sweep(__file__, __doc__, MODELS, one, "torch-frontend-sweep",
+                 ("correct", "wrong", "failed", "crashed", "timeout", "skipped"), argv)
 
 
 if __name__ == "__main__":
