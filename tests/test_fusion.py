@@ -440,3 +440,52 @@ def test_matmul_folds_keep_precision_pins():
     for network in (net, epilogue):
         np.testing.assert_allclose(kilnrt.build(network, optimization_level=0).run({"x": x})["y"], want,
                                    rtol=1e-4, atol=1e-4)
+
+
+class NormConv(nn.Module):
+    """BatchNorm -> convolution (a pre-norm), and in ``variant`` a near miss."""
+
+    def __init__(self, kernel: int, padding: int, groups: int, variant: str) -> None:
+        super().__init__()
+        self.bn, self.conv, self.variant = _random_bn(nn.BatchNorm2d(8)), nn.Conv2d(8, 12, kernel, padding=padding,
+                                                                                     groups=groups), variant
+        if variant == "no_shift":   # a pure scale: padding reads zeros either way
+            with torch.no_grad():
+                self.bn.running_mean.zero_()
+                self.bn.bias.zero_()
+
+    def forward(self, x):
+        n = self.bn(x)
+        y = self.conv(n)
+        return (y, n * 2) if self.variant == "norm_read_twice" else (y, y + 1)
+
+
+@pytest.mark.parametrize("kernel,padding,groups,variant,folds", [
+    (1, 0, 1, "", True),                  # MaxViT's pre-norm before its expand convolution
+    (3, 0, 1, "", True),                  # any window that pads nothing
+    (3, 0, 4, "", True),                  # grouped: each output channel reads its group's inputs
+    (2, 0, 2, "", True),
+    (3, 1, 1, "", False),                 # padded: the border would read 0 where it reads the shift
+    (3, 1, 1, "no_shift", True),          # padded, but the norm only scales
+    (1, 0, 1, "norm_read_twice", False),  # the norm's output is read by another layer too
+])
+def test_conv_input_scale_folds_a_norm_before_a_convolution(kernel, padding, groups, variant, folds):
+    from kilnrt.optimize.passes.fusion import fuse_conv_input_scale
+
+    torch.manual_seed(np.random.randint(1 << 30))
+    x = torch.randn(2, 8, 9, 7)
+    f = io.BytesIO()
+    torch.onnx.export(NormConv(kernel, padding, groups, variant).eval(), (x,), f, input_names=["x"],
+                      output_names=["y", "z"], opset_version=17, dynamo=False)
+    model = f.getvalue()
+    net = kilnrt.to_network(model)
+    assert sum(l.kind == LayerKind.SCALE for l in net.layers) == 1
+    folded = fuse_conv_input_scale(net, stats := {})
+    assert stats.get("fuse_conv_input_scale", 0) == int(folds)
+    assert sum(l.kind == LayerKind.SCALE for l in folded.layers) == int(not folds)
+    feeds = {"x": np.random.default_rng().normal(size=(2, 8, 9, 7)).astype(np.float32)}
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)
+    for engine in (kilnrt.build(folded, optimization_level=0), kilnrt.build(model)):
+        out = engine.run(feeds)
+        for name, w in zip(("y", "z"), want):
+            np.testing.assert_allclose(out[name], w, rtol=1e-4, atol=1e-4, err_msg=name)

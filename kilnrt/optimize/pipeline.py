@@ -10,8 +10,9 @@ from kilnrt.optimize.passes.activations import fuse_activations
 from kilnrt.optimize.passes.cleanup import (eliminate_common_subexpressions, eliminate_dead_layers, fold_constants,
                                             remove_identities)
 from kilnrt.optimize.passes.concat import share_concatenations
-from kilnrt.optimize.passes.fusion import (fuse_conv_epilogue, fuse_conv_scale, fuse_matmul_scale,
-                                            fuse_squeeze_excitation, move_residual_bias)
+from kilnrt.optimize.passes.einsum import lower_einsum
+from kilnrt.optimize.passes.fusion import (fuse_conv_epilogue, fuse_conv_input_scale, fuse_conv_scale,
+                                            fuse_matmul_scale, fuse_squeeze_excitation, move_residual_bias)
 from kilnrt.optimize.passes.norms import fuse_normalizations
 from kilnrt.optimize.passes.horizontal import fuse_sibling_convs, fuse_sibling_matmuls
 from kilnrt.optimize.passes.pointwise import fuse_pointwise, scales_to_elementwise
@@ -31,9 +32,11 @@ PIPELINE: list[tuple[str, Pass, int]] = [
     ("eliminate_dead_layers", eliminate_dead_layers, 0),
     ("eliminate_common_subexpressions", eliminate_common_subexpressions, 1),
     ("share_concatenations", share_concatenations, 1),  # after CSE: equal concatenations are one by then
+    ("lower_einsum", lower_einsum, 1),  # before the matmul and attention fusions, which read its products
     ("fuse_activations", fuse_activations, 1),  # before the epilogue fusions, which absorb them
     ("fuse_normalizations", fuse_normalizations, 1),  # before fuse_add_norm, which takes their residual adds
     ("fuse_conv_scale", fuse_conv_scale, 1),
+    ("fuse_conv_input_scale", fuse_conv_input_scale, 1),  # after: a norm between two convolutions goes into the first
     ("fuse_matmul_scale", fuse_matmul_scale, 1),
     ("fold_constants", fold_constants, 1),
     ("eliminate_dead_layers", eliminate_dead_layers, 1),

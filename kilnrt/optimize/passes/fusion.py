@@ -8,7 +8,8 @@ import numpy as np
 from kilnrt.network.graph import Layer, Network, Tensor
 from kilnrt.kernels.cpu.linalg import normalize_axes
 from kilnrt.network.layers import (ActivationType, ConstantParams, ElementWiseOperation, LayerKind, MatrixOperation,
-                                   ReduceOperation, ScaleMode, SqueezeExcitationParams)
+                                   PaddingMode, ReduceOperation, ScaleMode,
+                                   SqueezeExcitationParams)
 from kilnrt.network.rewrite import NetworkCopier, pin_conflict
 from kilnrt.optimize.passes.match import Emit, Graph, add_fused, fused, replace, rewrite
 
@@ -38,6 +39,62 @@ def fuse_conv_scale(net: Network, stats: dict | None = None) -> Network:
         rewrites[id(nxt)] = _folded_conv(layer, nxt, new_w, new_b)
         drop.add(id(layer))
     return replace(net, rewrites, drop, stats, "fuse_conv_scale")
+
+
+def fuse_conv_input_scale(net: Network, stats: dict | None = None) -> Network:
+    """scale(x, shift, s) -> conv(., w, b) => conv(x, w * s, b + w . shift): folds a
+    BatchNormalization *before* a convolution (a pre-norm: MaxViT's MBConv blocks,
+    BN -> 1x1 conv) into the convolution's weights, by input channel.  Only where the
+    convolution pads nothing, so every product it makes reads a scaled input (padding would
+    read zeros where the unfolded network reads ``shift``), unless the shift is zero."""
+    g = Graph(net)
+    rewrites, drop = {}, set()
+    for sc in net.layers:
+        if sc.kind != LayerKind.SCALE or sc.params.mode != ScaleMode.CHANNEL or sc.params.channel_axis != 1:
+            continue
+        conv = g.single_use(sc.outputs[0])
+        x = sc.inputs[0]
+        if conv is None or conv.kind != LayerKind.CONVOLUTION or conv.inputs[0] is not sc.outputs[0] \
+                or len(conv.inputs) > 3 or x.shape is None or len(x.shape) < 3 or not isinstance(x.shape[1], int):
+            continue
+        w = net.constant_value(conv.inputs[1])
+        bias_t = conv.inputs[2] if len(conv.inputs) > 2 else None
+        b = net.constant_value(bias_t) if bias_t is not None else None
+        p = conv.params
+        channels, groups = x.shape[1], p.num_groups
+        if w is None or not np.issubdtype(w.dtype, np.floating) or (bias_t is not None and b is None) \
+                or channels % groups or w.shape[1] != channels // groups or w.shape[0] % groups:
+            continue
+        weights = _scale_weights(net, sc, channels)
+        if weights is None or (np.any(weights[1]) and _pads(p)):
+            continue
+        # each output channel's row of per-input-channel factors: its group's slice
+        s, shift = (np.repeat(v.reshape(groups, -1), w.shape[0] // groups, axis=0) for v in weights)  # [K, C/g]
+        w64 = w.astype(np.float64)
+        window = (slice(None), slice(None)) + (None,) * (w.ndim - 2)
+        new_w = w64 * s[window]
+        bias = np.zeros(w.shape[0]) if b is None else np.asarray(b, np.float64).reshape(-1)
+        new_b = bias + (w64 * shift[window]).reshape(w.shape[0], -1).sum(axis=1)
+        rewrites[id(conv)] = _folded_input_conv(conv, sc, x, new_w.astype(w.dtype), new_b.astype(w.dtype))
+        drop.add(id(sc))
+    return replace(net, rewrites, drop, stats, "fuse_conv_input_scale")
+
+
+def _pads(p) -> bool:
+    """Whether a convolution with params ``p`` may read padding."""
+    if p.padding_mode in (PaddingMode.SAME_UPPER, PaddingMode.SAME_LOWER):
+        return any(k != 1 for k in p.kernel_size_nd)  # a one-wide window is never padded to keep the size
+    return p.padding_mode != PaddingMode.EXPLICIT_ROUND_DOWN or any(p.pre_padding) or any(p.post_padding)
+
+
+def _folded_input_conv(conv: Layer, scale: Layer, x: Tensor, w: np.ndarray, b: np.ndarray) -> Emit:
+    """The convolution reading the scale's input, with the folded weights and bias."""
+
+    def emit(c: NetworkCopier) -> Tensor:
+        wt, bt = _folded_constants(c, conv, w, b)
+        return add_fused(c, LayerKind.CONVOLUTION, conv.params, [c.mapped(x), wt, bt], [scale, conv])
+
+    return rewrite([scale, conv], emit)
 
 
 def _scale_weights(net: Network, layer: Layer, channels: int) -> tuple[np.ndarray, np.ndarray] | None:

@@ -7,6 +7,7 @@ with one layer that keeps the sources in ``origin``.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from kilnrt.network.graph import Layer, Network, Tensor
 from kilnrt.network.layers import (ActivationType, AttentionParams, ElementWiseOperation as E, LayerKind,
@@ -91,15 +92,19 @@ def _nan_guard(g: Graph, p: Tensor) -> list[Layer]:
 def fuse_attention(net: Network, stats: dict | None = None) -> Network:
     """softmax(q @ k^T * scale [+ mask]) @ v => attention(q, k, v, mask, scale): one fused
     (flash / memory-efficient) kernel instead of materializing the scores. A NaN guard after
-    the softmax (fully masked rows to zeros) is absorbed: the attention layer zeros them too."""
+    the softmax (fully masked rows to zeros) is absorbed: the attention layer zeros them too.
+    q, k^T and v are [..., heads, seq, dim] of any rank from 3: the attention layer takes
+    them as [batch, heads, seq, dim], its batch the leading dims merged (a view of how
+    window attention lays them out), and its output is reshaped back (see :func:`_as_4d`)."""
     g = Graph(net)
     rewrites, drop = {}, set()
     for sm in net.layers:
         if sm.kind != LayerKind.SOFTMAX or sm.params.log:
             continue
         x = sm.inputs[0]
-        if x.shape is None or len(x.shape) != 4 or sm.params.axis not in (-1, 3):
+        if x.shape is None or len(x.shape) < 3 or sm.params.axis not in (-1, len(x.shape) - 1):
             continue
+        rank = len(x.shape)
         guard = _nan_guard(g, sm.outputs[0])
         probs = guard[-1].outputs[0] if guard else sm.outputs[0]
         pv = g.single_use(probs)
@@ -130,39 +135,98 @@ def fuse_attention(net: Network, stats: dict | None = None) -> Network:
                 or g.single_use(node.outputs[0]) not in chain:
             continue
         q, kt = node.inputs
-        if q.shape is None or len(q.shape) != 4 or kt.shape is None or len(kt.shape) != 4:
-            continue
+        v = pv.inputs[1]
         chain.insert(0, node)
-        # PyTorch's export of scaled_dot_product_attention scales q and k^T by sqrt(scale) each
-        pre_scaled = []
+        # PyTorch's export of scaled_dot_product_attention scales q and k^T by sqrt(scale)
+        # each; torchvision's MaxViT scales k alone
+        operands, muls = [], []
         for operand in (q, kt):
             mul = operand.producer
             c = None
             if g.is_op(mul, E.PROD) and g.single_use(operand) is node:
                 c = g.scalar(mul.inputs[1]) if g.scalar(mul.inputs[1]) is not None else g.scalar(mul.inputs[0])
-            pre_scaled.append((mul, c))
-        if all(c is not None for _, c in pre_scaled):
-            (mq, cq), (mk, ck) = pre_scaled
-            q = mq.inputs[0] if g.net.constant_value(mq.inputs[0]) is None else mq.inputs[1]
-            kt = mk.inputs[0] if g.net.constant_value(mk.inputs[0]) is None else mk.inputs[1]
-            scale *= cq * ck
-            chain[:0] = [mq, mk]
-        k_perm = None if node.params.op1 == MatrixOperation.TRANSPOSE else (0, 1, 3, 2)
-        inputs = [q, kt, pv.inputs[1]] + ([mask] if mask is not None else [])
-        rewrites[id(pv)] = _attention(inputs, k_perm, float(scale), chain)
+            if c is not None:
+                muls.append(mul)
+                scale *= c
+                operand = mul.inputs[0] if g.net.constant_value(mul.inputs[0]) is None else mul.inputs[1]
+            operands.append(operand)
+        chain[:0] = muls
+        q, kt = operands
+        if any(t.shape is None or len(t.shape) != rank for t in (q, kt, v)) or pv.outputs[0].shape is None:
+            continue
+        k_transposed = node.params.op1 != MatrixOperation.TRANSPOSE
+        inputs = [q, kt, v] + ([mask] if mask is not None else [])
+        shapes = _as_4d(inputs, pv.outputs[0].shape)
+        if shapes is None:
+            continue
+        rewrites[id(pv)] = _attention(inputs, shapes, k_transposed, float(scale), chain)
         drop.update(id(l) for l in chain[:-1])
     return replace(net, rewrites, drop, stats, "fuse_attention")
 
 
-def _attention(inputs: list[Tensor], k_perm: tuple[int, ...] | None, scale: float, chain: list[Layer]) -> Emit:
-    """Emits the ATTENTION layer, first transposing K back when the graph multiplied by Kᵀ."""
+def _reshape_dims(dims) -> tuple[int, ...] | None:
+    """``dims`` as a reshape's target: the one unknown (symbolic) dim as -1; None when more than one is unknown."""
+    unknown = [i for i, d in enumerate(dims) if not isinstance(d, int)]
+    if len(unknown) > 1:
+        return None
+    return tuple(-1 if i in unknown else d for i, d in enumerate(dims))
+
+
+def _as_4d(inputs: list[Tensor], out_shape) -> list | None:
+    """The reshapes around an attention layer over ``[..., heads, seq, dim]`` tensors of rank
+    other than 4: for each of q, k^T, v (and the mask) the target that makes it 4-D, its
+    leading dims merged into one batch dim (None: leave it as it is), then the target that
+    gives the output back its own shape.  None when the leading dims of q, k and v differ,
+    when a mask's leading dims are neither all 1 (broadcast) nor q's own, or when a shape
+    has more than one unknown dim."""
+    q, kt, v = inputs[:3]
+    rank = len(q.shape)
+    if rank == 4:
+        return [None] * (len(inputs) + 1)
+    lead = tuple(q.shape[:rank - 3])
+    if tuple(kt.shape[:rank - 3]) != lead or tuple(v.shape[:rank - 3]) != lead:
+        return None
+    merged = math.prod(lead) if all(isinstance(d, int) for d in lead) else None  # None: unknown, -1
+    shapes = [_reshape_dims((merged,) + tuple(t.shape[rank - 3:])) for t in (q, kt, v)]
+    if len(inputs) > 3:
+        m = inputs[3].shape
+        if m is None or len(m) > rank:
+            return None
+        full = (1,) * (rank - len(m)) + tuple(m)
+        if all(d == 1 for d in full[:rank - 3]):
+            # broadcast over the merged batch: as it is up to rank 4, its leading ones dropped above
+            shapes.append(None if len(m) <= 4 else _reshape_dims((1,) + full[rank - 3:]))
+            if len(m) > 4 and shapes[-1] is None:
+                return None
+        elif full[:rank - 3] == lead and merged is not None:
+            shapes.append(_reshape_dims((merged,) + full[rank - 3:]))
+            if shapes[-1] is None:
+                return None
+        else:
+            return None
+    shapes.append(_reshape_dims(tuple(out_shape)))
+    return None if any(s is None for s in shapes[:3]) or shapes[-1] is None else shapes
+
+
+def _attention(inputs: list[Tensor], shapes: list, k_transposed: bool, scale: float, chain: list[Layer]) -> Emit:
+    """Emits the ATTENTION layer: its inputs reshaped to 4-D where ``shapes`` says, K
+    transposed back when the graph multiplied by Kᵀ, and the output reshaped back."""
 
     def emit(c: NetworkCopier) -> Tensor:
         ins = [c.mapped(t) for t in inputs]
-        if k_perm is not None:
-            ins[1] = c.add_beside(LayerKind.SHUFFLE, ShuffleParams(first_transpose=k_perm), [ins[1]], chain,
+        for i, dims in enumerate(shapes[:-1]):
+            if dims is not None:
+                ins[i] = c.add_beside(LayerKind.SHUFFLE, ShuffleParams(reshape_dims=dims, zero_is_placeholder=False),
+                                      [ins[i]], chain, name=f"{chain[0].name}/as_4d").outputs[0]
+        if k_transposed:
+            ins[1] = c.add_beside(LayerKind.SHUFFLE, ShuffleParams(first_transpose=(0, 1, 3, 2)), [ins[1]], chain,
                                   name=f"{chain[0].name}/k").outputs[0]
-        return add_fused(c, LayerKind.ATTENTION, AttentionParams(scale=scale), ins, chain)
+        if shapes[-1] is None:
+            return add_fused(c, LayerKind.ATTENTION, AttentionParams(scale=scale), ins, chain)
+        y = c.add_beside(LayerKind.ATTENTION, AttentionParams(scale=scale), ins, chain,
+                         name=f"{chain[0].name}/attention").outputs[0]
+        return c.add_merged(LayerKind.SHUFFLE, ShuffleParams(reshape_dims=shapes[-1], zero_is_placeholder=False),
+                            [y], chain).outputs[0]
 
     return rewrite(chain, emit)
 

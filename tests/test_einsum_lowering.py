@@ -1,0 +1,180 @@
+"""Einsums that are batched matrix products become matmuls (``lower_einsum``), and attention
+over tensors of any rank from 3 fuses (``fuse_attention``): each rewrite fires where it
+should, a near miss stays as it was, and the outputs match ``torch.einsum`` in float64 or
+ONNX Runtime on fresh random inputs."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper
+
+import kilnrt
+from kilnrt.network.graph import Network
+from kilnrt.network.layers import LayerKind
+from kilnrt.optimize.passes.einsum import lower_einsum, parse_equation
+from kilnrt.testing import fresh_seed, run_reference
+
+LETTERS = "abcdefghij"
+
+
+def _einsum_network(equation: str, shapes: list[tuple[int, ...]], dtype=np.float64) -> Network:
+    net = Network("einsum")
+    ins = [net.add_input(f"x{i}", dtype, s) for i, s in enumerate(shapes)]
+    net.mark_output(net.add_einsum(ins, equation).get_output(0))
+    return net
+
+
+def _run(net: Network, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    out = run_reference(net, {k: torch.from_numpy(v) for k, v in feeds.items()})
+    return out[net.outputs[0].name].numpy()
+
+
+def _lowered_matches_torch(equation: str, shapes, *, lowered: bool, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    feeds = {f"x{i}": rng.standard_normal(s) for i, s in enumerate(shapes)}
+    net = _einsum_network(equation, shapes)
+    stats: dict = {}
+    out_net = lower_einsum(net, stats)
+    kinds = [l.kind for l in out_net.layers]
+    assert (LayerKind.EINSUM not in kinds) == lowered, (equation, kinds)
+    assert (kinds.count(LayerKind.MATRIX_MULTIPLY) == 1) == lowered
+    expected = torch.einsum(equation, *[torch.from_numpy(feeds[f"x{i}"]) for i in range(len(shapes))]).numpy()
+    got = _run(out_net, feeds)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@st.composite
+def matrix_products(draw):
+    """A random two-operand equation that is a batched matrix product: 0-3 batch indices, one
+    free index per operand and one contracted index, each term's letters in a random order."""
+    n_batch = draw(st.integers(0, 3))
+    letters = draw(st.permutations(LETTERS))[:n_batch + 3]
+    batch, (m, k, n) = letters[:n_batch], letters[n_batch:]
+    size = {c: draw(st.integers(1, 4)) for c in letters}
+    a = draw(st.permutations(batch + [m, k]))
+    b = draw(st.permutations(batch + [k, n]))
+    out = draw(st.permutations(batch + [m, n]))
+    equation = f"{''.join(a)},{''.join(b)}->{''.join(out)}"
+    return equation, [tuple(size[c] for c in a), tuple(size[c] for c in b)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=matrix_products(), seed=st.integers(0, 2**31 - 1))
+def test_every_batched_matrix_product_becomes_one_matmul(case, seed):
+    equation, shapes = case
+    _lowered_matches_torch(equation, shapes, lowered=True, seed=seed)
+
+
+@pytest.mark.parametrize("equation,shapes", [
+    ("bghid,bghjd->bghij", [(2, 3, 2, 5, 4), (2, 3, 2, 6, 4)]),   # MaxViT's scores: k read transposed
+    ("bghij,bghjd->bghid", [(2, 3, 2, 5, 6), (2, 3, 2, 6, 4)]),   # its weighted values: a plain product
+    ("ij,jk", [(3, 4), (4, 5)]),                                  # implicit output
+    ("...ij,...jk->...ik", [(2, 3, 3, 4), (2, 3, 4, 5)]),         # ellipsis
+    ("bij,bjk->bki", [(2, 3, 4), (2, 4, 5)]),                     # output transposed after
+    ("jbi,bkj->kbi", [(4, 2, 3), (2, 5, 4)]),                     # batch in the middle
+    ("bij,bjk->bik", [(1, 3, 4), (2, 4, 5)]),                     # a broadcast batch
+])
+def test_named_products_lower(equation, shapes):
+    _lowered_matches_torch(equation, shapes, lowered=True, seed=fresh_seed())
+
+
+@pytest.mark.parametrize("equation,shapes", [
+    ("bij,bjk->bk", [(2, 3, 4), (2, 4, 5)]),      # i summed over one operand alone
+    ("bij,bkl->bijkl", [(2, 3, 4), (2, 5, 6)]),   # an outer product: nothing contracted
+    ("bij,bjk,bkl->bil", [(2, 3, 4), (2, 4, 5), (2, 5, 6)]),  # three operands
+    ("bii,bij->bij", [(2, 3, 3), (2, 3, 4)]),     # a diagonal
+    ("bijk,bkl->bijl", [(2, 3, 4, 5), (2, 5, 6)]),  # two free indices on one side
+    ("bij,bjl->bil", [(2, 3, 4), (2, 4, 5)]),     # lowered (control for the one below)
+])
+def test_near_misses_stay_einsums(equation, shapes):
+    lowered = equation == "bij,bjl->bil"
+    _lowered_matches_torch(equation, shapes, lowered=lowered, seed=fresh_seed())
+
+
+def test_integer_einsums_stay():
+    net = _einsum_network("ij,jk->ik", [(2, 3), (3, 4)], dtype=np.int32)
+    assert [l.kind for l in lower_einsum(net).layers] == [LayerKind.EINSUM]
+
+
+def test_parse_equation_expands_the_ellipsis_and_the_implicit_output():
+    terms, out = parse_equation("...ij,...jk", [4, 4])
+    assert len(terms[0]) == 4 and terms[0][2:] == "ij" and terms[0][:2] == terms[1][:2]
+    assert out == terms[0][:2] + "ik"
+    assert parse_equation("...ij,...jk->...ik", [4, 3]) is None  # ellipses of different widths
+
+
+# ------------------------------------------------------------------------ attention of any rank
+def _window_attention_model(q_shape, mask_shape, k_scale: float = 0.5) -> bytes:
+    """MaxViT's attention as torchvision writes it: k scaled, two einsums, a relative
+    position bias added to the scores."""
+    *lead, h, i, d = q_shape
+    letters = "bgc"[:len(lead)]
+    rng = np.random.default_rng(fresh_seed())
+    bias = rng.standard_normal(mask_shape).astype(np.float32)
+    nodes = [helper.make_node("Mul", ["k", "s"], ["ks"]),
+             helper.make_node("Einsum", ["q", "ks"], ["sc"], equation=f"{letters}hid,{letters}hjd->{letters}hij"),
+             helper.make_node("Add", ["sc", "bias"], ["sb"]),
+             helper.make_node("Softmax", ["sb"], ["p"], axis=-1),
+             helper.make_node("Einsum", ["p", "v"], ["y"], equation=f"{letters}hij,{letters}hjd->{letters}hid")]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(q_shape)) for n in ("q", "k", "v", "y")]
+    graph = helper.make_graph(nodes, "window_attention", vi[:3], vi[3:],
+                              [helper.make_tensor("s", TensorProto.FLOAT, [], [k_scale]),
+                               helper.make_tensor("bias", TensorProto.FLOAT, bias.shape, bias.ravel())])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+@pytest.mark.parametrize("q_shape,mask_shape,fused", [
+    ((2, 3, 2, 7, 4), (1, 2, 7, 7), True),        # MaxViT: 5-D, the bias broadcast over the windows
+    ((2, 3, 2, 7, 4), (1, 1, 2, 7, 7), True),     # a 5-D mask of leading ones: reshaped to 4-D
+    ((2, 3, 2, 7, 4), (2, 3, 2, 7, 7), True),     # a mask per window: merged with the batch
+    ((2, 3, 2, 7, 4), (2, 1, 2, 7, 7), False),    # neither broadcast nor q's own: not fused
+    ((2, 7, 4), (2, 7, 7), True),                 # 3-D: one batch
+    ((2, 2, 3, 2, 5, 4), (2, 5, 5), True),        # 6-D
+])
+def test_attention_fuses_at_any_rank(q_shape, mask_shape, fused):
+    model = _window_attention_model(q_shape, mask_shape)
+    engine = kilnrt.build(model, device="cpu")
+    kinds = [l.kind for l in engine.layers]
+    assert kinds.count(LayerKind.ATTENTION) == int(fused), kinds
+    assert LayerKind.EINSUM not in kinds  # lowered either way
+    rng = np.random.default_rng(fresh_seed())
+    feeds = {n: rng.standard_normal(q_shape).astype(np.float32) for n in "qkv"}
+    ref = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(engine.run(feeds)["y"], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_window_attention_with_a_dynamic_batch_fuses_and_runs_at_two_sizes():
+    model = _window_attention_model((2, 3, 2, 7, 4), (1, 2, 7, 7))
+    m = onnx.load_from_string(model)
+    for vi in list(m.graph.input) + list(m.graph.output):
+        vi.type.tensor_type.shape.dim[0].dim_param = "batch"
+    model = m.SerializeToString()
+    engine = kilnrt.build(model, device="cpu", profiles={n: ((1, 3, 2, 7, 4), (2, 3, 2, 7, 4), (4, 3, 2, 7, 4))
+                                                          for n in "qkv"})
+    assert [l.kind for l in engine.layers].count(LayerKind.ATTENTION) == 1
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(fresh_seed())
+    for batch in (1, 4):
+        feeds = {n: rng.standard_normal((batch, 3, 2, 7, 4)).astype(np.float32) for n in "qkv"}
+        np.testing.assert_allclose(engine.run(feeds)["y"], session.run(None, feeds)[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_window_attention_on_the_gpu_in_half_precision():
+    q_shape = (1, 64, 2, 49, 32)   # MaxViT-T's first stage at 224x224: 64 windows of 7x7, 2 heads of 32
+    model = _window_attention_model(q_shape, (1, 2, 49, 49), k_scale=32 ** -0.5)
+    engine = kilnrt.build(model, device="cuda", fp16=True)
+    assert [l.kind for l in engine.layers].count(LayerKind.ATTENTION) == 1
+    rng = np.random.default_rng(fresh_seed())
+    feeds = {n: rng.standard_normal(q_shape).astype(np.float32) for n in "qkv"}
+    ref = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = np.asarray(engine.run(feeds)["y"], dtype=np.float32)
+    rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+    assert rel < 5e-3, rel
