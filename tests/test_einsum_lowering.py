@@ -126,7 +126,7 @@ def _window_attention_model(q_shape, mask_shape, k_scale: float = 0.5) -> bytes:
     graph = helper.make_graph(nodes, "window_attention", vi[:3], vi[3:],
                               [helper.make_tensor("s", TensorProto.FLOAT, [], [k_scale]),
                                helper.make_tensor("bias", TensorProto.FLOAT, bias.shape, bias.ravel())])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
 
 
 @pytest.mark.parametrize("q_shape,mask_shape,fused", [
