@@ -43,6 +43,7 @@ def _lowered_matches_torch(equation: str, shapes, *, lowered: bool, seed: int) -
     kinds = [l.kind for l in out_net.layers]
     assert (LayerKind.EINSUM not in kinds) == lowered, (equation, kinds)
     assert (kinds.count(LayerKind.MATRIX_MULTIPLY) == 1) == lowered
+    assert stats.get("lower_einsum", 0) == int(lowered)
     expected = torch.einsum(equation, *[torch.from_numpy(feeds[f"x{i}"]) for i in range(len(shapes))]).numpy()
     got = _run(out_net, feeds)
     assert got.shape == expected.shape
@@ -52,14 +53,19 @@ def _lowered_matches_torch(equation: str, shapes, *, lowered: bool, seed: int) -
 @st.composite
 def matrix_products(draw):
     """A random two-operand equation that is a batched matrix product: 0-3 batch indices, one
-    free index per operand and one contracted index, each term's letters in a random order."""
-    n_batch = draw(st.integers(0, 3))
-    letters = draw(st.permutations(LETTERS))[:n_batch + 3]
-    batch, (m, k, n) = letters[:n_batch], letters[n_batch:]
+    contracted index, 1-3 free indices on one operand and one on the other (either way
+    round), each term's letters in a random order."""
+    n_batch, n_free = draw(st.integers(0, 3)), draw(st.integers(1, 3))
+    letters = draw(st.permutations(LETTERS))[:n_batch + n_free + 2]
+    batch, m, (k, n) = letters[:n_batch], letters[n_batch:n_batch + n_free], letters[n_batch + n_free:]
+    if draw(st.booleans()):
+        m, n = [n], m   # the several free indices on B's side
+    else:
+        n = [n]
     size = {c: draw(st.integers(1, 4)) for c in letters}
-    a = draw(st.permutations(batch + [m, k]))
-    b = draw(st.permutations(batch + [k, n]))
-    out = draw(st.permutations(batch + [m, n]))
+    a = draw(st.permutations(batch + m + [k]))
+    b = draw(st.permutations(batch + [k] + n))
+    out = draw(st.permutations(batch + m + n))
     equation = f"{''.join(a)},{''.join(b)}->{''.join(out)}"
     return equation, [tuple(size[c] for c in a), tuple(size[c] for c in b)]
 
@@ -79,6 +85,9 @@ def test_every_batched_matrix_product_becomes_one_matmul(case, seed):
     ("bij,bjk->bki", [(2, 3, 4), (2, 4, 5)]),                     # output transposed after
     ("jbi,bkj->kbi", [(4, 2, 3), (2, 5, 4)]),                     # batch in the middle
     ("bij,bjk->bik", [(1, 3, 4), (2, 4, 5)]),                     # a broadcast batch
+    ("bnd,de->bne", [(2, 3, 4), (4, 5)]),                         # a linear layer, einops style
+    ("bijk,bkl->bijl", [(2, 3, 4, 5), (2, 5, 6)]),                # two free indices on A's side
+    ("bkl,bijk->bilj", [(2, 5, 6), (2, 3, 4, 5)]),                # ... on B's: the operands swap
 ])
 def test_named_products_lower(equation, shapes):
     _lowered_matches_torch(equation, shapes, lowered=True, seed=fresh_seed())
@@ -89,7 +98,9 @@ def test_named_products_lower(equation, shapes):
     ("bij,bkl->bijkl", [(2, 3, 4), (2, 5, 6)]),   # an outer product: nothing contracted
     ("bij,bjk,bkl->bil", [(2, 3, 4), (2, 4, 5), (2, 5, 6)]),  # three operands
     ("bii,bij->bij", [(2, 3, 3), (2, 3, 4)]),     # a diagonal
-    ("bijk,bkl->bijl", [(2, 3, 4, 5), (2, 5, 6)]),  # two free indices on one side
+    ("bijk,bklm->bijlm", [(2, 3, 4, 5), (2, 5, 6, 2)]),  # two free indices on each side
+    ("bij,bj->bi", [(2, 3, 4), (2, 4)]),          # a matrix-vector product
+    ("bijk,bjkl->bil", [(2, 3, 4, 5), (2, 4, 5, 6)]),   # two contracted indices
     ("bij,bjl->bil", [(2, 3, 4), (2, 4, 5)]),     # lowered (control for the one below)
 ])
 def test_near_misses_stay_einsums(equation, shapes):

@@ -1,25 +1,29 @@
 """Einsums that are batched matrix products become MATRIX_MULTIPLY layers.
 
-Models written with ``torch.einsum`` (torchvision's MaxViT: ``"bghid,bghjd->bghij"`` for the
-scores, ``"bghij,bghjd->bghid"`` for the weighted values) reach kilnrt as EINSUM layers, which
-no fusion reads and which run as one ``torch.einsum`` each.  An equation of two operands with
-exactly one free index on each side and one contracted index is a matrix product over the
-indices both operands and the output share (the batch):
+Models written with ``torch.einsum`` or einops (torchvision's MaxViT: ``"bghid,bghjd->bghij"``
+for the scores, ``"bghij,bghjd->bghid"`` for the weighted values; ``"bnd,de->bne"`` for a
+linear layer) reach kilnrt as EINSUM layers, which no fusion reads and which run as one
+``torch.einsum`` each.  An equation of two operands with one contracted index is a matrix
+product over the indices both operands and the output share (the batch):
 
-    A[batch, m, k] @ B[batch, k, n] -> Y[batch, m, n]
+    A[batch, m..., k] @ B[batch, 1..., k, n] -> Y[batch, m..., n]
 
-in whatever order the equation names them.  It becomes one MATRIX_MULTIPLY, with its operands'
-last two dims swapped through ``op0`` / ``op1`` where that is all they need, a transpose
-before it where the batch indices are elsewhere, and one after it where the output orders its
-indices differently.  The attention and epilogue fusions then see the matrix products they
-match.  Other equations (traces, diagonals, more than one free or contracted index, one
-operand, three) stay EINSUM layers.
+in whatever order the equation names them, with one or more free indices ``m`` on one side
+and exactly one ``n`` on the other (the operands swap places when the several are B's:
+``Y^T = B^T A^T``); B gets a size-1 dim for each extra ``m``, so that matmul's broadcasting
+lines the rest up.  It becomes one MATRIX_MULTIPLY, its operands' last two dims swapped
+through ``op0`` / ``op1`` where that is all they need, a transpose before it where the
+indices are elsewhere, and one after it where the output orders its indices differently.  The
+attention and epilogue fusions then see the matrix products they match.  Other equations
+(traces, diagonals, outer products, matrix-vector products, several contracted indices or
+several free ones on both sides, one operand, three) stay EINSUM layers.
 """
 from __future__ import annotations
 
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.graph import Layer, Network
-from kilnrt.network.layers import LayerKind, MatrixMultiplyParams, MatrixOperation, ShuffleParams
+from kilnrt.network.layers import (LayerKind, MatrixMultiplyParams, MatrixOperation, ShuffleParams,
+                                   UnsqueezeParams)
 from kilnrt.network.rewrite import NetworkCopier
 from kilnrt.optimize.passes.match import Emit, replace, rewrite
 
@@ -48,8 +52,9 @@ def parse_equation(equation: str, ranks: list[int]) -> tuple[list[str], str] | N
 
 
 def _matrix_product(a: str, b: str, out: str) -> tuple[str, str, str, str] | None:
-    """``(batch, m, k, n)`` index letters when ``a,b->out`` is a batched matrix product with one
-    free index per operand and one contracted index; None otherwise."""
+    """``(batch, m, k, n)`` index letters when ``a,b->out`` is a batched matrix product with
+    one contracted index ``k``, free indices ``m`` (one or more) on ``a``'s side and exactly
+    one ``n`` on ``b``'s; None otherwise (the caller swaps the operands to try the mirror)."""
     if len(set(a)) != len(a) or len(set(b)) != len(b) or len(set(out)) != len(out):
         return None  # a diagonal
     if any(c not in out and c not in b for c in a) or any(c not in out and c not in a for c in b):
@@ -57,12 +62,12 @@ def _matrix_product(a: str, b: str, out: str) -> tuple[str, str, str, str] | Non
     if any(c not in a and c not in b for c in out):
         return None
     batch = "".join(c for c in out if c in a and c in b)
-    m = [c for c in out if c in a and c not in b]
+    m = "".join(c for c in out if c in a and c not in b)
     n = [c for c in out if c in b and c not in a]
     k = [c for c in a if c in b and c not in out]
-    if len(m) != 1 or len(n) != 1 or len(k) != 1:
+    if not m or len(n) != 1 or len(k) != 1:
         return None
-    return batch, m[0], k[0], n[0]
+    return batch, m, k[0], n[0]
 
 
 def _operand(order: str, target: str) -> tuple[tuple[int, ...] | None, MatrixOperation]:
@@ -92,26 +97,36 @@ def lower_einsum(net: Network, stats: dict | None = None) -> Network:
         if parsed is None:
             continue
         (a, b), out = parsed
+        swapped = False
         product = _matrix_product(a, b, out)
+        if product is None:
+            product, swapped = _matrix_product(b, a, out), True
+            a, b = b, a
         if product is None:
             continue
         batch, m, k, n = product
         product_order = batch + m + n
         out_perm = tuple(product_order.index(c) for c in out)
-        rewrites[id(layer)] = _lowered(layer, _operand(a, batch + m + k), _operand(b, batch + k + n),
+        # B's size-1 dims under A's extra m (without a batch, broadcasting lines B up already)
+        b_ones = tuple(range(len(batch), len(batch) + len(m) - 1)) if batch else ()
+        rewrites[id(layer)] = _lowered(layer, swapped, _operand(a, batch + m + k), _operand(b, batch + k + n), b_ones,
                                        None if out_perm == tuple(range(len(out))) else out_perm)
     return replace(net, rewrites, set(), stats, "lower_einsum")
 
 
-def _lowered(layer: Layer, a_read, b_read, out_perm: tuple[int, ...] | None) -> Emit:
+def _lowered(layer: Layer, swapped: bool, a_read, b_read, b_ones: tuple[int, ...],
+             out_perm: tuple[int, ...] | None) -> Emit:
     (a_perm, op0), (b_perm, op1) = a_read, b_read
 
     def emit(c: NetworkCopier):
-        ins = [c.mapped(t) for t in layer.inputs]
+        ins = [c.mapped(t) for t in (layer.inputs[::-1] if swapped else layer.inputs)]
         for i, perm in ((0, a_perm), (1, b_perm)):
             if perm is not None:
                 ins[i] = c.add_beside(LayerKind.SHUFFLE, ShuffleParams(first_transpose=perm), [ins[i]], [layer],
                                       name=f"{layer.name}/operand{i}").outputs[0]
+        if b_ones:
+            ins[1] = c.add_beside(LayerKind.UNSQUEEZE, UnsqueezeParams(axes=b_ones), [ins[1]], [layer],
+                                  name=f"{layer.name}/broadcast").outputs[0]
         params = MatrixMultiplyParams(op0=op0, op1=op1)
         if out_perm is None:
             return c.add_merged(LayerKind.MATRIX_MULTIPLY, params, ins, [layer]).outputs[0]
