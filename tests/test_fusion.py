@@ -489,3 +489,42 @@ def test_conv_input_scale_folds_a_norm_before_a_convolution(kernel, padding, gro
         out = engine.run(feeds)
         for name, w in zip(("y", "z"), want):
             np.testing.assert_allclose(out[name], w, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+class ShiftedWindowAttention(nn.Module):
+    """Swin's attention in shifted windows: a relative position bias added to the scores,
+    the scores viewed 5-D per image and window to add the shift mask, viewed back, then the
+    softmax. ``variant``: "flat_softmax" views them as [.., h, n * n] for the softmax instead
+    (another function: no fusion); "two_biases" adds two constants with no view between."""
+
+    def __init__(self, windows: int, heads: int, n: int, variant: str) -> None:
+        super().__init__()
+        self.windows, self.heads, self.n, self.variant = windows, heads, n, variant
+        self.bias = nn.Parameter(torch.randn(1, heads, n, n))
+        self.register_buffer("mask", (torch.rand(1, windows, 1, n, n) < 0.3).float() * -100.0)
+
+    def forward(self, q, k, v):
+        a = q @ k.transpose(-2, -1) * 0.25 + self.bias
+        if self.variant == "two_biases":
+            return (a + self.mask[0, :1]).softmax(-1) @ v
+        a = a.view(-1, self.windows, self.heads, self.n, self.n) + self.mask
+        if self.variant == "flat_softmax":
+            return a.view(-1, self.heads, self.n * self.n).softmax(-1).view(-1, self.heads, self.n, self.n) @ v
+        return a.view(-1, self.heads, self.n, self.n).softmax(-1) @ v
+
+
+@pytest.mark.parametrize("variant,fused", [("", True), ("two_biases", True), ("flat_softmax", False)])
+def test_attention_gathers_constant_masks_across_views(variant, fused):
+    torch.manual_seed(np.random.randint(1 << 30))
+    batch, windows, heads, n, d = 2, 4, 3, 7, 8
+    q, k, v = (torch.randn(batch * windows, heads, n, d) for _ in range(3))
+    f = io.BytesIO()
+    torch.onnx.export(ShiftedWindowAttention(windows, heads, n, variant).eval(), (q, k, v), f,
+                      input_names=["q", "k", "v"], output_names=["y"], opset_version=17, dynamo=False)
+    engine = kilnrt.build(f.getvalue())
+    kinds = [l.kind for l in engine.layers]
+    assert kinds.count(LayerKind.ATTENTION) == int(fused), kinds
+    rng = np.random.default_rng()
+    feeds = {name: rng.normal(size=(batch * windows, heads, n, d)).astype(np.float32) for name in "qkv"}
+    want = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(engine.run(feeds)["y"], want, rtol=1e-4, atol=1e-5)

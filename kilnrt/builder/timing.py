@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import statistics
+import threading
 import time
 from typing import Any, Callable
 
@@ -96,20 +97,45 @@ class TimingCache:
         return True
 
 
+class _ThreadStreams:
+    """The owner of this thread's timing streams (one per device): they go back to
+    :func:`~kilnrt.engine.cudagraph.owned_stream`'s idle list when the thread ends."""
+
+    def __init__(self) -> None:
+        self.streams: dict[int, torch.cuda.Stream] = {}
+
+
+_THREAD = threading.local()
+
+
+def timing_stream() -> torch.cuda.Stream:
+    """This thread's stream for timing captures on the current device: its own (no other
+    thread's kernels can be taken into a capture on it, as they could on one of PyTorch's 32
+    pooled streams), one for the thread's life (a cold build times hundreds of captures)."""
+    holder = getattr(_THREAD, "holder", None)
+    if holder is None:
+        holder = _THREAD.holder = _ThreadStreams()
+    device = torch.cuda.current_device()
+    stream = holder.streams.get(device)
+    if stream is None:
+        from kilnrt.engine.cudagraph import owned_stream
+
+        stream = holder.streams[device] = owned_stream(holder)
+    return stream
+
+
 def time_cuda_graph(fn: Callable[[], Any], iters: int = 10, repeat: int = 1, warmup: int = 3) -> float:
     """Median ms of one call of ``fn`` replayed from a CUDA graph, as engines run (the
-    benchmark suite times every peer this way too). Raises if ``fn`` cannot be captured."""
-    from kilnrt.engine.capture_lock import CAPTURES
-    from kilnrt.engine.cudagraph import capturing
+    benchmark suite times every peer this way too). Raises if ``fn`` cannot be captured.
 
-    # PyTorch's pooled stream and its default (global) capture mode, not an engine's own
-    # stream: a cold build times hundreds of captures, and when each took an owned stream (then
-    # watched through a weak reference on the stream object, which PyTorch never clears),
-    # googlenet's cold build segfaulted at interpreter exit on the H200 (torch 2.11,
-    # 2026-12-01); this form ran clean there.  The capture lock keeps kilnrt's eager runs on
-    # other threads out of this capture, but not their graph replays or the caller's own CUDA
-    # work: a build beside other CUDA threads is not safe yet (docs/robustness.md).
-    side = torch.cuda.Stream()
+    The capture runs on this thread's own stream (:func:`timing_stream`) in thread-local
+    mode, as engines capture: other threads may launch, allocate and synchronize meanwhile
+    (``tests/test_cuda_concurrency.py``).  The capture lock keeps kilnrt's eager runs on other
+    threads out of it (they read engine state a capture may be changing)."""
+    from kilnrt.engine.capture_lock import CAPTURES
+    from kilnrt.engine.cudagraph import CAPTURE_MODE, capturing
+
+    side = timing_stream()
     with CAPTURES.capture() as alone:
         if not alone:
             raise RuntimeError("time_cuda_graph cannot capture now: inside a run or capture on this thread, or "
@@ -119,7 +145,7 @@ def time_cuda_graph(fn: Callable[[], Any], iters: int = 10, repeat: int = 1, war
             fn()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with capturing(graph, torch.cuda.graph_pool_handle(), side, "global"):
+        with capturing(graph, torch.cuda.graph_pool_handle(), side, CAPTURE_MODE):
             for _ in range(repeat):
                 fn()
     for _ in range(warmup):

@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
 from kilnrt.network.graph import Layer, Network, Tensor
-from kilnrt.network.layers import (ActivationType, AttentionParams, ElementWiseOperation as E, LayerKind,
-                                   MatrixOperation, ShuffleParams, UnaryOperation)
+from kilnrt.network.layers import (ActivationType, AttentionParams, ConstantParams, ElementWiseOperation as E,
+                                   LayerKind, MatrixOperation, ShuffleParams, UnaryOperation)
 from kilnrt.network.rewrite import NetworkCopier, pin_conflict
 from kilnrt.optimize.passes.match import Emit, Graph, add_fused, fused, replace, rewrite
 
@@ -112,17 +114,13 @@ def fuse_attention(net: Network, stats: dict | None = None) -> Network:
                 or len(pv.inputs) > 2 or pv.params.activation is not None or pv.params.op0 != MatrixOperation.NONE \
                 or pv.params.op1 != MatrixOperation.NONE:
             continue
-        chain, mask, scale = [sm, *guard, pv], None, 1.0
-        node = x.producer
-        if g.is_op(node, E.SUM) and g.single_use(node.outputs[0]) is sm:
-            qk_side = next((t for t in node.inputs if t.producer is not None and
-                            t.producer.kind in (LayerKind.MATRIX_MULTIPLY, LayerKind.ELEMENTWISE)
-                            and g.single_use(t) is node), None)
-            if qk_side is None:
-                continue
-            mask = g.other(node, qk_side)
-            chain.insert(0, node)
-            node = qk_side.producer
+        chain, scale = [sm, *guard, pv], 1.0
+        found = _score_terms(g, x, sm)
+        if found is None:
+            continue
+        scores, mask, added = found
+        chain[:0] = added
+        node = scores.producer
         if (g.is_op(node, E.DIV) or g.is_op(node, E.PROD)) and g.single_use(node.outputs[0]) in chain:
             c = g.scalar(node.inputs[1])
             if c is None or c == 0:
@@ -155,13 +153,81 @@ def fuse_attention(net: Network, stats: dict | None = None) -> Network:
         if any(t.shape is None or len(t.shape) != rank for t in (q, kt, v)) or pv.outputs[0].shape is None:
             continue
         k_transposed = node.params.op1 != MatrixOperation.TRANSPOSE
-        inputs = [q, kt, v] + ([mask] if mask is not None else [])
+        inputs = [q, kt, v] + ([mask] if mask is not None else [])   # a gathered mask: an array, made a constant
         shapes = _as_4d(inputs, pv.outputs[0].shape)
         if shapes is None:
             continue
         rewrites[id(pv)] = _attention(inputs, shapes, k_transposed, float(scale), chain)
         drop.update(id(l) for l in chain[:-1])
     return replace(net, rewrites, drop, stats, "fuse_attention")
+
+
+# the most elements a mask gathered from several constant terms may have (float32: 16 MiB)
+MAX_GATHERED_MASK = 1 << 22
+
+
+def _score_terms(g: Graph, x: Tensor, sm: Layer) -> tuple[Tensor, Tensor | np.ndarray | None, list[Layer]] | None:
+    """What the softmax input ``x`` adds to the scores: ``(scores, mask, layers)``, ``scores``
+    the tensor the terms are added to, ``mask`` None, a tensor, or an array gathered from
+    constants, ``layers`` the additions and reshapes between (in network order).
+
+    One addition of any tensor is the mask as it is (BERT's, an exporter's SDPA).  Several
+    constant additions, or constants added across plain reshapes (Swin's shifted windows:
+    ``scores + bias``, viewed 5-D ``[batch, windows, heads, n, n]``, ``+ shift mask``, viewed
+    back), are gathered into one constant in ``x``'s shape, each broadcast to its addition's
+    shape and laid out by the reshapes after it, dims along which it does not vary kept at 1.
+    Static shapes, the scores in ``x``'s shape, and at most :data:`MAX_GATHERED_MASK` elements."""
+    cur, layers, terms, other, crossed = x, [], [], None, False
+    while True:
+        p, reader = cur.producer, (layers[-1] if layers else sm)
+        if p is None or g.single_use(cur) is not reader:
+            break
+        if g.is_op(p, E.SUM):
+            values = [g.net.constant_value(t) for t in p.inputs]
+            if sum(v is not None for v in values) == 1:
+                i = 0 if values[0] is not None else 1
+                terms.append((values[i], p.inputs[i], p.outputs[0].shape))
+                layers.append(p)
+                cur = p.inputs[1 - i]
+                continue
+            if other is None and not terms and not crossed and all(v is None for v in values):
+                qk_side = next((t for t in p.inputs if t.producer is not None and
+                                t.producer.kind in (LayerKind.MATRIX_MULTIPLY, LayerKind.ELEMENTWISE)
+                                and g.single_use(t) is p), None)
+                if qk_side is None:
+                    return None
+                other = g.other(p, qk_side)
+                layers.append(p)
+                cur = qk_side
+                continue
+            break
+        if p.kind == LayerKind.SHUFFLE and p.params.first_transpose is None and p.params.second_transpose is None \
+                and _static(p.inputs[0].shape) and _static(p.outputs[0].shape):
+            crossed = True
+            layers.append(p)
+            cur = p.inputs[0]
+            continue
+        break
+    layers.reverse()
+    if not crossed and len(terms) + (other is not None) <= 1:   # one addition, or none
+        return cur, (other if other is not None else (terms[0][1] if terms else None)), layers
+    if other is not None or not _static(x.shape) or tuple(cur.shape or ()) != tuple(x.shape):
+        return None
+    total = np.zeros((), np.float64)
+    for value, _, shape in terms:
+        if math.prod(shape) > MAX_GATHERED_MASK:
+            return None
+        total = total + np.broadcast_to(np.asarray(value, np.float64), shape).reshape(x.shape)
+    total = np.broadcast_to(total, x.shape)
+    for axis in range(total.ndim):   # keep a dim the mask does not vary along at 1
+        first = total.take([0], axis=axis)
+        if total.shape[axis] > 1 and np.array_equal(total, np.broadcast_to(first, total.shape)):
+            total = first
+    return cur, np.ascontiguousarray(total, dtype=np.float32), layers
+
+
+def _static(shape) -> bool:
+    return shape is not None and all(isinstance(d, int) for d in shape)
 
 
 def _reshape_dims(dims) -> tuple[int, ...] | None:
@@ -213,7 +279,9 @@ def _attention(inputs: list[Tensor], shapes: list, k_transposed: bool, scale: fl
     transposed back when the graph multiplied by Kᵀ, and the output reshaped back."""
 
     def emit(c: NetworkCopier) -> Tensor:
-        ins = [c.mapped(t) for t in inputs]
+        ins = [c.mapped(t) if not isinstance(t, np.ndarray) else
+               c.net.add_layer(LayerKind.CONSTANT, ConstantParams(t), [], origin=chain[0].origin,
+                               name=c.net.unique_name(f"{chain[0].name}/mask")).outputs[0] for t in inputs]
         for i, dims in enumerate(shapes[:-1]):
             if dims is not None:
                 ins[i] = c.add_beside(LayerKind.SHUFFLE, ShuffleParams(reshape_dims=dims, zero_is_placeholder=False),
