@@ -189,3 +189,67 @@ def test_window_attention_on_the_gpu_in_half_precision():
     got = np.asarray(engine.run(feeds)["y"], dtype=np.float32)
     rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)
     assert rel < 5e-3, rel
+
+
+@st.composite
+def attention_shapes(draw):
+    """q/k/v of rank 3-6 (``[*lead, heads, n, dim]``) and a mask shape that broadcasts to the
+    scores ``[*lead, heads, n, m]``: rank 1 to the scores' rank, each dim 1 or the scores'."""
+    rank = draw(st.integers(3, 6))
+    lead = tuple(draw(st.integers(1, 3)) for _ in range(rank - 3))
+    heads, n, m, d = (draw(st.integers(1, 4)) for _ in range(4))
+    scores = lead + (heads, n, m)
+    mask_rank = draw(st.integers(1, rank))
+    mask = tuple(draw(st.sampled_from([1, s])) for s in scores[rank - mask_rank:])
+    return lead + (heads, n, d), lead + (heads, m, d), mask
+
+
+def _attention_model(q_shape, k_shape, mask_shape, seed: int, mask_input: bool = False) -> bytes:
+    """softmax(q @ k^T * 0.5 + mask) @ v as MatMul/Transpose/Mul/Add/Softmax/MatMul nodes, the
+    mask a constant or (``mask_input``) an input of the model."""
+    rank = len(q_shape)
+    mask = np.random.default_rng(seed).standard_normal(mask_shape).astype(np.float32)
+    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=perm),
+             helper.make_node("MatMul", ["q", "kt"], ["qk"]),
+             helper.make_node("Mul", ["qk", "s"], ["sc"]),
+             helper.make_node("Add", ["sc", "mask"], ["sb"]),
+             helper.make_node("Softmax", ["sb"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["y"])]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s))
+              for n, s in (("q", q_shape), ("k", k_shape), ("v", k_shape))]
+    constants = [helper.make_tensor("s", TensorProto.FLOAT, [], [0.5])]
+    if mask_input:
+        inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, list(mask_shape)))
+    else:
+        constants.append(helper.make_tensor("mask", TensorProto.FLOAT, mask.shape, mask.ravel()))
+    graph = helper.make_graph(nodes, "attention", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              constants)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=attention_shapes(), seed=st.integers(0, 2**31 - 1), mask_input=st.booleans())
+def test_attention_of_any_rank_and_mask_matches_onnx_runtime(case, seed, mask_input):
+    """Fused where the mask's leading dims broadcast or are q's, and (a mask that is an input)
+    its last dim is the keys' (the attention layer pads a shorter one as masked); right always."""
+    q_shape, k_shape, mask_shape = case
+    model = _attention_model(q_shape, k_shape, mask_shape, seed, mask_input)
+    engine = kilnrt.build(model, device="cpu")
+    rank = len(q_shape)
+    full = (1,) * (rank - len(mask_shape)) + mask_shape
+    lead = q_shape[:rank - 3]
+    fusable = rank == 4 or all(d == 1 for d in full[:rank - 3]) or full[:rank - 3] == lead
+    if mask_input and mask_shape[-1] != k_shape[-2]:
+        fusable = False
+    assert [l.kind for l in engine.layers].count(LayerKind.ATTENTION) == int(fusable)
+    rng = np.random.default_rng(seed)
+    feeds = {"q": rng.standard_normal(q_shape).astype(np.float32),
+             "k": rng.standard_normal(k_shape).astype(np.float32),
+             "v": rng.standard_normal(k_shape).astype(np.float32)}
+    if mask_input:
+        feeds["mask"] = rng.standard_normal(mask_shape).astype(np.float32)
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = engine.run(feeds)["y"]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

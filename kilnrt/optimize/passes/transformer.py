@@ -119,6 +119,9 @@ def fuse_attention(net: Network, stats: dict | None = None) -> Network:
         if found is None:
             continue
         scores, mask, added = found
+        mask = _mask_over_keys(g, mask, x)
+        if mask is False:
+            continue
         chain[:0] = added
         node = scores.producer
         if (g.is_op(node, E.DIV) or g.is_op(node, E.PROD)) and g.single_use(node.outputs[0]) in chain:
@@ -224,6 +227,26 @@ def _score_terms(g: Graph, x: Tensor, sm: Layer) -> tuple[Tensor, Tensor | np.nd
         if total.shape[axis] > 1 and np.array_equal(total, np.broadcast_to(first, total.shape)):
             total = first
     return cur, np.ascontiguousarray(total, dtype=np.float32), layers
+
+
+def _mask_over_keys(g: Graph, mask, x: Tensor):
+    """``mask`` as the attention layer reads it: that layer pads a mask's last dim shorter than
+    the keys as masked (ONNX Attention), where an addition broadcasts a last dim of 1.  Such a
+    constant mask is broadcast over the keys here; False (no fusion) for another tensor, or
+    when the shapes are unknown."""
+    if mask is None:
+        return None
+    shape = mask.shape
+    if shape is None or x.shape is None:
+        return False
+    if len(shape) == 0 or shape[-1] == x.shape[-1]:
+        return mask
+    if shape[-1] != 1 or not isinstance(x.shape[-1], int):
+        return False
+    value = mask if isinstance(mask, np.ndarray) else g.net.constant_value(mask)
+    if value is None or value.size * x.shape[-1] > MAX_GATHERED_MASK:
+        return False
+    return np.ascontiguousarray(np.broadcast_to(value, tuple(value.shape[:-1]) + (x.shape[-1],)))
 
 
 def _static(shape) -> bool:
