@@ -253,3 +253,92 @@ def test_attention_of_any_rank_and_mask_matches_onnx_runtime(case, seed, mask_in
     got = engine.run(feeds)["y"]
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_contracted_index_broadcast_from_one_side_stays_an_einsum():
+    """torch.einsum broadcasts a contracted index of size 1; a matmul cannot."""
+    _lowered_matches_torch("bij,bjk->bik", [(2, 3, 1), (2, 4, 5)], lowered=False, seed=fresh_seed())
+
+
+def test_keys_first_scores_lower_in_the_outputs_order():
+    """``"bhjd,bhid->bhij"`` names k first: lowered as q @ k^T (no transpose after it)."""
+    net = lower_einsum(_einsum_network("bhjd,bhid->bhij", [(2, 3, 6, 4), (2, 3, 5, 4)]))
+    assert [l.kind for l in net.layers] == [LayerKind.MATRIX_MULTIPLY]
+    _lowered_matches_torch("bhjd,bhid->bhij", [(2, 3, 6, 4), (2, 3, 5, 4)], lowered=True, seed=fresh_seed())
+
+
+@pytest.mark.parametrize("q_shape,k_shape,v_shape,fused", [
+    ((1, 5, 4), (3, 6, 4), (3, 6, 4), False),             # rank 3: one shared query set, per-batch keys
+    ((2, 1, 5, 4), (2, 3, 6, 4), (2, 3, 6, 4), False),    # one query head against three K/V heads
+    ((2, 2, 1, 5, 4), (2, 2, 3, 6, 4), (2, 2, 3, 6, 4), False),
+    ((3, 5, 4), (1, 6, 4), (3, 6, 4), False),             # K shared, V not
+    ((2, 3, 5, 4), (2, 1, 6, 4), (2, 1, 6, 4), True),     # one K/V head for three query heads
+    ((2, 3, 5, 4), (1, 3, 6, 4), (1, 3, 6, 4), False),    # K/V shared over the batch
+])
+def test_attention_fuses_only_heads_it_reads_as_the_products_broadcast(q_shape, k_shape, v_shape, fused):
+    rank = len(q_shape)
+    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=perm), helper.make_node("MatMul", ["q", "kt"], ["qk"]),
+             helper.make_node("Softmax", ["qk"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "v"], ["y"])]
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s))
+           for n, s in (("q", q_shape), ("k", k_shape), ("v", v_shape))]
+    model = helper.make_model(helper.make_graph(nodes, "heads", ins,
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    engine = kilnrt.build(model, device="cpu")
+    assert [l.kind for l in engine.layers].count(LayerKind.ATTENTION) == int(fused)
+    rng = np.random.default_rng(fresh_seed())
+    feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in (("q", q_shape), ("k", k_shape), ("v", v_shape))}
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = engine.run(feeds)["y"]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_mask_that_broadcasts_the_scores_larger_is_not_fused():
+    """q, k, v of batch 1 and a mask of batch 3: the sum has batch 3, attention's output would not."""
+    model = _attention_model((1, 5, 4), (1, 6, 4), (3, 5, 6), seed=fresh_seed())
+    engine = kilnrt.build(model, device="cpu")
+    assert LayerKind.ATTENTION not in [l.kind for l in engine.layers]
+    rng = np.random.default_rng(fresh_seed())
+    feeds = {n: rng.standard_normal((1, 5 if n == "q" else 6, 4)).astype(np.float32) for n in "qkv"}
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(engine.run(feeds)["y"], want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_negative_scale_on_q_alone_fuses_and_matches():
+    nodes = [helper.make_node("Mul", ["q", "s"], ["qs"]), helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["qs", "kt"], ["qk"]), helper.make_node("Softmax", ["qk"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["y"])]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3, 5, 4]) for n in ("q", "k", "v", "y")]
+    model = helper.make_model(helper.make_graph(nodes, "neg", vi[:3], vi[3:],
+                                                [helper.make_tensor("s", TensorProto.FLOAT, [], [-0.7])]),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    engine = kilnrt.build(model, device="cpu")
+    assert [l.kind for l in engine.layers].count(LayerKind.ATTENTION) == 1
+    rng = np.random.default_rng(fresh_seed())
+    feeds = {n: rng.standard_normal((2, 3, 5, 4)).astype(np.float32) for n in "qkv"}
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(engine.run(feeds)["y"], want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_gathered_mask_keeps_double_precision():
+    """Two constant terms in a float64 network: the gathered mask is float64 too."""
+    rng = np.random.default_rng(fresh_seed())
+    b1, b2 = rng.standard_normal((1, 3, 5, 6)), rng.standard_normal((1, 1, 5, 6))
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]), helper.make_node("MatMul", ["q", "kt"], ["qk"]),
+             helper.make_node("Add", ["qk", "b1"], ["s1"]), helper.make_node("Add", ["s1", "b2"], ["s2"]),
+             helper.make_node("Softmax", ["s2"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "v"], ["y"])]
+    ins = [helper.make_tensor_value_info(n, TensorProto.DOUBLE, s) for n, s in (("q", [2, 3, 5, 4]), ("k", [2, 3, 6, 4]),
+                                                                                   ("v", [2, 3, 6, 4]))]
+    model = helper.make_model(helper.make_graph(
+        nodes, "double", ins, [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)],
+        [helper.make_tensor("b1", TensorProto.DOUBLE, b1.shape, b1.ravel()),
+         helper.make_tensor("b2", TensorProto.DOUBLE, b2.shape, b2.ravel())]),
+        opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    engine = kilnrt.build(model, device="cpu")
+    assert [l.kind for l in engine.layers].count(LayerKind.ATTENTION) == 1
+    feeds = {"q": rng.standard_normal((2, 3, 5, 4)), "k": rng.standard_normal((2, 3, 6, 4)),
+             "v": rng.standard_normal((2, 3, 6, 4))}
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(engine.run(feeds)["y"], want, rtol=1e-12, atol=1e-12)

@@ -75,8 +75,8 @@ def attention(p: AttentionParams, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     scale = p.scale if p.scale is not None else 1.0 / math.sqrt(d)
     # Q and K are each scaled by sqrt(scale); every step rounds to the input precision, as the
     # ONNX reference does, so half-precision results agree to the last bit or two
-    root = torch.tensor(math.sqrt(scale), dtype=dtype)
-    qs, ks, vs = q * root, present_key * root, present_value
+    root = torch.tensor(math.sqrt(abs(scale)), dtype=dtype)
+    qs, ks, vs = q * (root if scale >= 0 else -root), present_key * root, present_value
     if hq != hkv:
         ks = ks.repeat_interleave(hq // hkv, dim=1)
         vs = vs.repeat_interleave(hq // hkv, dim=1)

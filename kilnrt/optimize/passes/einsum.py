@@ -70,6 +70,11 @@ def _matrix_product(a: str, b: str, out: str) -> tuple[str, str, str, str] | Non
     return batch, m, k[0], n[0]
 
 
+def _in_order(product: tuple[str, str, str, str], out: str) -> bool:
+    batch, m, _, n = product
+    return batch + m + n == out
+
+
 def _operand(order: str, target: str) -> tuple[tuple[int, ...] | None, MatrixOperation]:
     """How an operand indexed ``order`` is read as ``target``: a transpose before the product
     (None: none needed) and the product's ``op`` for its last two dims."""
@@ -97,14 +102,20 @@ def lower_einsum(net: Network, stats: dict | None = None) -> Network:
         if parsed is None:
             continue
         (a, b), out = parsed
-        swapped = False
-        product = _matrix_product(a, b, out)
-        if product is None:
-            product, swapped = _matrix_product(b, a, out), True
-            a, b = b, a
+        # the orientation whose product is already in the output's order (attention's
+        # "bhjd,bhid->bhij" is K Q^T transposed: Q K^T itself, the product attention fusion matches)
+        forward, mirrored = _matrix_product(a, b, out), _matrix_product(b, a, out)
+        swapped = forward is None or (mirrored is not None and not _in_order(forward, out)
+                                      and _in_order(mirrored, out))
+        product = mirrored if swapped else forward
         if product is None:
             continue
+        if swapped:
+            a, b = b, a
         batch, m, k, n = product
+        first, second = (b_t, a_t) if swapped else (a_t, b_t)
+        if dict(zip(a, first.shape))[k] != dict(zip(b, second.shape))[k]:
+            continue  # a contracted index of size 1 on one side, broadcast: not a matrix product
         product_order = batch + m + n
         out_perm = tuple(product_order.index(c) for c in out)
         # B's size-1 dims under A's extra m (without a batch, broadcasting lines B up already)

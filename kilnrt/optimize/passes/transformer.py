@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from kilnrt.network.dtypes import DataType
 from kilnrt.network.graph import Layer, Network, Tensor
 from kilnrt.network.layers import (ActivationType, AttentionParams, ConstantParams, ElementWiseOperation as E,
                                    LayerKind, MatrixOperation, ShuffleParams, UnaryOperation)
@@ -97,7 +98,9 @@ def fuse_attention(net: Network, stats: dict | None = None) -> Network:
     the softmax (fully masked rows to zeros) is absorbed: the attention layer zeros them too.
     q, k^T and v are [..., heads, seq, dim] of any rank from 3: the attention layer takes
     them as [batch, heads, seq, dim], its batch the leading dims merged (a view of how
-    window attention lays them out), and its output is reshaped back (see :func:`_as_4d`)."""
+    window attention lays them out), and its output is reshaped back (see :func:`_as_4d`);
+    only where the attention layer reads the heads and the mask as the products and the
+    addition broadcast them (:func:`_heads_fit`, :func:`_mask_fits`, :func:`_mask_over_keys`)."""
     g = Graph(net)
     rewrites, drop = {}, set()
     for sm in net.layers:
@@ -156,6 +159,8 @@ def fuse_attention(net: Network, stats: dict | None = None) -> Network:
         if any(t.shape is None or len(t.shape) != rank for t in (q, kt, v)) or pv.outputs[0].shape is None:
             continue
         k_transposed = node.params.op1 != MatrixOperation.TRANSPOSE
+        if not _heads_fit(q, kt, v) or not _mask_fits(mask, scores):
+            continue
         inputs = [q, kt, v] + ([mask] if mask is not None else [])   # a gathered mask: an array, made a constant
         shapes = _as_4d(inputs, pv.outputs[0].shape)
         if shapes is None:
@@ -163,6 +168,32 @@ def fuse_attention(net: Network, stats: dict | None = None) -> Network:
         rewrites[id(pv)] = _attention(inputs, shapes, k_transposed, float(scale), chain)
         drop.update(id(l) for l in chain[:-1])
     return replace(net, rewrites, drop, stats, "fuse_attention")
+
+
+def _heads_fit(q: Tensor, kt: Tensor, v: Tensor) -> bool:
+    """Whether the attention layer reads q, k and v as the matrix products did: the batch
+    dims the same in all three, and K/V heads that its grouped-query rule (each K/V head
+    serves ``hq / hkv`` query heads) maps to q's heads as the products broadcast them: as
+    many, or one (a head dim of 1 in q alone, or K/V heads that differ, it cannot read)."""
+    rank = len(q.shape)
+    k_heads = kt.shape[rank - 3]
+    if tuple(q.shape[:rank - 3]) != tuple(kt.shape[:rank - 3]) or tuple(v.shape[:rank - 3]) != tuple(q.shape[:rank - 3]):
+        return False
+    if v.shape[rank - 3] != k_heads:
+        return False
+    return k_heads == q.shape[rank - 3] or k_heads == 1
+
+
+def _mask_fits(mask, scores: Tensor) -> bool:
+    """Whether ``mask`` adds to the scores without broadcasting them to a larger shape (the
+    attention layer's output has q's shape): no more dims than the scores, and no dim of
+    more than 1 where the scores have 1."""
+    if mask is None:
+        return True
+    m, sc = tuple(mask.shape), scores.shape
+    if sc is None or len(m) > len(sc):
+        return False
+    return all(not (d_s == 1 and d_m != 1) for d_m, d_s in zip(m[::-1], tuple(sc)[::-1]))
 
 
 # the most elements a mask gathered from several constant terms may have (float32: 16 MiB)
@@ -226,7 +257,8 @@ def _score_terms(g: Graph, x: Tensor, sm: Layer) -> tuple[Tensor, Tensor | np.nd
         first = total.take([0], axis=axis)
         if total.shape[axis] > 1 and np.array_equal(total, np.broadcast_to(first, total.shape)):
             total = first
-    return cur, np.ascontiguousarray(total, dtype=np.float32), layers
+    dtype = np.float64 if x.dtype == DataType.DOUBLE else np.float32
+    return cur, np.ascontiguousarray(total, dtype=dtype), layers
 
 
 def _mask_over_keys(g: Graph, mask, x: Tensor):
