@@ -342,3 +342,42 @@ def test_a_gathered_mask_keeps_double_precision():
              "v": rng.standard_normal((2, 3, 6, 4))}
     want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     np.testing.assert_allclose(engine.run(feeds)["y"], want, rtol=1e-12, atol=1e-12)
+
+
+def test_rank5_attention_with_a_dynamic_sequence_runs_at_length_zero():
+    """The reshapes around the layer take the unknown length as -1; no keys give an empty result."""
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 2, 4, 3]),
+             helper.make_node("MatMul", ["q", "kt"], ["qk"]), helper.make_node("Mul", ["qk", "s"], ["sc"]),
+             helper.make_node("Softmax", ["sc"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "v"], ["y"])]
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3, 2, "S", 4]) for n in "qkv"]
+    model = helper.make_model(helper.make_graph(nodes, "a", ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                                [helper.make_tensor("s", TensorProto.FLOAT, [], [0.5])]),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    engine = kilnrt.build(model, device="cpu", profiles={n: ((2, 3, 2, 0, 4), (2, 3, 2, 5, 4), (2, 3, 2, 8, 4))
+                                                          for n in "qkv"})
+    assert [l.kind for l in engine.layers].count(LayerKind.ATTENTION) == 1
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(fresh_seed())
+    for length in (0, 3, 8):
+        feeds = {n: rng.standard_normal((2, 3, 2, length, 4)).astype(np.float32) for n in "qkv"}
+        got, want = engine.run(feeds)["y"], session.run(None, feeds)[0]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_reshapes_that_cancel_between_scores_and_softmax_fuse_without_a_mask():
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]), helper.make_node("MatMul", ["q", "kt"], ["qk"]),
+             helper.make_node("Reshape", ["qk", "s5"], ["r5"]), helper.make_node("Reshape", ["r5", "s4"], ["r4"]),
+             helper.make_node("Softmax", ["r4"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "v"], ["y"])]
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4, 3, 5, 4]) for n in "qkv"]
+    model = helper.make_model(helper.make_graph(
+        nodes, "cancel", ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("s5", TensorProto.INT64, [5], [2, 2, 3, 5, 5]),
+         helper.make_tensor("s4", TensorProto.INT64, [4], [4, 3, 5, 5])]),
+        opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    engine = kilnrt.build(model, device="cpu")
+    assert [(l.kind, len(l.inputs)) for l in engine.layers] == [(LayerKind.ATTENTION, 3)]
+    rng = np.random.default_rng(fresh_seed())
+    feeds = {n: rng.standard_normal((4, 3, 5, 4)).astype(np.float32) for n in "qkv"}
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(engine.run(feeds)["y"], want, rtol=1e-4, atol=1e-5)

@@ -58,6 +58,8 @@ def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _softmax(x: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim, computed in x's own precision (all -inf rows give NaN)."""
+    if x.shape[-1] == 0:
+        return x
     e = torch.exp(x - x.amax(dim=-1, keepdim=True))
     return e / e.sum(dim=-1, keepdim=True)
 
@@ -87,7 +89,8 @@ def attention(p: AttentionParams, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     biased = scores + bias.to(dtype)
     logits = biased if p.softmax_precision is None else biased.to(p.softmax_precision.torch)
     probs = _softmax(logits)
-    fully_masked = torch.isneginf(bias.amax(dim=-1, keepdim=True))
+    fully_masked = (torch.isneginf(bias.amax(dim=-1, keepdim=True)) if bias.shape[-1] else  # no keys: zeros
+                    torch.ones(bias.shape[:-1] + (1,), dtype=torch.bool, device=bias.device))
     probs = torch.where(fully_masked, torch.zeros((), dtype=probs.dtype, device=probs.device), probs).to(dtype)
     y = _matmul(probs, vs)
     outputs = [y, present_key, present_value]

@@ -247,6 +247,8 @@ def _score_terms(g: Graph, x: Tensor, sm: Layer) -> tuple[Tensor, Tensor | np.nd
         return cur, (other if other is not None else (terms[0][1] if terms else None)), layers
     if other is not None or not _static(x.shape) or tuple(cur.shape or ()) != tuple(x.shape):
         return None
+    if not terms:   # reshapes that cancel, nothing added
+        return cur, None, layers
     total = np.zeros((), np.float64)
     for value, _, shape in terms:
         if math.prod(shape) > MAX_GATHERED_MASK:
