@@ -14,9 +14,12 @@ and exactly one ``n`` on the other (the operands swap places when the several ar
 lines the rest up.  It becomes one MATRIX_MULTIPLY, its operands' last two dims swapped
 through ``op0`` / ``op1`` where that is all they need, a transpose before it where the
 indices are elsewhere, and one after it where the output orders its indices differently.  The
-attention and epilogue fusions then see the matrix products they match.  Other equations
-(traces, diagonals, outer products, matrix-vector products, several contracted indices or
-several free ones on both sides, one operand, three) stay EINSUM layers.
+attention and epilogue fusions then see the matrix products they match; where both operand
+orders are products, the one already in the output's order is taken (attention's scores
+written keys first, ``"bhjd,bhid->bhij"``, stay ``Q K^T``).  Other equations (traces,
+diagonals, outer products, matrix-vector products, several contracted indices or several
+free ones on both sides, a contracted index that one side broadcasts from size 1, one
+operand, three) stay EINSUM layers.
 """
 from __future__ import annotations
 
