@@ -236,7 +236,7 @@ def _score_terms(g: Graph, x: Tensor, sm: Layer) -> tuple[Tensor, Tensor | np.nd
                 continue
             break
         if p.kind == LayerKind.SHUFFLE and p.params.first_transpose is None and p.params.second_transpose is None \
-                and _static(p.inputs[0].shape) and _static(p.outputs[0].shape):
+                and p.inputs[0].is_static and p.outputs[0].is_static:
             crossed = True
             layers.append(p)
             cur = p.inputs[0]
@@ -245,7 +245,7 @@ def _score_terms(g: Graph, x: Tensor, sm: Layer) -> tuple[Tensor, Tensor | np.nd
     layers.reverse()
     if not crossed and len(terms) + (other is not None) <= 1:   # one addition, or none
         return cur, (other if other is not None else (terms[0][1] if terms else None)), layers
-    if other is not None or not _static(x.shape) or tuple(cur.shape or ()) != tuple(x.shape):
+    if other is not None or not x.is_static or tuple(cur.shape or ()) != tuple(x.shape):
         return None
     if not terms:   # reshapes that cancel, nothing added
         return cur, None, layers
@@ -281,10 +281,6 @@ def _mask_over_keys(g: Graph, mask, x: Tensor):
     if value is None or value.size * x.shape[-1] > MAX_GATHERED_MASK:
         return False
     return np.ascontiguousarray(np.broadcast_to(value, tuple(value.shape[:-1]) + (x.shape[-1],)))
-
-
-def _static(shape) -> bool:
-    return shape is not None and all(isinstance(d, int) for d in shape)
 
 
 def _reshape_dims(dims) -> tuple[int, ...] | None:
