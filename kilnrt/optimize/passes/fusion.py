@@ -36,7 +36,7 @@ def fuse_conv_scale(net: Network, stats: dict | None = None) -> Network:
         bias = np.zeros(k, np.float64) if b is None else np.asarray(b, np.float64)
         new_w = (w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype)
         new_b = (bias * s + sh).astype(w.dtype)
-        rewrites[id(nxt)] = _folded_conv(layer, nxt, new_w, new_b)
+        rewrites[id(nxt)] = _folded_conv(layer, [layer, nxt], layer.inputs[0], new_w, new_b)
         drop.add(id(layer))
     return replace(net, rewrites, drop, stats, "fuse_conv_scale")
 
@@ -75,7 +75,7 @@ def fuse_conv_input_scale(net: Network, stats: dict | None = None) -> Network:
         new_w = w64 * s[window]
         bias = np.zeros(w.shape[0]) if b is None else np.asarray(b, np.float64).reshape(-1)
         new_b = bias + (w64 * shift[window]).reshape(w.shape[0], -1).sum(axis=1)
-        rewrites[id(conv)] = _folded_input_conv(conv, sc, x, new_w.astype(w.dtype), new_b.astype(w.dtype))
+        rewrites[id(conv)] = _folded_conv(conv, [sc, conv], x, new_w.astype(w.dtype), new_b.astype(w.dtype))
         drop.add(id(sc))
     return replace(net, rewrites, drop, stats, "fuse_conv_input_scale")
 
@@ -85,16 +85,6 @@ def _pads(p) -> bool:
     if p.padding_mode in (PaddingMode.SAME_UPPER, PaddingMode.SAME_LOWER):
         return any(k != 1 for k in p.kernel_size_nd)  # a one-wide window is never padded to keep the size
     return p.padding_mode != PaddingMode.EXPLICIT_ROUND_DOWN or any(p.pre_padding) or any(p.post_padding)
-
-
-def _folded_input_conv(conv: Layer, scale: Layer, x: Tensor, w: np.ndarray, b: np.ndarray) -> Emit:
-    """The convolution reading the scale's input, with the folded weights and bias."""
-
-    def emit(c: NetworkCopier) -> Tensor:
-        wt, bt = _folded_constants(c, conv, w, b)
-        return add_fused(c, LayerKind.CONVOLUTION, conv.params, [c.mapped(x), wt, bt], [scale, conv])
-
-    return rewrite([scale, conv], emit)
 
 
 def _scale_weights(net: Network, layer: Layer, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -194,14 +184,15 @@ def _folded_matmul(mm: Layer, absorbed: list[Layer], w: np.ndarray, b: np.ndarra
     return rewrite([mm], emit)
 
 
-def _folded_conv(conv: Layer, scale: Layer, w: np.ndarray, b: np.ndarray) -> Emit:
-    """Emits the folded weights and bias as new constants, then the convolution reading them."""
+def _folded_conv(conv: Layer, absorbed: list[Layer], x: Tensor, w: np.ndarray, b: np.ndarray) -> Emit:
+    """Emits the folded weights and bias as new constants, then the convolution reading ``x``
+    and them, standing for ``absorbed`` (the convolution and its norm, in network order)."""
 
     def emit(c: NetworkCopier) -> Tensor:
         wt, bt = _folded_constants(c, conv, w, b)
-        return add_fused(c, LayerKind.CONVOLUTION, conv.params, [c.mapped(conv.inputs[0]), wt, bt], [conv, scale])
+        return add_fused(c, LayerKind.CONVOLUTION, conv.params, [c.mapped(x), wt, bt], absorbed)
 
-    return rewrite([conv, scale], emit)
+    return rewrite(absorbed, emit)
 
 
 # activations a convolution epilogue may absorb
