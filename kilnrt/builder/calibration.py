@@ -105,8 +105,12 @@ class Histogram:
         total = self.counts.sum()
         if total == 0:
             return self.amax
-        idx = int(np.searchsorted(np.cumsum(self.counts), q * total))
-        return min((idx + 1) * self.width, self.amax)
+        cum = np.cumsum(self.counts)
+        idx = min(int(np.searchsorted(cum, q * total)), self.counts.size - 1)
+        below = cum[idx - 1] if idx else 0.0
+        inside = (q * total - below) / self.counts[idx] if self.counts[idx] else 1.0
+        # values spread evenly within a bin: the bin's upper edge alone is up to a bin too high
+        return min((idx + min(max(inside, 0.0), 1.0)) * self.width, self.amax)
 
     def entropy(self) -> float:
         """The threshold with the least KL divergence between the histogram clipped there and
