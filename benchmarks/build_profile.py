@@ -9,7 +9,8 @@ with the default options in a fresh process twice:
   kernel compilation, tactic timing), and with ``--cprofile`` the top functions;
 - warm: a second fresh process that reuses the Triton cache and the timing cache.
 
-Writes ``<out>/<model>-b<batch>-build.json`` (and ``.txt`` with the profile's top functions).
+Writes ``<out>/<model>-b<batch>-build.json`` (and ``.txt`` with the profile's top functions;
+with ``--layers``, ``-layers.json``: every layer's shapes and each candidate's time).
 """
 from __future__ import annotations
 
@@ -23,7 +24,23 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _build_child(onnx_path: str, cache: str, profile_path: str | None, level: int) -> None:
+def layer_record(layer) -> dict:
+    """What the tactic search saw and chose for one engine layer: its kind, parameters, shapes,
+    and every candidate's time (the data a cost model for pruning candidates is fitted on)."""
+    params = {k: (v if isinstance(v, (int, float, str, bool, type(None))) else
+                  list(v) if isinstance(v, (tuple, list)) and all(isinstance(x, (int, float)) for x in v) else
+                  getattr(v, "name", None))
+              for k, v in (vars(layer.params).items() if hasattr(layer.params, "__dict__") else ())
+              if k != "weights"}
+    return {"name": layer.name, "kind": layer.kind.name, "params": params, "tactic": layer.tactic,
+            "timing_ms": layer.timing_ms, "candidates": layer.candidates,
+            "input_shapes": [None if s is None else list(s) for s in layer.input_shapes],
+            "output_shapes": [None if s is None else list(s) for s in layer.output_shapes],
+            "input_dtypes": layer.input_dtypes, "output_formats": layer.output_formats}
+
+
+def _build_child(onnx_path: str, cache: str, profile_path: str | None, level: int,
+                 layers_path: str | None = None) -> None:
     """In a fresh process: one build, timed (and profiled when ``profile_path`` is given)."""
     import cProfile
     import pstats
@@ -44,6 +61,9 @@ def _build_child(onnx_path: str, cache: str, profile_path: str | None, level: in
               "candidates_timed": sum(len(l.candidates or {}) for l in engine.layers),
               "engine_build_info_seconds": engine.build_info.get("seconds"),
               "phases": engine.build_info.get("phases"), "parallel_compile": engine.build_info.get("parallel_compile")}
+    if layers_path:
+        with open(layers_path, "w") as f:
+            json.dump([layer_record(l) for l in engine.layers], f)
     if prof:
         stats = pstats.Stats(prof)
         by_name = {}
@@ -76,8 +96,9 @@ def _child(args: list[str], env: dict) -> dict:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--child"]:
-        onnx_path, cache, profile_path, level = argv[1:5]
-        _build_child(onnx_path, cache, profile_path if profile_path != "-" else None, int(level))
+        onnx_path, cache, profile_path, level, layers_path = argv[1:6]
+        _build_child(onnx_path, cache, profile_path if profile_path != "-" else None, int(level),
+                     layers_path if layers_path != "-" else None)
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("models", nargs="+")
@@ -85,6 +106,9 @@ def main(argv=None) -> int:
     p.add_argument("--level", type=int, default=3, help="builder optimization level")
     p.add_argument("--out", default=os.environ.get("OUT", tempfile.gettempdir()))
     p.add_argument("--cprofile", action="store_true", help="run the cold build under cProfile (slower)")
+    p.add_argument("--layers", action="store_true",
+                   help="also write <model>-b<batch>-layers.json: each layer's shapes and every candidate's time")
+    p.add_argument("--no-warm", action="store_true", help="the cold build only")
     args = p.parse_args(argv)
     import torch
 
@@ -102,8 +126,9 @@ def main(argv=None) -> int:
             env = dict(os.environ, TRITON_CACHE_DIR=os.path.join(tmp, "triton"))
             cache = os.path.join(tmp, "timing.cache")
             stem = os.path.join(args.out, f"{name}-b{args.batch}-build")
-            cold = _child([path, cache, stem + ".txt" if args.cprofile else "-", str(args.level)], env)
-            warm = _child([path, cache, "-", str(args.level)], env)
+            cold = _child([path, cache, stem + ".txt" if args.cprofile else "-", str(args.level),
+                           f"{args.out}/{name}-b{args.batch}-layers.json" if args.layers else "-"], env)
+            warm = None if args.no_warm else _child([path, cache, "-", str(args.level), "-"], env)
             result = {"model": name, "batch": args.batch, "exporter": exporter, "level": args.level,
                       "cold": cold, "warm": warm}
             with open(stem + ".json", "w") as f:

@@ -57,6 +57,8 @@ def test_parallel_compile_builds_the_same_correct_engine(tmp_path):
     serial = _build(0, str(tmp_path / "b"))
     stats = parallel["info"]["parallel_compile"]
     assert stats is not None and stats["kernels"] > 0 and stats["failed"] == 0, stats
+    assert sum(stats["by_kernel"].values()) == stats["kernels"], stats
+    assert 1 <= stats["launchers"] <= stats["kernels"], stats   # one launcher per kernel signature
     assert serial["info"]["parallel_compile"] is None
     assert len(parallel["tactics"]) == len(serial["tactics"])
     # same model, same inputs: the same probabilities, to FP16's accuracy (tactics may differ)
