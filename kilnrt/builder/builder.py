@@ -23,7 +23,7 @@ from kilnrt.builder.memory import plan_memory
 from kilnrt.builder.precompile import precompile
 from kilnrt.builder.ranges import check_ranges, symbol_ranges
 from kilnrt.builder.search import choose_tactic, search_for_level
-from kilnrt.builder.timing import device_name
+from kilnrt.builder.timing import TimingCache, device_name
 from kilnrt.device import out_of_memory
 from kilnrt.engine import kernel_cache
 from kilnrt.engine.engine import Engine, EngineLayer, IOTensor
@@ -209,14 +209,21 @@ def _check_sizes(shapes: dict) -> None:
                              f"({count} elements); check the model's shapes and attributes")
 
 
-def _timing_cache(config: BuilderConfig):
-    return config.timing_cache if BuilderFlag.DISABLE_TIMING_CACHE not in config.flags else None
+def _timing_cache(config: BuilderConfig) -> TimingCache | None:
+    """The cache the tactic search reads and fills: the config's, else one for this build only
+    (as in TensorRT), so that a layer just like one already timed (a repeated block) takes its
+    timings instead of being timed again; None with DISABLE_TIMING_CACHE."""
+    if BuilderFlag.DISABLE_TIMING_CACHE in config.flags:
+        return None
+    return config.timing_cache if config.timing_cache is not None else TimingCache()
 
 
 def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, progress: Any = None,
-                   ctx: TacticContext | None = None) -> list[EngineLayer]:
+                   ctx: TacticContext | None = None, cache: TimingCache | None = None) -> list[EngineLayer]:
+    """Each layer's tactic, timed through ``cache`` (None: the config's own, or none with
+    DISABLE_TIMING_CACHE)."""
     ctx = ctx or tactic_context(net, config)
-    cache = _timing_cache(config)
+    cache = cache if cache is not None else _timing_cache(config)
     search = search_for_level(config.builder_optimization_level)
     layers = []
     layouts: dict[str, bool] = {}  # activation -> produced channels-last by its chosen tactic
@@ -397,14 +404,15 @@ def _build_one(network: Network, config: BuilderConfig) -> Engine:
             ctx = tactic_context(net, config)
             t1 = time.perf_counter()
             workers = config.compile_workers if config.compile_workers is not None else default_compile_workers()
+            cache = _timing_cache(config)
             precompiled = precompile(net, config, shapes, ctx, search_for_level(config.builder_optimization_level),
-                                     _timing_cache(config), workers)
+                                     cache, workers)
             phases["compile_s"] = round(time.perf_counter() - t1, 2)
             t1 = time.perf_counter()
-            layers = select_tactics(net, config, shapes, (lambda: bar.update(1)) if bar else None, ctx)
+            layers = select_tactics(net, config, shapes, (lambda: bar.update(1)) if bar else None, ctx, cache)
             phases["tactics_s"] = round(time.perf_counter() - t1, 2)
             if len(points) > 1:
-                buckets = tune_buckets(net, layers, ctx, points, _timing_cache(config), config.device,
+                buckets = tune_buckets(net, layers, ctx, points, cache, config.device,
                                        search_for_level(config.builder_optimization_level))
     finally:
         if bar is not None:

@@ -10,7 +10,9 @@ from Triton's cache.
 
 A layer's inputs are tried in each layout that some candidate of its producer writes (NCHW
 and NHWC), since the timing pass feeds it the layout of whichever candidate wins there; a
-kernel still missed compiles on launch as before.  Candidates whose timings are all in the
+kernel still missed compiles on launch as before.  A layer whose kind, parameters and example
+inputs match one already run (a repeated block) is not run again: it launches the same
+kernels, and its timings will come from the timing cache.  Candidates whose timings are all in the
 timing cache are not timed again, so only the fastest of them is run (to learn its layout);
 when that is so for every layer (a warm build), nothing is compiled here.
 """
@@ -21,7 +23,7 @@ import logging
 import time
 
 from kilnrt.builder.examples import example_inputs, written_layouts
-from kilnrt.builder.search import candidates_to_run
+from kilnrt.builder.search import candidates_to_run, example_signature
 from kilnrt.kernels.registry import tactics_for
 from kilnrt.network.layers import LayerKind
 
@@ -39,7 +41,11 @@ def precompile(net, config, shapes, ctx, search, cache, workers: int) -> dict | 
         return None
     t0 = time.perf_counter()
     layouts: dict[str, set[bool]] = {}   # activation -> the layouts some producer candidate writes
-    runs = fresh = 0   # candidate runs; layers whose candidates will be timed (not all in the timing cache)
+    runs = fresh = repeats = 0   # candidate runs; layers to be timed; layers like one already run
+    # example signature -> the layouts each output was written in: a layer whose kind, params and
+    # example inputs match one already run (a repeated block) launches the same kernels, and
+    # the timing pass will find its timings in the cache; only its layouts are recorded again
+    written_by: dict[str, list[set[bool]]] = {}
     with compile_pool.discover() as found:
         for layer in net.layers:
             if layer.kind == LayerKind.CONSTANT:
@@ -49,8 +55,14 @@ def precompile(net, config, shapes, ctx, search, cache, workers: int) -> dict | 
                 ins = example_inputs(layer, ctx, shapes, variant)
                 if ins is None:
                     break
+                signature = example_signature(layer, ins)
+                if signature in written_by:
+                    repeats += 1
+                    _record_layouts(layer, written_by[signature], layouts)
+                    continue
                 to_run, timed = candidates_to_run(layer, candidates, ins, cache, config.device, search)
                 fresh += timed
+                written = [set() for _ in layer.outputs]
                 for cand in to_run:
                     runs += 1
                     try:
@@ -58,15 +70,23 @@ def precompile(net, config, shapes, ctx, search, cache, workers: int) -> dict | 
                     except Exception as exc:  # noqa: BLE001 - the timing pass reports real failures
                         log.debug("discovery run of %s on %s failed: %s", cand.name, layer.name, exc)
                         continue
-                    for t, nhwc in zip(layer.outputs, written_layouts(outs)):
+                    for w, nhwc in zip(written, written_layouts(outs)):
                         if nhwc is not None:
-                            layouts.setdefault(t.name, set()).add(nhwc)
+                            w.add(nhwc)
+                written_by[signature] = written
+                _record_layouts(layer, written, layouts)
     discovered_s = time.perf_counter() - t0
     # every timing cached (a warm build): the few chosen kernels are most likely in Triton's
     # cache already, and loading them one by one beats starting workers
     stats = compile_pool.compile_all(found, workers if fresh else 0)
-    stats.update(discovery_runs=runs, discovery_s=round(discovered_s, 2), timed_layers=fresh)
+    stats.update(discovery_runs=runs, discovery_s=round(discovered_s, 2), timed_layers=fresh, repeated_layers=repeats)
     return stats
+
+
+def _record_layouts(layer, written: list[set[bool]], layouts: dict[str, set[bool]]) -> None:
+    for t, w in zip(layer.outputs, written):
+        if w:
+            layouts.setdefault(t.name, set()).update(w)
 
 
 def _layout_variants(layer, layouts: dict[str, set[bool]]) -> list[dict[str, bool]]:

@@ -50,11 +50,13 @@ def apply_epilogue(acc, rm, rn, M, N, bias_ptr, res_ptr, alpha, beta,
 
 
 @triton.jit
-def _gemm(a_ptr, w_ptr, bias_ptr, res_ptr, c_ptr, M, N, K: tl.constexpr, stride_am, stride_ak, ldc, alpha, beta,
+def _gemm(a_ptr, w_ptr, bias_ptr, res_ptr, c_ptr, M, N, K, stride_am, stride_ak, ldc, alpha, beta,
           HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr, EVEN_K: tl.constexpr,
           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
           USE_PDL: tl.constexpr):
-    # K is a compile-time constant (a layer's weight fixes it; Triton's interpreter also needs it)
+    # K is a run-time argument: one compiled kernel serves every K of a tile configuration and
+    # epilogue (a network's 1x1 convolutions and projections have dozens of Ks; each was a
+    # compile of its own when K was a constant)
     wait_for_previous_kernel(USE_PDL)
     # grouped launch order: GROUP_M row-blocks share each column block of W while it is in L2
     pid = tl.program_id(0)
