@@ -218,3 +218,34 @@ def inception_model(rng: np.random.Generator, channels: int = 16, widths: Sequen
              helper.make_node("Concat", ["a0", "a1", "a2", "a3", "a4"], ["y"], name="Concat", axis=1)]
     return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, channels, *hw])],
                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits, name="inception")
+
+
+def shuffle_block_model(rng: np.random.Generator, half: int = 32, batch: int = 2,
+                        hw: tuple[int, int] = (14, 14)) -> onnx.ModelProto:
+    """A ShuffleNetV2 unit on x [batch, 2*half, H, W]: two branches of 1x1 convolutions + Relu
+    (one and two deep) concatenated,
+    the channel shuffle as exporters write it (Reshape to [N, 2, half, H, W], Transpose 0,2,1,
+    Reshape back), a Split into halves, the second through a 1x1 convolution + Relu, and the
+    halves concatenated again.  Random weights scaled by 1/sqrt(fan-in)."""
+    c = 2 * half
+
+    def weight(name, k, cin):
+        return numpy_helper.from_array((rng.standard_normal((k, cin, 1, 1)) / math.sqrt(cin)).astype(np.float32), name)
+
+    h, w = hw
+    inits = [weight("wa", half, c), weight("wb", half, c), weight("wd", half, half), weight("wc", half, half),
+             numpy_helper.from_array(np.array([batch, 2, half, h, w], np.int64), "split_shape"),
+             numpy_helper.from_array(np.array([batch, c, h, w], np.int64), "merged_shape"),
+             numpy_helper.from_array(np.array([half, half], np.int64), "halves")]
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["ca"]), helper.make_node("Relu", ["ca"], ["a"]),
+             helper.make_node("Conv", ["x", "wb"], ["cb"]), helper.make_node("Relu", ["cb"], ["rb"]),
+             helper.make_node("Conv", ["rb", "wd"], ["cd"]), helper.make_node("Relu", ["cd"], ["b"]),
+             helper.make_node("Concat", ["a", "b"], ["cat"], axis=1),
+             helper.make_node("Reshape", ["cat", "split_shape"], ["grouped"]),
+             helper.make_node("Transpose", ["grouped"], ["swapped"], perm=[0, 2, 1, 3, 4]),
+             helper.make_node("Reshape", ["swapped", "merged_shape"], ["shuffled"]),
+             helper.make_node("Split", ["shuffled", "halves"], ["s0", "s1"], axis=1),
+             helper.make_node("Conv", ["s1", "wc"], ["cc"]), helper.make_node("Relu", ["cc"], ["t"]),
+             helper.make_node("Concat", ["s0", "t"], ["y"], axis=1)]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, c, h, w])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits, name="shuffle_block")
