@@ -34,7 +34,7 @@ nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
 graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 96, 20, 20])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 256])], inits)
 onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), sys.argv[1])
-engine = kilnrt.build(sys.argv[1], device="cuda", fp16=True)
+engine = kilnrt.build(sys.argv[1], device="cuda", fp16=True, timing_cache=sys.argv[2] if len(sys.argv) > 2 else None)
 feed = torch.from_numpy(rng.standard_normal((4, 96, 20, 20)).astype(np.float32)).cuda()
 out = engine.run({"x": feed})["y"].float().cpu().numpy()
 print("RESULT " + json.dumps({"info": {k: engine.build_info.get(k) for k in ("parallel_compile", "phases")},
@@ -42,10 +42,11 @@ print("RESULT " + json.dumps({"info": {k: engine.build_info.get(k) for k in ("pa
 """
 
 
-def _build(workers: int, cache_dir: str) -> dict:
+def _build(workers: int, cache_dir: str, timing_cache: str | None = None) -> dict:
     env = dict(os.environ, TRITON_CACHE_DIR=cache_dir, PYTHONPATH=ROOT, KILNRT_COMPILE_WORKERS=str(workers))
     env.pop("TRITON_INTERPRET", None)
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, os.path.join(cache_dir + ".onnx")], env=env,
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, os.path.join(cache_dir + ".onnx"),
+                           *([timing_cache] if timing_cache else [])], env=env,
                           capture_output=True, text=True, timeout=600)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert line is not None, proc.stderr[-3000:]
@@ -64,3 +65,16 @@ def test_parallel_compile_builds_the_same_correct_engine(tmp_path):
     # same model, same inputs: the same probabilities, to FP16's accuracy (tactics may differ)
     np.testing.assert_allclose(parallel["out"], serial["out"], rtol=2e-2, atol=2e-3)
     assert abs(sum(parallel["out"]) - 1.0) < 1e-2   # the first row of a softmax sums to 1
+
+
+def test_warm_build_runs_nothing_ahead_and_chooses_the_same(tmp_path):
+    """A second build with the first one's timing cache and Triton cache: every layer's timings
+    and written layouts come from the timing cache, so kernel discovery runs no candidate; the
+    same tactics are chosen, with the same outputs."""
+    cache = str(tmp_path / "timing.cache")
+    cold = _build(4, str(tmp_path / "a"), cache)
+    warm = _build(4, str(tmp_path / "a"), cache)
+    assert cold["info"]["parallel_compile"]["discovery_runs"] > 0
+    assert warm["info"]["parallel_compile"]["discovery_runs"] == 0, warm["info"]
+    assert warm["tactics"] == cold["tactics"]
+    np.testing.assert_allclose(warm["out"], cold["out"], rtol=1e-3, atol=1e-4)

@@ -191,3 +191,18 @@ def test_every_level_builds_and_runs(level):
     feed = torch.randn(2, 3)
     out = kilnrt.build(net, optimization_level=level).run({"x": feed})
     assert torch.equal(next(iter(out.values())), feed.clamp(min=0))
+
+
+def test_timing_cache_keeps_written_layouts_and_refuses_malformed_ones():
+    cache = TimingCache({"k|gpu|v|t": 0.5}, {"k|gpu|v|t": [True, None]})
+    again = TimingCache.deserialize(cache.serialize())
+    assert again.entries == cache.entries and again.formats == {"k|gpu|v|t": [True, None]}
+    old = b'{"format": "kilnrt-timing-cache", "version": 1, "entries": {"a": 1.0}}'
+    assert TimingCache.deserialize(old).formats == {}            # written before the field
+    with pytest.raises(ValueError, match="formats"):
+        TimingCache.deserialize(b'{"format": "kilnrt-timing-cache", "entries": {}, "formats": {"a": [2]}}')
+    merged = TimingCache()
+    merged.combine(again)
+    assert merged.formats == again.formats
+    merged.reset()
+    assert merged.formats == {} and merged.entries == {}

@@ -22,7 +22,7 @@ from kilnrt.builder.int8 import RememberingCalibrator, apply_int8
 from kilnrt.builder.memory import plan_memory
 from kilnrt.builder.precompile import precompile
 from kilnrt.builder.ranges import check_ranges, symbol_ranges
-from kilnrt.builder.search import choose_tactic, search_for_level
+from kilnrt.builder.search import choose_tactic, example_signature, search_for_level
 from kilnrt.builder.timing import TimingCache, device_name
 from kilnrt.device import out_of_memory
 from kilnrt.engine import kernel_cache
@@ -242,7 +242,9 @@ def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, pro
         if ins is not None:
             chosen, timings = choose_tactic(layer, candidates, ctx, ins, cache, config.device, search)
         if ins is not None:
-            record_layouts(layer, chosen, ctx, ins, layouts)
+            written = record_layouts(layer, chosen, ctx, ins, layouts)
+            if cache is not None and written is not None:
+                cache.formats[TimingCache.key(example_signature(layer, ins), config.device, chosen.name)] = written
         layers.append(EngineLayer(
             name=layer.name, kind=layer.kind, params=layer.params,
             inputs=[None if t is None else t.name for t in layer.inputs],

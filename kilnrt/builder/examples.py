@@ -51,15 +51,18 @@ def example_inputs(layer, ctx, shapes, layouts) -> list | None:
 FORMATS = {True: "channels_last", False: "linear"}   # layouts' values -> EngineLayer.output_formats
 
 
-def record_layouts(layer, tactic, ctx, ins, layouts) -> None:
-    """Run the chosen tactic once; ``layouts[output] = True`` where it writes NHWC, else False."""
+def record_layouts(layer, tactic, ctx, ins, layouts) -> list[bool | None] | None:
+    """Run the chosen tactic once; ``layouts[output] = True`` where it writes NHWC, else False.
+    Returns what :func:`written_layouts` says of its outputs (None if it failed)."""
     try:
         outs = tactic.run(tactic.prepare(layer, ctx), ins)
     except Exception:  # noqa: BLE001 - the run at build is only to learn the layout
-        return
-    for t, nhwc in zip(layer.outputs, written_layouts(outs)):
+        return None
+    written = written_layouts(outs)
+    for t, nhwc in zip(layer.outputs, written):
         if nhwc is not None:
             layouts[t.name] = nhwc
+    return written
 
 
 def written_layouts(outs) -> list[bool | None]:

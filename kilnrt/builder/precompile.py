@@ -13,8 +13,9 @@ and NHWC), since the timing pass feeds it the layout of whichever candidate wins
 kernel still missed compiles on launch as before.  A layer whose kind, parameters and example
 inputs match one already run (a repeated block) is not run again: it launches the same
 kernels, and its timings will come from the timing cache.  Candidates whose timings are all in the
-timing cache are not timed again, so only the fastest of them is run (to learn its layout);
-when that is so for every layer (a warm build), nothing is compiled here.
+timing cache are not timed again, so only the fastest of them is run (to learn its layout),
+and not even that where the cache holds the layouts it wrote; when every layer is cached (a
+warm build), nothing is compiled here.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import time
 
 from kilnrt.builder.examples import example_inputs, written_layouts
 from kilnrt.builder.search import candidates_to_run, example_signature
+from kilnrt.builder.timing import TimingCache
 from kilnrt.kernels.registry import tactics_for
 from kilnrt.network.layers import LayerKind
 
@@ -63,6 +65,13 @@ def precompile(net, config, shapes, ctx, search, cache, workers: int) -> dict | 
                 to_run, timed = candidates_to_run(layer, candidates, ins, cache, config.device, search)
                 fresh += timed
                 written = [set() for _ in layer.outputs]
+                known = None if timed or len(to_run) != 1 or cache is None else \
+                    cache.formats.get(TimingCache.key(signature, config.device, to_run[0].name))
+                if known is not None:   # a cached winner whose layouts the cache holds: nothing to run
+                    to_run = []
+                    for w, nhwc in zip(written, known):
+                        if nhwc is not None:
+                            w.add(nhwc)
                 for cand in to_run:
                     runs += 1
                     try:

@@ -42,10 +42,15 @@ def layer_signature(layer, shapes: list) -> str:
 
 
 class TimingCache:
-    """Timings in milliseconds by key; saved as JSON."""
+    """Timings in milliseconds by key; saved as JSON.  Beside them, by the same key, the layouts
+    the tactic wrote its outputs in (``formats``: per output True for NHWC, False for another
+    layout, None for what is not a tensor): a warm build learns a cached winner's layouts
+    from here instead of running it before its kernels are compiled."""
 
-    def __init__(self, entries: dict[str, float] | None = None) -> None:
+    def __init__(self, entries: dict[str, float] | None = None,
+                 formats: dict[str, list[bool | None]] | None = None) -> None:
         self.entries: dict[str, float] = dict(entries or {})
+        self.formats: dict[str, list[bool | None]] = dict(formats or {})
         self.hits = 0
         self.misses = 0
 
@@ -65,15 +70,19 @@ class TimingCache:
         self.entries[key] = float(ms)
 
     def serialize(self) -> bytes:
-        return json.dumps({"format": "kilnrt-timing-cache", "version": 1, "entries": self.entries},
-                          indent=0, sort_keys=True).encode()
+        return json.dumps({"format": "kilnrt-timing-cache", "version": 1, "entries": self.entries,
+                           "formats": self.formats}, indent=0, sort_keys=True).encode()
 
     @classmethod
     def deserialize(cls, blob: bytes) -> "TimingCache":
         data = json.loads(bytes(blob).decode())
         if data.get("format") != "kilnrt-timing-cache":
             raise ValueError("not a kilnrt timing cache")
-        return cls(data.get("entries", {}))
+        formats = data.get("formats", {})   # absent in caches written before the field: none known
+        if not isinstance(formats, dict) or not all(
+                isinstance(v, list) and all(f in (True, False, None) for f in v) for v in formats.values()):
+            raise ValueError("a kilnrt timing cache whose 'formats' is not {key: [true | false | null, ...]}")
+        return cls(data.get("entries", {}), formats)
 
     @classmethod
     def load(cls, path: str) -> "TimingCache":
@@ -90,10 +99,12 @@ class TimingCache:
 
     def combine(self, other: "TimingCache", ignore_mismatch: bool = False) -> bool:
         self.entries.update(other.entries)
+        self.formats.update(other.formats)
         return True
 
     def reset(self) -> bool:
         self.entries.clear()
+        self.formats.clear()
         return True
 
 
