@@ -238,10 +238,9 @@ def test_spelled_out_norm_runs_as_one_norm_kernel_on_gpu(rms):
         assert rel_l2(engine.run({"x": x})["y"], session.run(None, {"x": x})[0]) < 1e-2
 
 
-def test_channel_shuffle_keeps_channels_last_and_is_correct():
-    """A ShuffleNetV2 unit in fp16 against float32 onnxruntime; where the concatenation before
-    the channel shuffle is channels-last, the shuffle's copy is too
-    (kilnrt.kernels.views.reshape_in_memory_order), and the engine stays correct."""
+def test_shufflenet_unit_fp16():
+    """A ShuffleNetV2 unit (channel shuffle as a reshape, a transpose and a reshape back of a
+    concatenation, a split, a convolution on one half) in fp16 against float32 onnxruntime."""
     import onnxruntime as ort
 
     from tests.models import shuffle_block_model
@@ -253,7 +252,3 @@ def test_channel_shuffle_keeps_channels_last_and_is_correct():
     for _ in range(2):
         x = rng.standard_normal((2, 64, 14, 14)).astype(np.float32)
         assert rel_l2(engine.run({"x": x})["y"], session.run(None, {"x": x})[0]) < 1e-2
-    formats = {out: fmt for l in engine.layers for out, fmt in zip(l.outputs, l.output_formats)}
-    copies = [l for l in engine.layers if l.kind == kilnrt.LayerKind.SHUFFLE and "shuffled" in l.outputs]
-    if copies and formats.get("cat") == "channels_last":
-        assert formats["shuffled"] == "channels_last", formats

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 from kilnrt.kernels.cpu.plugin import builtin_plugin
 from kilnrt.kernels.registry import kernel
-from kilnrt.kernels.views import reshape_in_memory_order
 from kilnrt.network.dtypes import numpy_to_torch
 from kilnrt.network.layers import (ViewParams, ConcatenationParams, ConstantParams, ExpandParams, FillOperation,
                                    FillParams, GatherMode, GatherParams, LayerKind, PaddingParams, PluginParams,
@@ -69,9 +68,7 @@ def shuffle(p: ShuffleParams, x: torch.Tensor, dims: torch.Tensor | None = None)
         x = x.permute(p.first_transpose)
     reshape = host_values(dims) if dims is not None else p.reshape_dims
     if reshape is not None:
-        dims = _reshape_dims(list(reshape), tuple(x.shape), p.zero_is_placeholder)
-        # on the GPU a copying reshape keeps the source's memory order where it can (channels-last)
-        x = reshape_in_memory_order(x, dims) if x.is_cuda else x.reshape(dims)
+        x = x.reshape(_reshape_dims(list(reshape), tuple(x.shape), p.zero_is_placeholder))
     if p.second_transpose is not None:
         x = x.permute(p.second_transpose)
     return x
