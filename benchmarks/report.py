@@ -45,7 +45,7 @@ ZOO = ["2026-12-01-NVIDIA_H200-zoo.json", "2026-12-01-NVIDIA_H200-zoo-densenet12
        "2026-12-01-NVIDIA_H200-zoo-levit_128s.json", "2026-12-01-NVIDIA_H200-zoo-maxvit_t-swin_t.json",
        "2026-12-01-NVIDIA_H200-zoo-swin_t.json", "2026-12-01-NVIDIA_H200-zoo-t5_small.json"]
 CALLS = ["2026-12-01-NVIDIA_H200-call-overhead.json"]
-BUILDS = ["2026-12-01-NVIDIA_H200-build-time.json"]
+BUILDS = ["2026-12-01-NVIDIA_H200-build-time.json", "2026-12-02-NVIDIA_H200-build-time.json"]
 
 
 def _load(name: str) -> dict:
@@ -169,12 +169,16 @@ def calls() -> str:
 
 
 def builds() -> str:
-    lines = ["| model | cold build, kernels compiled on first launch | cold build now | warm build |",
-             "|---|---|---|---|"]
+    lines = ["| model | cold build, earlier | cold build | warm build | kernels compiled | results file |",
+             "|---|---|---|---|---|---|"]
     for name in BUILDS:
         for row in _load(name)["rows"]:
-            lines.append(f"| {row['model']} batch {row['batch']} | {row['cold_before_parallel_compile_s']:.1f} s "
-                         f"| {row['cold']['seconds']:.1f} s | {row['warm']['seconds']:.1f} s |")
+            before = row.get("cold_before_s", row.get("cold_before_parallel_compile_s"))
+            kernels = (row["cold"].get("parallel_compile") or {}).get("kernels")
+            was = f"{row['kernels_before']} → " if row.get("kernels_before") else ""
+            lines.append(f"| {row['model']} batch {row['batch']} | {'—' if before is None else f'{before:.1f} s'} "
+                         f"| {row['cold']['seconds']:.1f} s | {row['warm']['seconds']:.1f} s "
+                         f"| {was}{'—' if kernels is None else kernels} | `{name}` |")
     lines.append("")
     lines.append("From " + ", ".join(f"`{n}` ({_load(n)['date']}, {_load(n)['gpu']})" for n in BUILDS) + ".")
     return "\n".join(lines)
