@@ -168,6 +168,10 @@ def calls() -> str:
     return "\n".join(lines)
 
 
+def _build_s(build: dict | None) -> str:
+    return "—" if not build else f"{build['seconds']:.1f} s"
+
+
 def builds() -> str:
     lines = ["| model | cold build, earlier | cold build | warm build | kernels compiled | results file |",
              "|---|---|---|---|---|---|"]
@@ -177,7 +181,7 @@ def builds() -> str:
             kernels = (row["cold"].get("parallel_compile") or {}).get("kernels")
             was = f"{row['kernels_before']} → " if row.get("kernels_before") else ""
             lines.append(f"| {row['model']} batch {row['batch']} | {'—' if before is None else f'{before:.1f} s'} "
-                         f"| {row['cold']['seconds']:.1f} s | {row['warm']['seconds']:.1f} s "
+                         f"| {row['cold']['seconds']:.1f} s | {_build_s(row.get('warm'))} "
                          f"| {was}{'—' if kernels is None else kernels} | `{name}` |")
     lines.append("")
     lines.append("From " + ", ".join(f"`{n}` ({_load(n)['date']}, {_load(n)['gpu']})" for n in BUILDS) + ".")

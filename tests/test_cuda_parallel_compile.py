@@ -78,3 +78,43 @@ def test_warm_build_runs_nothing_ahead_and_chooses_the_same(tmp_path):
     assert warm["info"]["parallel_compile"]["discovery_runs"] == 0, warm["info"]
     assert warm["tactics"] == cold["tactics"]
     np.testing.assert_allclose(warm["out"], cold["out"], rtol=1e-3, atol=1e-4)
+
+
+LAUNCHER_SCRIPT = r"""
+import glob, inspect, json, os
+import torch, triton, triton.language as tl
+from triton.backends.nvidia import driver as nvidia_driver
+from kilnrt.kernels import compile_pool
+
+@triton.jit
+def _add_one(x_ptr, n, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(x_ptr + i, tl.load(x_ptr + i, mask=i < n) + 1, mask=i < n)
+
+x = torch.arange(100, dtype=torch.float32, device="cuda")
+with compile_pool.discover() as found:
+    _add_one[(1,)](x, 100, BLOCK=128)          # recorded, not compiled nor run
+stats = compile_pool.compile_all(found, 2)
+cache = os.environ["TRITON_CACHE_DIR"]
+launchers = [f for f in glob.glob(os.path.join(cache, "**", "*.so"), recursive=True) if "__triton_launcher" in f]
+_add_one[(1,)](x, 100, BLOCK=128)
+print("RESULT " + json.dumps({"stats": stats, "launchers_before_launch": len(launchers),
+      "per_signature": "__triton_launcher" in inspect.getsource(nvidia_driver),
+      "correct": bool(torch.equal(x.cpu(), torch.arange(100, dtype=torch.float32) + 1))}))
+"""
+
+
+def test_workers_build_the_launchers(tmp_path):
+    """On a Triton that compiles a C launcher per kernel signature, the compile workers build it:
+    it is in Triton's cache before the building process first launches the kernel."""
+    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton"), PYTHONPATH=ROOT)
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run([sys.executable, "-c", LAUNCHER_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line is not None, proc.stderr[-3000:]
+    result = json.loads(line[len("RESULT "):])
+    assert result["correct"] and result["stats"]["kernels"] == 1 and result["stats"]["failed"] == 0, result
+    if not result["per_signature"]:
+        pytest.skip("this Triton has one generic launcher: nothing to build")
+    assert result["stats"]["launchers"] == 1 and result["launchers_before_launch"] >= 1, result

@@ -74,6 +74,15 @@ def test_minmax_and_percentile_read_the_histogram():
     assert h.quantile(0.9) == pytest.approx(2.4, abs=0.01)
 
 
+def test_quantile_interpolates_within_a_bin():
+    """Evenly spread values: each quantile lands within a quarter of a bin of the exact one
+    (a bin's upper edge would be up to a whole bin off)."""
+    h = Histogram()
+    h.add(torch.linspace(0.0, 1.0, 1_000_001))
+    for q in (0.1, 0.23, 0.37, 0.5, 0.61, 0.78, 0.9, 0.95):
+        assert abs(h.quantile(q) - q) < h.width / 4, (q, h.quantile(q), h.width)
+
+
 def test_entropy_clips_outliers_where_minmax_keeps_them():
     h = Histogram()
     x = torch.randn(500_000)

@@ -206,3 +206,51 @@ def test_timing_cache_keeps_written_layouts_and_refuses_malformed_ones():
     assert merged.formats == again.formats
     merged.reset()
     assert merged.formats == {} and merged.entries == {}
+
+
+def test_kernel_discovery_runs_a_repeated_layer_once_and_a_warm_build_nothing(monkeypatch):
+    """kilnrt/builder/precompile.py with the compile pool and the GPU stood in for: a layer
+    just like one already run (same kind, params, inputs and candidates) is not run again; once
+    the timing cache holds every candidate's time and the winners' written layouts, nothing
+    is run at all; a layer of other params is run in both builds' first pass."""
+    import contextlib
+
+    from kilnrt.builder import precompile as pre
+    from kilnrt.builder.examples import example_inputs
+    from kilnrt.kernels import compile_pool
+
+    log: list = []
+    cands = [Gemm("gemm_a", log), Library("lib", log)]
+    monkeypatch.setattr(pre, "tactics_for", lambda layer, device, ctx: cands)
+    monkeypatch.setattr(compile_pool, "available", lambda: True)
+    monkeypatch.setattr(compile_pool, "discover", lambda: contextlib.nullcontext(object()))
+    monkeypatch.setattr(compile_pool, "compile_all", lambda found, workers: {"kernels": 0})
+    net = Network()
+    x = net.add_input("x", DataType.HALF, (2, 8, 4, 4))
+    a = net.add_layer(LayerKind.ACTIVATION, ActivationParams(ActivationType.RELU), [x])
+    b = net.add_layer(LayerKind.ACTIVATION, ActivationParams(ActivationType.RELU), [a.outputs[0]])
+    c = net.add_layer(LayerKind.ACTIVATION, ActivationParams(ActivationType.SIGMOID), [b.outputs[0]])
+    net.mark_output(c.outputs[0])
+    shapes = {t.name: ((2, 8, 4, 4), DataType.HALF) for t in (x, a.outputs[0], b.outputs[0], c.outputs[0])}
+    config = kilnrt.BuilderConfig()
+    config.device = "cuda"
+    ctx = TacticContext(torch.device("cpu"), {})
+    cache = TimingCache()
+
+    stats = pre.precompile(net, config, shapes, ctx, SEARCH[3], cache, workers=2)
+    assert stats["repeated_layers"] == 1 and stats["discovery_runs"] == 4 and len(log) == 4
+    assert stats["timed_layers"] == 2
+
+    for layer in (a, c):   # what the timing pass leaves in the cache: every time, the winner's layouts
+        ins = example_inputs(layer, ctx, shapes, {})
+        key = search.example_signature(layer, ins)
+        for cand in cands:
+            cache.put(TimingCache.key(key, "cuda", cand.name), 0.5 if cand.name == "lib" else 1.0)
+        cache.formats[TimingCache.key(key, "cuda", "lib")] = [False]
+    log.clear()
+    stats = pre.precompile(net, config, shapes, ctx, SEARCH[3], cache, workers=2)
+    assert stats["discovery_runs"] == 0 and log == [] and stats["timed_layers"] == 0
+
+    del cache.formats[TimingCache.key(search.example_signature(c, example_inputs(c, ctx, shapes, {})), "cuda", "lib")]
+    stats = pre.precompile(net, config, shapes, ctx, SEARCH[3], cache, workers=2)
+    assert stats["discovery_runs"] == 1 and log == ["lib"]   # only the cached winner whose layouts are unknown

@@ -153,4 +153,3 @@ def test_chains_cancel_or_collapse_and_near_misses_stay():
     out = engine.run({"x": x.numpy()})
     np.testing.assert_allclose(out["a"], ref[0], rtol=1e-6)
     np.testing.assert_allclose(out["b"], ref[1], rtol=1e-6)
-

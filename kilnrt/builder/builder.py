@@ -244,7 +244,7 @@ def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, pro
         if ins is not None:
             written = record_layouts(layer, chosen, ctx, ins, layouts)
             if cache is not None and written is not None:
-                cache.formats[TimingCache.key(example_signature(layer, ins), config.device, chosen.name)] = written
+                _remember_formats(cache, layer, ins, config.device, chosen.name, written)
         layers.append(EngineLayer(
             name=layer.name, kind=layer.kind, params=layer.params,
             inputs=[None if t is None else t.name for t in layer.inputs],
@@ -259,6 +259,15 @@ def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, pro
         if progress is not None:
             progress()
     return layers
+
+
+def _remember_formats(cache: TimingCache, layer, ins, device: str, tactic: str, written: list) -> None:
+    """Keep the layouts the chosen tactic wrote, for a warm build's kernel discovery (a hint:
+    a layer whose params cannot be keyed is left out, as it would be from the timings)."""
+    try:
+        cache.formats[TimingCache.key(example_signature(layer, ins), device, tactic)] = written
+    except (TypeError, ValueError) as exc:
+        log.debug("no timing-cache key for %s: %s", layer.name, exc)
 
 
 def _precision(layer) -> DataType | None:

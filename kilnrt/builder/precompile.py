@@ -44,10 +44,11 @@ def precompile(net, config, shapes, ctx, search, cache, workers: int) -> dict | 
     t0 = time.perf_counter()
     layouts: dict[str, set[bool]] = {}   # activation -> the layouts some producer candidate writes
     runs = fresh = repeats = 0   # candidate runs; layers to be timed; layers like one already run
-    # example signature -> the layouts each output was written in: a layer whose kind, params and
-    # example inputs match one already run (a repeated block) launches the same kernels, and
-    # the timing pass will find its timings in the cache; only its layouts are recorded again
-    written_by: dict[str, list[set[bool]]] = {}
+    # (example signature, candidates) -> the layouts each output was written in: a layer whose
+    # kind, params, example inputs and candidates match one already run (a repeated block)
+    # launches the same kernels, and the timing pass will find its timings in the cache; only
+    # its layouts are recorded again
+    written_by: dict[tuple, list[set[bool]]] = {}
     with compile_pool.discover() as found:
         for layer in net.layers:
             if layer.kind == LayerKind.CONSTANT:
@@ -58,9 +59,10 @@ def precompile(net, config, shapes, ctx, search, cache, workers: int) -> dict | 
                 if ins is None:
                     break
                 signature = example_signature(layer, ins)
-                if signature in written_by:
+                seen = (signature, tuple(c.name for c in candidates))   # the same kernels only with the same candidates
+                if seen in written_by:
                     repeats += 1
-                    _record_layouts(layer, written_by[signature], layouts)
+                    _record_layouts(layer, written_by[seen], layouts)
                     continue
                 to_run, timed = candidates_to_run(layer, candidates, ins, cache, config.device, search)
                 fresh += timed
@@ -82,7 +84,7 @@ def precompile(net, config, shapes, ctx, search, cache, workers: int) -> dict | 
                     for w, nhwc in zip(written, written_layouts(outs)):
                         if nhwc is not None:
                             w.add(nhwc)
-                written_by[signature] = written
+                written_by[seen] = written
                 _record_layouts(layer, written, layouts)
     discovered_s = time.perf_counter() - t0
     # every timing cached (a warm build): the few chosen kernels are most likely in Triton's

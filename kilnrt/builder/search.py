@@ -29,6 +29,7 @@ import torch
 from kilnrt.builder.timing import TimingCache, layer_signature, time_callable
 from kilnrt.device import out_of_memory
 from kilnrt.errors import BuildError, ErrorCode
+from kilnrt.network.layers import LayerKind
 
 log = logging.getLogger("kilnrt.builder")
 
@@ -86,10 +87,18 @@ def first_that_runs(layer, candidates, ctx, ins):
 
 
 def example_signature(layer, ins) -> str:
-    """The timing cache's key for ``layer`` on example inputs ``ins`` (shapes, dtypes, layouts)."""
+    """The timing cache's key for ``layer`` on example inputs ``ins``: per input its shape,
+    dtype, layout, and whether it is a constant (a tactic may need a constant weight, and
+    prepares one ahead: a GEMM on an activation is not timed as one on a weight)."""
     return layer_signature(layer, [None if a is None else
-                                   [list(a.shape), str(a.dtype), a.dim() == 4 and not a.is_contiguous()]
-                                   for a in ins])
+                                   [list(a.shape), str(a.dtype), a.dim() == 4 and not a.is_contiguous(),
+                                    _constant(t)]
+                                   for t, a in zip(layer.inputs, ins)])
+
+
+def _constant(t) -> bool:
+    producer = getattr(t, "producer", None)
+    return producer is not None and producer.kind == LayerKind.CONSTANT
 
 
 def candidates_to_run(layer, candidates, ins, cache: TimingCache | None, device: str,

@@ -80,7 +80,7 @@ class TimingCache:
             raise ValueError("not a kilnrt timing cache")
         formats = data.get("formats", {})   # absent in caches written before the field: none known
         if not isinstance(formats, dict) or not all(
-                isinstance(v, list) and all(f in (True, False, None) for f in v) for v in formats.values()):
+                isinstance(v, list) and all(f is None or isinstance(f, bool) for f in v) for v in formats.values()):
             raise ValueError("a kilnrt timing cache whose 'formats' is not {key: [true | false | null, ...]}")
         return cls(data.get("entries", {}), formats)
 

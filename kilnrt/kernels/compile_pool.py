@@ -127,11 +127,12 @@ def _build_launcher(kernel) -> None:
 
 
 def _launcher_owners(requests: list[tuple]) -> set[int]:
-    """The index of the first request of each kernel signature (argument types, constexprs
-    marked), whose worker also builds the launcher: one build per launcher, not one per kernel."""
-    seen: dict[str, int] = {}
+    """The index of the first request of each kernel signature (the ordered argument types,
+    constexprs marked: all a launcher is generated from), whose worker also builds the
+    launcher: one build per launcher, not one per kernel."""
+    seen: dict[tuple, int] = {}
     for i, (_, signature, *_rest) in enumerate(requests):
-        seen.setdefault(repr(sorted(signature.items())), i)
+        seen.setdefault(tuple(str(t) for t in signature.values()), i)
     return set(seen.values())
 
 

@@ -172,4 +172,3 @@ def _view_through(x: torch.Tensor, ops):
     """(strides, offset) of ``ops`` applied through ``x``'s strides, or None."""
     v = Strided(tuple(x.shape), tuple(x.stride()))
     return v.view() if v.run(ops) else None
-

@@ -18,12 +18,13 @@ def evaluate_steps(p: PointwiseParams, inputs: list[torch.Tensor]) -> list[torch
 
 def step_dtypes(p: PointwiseParams, input_dtypes: list[torch.dtype]) -> list[torch.dtype]:
     """The dtype of each step's result, for inputs of ``input_dtypes``: found by running the
-    steps on host scalars of 1 (no step divides by zero), or on meta scalars where a host
-    kernel is missing for a dtype (float8).  Host scalars first, because PyTorch's first
-    arithmetic on meta tensors imports TorchDynamo, 1.5-3 s of a build that needs none of it."""
+    steps on host scalars of 1, or on meta scalars where that fails (a host kernel missing for
+    a dtype, such as float8; an integer step dividing by a zero an earlier step made).  Host
+    scalars first, because PyTorch's first arithmetic on meta tensors imports TorchDynamo,
+    1.5-3 s of a build that needs none of it."""
     try:
         values = evaluate_steps(p, [torch.ones((), dtype=d) for d in input_dtypes])
-    except (RuntimeError, NotImplementedError, TypeError):
+    except Exception:  # noqa: BLE001 - meta scalars give the dtypes without running a kernel
         values = evaluate_steps(p, [torch.empty((), dtype=d, device="meta") for d in input_dtypes])
     return [v.dtype for v in values[p.num_inputs:]]
 
