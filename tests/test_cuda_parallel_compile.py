@@ -109,8 +109,9 @@ def test_workers_build_the_launchers(tmp_path):
     it is in Triton's cache before the building process first launches the kernel."""
     env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton"), PYTHONPATH=ROOT)
     env.pop("TRITON_INTERPRET", None)
-    proc = subprocess.run([sys.executable, "-c", LAUNCHER_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=300)
+    script = tmp_path / "launchers.py"   # a file: @triton.jit reads its kernel's source
+    script.write_text(LAUNCHER_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert line is not None, proc.stderr[-3000:]
     result = json.loads(line[len("RESULT "):])
