@@ -3,7 +3,7 @@
     python benchmarks/zoo.py                                   # every model, batch 1 and throughput
     python benchmarks/zoo.py --models swin_t,gpt2 --batches 1
     python benchmarks/zoo.py --peers eager,default             # skip max-autotune (slow to compile)
-    python benchmarks/zoo.py --out benchmarks/results/X.json --resume   # go on with a stopped run
+    python benchmarks/zoo.py --out benchmarks/results/X.json --resume   # go on with a stopped run (same commit)
 
 The models are in ``benchmarks/zoo_models.py``.  For each (model, batch) row: the FP32 model's
 output is the reference; the model is exported with PyTorch's default ONNX exporter (the
@@ -51,7 +51,7 @@ warnings.filterwarnings("ignore")
 
 import kilnrt  # noqa: E402
 from kilnrt.builder.timing import event_median_ms, time_cuda_graph  # noqa: E402
-from measure import Stopped, kilnrt_times, rel_l2, results_header, stop_on_sigterm  # noqa: E402
+from measure import Stopped, code_commit, kilnrt_times, rel_l2, results_header, stop_on_sigterm  # noqa: E402
 from zoo_models import ZOO  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
@@ -212,7 +212,7 @@ def bench_row(row: dict, name: str, batch: int, peers: tuple[str, ...], iters: i
     peers in theirs."""
     entry = ZOO[name]
     row.update(family=entry.family, seq=entry.seq, precision="fp16", profile="static",
-               gpu=torch.cuda.get_device_name(), torch=torch.__version__)
+               gpu=torch.cuda.get_device_name(), torch=torch.__version__, kilnrt_commit=code_commit())
     row.update(run_kilnrt(folder, stem(name, batch), iters, timeout_s=900))
     log(f"  kilnrt {row['kilnrt_ms']:.3f} ms (run {row['kilnrt_run_ms']:.3f}, graph {row['kilnrt_graph_ms']:.3f}, "
         f"host {row['host_us']:.0f} us), relerr {row['relerr']:.1e}, cold build {row['build_s']} s")
@@ -294,6 +294,20 @@ def stop_all(procs: list) -> None:
         proc.join(5)
 
 
+def resume_mismatch(path: str, commit: str | None, gpu: str) -> str | None:
+    """Why the rows of ``path`` cannot be resumed by a run of ``commit`` on ``gpu``, or None
+    (also when there is no file yet)."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        doc = json.load(f)
+    if doc.get("kilnrt_commit") != commit:
+        return f"{path} was begun at commit {doc.get('kilnrt_commit')}, and this is {commit}"
+    if doc.get("gpu") != gpu:
+        return f"{path} was begun on a {doc.get('gpu')}, and this is a {gpu}"
+    return None
+
+
 def load_rows(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
@@ -331,7 +345,11 @@ def main(argv=None) -> int:
     p.add_argument("--peers", default=",".join(PEERS), help="comma list of: " + ", ".join(PEERS))
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--out", default=None)
-    p.add_argument("--resume", action="store_true", help="skip the rows --out already holds without an error")
+    p.add_argument("--resume", action="store_true",
+                   help="skip the rows --out already holds without an error (the file must be this commit's, "
+                        "on this GPU model)")
+    p.add_argument("--resume-any-commit", action="store_true",
+                   help="with --resume: go on with a file another commit or GPU model began (each row names its own)")
     p.add_argument("--prepare-jobs", type=int, default=4,
                    help="rows prepared at once (export, inductor cache warm-up), each in its own process")
     p.add_argument("--folder", default=None, help="where prepared rows are kept (default: a temporary folder)")
@@ -349,6 +367,11 @@ def main(argv=None) -> int:
         p.error(f"--peers takes {', '.join(PEERS)}")
     gpu = torch.cuda.get_device_name().replace(" ", "_")
     out = args.out or os.path.join(RESULTS, f"{datetime.date.today().isoformat()}-{gpu}-zoo.json")
+    if args.resume and not args.resume_any_commit:
+        mismatch = resume_mismatch(out, code_commit(), torch.cuda.get_device_name())
+        if mismatch:
+            p.error(f"--resume: {mismatch}; one results file holds one commit's run on one GPU model. "
+                    "Give another --out, or pass --resume-any-commit to mix them (each row records its commit)")
     rows = load_rows(out) if args.resume else []
     done = {(r["model"], r["batch"]) for r in rows if "error" not in r}
     rows = [r for r in rows if "error" not in r]

@@ -1,0 +1,61 @@
+"""benchmarks/zoo.py's bookkeeping, on the CPU: ``--resume`` goes on only with a results file
+of the same commit and GPU model, so one file is one run of one code on one kind of GPU."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def zoo(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("kilnrt_bench_zoo", BENCH / "zoo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Stand-in GPU")
+    monkeypatch.setenv("KILNRT_COMMIT", "abc1234")
+    return module
+
+
+def _results(path: Path, commit: str, gpu: str = "Stand-in GPU") -> None:
+    path.write_text(json.dumps({"date": "2026-12-02", "gpu": gpu, "kilnrt_commit": commit, "set": "zoo",
+                                "rows": [{"model": "squeezenet1_1", "batch": 1, "kilnrt_ms": 0.09, "relerr": 1e-3,
+                                          "build_s": 10.0}]}))
+
+
+def test_resume_refuses_another_commits_or_gpus_file(zoo, tmp_path, capsys):
+    out = tmp_path / "zoo.json"
+    assert zoo.resume_mismatch(str(out), "abc1234", "Stand-in GPU") is None        # no file yet
+    _results(out, "abc1234")
+    assert zoo.resume_mismatch(str(out), "abc1234", "Stand-in GPU") is None
+    _results(out, "0ld0000")
+    assert "begun at commit 0ld0000, and this is abc1234" in zoo.resume_mismatch(str(out), "abc1234", "Stand-in GPU")
+    _results(out, "abc1234", gpu="Other GPU")
+    assert "begun on a Other GPU" in zoo.resume_mismatch(str(out), "abc1234", "Stand-in GPU")
+    with pytest.raises(SystemExit):
+        zoo.main(["--models", "squeezenet1_1", "--batches", "1", "--out", str(out), "--resume"])
+    assert "one results file holds one commit's run" in capsys.readouterr().err
+
+
+def test_resume_any_commit_goes_on_and_skips_the_rows_held(zoo, tmp_path, monkeypatch):
+    out = tmp_path / "zoo.json"
+    _results(out, "0ld0000")
+    seen = []
+
+    def prepare_all(todo, *args, **kwargs):   # no GPU here: every row's preparation fails
+        seen.extend(todo)
+        return {key: RuntimeError("stand-in") for key in todo}, []
+
+    monkeypatch.setattr(zoo, "prepare_all", prepare_all)
+    zoo.main(["--models", "squeezenet1_1,shufflenet_v2_x1_0", "--batches", "1", "--out", str(out), "--resume",
+              "--resume-any-commit", "--peers", "eager"])
+    assert [name for name, _ in seen] == ["shufflenet_v2_x1_0"]   # squeezenet1_1's row was held
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["model"] for r in rows] == ["squeezenet1_1", "shufflenet_v2_x1_0"]
+    assert rows[0]["kilnrt_ms"] == 0.09 and "stand-in" in rows[1]["error"]
