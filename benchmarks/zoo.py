@@ -212,7 +212,7 @@ def bench_row(row: dict, name: str, batch: int, peers: tuple[str, ...], iters: i
     peers in theirs."""
     entry = ZOO[name]
     row.update(family=entry.family, seq=entry.seq, precision="fp16", profile="static",
-               gpu=torch.cuda.get_device_name(), torch=torch.__version__, kilnrt_commit=code_commit())
+               torch=torch.__version__)
     row.update(run_kilnrt(folder, stem(name, batch), iters, timeout_s=900))
     log(f"  kilnrt {row['kilnrt_ms']:.3f} ms (run {row['kilnrt_run_ms']:.3f}, graph {row['kilnrt_graph_ms']:.3f}, "
         f"host {row['host_us']:.0f} us), relerr {row['relerr']:.1e}, cold build {row['build_s']} s")
@@ -296,11 +296,19 @@ def stop_all(procs: list) -> None:
 
 def resume_mismatch(path: str, commit: str | None, gpu: str) -> str | None:
     """Why the rows of ``path`` cannot be resumed by a run of ``commit`` on ``gpu``, or None
-    (also when there is no file yet)."""
+    (also when there is no file yet).  A run whose commit is unknown (no git, no
+    ``KILNRT_COMMIT``) or has uncommitted changes (``+changes``) cannot prove it is the same
+    code, so it resumes nothing."""
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        doc = json.load(f)
+    if commit is None or commit.endswith("+changes"):
+        return (f"this run's code is {'not known' if commit is None else commit} (set KILNRT_COMMIT, "
+                "or commit the changes), so it cannot be shown to be the code that began " + path)
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as exc:
+        return f"{path} cannot be read as a results file ({exc})"
     if doc.get("kilnrt_commit") != commit:
         return f"{path} was begun at commit {doc.get('kilnrt_commit')}, and this is {commit}"
     if doc.get("gpu") != gpu:
@@ -308,15 +316,28 @@ def resume_mismatch(path: str, commit: str | None, gpu: str) -> str | None:
     return None
 
 
-def load_rows(path: str) -> list[dict]:
+def load_resumed(path: str) -> list[dict]:
+    """The rows of ``path`` measured without an error, each naming the commit and GPU that
+    measured it (a row from before rows named them takes its file's)."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return json.load(f).get("rows", [])
+        doc = json.load(f)
+    rows = [r for r in doc.get("rows", []) if "error" not in r]
+    for r in rows:
+        r.setdefault("kilnrt_commit", doc.get("kilnrt_commit"))
+        r.setdefault("gpu", doc.get("gpu"))
+    return rows
 
 
 def write_results(path: str, rows: list[dict]) -> None:
+    """The results file; its ``kilnrt_commit`` (and ``gpu``) is ``"mixed"`` when its rows name
+    several (a run resumed with ``--resume-any-commit``)."""
     doc = {**results_header("zoo", torch.cuda.get_device_name()), "rows": rows}
+    for key in ("kilnrt_commit", "gpu"):
+        named = {r[key] for r in rows if key in r}
+        if len(named | {doc[key]}) > 1:
+            doc[key] = "mixed"
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump(doc, f, indent=1)
@@ -367,14 +388,15 @@ def main(argv=None) -> int:
         p.error(f"--peers takes {', '.join(PEERS)}")
     gpu = torch.cuda.get_device_name().replace(" ", "_")
     out = args.out or os.path.join(RESULTS, f"{datetime.date.today().isoformat()}-{gpu}-zoo.json")
+    if args.resume_any_commit and not args.resume:
+        p.error("--resume-any-commit goes with --resume")
     if args.resume and not args.resume_any_commit:
         mismatch = resume_mismatch(out, code_commit(), torch.cuda.get_device_name())
         if mismatch:
             p.error(f"--resume: {mismatch}; one results file holds one commit's run on one GPU model. "
                     "Give another --out, or pass --resume-any-commit to mix them (each row records its commit)")
-    rows = load_rows(out) if args.resume else []
-    done = {(r["model"], r["batch"]) for r in rows if "error" not in r}
-    rows = [r for r in rows if "error" not in r]
+    rows = load_resumed(out) if args.resume else []
+    done = {(r["model"], r["batch"]) for r in rows}
     todo = []
     for name in names:
         entry = ZOO[name]
@@ -390,7 +412,7 @@ def main(argv=None) -> int:
         prepared, procs = prepare_all(todo, peers, folder, args.prepare_jobs, log) if todo else ({}, [])
         log(f"prepared {len(todo)} rows in {time.perf_counter() - t0:.0f} s")
         for name, batch in todo:
-            row = {"model": name, "batch": batch}
+            row = {"model": name, "batch": batch, "kilnrt_commit": code_commit(), "gpu": torch.cuda.get_device_name()}
             rows.append(row)
             log(f"{name} batch {batch}")
             try:

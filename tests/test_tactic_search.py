@@ -2,6 +2,7 @@
 made-up tactics and a made-up clock, so what is timed, how often and what wins is exact."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -198,9 +199,11 @@ def test_timing_cache_keeps_written_layouts_and_refuses_malformed_ones():
     again = TimingCache.deserialize(cache.serialize())
     assert again.entries == cache.entries and again.formats == {"k|gpu|v|t": [True, None]}
     old = b'{"format": "kilnrt-timing-cache", "version": 1, "entries": {"a": 1.0}}'
-    assert TimingCache.deserialize(old).formats == {}            # written before the field
+    dropped = TimingCache.deserialize(old)                      # keyed otherwise: nothing reused
+    assert dropped.entries == {} and dropped.formats == {}
     with pytest.raises(ValueError, match="formats"):
-        TimingCache.deserialize(b'{"format": "kilnrt-timing-cache", "entries": {}, "formats": {"a": [2]}}')
+        TimingCache.deserialize(b'{"format": "kilnrt-timing-cache", "version": 2, "entries": {}, '
+                                b'"formats": {"a": [2]}}')
     merged = TimingCache()
     merged.combine(again)
     assert merged.formats == again.formats
@@ -254,3 +257,25 @@ def test_kernel_discovery_runs_a_repeated_layer_once_and_a_warm_build_nothing(mo
     del cache.formats[TimingCache.key(search.example_signature(c, example_inputs(c, ctx, shapes, {})), "cuda", "lib")]
     stats = pre.precompile(net, config, shapes, ctx, SEARCH[3], cache, workers=2)
     assert stats["discovery_runs"] == 1 and log == ["lib"]   # only the cached winner whose layouts are unknown
+
+    # a layer like one already run but with other candidates (another tactic supports it) is run
+    more = cands + [Gemm("gemm_extra", log)]
+    monkeypatch.setattr(pre, "tactics_for", lambda layer, device, ctx: more if layer is b else cands)
+    log.clear()
+    stats = pre.precompile(net, config, shapes, ctx, SEARCH[3], TimingCache(), workers=2)
+    assert stats["repeated_layers"] == 0 and log.count("gemm_extra") == 1 and len(log) == 7
+
+
+def test_timing_key_tells_a_constant_input_from_an_activation():
+    """Two products of the same shapes, one with a constant weight and one with an activation:
+    a tactic may prepare a constant ahead (or need one), so their timings are kept apart."""
+    from kilnrt.network.layers import ConstantParams, MatrixMultiplyParams
+
+    net = Network()
+    x = net.add_input("x", DataType.HALF, (4, 8))
+    y = net.add_input("y", DataType.HALF, (8, 8))
+    w = net.add_layer(LayerKind.CONSTANT, ConstantParams(np.ones((8, 8), np.float16)), []).outputs[0]
+    weighted = net.add_layer(LayerKind.MATRIX_MULTIPLY, MatrixMultiplyParams(), [x, w])
+    multiplied = net.add_layer(LayerKind.MATRIX_MULTIPLY, MatrixMultiplyParams(), [x, y])
+    ins = [torch.randn(4, 8).half(), torch.randn(8, 8).half()]
+    assert search.example_signature(weighted, ins) != search.example_signature(multiplied, ins)

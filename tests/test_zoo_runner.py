@@ -41,6 +41,15 @@ def test_resume_refuses_another_commits_or_gpus_file(zoo, tmp_path, capsys):
     with pytest.raises(SystemExit):
         zoo.main(["--models", "squeezenet1_1", "--batches", "1", "--out", str(out), "--resume"])
     assert "one results file holds one commit's run" in capsys.readouterr().err
+    # code that cannot be shown to be the same: unknown, or with uncommitted changes
+    _results(out, "abc1234")
+    assert "not known" in zoo.resume_mismatch(str(out), None, "Stand-in GPU")
+    assert "abc1234+changes" in zoo.resume_mismatch(str(out), "abc1234+changes", "Stand-in GPU")
+    out.write_text("{not json")
+    assert "cannot be read" in zoo.resume_mismatch(str(out), "abc1234", "Stand-in GPU")
+    with pytest.raises(SystemExit):
+        zoo.main(["--models", "squeezenet1_1", "--out", str(out), "--resume-any-commit"])
+    assert "goes with --resume" in capsys.readouterr().err
 
 
 def test_resume_any_commit_goes_on_and_skips_the_rows_held(zoo, tmp_path, monkeypatch):
@@ -54,8 +63,13 @@ def test_resume_any_commit_goes_on_and_skips_the_rows_held(zoo, tmp_path, monkey
 
     monkeypatch.setattr(zoo, "prepare_all", prepare_all)
     zoo.main(["--models", "squeezenet1_1,shufflenet_v2_x1_0", "--batches", "1", "--out", str(out), "--resume",
-              "--resume-any-commit", "--peers", "eager"])
+              "--resume-any-commit", "--peers", "eager", "--folder", str(tmp_path / "rows")])
     assert [name for name, _ in seen] == ["shufflenet_v2_x1_0"]   # squeezenet1_1's row was held
-    rows = json.loads(out.read_text())["rows"]
+    doc = json.loads(out.read_text())
+    rows = doc["rows"]
     assert [r["model"] for r in rows] == ["squeezenet1_1", "shufflenet_v2_x1_0"]
     assert rows[0]["kilnrt_ms"] == 0.09 and "stand-in" in rows[1]["error"]
+    # each row names its commit (the held one its file's), and the file says it is mixed
+    assert [r["kilnrt_commit"] for r in rows] == ["0ld0000", "abc1234"]
+    assert doc["kilnrt_commit"] == "mixed" and doc["gpu"] == "Stand-in GPU"
+    assert "begun at commit mixed" in zoo.resume_mismatch(str(out), "abc1234", "Stand-in GPU")

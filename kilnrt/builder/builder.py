@@ -262,8 +262,8 @@ def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, pro
 
 
 def _remember_formats(cache: TimingCache, layer, ins, device: str, tactic: str, written: list) -> None:
-    """Keep the layouts the chosen tactic wrote, for a warm build's kernel discovery (a hint:
-    a layer whose params cannot be keyed is left out, as it would be from the timings)."""
+    """Keep the layouts the chosen tactic wrote, for a warm build's kernel discovery.  They are
+    a hint, so a layer that cannot be keyed is left out rather than failing the build."""
     try:
         cache.formats[TimingCache.key(example_signature(layer, ins), device, tactic)] = written
     except (TypeError, ValueError) as exc:

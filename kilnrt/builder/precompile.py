@@ -10,8 +10,8 @@ from Triton's cache.
 
 A layer's inputs are tried in each layout that some candidate of its producer writes (NCHW
 and NHWC), since the timing pass feeds it the layout of whichever candidate wins there; a
-kernel still missed compiles on launch as before.  A layer whose kind, parameters and example
-inputs match one already run (a repeated block) is not run again: it launches the same
+kernel still missed compiles on launch as before.  A layer whose kind, parameters, example
+inputs and candidates match one already run (a repeated block) is not run again: it launches the same
 kernels, and its timings will come from the timing cache.  Candidates whose timings are all in the
 timing cache are not timed again, so only the fastest of them is run (to learn its layout),
 and not even that where the cache holds the layouts it wrote; when every layer is cached (a

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import statistics
 import threading
@@ -16,6 +17,8 @@ from typing import Any, Callable
 import torch
 
 from kilnrt import __version__
+
+log = logging.getLogger("kilnrt.builder")
 
 
 def device_name(device: str) -> str:
@@ -39,6 +42,10 @@ def layer_signature(layer, shapes: list) -> str:
     params = encode_params(layer.params, None) if layer.kind.value != "constant" else {}
     blob = json.dumps([layer.kind.value, params, shapes], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+# 2: keys mark which inputs are constants, and the file keeps the written layouts (formats)
+TIMING_CACHE_VERSION = 2
 
 
 class TimingCache:
@@ -70,15 +77,19 @@ class TimingCache:
         self.entries[key] = float(ms)
 
     def serialize(self) -> bytes:
-        return json.dumps({"format": "kilnrt-timing-cache", "version": 1, "entries": self.entries,
-                           "formats": self.formats}, indent=0, sort_keys=True).encode()
+        return json.dumps({"format": "kilnrt-timing-cache", "version": TIMING_CACHE_VERSION,
+                           "entries": self.entries, "formats": self.formats}, indent=0, sort_keys=True).encode()
 
     @classmethod
     def deserialize(cls, blob: bytes) -> "TimingCache":
         data = json.loads(bytes(blob).decode())
         if data.get("format") != "kilnrt-timing-cache":
             raise ValueError("not a kilnrt timing cache")
-        formats = data.get("formats", {})   # absent in caches written before the field: none known
+        if data.get("version") != TIMING_CACHE_VERSION:   # keyed otherwise: none of its keys would match
+            log.info("a timing cache of version %s (this kilnrt keys version %d): starting an empty one",
+                     data.get("version"), TIMING_CACHE_VERSION)
+            return cls()
+        formats = data.get("formats", {})
         if not isinstance(formats, dict) or not all(
                 isinstance(v, list) and all(f is None or isinstance(f, bool) for f in v) for v in formats.values()):
             raise ValueError("a kilnrt timing cache whose 'formats' is not {key: [true | false | null, ...]}")
