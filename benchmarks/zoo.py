@@ -390,8 +390,9 @@ def main(argv=None) -> int:
     out = args.out or os.path.join(RESULTS, f"{datetime.date.today().isoformat()}-{gpu}-zoo.json")
     if args.resume_any_commit and not args.resume:
         p.error("--resume-any-commit goes with --resume")
+    commit, device = code_commit(), torch.cuda.get_device_name()   # once: code_commit may run git
     if args.resume and not args.resume_any_commit:
-        mismatch = resume_mismatch(out, code_commit(), torch.cuda.get_device_name())
+        mismatch = resume_mismatch(out, commit, device)
         if mismatch:
             p.error(f"--resume: {mismatch}; one results file holds one commit's run on one GPU model. "
                     "Give another --out, or pass --resume-any-commit to mix them (each row records its commit)")
@@ -412,7 +413,7 @@ def main(argv=None) -> int:
         prepared, procs = prepare_all(todo, peers, folder, args.prepare_jobs, log) if todo else ({}, [])
         log(f"prepared {len(todo)} rows in {time.perf_counter() - t0:.0f} s")
         for name, batch in todo:
-            row = {"model": name, "batch": batch, "kilnrt_commit": code_commit(), "gpu": torch.cuda.get_device_name()}
+            row = {"model": name, "batch": batch, "kilnrt_commit": commit, "gpu": device}
             rows.append(row)
             log(f"{name} batch {batch}")
             try:

@@ -62,18 +62,16 @@ def precompile(net, config, shapes, ctx, search, cache, workers: int) -> dict | 
                 seen = (signature, tuple(c.name for c in candidates))   # the same kernels only with the same candidates
                 if seen in written_by:
                     repeats += 1
-                    _record_layouts(layer, written_by[seen], layouts)
+                    _merge_layouts(layer, written_by[seen], layouts)
                     continue
-                to_run, timed = candidates_to_run(layer, candidates, ins, cache, config.device, search)
+                to_run, timed = candidates_to_run(layer, candidates, ins, cache, config.device, search, signature)
                 fresh += timed
                 written = [set() for _ in layer.outputs]
                 known = None if timed or len(to_run) != 1 or cache is None else \
                     cache.formats.get(TimingCache.key(signature, config.device, to_run[0].name))
                 if known is not None:   # a cached winner whose layouts the cache holds: nothing to run
                     to_run = []
-                    for w, nhwc in zip(written, known):
-                        if nhwc is not None:
-                            w.add(nhwc)
+                    _add_layouts(written, known)
                 for cand in to_run:
                     runs += 1
                     try:
@@ -81,11 +79,9 @@ def precompile(net, config, shapes, ctx, search, cache, workers: int) -> dict | 
                     except Exception as exc:  # noqa: BLE001 - the timing pass reports real failures
                         log.debug("discovery run of %s on %s failed: %s", cand.name, layer.name, exc)
                         continue
-                    for w, nhwc in zip(written, written_layouts(outs)):
-                        if nhwc is not None:
-                            w.add(nhwc)
+                    _add_layouts(written, written_layouts(outs))
                 written_by[seen] = written
-                _record_layouts(layer, written, layouts)
+                _merge_layouts(layer, written, layouts)
     discovered_s = time.perf_counter() - t0
     # every timing cached (a warm build): the few chosen kernels are most likely in Triton's
     # cache already, and loading them one by one beats starting workers
@@ -94,7 +90,16 @@ def precompile(net, config, shapes, ctx, search, cache, workers: int) -> dict | 
     return stats
 
 
-def _record_layouts(layer, written: list[set[bool]], layouts: dict[str, set[bool]]) -> None:
+def _add_layouts(written: list[set[bool]], layouts: list[bool | None]) -> None:
+    """Add one run's layouts (``examples.written_layouts``, or the timing cache's copy of them)
+    to the sets of layouts each output was written in."""
+    for w, nhwc in zip(written, layouts):
+        if nhwc is not None:
+            w.add(nhwc)
+
+
+def _merge_layouts(layer, written: list[set[bool]], layouts: dict[str, set[bool]]) -> None:
+    """The layouts ``layer``'s outputs were written in, into the build's by-tensor record."""
     for t, w in zip(layer.outputs, written):
         if w:
             layouts.setdefault(t.name, set()).update(w)

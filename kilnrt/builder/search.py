@@ -102,15 +102,16 @@ def _constant(t) -> bool:
 
 
 def candidates_to_run(layer, candidates, ins, cache: TimingCache | None, device: str,
-                      search: TacticSearch) -> tuple[list, bool]:
+                      search: TacticSearch, signature: str | None = None) -> tuple[list, bool]:
     """(the candidates :func:`choose_tactic` will run on ``ins``, whether any of them is timed):
     those without a cached timing, and the fastest cached one (it may win, and the chosen
-    tactic is run to learn its layout)."""
+    tactic is run to learn its layout).  ``signature``: ``example_signature(layer, ins)``
+    where the caller has it already."""
     if search.one_per_class:
         candidates = first_per_class(candidates)
     if len(candidates) <= 1 or not search.timed or cache is None:
         return list(candidates if search.timed else candidates[:1]), len(candidates) > 1 and search.timed
-    signature = example_signature(layer, ins)
+    signature = signature or example_signature(layer, ins)
     timed = {c.name: cache.entries.get(TimingCache.key(signature, device, c.name)) for c in candidates}
     cached = [c for c in candidates if timed[c.name] is not None]
     run = [c for c in candidates if timed[c.name] is None]
