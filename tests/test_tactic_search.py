@@ -279,3 +279,47 @@ def test_timing_key_tells_a_constant_input_from_an_activation():
     multiplied = net.add_layer(LayerKind.MATRIX_MULTIPLY, MatrixMultiplyParams(), [x, y])
     ins = [torch.randn(4, 8).half(), torch.randn(8, 8).half()]
     assert search.example_signature(weighted, ins) != search.example_signature(multiplied, ins)
+
+
+def test_builder_sees_a_channel_shuffle_stay_channels_last():
+    """The builder's example inputs follow each producer's written layout through views of any
+    rank: ShuffleNet's reshape to 5-D and transpose leave a permuted 5-D view (its memory order
+    recorded, and its consumer timed on such a view), and the CUDA shuffle's copying reshape of
+    it writes NHWC, which its consumers are then timed on."""
+    from kilnrt.api import to_network
+    from kilnrt.builder.examples import example_inputs, output_format, written_layouts
+    from kilnrt.kernels.cpu.shape import shuffle_keeping_order
+    from kilnrt.network.infer import concrete_shapes
+    from kilnrt.optimize import optimize
+    from tests.models import shuffle_block_model
+
+    net = optimize(to_network(shuffle_block_model(np.random.default_rng(0)).SerializeToString()), 3)
+    net.infer()
+    shapes = concrete_shapes(net, {})
+    ctx = TacticContext(torch.device("cpu"), {})
+    layouts = {"cat": True}                       # the concatenation of two NHWC convolutions
+    shuffles = [l for l in net.layers if l.kind == LayerKind.SHUFFLE]
+    assert [l.outputs[0].name for l in shuffles] == ["grouped", "swapped", "shuffled"]
+    for layer in shuffles:
+        ins = example_inputs(layer, ctx, shapes, layouts)
+        out = shuffle_keeping_order(layer.params, *ins)
+        layouts[layer.outputs[0].name] = written_layouts([out])[0]
+    assert isinstance(layouts["swapped"], tuple)   # a permuted 5-D view, not row-major
+    assert layouts["shuffled"] is True and output_format(layouts["shuffled"]) == "channels_last"
+    assert output_format(layouts["swapped"]) is None and output_format(False) == "linear"
+    # the keys of two 5-D inputs that differ only in memory order differ
+    swapped = next(l for l in shuffles if l.outputs[0].name == "shuffled")
+    permuted = example_inputs(swapped, ctx, shapes, layouts)
+    dense = example_inputs(swapped, ctx, shapes, {})
+    assert not permuted[0].is_contiguous() and dense[0].is_contiguous()
+    assert search.example_signature(swapped, permuted) != search.example_signature(swapped, dense)
+
+
+def test_timing_cache_keeps_memory_orders():
+    cache = TimingCache({"k": 0.5}, {"k": [True, (0, 2, 1, 3, 4), None]})
+    again = TimingCache.deserialize(cache.serialize())
+    assert again.formats == {"k": [True, (0, 2, 1, 3, 4), None]}
+    for bad in ('[[0, 0]]', '[[1, 2]]', '[[0, true]]', '[2]'):
+        with pytest.raises(ValueError, match="formats"):
+            TimingCache.deserialize(('{"format": "kilnrt-timing-cache", "version": 2, "entries": {}, "formats": {"a": %s}}'
+                                     % bad).encode())

@@ -153,3 +153,46 @@ def test_chains_cancel_or_collapse_and_near_misses_stay():
     out = engine.run({"x": x.numpy()})
     np.testing.assert_allclose(out["a"], ref[0], rtol=1e-6)
     np.testing.assert_allclose(out["b"], ref[1], rtol=1e-6)
+
+
+# --------------------------------------------------------------- reshape_in_memory_order
+def test_channel_shuffle_of_a_channels_last_tensor_stays_channels_last():
+    """ShuffleNet's channel shuffle (reshape, transpose, reshape back) on a channels-last
+    tensor: the copy is written channels-last, with the values of a plain reshape."""
+    from kilnrt.kernels.views import reshape_in_memory_order
+
+    x = torch.randn(2, 116, 7, 5).contiguous(memory_format=torch.channels_last)
+    shuffled = x.view(2, 2, 58, 7, 5).transpose(1, 2)
+    out = reshape_in_memory_order(shuffled, [2, 116, 7, 5])
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, shuffled.reshape(2, 116, 7, 5))
+    # the same shuffle of a row-major tensor: a row-major copy, as reshape makes
+    rowmajor = torch.randn(2, 116, 7, 5).view(2, 2, 58, 7, 5).transpose(1, 2)
+    out = reshape_in_memory_order(rowmajor, [2, 116, 7, 5])
+    assert out.is_contiguous() and torch.equal(out, rowmajor.reshape(2, 116, 7, 5))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 4), min_size=2, max_size=5), st.randoms(use_true_random=False),
+       st.integers(0, 3))
+def test_reshape_in_memory_order_equals_reshape(sizes, rnd, split):
+    """Any permuted view reshaped to a 4-D shape of its size: the values of ``reshape``, and
+    a view wherever ``view`` works."""
+    from kilnrt.kernels.views import reshape_in_memory_order
+
+    x = torch.randn(*sizes)
+    order = list(range(len(sizes)))
+    rnd.shuffle(order)
+    x = x.permute(order)
+    n = x.numel()
+    dims = [n, 1, 1, 1]
+    if split and n % 2 == 0:
+        dims = [2, n // 2, 1, 1] if split == 1 else [1, 1, n // 2, 2] if split == 2 else [n // 2, 1, 2, 1]
+    out = reshape_in_memory_order(x, dims)
+    assert torch.equal(out, x.reshape(dims))
+    try:
+        viewed = x.view(dims)
+    except RuntimeError:
+        viewed = None
+    if viewed is not None:
+        assert out.data_ptr() == x.data_ptr()

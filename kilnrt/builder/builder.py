@@ -17,7 +17,7 @@ import torch
 from kilnrt.builder.concat import eliminate_concats, memory_steps
 from kilnrt.builder.buckets import bucket_shapes, drop_for_concats, tune_buckets
 from kilnrt.builder.config import BuilderConfig, BuilderFlag, OptimizationProfile
-from kilnrt.builder.examples import FORMATS, example_inputs, record_layouts
+from kilnrt.builder.examples import example_inputs, output_format, record_layouts
 from kilnrt.builder.int8 import RememberingCalibrator, apply_int8
 from kilnrt.builder.memory import plan_memory
 from kilnrt.builder.precompile import precompile
@@ -226,7 +226,7 @@ def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, pro
     cache = cache if cache is not None else _timing_cache(config)
     search = search_for_level(config.builder_optimization_level)
     layers = []
-    layouts: dict[str, bool] = {}  # activation -> produced channels-last by its chosen tactic
+    layouts: dict = {}  # activation -> the layout its chosen tactic writes (examples.written_layouts)
     for layer in net.layers:
         if layer.kind == LayerKind.CONSTANT:
             continue
@@ -255,7 +255,7 @@ def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, pro
             input_dtypes=[t.dtype.name if t is not None and t.dtype else None for t in layer.inputs],
             input_shapes=[None if t is None else _engine_shape(t) for t in layer.inputs],
             timing_ms=timings.get(chosen.name), candidates=timings,
-            output_formats=[FORMATS.get(layouts.get(t.name)) for t in layer.outputs]))
+            output_formats=[output_format(layouts.get(t.name)) for t in layer.outputs]))
         if progress is not None:
             progress()
     return layers

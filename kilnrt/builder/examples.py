@@ -29,8 +29,10 @@ def random_input(shape, dtype: torch.dtype, device: torch.device) -> torch.Tenso
 
 
 def example_inputs(layer, ctx, shapes, layouts) -> list | None:
-    """Random inputs at the shapes ``shapes`` gives (opt's, or a bucket point's), in the layout their producers' chosen tactics write
-    (so a tactic is timed on NHWC activations where cuDNN convolutions produce NHWC)."""
+    """Random inputs at the shapes ``shapes`` gives (opt's, or a bucket point's), in the layout
+    their producers' chosen tactics write (so a tactic is timed on NHWC activations where cuDNN
+    convolutions produce NHWC, and on a permuted view of rank 5 or more where a transpose
+    leaves one).  ``layouts`` maps a tensor to a layout :func:`written_layouts` gives."""
     ins = []
     for t in layer.inputs:
         if t is None:
@@ -41,34 +43,62 @@ def example_inputs(layer, ctx, shapes, layouts) -> list | None:
             shape_dtype = shapes.get(t.name)
             if shape_dtype is None:
                 return None
-            x = random_input(shape_dtype[0], shape_dtype[1].torch, ctx.device)
-            if layouts.get(t.name) and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            ins.append(x)
+            ins.append(laid_out(random_input(shape_dtype[0], shape_dtype[1].torch, ctx.device), layouts.get(t.name)))
     return ins
 
 
-FORMATS = {True: "channels_last", False: "linear"}   # layouts' values -> EngineLayer.output_formats
+def laid_out(x: torch.Tensor, layout) -> torch.Tensor:
+    """``x``'s values in ``layout``: True for NHWC (4-D), a memory order (a tuple of dims from the
+    outermost to the innermost, rank 5 or more), else row-major as it is."""
+    if layout is True and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    if isinstance(layout, tuple) and len(layout) == x.dim() and sorted(layout) == list(range(x.dim())):
+        inverse = sorted(range(x.dim()), key=layout.__getitem__)
+        return x.permute(layout).contiguous().permute(inverse)
+    return x
 
 
-def record_layouts(layer, tactic, ctx, ins, layouts) -> list[bool | None] | None:
-    """Run the chosen tactic once; ``layouts[output] = True`` where it writes NHWC, else False.
-    Returns what :func:`written_layouts` says of its outputs (None if it failed)."""
+def output_format(layout) -> str | None:
+    """A layout (:func:`written_layouts`) as ``EngineLayer.output_formats`` records it:
+    ``channels_last`` for NHWC, ``linear`` for row-major or any other layout of rank 4 or less,
+    None for a memory order of rank 5 or more (and for what is unknown)."""
+    return "channels_last" if layout is True else "linear" if layout is False else None
+
+
+def record_layouts(layer, tactic, ctx, ins, layouts) -> list | None:
+    """Run the chosen tactic once; ``layouts[output]`` is the layout it writes
+    (:func:`written_layouts`).  Returns those layouts (None if it failed)."""
     try:
         outs = tactic.run(tactic.prepare(layer, ctx), ins)
     except Exception:  # noqa: BLE001 - the run at build is only to learn the layout
         return None
     written = written_layouts(outs)
-    for t, nhwc in zip(layer.outputs, written):
-        if nhwc is not None:
-            layouts[t.name] = nhwc
+    for t, layout in zip(layer.outputs, written):
+        if layout is not None:
+            layouts[t.name] = layout
     return written
 
 
-def written_layouts(outs) -> list[bool | None]:
-    """Per output a tactic returned: True where it is NHWC, False for any other tensor, None for
-    what is not a tensor."""
-    return [_nhwc(o) if isinstance(o, torch.Tensor) else None for o in outs]
+MIN_ORDERED_RANK = 5   # from this rank a tensor's memory order is tracked (below it: NHWC or not)
+
+
+def written_layouts(outs) -> list:
+    """Per output a tactic returned: True where it is NHWC; for a tensor of rank 5 or more that
+    is not row-major, its memory order (:func:`memory_order`); False for any other tensor;
+    None for what is not a tensor.  A transpose that leaves a view (ShuffleNet's channel
+    shuffle, a window partition) then reaches its consumer's timing as that view's layout,
+    and a copy of it that keeps its order (``cuda.shuffle``) writes NHWC where it can."""
+    return [None if not isinstance(o, torch.Tensor) else
+            memory_order(o) or False if o.dim() >= MIN_ORDERED_RANK else _nhwc(o) for o in outs]
+
+
+def memory_order(t: torch.Tensor) -> tuple[int, ...] | None:
+    """The dims of ``t`` from the outermost to the innermost in memory (by stride, then by
+    position), or None where that is row-major order."""
+    if t.is_contiguous():
+        return None
+    order = tuple(sorted(range(t.dim()), key=lambda i: (-t.stride(i), i)))
+    return None if order == tuple(range(t.dim())) else order
 
 
 def _nhwc(t: torch.Tensor) -> bool:

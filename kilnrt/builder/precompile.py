@@ -42,13 +42,13 @@ def precompile(net, config, shapes, ctx, search, cache, workers: int) -> dict | 
     if not compile_pool.available():
         return None
     t0 = time.perf_counter()
-    layouts: dict[str, set[bool]] = {}   # activation -> the layouts some producer candidate writes
+    layouts: dict[str, set] = {}   # activation -> the layouts some producer candidate writes
     runs = fresh = repeats = 0   # candidate runs; layers to be timed; layers like one already run
     # (example signature, candidates) -> the layouts each output was written in: a layer whose
     # kind, params, example inputs and candidates match one already run (a repeated block)
     # launches the same kernels, and the timing pass will find its timings in the cache; only
     # its layouts are recorded again
-    written_by: dict[tuple, list[set[bool]]] = {}
+    written_by: dict[tuple, list[set]] = {}
     with compile_pool.discover() as found:
         for layer in net.layers:
             if layer.kind == LayerKind.CONSTANT:
@@ -90,26 +90,28 @@ def precompile(net, config, shapes, ctx, search, cache, workers: int) -> dict | 
     return stats
 
 
-def _add_layouts(written: list[set[bool]], layouts: list[bool | None]) -> None:
+def _add_layouts(written: list[set], layouts: list) -> None:
     """Add one run's layouts (``examples.written_layouts``, or the timing cache's copy of them)
     to the sets of layouts each output was written in."""
-    for w, nhwc in zip(written, layouts):
-        if nhwc is not None:
-            w.add(nhwc)
+    for w, layout in zip(written, layouts):
+        if layout is not None:
+            w.add(layout)
 
 
-def _merge_layouts(layer, written: list[set[bool]], layouts: dict[str, set[bool]]) -> None:
+def _merge_layouts(layer, written: list[set], layouts: dict[str, set]) -> None:
     """The layouts ``layer``'s outputs were written in, into the build's by-tensor record."""
     for t, w in zip(layer.outputs, written):
         if w:
             layouts.setdefault(t.name, set()).update(w)
 
 
-def _layout_variants(layer, layouts: dict[str, set[bool]]) -> list[dict[str, bool]]:
-    """Each combination of the layouts this layer's inputs may arrive in (at most 4)."""
+def _layout_variants(layer, layouts: dict[str, set]) -> list[dict]:
+    """Each combination of the layouts this layer's inputs may arrive in (at most 4: the first
+    two inputs written in several layouts, two layouts each)."""
     names = [t.name for t in layer.inputs if t is not None and len(layouts.get(t.name, ())) > 1][:2]
     fixed = {t.name: next(iter(layouts[t.name])) for t in layer.inputs
              if t is not None and len(layouts.get(t.name, ())) == 1}
     if not names:
         return [fixed]
-    return [dict(fixed, **dict(zip(names, combo))) for combo in itertools.product((False, True), repeat=len(names))]
+    choices = [sorted(layouts[n], key=repr)[:2] for n in names]
+    return [dict(fixed, **dict(zip(names, combo))) for combo in itertools.product(*choices)]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kilnrt.builder.examples import MIN_ORDERED_RANK, memory_order
 from kilnrt.builder.timing import TimingCache, layer_signature, time_callable
 from kilnrt.device import out_of_memory
 from kilnrt.errors import BuildError, ErrorCode
@@ -91,9 +92,16 @@ def example_signature(layer, ins) -> str:
     dtype, layout, and whether it is a constant (a tactic may need a constant weight, and
     prepares one ahead: a GEMM on an activation is not timed as one on a weight)."""
     return layer_signature(layer, [None if a is None else
-                                   [list(a.shape), str(a.dtype), a.dim() == 4 and not a.is_contiguous(),
-                                    _constant(t)]
+                                   [list(a.shape), str(a.dtype), _layout_key(a), _constant(t)]
                                    for t, a in zip(layer.inputs, ins)])
+
+
+def _layout_key(a) -> bool | list[int]:
+    """NHWC or not for rank 4 and below; the memory order from rank 5 (examples.memory_order)."""
+    if a.dim() >= MIN_ORDERED_RANK:
+        order = memory_order(a)
+        return False if order is None else list(order)
+    return a.dim() == 4 and not a.is_contiguous()
 
 
 def _constant(t) -> bool:

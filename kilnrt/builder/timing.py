@@ -50,14 +50,15 @@ TIMING_CACHE_VERSION = 2
 
 class TimingCache:
     """Timings in milliseconds by key; saved as JSON.  Beside them, by the same key, the layouts
-    the tactic wrote its outputs in (``formats``: per output True for NHWC, False for another
-    layout, None for what is not a tensor): a warm build learns a cached winner's layouts
-    from here instead of running it before its kernels are compiled."""
+    the tactic wrote its outputs in (``formats``: per output True for NHWC, a memory order for
+    a permuted tensor of rank 5 or more, False for another layout, None for what is not a
+    tensor): a warm build learns a cached winner's layouts from here instead of running it
+    before its kernels are compiled."""
 
     def __init__(self, entries: dict[str, float] | None = None,
-                 formats: dict[str, list[bool | None]] | None = None) -> None:
+                 formats: dict[str, list] | None = None) -> None:
         self.entries: dict[str, float] = dict(entries or {})
-        self.formats: dict[str, list[bool | None]] = dict(formats or {})
+        self.formats: dict[str, list] = dict(formats or {})
         self.hits = 0
         self.misses = 0
 
@@ -91,9 +92,11 @@ class TimingCache:
             return cls()
         formats = data.get("formats", {})
         if not isinstance(formats, dict) or not all(
-                isinstance(v, list) and all(f is None or isinstance(f, bool) for f in v) for v in formats.values()):
-            raise ValueError("a kilnrt timing cache whose 'formats' is not {key: [true | false | null, ...]}")
-        return cls(data.get("entries", {}), formats)
+                isinstance(v, list) and all(_layout_ok(f) for f in v) for v in formats.values()):
+            raise ValueError("a kilnrt timing cache whose 'formats' is not "
+                             "{key: [true | false | null | [dim, ...], ...]}")
+        return cls(data.get("entries", {}),
+                   {k: [tuple(f) if isinstance(f, list) else f for f in v] for k, v in formats.items()})
 
     @classmethod
     def load(cls, path: str) -> "TimingCache":
@@ -117,6 +120,15 @@ class TimingCache:
         self.entries.clear()
         self.formats.clear()
         return True
+
+
+def _layout_ok(f) -> bool:
+    """A written layout as a timing cache stores it: NHWC or not, unknown, or a memory order
+    (a permutation of the dims, kilnrt.builder.examples.memory_order)."""
+    if f is None or isinstance(f, bool):
+        return True
+    return isinstance(f, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in f) \
+        and sorted(f) == list(range(len(f)))
 
 
 class _ThreadStreams:
