@@ -241,9 +241,7 @@ def test_spelled_out_norm_runs_as_one_norm_kernel_on_gpu(rms):
 
 def test_shufflenet_unit_fp16():
     """A ShuffleNetV2 unit (channel shuffle as a reshape, a transpose and a reshape back of a
-    concatenation, a split, a convolution on one half) in fp16 against float32 onnxruntime.
-    Where the concatenation is channels-last, the shuffle's copy is too, as the build recorded
-    (kilnrt.kernels.views.reshape_in_memory_order, examples.memory_order)."""
+    concatenation, a split, a convolution on one half) in fp16 against float32 onnxruntime."""
     import onnxruntime as ort
 
     from tests.models import shuffle_block_model
@@ -256,6 +254,3 @@ def test_shufflenet_unit_fp16():
     for _ in range(2):
         x = rng.standard_normal((2, 64, 14, 14)).astype(np.float32)
         assert rel_l2(engine.run({"x": x})["y"], session.run(None, {"x": x})[0]) < 1e-2, f"seed {seed}"
-    formats = {out: fmt for l in engine.layers for out, fmt in zip(l.outputs, l.output_formats)}
-    if formats.get("cat") == "channels_last" and "shuffled" in formats:
-        assert formats["shuffled"] == "channels_last", formats

@@ -86,8 +86,7 @@ def written_layouts(outs) -> list:
     """Per output a tactic returned: True where it is NHWC; for a tensor of rank 5 or more that
     is not row-major, its memory order (:func:`memory_order`); False for any other tensor;
     None for what is not a tensor.  A transpose that leaves a view (ShuffleNet's channel
-    shuffle, a window partition) then reaches its consumer's timing as that view's layout,
-    and a copy of it that keeps its order (``cuda.shuffle``) writes NHWC where it can."""
+    shuffle, a window partition) then reaches its consumer's timing as that view's layout."""
     return [None if not isinstance(o, torch.Tensor) else
             memory_order(o) or False if o.dim() >= MIN_ORDERED_RANK else _nhwc(o) for o in outs]
 

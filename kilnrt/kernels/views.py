@@ -172,29 +172,3 @@ def _view_through(x: torch.Tensor, ops):
     """(strides, offset) of ``ops`` applied through ``x``'s strides, or None."""
     v = Strided(tuple(x.shape), tuple(x.stride()))
     return v.view() if v.run(ops) else None
-
-
-def reshape_in_memory_order(x: torch.Tensor, dims) -> torch.Tensor:
-    """``x.reshape(dims)``: a view where one exists.  Where the reshape must copy and the result
-    is 4-D, the copy goes into a channels-last result when that writes ``x``'s fastest-varying
-    dim (its unit-stride one) closer together than a row-major result would: a channel
-    permutation of a channels-last tensor (ShuffleNet's channel shuffle: a reshape, a transpose
-    and a reshape back) stays channels-last, its copy reads and writes along the channels, and
-    its consumers read it without a layout conversion.  Otherwise, as ``reshape``: a row-major
-    copy."""
-    try:
-        return x.view(dims)
-    except RuntimeError:
-        pass
-    dims = [int(d) for d in dims]
-    unit = [i for i in range(x.dim()) if x.stride(i) == 1 and x.shape[i] > 1]
-    if len(dims) == 4 and -1 not in dims and unit and x.numel() > 0:
-        try:
-            probe = torch.empty(dims, dtype=x.dtype, device="meta", memory_format=torch.channels_last).view(x.shape)
-        except RuntimeError:
-            probe = None
-        if probe is not None and probe.stride(unit[0]) < contiguous_strides(x.shape)[unit[0]]:
-            out = torch.empty(dims, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-            out.view(x.shape).copy_(x)
-            return out
-    return x.reshape(dims)

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 from kilnrt.kernels.cpu.plugin import builtin_plugin
 from kilnrt.kernels.registry import kernel
-from kilnrt.kernels.views import reshape_in_memory_order
 from kilnrt.network.dtypes import numpy_to_torch
 from kilnrt.network.layers import (ViewParams, ConcatenationParams, ConstantParams, ExpandParams, FillOperation,
                                    FillParams, GatherMode, GatherParams, LayerKind, PaddingParams, PluginParams,
@@ -65,22 +64,11 @@ def _shuffle_rank(p: ShuffleParams, x: torch.Tensor, dims: torch.Tensor | None =
 @kernel(LayerKind.SHUFFLE)
 @rank_rule(_shuffle_rank)
 def shuffle(p: ShuffleParams, x: torch.Tensor, dims: torch.Tensor | None = None) -> torch.Tensor:
-    return _shuffle(p, x, dims, torch.reshape)
-
-
-def shuffle_keeping_order(p: ShuffleParams, x: torch.Tensor, dims: torch.Tensor | None = None) -> torch.Tensor:
-    """SHUFFLE whose copying reshape keeps its source's memory order where it can
-    (:func:`kilnrt.kernels.views.reshape_in_memory_order`): the CUDA tactic, so that a channel
-    shuffle of a channels-last tensor stays channels-last.  The values are :func:`shuffle`'s."""
-    return _shuffle(p, x, dims, reshape_in_memory_order)
-
-
-def _shuffle(p: ShuffleParams, x: torch.Tensor, dims, reshape_fn) -> torch.Tensor:
     if p.first_transpose is not None:
         x = x.permute(p.first_transpose)
     reshape = host_values(dims) if dims is not None else p.reshape_dims
     if reshape is not None:
-        x = reshape_fn(x, _reshape_dims(list(reshape), tuple(x.shape), p.zero_is_placeholder))
+        x = x.reshape(_reshape_dims(list(reshape), tuple(x.shape), p.zero_is_placeholder))
     if p.second_transpose is not None:
         x = x.permute(p.second_transpose)
     return x

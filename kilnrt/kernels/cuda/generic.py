@@ -1,8 +1,7 @@
 """``cuda.<kind>.torch``: the reference kernels, run on CUDA tensors.
 
 Kernels that create tensors (FILL) make them on the device; SHAPE stays on the host
-(its values are read on the host, like TensorRT's shape tensors); SHUFFLE's copying reshape
-keeps its source's memory order where it can (``shuffle_keeping_order``).
+(its values are read on the host, like TensorRT's shape tensors).
 """
 from __future__ import annotations
 
@@ -11,11 +10,11 @@ import math
 import torch
 
 from kilnrt.kernels import cpu  # noqa: F401  (registers the reference kernels)
-from kilnrt.kernels.cpu.shape import host_values, shuffle_keeping_order
+from kilnrt.kernels.cpu.shape import host_values
 from kilnrt.kernels.registry import _REFERENCE, _TACTICS, FunctionTactic, register
 from kilnrt.network.layers import FillOperation, FillParams, LayerKind
 
-_DEVICE_SPECIFIC = {LayerKind.FILL, LayerKind.CONVOLUTION, LayerKind.SHUFFLE}
+_DEVICE_SPECIFIC = {LayerKind.FILL, LayerKind.CONVOLUTION}
 
 
 def _fill(p: FillParams, a, b=None, c=None):
@@ -35,7 +34,5 @@ for _kind, _fn in list(_REFERENCE.items()):
     register(FunctionTactic(f"cuda.{_kind.value}.torch", _kind, "cuda", _fn,
                             into=getattr(_cpu, "into", None), into_ok=getattr(_cpu, "into_ok", None)))
 register(FunctionTactic("cuda.fill.torch", LayerKind.FILL, "cuda", _fill))
-# a copying reshape keeps its source's memory order where it can (a channel shuffle stays NHWC)
-register(FunctionTactic("cuda.shuffle.torch", LayerKind.SHUFFLE, "cuda", shuffle_keeping_order))
 
 
