@@ -62,7 +62,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -371,8 +370,9 @@ def header(args, device_name: str) -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip() or None
+    from benchmarks.measure import code_commit
+
+    commit = code_commit()   # KILNRT_COMMIT where the caller knows it better (the GPU machine's copy lags)
     return {"date": args.date, "gpu": device_name, "torch": torch.__version__, "triton": triton_version,
             "kilnrt_commit": commit, "set": "serve-load",
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

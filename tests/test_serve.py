@@ -96,6 +96,30 @@ def test_served_model_batches_to_profile_and_matches_engine(digits_model, tmp_pa
         ServedModel.from_settings(ModelSettings("p", plan, max_batch=64))
 
 
+def test_padded_batches_run_at_few_sizes_with_unpadded_results():
+    """On CUDA by default (here asked for on the CPU): a batch runs padded up to a power of two
+    (or max batch, or a preferred size), and its results are those of the unpadded rows."""
+    model = ServedModel.from_settings(ModelSettings("d", DIGITS, max_batch=24, preferred_batch_sizes=(12,),
+                                                    pad_batches=True))
+    assert model.padded_batch_sizes == (1, 2, 4, 8, 12, 16, 24)
+    assert ServedModel.from_settings(ModelSettings("d", DIGITS, device="cpu")).padded_batch_sizes == ()
+    assert ServedModel.from_settings(ModelSettings("d", DIGITS, device="cpu", max_batch=0,
+                                                   pad_batches=True)).padded_batch_sizes == ()
+    seen = []
+    context = model.contexts[0]                   # the only instance
+    plain_run = context.run
+    context.run = lambda feeds: seen.append(feeds["input"].shape[0]) or plain_run(feeds)
+    seed = fresh_seed()
+    reference = kilnrt.build(str(DIGITS))
+    for n, padded in ((3, 4), (5, 8), (9, 12), (13, 16), (17, 24), (24, 24), (1, 1)):
+        x = _images(np.random.default_rng(seed + n), n)
+        out = model.infer({"input": x})["logits"]
+        assert seen[-1] == padded and out.shape[0] == n
+        assert_close(out, reference.run({"input": x})["logits"], seed=seed)
+    with pytest.raises(KilnError, match="pad_batches must be true or false"):
+        ModelSettings("d", DIGITS, pad_batches="yes")
+
+
 @pytest.mark.parametrize("feeds, message", [
     ({"image": np.zeros((1, 1, 8, 8), np.float32)}, "has no input 'image'; its inputs: input FP32[-1, 1, 8, 8]"),
     ({}, "input(s) 'input' missing"),

@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-queue-delay-us", type=int, metavar="US",
                    help="how long a request may wait for others to batch with (default 500)")
     g.add_argument("--preferred-batch-sizes", metavar="N,N", help="batch sizes the batcher sends at once")
+    g.add_argument("--no-pad-batches", action="store_true",
+                   help="run each batch at its own size (default on CUDA: padded up to a power of two, so "
+                        "that a few cached CUDA graphs serve every batch size)")
     g.add_argument("--device", choices=("cpu", "cuda"), help="where ONNX files are built (default: cuda when a GPU is visible, else cpu)")
     g.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="precision of ONNX builds (default fp32)")
     g.add_argument("--timing-cache-dir", metavar="DIR", help="timing caches of ONNX builds, reused across starts "
@@ -71,7 +74,8 @@ def main(args: argparse.Namespace) -> int:
     settings = parse_model_args(args.model, max_batch=args.max_batch, instances=args.instances,
                                 dynamic_batching=False if args.no_dynamic_batching else None,
                                 max_queue_delay_us=args.max_queue_delay_us, preferred_batch_sizes=preferred,
-                                device=args.device, precision=args.precision)
+                                device=args.device, precision=args.precision,
+                                pad_batches=False if args.no_pad_batches else None)
     cache = Path(args.timing_cache_dir) if args.timing_cache_dir else Path.home() / ".cache" / "kilnrt" / "serve"
     ray_flags = [f for f, v in (("--replicas", args.replicas), ("--autoscale", args.autoscale),
                                 ("--gpus-per-replica", args.gpus_per_replica), ("--ray-address", args.ray_address))

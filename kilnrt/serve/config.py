@@ -6,7 +6,8 @@ A model folder holds the plan or ONNX file and a small ``config.json``::
      "dynamic_batching": {"max_queue_delay_us": 500, "preferred_batch_sizes": [16, 32]},
      "instances": 2,                        # execution contexts serving requests at once
      "device": "cuda",                      # or "cpu"; absent: CUDA when a GPU is visible
-     "precision": "fp32"}                   # fp32 | fp16 | bf16 (ONNX files, built on start)
+     "precision": "fp32",                   # fp32 | fp16 | bf16 (ONNX files, built on start)
+     "pad_batches": true}                   # absent: true on CUDA, false on the CPU
 
 A *model repository* is a folder of such folders, one per model, named after the model.
 """
@@ -40,6 +41,7 @@ class ModelSettings:
     instances: int = 1
     device: str = dataclasses.field(default_factory=default_device)   # CUDA when a GPU is visible
     precision: str = "fp32"
+    pad_batches: bool | None = None              # None: on CUDA (few shapes, each a cached CUDA graph)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -53,6 +55,9 @@ class ModelSettings:
         self.preferred_batch_sizes = tuple(self.preferred_batch_sizes)
         for size in self.preferred_batch_sizes:
             _check_int(where, "preferred_batch_sizes", size, 1)
+        if self.pad_batches is not None and not isinstance(self.pad_batches, bool):
+            raise KilnError(ErrorCode.INVALID_ARGUMENT, f"{where}: pad_batches must be true or false, got "
+                                                        f"{self.pad_batches!r}")
         if self.device not in DEVICES:
             raise KilnError(ErrorCode.INVALID_ARGUMENT, f"{where}: device {self.device!r}; supported: "
                                                         + ", ".join(DEVICES))
@@ -92,14 +97,15 @@ def settings_from_folder(name: str, folder: Path, **overrides: Any) -> ModelSett
             raise KilnError(ErrorCode.INVALID_ARGUMENT, f"{config_path}: not valid JSON: {exc}") from None
         if not isinstance(config, dict):
             raise KilnError(ErrorCode.INVALID_ARGUMENT, f"{config_path}: must hold a JSON object")
-    known = {"max_batch", "dynamic_batching", "instances", "device", "precision", "model"}
+    known = {"max_batch", "dynamic_batching", "instances", "device", "precision", "pad_batches", "model"}
     unknown = sorted(set(config) - known)
     if unknown:
         raise KilnError(ErrorCode.INVALID_ARGUMENT, f"{config_path}: unknown key(s) {', '.join(unknown)}; "
                                                     f"known: {', '.join(sorted(known))}")
     # the command line's defaults first; what the folder's config.json says wins
     kwargs: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
-    kwargs.update({k: config[k] for k in ("max_batch", "instances", "device", "precision") if k in config})
+    kwargs.update({k: config[k] for k in ("max_batch", "instances", "device", "precision", "pad_batches")
+                   if k in config})
     batching = config.get("dynamic_batching", kwargs.get("dynamic_batching", True))
     if isinstance(batching, dict):
         extra = sorted(set(batching) - {"max_queue_delay_us", "preferred_batch_sizes"})

@@ -15,6 +15,7 @@ from typing import Iterator
 
 from kilnrt.errors import KilnError
 from kilnrt.serve.batching import DynamicBatcher
+from kilnrt.serve.binary_http import BinaryInfer, RequestProblem
 from kilnrt.serve.metrics import ServeMetrics
 from kilnrt.serve.models import ServedModel
 
@@ -74,26 +75,35 @@ def _model_class(kserve):
             self.metrics.batch(self.name, next(iter(feeds.values())).shape[0] if self.served.max_batch else 1)
             return self.served.run(feeds)
 
-        async def predict(self, payload, headers=None, response_headers=None):
+        async def infer(self, feeds):
+            """The outputs of one request's ``feeds``, through the dynamic batcher where there is
+            one; raises ``InvalidInput`` for a request the model cannot take."""
             import asyncio
 
             try:
-                try:
-                    feeds = {i.name: i.as_numpy() for i in payload.inputs}
-                except Exception as exc:   # data that does not match its declared datatype or shape
-                    raise InvalidInput(f"model {self.name!r}: cannot read the request's tensors: {exc}") from None
                 batch = self.served.check_request(feeds)
             except KilnError as exc:
                 self.metrics.failure(self.name, "invalid_request")
                 raise InvalidInput(exc.message) from None
-            except InvalidInput:
-                self.metrics.failure(self.name, "invalid_request")
-                raise
             self.metrics.request(self.name, batch)
             if self.batcher is not None:
-                outputs = await self.batcher.submit(feeds, batch)
-            else:
-                outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self._run, feeds)
+                return await self.batcher.submit(feeds, batch)
+            return await asyncio.get_running_loop().run_in_executor(self.executor, self._run, feeds)
+
+        async def infer_binary_http(self, feeds):
+            """:meth:`infer` for :class:`~kilnrt.serve.binary_http.BinaryInfer`."""
+            try:
+                return await self.infer(feeds)
+            except InvalidInput as exc:
+                raise RequestProblem(exc.reason) from None
+
+        async def predict(self, payload, headers=None, response_headers=None):
+            try:
+                feeds = {i.name: i.as_numpy() for i in payload.inputs}
+            except Exception as exc:   # data that does not match its declared datatype or shape
+                self.metrics.failure(self.name, "invalid_request")
+                raise InvalidInput(f"model {self.name!r}: cannot read the request's tensors: {exc}") from None
+            outputs = await self.infer(feeds)
             specs = {t.name: t for t in self.served.outputs}
             infer_outputs = []
             for n, v in outputs.items():
@@ -216,6 +226,7 @@ def run_kserve(models: list[ServedModel], *, http_port: int, grpc_port: int, met
     model_class = _model_class(kserve)
     served = [model_class(m, executor, metrics) for m in models]
     app = model_server.app
+    app.add_middleware(BinaryInfer, models={m.name: m.infer_binary_http for m in served})
     app.add_middleware(DefaultJsonContentType)
     app.add_middleware(BodyLimit, limit=max_request_bytes)
     _add_routes(app, {m.name: m for m in models})

@@ -107,6 +107,7 @@ class ServedModel:
                        for t in engine.io if t.mode == "input"]
         self.outputs = [TensorSpec(t.name, t.dtype.numpy, tuple(t.shape)[cut:])
                         for t in engine.io if t.mode == "output"]
+        self.padded_batch_sizes = self._padded_batch_sizes()
         self.contexts = [engine.create_execution_context() for _ in range(settings.instances)]
         self._free: queue.SimpleQueue = queue.SimpleQueue()
         for c in self.contexts:
@@ -147,6 +148,26 @@ class ServedModel:
             log.warning("model %r: preferred batch sizes %s are above max_batch %d and are ignored",
                         self.name, sorted(dropped), self.max_batch)
         return sizes
+
+    def _padded_batch_sizes(self) -> tuple[int, ...]:
+        """The batch sizes a run is padded up to: on CUDA by default (``pad_batches``), the powers
+        of two up to ``max_batch``, ``max_batch`` and the preferred sizes.  Each batch size the
+        engine sees is a shape it captures a CUDA graph for; dynamic batching makes every size
+        from 1 to ``max_batch``, more than the context's graph cache keeps (32 by default), so
+        unpadded it captures again and again.  Padded, a handful of graphs serve every batch,
+        for at most twice the rows (the server already treats rows as independent: it stacks
+        requests).  Empty for a model without a batch dim, and where padding is off."""
+        pad = self.settings.pad_batches
+        if pad is None:
+            pad = self.settings.device == "cuda"
+        if not pad or self.max_batch <= 0:
+            return ()
+        sizes = {self.max_batch, *(s for s in self.settings.preferred_batch_sizes if s <= self.max_batch)}
+        power = 1
+        while power < self.max_batch:
+            sizes.add(power)
+            power *= 2
+        return tuple(sorted(sizes))
 
     def metadata(self) -> dict[str, Any]:
         """KServe v2 model metadata (the batch dim shows as -1 when the model batches)."""
@@ -220,11 +241,19 @@ class ServedModel:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run checked ``feeds`` on a free instance (blocks while all are busy)."""
+        feeds = dict(feeds)
+        batch = next(iter(feeds.values())).shape[0] if self.padded_batch_sizes and feeds else 0
+        size = next((s for s in self.padded_batch_sizes if s >= batch), batch)
+        if size > batch:                 # repeat the last row: real data, not zeros (no NaN from a log of 0)
+            feeds = {n: np.concatenate([v, np.repeat(v[-1:], size - batch, axis=0)]) for n, v in feeds.items()}
         context = self._free.get()
         try:
-            return context.run(dict(feeds))
+            outputs = context.run(feeds)
         finally:
             self._free.put(context)
+        if size > batch:
+            outputs = {n: v[:batch] if v.ndim and v.shape[0] == size else v for n, v in outputs.items()}
+        return outputs
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Check, then run."""
