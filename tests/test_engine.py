@@ -408,7 +408,7 @@ def test_build_records_the_layout_each_chosen_tactic_writes():
     """The run at build learns each output's format: NHWC, linear (4-D or not), or unknown."""
     from types import SimpleNamespace
 
-    from kilnrt.builder.examples import FORMATS, record_layouts
+    from kilnrt.builder.examples import output_format, record_layouts
 
     x = torch.ones(2, 8, 3, 3)
 
@@ -426,14 +426,14 @@ def test_build_records_the_layout_each_chosen_tactic_writes():
     layouts = {}
     record_layouts(layer, Tactic(), None, [x], layouts)
     # a channel slice of an NHWC tensor is NHWC for its consumers (torch.cat of such views writes NHWC)
-    assert {n: FORMATS.get(v) for n, v in layouts.items()} == \
+    assert {n: output_format(v) for n, v in layouts.items()} == \
         {"nhwc": "channels_last", "nchw": "linear", "flat": "linear", "vector": "linear",
          "nhwc_slice": "channels_last", "nchw_slice": "linear", "permuted": "linear"}
     assert torch.cat([x.contiguous(memory_format=torch.channels_last)[:, 2:6]] * 2, 1) \
         .is_contiguous(memory_format=torch.channels_last)
     failing = SimpleNamespace(prepare=Tactic().prepare, run=lambda state, inputs: 1 / 0)
     record_layouts(SimpleNamespace(outputs=[SimpleNamespace(name="lost")]), failing, None, [x], layouts)
-    assert FORMATS.get(layouts.get("lost")) is None
+    assert output_format(layouts.get("lost")) is None
 
 
 def model_without_inputs(tmp_path, seed: int) -> tuple[str, np.ndarray]:
