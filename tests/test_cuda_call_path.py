@@ -130,9 +130,12 @@ def test_run_replays_the_graph_directly_and_stays_correct_across_shapes_and_evic
     from kilnrt.engine.cudagraph import GraphCacheConfig
 
     ctx = gpu.create_execution_context()
-    ctx.graph_cache_config = GraphCacheConfig(max_graphs=1)   # every new shape evicts the other graph
+    ctx.graph_cache_config = GraphCacheConfig(max_graphs=1)   # one graph: a shape asked for more often evicts it
     seen = []
-    for batch in (4, 4, 9, 4, 9, 9):
+    # with one graph, a newcomer is admitted once asked for more often than the cached shape
+    # (kilnrt.engine.graph_admission): 4 captured; 9 declined, then admitted (4 evicted); 4
+    # declined twice, then admitted; 9 declined once, then admitted
+    for batch in (4, 9, 9, 9, 4, 4, 4, 9, 9, 9):
         x = torch.randn(batch, 1, 8, 8, device="cuda")
         out = ctx.run({"input": x})["logits"]
         seen.append(out)
@@ -141,7 +144,7 @@ def test_run_replays_the_graph_directly_and_stays_correct_across_shapes_and_evic
         assert ctx.get_tensor_shape("logits")[0] == batch
     assert len({t.data_ptr() for t in seen}) == len(seen)        # each call's outputs are the caller's own
     stats = ctx.graph_stats
-    assert stats.evictions >= 3 and stats.captures >= 4
+    assert (stats.captures, stats.evictions, stats.declined) == (4, 3, 4), stats
     assert len(ctx._replays) == 1, "an evicted graph's replay entry (and its buffers) is dropped"
     assert all(ctx._current(r) for r in ctx._replays.values())
     ctx.use_cuda_graph = False                                   # the replay path must notice
@@ -149,6 +152,25 @@ def test_run_replays_the_graph_directly_and_stays_correct_across_shapes_and_evic
     replays = stats.replays
     np.testing.assert_allclose(ctx.run(input=x)["logits"].cpu().numpy(), _reference(cpu, x), rtol=1e-3, atol=1e-3)
     assert ctx.graph_stats.replays == replays
+
+
+def test_more_shapes_than_graphs_do_not_capture_on_every_call(digits):
+    """A dynamic batcher's every size, cycled, with a cache of 4 graphs: least-recently-used
+    eviction alone would capture a graph on each of the 36 calls; with admission the first
+    four stay, and the rest run without a graph, correctly."""
+    gpu, cpu = digits
+    from kilnrt.engine.cudagraph import GraphCacheConfig
+
+    ctx = gpu.create_execution_context()
+    ctx.graph_cache_config = GraphCacheConfig(max_graphs=4)
+    rng = torch.Generator(device="cuda").manual_seed(int(np.random.default_rng().integers(1 << 31)))
+    for _ in range(3):
+        for batch in range(1, 13):
+            x = torch.randn(batch, 1, 8, 8, device="cuda", generator=rng)
+            np.testing.assert_allclose(ctx.run({"input": x})["logits"].cpu().numpy(), _reference(cpu, x),
+                                       rtol=1e-3, atol=1e-3)
+    stats = ctx.graph_stats
+    assert stats.captures == 4 and stats.evictions == 0 and stats.declined == 24 and stats.replays == 8, stats
 
 
 def test_run_of_an_engine_without_inputs_replays_too(tmp_path):

@@ -143,8 +143,8 @@ class ExecutionContext:
 
         a, b = caches[0].stats, caches[1].stats
         return GraphStats(a.captures + b.captures, a.replays + b.replays, a.evictions + b.evictions,
-                          a.eager_runs + b.eager_runs, max(a.last_capture_ms, b.last_capture_ms),
-                          a.fallback_reason or b.fallback_reason)
+                          a.eager_runs + b.eager_runs, a.declined + b.declined,
+                          max(a.last_capture_ms, b.last_capture_ms), a.fallback_reason or b.fallback_reason)
 
     def _engine(self):
         """The engine that runs the active optimization profile."""
@@ -529,6 +529,7 @@ class ExecutionContext:
         cache = replay.cache
         cache.stats.replays += 1
         cache.graphs.move_to_end(replay.graph_key)
+        cache.admission.seen(replay.graph_key)
         self._output_shapes.update(replay.output_shapes)
         return _copies(replay.outputs)
 

@@ -38,6 +38,7 @@ import torch
 
 from kilnrt.device import out_of_memory
 from kilnrt.engine.capture_lock import CAPTURES
+from kilnrt.engine.graph_admission import Admission
 from kilnrt.errors import ErrorCode, ExecutionError, KilnError
 
 log = logging.getLogger("kilnrt.runtime")
@@ -66,6 +67,7 @@ class GraphStats:
     replays: int = 0
     evictions: int = 0
     eager_runs: int = 0           # runs of shape sets that could not be captured
+    declined: int = 0             # runs without a graph at shape sets a full cache did not admit
     last_capture_ms: float = 0.0  # the first call at the newest shape set, capture included
     fallback_reason: str = ""     # why the newest uncaptured shape set could not be captured
 
@@ -232,6 +234,7 @@ class GraphCache:
         self._bytes: dict[tuple, int] = {}
         self.generation = 0   # bumped by every eviction: a run's remembered graph may be gone
         self._side = None     # the stream graphs are captured on (made on the first capture)
+        self.admission = Admission(self.config.max_graphs)   # run() and the context's replays count
 
     @staticmethod
     def key(feeds: Mapping[str, torch.Tensor]) -> tuple:
@@ -246,7 +249,14 @@ class GraphCache:
         """Run on ``stream`` (None: the current one); ``key``: :meth:`key` of ``feeds`` if the
         caller has it."""
         key = key or self.key(feeds)
+        self.admission.seen(key)
         entry = self.graphs.get(key, False)
+        if entry is False and not self._admits(key):
+            self.stats.declined += 1
+            if stream is None:
+                return self.program.execute(feeds)
+            with torch.cuda.stream(stream):
+                return self.program.execute(feeds)
         if entry is False:
             stream = stream or torch.cuda.current_stream()
             t0 = time.perf_counter()
@@ -279,6 +289,13 @@ class GraphCache:
             launch(stream.cuda_stream)
         self.stats.replays += 1
         return static_out
+
+    def _admits(self, key: tuple) -> bool:
+        """Room for one more graph, or ``key`` asked for more often than the least recently
+        used graph (:class:`~kilnrt.engine.graph_admission.Admission`)."""
+        if len(self.graphs) < self.config.max_graphs:
+            return True
+        return self.admission.admits(key, next(iter(self.graphs)))
 
     def _evict(self, keep: tuple) -> None:
         while len(self.graphs) > 1 and (len(self.graphs) > self.config.max_graphs or
