@@ -116,6 +116,9 @@ def test_padded_batches_run_at_few_sizes_with_unpadded_results():
         out = model.infer({"input": x})["logits"]
         assert seen[-1] == padded and out.shape[0] == n
         assert_close(out, reference.run({"input": x})["logits"], seed=seed)
+    # warm-up (on CUDA at start): every padded size once on every instance
+    assert model.warm_up() == 7 and seen[-7:] == [1, 2, 4, 8, 12, 16, 24]
+    assert ServedModel.from_settings(ModelSettings("d", DIGITS, device="cpu")).warm_up() == 0
     with pytest.raises(KilnError, match="pad_batches must be true or false"):
         ModelSettings("d", DIGITS, pad_batches="yes")
 

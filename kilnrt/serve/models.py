@@ -116,7 +116,26 @@ class ServedModel:
     @classmethod
     def from_settings(cls, settings: ModelSettings, timing_cache_dir: Path | None = None,
                       key: bytes | None = None) -> "ServedModel":
-        return cls(settings, load_engine(settings, timing_cache_dir, key))
+        model = cls(settings, load_engine(settings, timing_cache_dir, key))
+        if settings.device == "cuda":
+            model.warm_up()
+        return model
+
+    def warm_up(self) -> int:
+        """Run every padded batch size once on every instance, on random inputs, so that their
+        CUDA graphs are captured before the first requests (as a Triton model's warm-up does),
+        not while clients wait.  Returns the runs made (none where an input's non-batch dims
+        are dynamic: there is no one shape to warm up)."""
+        if not self.padded_batch_sizes or any(-1 in t.shape for t in self.inputs):
+            return 0
+        rng = np.random.default_rng(0)
+        runs = 0
+        for size in self.padded_batch_sizes:
+            feeds = {t.name: _random(rng, (size, *t.shape), t.dtype) for t in self.inputs}
+            for context in self.contexts:
+                context.run(dict(feeds))
+                runs += 1
+        return runs
 
     # -- what the model takes -----------------------------------------------------------
     def _max_batch(self) -> int:
@@ -259,6 +278,15 @@ class ServedModel:
         """Check, then run."""
         self.check_request(feeds)
         return self.run(feeds)
+
+
+def _random(rng, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Values of ``dtype`` for a warm-up run: standard normal floats, small integers, booleans."""
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.random(shape) < 0.5
+    return rng.integers(0, 2, shape).astype(dtype)
 
 
 def load_models(settings: list[ModelSettings], timing_cache_dir: Path | None = None,
