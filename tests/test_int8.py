@@ -186,8 +186,12 @@ def test_tensorrt_calibrator_is_called_and_its_cache_reused(tmp_path):
     x = batches(1, batch=6)[0]
     # the cache holds float32 scales, so the ranges agree to float32 rounding
     np.testing.assert_allclose(again.run(x)["y"], engine.run(x)["y"], rtol=1e-5, atol=1e-6)
-    want = ort.InferenceSession(model.SerializeToString()).run(None, x)[0]
-    assert rel_l2(engine.run(x)["y"], want) < 0.06    # INT8 on random weights: 2-5% measured
+    # scored on 64 fresh samples: on 6 the error's spread alone reached the bound (0.064 in 1 of
+    # 60 seeded draws); on 64 it measured 0.027 on average, 0.037 at most over 60 draws
+    session = ort.InferenceSession(model.SerializeToString())
+    xs = batches(8, batch=8)
+    got = np.concatenate([engine.run(x)["y"] for x in xs])
+    assert rel_l2(got, np.concatenate([session.run(None, x)[0] for x in xs])) < 0.06
 
 
 @pytest.mark.parametrize("method", ["entropy", "minmax", "percentile"])

@@ -193,7 +193,8 @@ def test_half_input_cast_to_float_and_back_becomes_one_half_norm(rms):
 
 
 @pytest.mark.parametrize("near_miss", [
-    {"exponent": 3.0},                                # not a square
+    {"exponent": 4.0},                                # not a square (a cube's mean cancels, so its
+                                                      # float32 rounding is ill-conditioned)
     {"var_axes": (1,)},                               # not over the trailing axis
     {"eps": np.full((WIDTH,), 1e-5, np.float32)},     # epsilon per channel
     {"extra_output": "var"},                          # an intermediate is a network output
