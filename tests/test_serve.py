@@ -123,6 +123,45 @@ def test_padded_batches_run_at_few_sizes_with_unpadded_results():
         ModelSettings("d", DIGITS, pad_batches="yes")
 
 
+def test_padding_only_where_every_output_is_one_row_per_item(tmp_path, caplog):
+    """A model with an output summed over the batch is not padded (the padding's rows would
+    count); a plan whose profile starts at batch 4 pads up to 4 at least; a warm-up run that
+    fails is logged and the model still serves."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
+    outs = [helper.make_tensor_value_info("total", TensorProto.FLOAT, [4]),
+            helper.make_tensor_value_info("same", TensorProto.FLOAT, ["n", 4])]
+    nodes = [helper.make_node("ReduceSum", ["x", "zero"], ["total"], keepdims=0),
+             helper.make_node("Relu", ["x"], ["same"])]
+    path = tmp_path / "sum.onnx"
+    zero = onnx.numpy_helper.from_array(np.array([0], np.int64), "zero")
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [x], outs, [zero]),
+                                opset_imports=[helper.make_opsetid("", 13)]), path)
+    with caplog.at_level("WARNING", logger="kilnrt.serve"):
+        summed = ServedModel.from_settings(ModelSettings("s", path, pad_batches=True, device="cpu"))
+    assert summed.padded_batch_sizes == () and "batches are not padded" in caplog.text
+    feeds = {"x": np.random.default_rng(fresh_seed()).standard_normal((3, 4)).astype(np.float32)}
+    np.testing.assert_allclose(summed.infer(feeds)["total"], feeds["x"].sum(0), rtol=1e-5, atol=1e-6)
+
+    plan = tmp_path / "digits4.plan"
+    kilnrt.build(str(DIGITS), profiles={"input": [(4, 1, 8, 8), (8, 1, 8, 8), (32, 1, 8, 8)]}).save(str(plan))
+    model = ServedModel.from_settings(ModelSettings("p", plan, pad_batches=True, device="cpu"))
+    assert model.padded_batch_sizes == (4, 8, 16, 32)
+    seed = fresh_seed()
+    x = _images(np.random.default_rng(seed), 1)                 # below the profile: padded up to it
+    assert_close(model.infer({"input": x})["logits"], kilnrt.build(str(DIGITS)).run({"input": x})["logits"], seed=seed)
+
+    context = model.contexts[0]
+    plain_run = context.run
+    context.run = lambda feeds: (_ for _ in ()).throw(RuntimeError("refused")) \
+        if feeds["input"].shape[0] == 8 else plain_run(feeds)
+    with caplog.at_level("WARNING", logger="kilnrt.serve"):
+        assert model.warm_up() == 1                              # batch 4 ran, batch 8 failed: the rest skipped
+    assert "warm-up at batch 8 failed" in caplog.text
+
+
 @pytest.mark.parametrize("feeds, message", [
     ({"image": np.zeros((1, 1, 8, 8), np.float32)}, "has no input 'image'; its inputs: input FP32[-1, 1, 8, 8]"),
     ({}, "input(s) 'input' missing"),

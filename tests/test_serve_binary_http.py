@@ -85,6 +85,9 @@ def test_malformed_bodies_say_what_is_wrong():
              ([{"name": "x", "shape": [2, -1], "datatype": "FP32"}], "non-negative integers"),
              ([{"name": "x", "shape": [2], "datatype": "FP32"}], "neither 'data' nor"),
              ([{"name": "x", "shape": [3], "datatype": "INT32", "data": [1, 2]}], "is not 3 INT32 values"),
+             ([{"name": "x", "shape": [2 ** 32, 2 ** 32], "datatype": "FP32", "parameters": {"binary_data_size": 0}}],
+              "but 18446744073709551616 FP32 values"),              # no int64 wrap-around to 0
+             ([{"name": "x", "shape": [1], "datatype": "UINT8", "data": [300]}], "is not 1 UINT8 values"),
              ([{"shape": [3], "datatype": "INT32"}], "has no 'name'"),
              ([], "no 'inputs' list")]
     for inputs, message in cases:

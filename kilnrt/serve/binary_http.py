@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from typing import Awaitable, Callable, Mapping
 
@@ -38,11 +39,14 @@ class RequestProblem(Exception):
 
 class BinaryInfer:
     """ASGI middleware: ``models`` maps a model's name to an ``async infer(feeds) -> outputs``
-    that raises :class:`RequestProblem` for a request the model cannot take."""
+    that raises :class:`RequestProblem` for a request the model cannot take (and counts it);
+    ``refused(model)`` is called for a request refused before it reached the model."""
 
-    def __init__(self, app, models: Mapping[str, Callable[[dict], Awaitable[dict]]]) -> None:
+    def __init__(self, app, models: Mapping[str, Callable[[dict], Awaitable[dict]]],
+                 refused: Callable[[str], None] | None = None) -> None:
         self.app = app
         self.models = models
+        self.refused = refused or (lambda model: None)   # told of a request refused while being read
 
     async def __call__(self, scope, receive, send):
         match = INFER_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
@@ -60,6 +64,7 @@ class BinaryInfer:
         except _NotOurs:
             return await self.app(scope, _replay(body, receive), send)
         except RequestProblem as exc:
+            self.refused(match["model"])
             return await _send_error(send, exc)
         try:
             outputs = await self.models[match["model"]](request["feeds"])
@@ -131,12 +136,12 @@ def parse_request(body: bytearray, header_length: int) -> dict:
             dtype = np.dtype(NUMPY_DTYPES[datatype])
         except TypeError:                # BF16 without ml_dtypes
             raise _NotOurs() from None
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)         # Python ints: a huge shape does not wrap around
         parameters = spec.get("parameters") or {}
         if "data" in spec:
             try:
                 feeds[name] = np.asarray(spec["data"], dtype=dtype).reshape(shape)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, OverflowError) as exc:
                 raise RequestProblem(f"input {name!r}: its 'data' is not {count} {datatype} values "
                                      f"of shape {shape}: {exc}") from None
             continue

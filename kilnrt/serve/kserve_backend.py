@@ -226,7 +226,8 @@ def run_kserve(models: list[ServedModel], *, http_port: int, grpc_port: int, met
     model_class = _model_class(kserve)
     served = [model_class(m, executor, metrics) for m in models]
     app = model_server.app
-    app.add_middleware(BinaryInfer, models={m.name: m.infer_binary_http for m in served})
+    app.add_middleware(BinaryInfer, models={m.name: m.infer_binary_http for m in served},
+                       refused=lambda name: metrics.failure(name, "invalid_request"))
     app.add_middleware(DefaultJsonContentType)
     app.add_middleware(BodyLimit, limit=max_request_bytes)
     _add_routes(app, {m.name: m for m in models})

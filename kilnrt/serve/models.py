@@ -125,7 +125,8 @@ class ServedModel:
         """Run every padded batch size once on every instance, on random inputs, so that their
         CUDA graphs are captured before the first requests (as a Triton model's warm-up does),
         not while clients wait.  Returns the runs made (none where an input's non-batch dims
-        are dynamic: there is no one shape to warm up)."""
+        are dynamic: there is no one shape to warm up).  A run that fails is logged and ends the
+        warm-up; the server starts anyway (its graphs are then captured on first use)."""
         if not self.padded_batch_sizes or any(-1 in t.shape for t in self.inputs):
             return 0
         rng = np.random.default_rng(0)
@@ -133,7 +134,12 @@ class ServedModel:
         for size in self.padded_batch_sizes:
             feeds = {t.name: _random(rng, (size, *t.shape), t.dtype) for t in self.inputs}
             for context in self.contexts:
-                context.run(dict(feeds))
+                try:
+                    context.run(dict(feeds))
+                except Exception as exc:  # noqa: BLE001 - random inputs a model refuses: serve anyway
+                    log.warning("model %r: warm-up at batch %d failed, the rest is skipped: %s",
+                                self.name, size, exc)
+                    return runs
                 runs += 1
         return runs
 
@@ -170,23 +176,42 @@ class ServedModel:
 
     def _padded_batch_sizes(self) -> tuple[int, ...]:
         """The batch sizes a run is padded up to: on CUDA by default (``pad_batches``), the powers
-        of two up to ``max_batch``, ``max_batch`` and the preferred sizes.  Each batch size the
-        engine sees is a shape it captures a CUDA graph for; dynamic batching makes every size
-        from 1 to ``max_batch``, more than the context's graph cache keeps (32 by default), so
-        unpadded it captures again and again.  Padded, a handful of graphs serve every batch,
-        for at most twice the rows (the server already treats rows as independent: it stacks
-        requests).  Empty for a model without a batch dim, and where padding is off."""
+        of two up to ``max_batch``, ``max_batch`` and the preferred sizes (none below the
+        profile's smallest batch).  Each batch size the engine sees is a shape it captures a
+        CUDA graph for; dynamic batching makes every size from 1 to ``max_batch``, more than the
+        context's graph cache keeps (32 by default), so unpadded it captures again and again.
+        Padded, a handful of graphs serve every batch, for at most twice the rows.
+
+        Only where every output's first dim is the inputs' batch dim (the same symbol in the
+        engine's I/O): then the rows of the padding come out as rows of their own, and are cut
+        off.  An output that sums over the batch, or whose size depends on the data, would
+        change, so such a model is not padded (a log line says so).  Rows are assumed to be
+        independent, as the dynamic batcher assumes when it stacks requests."""
         pad = self.settings.pad_batches
         if pad is None:
             pad = self.settings.device == "cuda"
         if not pad or self.max_batch <= 0:
             return ()
+        io = list(self.engine.io)
+        symbols = {t.symbolic[0] if t.symbolic else None for t in io}
+        if len(symbols) != 1 or not isinstance(next(iter(symbols)), str):
+            log.warning("model %r: batches are not padded: not every output's first dim is the inputs' batch "
+                        "dim (first dims %s)", self.name,
+                        {t.name: t.symbolic[0] if t.symbolic else None for t in io})
+            return ()
+        low = self._min_batch()
         sizes = {self.max_batch, *(s for s in self.settings.preferred_batch_sizes if s <= self.max_batch)}
         power = 1
         while power < self.max_batch:
             sizes.add(power)
             power *= 2
-        return tuple(sorted(sizes))
+        return tuple(sorted({max(s, low) for s in sizes}))
+
+    def _min_batch(self) -> int:
+        """Smallest batch profile 0 allows (1 where there is no profile)."""
+        profile = self.engine.profiles[0] if self.engine.profiles else {}
+        lows = [profile[t.name][0][0] for t in self.engine.io if t.mode == "input" and t.name in profile]
+        return max(lows) if lows else 1
 
     def metadata(self) -> dict[str, Any]:
         """KServe v2 model metadata (the batch dim shows as -1 when the model batches)."""
@@ -260,19 +285,24 @@ class ServedModel:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run checked ``feeds`` on a free instance (blocks while all are busy)."""
+        context = self._free.get()
+        try:
+            return self.run_on(context, feeds)
+        finally:
+            self._free.put(context)
+
+    def run_on(self, context, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run checked ``feeds`` on ``context``, padded up to the next of ``padded_batch_sizes``
+        (the last row repeated: real data, not zeros that a log would turn into NaN) and the
+        padding's rows cut off the outputs."""
         feeds = dict(feeds)
         batch = next(iter(feeds.values())).shape[0] if self.padded_batch_sizes and feeds else 0
         size = next((s for s in self.padded_batch_sizes if s >= batch), batch)
-        if size > batch:                 # repeat the last row: real data, not zeros (no NaN from a log of 0)
-            feeds = {n: np.concatenate([v, np.repeat(v[-1:], size - batch, axis=0)]) for n, v in feeds.items()}
-        context = self._free.get()
-        try:
-            outputs = context.run(feeds)
-        finally:
-            self._free.put(context)
-        if size > batch:
-            outputs = {n: v[:batch] if v.ndim and v.shape[0] == size else v for n, v in outputs.items()}
-        return outputs
+        if size <= batch:
+            return context.run(feeds)
+        feeds = {n: np.concatenate([v, np.repeat(v[-1:], size - batch, axis=0)]) for n, v in feeds.items()}
+        outputs = context.run(feeds)
+        return {n: v[:batch] for n, v in outputs.items()}   # every output's first dim is the batch (above)
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Check, then run."""

@@ -67,7 +67,7 @@ def _infer_function(model: ServedModel, context):
     from pytriton.decorators import batch
 
     def run(**feeds):
-        return context.run(feeds)
+        return model.run_on(context, feeds)   # padded as ServedModel.run pads
 
     return batch(run) if model.max_batch > 0 else (lambda requests: [run(**dict(r)) for r in requests])
 
