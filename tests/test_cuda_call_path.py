@@ -170,7 +170,8 @@ def test_more_shapes_than_graphs_do_not_capture_on_every_call(digits):
             np.testing.assert_allclose(ctx.run({"input": x})["logits"].cpu().numpy(), _reference(cpu, x),
                                        rtol=1e-3, atol=1e-3)
     stats = ctx.graph_stats
-    assert stats.captures == 4 and stats.evictions == 0 and stats.declined == 24 and stats.replays == 8, stats
+    # a capturing call launches its graph too: 4 replays then, 8 later
+    assert stats.captures == 4 and stats.evictions == 0 and stats.declined == 24 and stats.replays == 12, stats
 
 
 def test_run_of_an_engine_without_inputs_replays_too(tmp_path):

@@ -55,3 +55,32 @@ def test_counts_are_halved_every_window():
         a.seen(k)
     assert a.counts == {"hot": 3}                    # halved after 64 requests; ones dropped
     assert a.admits("hot", "cold") and not a.admits("cold", "hot") and not a.admits("x", "y")
+
+
+def test_graph_cache_declines_what_admission_refuses():
+    """kilnrt.engine.cudagraph.GraphCache itself (graph entries stood in for, no GPU): a full
+    cache, by count or by bytes, runs a refused shape set without a graph and counts it."""
+    from types import SimpleNamespace
+
+    from kilnrt.engine.cudagraph import GraphCache, GraphCacheConfig
+
+    runs = []
+    program = SimpleNamespace(execute=lambda feeds: runs.append(dict(feeds)) or {"y": feeds["x"]})
+    cache = GraphCache(program, GraphCacheConfig(max_graphs=2, max_bytes=1 << 30), pool=object())
+    cache.graphs.update({("a",): "graph a", ("b",): "graph b"})
+    for key in (("a",), ("a",), ("b",)):
+        cache.admission.seen(key)
+    assert cache.run({"x": 7}, key=("c",)) == {"y": 7} and runs == [{"x": 7}]
+    assert cache.stats.declined == 1 and cache.stats.captures == 0 and list(cache.graphs) == [("a",), ("b",)]
+    cache.admission.seen(("c",))
+    assert not cache._admits(("c",))                   # asked for as often as 'a', the least recently used
+    cache.admission.seen(("c",))
+    assert cache._admits(("c",))                       # now more often
+    # full by bytes with room by count
+    roomy = GraphCache(program, GraphCacheConfig(max_graphs=8, max_bytes=100), pool=object())
+    roomy.graphs[("a",)] = "graph a"
+    roomy._bytes[("a",)] = 100
+    roomy.admission.seen(("a",))
+    assert not roomy._admits(("z",))
+    # a cache of no graphs at all admits into an empty cache (the eviction keeps the newest)
+    assert GraphCache(program, GraphCacheConfig(max_graphs=0), pool=object())._admits(("a",))

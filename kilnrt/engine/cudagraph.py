@@ -291,9 +291,9 @@ class GraphCache:
         return static_out
 
     def _admits(self, key: tuple) -> bool:
-        """Room for one more graph, or ``key`` asked for more often than the least recently
-        used graph (:class:`~kilnrt.engine.graph_admission.Admission`)."""
-        if len(self.graphs) < self.config.max_graphs:
+        """Room for one more graph (by count and by bytes), or ``key`` asked for more often
+        than the least recently used graph (:class:`~kilnrt.engine.graph_admission.Admission`)."""
+        if not self.graphs or (len(self.graphs) < self.config.max_graphs and self.bytes < self.config.max_bytes):
             return True
         return self.admission.admits(key, next(iter(self.graphs)))
 
