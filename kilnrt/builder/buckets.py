@@ -68,13 +68,16 @@ def bucket_shapes(net, profiles: list[dict[str, tuple]], points, level: int) -> 
 
 
 def tune_buckets(net, layers, ctx, points: list[dict[str, tuple]], cache, device: str,
-                 search: TacticSearch) -> dict:
+                 search: TacticSearch, layouts: dict | None = None) -> dict:
     """For each bucket point after opt's, time every layer's candidates there and record in
     ``layer.bucket_tactics`` the ones worth keeping (module docstring). Returns a summary for
     the engine's build info."""
     t0 = time.perf_counter()
     by_name = {l.name: l for l in layers}
-    layouts = {n: f == "channels_last" for l in layers for n, f in zip(l.outputs, l.output_formats) if f}
+    # the layouts opt's chosen tactics write (select_tactics), memory orders of rank 5 and up
+    # included; else what the engine layers record (NHWC or not)
+    if layouts is None:
+        layouts = {n: f == "channels_last" for l in layers for n, f in zip(l.outputs, l.output_formats) if f}
     kept, saved_ms = [], []
     for b, point in enumerate(points[1:], start=1):
         shapes = concrete_shapes(net, point)

@@ -219,14 +219,17 @@ def _timing_cache(config: BuilderConfig) -> TimingCache | None:
 
 
 def select_tactics(net: Network, config: BuilderConfig, shapes: dict | None, progress: Any = None,
-                   ctx: TacticContext | None = None, cache: TimingCache | None = None) -> list[EngineLayer]:
+                   ctx: TacticContext | None = None, cache: TimingCache | None = None,
+                   layouts: dict | None = None) -> list[EngineLayer]:
     """Each layer's tactic, timed through ``cache`` (None: the config's own, or none with
-    DISABLE_TIMING_CACHE)."""
+    DISABLE_TIMING_CACHE).  ``layouts``, where given, is filled with the layout each
+    activation's chosen tactic writes (examples.written_layouts), for the bucket points'
+    timing."""
     ctx = ctx or tactic_context(net, config)
     cache = cache if cache is not None else _timing_cache(config)
     search = search_for_level(config.builder_optimization_level)
     layers = []
-    layouts: dict = {}  # activation -> the layout its chosen tactic writes (examples.written_layouts)
+    layouts = {} if layouts is None else layouts   # activation -> the layout its chosen tactic writes
     for layer in net.layers:
         if layer.kind == LayerKind.CONSTANT:
             continue
@@ -420,11 +423,13 @@ def _build_one(network: Network, config: BuilderConfig) -> Engine:
                                      cache, workers)
             phases["compile_s"] = round(time.perf_counter() - t1, 2)
             t1 = time.perf_counter()
-            layers = select_tactics(net, config, shapes, (lambda: bar.update(1)) if bar else None, ctx, cache)
+            layouts: dict = {}
+            layers = select_tactics(net, config, shapes, (lambda: bar.update(1)) if bar else None, ctx, cache,
+                                    layouts)
             phases["tactics_s"] = round(time.perf_counter() - t1, 2)
             if len(points) > 1:
                 buckets = tune_buckets(net, layers, ctx, points, cache, config.device,
-                                       search_for_level(config.builder_optimization_level))
+                                       search_for_level(config.builder_optimization_level), layouts)
     finally:
         if bar is not None:
             bar.close()

@@ -113,5 +113,6 @@ def _layout_variants(layer, layouts: dict[str, set]) -> list[dict]:
              if t is not None and len(layouts.get(t.name, ())) == 1}
     if not names:
         return [fixed]
-    choices = [sorted(layouts[n], key=repr)[:2] for n in names]
+    # row-major and NHWC first, then memory orders: a tensor written in several orders keeps row-major
+    choices = [sorted(layouts[n], key=lambda v: (not isinstance(v, bool), repr(v)))[:2] for n in names]
     return [dict(fixed, **dict(zip(names, combo))) for combo in itertools.product(*choices)]
