@@ -61,7 +61,7 @@ class BinaryInfer:
             return
         try:
             request = parse_request(body, int(header_length))
-        except _NotOurs:
+        except NotReadHere:
             return await self.app(scope, _replay(body, receive), send)
         except RequestProblem as exc:
             self.refused(match["model"])
@@ -78,8 +78,8 @@ class BinaryInfer:
         await send({"type": "http.response.body", "body": payload})
 
 
-class _NotOurs(Exception):
-    """A request this middleware leaves to KServe (BYTES tensors, a datatype numpy lacks)."""
+class NotReadHere(Exception):
+    """A request left to KServe's codec (BYTES tensors, a datatype numpy lacks)."""
 
 
 async def _read_body(receive) -> tuple[bytearray, bool]:
@@ -131,11 +131,11 @@ def parse_request(body: bytearray, header_length: int) -> dict:
             raise RequestProblem(f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
         datatype = spec.get("datatype")
         if datatype == "BYTES" or datatype not in NUMPY_DTYPES:
-            raise _NotOurs()
+            raise NotReadHere()
         try:
             dtype = np.dtype(NUMPY_DTYPES[datatype])
         except TypeError:                # BF16 without ml_dtypes
-            raise _NotOurs() from None
+            raise NotReadHere() from None
         count = math.prod(shape)         # Python ints: a huge shape does not wrap around
         parameters = spec.get("parameters") or {}
         if "data" in spec:

@@ -16,8 +16,8 @@ or from Python, on the cluster ``ray.init()`` connects to::
 Clients reach the models through Ray Serve's HTTP proxy with the KServe v2 REST protocol (JSON
 and the binary-tensor extension, what ``tritonclient.http`` sends): ``POST
 /v2/models/NAME/infer``, ``GET /v2/models/NAME`` (metadata), ``.../ready``, ``.../config``,
-``GET /v2/health/live|ready``.  Tensors are read and written with KServe's v2 codec, as on the
-KServe path.  Requests that reach one replica are stacked by kilnrt's dynamic batcher.  gRPC
+``GET /v2/health/live|ready``.  Tensors are read and written by :mod:`kilnrt.serve.binary_http`
+(BYTES tensors and other datatypes numpy lacks by KServe's v2 codec), as on the KServe path.  Requests that reach one replica are stacked by kilnrt's dynamic batcher.  gRPC
 under Ray: not yet.  See docs/serving.md for clusters and Kubernetes.
 """
 from __future__ import annotations
@@ -180,6 +180,7 @@ class KilnrtReplica:
         from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
         from starlette.responses import JSONResponse, Response
 
+        from kilnrt.serve.binary_http import NotReadHere, RequestProblem, encode_response, parse_request
         from kilnrt.serve.models import RequestError
 
         declared = request.headers.get("content-length", "")
@@ -195,6 +196,28 @@ class KilnrtReplica:
             json_length = int(header) if header is not None else len(body)
             if not 0 < json_length <= len(body):
                 raise ValueError(f"Inference-Header-Content-Length {json_length} for a body of {len(body)} bytes")
+        except ValueError as exc:
+            return _error(400, f"cannot read the request: {exc}")
+        # read by kilnrt (kilnrt.serve.binary_http: KServe's codec makes each binary input a Python
+        # list first); BYTES tensors and the like through KServe's codec
+        try:
+            request_read = parse_request(bytearray(body), json_length)
+        except RequestProblem as exc:
+            return _error(400, f"cannot read the request: {exc.message}")
+        except NotReadHere:
+            request_read = None
+        if request_read is not None:
+            try:
+                outputs = await self.infer(request_read["feeds"])
+                _, headers, content = encode_response(self.model.name, request_read, outputs)
+            except RequestError as exc:
+                return _error(400, exc.message)
+            except RequestProblem as exc:
+                return _error(exc.status, exc.message)
+            headers = {k.decode(): v.decode() for k, v in headers if k != b"content-length"}
+            headers["kilnrt-replica"] = self.replica_id
+            return Response(content, media_type=headers.pop("content-type"), headers=headers)
+        try:
             payload = InferRequest.from_bytes(body, json_length, self.model.name)
             feeds = {i.name: i.as_numpy() for i in payload.inputs}
         except Exception as exc:  # noqa: BLE001 -- any unreadable body is the client's error
