@@ -24,6 +24,44 @@ DIGITS = Path(__file__).resolve().parent.parent / "examples" / "digits.onnx"
 
 
 # ----------------------------------------------------------------------------- options, no Ray
+def test_replica_reads_binary_tensors_without_kserves_codec(monkeypatch):
+    """A replica as a plain object (no Ray): a tritonclient.http binary request is answered
+    with engine.run's outputs, read and written by kilnrt.serve.binary_http; KServe's codec,
+    which makes each binary input a Python list first, is not called."""
+    pytest.importorskip("kserve")
+    httpclient = pytest.importorskip("tritonclient.http")
+    import asyncio
+
+    from starlette.requests import Request
+
+    from kilnrt.serve.ray_deployment import KilnrtReplica, _settings_dict
+
+    replica = KilnrtReplica(_settings_dict(ModelSettings("digits", DIGITS, device="cpu")))
+    from kserve.protocol.infer_type import InferRequest
+
+    monkeypatch.setattr(InferRequest, "from_bytes", lambda *a, **k: pytest.fail("KServe's codec was used"))
+    seed = fresh_seed()
+    x = np.random.default_rng(seed).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    inp = httpclient.InferInput("input", [3, 1, 8, 8], "FP32")
+    inp.set_data_from_numpy(x)
+    body, header_length = httpclient.InferenceServerClient.generate_request_body([inp])
+    headers = [(b"inference-header-content-length", str(header_length).encode()),
+               (b"content-length", str(len(body)).encode())]
+
+    async def call():
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+        scope = {"type": "http", "method": "POST", "path": "/v2/models/digits/infer", "headers": headers,
+                 "query_string": b""}
+        return await replica(Request(scope, receive))
+
+    response = asyncio.run(call())
+    assert response.status_code == 200 and response.headers["kilnrt-replica"] == "local"
+    result = httpclient.InferenceServerClient.parse_response_body(
+        response.body, header_length=int(response.headers["inference-header-content-length"]))
+    assert_close(result.as_numpy("logits"), kilnrt.build(str(DIGITS)).run({"input": x})["logits"], seed=seed)
+
+
 def test_deployment_options_replicas_gpus_and_autoscaling():
     cpu = ModelSettings("digits", DIGITS, max_batch=32)
     gpu = ModelSettings("resnet", DIGITS, device="cuda")
