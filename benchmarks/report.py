@@ -45,7 +45,8 @@ ZOO = ["2026-12-01-NVIDIA_H200-zoo.json", "2026-12-01-NVIDIA_H200-zoo-densenet12
        "2026-12-01-NVIDIA_H200-zoo-levit_128s.json", "2026-12-01-NVIDIA_H200-zoo-maxvit_t-swin_t.json",
        "2026-12-01-NVIDIA_H200-zoo-swin_t.json", "2026-12-01-NVIDIA_H200-zoo-t5_small.json"]
 CALLS = ["2026-12-01-NVIDIA_H200-call-overhead.json"]
-BUILDS = ["2026-12-01-NVIDIA_H200-build-time.json", "2026-12-02-NVIDIA_H200-build-time.json"]
+BUILDS = ["2026-12-01-NVIDIA_H200-build-time.json", "2026-12-02-NVIDIA_H200-build-time.json",
+          "2026-12-02-NVIDIA_H200-build-time-mobilevit_s-inception_v3.json"]
 
 
 def _load(name: str) -> dict:
