@@ -84,3 +84,27 @@ def test_graph_cache_declines_what_admission_refuses():
     assert not roomy._admits(("z",))
     # a cache of no graphs at all admits into an empty cache (the eviction keeps the newest)
     assert GraphCache(program, GraphCacheConfig(max_graphs=0), pool=object())._admits(("a",))
+
+
+def test_graph_cache_gives_way_for_what_holds_no_graph_and_counts_the_next_graphs_bytes():
+    """An entry that holds no graph (a shape set that could not be captured) is no reason to
+    decline; and with graphs of 60 bytes under a limit of 100 the cache is full at one graph,
+    not after a second has been captured (which would evict the first, and so on)."""
+    from types import SimpleNamespace
+
+    from kilnrt.engine.cudagraph import GraphCache, GraphCacheConfig
+
+    program = SimpleNamespace(execute=lambda feeds: {"y": feeds["x"]})
+    cache = GraphCache(program, GraphCacheConfig(max_graphs=1, max_bytes=1 << 30), pool=object())
+    cache.graphs[("a",)] = None                       # could not be captured
+    for _ in range(5):
+        cache.admission.seen(("a",))
+    assert cache._admits(("b",))
+    big = GraphCache(program, GraphCacheConfig(max_graphs=8, max_bytes=100), pool=object())
+    big.graphs[("a",)] = "graph a"
+    big._bytes[("a",)] = 60
+    big.admission.seen(("a",))
+    big.admission.seen(("b",))
+    assert not big._admits(("b",))                    # 60 + 60 > 100: full, and 'b' no more wanted than 'a'
+    big.admission.seen(("b",))
+    assert big._admits(("b",))

@@ -145,6 +145,15 @@ def test_padding_only_where_every_output_is_one_row_per_item(tmp_path, caplog):
     feeds = {"x": np.random.default_rng(fresh_seed()).standard_normal((3, 4)).astype(np.float32)}
     np.testing.assert_allclose(summed.infer(feeds)["total"], feeds["x"].sum(0), rtol=1e-5, atol=1e-6)
 
+    # an unnamed batch dim (None in ONNX): the outputs' first dim is the builder's symbol for it
+    unnamed = tmp_path / "unnamed.onnx"
+    onnx.save(helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])]), opset_imports=[helper.make_opsetid("", 13)]),
+        unnamed)
+    assert ServedModel.from_settings(ModelSettings("u", unnamed, pad_batches=True, device="cpu",
+                                                   max_batch=8)).padded_batch_sizes == (1, 2, 4, 8)
+
     plan = tmp_path / "digits4.plan"
     kilnrt.build(str(DIGITS), profiles={"input": [(4, 1, 8, 8), (8, 1, 8, 8), (32, 1, 8, 8)]}).save(str(plan))
     model = ServedModel.from_settings(ModelSettings("p", plan, pad_batches=True, device="cpu"))

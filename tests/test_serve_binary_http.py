@@ -89,10 +89,14 @@ def test_malformed_bodies_say_what_is_wrong():
               "but 18446744073709551616 FP32 values"),              # no int64 wrap-around to 0
              ([{"name": "x", "shape": [1], "datatype": "UINT8", "data": [300]}], "is not 1 UINT8 values"),
              ([{"shape": [3], "datatype": "INT32"}], "has no 'name'"),
-             ([], "no 'inputs' list")]
+             ("x", "no 'inputs' list")]
     for inputs, message in cases:
         with pytest.raises(RequestProblem, match=message.replace("[", r"\[").replace("]", r"\]")):
             parse_request(*header(inputs))
+    assert parse_request(*header([]))["feeds"] == {}           # a model without inputs
+    for data in ([-1], [1.5]):                                 # numpy 1 would wrap -1 to 255 silently
+        with pytest.raises(RequestProblem, match="is not 1 UINT8 values"):
+            parse_request(*header([{"name": "x", "shape": [1], "datatype": "UINT8", "data": data}]))
 
 
 def _call(app, body: bytes, headers: dict, path="/v2/models/m/infer"):

@@ -291,11 +291,17 @@ class GraphCache:
         return static_out
 
     def _admits(self, key: tuple) -> bool:
-        """Room for one more graph (by count and by bytes), or ``key`` asked for more often
-        than the least recently used graph (:class:`~kilnrt.engine.graph_admission.Admission`)."""
-        if not self.graphs or (len(self.graphs) < self.config.max_graphs and self.bytes < self.config.max_bytes):
+        """Room for one more graph (by count, and by bytes with the new graph taken to be as
+        large as the largest one held), or ``key`` asked for more often than the least recently
+        used entry (:class:`~kilnrt.engine.graph_admission.Admission`).  An entry that holds no
+        graph (a shape set that could not be captured) always gives way."""
+        if not self.graphs:
             return True
-        return self.admission.admits(key, next(iter(self.graphs)))
+        largest = max(self._bytes.values(), default=0)
+        if len(self.graphs) < self.config.max_graphs and self.bytes + largest <= self.config.max_bytes:
+            return True
+        victim = next(iter(self.graphs))
+        return self.graphs[victim] is None or self.admission.admits(key, victim)
 
     def _evict(self, keep: tuple) -> None:
         while len(self.graphs) > 1 and (len(self.graphs) > self.config.max_graphs or

@@ -116,8 +116,8 @@ def parse_request(body: bytearray, header_length: int) -> dict:
         header = json.loads(bytes(body[:header_length]))
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestProblem(f"cannot parse the inference header as JSON: {exc}") from None
-    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list) or not header["inputs"]:
-        raise RequestProblem("the inference header has no 'inputs' list")
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
+        raise RequestProblem("the inference header has no 'inputs' list")   # empty: a model without inputs
     view = memoryview(body)
     start = header_length
     feeds: dict[str, np.ndarray] = {}
@@ -140,7 +140,7 @@ def parse_request(body: bytearray, header_length: int) -> dict:
         parameters = spec.get("parameters") or {}
         if "data" in spec:
             try:
-                feeds[name] = np.asarray(spec["data"], dtype=dtype).reshape(shape)
+                feeds[name] = _from_json(spec["data"], dtype).reshape(shape)
             except (ValueError, TypeError, OverflowError) as exc:
                 raise RequestProblem(f"input {name!r}: its 'data' is not {count} {datatype} values "
                                      f"of shape {shape}: {exc}") from None
@@ -166,6 +166,19 @@ def parse_request(body: bytearray, header_length: int) -> dict:
         raise RequestProblem("'outputs' must be a list of {\"name\": ...} objects")
     return {"id": header.get("id"), "feeds": feeds, "outputs": outputs,
             "binary_default": bool(parameters.get("binary_data_output", False))}
+
+
+def _from_json(data, dtype: np.dtype) -> np.ndarray:
+    """JSON numbers as ``dtype``; an integer out of its range is an error (numpy 1 wraps it
+    around with only a deprecation warning, numpy 2 raises)."""
+    values = np.asarray(data)
+    if dtype.kind in "iu" and values.size:
+        if values.dtype.kind not in "iub":
+            raise ValueError(f"{values.dtype} values for an integer datatype")
+        info = np.iinfo(dtype)
+        if values.min() < info.min or values.max() > info.max:
+            raise ValueError(f"values outside [{info.min}, {info.max}]")
+    return values.astype(dtype)
 
 
 def encode_response(model: str, request: dict, outputs: Mapping[str, np.ndarray]) -> tuple[int, list, bytes]:

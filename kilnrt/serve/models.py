@@ -192,12 +192,10 @@ class ServedModel:
             pad = self.settings.device == "cuda"
         if not pad or self.max_batch <= 0:
             return ()
-        io = list(self.engine.io)
-        symbols = {t.symbolic[0] if t.symbolic else None for t in io}
-        if len(symbols) != 1 or not isinstance(next(iter(symbols)), str):
+        firsts = {t.name: _first_symbol(t) for t in self.engine.io}
+        if len(set(firsts.values())) != 1 or not isinstance(next(iter(firsts.values())), str):
             log.warning("model %r: batches are not padded: not every output's first dim is the inputs' batch "
-                        "dim (first dims %s)", self.name,
-                        {t.name: t.symbolic[0] if t.symbolic else None for t in io})
+                        "dim (first dims %s)", self.name, firsts)
             return ()
         low = self._min_batch()
         sizes = {self.max_batch, *(s for s in self.settings.preferred_batch_sizes if s <= self.max_batch)}
@@ -308,6 +306,15 @@ class ServedModel:
         """Check, then run."""
         self.check_request(feeds)
         return self.run(feeds)
+
+
+def _first_symbol(t):
+    """The symbol of an engine I/O tensor's first dim; an input's unnamed dynamic dim (-1) is
+    the symbol the builder gives it, ``"<input>:0"``."""
+    first = t.symbolic[0] if t.symbolic else None
+    if first == -1 and t.mode == "input":
+        return f"{t.name}:0"
+    return first
 
 
 def _random(rng, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

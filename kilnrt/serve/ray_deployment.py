@@ -119,10 +119,8 @@ class KilnrtReplica:
         from pathlib import Path
 
         from kilnrt.serve.batching import DynamicBatcher
-        from kilnrt.serve.kserve_backend import import_kserve
         from kilnrt.serve.models import ServedModel
 
-        import_kserve()       # KServe's v2 codec (imported with kilnrt's argv kept away from it)
         self.settings = ModelSettings(**{**settings, "instances": 1})
         self.model = ServedModel.from_settings(self.settings, Path(timing_cache_dir) if timing_cache_dir else None,
                                                plan_key)
@@ -177,7 +175,6 @@ class KilnrtReplica:
                            f"{self.prefix}, {self.prefix}/ready, {self.prefix}/config and POST {self.prefix}/infer")
 
     async def _infer_http(self, request):
-        from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
         from starlette.responses import JSONResponse, Response
 
         from kilnrt.serve.binary_http import NotReadHere, RequestProblem, encode_response, parse_request
@@ -217,6 +214,12 @@ class KilnrtReplica:
             headers = {k.decode(): v.decode() for k, v in headers if k != b"content-length"}
             headers["kilnrt-replica"] = self.replica_id
             return Response(content, media_type=headers.pop("content-type"), headers=headers)
+        # BYTES tensors and the like: KServe's v2 codec (imported with kilnrt's argv kept away from it)
+        from kilnrt.serve.kserve_backend import import_kserve
+
+        import_kserve()
+        from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
         try:
             payload = InferRequest.from_bytes(body, json_length, self.model.name)
             feeds = {i.name: i.as_numpy() for i in payload.inputs}
