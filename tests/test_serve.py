@@ -304,7 +304,10 @@ def test_metrics_are_exported(server, engine):
 
 def _raw_http(server, head: bytes, body: bytes = b"", close_early: bool = False, timeout: float = 30) -> bytes:
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=timeout) as s:
-        s.sendall(head + body)
+        try:
+            s.sendall(head + body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass   # the server answered and closed before the whole body was sent: read its answer
         if close_early:
             return b""
         s.shutdown(socket.SHUT_WR) if not body else None
@@ -369,7 +372,9 @@ def test_bad_requests_get_protocol_errors_and_server_keeps_serving(server, engin
                       truncated)
     assert b" 400 " in reply.split(b"\r\n")[0], reply[:300]
     one_gb = 1 << 30
-    reply = _raw_http(server, _post(path, one_gb), b"\0" * (1 << 20), timeout=5)
+    # 64 KiB of the announced gigabyte: it fits the socket's buffers, so the client is not still
+    # sending when the server answers and closes (with 1 MiB it sometimes was: a broken pipe)
+    reply = _raw_http(server, _post(path, one_gb), b"\0" * (64 << 10), timeout=5)
     if server.backend == "kserve":                         # refused from its Content-Length alone
         assert reply.split(b"\r\n")[0].split()[1] == b"413" and b"over the server's limit" in reply, reply[:300]
     else:                                                  # Triton drops the connection
