@@ -253,10 +253,7 @@ class GraphCache:
         entry = self.graphs.get(key, False)
         if entry is False and not self._admits(key):
             self.stats.declined += 1
-            if stream is None:
-                return self.program.execute(feeds)
-            with torch.cuda.stream(stream):
-                return self.program.execute(feeds)
+            return self._eager(feeds, stream)
         if entry is False:
             stream = stream or torch.cuda.current_stream()
             t0 = time.perf_counter()
@@ -273,10 +270,7 @@ class GraphCache:
             self.graphs.move_to_end(key)
         if entry is None:
             self.stats.eager_runs += 1
-            if stream is None:
-                return self.program.execute(feeds)
-            with torch.cuda.stream(stream):
-                return self.program.execute(feeds)
+            return self._eager(feeds, stream)
         graph, static_in, static_out, _, launch = entry
         if stream is None:
             for name, t in feeds.items():
@@ -289,6 +283,13 @@ class GraphCache:
             launch(stream.cuda_stream)
         self.stats.replays += 1
         return static_out
+
+    def _eager(self, feeds: Mapping[str, torch.Tensor], stream: torch.cuda.Stream | None) -> dict[str, torch.Tensor]:
+        """A run without a graph, on ``stream`` (None: the current one)."""
+        if stream is None:
+            return self.program.execute(feeds)
+        with torch.cuda.stream(stream):
+            return self.program.execute(feeds)
 
     def _admits(self, key: tuple) -> bool:
         """Room for one more graph (by count, and by bytes with the new graph taken to be as

@@ -129,10 +129,13 @@ class ServedModel:
         warm-up; the server starts anyway (its graphs are then captured on first use)."""
         if not self.padded_batch_sizes or any(-1 in t.shape for t in self.inputs):
             return 0
-        rng = np.random.default_rng(0)
+        from kilnrt.testing import seeded_inputs
+
         runs = 0
         for size in self.padded_batch_sizes:
-            feeds = {t.name: _random(rng, (size, *t.shape), t.dtype) for t in self.inputs}
+            # integers 0 and 1: valid as indices and as flags
+            feeds = seeded_inputs(self.engine, seed=size, shapes={t.name: (size, *t.shape) for t in self.inputs},
+                                  int_range=(0, 2))
             for context in self.contexts:
                 try:
                     context.run(dict(feeds))
@@ -154,8 +157,7 @@ class ServedModel:
                 log.warning("model %r: max_batch=%d asked, but an input's first dim is static; the model is "
                             "served without a batch dim (max_batch 0)", self.name, wanted)
             return 0
-        profile = self.engine.profiles[0] if self.engine.profiles else {}
-        limits = [profile[t.name][2][0] for t in inputs if t.name in profile]
+        limits = self._profile_batches(2)
         if not limits:
             return wanted if wanted is not None else DEFAULT_MAX_BATCH
         limit = min(limits)
@@ -207,9 +209,12 @@ class ServedModel:
 
     def _min_batch(self) -> int:
         """Smallest batch profile 0 allows (1 where there is no profile)."""
+        return max(self._profile_batches(0), default=1)
+
+    def _profile_batches(self, which: int) -> list[int]:
+        """Profile 0's batch dim at its min (0), opt (1) or max (2), for each input it names."""
         profile = self.engine.profiles[0] if self.engine.profiles else {}
-        lows = [profile[t.name][0][0] for t in self.engine.io if t.mode == "input" and t.name in profile]
-        return max(lows) if lows else 1
+        return [profile[t.name][which][0] for t in self.engine.io if t.mode == "input" and t.name in profile]
 
     def metadata(self) -> dict[str, Any]:
         """KServe v2 model metadata (the batch dim shows as -1 when the model batches)."""
@@ -315,15 +320,6 @@ def _first_symbol(t):
     if first == -1 and t.mode == "input":
         return f"{t.name}:0"
     return first
-
-
-def _random(rng, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """Values of ``dtype`` for a warm-up run: standard normal floats, small integers, booleans."""
-    if dtype.kind == "f":
-        return rng.standard_normal(shape).astype(dtype)
-    if dtype.kind == "b":
-        return rng.random(shape) < 0.5
-    return rng.integers(0, 2, shape).astype(dtype)
 
 
 def load_models(settings: list[ModelSettings], timing_cache_dir: Path | None = None,
