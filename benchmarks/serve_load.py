@@ -37,6 +37,9 @@ Results: ``benchmarks/results/<date>-<device>-serve-load.json`` (written after e
 ``protocol``           ``http`` or ``grpc`` (null for the engine row)
 ``dynamic_batching``   whether the server batched requests together
 ``instances``          execution contexts serving the model
+``shared_memory``      ``"system"``: the inputs sat in a system shared-memory region registered with
+                       Triton and requests named their offsets (``--shared-memory system``; clients on
+                       the server's machine); null: the inputs travelled in the requests
 ``concurrency``        clients, each with one request in flight
 ``requests``           answers received in the measured window (a check: all requests sent)
 ``errors``, ``wrong``  requests that raised; answers that did not match the reference
@@ -61,6 +64,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import sys
 import tempfile
@@ -153,11 +157,12 @@ def engine_baseline(engine, batch: int, pool, seconds: float) -> dict:
 _POOL: list = []
 _REFS: list = []
 _TOL = 1e-4
+_TOKEN: str | None = None          # the server's access token (Triton's shared-memory API asks for it)
 
 
-def _init_worker(pool, refs, tol):
-    global _POOL, _REFS, _TOL
-    _POOL, _REFS, _TOL = pool, refs, tol
+def _init_worker(pool, refs, tol, token=None):
+    global _POOL, _REFS, _TOL, _TOKEN
+    _POOL, _REFS, _TOL, _TOKEN = pool, refs, tol, token
 
 
 def _modules(protocol: str):
@@ -218,9 +223,45 @@ async def _client_loop(aio, url, model, inputs, first, stop_at, window, count, o
         await client.close()
 
 
-async def _drive_async(protocol, url, model, clients, first_client, start_at, warmup, seconds, count):
+def _shared_memory_inputs(protocol, sync, url, stack: contextlib.ExitStack):
+    """The pool's inputs placed once in a system shared-memory region registered with the server
+    (Triton's shared-memory extension): requests then name an offset instead of carrying bytes."""
+    import tritonclient.utils.shared_memory as shm
+    from tritonclient.utils import np_to_triton_dtype
+
+    name = f"kilnrt-load-{os.getpid()}"
+    size = sum(v.nbytes for feeds in _POOL for v in feeds.values())
+    region = shm.create_shared_memory_region(name, "/" + name, size)
+    stack.callback(shm.destroy_shared_memory_region, region)
+    client = sync.InferenceServerClient(url)
+    stack.callback(client.close)
+    # Triton's header for a restricted API: its name, prefixed over gRPC by the restricted protocol's
+    header = "triton-access-token" if protocol == "http" else "triton-grpc-protocol-triton-access-token"
+    headers = {header: _TOKEN} if _TOKEN else None
+    client.register_system_shared_memory(name, "/" + name, size, headers=headers)
+    stack.callback(client.unregister_system_shared_memory, name, headers=headers)
+    inputs, offset = [], 0
+    for feeds in _POOL:
+        row = []
+        for key, value in feeds.items():
+            shm.set_shared_memory_region(region, [np.ascontiguousarray(value)], offset=offset)
+            inp = sync.InferInput(key, list(value.shape), np_to_triton_dtype(value.dtype))
+            inp.set_shared_memory(name, value.nbytes, offset=offset)
+            row.append(inp)
+            offset += value.nbytes
+        inputs.append(row)
+    return inputs
+
+
+async def _drive_async(protocol, url, model, clients, first_client, start_at, warmup, seconds, count, shared_memory):
     sync, aio = _modules(protocol)
-    inputs = [_make_inputs(sync, feeds) for feeds in _POOL]
+    with contextlib.ExitStack() as stack:
+        inputs = (_shared_memory_inputs(protocol, sync, url, stack) if shared_memory == "system"
+                  else [_make_inputs(sync, feeds) for feeds in _POOL])
+        return await _drive_clients(aio, url, model, inputs, clients, first_client, start_at, warmup, seconds, count)
+
+
+async def _drive_clients(aio, url, model, inputs, clients, first_client, start_at, warmup, seconds, count):
     out = {"latencies": [], "done_in_window": 0, "errors": 0, "wrong": 0, "error_examples": []}
     await asyncio.sleep(max(0.0, start_at - time.monotonic()))
     if count is None:
@@ -234,23 +275,25 @@ async def _drive_async(protocol, url, model, clients, first_client, start_at, wa
     return out
 
 
-def drive(protocol, url, model, clients, first_client, start_at, warmup, seconds, count=None):
+def drive(protocol, url, model, clients, first_client, start_at, warmup, seconds, count=None, shared_memory=None):
     """``clients`` async clients in this process (a worker's task)."""
-    return asyncio.run(_drive_async(protocol, url, model, clients, first_client, start_at, warmup, seconds, count))
+    return asyncio.run(_drive_async(protocol, url, model, clients, first_client, start_at, warmup, seconds, count,
+                                    shared_memory))
 
 
-def run_level(executor, processes, protocol, url, model, concurrency, warmup, seconds, count=None) -> dict:
+def run_level(executor, processes, protocol, url, model, concurrency, warmup, seconds, count=None,
+              shared_memory=None) -> dict:
     """Drive the server with ``concurrency`` clients split over ``processes``; merged statistics."""
     shares = [concurrency // processes + (1 if p < concurrency % processes else 0) for p in range(processes)]
     shares = [s for s in shares if s]
     start_at = time.monotonic() + (1.0 if executor else 0.05)
     begin = time.monotonic()
     if executor is None:
-        parts = [drive(protocol, url, model, concurrency, 0, start_at, warmup, seconds, count)]
+        parts = [drive(protocol, url, model, concurrency, 0, start_at, warmup, seconds, count, shared_memory)]
     else:
         firsts = np.cumsum([0, *shares[:-1]])
-        futures = [executor.submit(drive, protocol, url, model, s, int(f), start_at, warmup, seconds, count)
-                   for s, f in zip(shares, firsts)]
+        futures = [executor.submit(drive, protocol, url, model, s, int(f), start_at, warmup, seconds, count,
+                                   shared_memory) for s, f in zip(shares, firsts)]
         parts = [f.result() for f in futures]
     lat = np.array(sorted(x for p in parts for x in p["latencies"])) * 1e3
     out = {"errors": sum(p["errors"] for p in parts), "wrong": sum(p["wrong"] for p in parts),
@@ -297,17 +340,19 @@ def write_results(path: Path, header: dict, rows: list[dict]) -> None:
 
 def row_key(row: dict) -> tuple:
     return (row["kind"], row["model"], row.get("backend"), row.get("protocol"), row.get("dynamic_batching"),
-            row.get("concurrency"), row.get("batch"))
+            row.get("concurrency"), row.get("batch"), row.get("shared_memory"))
 
 
 def add_ratios(rows: list[dict]) -> None:
-    plain = {(r["model"], r["backend"], r["protocol"], r["concurrency"], r["batch"]): r["throughput_rps"]
-             for r in rows if r["kind"] == "load" and not r["dynamic_batching"]}
+    def same_level(r):
+        return r["model"], r["backend"], r["protocol"], r["concurrency"], r["batch"], r.get("shared_memory")
+
+    plain = {same_level(r): r["throughput_rps"] for r in rows if r["kind"] == "load" and not r["dynamic_batching"]}
     engine = {(r["model"], r["batch"]): r["items_per_s"] for r in rows if r["kind"] == "engine"}
     for r in rows:
         if r["kind"] != "load":
             continue
-        base = plain.get((r["model"], r["backend"], r["protocol"], r["concurrency"], r["batch"]))
+        base = plain.get(same_level(r))
         r["vs_no_batching"] = round(r["throughput_rps"] / base, 3) if base else None
         best = max((v for (m, _), v in engine.items() if m == r["model"]), default=None)
         r["vs_engine"] = round(r["items_per_s"] / best, 3) if best else None
@@ -324,12 +369,14 @@ def chart(path: Path) -> Path:
     rows = [r for r in data["rows"] if r["kind"] == "load"]
     series: dict[tuple, list[dict]] = {}
     for r in rows:
-        series.setdefault((r["model"], r["backend"], r["protocol"], r["dynamic_batching"]), []).append(r)
+        series.setdefault((r["model"], r["backend"], r["protocol"], r["dynamic_batching"], r.get("shared_memory")),
+                          []).append(r)
     fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for (model, backend, protocol, batching), rs in sorted(series.items()):
+    for (model, backend, protocol, batching, shared), rs in sorted(series.items(), key=lambda kv: str(kv[0])):
         rs = sorted(rs, key=lambda r: r["concurrency"])
         c = [r["concurrency"] for r in rs]
-        label = f"{backend} {protocol}, {'dynamic batching' if batching else 'no batching'}"
+        label = (f"{backend} {protocol}{', inputs in shared memory' if shared else ''}, "
+                 f"{'dynamic batching' if batching else 'no batching'}")
         style = "-" if batching else "--"
         line, = ax_t.plot(c, [r["items_per_s"] for r in rs], style, marker="o", label=label)
         ax_l.plot(c, [r["p99_ms"] for r in rs], style, marker="o", color=line.get_color(), label=f"{label}, p99")
@@ -401,6 +448,9 @@ def parse_args(argv=None):
     p.add_argument("--seconds", type=float, default=4.0, help="measured window per level (default 4)")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before it (default 1)")
     p.add_argument("--client-processes", type=int, default=1, help="processes the clients are spread over")
+    p.add_argument("--shared-memory", choices=("none", "system"), default="none",
+                   help="system: inputs in a system shared-memory region registered with Triton, not in the "
+                        "requests (clients on the server's machine; Triton only)")
     p.add_argument("--check-clients", type=int, default=0, help="the correctness check: this many clients ...")
     p.add_argument("--check-requests", type=int, default=1000, help="... each sending this many requests")
     p.add_argument("--no-load", action="store_true", help="skip the concurrency sweep")
@@ -425,6 +475,10 @@ def main(argv=None) -> int:
 
     backend, why = choose_backend(args.backend)
     print(f"server: {backend} ({why})", flush=True)
+    shared_memory = None if args.shared_memory == "none" else args.shared_memory
+    if shared_memory and backend != "triton":
+        raise SystemExit(f"--shared-memory {shared_memory}: only Triton has the shared-memory extension "
+                         f"(the server here is {backend})")
     device_name = "cpu"
     if args.device == "cuda":
         import torch
@@ -442,7 +496,7 @@ def main(argv=None) -> int:
     profile = engine.profiles[0][next(t.name for t in engine.io if t.mode == "input")] if engine.profiles else None
     base = {"model": name, "family": "serve", "batch": args.batch, "seq": None, "precision": args.precision,
             "profile": {"min": list(profile[0]), "opt": list(profile[1]), "max": list(profile[2])} if profile else None,
-            "backend": backend, "device": args.device, "instances": args.instances}
+            "backend": backend, "device": args.device, "instances": args.instances, "shared_memory": shared_memory}
 
     def record(row: dict) -> None:
         rows.append(row)
@@ -451,7 +505,7 @@ def main(argv=None) -> int:
 
     if args.engine_baseline:
         eng_batch = args.max_batch
-        row = {**base, "kind": "engine", "batch": eng_batch, "backend": None, "protocol": None,
+        row = {**base, "kind": "engine", "batch": eng_batch, "backend": None, "protocol": None, "shared_memory": None,
                "dynamic_batching": None, "concurrency": None, "instances": 1,
                "notes": "engine.run on host numpy arrays, back to back, in one thread, no server"}
         if row_key(row) not in done:
@@ -469,12 +523,14 @@ def main(argv=None) -> int:
     if args.no_load:
         modes = (True,) if args.check_clients else ()
     processes = max(1, args.client_processes)
-    executor = (ProcessPoolExecutor(processes, initializer=_init_worker, initargs=(pool, refs, tol))
+    token = secrets.token_urlsafe(16) if shared_memory else None
+    executor = (ProcessPoolExecutor(processes, initializer=_init_worker, initargs=(pool, refs, tol, token))
                 if processes > 1 else None)
-    _init_worker(pool, refs, tol)
+    _init_worker(pool, refs, tol, token)
     serve_args = ["--model", f"{name}={plan}", "--backend", backend, "--instances", str(args.instances),
                   "--max-queue-delay-us", str(args.max_queue_delay_us), "--device", args.device,
                   "--max-batch", str(args.max_batch)]
+    env = {"KILNRT_SERVE_ACCESS_TOKEN": token} if token else None
     if args.preferred_batch_sizes:
         serve_args += ["--preferred-batch-sizes", ",".join(map(str, args.preferred_batch_sizes))]
     try:
@@ -482,7 +538,7 @@ def main(argv=None) -> int:
             # both servers run at once and each level is measured on one right after the other, so
             # that a change in the machine's load between them is as small as it can be
             servers = {batching: stack.enter_context(running_server(
-                serve_args + ([] if batching else ["--no-dynamic-batching"]), models=[name], timeout_s=600))
+                serve_args + ([] if batching else ["--no-dynamic-batching"]), models=[name], timeout_s=600, env=env))
                 for batching in modes}
             for protocol in protocols:
                 for concurrency in (levels if not args.no_load else []):
@@ -494,7 +550,7 @@ def main(argv=None) -> int:
                         url = server.http_url if protocol == "http" else server.grpc_url
                         before = engine_runs(server, name, backend)
                         row.update(run_level(executor, processes, protocol, url, name, concurrency,
-                                             args.warmup, args.seconds))
+                                             args.warmup, args.seconds, shared_memory=shared_memory))
                         after = engine_runs(server, name, backend)
                         row["items_per_s"] = round(row["throughput_rps"] * args.batch, 1)
                         row["engine_batch_mean"] = (round((after[0] - before[0]) / (after[1] - before[1]), 2)
@@ -512,7 +568,7 @@ def main(argv=None) -> int:
                         continue
                     url = server.http_url if protocol == "http" else server.grpc_url
                     row.update(run_level(executor, processes, protocol, url, name, args.check_clients, 0.0, 0.0,
-                                         count=args.check_requests))
+                                         count=args.check_requests, shared_memory=shared_memory))
                     row["items_per_s"] = round(row["throughput_rps"] * args.batch, 1)
                     row["notes"] = (f"{args.check_clients} clients x {args.check_requests} requests, every "
                                     f"answer compared with engine.run's (relative L2 error < {tol})")

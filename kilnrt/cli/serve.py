@@ -10,6 +10,7 @@ elsewhere (--backend picks one). Stop with Ctrl+C or SIGTERM.
 from __future__ import annotations
 
 import argparse
+import os
 
 HELP = "serve engines over HTTP and gRPC (KServe v2, Triton Inference Server)"
 
@@ -23,6 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (default 8002; 0: off)")
     p.add_argument("--backend", choices=("auto", "triton", "kserve"), default="auto",
                    help="the server: Triton via PyTriton, KServe's model server, or auto (Triton where it runs)")
+    p.add_argument("--access-token", metavar="TOKEN", default=os.environ.get("KILNRT_SERVE_ACCESS_TOKEN"),
+                   help="Triton only: opens Triton's restricted APIs (system and CUDA shared memory, model "
+                        "repository, statistics, trace, logging) to requests with the header "
+                        "'triton-access-token: TOKEN' (default: $KILNRT_SERVE_ACCESS_TOKEN, else a random token, "
+                        "so that they stay closed)")
     g = p.add_argument_group("model defaults (a model folder's config.json wins)")
     g.add_argument("--max-batch", type=int, metavar="N", help="largest batch (default: the engine's profile; 64 "
                                                                "for an ONNX file)")
@@ -87,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
         return _serve_ray(args, settings, cache, plan_key(args))
     serve(settings, backend=args.backend, http_port=args.http_port, grpc_port=args.grpc_port,
           metrics_port=args.metrics_port or None, max_request_bytes=args.max_request_bytes, timing_cache_dir=cache,
-          plan_key=plan_key(args))
+          plan_key=plan_key(args), access_token=args.access_token)
     return 0
 
 
@@ -101,6 +107,9 @@ def _serve_ray(args, settings, cache, key) -> int:
     if args.backend != "auto":
         raise KilnError(ErrorCode.INVALID_ARGUMENT, f"--backend {args.backend} and --ray: Ray Serve is the server "
                                                     "with --ray; drop one of them")
+    if args.access_token:
+        raise KilnError(ErrorCode.INVALID_ARGUMENT, "--access-token (or KILNRT_SERVE_ACCESS_TOKEN) and --ray: Ray "
+                                                    "Serve has none of Triton's restricted APIs; drop the token")
     unused = [f for f, v, default in (("--grpc-port", args.grpc_port, 8001),
                                       ("--metrics-port", args.metrics_port, 8002)) if v != default]
     if unused:

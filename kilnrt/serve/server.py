@@ -43,9 +43,17 @@ def choose_backend(backend: str = "auto") -> tuple[str, str]:
 
 def serve(settings: list[ModelSettings], *, backend: str = "auto", http_port: int = 8000, grpc_port: int = 8001,
           metrics_port: int | None = 8002, max_request_bytes: int = TRITON_MAX_REQUEST_BYTES,
-          timing_cache_dir: str | Path | None = None, plan_key: bytes | None = None) -> None:
-    """Serve ``settings`` over KServe v2 (HTTP and gRPC) until SIGINT/SIGTERM."""
+          timing_cache_dir: str | Path | None = None, plan_key: bytes | None = None,
+          access_token: str | None = None) -> None:
+    """Serve ``settings`` over KServe v2 (HTTP and gRPC) until SIGINT/SIGTERM.
+
+    ``access_token`` opens Triton's restricted APIs (shared memory, model repository, statistics,
+    trace, logging) to requests that carry it; KServe's server has none of them, so it refuses one.
+    """
     chosen, why = choose_backend(backend)
+    if access_token and chosen != "triton":
+        raise KilnError(ErrorCode.INVALID_ARGUMENT, f"an access token opens Triton's restricted APIs, but the server "
+                                                    f"here is KServe's ({why}), which has none; drop the token")
     log.warning("kilnrt serve: %s (%s)", "Triton Inference Server via PyTriton" if chosen == "triton"
                 else "KServe model server", why)
     models = load_models(settings, Path(timing_cache_dir) if timing_cache_dir else None, plan_key)
@@ -59,7 +67,8 @@ def serve(settings: list[ModelSettings], *, backend: str = "auto", http_port: in
         if max_request_bytes != TRITON_MAX_REQUEST_BYTES:
             log.warning("--max-request-bytes is not passed to Triton (PyTriton has no option for it); Triton "
                         "refuses HTTP bodies over its own 64 MiB default")
-        run_triton(models, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
+        run_triton(models, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                   access_token=access_token)
     else:
         from kilnrt.serve.kserve_backend import run_kserve
 

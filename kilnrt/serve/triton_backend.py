@@ -59,6 +59,35 @@ def pytriton_available() -> str | None:
         return "PyTriton runs on Linux only"
     if interpreter_libpython() is None:
         return f"{sys.executable} has no shared libpython for PyTriton's Python backend stub"
+    return numpy_mismatch()
+
+
+def numpy_mismatch() -> str | None:
+    """Why the installed numpy cannot serve through PyTriton, or None.
+
+    PyTriton 0.7's Python backend stub is built against numpy 1: under numpy 2 it neither refuses
+    nor warns, its inputs arrive as zeros and its outputs come back empty.  So numpy must satisfy
+    PyTriton's own numpy pin (``<2.0.0`` in 0.7's metadata); a PyTriton without the pin passes.
+    """
+    from importlib.metadata import PackageNotFoundError, requires
+
+    import numpy
+
+    try:
+        from packaging.requirements import Requirement
+        pins = [r.specifier for r in map(Requirement, requires("nvidia-pytriton") or ())
+                if r.name == "numpy" and r.marker is None]
+    except PackageNotFoundError:
+        return None
+    except ImportError:                      # no packaging: 0.7's pin
+        pins = ["<2.0.0"]
+    for pin in pins:
+        ok = (pin.contains(numpy.__version__, prereleases=True) if not isinstance(pin, str)
+              else int(numpy.__version__.split(".")[0]) < 2)
+        if not ok:
+            return (f"numpy {numpy.__version__} is installed, but PyTriton's Python backend stub needs numpy{pin} "
+                    "(under numpy 2 its inputs arrive as zeros and its outputs empty); serve from an environment "
+                    "with numpy<2 (docs/serving.md shows one), or --backend kserve")
     return None
 
 
@@ -90,15 +119,21 @@ def bind_model(triton, model: ServedModel) -> None:
                 strict=True)
 
 
-def run_triton(models: list[ServedModel], *, http_port: int, grpc_port: int, metrics_port: int | None) -> None:
-    """Serve ``models`` with Triton until SIGINT/SIGTERM (blocks)."""
+def run_triton(models: list[ServedModel], *, http_port: int, grpc_port: int, metrics_port: int | None,
+               access_token: str | None = None) -> None:
+    """Serve ``models`` with Triton until SIGINT/SIGTERM (blocks).
+
+    PyTriton restricts Triton's shared-memory, model-repository, statistics, trace and logging APIs
+    to requests with a ``triton-access-token`` header; ``access_token`` is that token (None: PyTriton
+    draws a random one, which nobody outside knows).
+    """
     os.environ["LD_LIBRARY_PATH"] = stub_library_path()
-    from pytriton.triton import Triton, TritonConfig
+    from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
     config = TritonConfig(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                           allow_metrics=bool(metrics_port),
                           allow_gpu_metrics=any(m.settings.device == "cuda" for m in models) or None)
-    with Triton(config=config) as triton:
+    with Triton(config=config, security_config=TritonSecurityConfig(access_token=access_token)) as triton:
         for model in models:
             bind_model(triton, model)
         log.info("Triton Inference Server: HTTP %d, gRPC %d, metrics %s", http_port, grpc_port, metrics_port or "off")
