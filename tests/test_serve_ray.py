@@ -99,6 +99,7 @@ def test_bad_ray_options_are_named(kwargs, message):
     (["--ray", "--autoscale", "1-3"], "--autoscale '1-3': write MIN:MAX or MIN:MAX:TARGET"),
     (["--ray", "--backend", "kserve"], "--backend kserve and --ray"),
     (["--ray", "--autoscale", "3:1"], "min_replicas <= max_replicas"),
+    (["--ray", "--access-token", "t0k"], "Ray Serve has none of Triton's restricted APIs"),
 ])
 def test_serve_ray_flags_are_checked_before_anything_starts(argv, message, capsys):
     from kilnrt.cli.main import main

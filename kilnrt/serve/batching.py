@@ -17,7 +17,23 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from kilnrt.errors import ErrorCode, KilnError
+
 Feeds = Mapping[str, np.ndarray]
+
+
+def split_outputs(outputs: Mapping[str, np.ndarray], sizes: list[int]) -> list[dict[str, np.ndarray]]:
+    """The outputs of requests stacked along the batch dim, cut back into each one's rows.  An
+    output whose first dim is not the stacked batch (summed over it, or sized by the data)
+    cannot be cut: that is an error for every request of the batch, not a wrong answer."""
+    total = sum(sizes)
+    wrong = {n: list(v.shape) for n, v in outputs.items() if not v.shape or v.shape[0] != total}
+    if wrong:
+        raise KilnError(ErrorCode.RUNTIME, f"{len(sizes)} requests of {total} rows were batched together, but "
+                                           f"output(s) {wrong} do not have {total} rows to split among them; "
+                                           "serve this model without dynamic batching")
+    bounds = np.cumsum([0, *sizes])
+    return [{n: v[a:b] for n, v in outputs.items()} for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 @dataclasses.dataclass(eq=False)          # identity: two requests are never 'equal'
@@ -119,12 +135,13 @@ class DynamicBatcher:
                 return
             self.batches_run += 1
             self.requests_run += len(items)
-            offset = 0
-            for i in items:
-                part = {n: v[offset:offset + i.batch] if len(items) > 1 else v for n, v in outputs.items()}
-                offset += i.batch
+            try:
+                parts = split_outputs(outputs, [i.batch for i in items]) if len(items) > 1 else [outputs]
+            except KilnError as exc:
+                parts = [exc] * len(items)
+            for i, part in zip(items, parts):
                 if not i.future.done():
-                    i.future.set_result(part)
+                    (i.future.set_exception if isinstance(part, Exception) else i.future.set_result)(part)
         finally:
             self._free.release()
             self._wakeup.set()

@@ -97,7 +97,9 @@ def load_engine(settings: ModelSettings, timing_cache_dir: Path | None = None, k
 class ServedModel:
     """An engine behind a server: checks requests and runs them on one of ``instances`` contexts."""
 
-    def __init__(self, settings: ModelSettings, engine) -> None:
+    def __init__(self, settings: ModelSettings, engine, *, contexts: bool = True) -> None:
+        """``contexts=False``: the model only describes itself (a server whose instances run in
+        processes of their own makes its contexts there)."""
         self.settings = settings
         self.name = settings.name
         self.engine = engine
@@ -108,15 +110,15 @@ class ServedModel:
         self.outputs = [TensorSpec(t.name, t.dtype.numpy, tuple(t.shape)[cut:])
                         for t in engine.io if t.mode == "output"]
         self.padded_batch_sizes = self._padded_batch_sizes()
-        self.contexts = [engine.create_execution_context() for _ in range(settings.instances)]
+        self.contexts = [engine.create_execution_context() for _ in range(settings.instances if contexts else 0)]
         self._free: queue.SimpleQueue = queue.SimpleQueue()
         for c in self.contexts:
             self._free.put(c)
 
     @classmethod
     def from_settings(cls, settings: ModelSettings, timing_cache_dir: Path | None = None,
-                      key: bytes | None = None) -> "ServedModel":
-        model = cls(settings, load_engine(settings, timing_cache_dir, key))
+                      key: bytes | None = None, *, contexts: bool = True) -> "ServedModel":
+        model = cls(settings, load_engine(settings, timing_cache_dir, key), contexts=contexts)
         if settings.device == "cuda":
             model.warm_up()
         return model
@@ -323,6 +325,6 @@ def _first_symbol(t):
 
 
 def load_models(settings: list[ModelSettings], timing_cache_dir: Path | None = None,
-                key: bytes | None = None) -> list[ServedModel]:
+                key: bytes | None = None, *, contexts: bool = True) -> list[ServedModel]:
     """Every model's engine; ``key`` checks the signature of plans (``--plan-key``)."""
-    return [ServedModel.from_settings(s, timing_cache_dir, key) for s in settings]
+    return [ServedModel.from_settings(s, timing_cache_dir, key, contexts=contexts) for s in settings]

@@ -56,7 +56,9 @@ def serve(settings: list[ModelSettings], *, backend: str = "auto", http_port: in
                                                     f"here is KServe's ({why}), which has none; drop the token")
     log.warning("kilnrt serve: %s (%s)", "Triton Inference Server via PyTriton" if chosen == "triton"
                 else "KServe model server", why)
-    models = load_models(settings, Path(timing_cache_dir) if timing_cache_dir else None, plan_key)
+    # Triton's instances run in processes of their own, each making its own context from a saved plan
+    models = load_models(settings, Path(timing_cache_dir) if timing_cache_dir else None, plan_key,
+                         contexts=chosen != "triton")
     for m in models:
         log.warning("model %r: %s, max batch %d, %d instance(s), dynamic batching %s", m.name, m.settings.path,
                     m.max_batch, m.settings.instances,

@@ -1,0 +1,117 @@
+"""kilnrt inside Triton's Python backend: the model repository kilnrt serve writes (config.pbtxt,
+plan, model.py), and TritonPythonModel running the requests Triton batched together, checked
+against engine.run.  The stub's ``triton_python_backend_utils`` is replaced by a stand-in here, so
+this runs without Triton; tests/test_serve.py runs the real server where PyTriton is installed."""
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kilnrt
+from kilnrt.errors import KilnError
+from kilnrt.serve.batching import split_outputs
+from kilnrt.serve.config import ModelSettings
+from kilnrt.serve.models import ServedModel
+from kilnrt.testing import assert_close, fresh_seed
+
+DIGITS = Path(__file__).resolve().parent.parent / "examples" / "digits.onnx"
+pytest.importorskip("tritonclient.grpc", reason="tritonclient writes Triton's model config (pip install -e '.[dev]')")
+
+
+class _Tensor:
+    def __init__(self, name, array):
+        self.name, self.array = name, array
+
+    def as_numpy(self):
+        return self.array
+
+
+class _Response:
+    def __init__(self, output_tensors, error=None):
+        self.outputs = {t.name: t.array for t in output_tensors}
+        self.error = error
+
+
+def _stub_module():
+    """What the stub's ``triton_python_backend_utils`` offers TritonPythonModel."""
+    pb = types.ModuleType("triton_python_backend_utils")
+    pb.Tensor = _Tensor
+    pb.InferenceResponse = _Response
+    pb.TritonError = lambda message: message
+    pb.get_input_tensor_by_name = lambda request, name: _Tensor(name, request[name])
+    return pb
+
+
+@pytest.fixture()
+def repository(tmp_path):
+    from kilnrt.serve.triton_backend import write_repository
+
+    settings = ModelSettings("digits", DIGITS, max_batch=16, instances=2, device="cpu",
+                             preferred_batch_sizes=(8,), pad_batches=True)
+    write_repository([ServedModel.from_settings(settings, contexts=False)], tmp_path)
+    return tmp_path / "digits"
+
+
+def _model_config(folder: Path) -> dict:
+    """config.pbtxt as Triton hands it to the backend (JSON)."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    message = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def test_repository_holds_config_plan_and_model_py(repository):
+    config = _model_config(repository)
+    assert config["backend"] == "python" and config["max_batch_size"] == 16
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": ["1", "8", "8"]}]
+    assert config["output"] == [{"name": "logits", "data_type": "TYPE_FP32", "dims": ["10"]}]
+    assert config["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
+    assert config["dynamic_batching"] == {"preferred_batch_size": [8], "max_queue_delay_microseconds": "500"}   # uint64: a string in JSON
+    settings = json.loads(config["parameters"]["kilnrt_settings"]["string_value"])
+    assert Path(settings["path"]) == repository / "1" / "model.plan" and settings["pad_batches"] is True
+    namespace: dict = {}
+    exec((repository / "1" / "model.py").read_text(), namespace)      # what the stub imports
+    from kilnrt.serve.triton_python_model import TritonPythonModel
+    assert namespace["TritonPythonModel"] is TritonPythonModel
+
+
+def test_instance_runs_batched_requests_like_engine_run(repository, monkeypatch):
+    from kilnrt.serve.triton_python_model import TritonPythonModel
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _stub_module())
+    instance = TritonPythonModel()
+    instance.initialize({"model_config": json.dumps(_model_config(repository)), "model_instance_kind": "CPU",
+                         "model_instance_device_id": "0", "model_instance_name": "digits_0_0"})
+    assert instance.model.padded_batch_sizes == (1, 2, 4, 8, 16) and len(instance.model.contexts) == 1
+    seed = fresh_seed()
+    rng = np.random.default_rng(seed)
+    requests = [{"input": rng.standard_normal((n, 1, 8, 8)).astype(np.float32)} for n in (1, 3, 2)]
+    engine = kilnrt.build(str(DIGITS))
+    sizes = []
+    run_on = instance.model.run_on
+    monkeypatch.setattr(instance.model, "run_on", lambda c, f: sizes.append(len(f["input"])) or run_on(c, f))
+    responses = instance.execute(requests)                           # three requests: one run of 6 rows
+    assert sizes == [6] and [r.error for r in responses] == [None] * 3
+    for request, response in zip(requests, responses):
+        assert_close(response.outputs["logits"], engine.run(request)["logits"], seed=seed)
+
+    def refuse(context, feeds):
+        raise RuntimeError("out of memory")
+    monkeypatch.setattr(instance.model, "run_on", refuse)
+    failed = instance.execute(requests[:2])
+    assert [r.error for r in failed] == ["model 'digits': RuntimeError: out of memory"] * 2
+    assert all(r.outputs == {} for r in failed)
+
+
+def test_outputs_without_a_row_per_item_are_not_split():
+    rows = {"y": np.arange(12.0).reshape(6, 2), "total": np.ones(2)}
+    with pytest.raises(KilnError, match=r"output\(s\) \{'total': \[2\]\} do not have 6 rows"):
+        split_outputs(rows, [1, 3, 2])
+    parts = split_outputs({"y": rows["y"]}, [1, 3, 2])
+    assert [p["y"].tolist() for p in parts] == [[[0, 1]], [[2, 3], [4, 5], [6, 7]], [[8, 9], [10, 11]]]
