@@ -43,7 +43,8 @@ ZOO = ["2026-12-01-NVIDIA_H200-zoo.json", "2026-12-01-NVIDIA_H200-zoo-densenet12
        "2026-12-01-NVIDIA_H200-zoo-cspdarknet53-levit_128s-mobilevit_s-poolformer_s12.json",
        "2026-12-01-NVIDIA_H200-zoo-poolformer_s12-levit_128s.json",
        "2026-12-01-NVIDIA_H200-zoo-levit_128s.json", "2026-12-01-NVIDIA_H200-zoo-maxvit_t-swin_t.json",
-       "2026-12-01-NVIDIA_H200-zoo-swin_t.json", "2026-12-01-NVIDIA_H200-zoo-t5_small.json"]
+       "2026-12-01-NVIDIA_H200-zoo-swin_t.json", "2026-12-01-NVIDIA_H200-zoo-t5_small.json",
+       "2026-12-02-NVIDIA_H200-zoo-mobilenet_v3_large-efficientnet_v2_s-mnasnet1_0-poolformer_s12.json"]
 CALLS = ["2026-12-01-NVIDIA_H200-call-overhead.json"]
 BUILDS = ["2026-12-01-NVIDIA_H200-build-time.json", "2026-12-02-NVIDIA_H200-build-time.json",
           "2026-12-02-NVIDIA_H200-build-time-mobilevit_s-inception_v3.json"]
