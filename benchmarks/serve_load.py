@@ -5,8 +5,9 @@ check of many concurrent clients (issue: 64 clients x 1,000 requests, 0 errors, 
     python benchmarks/serve_load.py                                  # examples/digits.onnx on the CPU
     python benchmarks/serve_load.py --backend triton --concurrency 1,8,64 --seconds 3
     python benchmarks/serve_load.py --check-clients 64 --check-requests 1000 --no-load
-    python benchmarks/serve_load.py --model resnet50 --device cuda --precision fp16 \\
-        --engine-baseline --client-processes 4                       # the GPU check (torchvision needed)
+    python benchmarks/serve_load.py --model resnet50 --device cuda --precision fp16 --backend triton \\
+        --engine-baseline --instances 4 --client-processes 8         # the GPU check (torchvision needed)
+    python benchmarks/serve_load.py ... --shared-memory system       # inputs in registered shared memory
     python benchmarks/serve_load.py --chart-only benchmarks/results/2026-12-01-cpu-serve-load.json
 
 How it measures.  The model (an ONNX file, a plan, or ``resnet50``: torchvision's ResNet-50 with
@@ -36,7 +37,8 @@ Results: ``benchmarks/results/<date>-<device>-serve-load.json`` (written after e
 ``device``             ``cpu`` or ``cuda``
 ``protocol``           ``http`` or ``grpc`` (null for the engine row)
 ``dynamic_batching``   whether the server batched requests together
-``instances``          execution contexts serving the model
+``instances``          execution contexts serving the model (on Triton: backend processes)
+``max_queue_delay_us`` how long the dynamic batcher let a request wait for others
 ``shared_memory``      ``"system"``: the inputs sat in a system shared-memory region registered with
                        Triton and requests named their offsets (``--shared-memory system``; clients on
                        the server's machine); null: the inputs travelled in the requests
@@ -338,14 +340,21 @@ def write_results(path: Path, header: dict, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+# the fields that make two rows different set-ups, rather than two concurrency levels of one
+SETUP = ("model", "batch", "backend", "protocol", "shared_memory", "instances", "dynamic_batching", "max_queue_delay_us")
+
+
+def setup_of(row: dict, without: tuple[str, ...] = ()) -> tuple:
+    return tuple(row.get(f) for f in SETUP if f not in without)
+
+
 def row_key(row: dict) -> tuple:
-    return (row["kind"], row["model"], row.get("backend"), row.get("protocol"), row.get("dynamic_batching"),
-            row.get("concurrency"), row.get("batch"), row.get("shared_memory"))
+    return (row["kind"], *setup_of(row), row.get("concurrency"))
 
 
 def add_ratios(rows: list[dict]) -> None:
-    def same_level(r):
-        return r["model"], r["backend"], r["protocol"], r["concurrency"], r["batch"], r.get("shared_memory")
+    def same_level(r):          # the same set-up and level, batching or not
+        return (*setup_of(r, without=("dynamic_batching", "max_queue_delay_us")), r["concurrency"])
 
     plain = {same_level(r): r["throughput_rps"] for r in rows if r["kind"] == "load" and not r["dynamic_batching"]}
     engine = {(r["model"], r["batch"]): r["items_per_s"] for r in rows if r["kind"] == "engine"}
@@ -369,14 +378,17 @@ def chart(path: Path) -> Path:
     rows = [r for r in data["rows"] if r["kind"] == "load"]
     series: dict[tuple, list[dict]] = {}
     for r in rows:
-        series.setdefault((r["model"], r["backend"], r["protocol"], r["dynamic_batching"], r.get("shared_memory")),
-                          []).append(r)
+        series.setdefault(setup_of(r), []).append(r)
     fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for (model, backend, protocol, batching, shared), rs in sorted(series.items(), key=lambda kv: str(kv[0])):
+    for key, rs in sorted(series.items(), key=lambda kv: str(kv[0])):
+        r0 = rs[0]
         rs = sorted(rs, key=lambda r: r["concurrency"])
         c = [r["concurrency"] for r in rs]
-        label = (f"{backend} {protocol}{', inputs in shared memory' if shared else ''}, "
-                 f"{'dynamic batching' if batching else 'no batching'}")
+        batching = r0["dynamic_batching"]
+        label = (f"{r0['backend']} {r0['protocol']}, {r0.get('instances')} inst."
+                 f"{', inputs in shared memory' if r0.get('shared_memory') else ''}, "
+                 + (f"batching ({r0['max_queue_delay_us']} us)" if batching and r0.get("max_queue_delay_us")
+                    else "batching" if batching else "no batching"))
         style = "-" if batching else "--"
         line, = ax_t.plot(c, [r["items_per_s"] for r in rs], style, marker="o", label=label)
         ax_l.plot(c, [r["p99_ms"] for r in rs], style, marker="o", color=line.get_color(), label=f"{label}, p99")
@@ -400,8 +412,8 @@ def chart(path: Path) -> Path:
     ax_t.legend(fontsize=7)
     ax_l.legend(fontsize=7)
     models = sorted({r["model"] for r in rows})
-    fig.suptitle(f"kilnrt serve, {', '.join(models)} on {data['gpu']} ({data['date']}); "
-                 + ("CPU: the mechanism, not the speed" if data["gpu"] == "cpu" else ""), fontsize=10)
+    fig.suptitle(f"kilnrt serve, {', '.join(models)} on {data['gpu']} ({data['date']})"
+                 + ("; CPU: the mechanism, not the speed" if data["gpu"] == "cpu" else ""), fontsize=10)
     fig.tight_layout()
     out = path.with_suffix(".png")
     fig.savefig(out, dpi=110)
@@ -496,7 +508,8 @@ def main(argv=None) -> int:
     profile = engine.profiles[0][next(t.name for t in engine.io if t.mode == "input")] if engine.profiles else None
     base = {"model": name, "family": "serve", "batch": args.batch, "seq": None, "precision": args.precision,
             "profile": {"min": list(profile[0]), "opt": list(profile[1]), "max": list(profile[2])} if profile else None,
-            "backend": backend, "device": args.device, "instances": args.instances, "shared_memory": shared_memory}
+            "backend": backend, "device": args.device, "instances": args.instances, "shared_memory": shared_memory,
+            "max_queue_delay_us": args.max_queue_delay_us}
 
     def record(row: dict) -> None:
         rows.append(row)
@@ -506,7 +519,7 @@ def main(argv=None) -> int:
     if args.engine_baseline:
         eng_batch = args.max_batch
         row = {**base, "kind": "engine", "batch": eng_batch, "backend": None, "protocol": None, "shared_memory": None,
-               "dynamic_batching": None, "concurrency": None, "instances": 1,
+               "dynamic_batching": None, "concurrency": None, "instances": 1, "max_queue_delay_us": None,
                "notes": "engine.run on host numpy arrays, back to back, in one thread, no server"}
         if row_key(row) not in done:
             row.update(engine_baseline(engine, eng_batch, pool, args.seconds))
