@@ -63,6 +63,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import multiprocessing
 import os
 import platform
 import re
@@ -537,7 +538,10 @@ def main(argv=None) -> int:
         modes = (True,) if args.check_clients else ()
     processes = max(1, args.client_processes)
     token = secrets.token_urlsafe(16) if shared_memory else None
-    executor = (ProcessPoolExecutor(processes, initializer=_init_worker, initargs=(pool, refs, tol, token))
+    # spawned, not forked: a fork would inherit this process's CUDA state (the engine ran here), and its
+    # captured graphs would be torn down at the children's exit against a CUDA they cannot use
+    executor = (ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                    initializer=_init_worker, initargs=(pool, refs, tol, token))
                 if processes > 1 else None)
     _init_worker(pool, refs, tol, token)
     serve_args = ["--model", f"{name}={plan}", "--backend", backend, "--instances", str(args.instances),
