@@ -50,6 +50,10 @@ Results: ``benchmarks/results/<date>-<device>-serve-load.json`` (written after e
 ``p50_ms`` … ``p99_ms``  latency percentiles of one request as its client saw it, and ``mean_ms``
 ``engine_batch_mean``  items per engine run on the server (from its metrics); > ``batch`` when the
                        dynamic batcher stacked requests
+``server_us``          Triton only: per request, microseconds inside the server (``request``), waiting
+                       in its queue (``queue``) and in the model's input, execute and output steps
+                       (``compute_input``, ``compute_infer``, ``compute_output``; a batch's time counts
+                       once for each request in it), from Triton's ``nv_inference_*`` metrics
 ``vs_no_batching``     ``throughput_rps`` over the same protocol's and concurrency's without batching
 ``vs_engine``          ``items_per_s`` over the engine row's (the GPU bar: >= 0.8 at concurrency 64)
 ``error_examples``     up to three error messages
@@ -317,20 +321,44 @@ def run_level(executor, processes, protocol, url, model, concurrency, warmup, se
 
 
 # ----------------------------------------------------------------------------- the server's metrics
-def engine_runs(server, model: str, backend: str) -> tuple[float, float] | None:
-    """(items, engine runs) so far, from the server's Prometheus metrics."""
+# per backend: the counters read before and after a level (items and engine runs first)
+COUNTERS = {
+    "kserve": ("kilnrt_engine_batch_size_sum", "kilnrt_engine_batch_size_count"),
+    "triton": ("nv_inference_count", "nv_inference_exec_count", "nv_inference_request_success",
+               "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
+               "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
+               "nv_inference_compute_output_duration_us"),
+}
+
+
+def server_counters(server, model: str, backend: str) -> dict[str, float] | None:
+    """The backend's counters for ``model`` so far, from the server's Prometheus metrics."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as r:
             text = r.read().decode()
     except OSError:
         return None
-    names = (("kilnrt_engine_batch_size_sum", "kilnrt_engine_batch_size_count") if backend == "kserve"
-             else ("nv_inference_count", "nv_inference_exec_count"))
-    totals = []
-    for name in names:
+    totals = {}
+    for name in COUNTERS[backend]:
         pattern = re.compile(rf'^{name}\{{[^}}]*model="{re.escape(model)}"[^}}]*\}} ([0-9.e+]+)$', re.M)
-        totals.append(sum(float(v) for v in pattern.findall(text)))
-    return totals[0], totals[1]
+        totals[name] = sum(float(v) for v in pattern.findall(text))
+    return totals
+
+
+def server_side(before: dict | None, after: dict | None, backend: str) -> dict:
+    """What the server's counters say of a level: items per engine run, and on Triton where a
+    request's time went inside the server (per successful request, in microseconds: Triton
+    counts a batch's compute time once for each request in it)."""
+    if not before or not after:
+        return {"engine_batch_mean": None}
+    d = {k: after[k] - before[k] for k in after}
+    items, runs = d[COUNTERS[backend][0]], d[COUNTERS[backend][1]]
+    out = {"engine_batch_mean": round(items / runs, 2) if runs > 0 else None}
+    done = d.get("nv_inference_request_success", 0)
+    if backend == "triton" and done > 0:
+        out["server_us"] = {k: round(d[f"nv_inference_{k}_duration_us"] / done, 1)
+                            for k in ("request", "queue", "compute_input", "compute_infer", "compute_output")}
+    return out
 
 
 # ----------------------------------------------------------------------------- results
@@ -565,18 +593,18 @@ def main(argv=None) -> int:
                         if row_key(row) in done:
                             continue
                         url = server.http_url if protocol == "http" else server.grpc_url
-                        before = engine_runs(server, name, backend)
+                        before = server_counters(server, name, backend)
                         row.update(run_level(executor, processes, protocol, url, name, concurrency,
                                              args.warmup, args.seconds, shared_memory=shared_memory))
-                        after = engine_runs(server, name, backend)
+                        after = server_counters(server, name, backend)
                         row["items_per_s"] = round(row["throughput_rps"] * args.batch, 1)
-                        row["engine_batch_mean"] = (round((after[0] - before[0]) / (after[1] - before[1]), 2)
-                                                    if before and after and after[1] > before[1] else None)
+                        row.update(server_side(before, after, backend))
                         record(row)
                         print(f"{protocol:4} batching {'on ' if batching else 'off'} c={concurrency:3}: "
                               f"{row['throughput_rps']:8.1f} req/s  p50 {row['p50_ms']} p90 {row['p90_ms']} "
                               f"p99 {row['p99_ms']} ms  batch {row['engine_batch_mean']}  errors {row['errors']} "
-                              f"wrong {row['wrong']}", flush=True)
+                              f"wrong {row['wrong']}" + (f"  server us {row['server_us']}" if "server_us" in row
+                                                         else ""), flush=True)
                 if args.check_clients:
                     batching, server = next(iter(servers.items()))
                     row = {**base, "kind": "check", "protocol": protocol, "dynamic_batching": batching,

@@ -67,3 +67,19 @@ def test_access_token_is_refused_where_the_server_has_no_restricted_apis():
     with pytest.raises(KilnError, match="access token opens Triton's restricted APIs, but the server here is "
                                         "KServe's"):
         serve([], backend="kserve", access_token="t0k")
+
+
+def test_an_empty_access_token_is_refused_before_anything_loads():
+    with pytest.raises(KilnError, match=r"access token \(--access-token or KILNRT_SERVE_ACCESS_TOKEN\) is empty"):
+        serve([], backend="auto", access_token="")
+
+
+def test_a_taken_port_is_refused_before_models_load():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(KilnError, match=f"--grpc-port {port}: the port is taken"):
+            serve([], backend="auto", grpc_port=port, http_port=0, metrics_port=None)

@@ -4,6 +4,7 @@ against engine.run.  The stub's ``triton_python_backend_utils`` is replaced by a
 this runs without Triton; tests/test_serve.py runs the real server where PyTriton is installed."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import types
@@ -115,3 +116,78 @@ def test_outputs_without_a_row_per_item_are_not_split():
         split_outputs(rows, [1, 3, 2])
     parts = split_outputs({"y": rows["y"]}, [1, 3, 2])
     assert [p["y"].tolist() for p in parts] == [[[0, 1]], [[2, 3], [4, 5], [6, 7]], [[8, 9], [10, 11]]]
+
+
+def _argmax_model(tmp_path) -> Path:
+    """Logits and their argmax: an output of one value per item ([N])."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 5])
+    outs = [helper.make_tensor_value_info("label", TensorProto.INT64, ["n"]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5])]
+    nodes = [helper.make_node("ArgMax", ["x"], ["label"], axis=1, keepdims=0), helper.make_node("Relu", ["x"], ["y"])]
+    path = tmp_path / "argmax.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [x], outs), opset_imports=[helper.make_opsetid("", 13)]),
+              path)
+    return path
+
+
+def test_one_value_per_item_is_declared_as_one_and_reshaped(tmp_path):
+    """Triton refuses a tensor without dims; [N] is declared [1] per item, reshaped to none."""
+    from kilnrt.serve.triton_backend import write_repository
+
+    model = ServedModel.from_settings(ModelSettings("am", _argmax_model(tmp_path), max_batch=8, device="cpu"),
+                                      contexts=False)
+    write_repository([model], tmp_path / "repo")
+    outputs = {o["name"]: o for o in _model_config(tmp_path / "repo" / "am")["output"]}
+    assert outputs["label"]["dims"] == ["1"] and outputs["label"]["data_type"] == "TYPE_INT64"
+    assert "reshape" in outputs["label"] and not outputs["label"]["reshape"].get("shape")
+    assert outputs["y"]["dims"] == ["5"] and "reshape" not in outputs["y"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data_type": "TYPE_BF16"}, "output 'logits' is BF16, which Triton's Python backend cannot hand the model"),
+    ({"data_type": "TYPE_FLOAT8E4M3FN"}, "output 'logits' is FLOAT8E4M3FN"),
+])
+def test_types_the_python_backend_cannot_take_are_refused(change, message, monkeypatch, tmp_path):
+    from kilnrt.serve import triton_backend
+
+    model = ServedModel.from_settings(ModelSettings("digits", DIGITS, device="cpu"), contexts=False)
+    config = model.config
+    monkeypatch.setattr(model, "config", lambda: {**config(), "output": [{**config()["output"][0], **change}]})
+    with pytest.raises(KilnError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        triton_backend.write_repository([model], tmp_path)
+
+
+def test_a_scalar_without_a_batch_dim_is_refused(tmp_path):
+    from kilnrt.serve.triton_backend import write_repository
+
+    model = ServedModel.from_settings(ModelSettings("am", _argmax_model(tmp_path), max_batch=0, device="cpu"),
+                                      contexts=False)
+    model.max_batch = 0                       # as served without a batch dim: 'label' is then a scalar
+    model.outputs = [dataclasses.replace(t, shape=()) if t.name == "label" else t for t in model.outputs]
+    with pytest.raises(KilnError, match="output 'label' is a scalar in a model without a batch dim"):
+        write_repository([model], tmp_path / "repo")
+
+
+def test_startup_watch_interrupts_when_the_server_dies_before_ready(monkeypatch):
+    import threading
+
+    from kilnrt.serve import triton_backend
+
+    states = iter([False, True, True, False])           # not started, loading, loading, exited
+
+    class Server:
+        def is_alive(self):
+            return next(states, False)
+    interrupted = []
+    monkeypatch.setattr(triton_backend._thread, "interrupt_main", lambda: interrupted.append(True))
+    started, died = threading.Event(), threading.Event()
+    triton_backend._watch_start(Server(), started, died)
+    assert died.is_set() and interrupted == [True]
+
+    started.set()                                        # ready: the watch ends without a word
+    died2 = threading.Event()
+    triton_backend._watch_start(Server(), started, died2)
+    assert not died2.is_set() and interrupted == [True]

@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Triton only: opens Triton's restricted APIs (system and CUDA shared memory, model "
                         "repository, statistics, trace, logging) to requests with the header "
                         "'triton-access-token: TOKEN' (default: $KILNRT_SERVE_ACCESS_TOKEN, else a random token, "
-                        "so that they stay closed)")
+                        "so that they stay closed). Full trust: the model-repository API loads code, and local "
+                        "users can read the token in tritonserver's command line")
     g = p.add_argument_group("model defaults (a model folder's config.json wins)")
     g.add_argument("--max-batch", type=int, metavar="N", help="largest batch (default: the engine's profile; 64 "
                                                                "for an ONNX file)")
@@ -107,7 +108,7 @@ def _serve_ray(args, settings, cache, key) -> int:
     if args.backend != "auto":
         raise KilnError(ErrorCode.INVALID_ARGUMENT, f"--backend {args.backend} and --ray: Ray Serve is the server "
                                                     "with --ray; drop one of them")
-    if args.access_token:
+    if args.access_token is not None:
         raise KilnError(ErrorCode.INVALID_ARGUMENT, "--access-token (or KILNRT_SERVE_ACCESS_TOKEN) and --ray: Ray "
                                                     "Serve has none of Triton's restricted APIs; drop the token")
     unused = [f for f, v, default in (("--grpc-port", args.grpc_port, 8001),

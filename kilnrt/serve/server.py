@@ -41,6 +41,23 @@ def choose_backend(backend: str = "auto") -> tuple[str, str]:
     return "kserve", ("asked for" if backend == "kserve" else f"fallback, Triton cannot run here: {triton_missing}")
 
 
+def check_ports_free(ports: dict[str, int | None]) -> None:
+    """Refuse, before any model is built, ports another program listens on (Triton's client would
+    otherwise find that program, and report its answers)."""
+    import socket
+
+    for flag, port in ports.items():
+        if not port:
+            continue
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError as exc:
+                raise KilnError(ErrorCode.RUNTIME, f"{flag} {port}: the port is taken ({exc.strerror}); pick another, "
+                                                   "or stop what listens there") from None
+
+
 def serve(settings: list[ModelSettings], *, backend: str = "auto", http_port: int = 8000, grpc_port: int = 8001,
           metrics_port: int | None = 8002, max_request_bytes: int = TRITON_MAX_REQUEST_BYTES,
           timing_cache_dir: str | Path | None = None, plan_key: bytes | None = None,
@@ -49,9 +66,16 @@ def serve(settings: list[ModelSettings], *, backend: str = "auto", http_port: in
 
     ``access_token`` opens Triton's restricted APIs (shared memory, model repository, statistics,
     trace, logging) to requests that carry it; KServe's server has none of them, so it refuses one.
+    The token is full trust: the model-repository API loads models, Python code included, and
+    PyTriton passes it on ``tritonserver``'s command line, where local users can read it.
     """
+    if access_token is not None and not access_token.strip():
+        raise KilnError(ErrorCode.INVALID_ARGUMENT, "the access token (--access-token or KILNRT_SERVE_ACCESS_TOKEN) is "
+                                                    "empty; give one, or set neither to keep Triton's restricted APIs "
+                                                    "closed")
     chosen, why = choose_backend(backend)
-    if access_token and chosen != "triton":
+    check_ports_free({"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port})
+    if access_token is not None and chosen != "triton":
         raise KilnError(ErrorCode.INVALID_ARGUMENT, f"an access token opens Triton's restricted APIs, but the server "
                                                     f"here is KServe's ({why}), which has none; drop the token")
     log.warning("kilnrt serve: %s (%s)", "Triton Inference Server via PyTriton" if chosen == "triton"

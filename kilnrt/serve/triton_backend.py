@@ -14,13 +14,17 @@ one's libpython under this interpreter's standard library; 3.11.2's core under 3
 """
 from __future__ import annotations
 
+import _thread
+import contextlib
 import dataclasses
 import logging
 import os
 import shutil
+import signal
 import sys
 import sysconfig
 import tempfile
+import threading
 from pathlib import Path
 
 from kilnrt.errors import ErrorCode, KilnError
@@ -98,10 +102,34 @@ def numpy_mismatch() -> str | None:
 MODEL_PY = '''"""Triton Python-backend model {name!r}, written by kilnrt serve: kilnrt runs it."""
 import sys
 
-if {root!r} not in sys.path:           # where kilnrt was imported from when the repository was written
-    sys.path.append({root!r})
+if {root!r} not in sys.path:           # the kilnrt that wrote the repository, ahead of any other installed
+    sys.path.insert(0, {root!r})
 from kilnrt.serve.triton_python_model import TritonPythonModel  # noqa: E402,F401
 '''
+
+
+def _triton_tensors(model: ServedModel, config: dict, data_types) -> None:
+    """``config``'s inputs and outputs as Triton's Python backend can take them, or a KilnError
+    naming the one it cannot: its tensors reach the model as numpy arrays (no BF16; FP8 and
+    the like have no Triton type), and Triton wants at least one dim per tensor, so a tensor
+    of one value per item (``[N]``, an argmax or a score) is declared ``[1]`` per item and
+    reshaped to no dims for the model (clients see ``[N, 1]``)."""
+    for kind in ("input", "output"):
+        for entry in config[kind]:
+            where = f"model {model.name!r} {kind} {entry['name']!r}"
+            datatype = entry["data_type"]
+            if datatype == "TYPE_BF16" or datatype not in data_types:
+                raise KilnError(ErrorCode.INVALID_ARGUMENT,
+                                f"{where} is {datatype.removeprefix('TYPE_')}, which Triton's Python backend "
+                                "cannot hand the model (its tensors are numpy arrays); serve it with "
+                                "--backend kserve, or build it with float32 or float16 inputs and outputs")
+            if not entry["dims"]:
+                if model.max_batch <= 0:
+                    raise KilnError(ErrorCode.INVALID_ARGUMENT,
+                                    f"{where} is a scalar in a model without a batch dim, which Triton cannot "
+                                    "declare; serve it with --backend kserve")
+                entry["dims"] = [1]
+                entry["reshape"] = {"shape": []}
 
 
 def write_repository(models: list[ServedModel], folder: Path) -> None:
@@ -109,7 +137,9 @@ def write_repository(models: list[ServedModel], folder: Path) -> None:
     per model its engine as a plan, a ``config.pbtxt`` (inputs, outputs, max batch, dynamic
     batching, instances) and a ``model.py`` that runs the plan with kilnrt.  Triton starts one
     backend process per instance, each with its own engine and execution context, so instances
-    do not share one interpreter (PyTriton's bound Python functions all run in this process)."""
+    do not share one interpreter (PyTriton's bound Python functions all run in this process).
+    CUDA instances are placed on the GPU their engine was built on (Triton would otherwise
+    start ``count`` of them on every visible GPU)."""
     from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2
 
@@ -118,13 +148,18 @@ def write_repository(models: list[ServedModel], folder: Path) -> None:
 
     root = str(Path(kilnrt.__file__).resolve().parent.parent)
     for model in models:
+        config = model.config()
+        _triton_tensors(model, config, set(model_config_pb2.DataType.keys()))
+        del config["platform"]
+        config["backend"] = "python"
+        if model.settings.device == "cuda":
+            import torch
+
+            config["instance_group"][0]["gpus"] = [torch.cuda.current_device()]
         version = folder / model.name / "1"
         version.mkdir(parents=True)
         plan = version / "model.plan"
         model.engine.save(str(plan))
-        config = model.config()
-        del config["platform"]
-        config["backend"] = "python"
         # the instances load the saved plan: no build, no --plan-key check (this folder is ours), and
         # the padding the server would do (resolved here, so that every instance pads alike)
         settings = dataclasses.replace(model.settings, path=plan, precision="fp32",
@@ -146,35 +181,95 @@ def _share_cpu_threads(instances: int) -> None:
     clients: 23 requests/s with a thread per core, 934 with one thread each."""
     if any(v in os.environ for v in THREAD_VARIABLES):
         return
-    share = max(1, (os.cpu_count() or 1) // max(1, instances))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cores // max(1, instances))
     for v in THREAD_VARIABLES:
         os.environ[v] = str(share)
     log.info("each of the %d instance processes runs %d thread(s) (set %s to choose)", instances, share,
              "/".join(THREAD_VARIABLES))
 
 
+STARTUP_TIMEOUT_S = 600     # every instance loads its plan and warms up before Triton answers
+
+
+def _watch_start(triton, started: threading.Event, died: threading.Event) -> None:
+    """Interrupt the main thread if ``tritonserver`` exits before it is ready (a model that failed
+    to load, a port in use): PyTriton would wait out its whole startup timeout first."""
+    seen_alive = False
+    while not started.wait(0.2):
+        alive = triton.is_alive()
+        seen_alive = seen_alive or alive
+        if seen_alive and not alive:
+            died.set()
+            _thread.interrupt_main()
+            return
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt      # PyTriton's serve() stops on it, and the finally blocks run
+
+
 def run_triton(models: list[ServedModel], *, http_port: int, grpc_port: int, metrics_port: int | None,
                access_token: str | None = None) -> None:
     """Serve ``models`` with Triton until SIGINT/SIGTERM (blocks): PyTriton starts the
-    ``tritonserver`` it bundles on a model repository written by :func:`write_repository`.
+    ``tritonserver`` it bundles on a model repository written by :func:`write_repository`, in a
+    temporary folder removed when the server stops.  The engines are dropped from this process
+    once saved there (the instances load their own).
 
     PyTriton restricts Triton's shared-memory, model-repository, statistics, trace and logging APIs
     to requests with a ``triton-access-token`` header; ``access_token`` is that token (None: PyTriton
-    draws a random one, which nobody outside knows).
+    draws a random one).
     """
     os.environ["LD_LIBRARY_PATH"] = stub_library_path()
     _share_cpu_threads(sum(m.settings.instances for m in models))
+    import pytriton.triton
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
+    if getattr(pytriton.triton, "DEFAULT_TRITON_STARTUP_TIMEOUT_S", STARTUP_TIMEOUT_S) < STARTUP_TIMEOUT_S:
+        pytriton.triton.DEFAULT_TRITON_STARTUP_TIMEOUT_S = STARTUP_TIMEOUT_S   # its 120 s: too short for warm-ups
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) if in_main else None
     repository = Path(tempfile.mkdtemp(prefix="kilnrt-triton-"))
     try:
         write_repository(models, repository)
+        _drop_engines(models)
         config = TritonConfig(model_repository=repository, http_port=http_port, grpc_port=grpc_port,
                               metrics_port=metrics_port, allow_metrics=bool(metrics_port),
                               allow_gpu_metrics=any(m.settings.device == "cuda" for m in models) or None)
-        with Triton(config=config, security_config=TritonSecurityConfig(access_token=access_token)) as triton:
-            log.info("Triton Inference Server: HTTP %d, gRPC %d, metrics %s; model repository %s", http_port,
-                     grpc_port, metrics_port or "off", repository)
-            triton.serve()
+        triton = Triton(config=config, security_config=TritonSecurityConfig(access_token=access_token))
+        started, died = threading.Event(), threading.Event()
+        if in_main:
+            threading.Thread(target=_watch_start, args=(triton, started, died), daemon=True).start()
+        try:
+            with triton:
+                started.set()
+                log.info("Triton Inference Server: HTTP %d, gRPC %d, metrics %s; model repository %s", http_port,
+                         grpc_port, metrics_port or "off", repository)
+                triton.serve()
+        except KeyboardInterrupt:
+            if not died.is_set():
+                raise
+            with contextlib.suppress(Exception):      # its workspace; the server is gone already
+                triton.stop()
+            raise KilnError(ErrorCode.RUNTIME, "Triton Inference Server exited while loading the models; its log "
+                                               "above says why (a model that failed to load, a port in use)") from None
+        finally:
+            started.set()
     finally:
         shutil.rmtree(repository, ignore_errors=True)
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _drop_engines(models: list[ServedModel]) -> None:
+    """The engines were saved into the repository; this process only serves requests to Triton."""
+    on_cuda = any(m.settings.device == "cuda" for m in models)
+    for model in models:
+        model.engine = None
+    if on_cuda:
+        import gc
+
+        import torch
+
+        gc.collect()
+        torch.cuda.empty_cache()

@@ -33,6 +33,26 @@ def settings_parameter(settings: ModelSettings) -> str:
     return json.dumps(fields)
 
 
+class _TritonLog(logging.Handler):
+    """kilnrt's log records in Triton's log (the stub's own ``Logger``), where the server's are."""
+
+    def __init__(self, logger) -> None:
+        super().__init__(logging.INFO)
+        self.logger = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        write = (self.logger.log_error if record.levelno >= logging.ERROR else
+                 self.logger.log_warn if record.levelno >= logging.WARNING else self.logger.log_info)
+        write(f"kilnrt: {self.format(record)}")
+
+
+def _log_to_triton(pb_utils) -> None:
+    root = logging.getLogger("kilnrt")
+    if hasattr(pb_utils, "Logger") and not any(isinstance(h, _TritonLog) for h in root.handlers):
+        root.addHandler(_TritonLog(pb_utils.Logger))
+        root.setLevel(min(root.getEffectiveLevel(), logging.INFO))
+
+
 class TritonPythonModel:
     """Triton's Python-backend interface: ``initialize``, ``execute``, ``finalize``."""
 
@@ -42,6 +62,7 @@ class TritonPythonModel:
         from kilnrt.serve.models import ServedModel
 
         self.pb = pb_utils
+        _log_to_triton(pb_utils)
         config = json.loads(args["model_config"])
         fields = json.loads(config["parameters"][SETTINGS_KEY]["string_value"])
         settings = ModelSettings(**{**fields, "instances": 1, "preferred_batch_sizes": tuple(fields[
@@ -58,8 +79,8 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         """One response per request: the requests Triton batched together run as one batch."""
         pb = self.pb
-        feeds = [{n: pb.get_input_tensor_by_name(r, n).as_numpy() for n in self.input_names} for r in requests]
         try:
+            feeds = [{n: pb.get_input_tensor_by_name(r, n).as_numpy() for n in self.input_names} for r in requests]
             if len(feeds) > 1 and self.model.max_batch > 0:
                 sizes = [next(iter(f.values())).shape[0] for f in feeds]
                 stacked = {n: np.concatenate([f[n] for f in feeds]) for n in self.input_names}
