@@ -39,6 +39,7 @@ Results: ``benchmarks/results/<date>-<device>-serve-load.json`` (written after e
 ``dynamic_batching``   whether the server batched requests together
 ``instances``          execution contexts serving the model (on Triton: backend processes)
 ``max_queue_delay_us`` how long the dynamic batcher let a request wait for others
+``client_processes``   processes the clients were spread over (on the server's machine)
 ``shared_memory``      ``"system"``: the inputs sat in a system shared-memory region registered with
                        Triton and requests named their offsets (``--shared-memory system``; clients on
                        the server's machine); null: the inputs travelled in the requests
@@ -370,7 +371,8 @@ def write_results(path: Path, header: dict, rows: list[dict]) -> None:
 
 
 # the fields that make two rows different set-ups, rather than two concurrency levels of one
-SETUP = ("model", "batch", "backend", "protocol", "shared_memory", "instances", "dynamic_batching", "max_queue_delay_us")
+SETUP = ("model", "batch", "backend", "protocol", "shared_memory", "instances", "dynamic_batching", "max_queue_delay_us",
+         "client_processes")
 
 
 def setup_of(row: dict, without: tuple[str, ...] = ()) -> tuple:
@@ -414,10 +416,14 @@ def chart(path: Path) -> Path:
         rs = sorted(rs, key=lambda r: r["concurrency"])
         c = [r["concurrency"] for r in rs]
         batching = r0["dynamic_batching"]
-        label = (f"{r0['backend']} {r0['protocol']}, {r0.get('instances')} inst."
-                 f"{', inputs in shared memory' if r0.get('shared_memory') else ''}, "
-                 + (f"batching ({r0['max_queue_delay_us']} us)" if batching and r0.get("max_queue_delay_us")
-                    else "batching" if batching else "no batching"))
+        parts = [f"{r0['backend']} {r0['protocol']}", f"{r0.get('instances')} inst."]
+        if r0.get("client_processes"):
+            parts.append(f"{r0['client_processes']} client procs")
+        if r0.get("shared_memory"):
+            parts.append("inputs in shared memory")
+        parts.append(f"batching ({r0['max_queue_delay_us']} us)" if batching and r0.get("max_queue_delay_us")
+                     else "batching" if batching else "no batching")
+        label = ", ".join(parts)
         style = "-" if batching else "--"
         line, = ax_t.plot(c, [r["items_per_s"] for r in rs], style, marker="o", label=label)
         ax_l.plot(c, [r["p99_ms"] for r in rs], style, marker="o", color=line.get_color(), label=f"{label}, p99")
@@ -538,7 +544,7 @@ def main(argv=None) -> int:
     base = {"model": name, "family": "serve", "batch": args.batch, "seq": None, "precision": args.precision,
             "profile": {"min": list(profile[0]), "opt": list(profile[1]), "max": list(profile[2])} if profile else None,
             "backend": backend, "device": args.device, "instances": args.instances, "shared_memory": shared_memory,
-            "max_queue_delay_us": args.max_queue_delay_us}
+            "max_queue_delay_us": args.max_queue_delay_us, "client_processes": max(1, args.client_processes)}
 
     def record(row: dict) -> None:
         rows.append(row)
@@ -549,6 +555,7 @@ def main(argv=None) -> int:
         eng_batch = args.max_batch
         row = {**base, "kind": "engine", "batch": eng_batch, "backend": None, "protocol": None, "shared_memory": None,
                "dynamic_batching": None, "concurrency": None, "instances": 1, "max_queue_delay_us": None,
+               "client_processes": None,
                "notes": "engine.run on host numpy arrays, back to back, in one thread, no server"}
         if row_key(row) not in done:
             row.update(engine_baseline(engine, eng_batch, pool, args.seconds))
