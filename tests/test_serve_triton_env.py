@@ -65,8 +65,8 @@ def test_access_token_is_refused_where_the_server_has_no_restricted_apis():
     if importlib.util.find_spec("kserve") is None:
         pytest.skip("kserve is not installed (pip install -e '.[dev]')")
     with pytest.raises(KilnError, match="access token opens Triton's restricted APIs, but the server here is "
-                                        "KServe's"):
-        serve([], backend="kserve", access_token="t0k")
+                                        "KServe's"):         # an argument error: said before the ports are looked at
+        serve([], backend="kserve", access_token="t0k", http_port=0, grpc_port=0, metrics_port=None)
 
 
 def test_an_empty_access_token_is_refused_before_anything_loads():
@@ -74,12 +74,20 @@ def test_an_empty_access_token_is_refused_before_anything_loads():
         serve([], backend="auto", access_token="")
 
 
-def test_a_taken_port_is_refused_before_models_load():
+def test_ports_taken_twice_or_out_of_range_are_refused_before_models_load():
     import socket
 
+    from kilnrt.serve.launch import free_ports
+
+    http, metrics = free_ports(2)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(KilnError, match=f"--grpc-port {port}: the port is taken"):
-            serve([], backend="auto", grpc_port=port, http_port=0, metrics_port=None)
+            serve([], backend="auto", grpc_port=port, http_port=http, metrics_port=None)
+    with pytest.raises(KilnError, match=f"--metrics-port {http}: --http-port is {http} too"):
+        serve([], backend="auto", http_port=http, grpc_port=metrics, metrics_port=http)
+    for bad in (0, 70000):
+        with pytest.raises(KilnError, match=f"--http-port {bad}: a port is a number from 1 to 65535"):
+            serve([], backend="auto", http_port=bad, grpc_port=metrics, metrics_port=None)

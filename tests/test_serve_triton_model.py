@@ -5,6 +5,7 @@ this runs without Triton; tests/test_serve.py runs the real server where PyTrito
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import sys
 import types
@@ -171,23 +172,78 @@ def test_a_scalar_without_a_batch_dim_is_refused(tmp_path):
         write_repository([model], tmp_path / "repo")
 
 
-def test_startup_watch_interrupts_when_the_server_dies_before_ready(monkeypatch):
-    import threading
+class _Timeout(Exception):
+    pass
+
+
+class _Server:
+    """What _wait_ready sees of PyTriton's Triton: ``waits`` short waits time out, then it is ready;
+    ``dies_after``: the waits after which it is no longer alive."""
+
+    def __init__(self, waits: int, dies_after: int | None = None):
+        self.waits, self.dies_after, self.calls = waits, dies_after, []
+
+    def _wait(self, what):
+        self.calls.append(what)
+        if len(self.calls) <= self.waits:
+            raise _Timeout
+
+    def run(self):
+        self._wait("run")
+
+    def connect(self):
+        self._wait("connect")
+
+    def is_alive(self):
+        return self.dies_after is None or len(self.calls) < self.dies_after
+
+
+def test_start_waits_in_short_steps_and_stops_when_the_server_dies():
+    from kilnrt.serve.triton_backend import _wait_ready
+
+    ready = _Server(waits=2)
+    _wait_ready(ready, _Timeout)
+    assert ready.calls == ["run", "connect", "connect"]            # started once, then only waited for
+    died = _Server(waits=5, dies_after=2)
+    with pytest.raises(KilnError, match="exited while loading the models"):
+        _wait_ready(died, _Timeout)
+    assert died.calls == ["run", "connect"]
+    with pytest.raises(KilnError, match="was not ready 0 s after it started"):
+        _wait_ready(_Server(waits=5), _Timeout, timeout_s=0)
+
+
+needs_pytriton = pytest.mark.skipif(importlib.util.find_spec("pytriton") is None,
+                                    reason="nvidia-pytriton is not installed (needs numpy<2; docs/serving.md)")
+
+
+@needs_pytriton
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_a_model_that_fails_to_load_stops_the_server_at_once(sigint, monkeypatch, tmp_path):
+    """With real Triton: an instance whose model.py raises; kilnrt serve stops in seconds (PyTriton
+    alone waits its whole timeout), also where SIGINT is ignored (a server started with &)."""
+    import signal
+    import time
 
     from kilnrt.serve import triton_backend
+    from kilnrt.serve.launch import free_ports
+    from kilnrt.serve.triton_backend import pytriton_available
 
-    states = iter([False, True, True, False])           # not started, loading, loading, exited
+    if pytriton_available():
+        pytest.skip(pytriton_available())
+    write = triton_backend.write_repository
 
-    class Server:
-        def is_alive(self):
-            return next(states, False)
-    interrupted = []
-    monkeypatch.setattr(triton_backend._thread, "interrupt_main", lambda: interrupted.append(True))
-    started, died = threading.Event(), threading.Event()
-    triton_backend._watch_start(Server(), started, died)
-    assert died.is_set() and interrupted == [True]
-
-    started.set()                                        # ready: the watch ends without a word
-    died2 = threading.Event()
-    triton_backend._watch_start(Server(), started, died2)
-    assert not died2.is_set() and interrupted == [True]
+    def broken(models, folder):
+        write(models, folder)
+        (folder / "digits" / "1" / "model.py").write_text('raise RuntimeError("broken on purpose")\n')
+    monkeypatch.setattr(triton_backend, "write_repository", broken)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if sigint == "ignored" else None
+    try:
+        model = ServedModel.from_settings(ModelSettings("digits", DIGITS, device="cpu"), contexts=False)
+        http, grpc, metrics = free_ports(3)
+        start = time.monotonic()
+        with pytest.raises(KilnError, match="exited while loading the models"):
+            triton_backend.run_triton([model], http_port=http, grpc_port=grpc, metrics_port=metrics)
+        assert time.monotonic() - start < 30
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)

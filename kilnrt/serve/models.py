@@ -129,7 +129,7 @@ class ServedModel:
         not while clients wait.  Returns the runs made (none where an input's non-batch dims
         are dynamic: there is no one shape to warm up).  A run that fails is logged and ends the
         warm-up; the server starts anyway (its graphs are then captured on first use)."""
-        if not self.padded_batch_sizes or any(-1 in t.shape for t in self.inputs):
+        if not self.contexts or not self.padded_batch_sizes or any(-1 in t.shape for t in self.inputs):
             return 0
         from kilnrt.testing import seeded_inputs
 

@@ -41,21 +41,31 @@ def choose_backend(backend: str = "auto") -> tuple[str, str]:
     return "kserve", ("asked for" if backend == "kserve" else f"fallback, Triton cannot run here: {triton_missing}")
 
 
-def check_ports_free(ports: dict[str, int | None]) -> None:
-    """Refuse, before any model is built, ports another program listens on (Triton's client would
-    otherwise find that program, and report its answers)."""
+def check_ports_free(ports: dict[str, int | None], *, optional: tuple[str, ...] = ()) -> None:
+    """Refuse, before any model is built, ports out of range, given twice, or already bound by
+    another program (Triton's client would otherwise find that program, and report its answers).
+    A flag in ``optional`` may be None or 0 (off)."""
+    import errno
     import socket
 
+    seen: dict[int, str] = {}
     for flag, port in ports.items():
-        if not port:
+        if not port and flag in optional:
             continue
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise KilnError(ErrorCode.INVALID_ARGUMENT, f"{flag} {port!r}: a port is a number from 1 to 65535")
+        if port in seen:
+            raise KilnError(ErrorCode.INVALID_ARGUMENT, f"{flag} {port}: {seen[port]} is {port} too; each service "
+                                                        "needs a port of its own")
+        seen[port] = flag
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("0.0.0.0", port))
             except OSError as exc:
-                raise KilnError(ErrorCode.RUNTIME, f"{flag} {port}: the port is taken ({exc.strerror}); pick another, "
-                                                   "or stop what listens there") from None
+                why = ("the port is taken; pick another, or stop what listens there" if exc.errno == errno.EADDRINUSE
+                       else f"it cannot be bound here ({exc.strerror})")
+                raise KilnError(ErrorCode.RUNTIME, f"{flag} {port}: {why}") from None
 
 
 def serve(settings: list[ModelSettings], *, backend: str = "auto", http_port: int = 8000, grpc_port: int = 8001,
@@ -74,10 +84,11 @@ def serve(settings: list[ModelSettings], *, backend: str = "auto", http_port: in
                                                     "empty; give one, or set neither to keep Triton's restricted APIs "
                                                     "closed")
     chosen, why = choose_backend(backend)
-    check_ports_free({"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port})
     if access_token is not None and chosen != "triton":
         raise KilnError(ErrorCode.INVALID_ARGUMENT, f"an access token opens Triton's restricted APIs, but the server "
                                                     f"here is KServe's ({why}), which has none; drop the token")
+    check_ports_free({"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port},
+                     optional=("--metrics-port",))
     log.warning("kilnrt serve: %s (%s)", "Triton Inference Server via PyTriton" if chosen == "triton"
                 else "KServe model server", why)
     # Triton's instances run in processes of their own, each making its own context from a saved plan

@@ -14,7 +14,6 @@ one's libpython under this interpreter's standard library; 3.11.2's core under 3
 """
 from __future__ import annotations
 
-import _thread
 import contextlib
 import dataclasses
 import logging
@@ -25,6 +24,8 @@ import sys
 import sysconfig
 import tempfile
 import threading
+import time
+import warnings
 from pathlib import Path
 
 from kilnrt.errors import ErrorCode, KilnError
@@ -190,23 +191,47 @@ def _share_cpu_threads(instances: int) -> None:
 
 
 STARTUP_TIMEOUT_S = 600     # every instance loads its plan and warms up before Triton answers
+READY_POLL_S = 3            # how often the start checks that tritonserver still runs
 
 
-def _watch_start(triton, started: threading.Event, died: threading.Event) -> None:
-    """Interrupt the main thread if ``tritonserver`` exits before it is ready (a model that failed
-    to load, a port in use): PyTriton would wait out its whole startup timeout first."""
-    seen_alive = False
-    while not started.wait(0.2):
-        alive = triton.is_alive()
-        seen_alive = seen_alive or alive
-        if seen_alive and not alive:
-            died.set()
-            _thread.interrupt_main()
+class _Stop:
+    """SIGINT and SIGTERM while Triton serves: raise KeyboardInterrupt (PyTriton's serve() stops on
+    it and the finally blocks run; Python would die on SIGTERM without them) and remember that
+    the stop was asked for, so that a server that exits on its own is told apart."""
+
+    def __init__(self) -> None:
+        self.asked = False
+
+    def __call__(self, signum, frame):
+        self.asked = True
+        raise KeyboardInterrupt
+
+
+def _wait_ready(triton, timeout_error: type[Exception], timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+    """Start ``tritonserver`` and wait until it is ready, checking between short waits that it still
+    runs.  PyTriton's own wait does not check, so a model that failed to load made it wait out its
+    whole timeout; its wait is therefore made short (``READY_POLL_S``, by the caller) and repeated.
+    ``timeout_error``: what PyTriton raises when its wait runs out."""
+    deadline = time.monotonic() + timeout_s
+    started = False
+    while True:
+        try:
+            with warnings.catch_warnings():   # PyTriton warns that its client's network timeout is longer
+                warnings.filterwarnings("ignore", message="Client network and/or connection timeout")
+                if not started:
+                    started = True
+                    triton.run()          # starts tritonserver, then waits for it
+                else:
+                    triton.connect()      # only waits (run() would start a server that died again)
             return
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt      # PyTriton's serve() stops on it, and the finally blocks run
+        except timeout_error:
+            if not triton.is_alive():
+                raise KilnError(ErrorCode.RUNTIME, "Triton Inference Server exited while loading the models; its "
+                                                   "log above says why (a model that failed to load, ...)") from None
+            if time.monotonic() > deadline:
+                raise KilnError(ErrorCode.RUNTIME, f"Triton Inference Server was not ready {timeout_s:.0f} s after it "
+                                                   "started (every instance loads its plan and warms up first); its "
+                                                   "log above says what it was doing") from None
 
 
 def run_triton(models: list[ServedModel], *, http_port: int, grpc_port: int, metrics_port: int | None,
@@ -214,7 +239,8 @@ def run_triton(models: list[ServedModel], *, http_port: int, grpc_port: int, met
     """Serve ``models`` with Triton until SIGINT/SIGTERM (blocks): PyTriton starts the
     ``tritonserver`` it bundles on a model repository written by :func:`write_repository`, in a
     temporary folder removed when the server stops.  The engines are dropped from this process
-    once saved there (the instances load their own).
+    once saved there (the instances load their own).  A server that exits on its own, while
+    loading or later, is an error (a supervisor then sees a failed exit, and can restart it).
 
     PyTriton restricts Triton's shared-memory, model-repository, statistics, trace and logging APIs
     to requests with a ``triton-access-token`` header; ``access_token`` is that token (None: PyTriton
@@ -223,12 +249,13 @@ def run_triton(models: list[ServedModel], *, http_port: int, grpc_port: int, met
     os.environ["LD_LIBRARY_PATH"] = stub_library_path()
     _share_cpu_threads(sum(m.settings.instances for m in models))
     import pytriton.triton
+    from pytriton.client.exceptions import PyTritonClientTimeoutError
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
-    if getattr(pytriton.triton, "DEFAULT_TRITON_STARTUP_TIMEOUT_S", STARTUP_TIMEOUT_S) < STARTUP_TIMEOUT_S:
-        pytriton.triton.DEFAULT_TRITON_STARTUP_TIMEOUT_S = STARTUP_TIMEOUT_S   # its 120 s: too short for warm-ups
+    pytriton.triton.DEFAULT_TRITON_STARTUP_TIMEOUT_S = READY_POLL_S    # each of _wait_ready's waits
+    stop = _Stop()
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) if in_main else None
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     repository = Path(tempfile.mkdtemp(prefix="kilnrt-triton-"))
     try:
         write_repository(models, repository)
@@ -237,28 +264,24 @@ def run_triton(models: list[ServedModel], *, http_port: int, grpc_port: int, met
                               metrics_port=metrics_port, allow_metrics=bool(metrics_port),
                               allow_gpu_metrics=any(m.settings.device == "cuda" for m in models) or None)
         triton = Triton(config=config, security_config=TritonSecurityConfig(access_token=access_token))
-        started, died = threading.Event(), threading.Event()
-        if in_main:
-            threading.Thread(target=_watch_start, args=(triton, started, died), daemon=True).start()
         try:
-            with triton:
-                started.set()
-                log.info("Triton Inference Server: HTTP %d, gRPC %d, metrics %s; model repository %s", http_port,
-                         grpc_port, metrics_port or "off", repository)
-                triton.serve()
-        except KeyboardInterrupt:
-            if not died.is_set():
-                raise
-            with contextlib.suppress(Exception):      # its workspace; the server is gone already
-                triton.stop()
-            raise KilnError(ErrorCode.RUNTIME, "Triton Inference Server exited while loading the models; its log "
-                                               "above says why (a model that failed to load, a port in use)") from None
+            _wait_ready(triton, PyTritonClientTimeoutError)
+            log.info("Triton Inference Server: HTTP %d, gRPC %d, metrics %s; model repository %s", http_port,
+                     grpc_port, metrics_port or "off", repository)
+            triton.serve()            # until SIGINT/SIGTERM, or until tritonserver exits
         finally:
-            started.set()
+            with contextlib.suppress(Exception):
+                triton.stop()         # a no-op once serve() has stopped it; else tritonserver and its workspace
+        if not stop.asked:
+            raise KilnError(ErrorCode.RUNTIME, "Triton Inference Server exited while serving; its log above says why")
+    except KeyboardInterrupt:
+        if not stop.asked:
+            raise
     finally:
         shutil.rmtree(repository, ignore_errors=True)
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            if handler is not None:               # None: set outside Python, cannot be put back from here
+                signal.signal(sig, handler)
 
 
 def _drop_engines(models: list[ServedModel]) -> None:
