@@ -212,6 +212,44 @@ def test_start_waits_in_short_steps_and_stops_when_the_server_dies():
         _wait_ready(_Server(waits=5), _Timeout, timeout_s=0)
 
 
+def test_serving_ends_quietly_on_a_stop_and_with_an_error_when_the_server_dies():
+    import signal
+
+    from kilnrt.serve.triton_backend import _serve_until_stopped, _Stop
+
+    class Server:
+        def __init__(self, alive_for, on_poll=None):
+            self.polls, self.alive_for, self.on_poll = 0, alive_for, on_poll
+
+        def is_alive(self):
+            self.polls += 1
+            if self.on_poll and self.polls == 2:
+                self.on_poll()
+            return self.polls <= self.alive_for
+
+    with pytest.raises(KilnError, match="exited while serving"):       # died on its own: exit status 1
+        _serve_until_stopped(Server(alive_for=2), _Stop(), poll_s=0)
+    stop = _Stop()
+    previous = stop.install()
+    try:
+        assert set(previous) == {signal.SIGTERM, signal.SIGINT}
+        server = Server(alive_for=10, on_poll=lambda: signal.raise_signal(signal.SIGTERM))
+        _serve_until_stopped(server, stop, poll_s=0)                   # SIGTERM: a stop asked for, no error
+        assert stop.asked and server.polls == 2
+        signal.raise_signal(signal.SIGTERM)                            # a second one does not cut the stop short
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)            # a job started with '&'
+    try:
+        previous = _Stop().install()
+        assert signal.SIGINT not in previous and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
+    finally:
+        signal.signal(signal.SIGINT, ignored)
+
+
 needs_pytriton = pytest.mark.skipif(importlib.util.find_spec("pytriton") is None,
                                     reason="nvidia-pytriton is not installed (needs numpy<2; docs/serving.md)")
 

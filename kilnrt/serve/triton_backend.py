@@ -195,16 +195,46 @@ READY_POLL_S = 3            # how often the start checks that tritonserver still
 
 
 class _Stop:
-    """SIGINT and SIGTERM while Triton serves: raise KeyboardInterrupt (PyTriton's serve() stops on
-    it and the finally blocks run; Python would die on SIGTERM without them) and remember that
-    the stop was asked for, so that a server that exits on its own is told apart."""
+    """SIGINT and SIGTERM while Triton serves: the first raises KeyboardInterrupt (the finally
+    blocks then stop tritonserver and remove the repository; Python would die on SIGTERM without
+    them), and the stop is remembered, so that a server that exits on its own is told apart.
+    Later ones are ignored, so that they do not cut that stop short."""
 
     def __init__(self) -> None:
         self.asked = False
 
     def __call__(self, signum, frame):
-        self.asked = True
-        raise KeyboardInterrupt
+        if not self.asked:
+            self.asked = True
+            raise KeyboardInterrupt
+
+    def install(self) -> dict:
+        """Handle SIGTERM, and SIGINT unless it was ignored (a job started with ``&``); only in the
+        main thread, where Python runs signal handlers (elsewhere SIGTERM ends the process as it
+        would anyway).  Returns the handlers to put back."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
+                continue
+            previous[sig] = signal.signal(sig, self)
+        return previous
+
+
+def _serve_until_stopped(triton, stop: _Stop, poll_s: float = 1.0) -> None:
+    """Serve until a stop is asked for (returns) or tritonserver exits on its own (a KilnError, so
+    that a supervisor sees a failed exit).  Not PyTriton's serve(), which starts a server that
+    died again, from a workspace its exit handler is deleting."""
+    try:
+        while triton.is_alive():
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        if not stop.asked:
+            raise
+        return
+    if not stop.asked:
+        raise KilnError(ErrorCode.RUNTIME, "Triton Inference Server exited while serving; its log above says why")
 
 
 def _wait_ready(triton, timeout_error: type[Exception], timeout_s: float = STARTUP_TIMEOUT_S) -> None:
@@ -252,12 +282,11 @@ def run_triton(models: list[ServedModel], *, http_port: int, grpc_port: int, met
     from pytriton.client.exceptions import PyTritonClientTimeoutError
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
-    pytriton.triton.DEFAULT_TRITON_STARTUP_TIMEOUT_S = READY_POLL_S    # each of _wait_ready's waits
     stop = _Stop()
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     repository = Path(tempfile.mkdtemp(prefix="kilnrt-triton-"))
+    previous = {}
     try:
+        previous = stop.install()
         write_repository(models, repository)
         _drop_engines(models)
         config = TritonConfig(model_repository=repository, http_port=http_port, grpc_port=grpc_port,
@@ -265,23 +294,26 @@ def run_triton(models: list[ServedModel], *, http_port: int, grpc_port: int, met
                               allow_gpu_metrics=any(m.settings.device == "cuda" for m in models) or None)
         triton = Triton(config=config, security_config=TritonSecurityConfig(access_token=access_token))
         try:
-            _wait_ready(triton, PyTritonClientTimeoutError)
+            default_wait = pytriton.triton.DEFAULT_TRITON_STARTUP_TIMEOUT_S
+            pytriton.triton.DEFAULT_TRITON_STARTUP_TIMEOUT_S = READY_POLL_S    # each of _wait_ready's waits
+            try:
+                _wait_ready(triton, PyTritonClientTimeoutError)
+            finally:
+                pytriton.triton.DEFAULT_TRITON_STARTUP_TIMEOUT_S = default_wait
             log.info("Triton Inference Server: HTTP %d, gRPC %d, metrics %s; model repository %s", http_port,
                      grpc_port, metrics_port or "off", repository)
-            triton.serve()            # until SIGINT/SIGTERM, or until tritonserver exits
+            _serve_until_stopped(triton, stop)
         finally:
             with contextlib.suppress(Exception):
-                triton.stop()         # a no-op once serve() has stopped it; else tritonserver and its workspace
-        if not stop.asked:
-            raise KilnError(ErrorCode.RUNTIME, "Triton Inference Server exited while serving; its log above says why")
+                triton.stop()         # tritonserver and PyTriton's workspace (a no-op if its exit handler ran)
     except KeyboardInterrupt:
         if not stop.asked:
             raise
     finally:
         shutil.rmtree(repository, ignore_errors=True)
         for sig, handler in previous.items():
-            if handler is not None:               # None: set outside Python, cannot be put back from here
-                signal.signal(sig, handler)
+            # None: a handler set outside Python, which cannot be put back from here; the default then
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _drop_engines(models: list[ServedModel]) -> None:
