@@ -183,12 +183,17 @@ def _modules(protocol: str):
     return sync, aio
 
 
-def _make_inputs(sync, feeds):
+def _infer_input(sync, name, value):
+    """tritonclient's InferInput for ``value`` (its data not yet set)."""
     from tritonclient.utils import np_to_triton_dtype
 
+    return sync.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+
+
+def _make_inputs(sync, feeds):
     out = []
     for name, value in feeds.items():
-        inp = sync.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+        inp = _infer_input(sync, name, value)
         inp.set_data_from_numpy(value)
         out.append(inp)
     return out
@@ -235,7 +240,6 @@ def _shared_memory_inputs(protocol, sync, url, stack: contextlib.ExitStack):
     """The pool's inputs placed once in a system shared-memory region registered with the server
     (Triton's shared-memory extension): requests then name an offset instead of carrying bytes."""
     import tritonclient.utils.shared_memory as shm
-    from tritonclient.utils import np_to_triton_dtype
 
     name = f"kilnrt-load-{os.getpid()}"
     size = sum(v.nbytes for feeds in _POOL for v in feeds.values())
@@ -253,7 +257,7 @@ def _shared_memory_inputs(protocol, sync, url, stack: contextlib.ExitStack):
         row = []
         for key, value in feeds.items():
             shm.set_shared_memory_region(region, [np.ascontiguousarray(value)], offset=offset)
-            inp = sync.InferInput(key, list(value.shape), np_to_triton_dtype(value.dtype))
+            inp = _infer_input(sync, key, value)
             inp.set_shared_memory(name, value.nbytes, offset=offset)
             row.append(inp)
             offset += value.nbytes

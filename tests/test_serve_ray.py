@@ -36,10 +36,10 @@ def test_replica_reads_binary_tensors_without_kserves_codec(monkeypatch):
     from starlette.requests import Request
 
     import kilnrt.serve.kserve_backend as kserve_backend
-    from kilnrt.serve.ray_deployment import KilnrtReplica, _settings_dict
+    from kilnrt.serve.ray_deployment import KilnrtReplica
 
     monkeypatch.setattr(kserve_backend, "import_kserve", lambda: pytest.fail("KServe's codec was used"))
-    replica = KilnrtReplica(_settings_dict(ModelSettings("digits", DIGITS, device="cpu")))
+    replica = KilnrtReplica(ModelSettings("digits", DIGITS, device="cpu").as_dict())
     seed = fresh_seed()
     x = np.random.default_rng(seed).standard_normal((3, 1, 8, 8)).astype(np.float32)
     inp = httpclient.InferInput("input", [3, 1, 8, 8], "FP32")

@@ -22,6 +22,11 @@ from kilnrt.errors import ErrorCode, KilnError
 Feeds = Mapping[str, np.ndarray]
 
 
+def stack_feeds(feeds: list[Feeds]) -> dict[str, np.ndarray]:
+    """Requests of the same inputs stacked along the batch dim, to run as one."""
+    return {n: np.concatenate([f[n] for f in feeds]) for n in feeds[0]}
+
+
 def split_outputs(outputs: Mapping[str, np.ndarray], sizes: list[int]) -> list[dict[str, np.ndarray]]:
     """The outputs of requests stacked along the batch dim, cut back into each one's rows.  An
     output whose first dim is not the stacked batch (summed over it, or sized by the data)
@@ -124,7 +129,7 @@ class DynamicBatcher:
             if len(items) == 1:
                 feeds = items[0].feeds
             else:
-                feeds = {n: np.concatenate([i.feeds[n] for i in items]) for n in items[0].feeds}
+                feeds = stack_feeds([i.feeds for i in items])
             loop = asyncio.get_running_loop()
             try:
                 outputs = await loop.run_in_executor(self._executor, self._run, feeds)

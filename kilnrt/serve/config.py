@@ -43,6 +43,13 @@ class ModelSettings:
     precision: str = "fp32"
     pad_batches: bool | None = None              # None: on CUDA (few shapes, each a cached CUDA graph)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as plain data, the path absolute: what another process (a Ray replica, a
+        Triton instance) rebuilds them from with ``ModelSettings(**d)``."""
+        out = dataclasses.asdict(self)
+        out["path"] = str(self.path.resolve())
+        return out
+
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         where = f"model {self.name!r}"

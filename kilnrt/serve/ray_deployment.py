@@ -269,12 +269,6 @@ class KilnrtHealth:
         return _error(404, f"no route {request.method} {request.url.path}")
 
 
-def _settings_dict(s: ModelSettings) -> dict[str, Any]:
-    out = dataclasses.asdict(s)
-    out["path"] = str(s.path.resolve())
-    return out
-
-
 def build_applications(settings: list[ModelSettings], options: RayOptions, *, timing_cache_dir: str | None = None,
                        plan_key: bytes | None = None, cluster_gpus: float = 0.0):
     """``[(app name, route prefix, Application)]``: one per model, and ``/v2`` for health."""
@@ -286,7 +280,7 @@ def build_applications(settings: list[ModelSettings], options: RayOptions, *, ti
             log.warning("model %r: instances=%d; under Ray each replica is one execution context, so "
                         "instances is not used (scale with replicas or autoscaling)", s.name, s.instances)
         deployment = serve.deployment(**deployment_options(s, options, cluster_gpus))(KilnrtReplica)
-        app = deployment.bind(_settings_dict(s), timing_cache_dir, plan_key, options.max_request_bytes)
+        app = deployment.bind(s.as_dict(), timing_cache_dir, plan_key, options.max_request_bytes)
         apps.append((s.name, f"/v2/models/{s.name}", app))
     health = serve.deployment(name="kilnrt-health", num_replicas=1,
                               ray_actor_options={"num_cpus": 0})(KilnrtHealth).bind([s.name for s in settings])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -83,16 +84,17 @@ def numpy_mismatch() -> str | None:
     import numpy
 
     try:
-        from packaging.requirements import Requirement
-        pins = [r.specifier for r in map(Requirement, requires("nvidia-pytriton") or ())
-                if r.name == "numpy" and r.marker is None]
+        wanted = requires("nvidia-pytriton") or ()
     except PackageNotFoundError:
         return None
-    except ImportError:                      # no packaging: 0.7's pin
-        pins = ["<2.0.0"]
-    for pin in pins:
-        ok = (pin.contains(numpy.__version__, prereleases=True) if not isinstance(pin, str)
-              else int(numpy.__version__.split(".")[0]) < 2)
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:                      # no packaging: 0.7's pin, by hand
+        pins = {"<2.0.0": int(numpy.__version__.split(".")[0]) < 2}
+    else:
+        pins = {str(r.specifier): r.specifier.contains(numpy.__version__, prereleases=True)
+                for r in map(Requirement, wanted) if r.name == "numpy" and r.marker is None}
+    for pin, ok in pins.items():
         if not ok:
             return (f"numpy {numpy.__version__} is installed, but PyTriton's Python backend stub needs numpy{pin} "
                     "(under numpy 2 its inputs arrive as zeros and its outputs empty); serve from an environment "
@@ -145,7 +147,7 @@ def write_repository(models: list[ServedModel], folder: Path) -> None:
     from tritonclient.grpc import model_config_pb2
 
     import kilnrt
-    from kilnrt.serve.triton_python_model import SETTINGS_KEY, settings_parameter
+    from kilnrt.serve.triton_python_model import SETTINGS_KEY
 
     root = str(Path(kilnrt.__file__).resolve().parent.parent)
     for model in models:
@@ -165,7 +167,7 @@ def write_repository(models: list[ServedModel], folder: Path) -> None:
         # the padding the server would do (resolved here, so that every instance pads alike)
         settings = dataclasses.replace(model.settings, path=plan, precision="fp32",
                                        max_batch=model.max_batch, pad_batches=bool(model.padded_batch_sizes))
-        config["parameters"][SETTINGS_KEY] = {"string_value": settings_parameter(settings)}
+        config["parameters"][SETTINGS_KEY] = {"string_value": json.dumps(settings.as_dict())}
         message = json_format.ParseDict(config, model_config_pb2.ModelConfig())
         (folder / model.name / "config.pbtxt").write_text(text_format.MessageToString(message))
         (version / "model.py").write_text(MODEL_PY.format(name=model.name, root=root))

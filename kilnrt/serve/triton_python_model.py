@@ -17,20 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from kilnrt.serve.batching import split_outputs
+from kilnrt.serve.batching import split_outputs, stack_feeds
 from kilnrt.serve.config import ModelSettings
 
 log = logging.getLogger("kilnrt.serve")
 
 SETTINGS_KEY = "kilnrt_settings"        # the model config parameter holding the ModelSettings (JSON)
-
-
-def settings_parameter(settings: ModelSettings) -> str:
-    """``settings`` as the JSON string the model config carries to every instance."""
-    fields = {k: getattr(settings, k) for k in settings.__dataclass_fields__}
-    fields["path"] = str(settings.path)
-    fields["preferred_batch_sizes"] = list(settings.preferred_batch_sizes)
-    return json.dumps(fields)
 
 
 class _TritonLog(logging.Handler):
@@ -65,8 +57,7 @@ class TritonPythonModel:
         _log_to_triton(pb_utils)
         config = json.loads(args["model_config"])
         fields = json.loads(config["parameters"][SETTINGS_KEY]["string_value"])
-        settings = ModelSettings(**{**fields, "instances": 1, "preferred_batch_sizes": tuple(fields[
-            "preferred_batch_sizes"])})
+        settings = ModelSettings(**{**fields, "instances": 1})
         if settings.device == "cuda" and args.get("model_instance_kind") == "GPU":
             import torch
 
@@ -83,8 +74,7 @@ class TritonPythonModel:
             feeds = [{n: pb.get_input_tensor_by_name(r, n).as_numpy() for n in self.input_names} for r in requests]
             if len(feeds) > 1 and self.model.max_batch > 0:
                 sizes = [next(iter(f.values())).shape[0] for f in feeds]
-                stacked = {n: np.concatenate([f[n] for f in feeds]) for n in self.input_names}
-                parts = split_outputs(self.model.run_on(self.context, stacked), sizes)
+                parts = split_outputs(self.model.run_on(self.context, stack_feeds(feeds)), sizes)
             else:
                 parts = [self.model.run_on(self.context, f) for f in feeds]
         except Exception as exc:  # noqa: BLE001 -- every request of the batch gets the error, the model serves on
