@@ -262,3 +262,21 @@ def test_a_failed_capture_leaves_pytorch_as_it_was():
     del big
     torch.cuda.empty_cache()
     assert torch.cuda.memory_reserved() <= held
+
+
+def test_cuda_graph_pool_tells_a_captured_graph_from_one_that_is_not():
+    """``capturing()`` gives a failed graph's share of the pool back unless ``capture_end``
+    marked it captured, and reads that mark from ``CUDAGraph.pool()``, which must refuse
+    before the mark and answer after it in the PyTorch that runs."""
+    from kilnrt.engine.cudagraph import _counts_as_captured
+
+    graph = torch.cuda.CUDAGraph()
+    assert not _counts_as_captured(graph)
+    x = torch.randn(64, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.graph(graph, stream=stream):
+        y = x * 2
+    assert _counts_as_captured(graph)
+    graph.replay()
+    torch.testing.assert_close(y, x * 2)

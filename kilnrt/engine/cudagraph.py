@@ -177,11 +177,22 @@ def capturing(graph: "torch.cuda.CUDAGraph", pool: tuple, stream: torch.cuda.Str
             with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode=mode):
                 yield
     except BaseException:
-        _undo_failed_capture(before, pool, stream, mode)
+        _undo_failed_capture(graph, before, pool, stream, mode)
         raise
 
 
-def _undo_failed_capture(before: torch.cuda.Stream, pool: tuple, stream: torch.cuda.Stream, mode: str) -> None:
+def _counts_as_captured(graph: "torch.cuda.CUDAGraph") -> bool:
+    """Whether ``capture_end`` got as far as marking ``graph`` captured: then the graph gives
+    its share of the pool back itself when it is freed.  ``pool()`` refuses before that mark."""
+    try:
+        graph.pool()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _undo_failed_capture(graph, before: torch.cuda.Stream, pool: tuple, stream: torch.cuda.Stream,
+                         mode: str) -> None:
     """Each step on its own: one that fails is logged, and the others still run."""
     try:
         device = torch.cuda.current_device()
@@ -190,13 +201,14 @@ def _undo_failed_capture(before: torch.cuda.Stream, pool: tuple, stream: torch.c
         if end is not None:
             try:
                 end(device, pool)
+                still_ours = True   # the capture failed before capture_end ended the recording
             except RuntimeError:
-                # capture_end ended the recording itself; if it failed after that (before the
-                # graph counted as captured), the pool keeps the failed graph's share: a leak
-                pass
-            else:
-                if release is not None:
-                    release(device, pool)   # the failed graph's share of the pool, which it never gives back
+                # capture_end ended the recording, then failed: before it marked the graph
+                # captured (an invalid graph), the share is still ours to give back; after it
+                # (instantiation failed), the graph gives it back when it is freed
+                still_ours = not _counts_as_captured(graph)
+            if still_ours and release is not None:
+                release(device, pool)   # the failed graph's share of the pool, which it never gives back
     except Exception as exc:  # noqa: BLE001 - PyTorch's private allocator calls: report, go on
         log.warning("after a failed CUDA-graph capture, its memory pool could not be released: %s", exc)
     finally:
