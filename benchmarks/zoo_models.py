@@ -1,10 +1,11 @@
-"""The GPU benchmark zoo: architectures chosen for coverage of op families, not for speed.
+"""The GPU benchmark zoo: the six models kilnrt was tuned on (``tuned=True``), then
+architectures chosen for coverage of op families, not for speed.
 
-None of them was tuned for: they are here to show whether kilnrt's general mechanisms hold
-on models nobody named.  Weights are random (seeded; nothing is downloaded), with BatchNorm
-statistics re-estimated on random inputs so that activations keep a sane scale in FP16.
+The others were never tuned for: they are here to show whether kilnrt's general mechanisms
+hold on models nobody named.  Weights are random (seeded; nothing is downloaded), with
+BatchNorm statistics re-estimated on random inputs so that activations keep a sane scale in FP16.
 
-Each entry: ``name -> Entry(family, make, batches, cnn)`` where ``make(batch)`` returns
+Each entry: ``name -> Entry(family, make, batches, cnn, ...)`` where ``make(batch)`` returns
 ``(fp32 model on the GPU in eval mode, {input name: tensor})``; the model's forward takes the
 inputs positionally, in that order, and returns one tensor or a tuple of tensors.
 """
@@ -23,6 +24,10 @@ class Entry:
     batches: tuple[int, int]     # batch 1 and a throughput batch
     cnn: bool = False            # the eager peer runs channels_last
     seq: int | None = None       # sequence length (text), samples or frames (speech)
+    tuned: bool = False          # one of the models kilnrt was tuned on (the rest: nobody tuned for them)
+    # the peers' module made from the FP32 one, with its weights, where the peers should run
+    # another implementation of it than the exported one (BERT: PyTorch's fused SDPA attention)
+    peer: Callable[[torch.nn.Module], torch.nn.Module] | None = None
 
 
 def _recalibrate(model: torch.nn.Module, example: Callable[[], tuple]) -> torch.nn.Module:
@@ -157,6 +162,38 @@ def _wav2vec2(batch: int):
     return _Outputs(model, ("input_values",)).eval(), {"input_values": torch.randn(batch, 16000, device="cuda")}
 
 
+_BERT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _bert_config(attention: str):
+    from transformers import BertConfig
+
+    return BertConfig(attn_implementation=attention)
+
+
+def _bert(batch: int, seq: int = 128):
+    """BERT-base with the eager attention (plain ONNX ops when exported), a padding mask of
+    random lengths and random token types."""
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    model = BertModel(_bert_config("eager"), add_pooling_layer=True).cuda().eval()
+    lengths = torch.randint(seq // 2, seq + 1, (batch,))
+    inputs = {"input_ids": torch.randint(0, 30522, (batch, seq), device="cuda"),
+              "attention_mask": (torch.arange(seq)[None, :] < lengths[:, None]).to(torch.int64).cuda(),
+              "token_type_ids": torch.randint(0, 2, (batch, seq), device="cuda")}
+    return _Outputs(model, _BERT_INPUTS).eval(), inputs
+
+
+def _bert_sdpa(fp32: torch.nn.Module) -> torch.nn.Module:
+    """The peers' BERT: the same weights, with PyTorch's SDPA attention."""
+    from transformers import BertModel
+
+    model = BertModel(_bert_config("sdpa"), add_pooling_layer=True).cuda().eval()
+    model.load_state_dict(fp32.model.state_dict())
+    return _Outputs(model, _BERT_INPUTS).eval()
+
+
 class _DetectionHead(torch.nn.Module):
     """RetinaNet's backbone, FPN and heads, without the data-dependent box decoding and NMS:
     the class logits and box regressions of every anchor."""
@@ -182,6 +219,14 @@ def _retinanet(batch: int):
 
 
 ZOO: dict[str, Entry] = {
+    # the models kilnrt was tuned on
+    "resnet50": Entry("residual conv", _image(_tv("resnet50")), (1, 256), cnn=True, tuned=True),
+    "mobilenet_v2": Entry("depthwise + inverted residual", _image(_tv("mobilenet_v2")), (1, 256), cnn=True,
+                          tuned=True),
+    "efficientnet_b0": Entry("MBConv + SE", _image(_tv("efficientnet_b0")), (1, 256), cnn=True, tuned=True),
+    "convnext_tiny": Entry("7x7 depthwise + LayerNorm", _image(_tv("convnext_tiny")), (1, 128), cnn=True, tuned=True),
+    "vit_b_16": Entry("vision transformer", _image(_tv("vit_b_16")), (1, 64), tuned=True),
+    "bert": Entry("encoder (BERT-base)", _bert, (1, 32), seq=128, tuned=True, peer=_bert_sdpa),
     # convolutions: grouped, depthwise, squeeze-excitation, dense and multi-branch blocks
     "resnext50_32x4d": Entry("grouped conv", _image(_tv("resnext50_32x4d")), (1, 128), cnn=True),
     "regnet_y_1_6gf": Entry("grouped conv + SE", _image(_tv("regnet_y_1_6gf")), (1, 128), cnn=True),
