@@ -47,29 +47,12 @@ class _Calls:
             self.stream = "caller"
 
 
-class _Graph:
-    """A CUDAGraph whose ``pool()`` answers as PyTorch's does: only once capture_end has
-    marked it captured."""
-
-    def __init__(self, captured: bool):
-        self.captured = captured
-
-    def pool(self):
-        if not self.captured:
-            raise RuntimeError("Called CUDAGraph::pool() without a preceding successful capture.")
-        return (0, 7)
-
-
-@pytest.mark.parametrize("end_raises, captured, released", [
-    (None, False, True),                             # failed before capture_end ended the recording
-    (RuntimeError("not recording"), False, True),    # capture_end ended it, then found the graph invalid
-    (RuntimeError("not recording"), True, False),    # marked captured: the graph gives its share back itself
-    (TypeError("changed signature"), False, False),  # PyTorch's private call changed: logged, nothing released
-])
-def test_a_failed_capture_is_undone_and_its_error_goes_on(monkeypatch, end_raises, captured, released):
+@pytest.mark.parametrize("end_raises, released", [(None, True), (RuntimeError("not recording"), False),
+                                                  (TypeError("changed signature"), False)])
+def test_a_failed_capture_is_undone_and_its_error_goes_on(monkeypatch, end_raises, released):
     calls = _Calls(monkeypatch, end_raises=end_raises)
     with pytest.raises(ValueError, match="host sync in the body"):
-        with cudagraph.capturing(_Graph(captured), (0, 7), "side", "thread_local"):
+        with cudagraph.capturing("real", (0, 7), "side", "thread_local"):
             raise ValueError("host sync in the body")
     assert calls.stream == "caller"
     assert ("end", (0, 7)) in calls.log and (("release", (0, 7)) in calls.log) == released
@@ -80,7 +63,7 @@ def test_a_failing_heal_still_restores_the_stream_and_keeps_the_first_error(monk
     calls = _Calls(monkeypatch, heal_raises=RuntimeError("sticky error"))
     with caplog.at_level(logging.WARNING, logger="kilnrt.runtime"):
         with pytest.raises(ValueError, match="the first error"):
-            with cudagraph.capturing(_Graph(False), (0, 7), "side"):
+            with cudagraph.capturing("real", (0, 7), "side"):
                 raise ValueError("the first error")
     assert calls.stream == "caller"
     assert "random generator may still be in capture mode" in caplog.text

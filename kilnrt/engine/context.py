@@ -349,7 +349,9 @@ class ExecutionContext:
 
     def _graph_pool(self):
         if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
+            from kilnrt.engine.cudagraph import GraphPool
+
+            self._pool = GraphPool()
         return self._pool
 
     @staticmethod

@@ -3,7 +3,7 @@ use and replayed after, so a run costs one graph launch however many layers it h
 
 Shape computations run on the host before launch (:mod:`kilnrt.engine.shape_program`), so
 a dynamic-shape engine captures like a static one.  The graphs of one context share one
-memory pool (one activation arena, as large as the largest shape set needs).  The cache is
+memory pool (one activation arena, as large as the largest shape set needs; :class:`GraphPool`).  The cache is
 bounded by a count and by the bytes the graphs' inputs and outputs hold
 (:class:`GraphCacheConfig`); the least recently used graph goes first.  A network whose run
 needs the host mid-way (data-dependent shapes) cannot be captured; it runs eagerly, and the
@@ -177,22 +177,11 @@ def capturing(graph: "torch.cuda.CUDAGraph", pool: tuple, stream: torch.cuda.Str
             with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode=mode):
                 yield
     except BaseException:
-        _undo_failed_capture(graph, before, pool, stream, mode)
+        _undo_failed_capture(before, pool, stream, mode)
         raise
 
 
-def _counts_as_captured(graph: "torch.cuda.CUDAGraph") -> bool:
-    """Whether ``capture_end`` got as far as marking ``graph`` captured: then the graph gives
-    its share of the pool back itself when it is freed.  ``pool()`` refuses before that mark."""
-    try:
-        graph.pool()
-    except RuntimeError:
-        return False
-    return True
-
-
-def _undo_failed_capture(graph, before: torch.cuda.Stream, pool: tuple, stream: torch.cuda.Stream,
-                         mode: str) -> None:
+def _undo_failed_capture(before: torch.cuda.Stream, pool: tuple, stream: torch.cuda.Stream, mode: str) -> None:
     """Each step on its own: one that fails is logged, and the others still run."""
     try:
         device = torch.cuda.current_device()
@@ -201,14 +190,13 @@ def _undo_failed_capture(graph, before: torch.cuda.Stream, pool: tuple, stream: 
         if end is not None:
             try:
                 end(device, pool)
-                still_ours = True   # the capture failed before capture_end ended the recording
             except RuntimeError:
-                # capture_end ended the recording, then failed: before it marked the graph
-                # captured (an invalid graph), the share is still ours to give back; after it
-                # (instantiation failed), the graph gives it back when it is freed
-                still_ours = not _counts_as_captured(graph)
-            if still_ours and release is not None:
-                release(device, pool)   # the failed graph's share of the pool, which it never gives back
+                # capture_end ended the recording itself; if it failed after that (before the
+                # graph counted as captured), the pool keeps the failed graph's share: a leak
+                pass
+            else:
+                if release is not None:
+                    release(device, pool)   # the failed graph's share of the pool, which it never gives back
     except Exception as exc:  # noqa: BLE001 - PyTorch's private allocator calls: report, go on
         log.warning("after a failed CUDA-graph capture, its memory pool could not be released: %s", exc)
     finally:
@@ -227,6 +215,30 @@ def _undo_failed_capture(graph, before: torch.cuda.Stream, pool: tuple, stream: 
         torch.cuda.set_stream(before)
 
 
+class GraphPool:
+    """The CUDA-graph memory pool that a context's graphs share, still usable after a failed
+    capture.  PyTorch counts a pool's users: each captured graph holds a share until it is
+    freed, and :func:`capturing` gives a failed capture's share back.  A pool whose count falls
+    to 0 is marked freeable, and PyTorch then refuses every later capture into it ("use_count >
+    0 INTERNAL ASSERT FAILED"); seen on the H200 (torch 2.11), a context whose first capture
+    failed never captured again and ran every new shape set eagerly.  So before the first
+    capture an empty graph is captured into the pool and kept: a share held for as long as
+    this object lives."""
+
+    def __init__(self) -> None:
+        self.handle = torch.cuda.graph_pool_handle()
+        self._anchor = None
+
+    def for_capture(self, stream: torch.cuda.Stream) -> tuple:
+        """The pool's handle, anchored first (inside the capture lock, on the capture stream)."""
+        if self._anchor is None:
+            anchor = torch.cuda.CUDAGraph()
+            with capturing(anchor, self.handle, stream):
+                pass
+            self._anchor = anchor
+        return self.handle
+
+
 def _raise_if_out_of_memory(exc: Exception, where: str) -> None:
     """A capture that ran out of memory is an error, not a shape set to run eagerly from now on
     (the memory may be back by the next call)."""
@@ -237,12 +249,12 @@ def _raise_if_out_of_memory(exc: Exception, where: str) -> None:
 
 
 class GraphCache:
-    def __init__(self, program, config: GraphCacheConfig | None = None, pool=None) -> None:
+    def __init__(self, program, config: GraphCacheConfig | None = None, pool: GraphPool | None = None) -> None:
         self.program = program
         self.config = config or GraphCacheConfig()
         self.graphs: OrderedDict[tuple, tuple | None] = OrderedDict()
         self.stats = GraphStats()
-        self._pool = pool if pool is not None else torch.cuda.graph_pool_handle()
+        self._pool = pool if pool is not None else GraphPool()
         self._bytes: dict[tuple, int] = {}
         self.generation = 0   # bumped by every eviction: a run's remembered graph may be gone
         self._side = None     # the stream graphs are captured on (made on the first capture)
@@ -345,7 +357,7 @@ class GraphCache:
                 self.program.execute(static_in)  # warm-up: library handles, autotuning, lazy init
             stream.wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with capturing(graph, self._pool, side):
+            with capturing(graph, self._pool.for_capture(side), side):
                 static_out = self.program.execute(static_in)
             stream.wait_stream(side)
         except Exception as exc:  # noqa: BLE001 - host syncs inside the run: no graph
@@ -376,11 +388,11 @@ class BoundGraphs:
     """The graphs of ``execute_async_v3`` on bound buffers, by (program, bound addresses,
     shapes and dtypes); least recently used first out, at most ``config.max_graphs``."""
 
-    def __init__(self, config: GraphCacheConfig | None = None, pool=None) -> None:
+    def __init__(self, config: GraphCacheConfig | None = None, pool: GraphPool | None = None) -> None:
         self.config = config or GraphCacheConfig()
         self.graphs: OrderedDict[tuple, BoundGraph | None] = OrderedDict()
         self.stats = GraphStats()
-        self._pool = pool if pool is not None else torch.cuda.graph_pool_handle()
+        self._pool = pool if pool is not None else GraphPool()
         self._side = owned_stream(self)
         self._programs: dict[int, object] = {}   # optimization profile -> the program its graphs ran
 
@@ -427,7 +439,7 @@ class BoundGraphs:
         del outputs
         try:
             graph = torch.cuda.CUDAGraph()
-            with capturing(graph, self._pool, side):
+            with capturing(graph, self._pool.for_capture(side), side):
                 write(program.execute(feeds))
             stream.wait_stream(side)
         except Exception as exc:  # noqa: BLE001 - host syncs inside the run: no graph
