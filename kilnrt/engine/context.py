@@ -69,6 +69,7 @@ class ExecutionContext:
         if self._shapes.get(name) != checked:
             self._version += 1
             self._shapes[name] = checked
+            self._output_shapes.clear()   # the last run's: inferred again for the new shapes
         return True
 
     def _check_shared_dims(self) -> None:

@@ -216,27 +216,28 @@ def _undo_failed_capture(before: torch.cuda.Stream, pool: tuple, stream: torch.c
 
 
 class GraphPool:
-    """The CUDA-graph memory pool that a context's graphs share, still usable after a failed
-    capture.  PyTorch counts a pool's users: each captured graph holds a share until it is
-    freed, and :func:`capturing` gives a failed capture's share back.  A pool whose count falls
-    to 0 is marked freeable, and PyTorch then refuses every later capture into it ("use_count >
-    0 INTERNAL ASSERT FAILED"); seen on the H200 (torch 2.11), a context whose first capture
-    failed never captured again and ran every new shape set eagerly.  So before the first
-    capture an empty graph is captured into the pool and kept: a share held for as long as
-    this object lives."""
+    """The CUDA-graph memory pool that a context's graphs share, which a failed capture leaves
+    for a new one.  Seen on the H200 (torch 2.11) after a failed capture, even once
+    :func:`capturing` had ended the caching allocator's recording and given the failed
+    graph's share back: the next capture into the same pool was refused, "beginAllocateToPool:
+    already recording to mempool_id" (the pinned-host allocator's recording is not ended, and
+    Python cannot end it), or "use_count > 0 INTERNAL ASSERT FAILED" where the failed capture
+    had been the pool's only user.  Either way the context ran every new shape set eagerly
+    for good.  So after a failed capture later graphs go to a new pool; the graphs captured
+    before keep the old one until they are freed."""
 
     def __init__(self) -> None:
         self.handle = torch.cuda.graph_pool_handle()
-        self._anchor = None
 
-    def for_capture(self, stream: torch.cuda.Stream) -> tuple:
-        """The pool's handle, anchored first (inside the capture lock, on the capture stream)."""
-        if self._anchor is None:
-            anchor = torch.cuda.CUDAGraph()
-            with capturing(anchor, self.handle, stream):
-                pass
-            self._anchor = anchor
-        return self.handle
+    @contextlib.contextmanager
+    def capturing(self, graph: "torch.cuda.CUDAGraph", stream: torch.cuda.Stream):
+        """:func:`capturing` into this pool."""
+        try:
+            with capturing(graph, self.handle, stream):
+                yield
+        except BaseException:
+            self.handle = torch.cuda.graph_pool_handle()
+            raise
 
 
 def _raise_if_out_of_memory(exc: Exception, where: str) -> None:
@@ -357,7 +358,7 @@ class GraphCache:
                 self.program.execute(static_in)  # warm-up: library handles, autotuning, lazy init
             stream.wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with capturing(graph, self._pool.for_capture(side), side):
+            with self._pool.capturing(graph, side):
                 static_out = self.program.execute(static_in)
             stream.wait_stream(side)
         except Exception as exc:  # noqa: BLE001 - host syncs inside the run: no graph
@@ -439,7 +440,7 @@ class BoundGraphs:
         del outputs
         try:
             graph = torch.cuda.CUDAGraph()
-            with capturing(graph, self._pool.for_capture(side), side):
+            with self._pool.capturing(graph, side):
                 write(program.execute(feeds))
             stream.wait_stream(side)
         except Exception as exc:  # noqa: BLE001 - host syncs inside the run: no graph
