@@ -45,7 +45,6 @@ import traceback
 import warnings
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -194,67 +193,19 @@ def run_kilnrt(folder: str, row_stem: str, iters: int, timeout_s: float) -> dict
         return json.load(f)
 
 
-class PinnedHostCopies(TorchDispatchMode):
-    """Host-to-device copies from pageable memory made from pinned copies instead, which a CUDA
-    graph can hold.  Some transformers models build a small host tensor on every call (position
-    ids, a mask's bounds) and copy it to the GPU, and a capture refuses a pageable source.  A
-    source is pinned the first time its value is seen (in the warm-up call, outside the
-    capture); a copy of the same value during the capture reads that pinned tensor, which lives
-    as long as this object, and so as long as the graph if the caller keeps both.  The value is
-    the one seen at capture, so this only serves copies whose value depends on shapes alone, as
-    these do; a peer's output is not checked after it.  ``pin`` is injectable for tests."""
-
-    def __init__(self, pin=lambda t: t.pin_memory()):
-        super().__init__()
-        self.pin, self.pinned = pin, []
-
-    def _pinned(self, src: torch.Tensor) -> torch.Tensor:
-        for held in self.pinned:
-            if held.dtype == src.dtype and held.shape == src.shape and torch.equal(held, src):
-                return held
-        held = self.pin(src.contiguous())
-        self.pinned.append(held)
-        return held
-
-    @staticmethod
-    def _pageable(t) -> bool:
-        return isinstance(t, torch.Tensor) and t.device.type == "cpu" and not t.is_pinned()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
-        aten = torch.ops.aten
-        if func is aten._to_copy.default and self._pageable(args[0]) and kwargs.get("device") is not None \
-                and torch.device(kwargs["device"]).type != "cpu":
-            args = (self._pinned(args[0]), *args[1:])
-            kwargs["non_blocking"] = True
-        elif func is aten.copy_.default and isinstance(args[0], torch.Tensor) and args[0].device.type != "cpu" \
-                and self._pageable(args[1]):
-            args = (args[0], self._pinned(args[1]), True)
-            kwargs.pop("non_blocking", None)
-        return func(*args, **kwargs)
-
-
 def time_peer(fn, iters: int, log) -> tuple[float, bool]:
     """(median ms, whether it was replayed from a CUDA graph): a CUDA graph as for every peer;
-    where the capture refuses a copy from pageable host memory, again with such copies made
-    from pinned ones (:class:`PinnedHostCopies`); where the peer still cannot be captured, CUDA
-    events around eager calls, which then count the peer's launch overhead too (the row says
-    so: ``<peer>_graph`` is false)."""
+    where the peer cannot be captured (a model that copies from pageable host memory on every
+    call, as the eager transformers decoders and wav2vec2 do), CUDA events around eager calls,
+    which then count the peer's launch overhead too (the row says so: ``<peer>_graph`` is
+    false).  Making such copies read pinned tensors instead, through a Python dispatch mode,
+    did not make them capturable (2026-12-02, H200; why was not looked into), so it is gone.
+    Their torch.compile peers capture."""
     try:
         return round(time_cuda_graph(fn, iters, warmup=10), 4), True
     except Exception as exc:  # noqa: BLE001 - recorded in the row
         torch.cuda.synchronize()
-        first = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-    if "pinned" in first:
-        try:
-            with PinnedHostCopies():
-                ms = time_cuda_graph(fn, iters, warmup=10)
-            log(f"  captured with its host copies pinned ({first})")
-            return round(ms, 4), True
-        except Exception as exc:  # noqa: BLE001 - recorded in the row
-            torch.cuda.synchronize()
-            first += f"; with its host copies pinned: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-    log(f"  cannot be captured ({first}); timed with events")
+        log(f"  cannot be captured ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); timed with events")
     for _ in range(10):
         fn()
     return round(event_median_ms(fn, iters), 4), False

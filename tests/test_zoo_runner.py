@@ -74,27 +74,3 @@ def test_resume_any_commit_goes_on_and_skips_the_rows_held(zoo, tmp_path, monkey
     assert doc["kilnrt_commit"] == "mixed" and doc["gpu"] == "Stand-in GPU"
     assert "begun at commit mixed" in zoo.resume_mismatch(str(out), "abc1234", "Stand-in GPU")
 
-
-def test_pinned_host_copies_reuse_the_value_seen_before_and_leave_the_rest(zoo):
-    """A host-to-device copy from pageable memory reads a pinned copy (a stand-in here: a
-    clone, and the meta device as the GPU); a copy of the same value again reuses it, a new
-    value gets its own, and copies that are not host to device are left alone."""
-    pins = []
-
-    def pin(t):
-        pins.append(t.clone())
-        return pins[-1]
-
-    mode = zoo.PinnedHostCopies(pin=pin)
-    with mode:
-        a = torch.arange(6).to("meta")                  # _to_copy to another device: pinned
-        b = torch.arange(6).to("meta")                  # same value: the same pinned tensor
-        c = torch.arange(7).to("meta")                  # a new value: its own
-        dst = torch.empty(7, dtype=torch.int64, device="meta")
-        dst.copy_(torch.arange(7))                      # copy_ onto another device: reuses c's
-        d = torch.arange(3).to(torch.float32)           # host to host: untouched
-        e = torch.arange(3) + 1                         # not a copy at all
-    assert len(pins) == 2 and mode.pinned == pins
-    assert torch.equal(pins[0], torch.arange(6)) and torch.equal(pins[1], torch.arange(7))
-    assert a.device.type == b.device.type == c.device.type == "meta" and a.shape == (6,) and c.shape == (7,)
-    assert torch.equal(d, torch.arange(3).float()) and torch.equal(e, torch.arange(1, 4))
