@@ -1,10 +1,13 @@
-"""The README's speed tables and chart, generated from the results files, never typed in.
+"""The speed tables and charts of README.md and docs/earlier-results.md, generated from the
+results files, never typed in.
 
-    python benchmarks/report.py           # rewrite README.md's generated blocks and the chart
-    python benchmarks/report.py --check   # exit 1 if README.md is not what the files give (tests run this)
+    python benchmarks/report.py           # rewrite the generated blocks and the chart
+    python benchmarks/report.py --check   # exit 1 if a file is not what the results give (tests run this)
 
-Each block of README.md between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` is
-made by the function of that name below from the files it names (BENCHMARKS.md's format).
+Each block between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` is made by
+the function of that name below from the files it names (BENCHMARKS.md's format).  README.md
+shows one run (``RUN``: every row from one results file, one commit, one GPU, the peers in
+the same run); docs/earlier-results.md keeps the earlier runs, each row with its own file.
 Older files (run.py before the public call was timed) hold the outer-graph time in
 ``kilnrt_ms``; a row is read as such when it has no ``kilnrt_graph_ms``, and its public-call
 column stays empty.
@@ -16,14 +19,18 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
 README = os.path.join(ROOT, "README.md")
-CHART = os.path.join(ROOT, "docs", "images", "zoo-speedup.png")
+EARLIER = os.path.join(ROOT, "docs", "earlier-results.md")
+CHART = os.path.join(ROOT, "docs", "images", "speed.png")
 
+# the run README.md shows: one file, one commit, one GPU
+RUN = "2026-12-02-NVIDIA_H200-zoo-one-run.json"
 NAMES = {"resnet50": "ResNet-50", "bert": "BERT-base", "vit_b_16": "ViT-B/16", "mobilenet_v2": "MobileNetV2",
          "efficientnet_b0": "EfficientNet-B0", "convnext_tiny": "ConvNeXt-T"}
 # the newest run of each headline and tuned row (the models kilnrt was tuned on)
@@ -156,7 +163,7 @@ def zoo() -> str:
     return "\n".join(lines)
 
 
-def calls() -> str:
+def earlier_calls() -> str:
     lines = ["| model | `execute_async_v3` GPU time | host time per call | `engine.run` GPU time | host time per call "
              "| outer graph |", "|---|---|---|---|---|---|"]
     for name in CALLS:
@@ -190,15 +197,92 @@ def builds() -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"tuned": tuned, "zoo": zoo, "calls": calls, "builds": builds}
+def _run_rows() -> tuple[dict, list[dict]]:
+    doc = _load(RUN)
+    return doc, doc["rows"]
 
 
-def render(text: str) -> str:
-    """``text`` (README.md) with every generated block made again."""
-    for name, make in BLOCKS.items():
+def _zoo_models() -> list[str]:
+    """The models benchmarks/zoo.py runs, in its order."""
+    sys.path.insert(0, HERE)
+    from zoo_models import ZOO
+
+    return list(ZOO)
+
+
+def _geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def speed() -> str:
+    """README's table: every model of one run, the tuned ones first."""
+    doc, rows = _run_rows()
+    lines = ["| model | family | torch eager | torch.compile default | kilnrt (public call) | `engine.run` "
+             "| ÷ torch.compile | rel. L2 (eager's) | cold build |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    measured, missing = [], []
+    for row in rows:
+        if row.get("kilnrt_ms") is None:
+            missing.append(row)
+            continue
+        measured.append(row)
+        name = NAMES.get(row["model"], row["model"]) + (" †" if row.get("tuned") else "")
+        lines.append(f"| {name} | {row.get('family', '')} | {_peer_ms(row, 'torch_eager')} "
+                     f"| {_peer_ms(row, 'torch_compile_default')} | {_ms(row['kilnrt_ms'])} "
+                     f"| {_ms(row.get('kilnrt_run_ms'))} "
+                     f"| {_ratio(row.get('torch_compile_default_ms'), row['kilnrt_ms'])} "
+                     f"| {_err(row.get('relerr'))} ({_err(row.get('eager_relerr'))}) | {row['build_s']:.0f} s |")
+    lines.append("")
+    ratios = {r["model"]: r["torch_compile_default_ms"] / r["kilnrt_ms"] for r in measured
+              if r.get("torch_compile_default_ms")}
+    tuned = [v for r in measured if r.get("tuned") and r["model"] in ratios for v in [ratios[r["model"]]]]
+    others = [v for r in measured if not r.get("tuned") and r["model"] in ratios for v in [ratios[r["model"]]]]
+    below = ", ".join(f"{m} {v:.2f}×" for m, v in ratios.items() if v < 1.0)
+    builds = [r["build_s"] for r in measured]
+    lines.append(f"† tuned on. Against torch.compile's default mode, over the {len(ratios)} models: geometric mean "
+                 f"**{_geomean(list(ratios.values())):.2f}×** ({_geomean(tuned):.2f}× on the {len(tuned)} kilnrt was "
+                 f"tuned on, {_geomean(others):.2f}× on the {len(others)} nobody tuned for); at least 1.1× on "
+                 f"{sum(v >= 1.1 for v in ratios.values())}; below 1.0× on {sum(v < 1.0 for v in ratios.values())}"
+                 + (f" ({below})" if below else "") + f". Cold builds: {min(builds):.0f}–{max(builds):.0f} s, "
+                 f"median {statistics.median(builds):.0f} s.")
+    lines.append("")
+    unreached = [m for m in _zoo_models() if m not in {r["model"] for r in rows}]
+    if missing or unreached:
+        lines.append("Not measured in this run: " + "; ".join(
+            [f"{r['model']} ({r.get('error', 'no result')[:80]})" for r in missing]
+            + [f"{m} (not reached)" for m in unreached]) + ".")
+        lines.append("")
+    lines.append(f"From `{RUN}` ({doc['date']}, {doc['gpu']}, torch {doc['torch']}, Triton {doc['triton']}, "
+                 f"kilnrt {doc['kilnrt_commit']}).")
+    return "\n".join(lines)
+
+
+def calls() -> str:
+    """The cost of a call, from the same run: the models kilnrt was tuned on."""
+    doc, rows = _run_rows()
+    lines = ["| model | `execute_async_v3` GPU time | host time per call | `engine.run` GPU time | host time per call "
+             "| outer graph |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        if row.get("tuned") and row.get("kilnrt_ms") is not None:
+            lines.append(f"| {NAMES.get(row['model'], row['model'])} | {_ms(row['kilnrt_ms'])} "
+                         f"| {row['host_us']:.1f} µs | {_ms(row['kilnrt_run_ms'])} | {row['run_host_us']:.1f} µs "
+                         f"| {_ms(row['kilnrt_graph_ms'])} |")
+    lines.append("")
+    lines.append(f"From `{RUN}` (the run above).")
+    return "\n".join(lines)
+
+
+# file -> {block name: its maker}
+BLOCKS = {README: {"speed": speed, "calls": calls},
+          EARLIER: {"tuned": tuned, "zoo": zoo, "calls": earlier_calls, "builds": builds}}
+
+
+def render(text: str, blocks: dict) -> str:
+    """``text`` with every generated block of ``blocks`` made again."""
+    for name, make in blocks.items():
         pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(<!-- /generated:{name} -->)", re.S)
         if not pattern.search(text):
-            raise SystemExit(f"README.md has no <!-- generated:{name} --> block")
+            raise SystemExit(f"no <!-- generated:{name} --> block")
         body = make()
         text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
     return text
@@ -208,9 +292,10 @@ def chart() -> str:
     sys.path.insert(0, ROOT)
     from kilnrt.cli.plots import results_figure
 
-    titles = sorted({f"{_load(n)['gpu']}, {_load(n)['date']}" for n in ZOO})
-    fig = results_figure(_zoo_rows(), titles,
-                         title="kilnrt over each peer, the zoo (peer ms / kilnrt public-call ms)")
+    doc, rows = _run_rows()
+    fig = results_figure([r for r in rows if r.get("kilnrt_ms") is not None], [f"{doc['gpu']}, {doc['date']}"],
+                         title=f"kilnrt over each peer, one run ({doc['gpu']}, {doc['date']}, kilnrt "
+                               f"{doc['kilnrt_commit']}): peer ms / kilnrt public-call ms, batch 1, FP16")
     os.makedirs(os.path.dirname(CHART), exist_ok=True)
     fig.savefig(CHART, dpi=120)
     import matplotlib.pyplot as plt
@@ -221,19 +306,25 @@ def chart() -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--check", action="store_true", help="only compare README.md with what the files give")
+    p.add_argument("--check", action="store_true", help="only compare the files with what the results give")
     args = p.parse_args(argv)
-    with open(README) as f:
-        text = f.read()
-    new = render(text)
+    stale = []
+    for path, blocks in BLOCKS.items():
+        with open(path) as f:
+            text = f.read()
+        new = render(text, blocks)
+        if new == text:
+            continue
+        stale.append(os.path.relpath(path, ROOT))
+        if not args.check:
+            with open(path, "w") as f:
+                f.write(new)
     if args.check:
-        if new != text:
-            print("README.md's generated blocks differ from the results files: run python benchmarks/report.py")
+        if stale:
+            print(f"{', '.join(stale)}: generated blocks differ from the results files: run python benchmarks/report.py")
             return 1
         return 0
-    with open(README, "w") as f:
-        f.write(new)
-    print(f"README.md updated; chart: {chart()}")
+    print(f"updated: {', '.join(stale) or 'nothing'}; chart: {chart()}")
     return 0
 
 

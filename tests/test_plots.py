@@ -40,6 +40,10 @@ def test_speedups_are_peer_over_kilnrt_with_gaps(tmp_path):
     assert labels == ["resnet50 b1 fp16", "resnet50 b256 fp16", "bert b32 s128 fp16"] and titles == ["Test GPU, 2026-12-01"]
     assert ratios["torch_eager_ms"] == pytest.approx([r["torch_eager_ms"] / r["kilnrt_ms"] for r in rows])
     assert ratios["torch_compile_ms"][1] is None and ratios["torch_compile_default_ms"] == [None] * 3
+    got_rows[0]["torch_eager_graph"] = False   # timed with events: not charted against a graph replay
+    assert speedups(got_rows)[1]["torch_eager_ms"][0] is None
+    got_rows[0]["torch_eager_graph"] = True
+    assert speedups(got_rows)[1]["torch_eager_ms"][0] == pytest.approx(rows[0]["torch_eager_ms"] / rows[0]["kilnrt_ms"])
 
 
 @pytest.mark.parametrize("log", [True, False])

@@ -65,13 +65,16 @@ def read_results(json_paths: Sequence[str | os.PathLike]) -> tuple[list[dict[str
 
 
 def speedups(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], dict[str, list[float | None]]]:
-    """Row labels, and for each peer its time over kilnrt's per row (None where either is missing)."""
+    """Row labels, and for each peer its time over kilnrt's per row (None where either is
+    missing, or where the peer was timed with CUDA events because it could not be replayed
+    from a CUDA graph, ``<peer>_graph`` false: its time then counts launch overhead that
+    kilnrt's does not)."""
     labels, out = [], {k: [] for k in PEERS}
     for row in rows:
         ours = row.get("kilnrt_ms")
         labels.append(_row_label(row))
         for key in PEERS:
-            theirs = row.get(key)
+            theirs = None if row.get(key[:-len("_ms")] + "_graph") is False else row.get(key)
             ok = isinstance(ours, (int, float)) and isinstance(theirs, (int, float)) and ours > 0 and theirs > 0
             out[key].append(theirs / ours if ok else None)
     return labels, out
