@@ -72,6 +72,30 @@ def test_output_shapes_follow_input_shapes(engine):
     assert ctx.get_tensor_shape("z") == (3,)
 
 
+def test_output_shapes_follow_input_shapes_after_a_run(engine):
+    """After a run, a new input shape changes the outputs' shapes before the next run (the last
+    run's shapes were returned before)."""
+    ctx = engine.create_execution_context()
+    ctx.run(batch_feeds(3))
+    assert ctx.get_tensor_shape("y") == (3, 8)
+    for name, shape in (("x", (5, 8)), ("s", (5, 8)), ("idx", (5,))):
+        ctx.set_input_shape(name, shape)
+    assert ctx.get_tensor_shape("y") == (5, 8) and ctx.get_tensor_shape("z") == (5,)
+    ctx.run(batch_feeds(2))
+    assert ctx.get_tensor_shape("y") == (2, 8)
+
+
+def test_a_data_dependent_output_is_unknown_again_at_new_input_shapes():
+    engine = kilnrt.build(nonzero_model(), device="cpu", profiles={"x": [(1, 5), (4, 5), (8, 5)]})
+    ctx = engine.create_execution_context()
+    x = np.array(seeded_inputs(nonzero_model(), shapes={"x": (3, 5)})["x"])
+    x[0, 0] = abs(x[0, 0]) + 0.5   # at least one positive value
+    out = ctx.run({"x": x})["y"]
+    assert ctx.get_tensor_shape("y") == out.shape == (2, int((x > 0).sum()))
+    ctx.set_input_shape("x", (6, 5))
+    assert ctx.get_tensor_shape("y") == (2, -1)   # known only after a run, as TensorRT says
+
+
 def test_set_tensor_address_with_numpy_arrays(engine):
     feeds = batch_feeds(5)
     ctx = engine.create_execution_context()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from kilnrt.device import out_of_memory, pointer_kind
-from kilnrt.engine.cudagraph import current_raw_stream
+from kilnrt.engine.cudagraph import GraphPool, current_raw_stream
 from kilnrt.errors import DTypeError, ErrorCode, ExecutionError, KilnError, ShapeError
 from kilnrt.network.dtypes import DataType, numpy_to_torch, torch_to_numpy
 
@@ -66,11 +66,23 @@ class ExecutionContext:
     # -- shapes ----------------------------------------------------------------------
     def set_input_shape(self, name: str, shape: Sequence[int]) -> bool:
         checked = self.engine.check_input_shape(name, shape, self.active_optimization_profile)
-        if self._shapes.get(name) != checked:
-            self._version += 1
-            self._shapes[name] = checked
-            self._output_shapes.clear()   # the last run's: inferred again for the new shapes
+        self._set_shape(name, checked)
         return True
+
+    def _set_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        """Record an input's (checked) shape.  A new one drops the last run's output shapes:
+        ``get_tensor_shape`` infers them again for the new shapes (-1 for a size that depends
+        on data, as TensorRT says, until a run at these shapes)."""
+        if self._shapes.get(name) != shape:
+            self._shapes[name] = shape
+            self._version += 1
+            self._output_shapes.clear()
+
+    def _set_profile(self, profile: int) -> None:
+        if profile != self.active_optimization_profile:
+            self.active_optimization_profile = profile
+            self._version += 1
+            self._output_shapes.clear()
 
     def _check_shared_dims(self) -> None:
         """Inputs that share a symbolic dim (``batch``) must be given the same size for it."""
@@ -169,9 +181,7 @@ class ExecutionContext:
             raise KilnError(ErrorCode.INVALID_ARGUMENT,
                             f"profile index {profile_index} out of range: the engine has "
                             f"{self.engine.num_optimization_profiles} profile(s)")
-        if profile_index != self.active_optimization_profile:
-            self._version += 1
-            self.active_optimization_profile = profile_index
+        self._set_profile(profile_index)
         return True
 
     # -- bindings --------------------------------------------------------------------
@@ -350,8 +360,6 @@ class ExecutionContext:
 
     def _graph_pool(self):
         if self._pool is None:
-            from kilnrt.engine.cudagraph import GraphPool
-
             self._pool = GraphPool()
         return self._pool
 
@@ -460,9 +468,9 @@ class ExecutionContext:
                             f"missing input(s) {', '.join(map(repr, missing))}; the engine's inputs are: "
                             + ", ".join(f"{t.name} {t.dtype.name}{list(t.symbolic or t.shape)}" for t in inputs))
         if len(self.engine.profiles) > 1:   # the narrowest profile that holds these shapes
-            self.active_optimization_profile = self.engine.profile_containing(
+            self._set_profile(self.engine.profile_containing(
                 {t.name: tuple(np.shape(feeds[t.name])) if not isinstance(feeds[t.name], torch.Tensor)
-                 else tuple(feeds[t.name].shape) for t in inputs})
+                 else tuple(feeds[t.name].shape) for t in inputs}))
         # numpy in, numpy out; torch in, torch out; no inputs: what the engine runs on
         as_numpy = self.engine.device != "cuda" or bool(inputs)
         tensors: dict[str, torch.Tensor] = {}
@@ -538,13 +546,9 @@ class ExecutionContext:
 
     def _adopt(self, profile: int, shapes: dict[str, tuple[int, ...]]) -> None:
         """Make ``profile`` and ``shapes`` (already checked) the context's, as run() would."""
-        if profile != self.active_optimization_profile:
-            self.active_optimization_profile = profile
-            self._version += 1
+        self._set_profile(profile)
         for name, shape in shapes.items():
-            if self._shapes.get(name) != shape:
-                self._shapes[name] = shape
-                self._version += 1
+            self._set_shape(name, shape)
 
     def _finish_run(self, outputs: dict[str, torch.Tensor], tensors, as_numpy: bool) -> dict[str, Any]:
         """run()'s results: the caller's own arrays or tensors, never the graph's buffers."""
