@@ -5,9 +5,10 @@ results files, never typed in.
     python benchmarks/report.py --check   # exit 1 if a file is not what the results give (tests run this)
 
 Each block between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` is made by
-the function of that name below from the files it names (BENCHMARKS.md's format).  README.md
-shows one run (``RUN``: every row from one results file, one commit, one GPU, the peers in
-the same run); docs/earlier-results.md keeps the earlier runs, each row with its own file.
+the function of that name below from the files it names (the results format of
+``benchmarks/measure.py``'s ``results_header``).  README.md shows one run (``RUN``: every row
+from one results file, one commit, one GPU, the peers in the same run); docs/earlier-results.md
+keeps the earlier runs, each table naming its files.
 Older files (run.py before the public call was timed) hold the outer-graph time in
 ``kilnrt_ms``; a row is read as such when it has no ``kilnrt_graph_ms``, and its public-call
 column stays empty.
@@ -149,7 +150,7 @@ def zoo() -> str:
                      f"| {_err(row.get('relerr'))} ({_err(row.get('eager_relerr'))}) | {row['build_s']:.0f} s |")
     lines.append("")
     if ratios:
-        geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+        geomean = _geomean(ratios)
         lines.append(f"Over the {len(ratios)} rows with the default-mode peer: kilnrt is at least 1.1× on "
                      f"{sum(r >= 1.1 for r in ratios)}, below 1.0× on {sum(r < 1.0 for r in ratios)}; geometric "
                      f"mean {geomean:.2f}×.")
@@ -164,14 +165,9 @@ def zoo() -> str:
 
 
 def earlier_calls() -> str:
-    lines = ["| model | `execute_async_v3` GPU time | host time per call | `engine.run` GPU time | host time per call "
-             "| outer graph |", "|---|---|---|---|---|---|"]
+    lines = []
     for name in CALLS:
-        doc = _load(name)
-        for row in doc["rows"]:
-            lines.append(f"| {NAMES.get(row['model'], row['model'])} batch 1 | {_ms(row['kilnrt_ms'])} "
-                         f"| {row['host_us']:.1f} µs | {_ms(row['kilnrt_run_ms'])} | {row['run_host_us']:.1f} µs "
-                         f"| {_ms(row['kilnrt_graph_ms'])} |")
+        lines += _calls_table(_load(name)["rows"], lambda row: f"{NAMES.get(row['model'], row['model'])} batch 1")
     lines.append("")
     lines.append("From " + ", ".join(f"`{n}` ({_load(n)['date']}, {_load(n)['gpu']})" for n in CALLS) + ".")
     return "\n".join(lines)
@@ -202,71 +198,77 @@ def _run_rows() -> tuple[dict, list[dict]]:
     return doc, doc["rows"]
 
 
-def _zoo_models() -> list[str]:
-    """The models benchmarks/zoo.py runs, in its order."""
-    sys.path.insert(0, HERE)
-    from zoo_models import ZOO
-
-    return list(ZOO)
-
-
 def _geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
+def _row_name(row: dict, batches_per_model: int) -> str:
+    name = NAMES.get(row["model"], row["model"]) + (" †" if row.get("tuned") else "")
+    return f"{name}, batch {row['batch']}" if batches_per_model > 1 else name
+
+
+def _compile_ratio(row: dict) -> float | None:
+    """torch.compile default's time over kilnrt's, where both were replayed from a CUDA graph."""
+    if not row.get("torch_compile_default_ms") or row.get("torch_compile_default_graph") is False:
+        return None
+    return row["torch_compile_default_ms"] / row["kilnrt_ms"]
+
+
 def speed() -> str:
-    """README's table: every model of one run, the tuned ones first."""
+    """README's table: every row of one run, the tuned models first."""
     doc, rows = _run_rows()
+    per_model = max((sum(r["model"] == m for r in rows) for m in {r["model"] for r in rows}), default=1)
     lines = ["| model | family | torch eager | torch.compile default | kilnrt (public call) | `engine.run` "
              "| ÷ torch.compile | rel. L2 (eager's) | cold build |",
              "|---|---|---|---|---|---|---|---|---|"]
-    measured, missing = [], []
-    for row in rows:
-        if row.get("kilnrt_ms") is None:
-            missing.append(row)
-            continue
-        measured.append(row)
-        name = NAMES.get(row["model"], row["model"]) + (" †" if row.get("tuned") else "")
-        lines.append(f"| {name} | {row.get('family', '')} | {_peer_ms(row, 'torch_eager')} "
+    measured = [r for r in rows if r.get("kilnrt_ms") is not None]
+    for row in measured:
+        lines.append(f"| {_row_name(row, per_model)} | {row.get('family', '')} | {_peer_ms(row, 'torch_eager')} "
                      f"| {_peer_ms(row, 'torch_compile_default')} | {_ms(row['kilnrt_ms'])} "
                      f"| {_ms(row.get('kilnrt_run_ms'))} "
                      f"| {_ratio(row.get('torch_compile_default_ms'), row['kilnrt_ms'])} "
                      f"| {_err(row.get('relerr'))} ({_err(row.get('eager_relerr'))}) | {row['build_s']:.0f} s |")
     lines.append("")
-    ratios = {r["model"]: r["torch_compile_default_ms"] / r["kilnrt_ms"] for r in measured
-              if r.get("torch_compile_default_ms")}
-    tuned = [v for r in measured if r.get("tuned") and r["model"] in ratios for v in [ratios[r["model"]]]]
-    others = [v for r in measured if not r.get("tuned") and r["model"] in ratios for v in [ratios[r["model"]]]]
-    below = ", ".join(f"{m} {v:.2f}×" for m, v in ratios.items() if v < 1.0)
+    ratios = [(row, _compile_ratio(row)) for row in measured if _compile_ratio(row) is not None]
+    every = [v for _, v in ratios]
+    tuned = [v for row, v in ratios if row.get("tuned")]
+    others = [v for row, v in ratios if not row.get("tuned")]
+    below = ", ".join(f"{_row_name(row, per_model).rstrip(' †')} {v:.2f}×" for row, v in ratios if v < 1.0)
     builds = [r["build_s"] for r in measured]
-    lines.append(f"† tuned on. Against torch.compile's default mode, over the {len(ratios)} models: geometric mean "
-                 f"**{_geomean(list(ratios.values())):.2f}×** ({_geomean(tuned):.2f}× on the {len(tuned)} kilnrt was "
-                 f"tuned on, {_geomean(others):.2f}× on the {len(others)} nobody tuned for); at least 1.1× on "
-                 f"{sum(v >= 1.1 for v in ratios.values())}; below 1.0× on {sum(v < 1.0 for v in ratios.values())}"
+    lines.append(f"† tuned on. Against torch.compile's default mode, over the {len(every)} rows where both were "
+                 f"replayed from a CUDA graph: geometric mean **{_geomean(every):.2f}×** ({_geomean(tuned):.2f}× on "
+                 f"the {len(tuned)} kilnrt was tuned on, {_geomean(others):.2f}× on the {len(others)} nobody tuned "
+                 f"for); at least 1.1× on {sum(v >= 1.1 for v in every)}; below 1.0× on {sum(v < 1.0 for v in every)}"
                  + (f" ({below})" if below else "") + f". Cold builds: {min(builds):.0f}–{max(builds):.0f} s, "
                  f"median {statistics.median(builds):.0f} s.")
     lines.append("")
-    unreached = [m for m in _zoo_models() if m not in {r["model"] for r in rows}]
-    if missing or unreached:
-        lines.append("Not measured in this run: " + "; ".join(
-            [f"{r['model']} ({r.get('error', 'no result')[:80]})" for r in missing]
-            + [f"{m} (not reached)" for m in unreached]) + ".")
+    have = {(r["model"], r["batch"]) for r in rows}
+    missing = [f"{r['model']} ({r.get('error', 'no result')[:80]})" for r in rows if r.get("kilnrt_ms") is None]
+    missing += [f"{m} batch {b} (not reached)" if per_model > 1 else f"{m} (not reached)"
+                for m, b in doc.get("planned", []) if (m, b) not in have]
+    if missing:
+        lines.append("Not measured in this run: " + "; ".join(missing) + ".")
         lines.append("")
     lines.append(f"From `{RUN}` ({doc['date']}, {doc['gpu']}, torch {doc['torch']}, Triton {doc['triton']}, "
                  f"kilnrt {doc['kilnrt_commit']}).")
     return "\n".join(lines)
 
 
-def calls() -> str:
-    """The cost of a call, from the same run: the models kilnrt was tuned on."""
-    doc, rows = _run_rows()
+def _calls_table(rows: list[dict], label) -> list[str]:
     lines = ["| model | `execute_async_v3` GPU time | host time per call | `engine.run` GPU time | host time per call "
              "| outer graph |", "|---|---|---|---|---|---|"]
     for row in rows:
-        if row.get("tuned") and row.get("kilnrt_ms") is not None:
-            lines.append(f"| {NAMES.get(row['model'], row['model'])} | {_ms(row['kilnrt_ms'])} "
-                         f"| {row['host_us']:.1f} µs | {_ms(row['kilnrt_run_ms'])} | {row['run_host_us']:.1f} µs "
-                         f"| {_ms(row['kilnrt_graph_ms'])} |")
+        lines.append(f"| {label(row)} | {_ms(row['kilnrt_ms'])} | {row['host_us']:.1f} µs "
+                     f"| {_ms(row['kilnrt_run_ms'])} | {row['run_host_us']:.1f} µs | {_ms(row['kilnrt_graph_ms'])} |")
+    return lines
+
+
+def calls() -> str:
+    """The cost of a call, from the same run: the models kilnrt was tuned on."""
+    doc, rows = _run_rows()
+    per_model = max((sum(r["model"] == m for r in rows) for m in {r["model"] for r in rows}), default=1)
+    lines = _calls_table([r for r in rows if r.get("tuned") and r.get("kilnrt_ms") is not None],
+                         lambda row: _row_name(row, per_model).rstrip(" †"))
     lines.append("")
     lines.append(f"From `{RUN}` (the run above).")
     return "\n".join(lines)

@@ -335,10 +335,19 @@ def load_resumed(path: str) -> list[dict]:
     return rows
 
 
-def write_results(path: str, rows: list[dict]) -> None:
-    """The results file; its ``kilnrt_commit`` (and ``gpu``) is ``"mixed"`` when its rows name
-    several (a run resumed with ``--resume-any-commit``)."""
-    doc = {**results_header("zoo", torch.cuda.get_device_name()), "rows": rows}
+def load_planned(path: str) -> list[list]:
+    """The ``[model, batch]`` rows that the runs writing ``path`` set out to measure."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [list(key) for key in json.load(f).get("planned", [])]
+
+
+def write_results(path: str, rows: list[dict], planned: list[list] | None = None) -> None:
+    """The results file, with the rows measured so far and the ``planned`` ones (those a
+    stopped run did not reach are missing from ``rows``); its ``kilnrt_commit`` (and ``gpu``)
+    is ``"mixed"`` when its rows name several (a run resumed with ``--resume-any-commit``)."""
+    doc = {**results_header("zoo", torch.cuda.get_device_name()), "planned": planned or [], "rows": rows}
     for key in ("kilnrt_commit", "gpu"):
         named = {r[key] for r in rows if key in r}
         if len(named | {doc[key]}) > 1:
@@ -402,12 +411,14 @@ def main(argv=None) -> int:
             p.error(f"--resume: {mismatch}; one results file holds one commit's run on one GPU model. "
                     "Give another --out, or pass --resume-any-commit to mix them (each row records its commit)")
     rows = load_resumed(out) if args.resume else []
+    planned = load_planned(out) if args.resume else []
     done = {(r["model"], r["batch"]) for r in rows}
     todo = []
     for name in names:
         entry = ZOO[name]
         batches = {"1": entry.batches[:1], "throughput": entry.batches[1:], "both": entry.batches}[args.batches]
         todo += [(name, b) for b in batches if (name, b) not in done]
+        planned += [[name, b] for b in batches if [name, b] not in planned]
     log = lambda m: print(m, flush=True)  # noqa: E731
     folder = args.folder or tempfile.mkdtemp(prefix="kilnrt-zoo-")
     os.makedirs(folder, exist_ok=True)
@@ -425,7 +436,7 @@ def main(argv=None) -> int:
                 ready = prepared[(name, batch)]
                 if isinstance(ready, BaseException):
                     row["error"] = f"preparing: {ready}"
-                    write_results(out, rows)
+                    write_results(out, rows, planned)
                     continue
                 info, conn, proc = ready
                 row.update(info)
@@ -439,7 +450,7 @@ def main(argv=None) -> int:
             except Exception as exc:  # noqa: BLE001 - report it and go on with the other rows
                 traceback.print_exc()
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-            write_results(out, rows)
+            write_results(out, rows, planned)
             if stopped:
                 break
     except Stopped as exc:

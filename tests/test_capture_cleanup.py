@@ -67,3 +67,25 @@ def test_a_failing_heal_still_restores_the_stream_and_keeps_the_first_error(monk
                 raise ValueError("the first error")
     assert calls.stream == "caller"
     assert "random generator may still be in capture mode" in caplog.text
+
+
+def test_a_graph_pool_moves_on_after_a_failed_capture_and_only_then(monkeypatch):
+    """GraphPool: a successful capture keeps the pool; a failed one (any exception, Ctrl+C
+    too) gives later captures a new handle and keeps the failed graph; the one GraphPool a
+    context gives its GraphCache and BoundGraphs is shared, so both move on together."""
+    calls = _Calls(monkeypatch)
+    handles = iter([(0, 1), (0, 2), (0, 3)])
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: next(handles))
+    pool = cudagraph.GraphPool()
+    with pool.capture("ok", "side"):
+        pass
+    assert pool.handle == (0, 1) and ("capture", "ok", cudagraph.CAPTURE_MODE) in calls.log
+    for exc in (RuntimeError("operation not permitted when stream is capturing"), KeyboardInterrupt()):
+        with pytest.raises(type(exc)):
+            with pool.capture("bad", "side"):
+                raise exc
+    assert pool.handle == (0, 3) and len(pool._failed) == 2
+    assert [entry[1] for entry in calls.log if entry[0] == "release"] == [(0, 1), (0, 2)]
+    monkeypatch.setattr(cudagraph, "owned_stream", lambda owner: "side")
+    cache, bound = cudagraph.GraphCache(object(), pool=pool), cudagraph.BoundGraphs(pool=pool)
+    assert cache._pool is bound._pool is pool

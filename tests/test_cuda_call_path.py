@@ -246,7 +246,7 @@ def test_a_failed_capture_leaves_pytorch_as_it_was():
     engine = kilnrt.build(nonzero_model(), device="cuda", profiles={"x": [(1, 5), (4, 5), (8, 5)]})
     ctx = engine.create_execution_context()
     before = torch.cuda.current_stream()
-    for rows in (3, 7):   # two shape sets: two failed captures into the context's one pool
+    for rows in (3, 7):   # two shape sets: two failed captures (the second into a new pool)
         x = torch.randn(rows, 5, device="cuda")
         got = ctx.run({"x": x})["y"]
         torch.testing.assert_close(got.cpu(), torch.nonzero(x.cpu() > 0).T)
@@ -267,11 +267,12 @@ def test_a_failed_capture_leaves_pytorch_as_it_was():
 
 
 @pytest.mark.parametrize("call", ["run", "execute_async_v3"])
-def test_a_context_whose_first_capture_failed_captures_later_ones(call):
-    """The first capture of a context fails (a host sync inside it, injected); the next shape
-    set's capture succeeds and replays correctly.  Before the pool was anchored, the failed
-    capture's share was the pool's only one: PyTorch then refused every later capture into it
-    ("use_count > 0 INTERNAL ASSERT FAILED"), and the context ran eagerly for good."""
+@pytest.mark.parametrize("fail_at", [0, 1], ids=["first capture fails", "a later capture fails"])
+def test_a_context_captures_again_after_a_failed_capture(call, fail_at):
+    """One capture of a context fails (a host sync inside it, injected): the first one, which
+    left PyTorch's pool with no user ("use_count > 0 INTERNAL ASSERT" on the next capture), or
+    one after a successful capture, which left the pool "already recording".  The next shape
+    set captures into a new pool, and the graphs of both pools replay correctly."""
     from models import chain_model
 
     model = chain_model(width=32, depth=3, batch="n")
@@ -280,29 +281,33 @@ def test_a_context_whose_first_capture_failed_captures_later_ones(call):
     ctx = engine.create_execution_context()
     program = engine.program
     real = program.execute
-    failed = []
+    captures = []
 
     def execute(feeds, *args, **kwargs):
-        if torch.cuda.is_current_stream_capturing() and not failed:
-            failed.append(True)
-            torch.cuda.synchronize()   # not permitted while capturing: this capture fails
+        if torch.cuda.is_current_stream_capturing():
+            captures.append(len(captures))
+            if captures[-1] == fail_at:
+                torch.cuda.synchronize()   # not permitted while capturing: this capture fails
         return real(feeds, *args, **kwargs)
 
     program.execute = execute
-    for rows in (3, 5, 5):
-        x = torch.randn(rows, 32, device="cuda")
-        if call == "run":
-            got = ctx.run({"x": x})["y"]
-        else:
-            ctx.set_input_shape("x", tuple(x.shape))
-            got = torch.empty(tuple(ctx.get_tensor_shape("y")), device="cuda")
-            ctx.set_tensor_address("x", x.data_ptr())
-            ctx.set_tensor_address("y", got.data_ptr())
-            assert ctx.execute_async_v3(torch.cuda.current_stream().cuda_stream)
-        torch.cuda.synchronize()
-        want = reference.run({"x": x.cpu().numpy()})["y"]
-        np.testing.assert_allclose(got.cpu().numpy(), want, rtol=2e-2, atol=2e-2)   # TF32 GEMMs on the GPU
-    stats = ctx.graph_stats
-    assert failed == [True]
-    assert "INTERNAL ASSERT" not in stats.fallback_reason, stats.fallback_reason
-    assert stats.captures >= 1 and stats.replays >= 1, stats   # bound buffers: a graph per set of addresses
+    sizes = (2, 3, 5)   # fail_at 0: 2 fails, 3 and 5 capture; fail_at 1: 2 captures, 3 fails, 5 captures
+    x = {rows: torch.randn(rows, 32, device="cuda") for rows in sizes}
+    outs = {rows: torch.empty(rows, 32, device="cuda") for rows in sizes}
+    for _ in range(2):   # the second round replays what the first captured, in both pools
+        for rows in sizes:
+            if call == "run":
+                got = ctx.run({"x": x[rows]})["y"]
+            else:   # one set of buffers per shape: one bound graph each
+                ctx.set_input_shape("x", (rows, 32))
+                ctx.set_tensor_address("x", x[rows].data_ptr())
+                ctx.set_tensor_address("y", outs[rows].data_ptr())
+                assert ctx.execute_async_v3(torch.cuda.current_stream().cuda_stream)
+                got = outs[rows]
+            torch.cuda.synchronize()
+            want = reference.run({"x": x[rows].cpu().numpy()})["y"]
+            np.testing.assert_allclose(got.cpu().numpy(), want, rtol=2e-2, atol=2e-2)   # TF32 GEMMs
+    stats = ctx.graph_stats if call == "run" else ctx._bound.stats
+    assert "INTERNAL ASSERT" not in stats.fallback_reason and "already recording" not in stats.fallback_reason, \
+        stats.fallback_reason
+    assert stats.captures == 2 and stats.eager_runs == 2 and stats.replays >= 2, stats

@@ -74,3 +74,14 @@ def test_resume_any_commit_goes_on_and_skips_the_rows_held(zoo, tmp_path, monkey
     assert doc["kilnrt_commit"] == "mixed" and doc["gpu"] == "Stand-in GPU"
     assert "begun at commit mixed" in zoo.resume_mismatch(str(out), "abc1234", "Stand-in GPU")
 
+
+def test_the_planned_rows_are_kept_across_resumed_runs(zoo, tmp_path):
+    """A results file lists the rows its runs set out to measure, so that a report can name
+    the ones a stopped run never reached."""
+    out = tmp_path / "zoo.json"
+    assert zoo.load_planned(str(out)) == []
+    zoo.write_results(str(out), [{"model": "squeezenet1_1", "batch": 1, "kilnrt_ms": 0.09}],
+                      [["squeezenet1_1", 1], ["gpt2", 1]])
+    doc = json.loads(out.read_text())
+    assert doc["planned"] == [["squeezenet1_1", 1], ["gpt2", 1]] and doc["kilnrt_commit"] == "abc1234"
+    assert zoo.load_planned(str(out)) == [["squeezenet1_1", 1], ["gpt2", 1]]

@@ -55,7 +55,7 @@ class ExecutionContext:
         self._advertised: dict[tuple, dict[str, tuple[int, ...]]] = {}   # see _pointer_output_shapes
         self._graphs: dict[int, Any] = {}   # optimization profile -> its CUDA-graph cache (run())
         self._bound = None                  # BoundGraphs of execute_async_v3 on bound buffers
-        self._pool = None                   # the CUDA-graph memory pool all of this context's graphs share
+        self._pool = None                   # the CUDA-graph memory pool this context's graphs share (GraphPool)
         self._version = 0                   # bumped by every change of shapes, bindings or profile
         self._fast = None                   # (version, stream handle, program, launch) of the last bound run
         self._checked: dict[tuple, tuple] = {}   # run(): feeds signature -> (profile, shapes) already checked

@@ -3,7 +3,8 @@ use and replayed after, so a run costs one graph launch however many layers it h
 
 Shape computations run on the host before launch (:mod:`kilnrt.engine.shape_program`), so
 a dynamic-shape engine captures like a static one.  The graphs of one context share one
-memory pool (one activation arena, as large as the largest shape set needs; :class:`GraphPool`).  The cache is
+memory pool (one activation arena, as large as the largest shape set needs), until a capture
+fails: later graphs then go to a new pool (:class:`GraphPool`).  The cache is
 bounded by a count and by the bytes the graphs' inputs and outputs hold
 (:class:`GraphCacheConfig`); the least recently used graph goes first.  A network whose run
 needs the host mid-way (data-dependent shapes) cannot be captured; it runs eagerly, and the
@@ -220,22 +221,30 @@ class GraphPool:
     for a new one.  Seen on the H200 (torch 2.11) after a failed capture, even once
     :func:`capturing` had ended the caching allocator's recording and given the failed
     graph's share back: the next capture into the same pool was refused, "beginAllocateToPool:
-    already recording to mempool_id" (the pinned-host allocator's recording is not ended, and
-    Python cannot end it), or "use_count > 0 INTERNAL ASSERT FAILED" where the failed capture
-    had been the pool's only user.  Either way the context ran every new shape set eagerly
-    for good.  So after a failed capture later graphs go to a new pool; the graphs captured
-    before keep the old one until they are freed."""
+    already recording to mempool_id" (PyTorch's pinned-host allocator records into the pool
+    too, and Python cannot end that recording), or "use_count > 0 INTERNAL ASSERT FAILED" where
+    the failed capture had been the pool's only user.  Either way the context ran every new
+    shape set eagerly for good.
+
+    So after a failed capture, later graphs go to a new pool.  The graphs captured before keep
+    the old one, and its memory, until they are freed: each failure can cost one more
+    activation arena while older graphs live (a pool with no graph left is freed by PyTorch's
+    next ``empty_cache``, which every capture calls).  The failed graphs are kept as long as
+    this object: in PyTorch's source, the pinned-host allocator's leftover recording holds a
+    filter that reads its graph object, which must not be freed under it."""
 
     def __init__(self) -> None:
         self.handle = torch.cuda.graph_pool_handle()
+        self._failed: list = []
 
     @contextlib.contextmanager
-    def capturing(self, graph: "torch.cuda.CUDAGraph", stream: torch.cuda.Stream):
-        """:func:`capturing` into this pool."""
+    def capture(self, graph: "torch.cuda.CUDAGraph", stream: torch.cuda.Stream):
+        """:func:`capturing` into this pool; a failure moves later captures to a new pool."""
         try:
             with capturing(graph, self.handle, stream):
                 yield
         except BaseException:
+            self._failed.append(graph)
             self.handle = torch.cuda.graph_pool_handle()
             raise
 
@@ -358,7 +367,7 @@ class GraphCache:
                 self.program.execute(static_in)  # warm-up: library handles, autotuning, lazy init
             stream.wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with self._pool.capturing(graph, side):
+            with self._pool.capture(graph, side):
                 static_out = self.program.execute(static_in)
             stream.wait_stream(side)
         except Exception as exc:  # noqa: BLE001 - host syncs inside the run: no graph
@@ -440,7 +449,7 @@ class BoundGraphs:
         del outputs
         try:
             graph = torch.cuda.CUDAGraph()
-            with self._pool.capturing(graph, side):
+            with self._pool.capture(graph, side):
                 write(program.execute(feeds))
             stream.wait_stream(side)
         except Exception as exc:  # noqa: BLE001 - host syncs inside the run: no graph
