@@ -186,6 +186,93 @@ def test_request_errors_say_what_is_wrong(digits_model, feeds, message):
     assert message in str(info.value)
 
 
+def test_an_unknown_output_is_named_with_the_models_outputs(digits_model):
+    x = _images(np.random.default_rng(fresh_seed()), 2)
+    assert digits_model.check_request({"input": x}, ["logits"]) == 2
+    with pytest.raises(RequestError) as info:
+        digits_model.check_request({"input": x}, ["logits", "probs"])
+    assert "model 'digits' has no output 'probs'; its outputs: logits FP32[-1, 10]" in str(info.value)
+
+
+def _gram_model(tmp_path, batch) -> Path:
+    """``x`` (N, 4) -> ``gram`` = x @ x.T (N, N) and ``y`` = relu(x) (N, 4): the batch dim is
+    also the second dim of ``gram`` (``batch``: its name, or None for an unnamed one)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "xt"], ["gram"]), helper.make_node("Relu", ["x"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])],
+                              [helper.make_tensor_value_info("gram", TensorProto.FLOAT, [batch, batch]),
+                               helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])])
+    path = tmp_path / "gram.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+@pytest.mark.parametrize("batch", ["n", None])
+def test_batch_dim_in_a_later_dim_is_not_padded(tmp_path, caplog, batch):
+    """An output (N, N) has the batch dim first, but in its second dim too: padded, it would come
+    back (N, padded size).  It is not padded (a warning says why), and answers right."""
+    with caplog.at_level("WARNING", logger="kilnrt.serve"):
+        model = ServedModel.from_settings(ModelSettings("g", _gram_model(tmp_path, batch), device="cpu", max_batch=8,
+                                                        pad_batches=True))
+    assert model.padded_batch_sizes == ()
+    assert "batches are not padded: the batch dim is also in a later dim of {'gram':" in caplog.text
+    x = np.random.default_rng(fresh_seed()).standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_allclose(model.infer({"x": x})["gram"], x @ x.T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", ["n", None])
+def test_batch_dim_in_a_later_dim_is_not_batched_dynamically(tmp_path, batch):
+    """Stacked from requests, an (N, N) output's rows would hold the other requests' columns:
+    dynamic batching is refused at start; without it the model serves, right."""
+    from kilnrt.serve.batching import ModelRequests
+
+    path = _gram_model(tmp_path, batch)
+    batched = ServedModel.from_settings(ModelSettings("g", path, device="cpu", max_batch=8))
+    with pytest.raises(KilnError, match="model 'g' cannot be batched dynamically: the batch dim is also in a later "
+                                        r"dim of \{'gram': "):
+        ModelRequests(batched, batched.run, instances=1, executor=None)
+    alone = ServedModel.from_settings(ModelSettings("g", path, device="cpu", max_batch=8, dynamic_batching=False))
+    x = np.random.default_rng(fresh_seed()).standard_normal((3, 4)).astype(np.float32)
+    out = asyncio.run(ModelRequests(alone, alone.run, instances=1, executor=None).infer({"x": x}))
+    np.testing.assert_allclose(out["gram"], x @ x.T, rtol=1e-5, atol=1e-5)
+
+
+def test_requests_are_checked_then_batched_or_run_alone():
+    """ModelRequests, which KServe's model and a Ray replica both serve through: a request is
+    checked first (one refused never runs and is not counted as accepted), then stacked by the
+    dynamic batcher, or run alone where the model does not batch dynamically; it answers the
+    outputs asked for (all where none are)."""
+    from kilnrt.serve.batching import ModelRequests
+
+    rng = np.random.default_rng(fresh_seed())
+    xs = [_images(rng, n) for n in (1, 3, 2)]
+    reference = kilnrt.build(str(DIGITS))
+    for batching in (True, False):
+        model = ServedModel.from_settings(ModelSettings("digits", DIGITS, device="cpu", max_batch=16,
+                                                        dynamic_batching=batching, max_queue_delay_us=20000))
+        runs, accepted = [], []
+        requests = ModelRequests(model, lambda feeds: runs.append(len(feeds["input"])) or model.run(feeds),
+                                 instances=1, executor=None)
+        assert (requests.batcher is not None) == batching
+
+        async def main():
+            refused = requests.infer({"input": xs[0]}, ["probs"], accepted=accepted.append)
+            answers = requests.infer({"input": xs[1]}, ["logits"], accepted=accepted.append)
+            return await asyncio.gather(refused, answers, *(requests.infer({"input": x}, accepted=accepted.append)
+                                                           for x in xs), return_exceptions=True)
+
+        refused, *outs = asyncio.run(main())
+        assert isinstance(refused, RequestError) and "has no output 'probs'" in str(refused)
+        assert accepted == [3, 1, 3, 2]
+        assert sorted(runs) == ([9] if batching else [1, 2, 3, 3]), runs      # one batch, or each alone
+        for x, out in zip(xs[1:2] + xs, outs):
+            assert list(out) == ["logits"]
+            assert_close(out["logits"], reference.run({"input": x})["logits"])
+
+
 # ----------------------------------------------------------------------------- the batcher
 def test_dynamic_batcher_stacks_requests_and_splits_results():
     calls = []
@@ -390,6 +477,45 @@ def test_bad_requests_get_protocol_errors_and_server_keeps_serving(server, engin
     for module, client in _clients(server):
         assert_close(_infer(module, client, x), engine.run({"input": x})["logits"])
     assert isinstance(httpclient.InferenceServerClient(server.http_url).is_server_live(), bool)
+
+
+def _counts(server) -> dict[str, float]:
+    """kilnrt's counters for model 'digits' on the KServe server's metrics port."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as r:
+        lines = [line for line in r.read().decode().splitlines() if 'model="digits"' in line]
+    names = {"accepted": "kilnrt_inference_requests_total{", "runs": "kilnrt_engine_batch_size_count{",
+             "refused": 'kilnrt_inference_failures_total{model="digits",reason="invalid_request"}'}
+    return {k: sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(n)) for k, n in names.items()}
+
+
+def test_an_unknown_output_is_refused_before_the_model_runs(server):
+    """A request for an output the model does not have gets the protocol's 'invalid argument'
+    error naming it, over HTTP (binary and JSON) and gRPC; on KServe the message lists the
+    model's outputs, and the request is counted as refused, never as accepted, and never runs."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    x = _images(np.random.default_rng(fresh_seed()), 2)
+    before = _counts(server) if server.backend == "kserve" else None
+    for module, client in _clients(server):
+        for binary in ((True, False) if module is httpclient else (None,)):
+            inp = module.InferInput("input", list(x.shape), "FP32")
+            options = {} if binary is None else {"binary_data": binary}
+            inp.set_data_from_numpy(x, **options)
+            outputs = [module.InferRequestedOutput(n, **options) for n in ("logits", "probs")]
+            with pytest.raises(InferenceServerException) as info:
+                client.infer("digits", [inp], outputs=outputs)
+            what = f"{module.__name__}, binary {binary}: {info.value}"
+            assert str(info.value.status()) in ("400", "StatusCode.INVALID_ARGUMENT"), what
+            assert "'probs'" in str(info.value), what
+            if server.backend == "kserve":
+                assert "has no output 'probs'; its outputs: logits FP32[-1, 10]" in str(info.value), what
+    if server.backend == "kserve":
+        after = _counts(server)
+        assert (after["refused"] - before["refused"], after["accepted"], after["runs"]) == \
+            (3, before["accepted"], before["runs"]), (before, after)
 
 
 def test_concurrent_clients_all_correct(server, engine):

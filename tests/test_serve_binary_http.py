@@ -140,7 +140,10 @@ def test_middleware_answers_binary_requests_and_passes_the_rest_on():
     rng = np.random.default_rng(fresh_seed())
     values, inputs = _inputs(rng)
 
-    async def model(feeds):
+    asked = []
+
+    async def model(feeds, outputs):
+        asked.append(outputs)
         if feeds["a"].shape[0] == 0:
             raise RequestProblem("batch size 0 is outside [1, 64]")
         if feeds["b"][0, 0] == 99:
@@ -151,11 +154,15 @@ def test_middleware_answers_binary_requests_and_passes_the_rest_on():
     app = BinaryInfer(inner, {"m": model})
     body, header_length = Client.generate_request_body(inputs)
     status, headers, payload = _call(app, body, {"inference-header-content-length": str(header_length)})
-    assert status == 200 and inner.bodies == []
+    assert status == 200 and inner.bodies == [] and asked == [[]]        # no outputs named: all of them
     result = Client.parse_response_body(payload, header_length=int(headers[b"inference-header-content-length"]))
     np.testing.assert_allclose(result.as_numpy("sum"), values["a"].sum(axis=(1, 2)), rtol=1e-6)
     assert np.array_equal(result.as_numpy("b"), values["b"] * 2)
     assert int(headers[b"content-length"]) == len(payload)
+    # the outputs a request names reach the model (which refuses an unknown one before it runs)
+    body, header_length = Client.generate_request_body(inputs, outputs=[httpclient.InferRequestedOutput("b")])
+    status, _, _ = _call(app, body, {"inference-header-content-length": str(header_length)})
+    assert status == 200 and asked[-1] == ["b"]
     # the versioned path too
     status, _, _ = _call(app, body, {"inference-header-content-length": str(header_length)},
                          path="/v2/models/m/versions/1/infer")

@@ -31,10 +31,6 @@ def test_replica_reads_binary_tensors_without_kserves_codec(monkeypatch):
     tritonclient's gRPC protos may be loaded already, and KServe's clash with them)."""
     httpclient = pytest.importorskip("tritonclient.http")
     pytest.importorskip("starlette")
-    import asyncio
-
-    from starlette.requests import Request
-
     import kilnrt.serve.kserve_backend as kserve_backend
     from kilnrt.serve.ray_deployment import KilnrtReplica
 
@@ -42,9 +38,25 @@ def test_replica_reads_binary_tensors_without_kserves_codec(monkeypatch):
     replica = KilnrtReplica(ModelSettings("digits", DIGITS, device="cpu").as_dict())
     seed = fresh_seed()
     x = np.random.default_rng(seed).standard_normal((3, 1, 8, 8)).astype(np.float32)
-    inp = httpclient.InferInput("input", [3, 1, 8, 8], "FP32")
+    response = _binary_request(replica, x)
+    assert response.status_code == 200 and response.headers["kilnrt-replica"] == "local"
+    result = httpclient.InferenceServerClient.parse_response_body(
+        response.body, header_length=int(response.headers["inference-header-content-length"]))
+    assert_close(result.as_numpy("logits"), kilnrt.build(str(DIGITS)).run({"input": x})["logits"], seed=seed)
+
+
+def _binary_request(replica, x: np.ndarray, outputs=()):
+    """POST a tritonclient.http binary request for ``x`` (asking for ``outputs``) to a replica
+    object; its response."""
+    import asyncio
+
+    import tritonclient.http as httpclient
+    from starlette.requests import Request
+
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    body, header_length = httpclient.InferenceServerClient.generate_request_body([inp])
+    body, header_length = httpclient.InferenceServerClient.generate_request_body(
+        [inp], outputs=[httpclient.InferRequestedOutput(n) for n in outputs] or None)
     headers = [(b"inference-header-content-length", str(header_length).encode()),
                (b"content-length", str(len(body)).encode())]
 
@@ -55,11 +67,34 @@ def test_replica_reads_binary_tensors_without_kserves_codec(monkeypatch):
                  "query_string": b""}
         return await replica(Request(scope, receive))
 
-    response = asyncio.run(call())
-    assert response.status_code == 200 and response.headers["kilnrt-replica"] == "local"
-    result = httpclient.InferenceServerClient.parse_response_body(
-        response.body, header_length=int(response.headers["inference-header-content-length"]))
-    assert_close(result.as_numpy("logits"), kilnrt.build(str(DIGITS)).run({"input": x})["logits"], seed=seed)
+    return asyncio.run(call())
+
+
+def test_replica_refuses_an_unknown_output_before_the_model_runs():
+    """Over HTTP (400, naming the output and the model's outputs) and from a handle call (a
+    RequestError), before the model runs; a handle call gets the outputs it names."""
+    pytest.importorskip("tritonclient.http")
+    pytest.importorskip("starlette")
+    import asyncio
+
+    from kilnrt.serve.models import RequestError
+    from kilnrt.serve.ray_deployment import KilnrtReplica
+
+    replica = KilnrtReplica(ModelSettings("digits", DIGITS, device="cpu").as_dict())
+    runs = []
+    run_on = replica.model.run_on
+    replica.model.run_on = lambda context, feeds: runs.append(len(feeds["input"])) or run_on(context, feeds)
+    seed = fresh_seed()
+    x = np.random.default_rng(seed).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    response = _binary_request(replica, x, outputs=["logits", "probs"])
+    assert response.status_code == 400, response.body
+    assert "has no output 'probs'; its outputs: logits FP32[-1, 10]" in json.loads(response.body)["error"]
+    with pytest.raises(RequestError, match="has no output 'probs'"):
+        asyncio.run(replica.infer({"input": x}, ["probs"]))
+    assert runs == []
+    out = asyncio.run(replica.infer({"input": x}, ["logits"]))
+    assert runs == [2] and list(out) == ["logits"]
+    assert_close(out["logits"], kilnrt.build(str(DIGITS)).run({"input": x})["logits"], seed=seed)
 
 
 def test_deployment_options_replicas_gpus_and_autoscaling():
@@ -222,6 +257,8 @@ def test_bad_requests_get_v2_errors_and_replicas_keep_serving(ray_app, engine):
               "datatype FP64, expected FP32"),
              (f"{url}/v2/models/digits/infer", _json_request(rng.standard_normal((33, 1, 8, 8))), 400,
               "batch size 33 is outside [1, 32]"),
+             (f"{url}/v2/models/digits/infer", {**_json_request(x), "outputs": [{"name": "probs"}]}, 400,
+              "has no output 'probs'; its outputs: logits FP32[-1, 10]"),
              (f"{url}/v2/models/digits/infer", b'{"inputs": [{"name": "input", "shape": [1,', 400,
               "cannot read the request"),
              (f"{url}/v2/models/digits/infer", b" " * (2 << 20), 413, "over the server's limit of 1048576 bytes")]

@@ -119,6 +119,30 @@ def test_outputs_without_a_row_per_item_are_not_split():
     assert [p["y"].tolist() for p in parts] == [[[0, 1]], [[2, 3], [4, 5], [6, 7]], [[8, 9], [10, 11]]]
 
 
+def test_a_model_whose_batch_dim_is_in_a_later_dim_is_not_batched_dynamically(tmp_path):
+    """An output (N, N): Triton's batcher would stack requests and the instance cut the (sum, sum)
+    result into rows of the wrong width, so dynamic batching is refused when the repository is
+    written; without it the model is written (and each request runs alone)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from kilnrt.serve.triton_backend import write_repository
+
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "xt"], ["gram"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("gram", TensorProto.FLOAT, ["n", "n"])])
+    path = tmp_path / "gram.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    model = ServedModel.from_settings(ModelSettings("g", path, max_batch=8, device="cpu"), contexts=False)
+    with pytest.raises(KilnError, match=r"model 'g' cannot be batched dynamically: .* \{'gram': \['n', 'n'\]\}"):
+        write_repository([model], tmp_path / "repo")
+    model = ServedModel.from_settings(ModelSettings("g", path, max_batch=8, device="cpu", dynamic_batching=False),
+                                      contexts=False)
+    write_repository([model], tmp_path / "repo2")
+    assert "dynamic_batching" not in _model_config(tmp_path / "repo2" / "g")
+
+
 def _argmax_model(tmp_path) -> Path:
     """Logits and their argmax: an output of one value per item ([N])."""
     import onnx

@@ -1,11 +1,14 @@
-"""Dynamic batching for servers that have none of their own (the KServe model server):
-requests that arrive within ``max_queue_delay`` of each other are stacked along the batch dim,
-run as one, and split again, as Triton's dynamic batcher does.
+"""Dynamic batching for servers that have none of their own (the KServe model server, a Ray
+replica): requests that arrive within ``max_queue_delay`` of each other are stacked along the
+batch dim, run as one, and split again, as Triton's dynamic batcher does.
 
 A batch is formed only when an instance is free, so while every instance is busy requests
 queue up and the next batch is larger; it is sent as soon as it reaches ``max_batch`` or the
 largest preferred size, or when the first request in it has waited ``max_queue_delay``.
 Only requests whose non-batch dims match are stacked together.
+
+:class:`ModelRequests` is how those servers run a model's requests: checked, then batched or
+run alone.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import asyncio
 import dataclasses
 import time
 from concurrent.futures import Executor
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -30,7 +33,10 @@ def stack_feeds(feeds: list[Feeds]) -> dict[str, np.ndarray]:
 def split_outputs(outputs: Mapping[str, np.ndarray], sizes: list[int]) -> list[dict[str, np.ndarray]]:
     """The outputs of requests stacked along the batch dim, cut back into each one's rows.  An
     output whose first dim is not the stacked batch (summed over it, or sized by the data)
-    cannot be cut: that is an error for every request of the batch, not a wrong answer."""
+    cannot be cut: that is an error for every request of the batch, not a wrong answer.  An
+    output whose later dims depend on the batch (N, N) cannot be cut either, and its shape
+    here does not tell: such a model is refused dynamic batching at start
+    (``ServedModel.check_dynamic_batching``)."""
     total = sum(sizes)
     wrong = {n: list(v.shape) for n, v in outputs.items() if not v.shape or v.shape[0] != total}
     if wrong:
@@ -150,3 +156,39 @@ class DynamicBatcher:
         finally:
             self._free.release()
             self._wakeup.set()
+
+
+class ModelRequests:
+    """A served model's requests on a server without a batcher of its own (KServe's model
+    server, a Ray replica): each is checked first, and one the model cannot take never runs;
+    then it is stacked with others by a :class:`DynamicBatcher` where the model is batched
+    dynamically, or run alone on ``executor``.  ``model`` is a
+    :class:`~kilnrt.serve.models.ServedModel`; ``run`` runs checked feeds on it (blocking)."""
+
+    def __init__(self, model, run: Callable[[Feeds], dict[str, np.ndarray]], *, instances: int,
+                 executor: Executor | None) -> None:
+        self.model = model
+        self._run = run
+        self._executor = executor
+        self.batcher = None
+        s = model.settings
+        if s.dynamic_batching and model.max_batch > 0:
+            model.check_dynamic_batching()
+            self.batcher = DynamicBatcher(run, max_batch=model.max_batch, instances=instances,
+                                          max_queue_delay_s=s.max_queue_delay_us / 1e6,
+                                          preferred_batch_sizes=model.preferred_batch_sizes, executor=executor)
+
+    async def infer(self, feeds: Feeds, outputs: Sequence[str] = (), *,
+                    accepted: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+        """The ``outputs`` named (all where none are) of one request's ``feeds``.  A request the
+        model cannot take (an unknown input or output, a wrong shape, ...) raises
+        :class:`~kilnrt.serve.models.RequestError` before anything runs; ``accepted(batch)`` is
+        told of each one that passed the checks."""
+        batch = self.model.check_request(feeds, outputs)
+        if accepted is not None:
+            accepted(batch)
+        if self.batcher is not None:
+            result = await self.batcher.submit(feeds, batch)
+        else:
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, feeds)
+        return {n: result[n] for n in outputs} if outputs else result

@@ -38,11 +38,12 @@ class RequestProblem(Exception):
 
 
 class BinaryInfer:
-    """ASGI middleware: ``models`` maps a model's name to an ``async infer(feeds) -> outputs``
-    that raises :class:`RequestProblem` for a request the model cannot take (and counts it);
+    """ASGI middleware: ``models`` maps a model's name to an ``async infer(feeds, outputs) ->
+    outputs`` (``outputs``: the names the request asks for, none for all) that raises
+    :class:`RequestProblem` for a request the model cannot take (and counts it);
     ``refused(model)`` is called for a request refused before it reached the model."""
 
-    def __init__(self, app, models: Mapping[str, Callable[[dict], Awaitable[dict]]],
+    def __init__(self, app, models: Mapping[str, Callable[[dict, list], Awaitable[dict]]],
                  refused: Callable[[str], None] | None = None) -> None:
         self.app = app
         self.models = models
@@ -67,7 +68,7 @@ class BinaryInfer:
             self.refused(match["model"])
             return await _send_error(send, exc)
         try:
-            outputs = await self.models[match["model"]](request["feeds"])
+            outputs = await self.models[match["model"]](request["feeds"], output_names(request))
             status, head, payload = encode_response(match["model"], request, outputs)
         except RequestProblem as exc:
             return await _send_error(send, exc)
@@ -166,6 +167,11 @@ def parse_request(body: bytearray, header_length: int) -> dict:
         raise RequestProblem("'outputs' must be a list of {\"name\": ...} objects")
     return {"id": header.get("id"), "feeds": feeds, "outputs": outputs,
             "binary_default": bool(parameters.get("binary_data_output", False))}
+
+
+def output_names(request: dict) -> list[str]:
+    """The names of the outputs a request read by :func:`parse_request` asks for (none: all)."""
+    return [o["name"] for o in request["outputs"] or ()]
 
 
 def _from_json(data, dtype: np.dtype) -> np.ndarray:

@@ -13,11 +13,10 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
-from kilnrt.errors import KilnError
-from kilnrt.serve.batching import DynamicBatcher
+from kilnrt.serve.batching import ModelRequests
 from kilnrt.serve.binary_http import BinaryInfer, RequestProblem
 from kilnrt.serve.metrics import ServeMetrics
-from kilnrt.serve.models import ServedModel
+from kilnrt.serve.models import RequestError, ServedModel
 
 log = logging.getLogger("kilnrt.serve")
 
@@ -50,15 +49,8 @@ def _model_class(kserve):
         def __init__(self, served: ServedModel, executor: ThreadPoolExecutor, metrics: ServeMetrics) -> None:
             super().__init__(served.name)
             self.served = served
-            self.executor = executor
             self.metrics = metrics
-            s = served.settings
-            self.batcher = None
-            if s.dynamic_batching and served.max_batch > 0:
-                self.batcher = DynamicBatcher(self._run, max_batch=served.max_batch, instances=s.instances,
-                                              max_queue_delay_s=s.max_queue_delay_us / 1e6,
-                                              preferred_batch_sizes=served.preferred_batch_sizes,
-                                              executor=executor)
+            self.requests = ModelRequests(served, self._run, instances=served.settings.instances, executor=executor)
             self.ready = True
 
         def load(self) -> bool:
@@ -75,25 +67,21 @@ def _model_class(kserve):
             self.metrics.batch(self.name, next(iter(feeds.values())).shape[0] if self.served.max_batch else 1)
             return self.served.run(feeds)
 
-        async def infer(self, feeds):
-            """The outputs of one request's ``feeds``, through the dynamic batcher where there is
-            one; raises ``InvalidInput`` for a request the model cannot take."""
-            import asyncio
-
+        async def infer(self, feeds, outputs=()):
+            """The ``outputs`` named (all where none are) of one request's ``feeds``, through the
+            dynamic batcher where there is one; raises ``InvalidInput`` for a request the model
+            cannot take, before it runs, and counts it as refused."""
             try:
-                batch = self.served.check_request(feeds)
-            except KilnError as exc:
+                return await self.requests.infer(feeds, outputs,
+                                                 accepted=lambda batch: self.metrics.request(self.name, batch))
+            except RequestError as exc:
                 self.metrics.failure(self.name, "invalid_request")
                 raise InvalidInput(exc.message) from None
-            self.metrics.request(self.name, batch)
-            if self.batcher is not None:
-                return await self.batcher.submit(feeds, batch)
-            return await asyncio.get_running_loop().run_in_executor(self.executor, self._run, feeds)
 
-        async def infer_binary_http(self, feeds):
+        async def infer_binary_http(self, feeds, outputs):
             """:meth:`infer` for :class:`~kilnrt.serve.binary_http.BinaryInfer`."""
             try:
-                return await self.infer(feeds)
+                return await self.infer(feeds, outputs)
             except InvalidInput as exc:
                 raise RequestProblem(exc.reason) from None
 
@@ -103,7 +91,7 @@ def _model_class(kserve):
             except Exception as exc:   # data that does not match its declared datatype or shape
                 self.metrics.failure(self.name, "invalid_request")
                 raise InvalidInput(f"model {self.name!r}: cannot read the request's tensors: {exc}") from None
-            outputs = await self.infer(feeds)
+            outputs = await self.infer(feeds, [o.name for o in payload.request_outputs or ()])
             specs = {t.name: t for t in self.served.outputs}
             infer_outputs = []
             for n, v in outputs.items():

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
+import re
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -25,8 +26,8 @@ NUMPY_DTYPES = {v: k for k, v in V2_DATATYPES.items()}
 
 
 class RequestError(KilnError):
-    """A request the model cannot take (unknown input, wrong dtype or shape, batch over the maximum);
-    servers answer it with the protocol's 'invalid argument' error and keep serving."""
+    """A request the model cannot take (unknown input or output, wrong dtype or shape, batch over the
+    maximum); servers answer it with the protocol's 'invalid argument' error and keep serving."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,10 +188,11 @@ class ServedModel:
         Padded, a handful of graphs serve every batch, for at most twice the rows.
 
         Only where every output's first dim is the inputs' batch dim (the same symbol in the
-        engine's I/O): then the rows of the padding come out as rows of their own, and are cut
-        off.  An output that sums over the batch, or whose size depends on the data, would
-        change, so such a model is not padded (a log line says so).  Rows are assumed to be
-        independent, as the dynamic batcher assumes when it stacks requests."""
+        engine's I/O), and no later dim of an input or output is (or depends on) it: then the
+        rows of the padding come out as rows of their own, and are cut off.  An output that sums
+        over the batch, or whose size depends on the data, would change, and an output (N, N)
+        would come back (N, padded size), so such a model is not padded (a log line says so).
+        Rows are assumed to be independent, as the dynamic batcher assumes when it stacks requests."""
         pad = self.settings.pad_batches
         if pad is None:
             pad = self.settings.device == "cuda"
@@ -201,6 +203,11 @@ class ServedModel:
             log.warning("model %r: batches are not padded: not every output's first dim is the inputs' batch "
                         "dim (first dims %s)", self.name, firsts)
             return ()
+        later = self._batch_dim_in_later_dims()
+        if later:
+            log.warning("model %r: batches are not padded: the batch dim is also in a later dim of %s",
+                        self.name, later)
+            return ()
         low = self._min_batch()
         sizes = {self.max_batch, *(s for s in self.settings.preferred_batch_sizes if s <= self.max_batch)}
         power = 1
@@ -208,6 +215,29 @@ class ServedModel:
             sizes.add(power)
             power *= 2
         return tuple(sorted({max(s, low) for s in sizes}))
+
+    def _batch_dim_in_later_dims(self) -> dict[str, list]:
+        """The engine's inputs and outputs whose dims after the first are, or depend on, the batch
+        dim (an input's first dim's symbol), with their dims: an output (N, N), say.  A batch of
+        such a model is not a stack of independent rows, so it can neither be padded nor be
+        stacked from requests and cut back apart."""
+        batch = {s for s in (_first_symbol(t) for t in self.engine.io if t.mode == "input") if isinstance(s, str)}
+        return {t.name: list(t.symbolic) for t in self.engine.io
+                if any(_depends_on(d, b) for d in t.symbolic[1:] for b in batch)}
+
+    def check_dynamic_batching(self) -> None:
+        """Where the model is batched dynamically, a KilnError if its requests cannot be stacked and
+        their rows cut back apart: where the batch dim is also in a later dim of an input or
+        output (the stacked batch's rows would hold other requests' columns).  Called at start
+        by the servers that batch, before their batcher is set up."""
+        if not self.settings.dynamic_batching or self.max_batch <= 0:
+            return
+        later = self._batch_dim_in_later_dims()
+        if later:
+            raise KilnError(ErrorCode.INVALID_ARGUMENT,
+                            f"model {self.name!r} cannot be batched dynamically: the batch dim is also in a later "
+                            f"dim of {later}, so a batch of stacked requests cannot be cut back into each one's "
+                            "answer; serve it with dynamic_batching false (config.json) or --no-dynamic-batching")
 
     def _min_batch(self) -> int:
         """Smallest batch profile 0 allows (1 where there is no profile)."""
@@ -245,9 +275,10 @@ class ServedModel:
         return out
 
     # -- requests -----------------------------------------------------------------------
-    def check_request(self, feeds: Mapping[str, np.ndarray]) -> int:
-        """Raise :class:`RequestError` saying what is wrong with ``feeds``; return the batch size
-        (1 for a model without a batch dim)."""
+    def check_request(self, feeds: Mapping[str, np.ndarray], outputs: Iterable[str] = ()) -> int:
+        """Raise :class:`RequestError` saying what is wrong with ``feeds`` or with the names of
+        the ``outputs`` the request asks for; return the batch size (1 for a model without a
+        batch dim)."""
         known = {t.name: t for t in self.inputs}
         unknown = [n for n in feeds if n not in known]
         if unknown:
@@ -259,6 +290,12 @@ class ServedModel:
             raise RequestError(ErrorCode.UNKNOWN_TENSOR,
                                f"model {self.name!r}: input(s) {', '.join(map(repr, missing))} missing; every "
                                "request carries all of: " + ", ".join(known))
+        made = {t.name for t in self.outputs}
+        unknown = [n for n in outputs if n not in made]
+        if unknown:
+            raise RequestError(ErrorCode.UNKNOWN_TENSOR,
+                               f"model {self.name!r} has no output {', '.join(map(repr, unknown))}; its outputs: "
+                               + ", ".join(f"{t.name} {t.datatype}{self._shown(t)}" for t in self.outputs))
         batches = set()
         for name, value in feeds.items():
             spec = known[name]
@@ -322,6 +359,12 @@ def _first_symbol(t):
     if first == -1 and t.mode == "input":
         return f"{t.name}:0"
     return first
+
+
+def _depends_on(dim, symbol: str) -> bool:
+    """Whether an engine I/O dim (a size, a symbol's name, or an expression's text such as
+    ``4*n``) is or depends on ``symbol``."""
+    return isinstance(dim, str) and (dim == symbol or symbol in re.split(r"[\s+\-*/%(),]+", dim))
 
 
 def load_models(settings: list[ModelSettings], timing_cache_dir: Path | None = None,

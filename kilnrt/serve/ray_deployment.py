@@ -28,7 +28,7 @@ import logging
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Sequence
 
 from kilnrt.errors import ErrorCode, KilnError
 from kilnrt.serve.config import DEFAULT_MAX_BATCH, ModelSettings
@@ -118,7 +118,7 @@ class KilnrtReplica:
                  max_request_bytes: int = 64 << 20) -> None:
         from pathlib import Path
 
-        from kilnrt.serve.batching import DynamicBatcher
+        from kilnrt.serve.batching import ModelRequests
         from kilnrt.serve.models import ServedModel
 
         self.settings = ModelSettings(**{**settings, "instances": 1})
@@ -126,13 +126,8 @@ class KilnrtReplica:
                                                plan_key)
         self.max_request_bytes = max_request_bytes
         self.prefix = f"/v2/models/{self.model.name}"
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"kilnrt-{self.model.name}")
-        self.batcher = None
-        if self.settings.dynamic_batching and self.model.max_batch > 0:
-            self.batcher = DynamicBatcher(self.model.run, max_batch=self.model.max_batch, instances=1,
-                                          max_queue_delay_s=self.settings.max_queue_delay_us / 1e6,
-                                          preferred_batch_sizes=self.model.preferred_batch_sizes,
-                                          executor=self._executor)
+        self.requests = ModelRequests(self.model, self.model.run, instances=1,
+                                      executor=ThreadPoolExecutor(1, thread_name_prefix=f"kilnrt-{self.model.name}"))
         try:
             from ray import serve
 
@@ -141,14 +136,10 @@ class KilnrtReplica:
             self.replica_id = "local"
 
     # -- Python callers (a DeploymentHandle) ------------------------------------------------
-    async def infer(self, feeds: dict) -> dict:
-        """Check ``feeds`` and run them (batched with other requests); raises RequestError."""
-        batch = self.model.check_request(feeds)
-        if self.batcher is not None:
-            return await self.batcher.submit(feeds, batch)
-        import asyncio
-
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.model.run, feeds)
+    async def infer(self, feeds: dict, outputs: Sequence[str] = ()) -> dict:
+        """The ``outputs`` named (all where none are) of ``feeds``, batched with other requests;
+        raises RequestError, before anything runs, for a request the model cannot take."""
+        return await self.requests.infer(feeds, outputs)
 
     def replica(self) -> str:
         """This replica's id (which replica answered)."""
@@ -177,7 +168,7 @@ class KilnrtReplica:
     async def _infer_http(self, request):
         from starlette.responses import JSONResponse, Response
 
-        from kilnrt.serve.binary_http import NotReadHere, RequestProblem, encode_response, parse_request
+        from kilnrt.serve.binary_http import NotReadHere, RequestProblem, encode_response, parse_request, output_names
         from kilnrt.serve.models import RequestError
 
         declared = request.headers.get("content-length", "")
@@ -205,7 +196,7 @@ class KilnrtReplica:
             request_read = None
         if request_read is not None:
             try:
-                outputs = await self.infer(request_read["feeds"])
+                outputs = await self.infer(request_read["feeds"], output_names(request_read))
                 _, headers, content = encode_response(self.model.name, request_read, outputs)
             except RequestError as exc:
                 return _error(400, exc.message)
@@ -226,7 +217,7 @@ class KilnrtReplica:
         except Exception as exc:  # noqa: BLE001 -- any unreadable body is the client's error
             return _error(400, f"cannot read the request: {type(exc).__name__}: {exc}")
         try:
-            outputs = await self.infer(feeds)
+            outputs = await self.infer(feeds, [o.name for o in payload.request_outputs or ()])
         except RequestError as exc:
             return _error(400, exc.message)
         specs = {t.name: t for t in self.model.outputs}

@@ -142,7 +142,9 @@ def write_repository(models: list[ServedModel], folder: Path) -> None:
     backend process per instance, each with its own engine and execution context, so instances
     do not share one interpreter (PyTriton's bound Python functions all run in this process).
     CUDA instances are placed on the GPU their engine was built on (Triton would otherwise
-    start ``count`` of them on every visible GPU)."""
+    start ``count`` of them on every visible GPU).  A model whose requests Triton's batcher
+    could not stack and the instance not split back is refused here
+    (``ServedModel.check_dynamic_batching``)."""
     from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2
 
@@ -151,6 +153,7 @@ def write_repository(models: list[ServedModel], folder: Path) -> None:
 
     root = str(Path(kilnrt.__file__).resolve().parent.parent)
     for model in models:
+        model.check_dynamic_batching()
         config = model.config()
         _triton_tensors(model, config, set(model_config_pb2.DataType.keys()))
         del config["platform"]
