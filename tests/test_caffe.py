@@ -316,6 +316,58 @@ def test_batch_statistics_and_unknown_fields_raise():
         parse(LENET.replace("engine: CAFFE", "fancy_option: 3"))
 
 
+def test_parameters_of_unsupported_layer_types_name_those_layers():
+    """An SSD's Normalize and PriorBox carry norm_param / prior_box_param, which kilnrt's schema
+    lacks: the error names the layers and their types, not just the first unknown field."""
+    ssd = LENET.replace('layer { name: "pool1"', """
+layer { name: "norm" type: "Normalize" bottom: "conv1" top: "norm"
+  norm_param { across_spatial: false scale_filler { type: "constant" value: 20 } channel_shared: false } }
+layer { name: "prior" type: "PriorBox" bottom: "norm" bottom: "data" top: "prior"
+  prior_box_param { min_size: 30.0 aspect_ratio: 2 flip: true variance: 0.1 step: 8 } }
+layer { name: "prior2" type: "PriorBox" bottom: "norm" bottom: "data" top: "prior2"
+  prior_box_param { min_size: 60.0 } }
+layer { name: "pool1\"""")
+    with pytest.raises(KilnError) as info:
+        parse(ssd)
+    text = str(info.value)
+    assert info.value.code == "UNSUPPORTED_NODE"
+    assert "Normalize (norm), PriorBox (2 layers: prior, prior2). Supported: " in text
+    assert 'no field named "norm_param"' in text and ".." not in text
+    # a field a supported layer lacks still says where the prototxt stops parsing
+    with pytest.raises(KilnError, match=r"\[INVALID_MODEL\] <text>: not a Caffe prototxt .*7:95 .*fancy_option"):
+        parse(LENET.replace("engine: CAFFE", "fancy_option: 3"))
+
+
+def test_nvidia_caffe_raw_data_blobs():
+    """NVIDIA Caffe's raw storage (raw_data_type + raw_data bytes), in which OpenCV's fp16 models
+    keep their weights: FLOAT16, FLOAT and DOUBLE read as float32; INT is refused."""
+    rng = np.random.default_rng(6)
+    wt = lenet_weights(rng)
+    kinds = {"conv1": ("FLOAT16", "<f2"), "conv2": ("FLOAT", "<f4"), "ip1": ("DOUBLE", "<f8")}
+    net = schema.NetParameter.FromString(caffemodel(wt))
+    types = schema.BlobProto.DESCRIPTOR.fields_by_name["raw_data_type"].enum_type.values_by_name
+    for layer in net.layer:
+        if layer.name in kinds:
+            kind, dtype = kinds[layer.name]
+            for blob, a in zip(layer.blobs, wt[layer.name]):
+                del blob.data[:]
+                blob.raw_data_type = types[kind].number
+                blob.raw_data = a.astype(dtype).tobytes()
+    wt["conv1"] = [a.astype(np.float16).astype(np.float32) for a in wt["conv1"]]
+    x = rand(rng, 2, 1, 28, 28)
+    got = run(parse(LENET, net.SerializeToString(), ["prob"]), {"data": x})["prob"]
+    assert_close(got, lenet_reference(x, wt), rtol=1e-4, atol=1e-5)
+    blob = net.layer[0].blobs[0]
+    assert (schema.BlobProto.DESCRIPTOR.fields_by_name["raw_data_type"].number,
+            schema.BlobProto.DESCRIPTOR.fields_by_name["raw_data"].number) == (10, 12)   # as NVIDIA's caffe.proto
+    blob.raw_data_type = types["INT"].number
+    with pytest.raises(KilnError, match=r"layer 'conv1': a weight blob stores raw_data of type INT"):
+        parse(LENET, net.SerializeToString())
+    blob.raw_data_type, blob.raw_data = types["FLOAT"].number, b"\0" * 6
+    with pytest.raises(KilnError, match=r"layer 'conv1': .*holds 6 bytes, not a whole number of values"):
+        parse(LENET, net.SerializeToString())
+
+
 # ----------------------------------------------------------------------------- the schema
 # (message, field) -> number, as read in BVLC Caffe's src/caffe/proto/caffe.proto
 CAFFE_PROTO_NUMBERS = {

@@ -14,6 +14,7 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from kilnrt.caffe import schema
+from kilnrt.caffe.layers import unsupported
 from kilnrt.errors import ErrorCode, KilnError
 
 # V1's enum names -> the type strings of the current format (the supported ones and a few common)
@@ -23,6 +24,8 @@ V1_NAMES = {"CONVOLUTION": "Convolution", "DECONVOLUTION": "Deconvolution", "POO
             "FLATTEN": "Flatten", "SPLIT": "Split", "LRN": "LRN", "POWER": "Power", "DATA": "Data",
             "SOFTMAX_LOSS": "SoftmaxWithLoss", "ACCURACY": "Accuracy"}
 TEST = 1
+# NVIDIA Caffe's raw_data_type -> how its raw_data bytes read (little-endian, as it writes them)
+RAW_DTYPES = {"FLOAT16": "<f2", "FLOAT": "<f4", "DOUBLE": "<f8"}
 
 
 def _read(source: Any, binary: bool) -> tuple[bytes | str, str]:
@@ -49,11 +52,27 @@ def read_deploy(source: Any):
     try:
         net = text_format.Parse(text, schema.NetParameter())
     except text_format.ParseError as e:
-        raise KilnError(ErrorCode.INVALID_MODEL,
-                        f"{where}: not a Caffe prototxt kilnrt can read: {e}. kilnrt's schema "
-                        "(kilnrt/caffe/schema.py) holds the fields of the supported layers; a field of "
-                        "another layer type, or one a deploy file does not need, is not in it") from None
+        raise _unreadable(text, where, e) from None
     return _upgrade(net, where)
+
+
+def _unreadable(text: str, where: str, error: text_format.ParseError) -> KilnError:
+    """The error for a prototxt the schema rejects.  A field outside it is most often the parameter
+    message of a layer type kilnrt does not support (an SSD's ``norm_param``, ``prior_box_param``):
+    a second, lenient parse that skips unknown fields finds those layers so that the error names
+    them and their types, as for any unsupported layer.  That parse only names them."""
+    message = str(error).rstrip(".")
+    try:
+        lenient = _upgrade(text_format.Parse(text, schema.NetParameter(), allow_unknown_field=True), where)
+    except (text_format.ParseError, KilnError):
+        lenient = None
+    found = None if lenient is None else unsupported(
+        lenient, f". ({where} does not parse either: {message}; kilnrt's schema holds the fields of the "
+                 "supported layer types only)")
+    return found or KilnError(ErrorCode.INVALID_MODEL,
+                              f"{where}: not a Caffe prototxt kilnrt can read: {message}. kilnrt's schema "
+                              "(kilnrt/caffe/schema.py) holds the fields of the supported layers; a field of "
+                              "another layer type, or one a deploy file does not need, is not in it")
 
 
 def read_model(source: Any):
@@ -101,9 +120,25 @@ def _in_test_phase(layer, where: str) -> bool:
     return not any(not r.HasField("phase") or r.phase == TEST for r in layer.exclude)
 
 
+def _values(blob, layer: str) -> np.ndarray:
+    """A BlobProto's values: ``data``, ``double_data`` or NVIDIA Caffe's ``raw_data`` bytes."""
+    if len(blob.data) or len(blob.double_data) or not blob.HasField("raw_data"):
+        return np.asarray(blob.double_data if len(blob.double_data) else blob.data, dtype=np.float32)
+    kind = schema.BlobProto.DESCRIPTOR.fields_by_name["raw_data_type"].enum_type.values_by_number[
+        blob.raw_data_type].name
+    dtype = RAW_DTYPES.get(kind)
+    if dtype is None:
+        raise KilnError(ErrorCode.UNSUPPORTED_NODE_DATATYPE, f"a weight blob stores raw_data of type {kind}; "
+                        f"kilnrt reads {', '.join(RAW_DTYPES)} weights", layer=layer)
+    if len(blob.raw_data) % np.dtype(dtype).itemsize:
+        raise KilnError(ErrorCode.INVALID_MODEL, f"a weight blob's raw_data ({kind}) holds {len(blob.raw_data)} "
+                                                 f"bytes, not a whole number of values", layer=layer)
+    return np.frombuffer(blob.raw_data, dtype=dtype).astype(np.float32)
+
+
 def blob_array(blob, layer: str) -> np.ndarray:
     """A BlobProto's values as float32, in the shape it declares (``shape`` or legacy N, C, H, W)."""
-    values = np.asarray(blob.double_data if len(blob.double_data) else blob.data, dtype=np.float32)
+    values = _values(blob, layer)
     if blob.HasField("shape"):
         shape = tuple(int(d) for d in blob.shape.dim)
     else:

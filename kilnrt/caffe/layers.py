@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 from kilnrt.caffe.context import Context
+from kilnrt.errors import ErrorCode, KilnError
 from kilnrt.network.layers import (ActivationParams, ActivationType, ConcatenationParams, ConvolutionParams,
                                    DeconvolutionParams, ElementWiseOperation, ElementWiseParams, IdentityParams,
                                    LayerKind, LRNParams, MatrixMultiplyParams, MatrixOperation, PaddingMode,
@@ -25,6 +26,25 @@ def converter(*types: str):
             CONVERTERS[t] = fn
         return fn
     return register
+
+
+def supported_types() -> list[str]:
+    return sorted({"Input", *CONVERTERS})
+
+
+def unsupported(net, note: str = "") -> KilnError | None:
+    """The error for a net's layers of types kilnrt has no converter for (None if there are none)."""
+    by_type: dict[str, list[str]] = {}
+    for layer in net.layer:
+        if layer.type != "Input" and layer.type not in CONVERTERS:
+            by_type.setdefault(layer.type, []).append(layer.name)
+    if not by_type:
+        return None
+    unknown = [f"{t} ({names[0]})" if len(names) == 1 else
+               f"{t} ({len(names)} layers: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+               for t, names in sorted(by_type.items())]
+    return KilnError(ErrorCode.UNSUPPORTED_NODE, f"Caffe layer type(s) not supported: {', '.join(unknown)}. "
+                                                 f"Supported: {', '.join(supported_types())}{note}")
 
 
 def _spatial(ctx: Context, p, name: str, default: int, n: int, repeated: bool) -> tuple[int, ...]:

@@ -5,7 +5,7 @@ from typing import Any, Iterable
 
 from kilnrt.caffe.context import Context
 from kilnrt.caffe.files import blob_array, read_deploy, read_model, weights_by_layer
-from kilnrt.caffe.layers import CONVERTERS, input_shapes
+from kilnrt.caffe.layers import CONVERTERS, input_shapes, unsupported
 from kilnrt.errors import ErrorCode, KilnError
 from kilnrt.network.dtypes import DataType
 from kilnrt.network.graph import Network, Tensor
@@ -31,10 +31,6 @@ class BlobNameToTensor:
 
     def names(self) -> list[str]:
         return list(self._tensors)
-
-
-def supported_types() -> list[str]:
-    return sorted({"Input", *CONVERTERS})
 
 
 def _inputs(net, network: Network, dtype: DataType, tensors: dict[str, Tensor]) -> None:
@@ -83,12 +79,9 @@ def populate(network: Network, deploy: Any, model: Any = None, dtype: DataType =
     tensors: dict[str, Tensor] = {}
     ctx = Context(network, tensors, weights)
     _inputs(net, network, dtype, tensors)
-    unknown = sorted({f"{layer.type} ({layer.name})" for layer in net.layer
-                      if layer.type != "Input" and layer.type not in CONVERTERS})
-    if unknown:
-        raise KilnError(ErrorCode.UNSUPPORTED_NODE,
-                        f"Caffe layer type(s) not supported: {', '.join(unknown)}. Supported: "
-                        f"{', '.join(supported_types())}")
+    error = unsupported(net)
+    if error is not None:
+        raise error
     for layer in net.layer:
         ctx.layer = layer
         if layer.type == "Input":

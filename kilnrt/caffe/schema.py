@@ -21,6 +21,9 @@ MESSAGES: dict[str, tuple[dict, list]] = {
     "BlobProto": ({}, [("shape", 7, "BlobShape", False, None, False),
                        ("data", 5, "float", True, None, True), ("diff", 6, "float", True, None, True),
                        ("double_data", 8, "double", True, None, True), ("double_diff", 9, "double", True, None, True),
+                       # NVIDIA Caffe's raw storage (OpenCV's caffe.proto has it too): its fp16 models
+                       # (OpenCV's res10_300x300_ssd_iter_140000_fp16) keep the weights here
+                       ("raw_data_type", 10, "enum:Type", False, None, False), ("raw_data", 12, "bytes", False, None, False),
                        ("num", 1, "int32", False, "0", False), ("channels", 2, "int32", False, "0", False),
                        ("height", 3, "int32", False, "0", False), ("width", 4, "int32", False, "0", False)]),
     "FillerParameter": ({"VarianceNorm": {"FAN_IN": 0, "FAN_OUT": 1, "AVERAGE": 2}},
@@ -143,7 +146,8 @@ MESSAGES["NetParameter"] = ({}, [
     ("force_backward", 5, "bool", False, "false", False), ("state", 6, "NetState", False, None, False),
     ("debug_info", 7, "bool", False, "false", False), ("layer", 100, "LayerParameter", True, None, False),
     ("layers", 2, "V1LayerParameter", True, None, False)])
-TOP_ENUMS = {"Phase": {"TRAIN": 0, "TEST": 1}}
+TOP_ENUMS = {"Phase": {"TRAIN": 0, "TEST": 1},
+             "Type": {"DOUBLE": 0, "FLOAT": 1, "FLOAT16": 2, "INT": 3, "UINT": 4}}   # NVIDIA Caffe's
 
 
 def _file() -> descriptor_pb2.FileDescriptorProto:
