@@ -322,6 +322,21 @@ BACKENDS = [pytest.param("kserve", marks=pytest.mark.skipif(not _have("kserve"),
                                                                                           "installed"))]
 
 
+def _nonfinite_model(folder: Path) -> Path:
+    """``y = log(x) * [1, -1, 1, 1]`` for ``x`` (N, 4): a 0 in the first column gives -inf, in the
+    second +inf, and a negative number NaN."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    signs = onnx.numpy_helper.from_array(np.array([1, -1, 1, 1], np.float32), "signs")
+    nodes = [helper.make_node("Log", ["x"], ["log"]), helper.make_node("Mul", ["log", "signs"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], [signs])
+    path = folder / "nonfinite.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request, tmp_path_factory):
     pytest.importorskip("tritonclient.http")
@@ -329,9 +344,11 @@ def server(request, tmp_path_factory):
     from kilnrt.serve.launch import running_server
 
     cache = tmp_path_factory.mktemp("timing")
-    with running_server(["--model", f"digits={DIGITS}", "--backend", request.param, "--instances", "2",
-                         "--max-request-bytes", str(8 << 20), "--timing-cache-dir", str(cache)],
-                        models=["digits"]) as s:
+    nonfinite = _nonfinite_model(tmp_path_factory.mktemp("nonfinite"))
+    with running_server(["--model", f"digits={DIGITS}", "--model", f"nonfinite={nonfinite}", "--backend",
+                         request.param, "--instances", "2", "--max-request-bytes", str(8 << 20),
+                         "--timing-cache-dir", str(cache)],
+                        models=["digits", "nonfinite"]) as s:
         s.backend = request.param
         yield s
 
@@ -377,6 +394,77 @@ def test_server_answers_http_and_grpc_like_engine_run(server, engine):
     config = http.get_model_config("digits")
     assert config["max_batch_size"] == 64 and "dynamic_batching" in config
     assert grpc.get_model_metadata("digits").inputs[0].name == "input"
+
+
+def test_nan_and_infinities_come_back_as_they_are(server, tmp_path):
+    """NaN, +inf and -inf in an output reach tritonclient.http as the same values, as JSON and
+    as binary data, whether the request's inputs are JSON (on KServe: its REST handler) or
+    binary (kilnrt's middleware).  In JSON they are Triton's tokens, rapidjson's ``NaN``,
+    ``Infinity`` and ``-Infinity``, which tritonclient's rapidjson reads back (KServe's orjson
+    writes null, which comes back as NaN, an infinity's sign lost)."""
+    import re
+    import urllib.request
+
+    import tritonclient.http as httpclient
+
+    rng = np.random.default_rng(fresh_seed())
+    x = rng.uniform(0.25, 4, (3, 4)).astype(np.float32)
+    x[0, :3] = 0, 0, -rng.uniform(0.25, 4)
+    x[2, 2] *= -1
+    want = kilnrt.build(str(_nonfinite_model(tmp_path))).run({"x": x})["y"]
+    assert np.isneginf(want[0, 0]) and np.isposinf(want[0, 1]) and np.isnan(want[[0, 2], 2]).all()
+    assert np.isfinite(want).sum() == 8
+    client = httpclient.InferenceServerClient(server.http_url)
+    for binary_inputs in (False, True):
+        for binary_output in (False, True):
+            what = f"{server.backend}, binary inputs {binary_inputs}, binary output {binary_output}"
+            inp = httpclient.InferInput("x", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=binary_inputs)
+            outputs = [httpclient.InferRequestedOutput("y", binary_data=binary_output)]
+            result = client.infer("nonfinite", [inp], outputs=outputs)
+            assert ("data" in result.get_output("y")) is not binary_output, what
+            got = result.as_numpy("y")
+            assert got.dtype == np.float32, what
+            np.testing.assert_array_equal(got, want, err_msg=what)      # NaN where NaN, each inf with its sign
+            if binary_output:
+                continue
+            body, header_length = httpclient.InferenceServerClient.generate_request_body([inp], outputs=outputs)
+            headers = ({"Inference-Header-Content-Length": str(header_length)} if header_length
+                       else {"Content-Type": "application/json"})
+            request = urllib.request.Request(f"http://{server.http_url}/v2/models/nonfinite/infer", body, headers)
+            with urllib.request.urlopen(request, timeout=30) as r:
+                text = r.read()
+            assert re.findall(rb"-?Infinity|NaN|null", text) == [b"-Infinity", b"Infinity", b"NaN", b"NaN"], \
+                (what, text[:400])
+
+
+def test_model_config_over_grpc_is_the_http_one(server):
+    """tritonclient.grpc's ``get_model_config`` (Triton's ``ModelConfig`` RPC, which KServe's
+    service lacks: kilnrt adds it) answers what ``GET /v2/models/NAME/config`` does; an unknown
+    model is NOT_FOUND."""
+    from google.protobuf import json_format
+    from tritonclient.grpc import model_config_pb2
+    from tritonclient.utils import InferenceServerException
+
+    http, grpc = (c for _, c in _clients(server))
+    for name in ("digits", "nonfinite"):
+        want = http.get_model_config(name)
+        got = grpc.get_model_config(name).config
+        assert (got.name, got.max_batch_size) == (want["name"], want["max_batch_size"]) == (name, 64)
+        for tensors, wanted in ((got.input, want["input"]), (got.output, want["output"])):
+            assert [(t.name, model_config_pb2.DataType.Name(t.data_type), list(t.dims)) for t in tensors] == \
+                [(t["name"], t["data_type"], t["dims"]) for t in wanted], name
+        batching = want["dynamic_batching"]
+        assert got.HasField("dynamic_batching"), name
+        assert list(got.dynamic_batching.preferred_batch_size) == batching.get("preferred_batch_size", [])
+        assert got.dynamic_batching.max_queue_delay_microseconds == batching.get("max_queue_delay_microseconds", 0)
+        if server.backend == "kserve":         # all of it: the HTTP config is the JSON form of this message
+            assert got == json_format.ParseDict(want, model_config_pb2.ModelConfig()), name
+    with pytest.raises(InferenceServerException) as info:
+        grpc.get_model_config("nope")
+    assert str(info.value.status()) == "StatusCode.NOT_FOUND", info.value
+    if server.backend == "kserve":
+        assert "Model with name nope does not exist" in str(info.value)
 
 
 def test_metrics_are_exported(server, engine):

@@ -1,7 +1,7 @@
 """Serving through KServe's model server (the ``kserve`` package): the same KServe v2 protocol
 over HTTP (FastAPI/uvicorn) and gRPC (``inference.GRPCInferenceService``, the service
 tritonclient speaks), with kilnrt's own dynamic batcher in front of each engine, Triton's
-model-config endpoint added, a bound on request size, and Prometheus metrics.
+model-config endpoint and RPC added, a bound on request size, and Prometheus metrics.
 
 This is the fallback where PyTriton cannot run (docs/serving.md says where and why).
 """
@@ -13,8 +13,10 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
+import numpy as np
+
 from kilnrt.serve.batching import ModelRequests
-from kilnrt.serve.binary_http import BinaryInfer, RequestProblem
+from kilnrt.serve.binary_http import BinaryInfer, RequestProblem, encode_response
 from kilnrt.serve.metrics import ServeMetrics
 from kilnrt.serve.models import RequestError, ServedModel
 
@@ -42,6 +44,27 @@ def import_kserve():
 def _model_class(kserve):
     from kserve.errors import InvalidInput
     from kserve.protocol.infer_type import InferOutput, InferResponse
+
+    class Response(InferResponse):
+        """KServe's infer response, whose REST form carries NaN and infinities as Triton writes
+        them: ``NaN``, ``Infinity``, ``-Infinity`` (rapidjson's kWriteNanAndInfFlag), which
+        tritonclient reads back.  KServe writes JSON with orjson, which makes them null (read
+        back as NaN, an infinity's sign lost), so a response holding one is written by kilnrt's
+        encoder, the one binary-extension requests get (``arrays``: the outputs; ``request``: as
+        :func:`~kilnrt.serve.binary_http.parse_request` gives it).  KServe sends those bytes as
+        they are, without a content type (it sends its binary responses so too)."""
+
+        def __init__(self, *args, arrays, request, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.arrays = arrays
+            self.request = request
+
+        def to_rest(self):
+            if all(np.isfinite(v).all() for v in self.arrays.values() if v.dtype.kind == "f"):
+                return super().to_rest()
+            _, headers, payload = encode_response(self.model_name, self.request, self.arrays)
+            json_length = dict(headers).get(b"inference-header-content-length")
+            return payload, None if json_length is None else int(json_length)
 
     class KilnrtModel(kserve.Model):
         """One kilnrt engine as a KServe v2 model."""
@@ -100,9 +123,14 @@ def _model_class(kserve):
                 out = InferOutput(name=n, shape=list(v.shape), datatype=specs[n].datatype)
                 out.set_data_from_numpy(v, binary_data=True)
                 infer_outputs.append(out)
-            return InferResponse(response_id=payload.id or "", model_name=self.name, infer_outputs=infer_outputs,
-                                 use_binary_outputs=payload.use_binary_outputs,
-                                 requested_outputs=payload.request_outputs)
+            # for a response with NaN or infinities (Response): of the outputs a request names, those
+            # that say binary_data are binary (as KServe reads them), else binary_data_output says
+            request = {"id": payload.id, "binary_default": payload.use_binary_outputs,
+                       "outputs": [{"name": o.name, "parameters": {"binary_data": bool(o.binary_data)}}
+                                   for o in payload.request_outputs] if payload.request_outputs else None}
+            return Response(response_id=payload.id or "", model_name=self.name, infer_outputs=infer_outputs,
+                            use_binary_outputs=payload.use_binary_outputs, requested_outputs=payload.request_outputs,
+                            arrays=outputs, request=request)
 
     return KilnrtModel
 
@@ -200,6 +228,76 @@ def _add_routes(app, models: dict[str, ServedModel]) -> None:
     app.add_api_route("/v2/models/{model_name}/versions/{model_version}/config", model_config, methods=["GET"])
 
 
+def _triton_config_messages():
+    """Triton's ``ModelConfigRequest`` and ``ModelConfigResponse`` message classes, from the protos
+    tritonclient ships, in a descriptor pool of their own: those protos and KServe's both define the
+    ``inference`` package's messages, so ``import tritonclient.grpc`` fails ("duplicate symbol") in a
+    process that runs KServe's gRPC server.  Each generated ``*_pb2.py`` module adds its proto to the
+    default pool as one serialized descriptor; it is read from there."""
+    import ast
+    import importlib.resources
+
+    from google.protobuf import descriptor_pool, message_factory
+
+    folder = importlib.resources.files("tritonclient") / "grpc"
+    pool = descriptor_pool.DescriptorPool()
+    for module in ("model_config_pb2.py", "service_pb2.py"):      # service.proto imports model_config.proto
+        tree = ast.parse(folder.joinpath(module).read_text())
+        pool.AddSerializedFile(next(node.args[0].value for node in ast.walk(tree) if isinstance(node, ast.Call)
+                                    and getattr(node.func, "attr", None) == "AddSerializedFile"))
+    return tuple(message_factory.GetMessageClass(pool.FindMessageTypeByName(f"inference.{name}"))
+                 for name in ("ModelConfigRequest", "ModelConfigResponse"))
+
+
+def _model_config_rpc(models: dict[str, ServedModel]):
+    """A gRPC handler for Triton's ``ModelConfig`` RPC of ``inference.GRPCInferenceService``, which
+    KServe's servicer lacks: the config ``GET /v2/models/NAME/config`` answers (Triton's JSON form of
+    the ``ModelConfig`` message), as that message.  None, with a warning, where tritonclient's protos
+    cannot be read (it is not installed, say): the RPC is then UNIMPLEMENTED, as in KServe."""
+    import grpc
+    from google.protobuf import json_format
+    from kserve.errors import ModelNotFound
+
+    try:
+        request_class, response_class = _triton_config_messages()
+    except Exception as exc:  # noqa: BLE001 - an RPC the server can do without: serve, and say why
+        log.warning("gRPC ModelConfig is not served (HTTP GET /v2/models/NAME/config is): tritonclient's protos "
+                    "cannot be read: %s: %s", type(exc).__name__, exc)
+        return None
+
+    async def model_config(request, context):
+        model = models.get(request.name)
+        if model is None:
+            raise ModelNotFound(request.name)      # NOT_FOUND, through KServe's interceptor
+        response = response_class()
+        json_format.ParseDict(model.config(), response.config)
+        return response
+
+    return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
+        "ModelConfig": grpc.unary_unary_rpc_method_handler(model_config, request_deserializer=request_class.FromString,
+                                                           response_serializer=response_class.SerializeToString)})
+
+
+def _grpc_server_class(handlers):
+    """KServe's gRPC server, with ``handlers`` (generic RPC handlers) added to its ``grpc.aio``
+    server as it is made: KServe's ``GRPCServer.start`` makes that server (``self._server = ...``),
+    adds its servicer and starts it in one go, so the assignment is where to add more."""
+    from kserve.protocol.grpc.server import GRPCServer
+
+    class KilnrtGRPCServer(GRPCServer):
+        @property
+        def _server(self):
+            return self.__dict__.get("_aio_server")
+
+        @_server.setter
+        def _server(self, server) -> None:
+            if server is not None:
+                server.add_generic_rpc_handlers(handlers)
+            self.__dict__["_aio_server"] = server
+
+    return KilnrtGRPCServer
+
+
 def run_kserve(models: list[ServedModel], *, http_port: int, grpc_port: int, metrics_port: int | None,
                max_request_bytes: int, workers_per_model: int | None = None) -> None:
     """Serve ``models`` until SIGINT/SIGTERM (blocks)."""
@@ -219,6 +317,9 @@ def run_kserve(models: list[ServedModel], *, http_port: int, grpc_port: int, met
     app.add_middleware(DefaultJsonContentType)
     app.add_middleware(BodyLimit, limit=max_request_bytes)
     _add_routes(app, {m.name: m for m in models})
+    model_config_rpc = _model_config_rpc({m.name: m for m in models})
+    if model_config_rpc is not None:
+        model_server.GRPCServer = _grpc_server_class((model_config_rpc,))   # what ModelServer.start makes
     model_server.args.grpc_max_receive_message_length = max_request_bytes
     model_server.args.grpc_max_send_message_length = max(max_request_bytes, 64 << 20)
     server = kserve.ModelServer(http_port=http_port, grpc_port=grpc_port, enable_latency_logging=False,
