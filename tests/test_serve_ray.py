@@ -1,6 +1,6 @@
 """kilnrt engines on Ray Serve: deployment options (no Ray needed), then a local Ray instance with
-two replicas answering KServe v2 over HTTP and Python handle calls like ``engine.run``, bad
-requests, and both replicas serving."""
+two replicas answering KServe v2 over HTTP and gRPC and Python handle calls like ``engine.run``,
+bad requests, both replicas serving, and kilnrt's metrics scraped from Ray's Prometheus export."""
 from __future__ import annotations
 
 import importlib.util
@@ -152,6 +152,9 @@ needs_ray = pytest.mark.skipif(not (_have("ray") and _have("kserve") and _have("
                                reason="ray[serve] and kserve are not installed (pip install -e '.[dev]')")
 
 
+PORTS: dict[str, int] = {}      # the module's Ray instance: its gRPC and metrics export ports
+
+
 @pytest.fixture(scope="module")
 def ray_app(tmp_path_factory):
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")       # no usage report over the network
@@ -161,13 +164,16 @@ def ray_app(tmp_path_factory):
     from kilnrt.serve.launch import free_ports
     from kilnrt.serve.ray_deployment import deploy
 
+    port, grpc_port, metrics_port = free_ports(3)
+    # metrics reported every second (Ray's default: 10 s) on a port of our own, to be scraped
     ray.init(num_cpus=4, include_dashboard=False, object_store_memory=80 << 20, log_to_driver=False,
-             configure_logging=False)
-    port = free_ports(1)[0]
+             configure_logging=False, _metrics_export_port=metrics_port,
+             _system_config={"metrics_report_interval_ms": 1000})
+    PORTS.update(grpc=grpc_port, metrics=metrics_port)
     try:
         settings = [ModelSettings("digits", DIGITS, max_batch=32, max_queue_delay_us=2000)]
         handles = deploy(settings, RayOptions(replicas=2, max_request_bytes=1 << 20), http_port=port,
-                         timing_cache_dir=str(tmp_path_factory.mktemp("timing")))
+                         grpc_port=grpc_port, timing_cache_dir=str(tmp_path_factory.mktemp("timing")))
         yield f"127.0.0.1:{port}", handles["digits"]
     finally:
         serve.shutdown()
@@ -269,6 +275,142 @@ def test_bad_requests_get_v2_errors_and_replicas_keep_serving(ray_app, engine):
     assert code == 200
     got = np.array(json.loads(reply)["outputs"][0]["data"], np.float32).reshape(2, 10)
     assert_close(got, engine.run({"input": x})["logits"])
+
+
+needs_grpc = pytest.mark.skipif(not _have("tritonclient.grpc"), reason="tritonclient[grpc] is not installed")
+
+
+def _grpc_input(x: np.ndarray, name: str = "input", datatype: str = "FP32"):
+    import tritonclient.grpc as grpcclient
+
+    inp = grpcclient.InferInput(name, list(x.shape), datatype)
+    inp.set_data_from_numpy(x)
+    return inp
+
+
+@needs_ray
+@needs_grpc
+@pytest.mark.slow
+def test_grpc_answers_like_http_and_engine_run(ray_app, engine):
+    """tritonclient.grpc through Ray Serve's gRPC proxy, without any metadata (one model is one
+    application), and with ``application`` named as with several models."""
+    import tritonclient.grpc as grpcclient
+
+    url, _ = ray_app
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{PORTS['grpc']}")
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("digits")
+    meta = client.get_model_metadata("digits", as_json=True)
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": ["-1", "1", "8", "8"]}]
+    assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": ["-1", "10"]}]
+    assert client.get_model_config("digits", as_json=True)["config"]["max_batch_size"] == 32
+    seed = fresh_seed()
+    rng = np.random.default_rng(seed)
+    for n in (1, 7, 32):
+        x = rng.standard_normal((n, 1, 8, 8)).astype(np.float32)
+        assert np.abs(x).max() > 0
+        result = client.infer("digits", [_grpc_input(x)])
+        got = result.as_numpy("logits")
+        assert got.shape == (n, 10) and result.get_response().model_name == "digits"
+        code, _, body = _post(f"{url}/v2/models/digits/infer", _json_request(x))
+        assert code == 200
+        over_http = np.array(json.loads(body)["outputs"][0]["data"], np.float32).reshape(n, 10)
+        assert_close(got, over_http, seed=seed)
+        assert_close(got, engine.run({"input": x})["logits"], seed=seed)
+    x = rng.standard_normal((3, 1, 8, 8)).astype(np.float32)
+    named = client.infer("digits", [_grpc_input(x)], outputs=[grpcclient.InferRequestedOutput("logits")],
+                         headers={"application": "digits"})
+    assert_close(named.as_numpy("logits"), engine.run({"input": x})["logits"], seed=seed)
+
+
+@needs_ray
+@needs_grpc
+@pytest.mark.slow
+def test_grpc_bad_requests_get_invalid_argument_with_the_http_message(ray_app, engine):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{PORTS['grpc']}")
+    rng = np.random.default_rng(fresh_seed())
+    x = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+    cases = [("digits", [_grpc_input(x, name="image")], None, "INVALID_ARGUMENT", "has no input 'image'"),
+             ("digits", [_grpc_input(x.astype(np.float64), datatype="FP64")], None, "INVALID_ARGUMENT",
+              "datatype FP64, expected FP32"),
+             ("digits", [_grpc_input(rng.standard_normal((33, 1, 8, 8)).astype(np.float32))], None,
+              "INVALID_ARGUMENT", "batch size 33 is outside [1, 32]"),
+             ("digits", [_grpc_input(x)], [grpcclient.InferRequestedOutput("probs")], "INVALID_ARGUMENT",
+              "has no output 'probs'; its outputs: logits FP32[-1, 10]"),
+             ("nope", [_grpc_input(x)], None, "NOT_FOUND", "Model with name nope does not exist")]
+    for model, inputs, outputs, status, message in cases:
+        with pytest.raises(InferenceServerException) as info:
+            client.infer(model, inputs, outputs=outputs)
+        assert info.value.status() == f"StatusCode.{status}" and message in info.value.message(), \
+            (model, info.value)
+    with pytest.raises(InferenceServerException) as info:
+        client.get_model_metadata("nope")
+    assert info.value.status() == "StatusCode.NOT_FOUND"
+    assert_close(client.infer("digits", [_grpc_input(x)]).as_numpy("logits"), engine.run({"input": x})["logits"])
+
+
+def _scrape(port: int) -> dict[tuple[str, str], float]:
+    """kilnrt's series on Ray's metrics export port: {(name, 'model=...,reason=...'): value}
+    summed over replicas."""
+    import re
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        m = re.match(r"(ray_kilnrt_\w+)\{(.*)\} ([0-9.eE+-]+)$", line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+        key = ",".join(f"{k}={labels[k]}" for k in ("model", "reason", "le") if k in labels)
+        out[(m.group(1), key)] = out.get((m.group(1), key), 0.0) + float(m.group(3))
+    return out
+
+
+@needs_ray
+@needs_grpc
+@pytest.mark.slow
+def test_replicas_count_requests_failures_and_batches_in_rays_prometheus_export(ray_app):
+    """Scraped from the local Ray instance's metrics export port (``_metrics_export_port``)."""
+    import time
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    url, handle = ray_app
+    requests = ("ray_kilnrt_inference_requests_total", "model=digits")
+    items = ("ray_kilnrt_inference_items_total", "model=digits")
+    failures = ("ray_kilnrt_inference_failures_total", "model=digits,reason=invalid_request")
+    batches = ("ray_kilnrt_engine_batch_size_count", "model=digits")
+    before = _scrape(PORTS["metrics"])          # once the earlier tests' counts are exported (every 1 s)
+    for _ in range(20):
+        time.sleep(2.5)
+        before, previous = _scrape(PORTS["metrics"]), before
+        if before == previous:
+            break
+    rng = np.random.default_rng(fresh_seed())
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{PORTS['grpc']}")
+    for n in (1, 2, 3):                                     # 3 requests, 6 items, over gRPC
+        client.infer("digits", [_grpc_input(rng.standard_normal((n, 1, 8, 8)).astype(np.float32))])
+    x = rng.standard_normal((4, 1, 8, 8)).astype(np.float32)
+    assert _post(f"{url}/v2/models/digits/infer", _json_request(x))[0] == 200      # 1 request, 4 items
+    assert _post(f"{url}/v2/models/digits/infer", _json_request(x, name="image"))[0] == 400
+    with pytest.raises(InferenceServerException):
+        client.infer("digits", [_grpc_input(x, name="image")])
+    handle.infer.remote({"input": x}).result(timeout_s=30)                          # 1 request, 4 items
+    want = {requests: 5, items: 14, failures: 2, batches: 1}
+    deadline = time.monotonic() + 40
+    while True:
+        now = _scrape(PORTS["metrics"])
+        grown = {k: now.get(k, 0.0) - before.get(k, 0.0) for k in want}
+        if all(grown[k] >= v for k, v in want.items()) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert grown[requests] == 5 and grown[items] == 14 and grown[failures] == 2, grown
+    assert 1 <= grown[batches] <= 5, grown
+    assert now.get(("ray_kilnrt_engine_batch_size_bucket", "model=digits,le=+Inf"), 0) == now[batches]
 
 
 @pytest.mark.skipif(not _have("ray"), reason="ray[serve] is not installed")

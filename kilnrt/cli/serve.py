@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest request body (default 64 MiB; larger ones get 413 / RESOURCE_EXHAUSTED)")
     r = p.add_argument_group("Ray Serve (more than one machine; docs/serving.md)")
     r.add_argument("--ray", action="store_true", help="deploy on Ray Serve instead: one engine per replica, "
-                                                       "KServe v2 over HTTP on --http-port (gRPC: not yet)")
+                                                       "KServe v2 over HTTP on --http-port and gRPC on --grpc-port")
     r.add_argument("--replicas", type=int, metavar="N", help="replicas per model (default: one per GPU of the "
                                                              "cluster with --device cuda, else 1)")
     r.add_argument("--autoscale", metavar="MIN:MAX[:TARGET]", help="Ray Serve autoscaling between MIN and MAX "
@@ -100,6 +100,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _serve_ray(args, settings, cache, key) -> int:
     import logging
+    import os
 
     from kilnrt.errors import ErrorCode, KilnError
     from kilnrt.serve.ray_deployment import RayOptions, run_ray
@@ -111,11 +112,9 @@ def _serve_ray(args, settings, cache, key) -> int:
     if args.access_token is not None:
         raise KilnError(ErrorCode.INVALID_ARGUMENT, "--access-token (or KILNRT_SERVE_ACCESS_TOKEN) and --ray: Ray "
                                                     "Serve has none of Triton's restricted APIs; drop the token")
-    unused = [f for f, v, default in (("--grpc-port", args.grpc_port, 8001),
-                                      ("--metrics-port", args.metrics_port, 8002)) if v != default]
-    if unused:
-        log.warning("%s not used with --ray: Ray Serve answers HTTP only (gRPC under Ray: not yet), and its "
-                    "metrics go through Ray's own metrics export", " and ".join(unused))
+    if args.metrics_port and args.metrics_port != 8002 and (args.ray_address or os.environ.get("RAY_ADDRESS")):
+        log.warning("--metrics-port with a Ray cluster joined: not used; the cluster's nodes export Ray's "
+                    "metrics (kilnrt's included) on their own metrics export port")
     autoscaling = None
     if args.autoscale:
         parts = args.autoscale.split(":")
@@ -132,6 +131,7 @@ def _serve_ray(args, settings, cache, key) -> int:
     options = RayOptions(replicas=args.replicas, autoscaling=autoscaling, gpus_per_replica=args.gpus_per_replica,
                          max_request_bytes=args.max_request_bytes)
     log.warning("kilnrt serve: Ray Serve (asked for with --ray)")
-    run_ray(settings, options, http_port=args.http_port, address=args.ray_address, timing_cache_dir=str(cache),
+    run_ray(settings, options, http_port=args.http_port, grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port or None, address=args.ray_address, timing_cache_dir=str(cache),
             plan_key=key)
     return 0

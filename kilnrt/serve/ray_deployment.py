@@ -17,8 +17,18 @@ Clients reach the models through Ray Serve's HTTP proxy with the KServe v2 REST 
 and the binary-tensor extension, what ``tritonclient.http`` sends): ``POST
 /v2/models/NAME/infer``, ``GET /v2/models/NAME`` (metadata), ``.../ready``, ``.../config``,
 ``GET /v2/health/live|ready``.  Tensors are read and written by :mod:`kilnrt.serve.binary_http`
-(BYTES tensors and other datatypes numpy lacks by KServe's v2 codec), as on the KServe path.  Requests that reach one replica are stacked by kilnrt's dynamic batcher.  gRPC
-under Ray: not yet.  See docs/serving.md for clusters and Kubernetes.
+(BYTES tensors and other datatypes numpy lacks by KServe's v2 codec), as on the KServe path.
+
+On the gRPC port, Ray Serve's gRPC proxy speaks KServe v2 gRPC (``inference.GRPCInferenceService``,
+what ``tritonclient.grpc`` sends), registered with tritonclient's generated servicer function; each
+replica implements the RPCs by name (``ModelInfer``, ``ModelMetadata``, ...).  Ray routes a gRPC
+call to an application by the ``application`` metadata key, or to the only application there is:
+one model is deployed as one application (its HTTP health routes included), so a plain client
+works; with several models a client names the model's application
+(``tritonclient.grpc``'s ``headers={"application": NAME}``).  Requests that reach one replica
+are stacked by kilnrt's dynamic batcher.  Each replica counts requests, refusals and batch sizes
+with ``ray.serve.metrics`` (Ray's Prometheus export, ``ray_kilnrt_*``).  See docs/serving.md for
+clusters and Kubernetes.
 """
 from __future__ import annotations
 
@@ -32,6 +42,7 @@ from typing import Any, Sequence
 
 from kilnrt.errors import ErrorCode, KilnError
 from kilnrt.serve.config import DEFAULT_MAX_BATCH, ModelSettings
+from kilnrt.serve.v2_grpc import TRITON_SERVICER, GrpcProblem, grpc_abort, grpc_feeds
 
 log = logging.getLogger("kilnrt.serve")
 
@@ -110,6 +121,41 @@ def _error(status: int, message: str):
     return JSONResponse(status_code=status, content={"error": message})
 
 
+class RayMetrics:
+    """The KServe path's counters (:class:`kilnrt.serve.metrics.ServeMetrics`, same names) as
+    ``ray.serve.metrics``: Ray adds the tags deployment, replica and application, and exports them
+    as ``ray_kilnrt_inference_requests_total`` and so on through each node's metrics export port.
+    Outside a Ray replica (a plain object in a test) nothing is recorded."""
+
+    def __init__(self) -> None:
+        from ray.serve.metrics import Counter, Histogram
+
+        from kilnrt.serve.metrics import BATCH_BUCKETS
+
+        self.requests = Counter("kilnrt_inference_requests", "inference requests accepted", tag_keys=("model",))
+        self.items = Counter("kilnrt_inference_items", "batch items in accepted requests", tag_keys=("model",))
+        self.failures = Counter("kilnrt_inference_failures", "requests refused or failed",
+                                tag_keys=("model", "reason"))
+        self.batches = Histogram("kilnrt_engine_batch_size", "batch size of each engine run (after dynamic "
+                                 "batching)", boundaries=list(BATCH_BUCKETS), tag_keys=("model",))
+
+    def request(self, model: str, batch: int) -> None:
+        self.requests.inc(1, tags={"model": model})
+        self.items.inc(batch, tags={"model": model})
+
+    def failure(self, model: str, reason: str) -> None:
+        self.failures.inc(1, tags={"model": model, "reason": reason})
+
+    def batch(self, model: str, size: int) -> None:
+        self.batches.observe(size, tags={"model": model})
+
+
+class _NoMetrics:
+    def request(self, model: str, batch: int) -> None: ...
+    def failure(self, model: str, reason: str) -> None: ...
+    def batch(self, model: str, size: int) -> None: ...
+
+
 class KilnrtReplica:
     """One replica: one engine, one execution context, a dynamic batcher in front of it, and the
     KServe v2 REST routes under ``/v2/models/NAME``."""
@@ -126,7 +172,8 @@ class KilnrtReplica:
                                                plan_key)
         self.max_request_bytes = max_request_bytes
         self.prefix = f"/v2/models/{self.model.name}"
-        self.requests = ModelRequests(self.model, self.model.run, instances=1,
+        self.health = KilnrtHealth([self.model.name])     # one model, one application: /v2 is here too
+        self.requests = ModelRequests(self.model, self._run, instances=1,
                                       executor=ThreadPoolExecutor(1, thread_name_prefix=f"kilnrt-{self.model.name}"))
         try:
             from ray import serve
@@ -134,12 +181,24 @@ class KilnrtReplica:
             self.replica_id = serve.get_replica_context().replica_id.unique_id
         except Exception:  # noqa: BLE001 -- outside Ray (a plain object in a test): no replica id
             self.replica_id = "local"
+        self.metrics = RayMetrics() if self.replica_id != "local" else _NoMetrics()
+
+    def _run(self, feeds):
+        self.metrics.batch(self.model.name, next(iter(feeds.values())).shape[0] if self.model.max_batch else 1)
+        return self.model.run(feeds)
 
     # -- Python callers (a DeploymentHandle) ------------------------------------------------
     async def infer(self, feeds: dict, outputs: Sequence[str] = ()) -> dict:
         """The ``outputs`` named (all where none are) of ``feeds``, batched with other requests;
         raises RequestError, before anything runs, for a request the model cannot take."""
-        return await self.requests.infer(feeds, outputs)
+        from kilnrt.serve.models import RequestError
+
+        try:
+            return await self.requests.infer(feeds, outputs,
+                                             accepted=lambda batch: self.metrics.request(self.model.name, batch))
+        except RequestError:
+            self.metrics.failure(self.model.name, "invalid_request")
+            raise
 
     def replica(self) -> str:
         """This replica's id (which replica answered)."""
@@ -150,7 +209,9 @@ class KilnrtReplica:
         from starlette.responses import JSONResponse
 
         path = request.url.path
-        rest = path[len(self.prefix):] if path.startswith(self.prefix) else path
+        if path != self.prefix and not path.startswith(self.prefix + "/"):
+            return await self.health(request)       # /v2, /v2/health/..., another model's name
+        rest = path[len(self.prefix):]
         rest = rest.rstrip("/")
         if rest.startswith("/versions/"):                    # /versions/1/infer -> /infer
             rest = "/" + rest.split("/", 3)[3] if rest.count("/") >= 3 else ""
@@ -173,10 +234,12 @@ class KilnrtReplica:
 
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_request_bytes:
+            self.metrics.failure(self.model.name, "invalid_request")
             return _error(413, f"request body of {declared} bytes is over the server's limit of "
                                f"{self.max_request_bytes} bytes")
         body = await request.body()
         if len(body) > self.max_request_bytes:          # a chunked body declares no length
+            self.metrics.failure(self.model.name, "invalid_request")
             return _error(413, f"request body of {len(body)} bytes is over the server's limit of "
                                f"{self.max_request_bytes} bytes")
         header = request.headers.get("inference-header-content-length")
@@ -185,12 +248,14 @@ class KilnrtReplica:
             if not 0 < json_length <= len(body):
                 raise ValueError(f"Inference-Header-Content-Length {json_length} for a body of {len(body)} bytes")
         except ValueError as exc:
+            self.metrics.failure(self.model.name, "invalid_request")
             return _error(400, f"cannot read the request: {exc}")
         # read by kilnrt (kilnrt.serve.binary_http: KServe's codec makes each binary input a Python
         # list first); BYTES tensors and the like through KServe's codec
         try:
             request_read = parse_request(bytearray(body), json_length)
         except RequestProblem as exc:
+            self.metrics.failure(self.model.name, "invalid_request")
             return _error(400, f"cannot read the request: {exc.message}")
         except NotReadHere:
             request_read = None
@@ -209,12 +274,18 @@ class KilnrtReplica:
         from kilnrt.serve.kserve_backend import import_kserve
 
         import_kserve()
-        from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+        try:
+            from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+        except TypeError as exc:   # "duplicate symbol 'inference...'": tritonclient's gRPC protos are loaded
+            return _error(501, f"this replica has served gRPC, and KServe's v2 codec (for BYTES tensors and "
+                               f"the like over HTTP) cannot load next to tritonclient's protos: {exc}; send "
+                               "such requests over gRPC")
 
         try:
             payload = InferRequest.from_bytes(body, json_length, self.model.name)
             feeds = {i.name: i.as_numpy() for i in payload.inputs}
         except Exception as exc:  # noqa: BLE001 -- any unreadable body is the client's error
+            self.metrics.failure(self.model.name, "invalid_request")
             return _error(400, f"cannot read the request: {type(exc).__name__}: {exc}")
         try:
             outputs = await self.infer(feeds, [o.name for o in payload.request_outputs or ()])
@@ -235,6 +306,96 @@ class KilnrtReplica:
             return JSONResponse(content, headers=headers)
         headers["inference-header-content-length"] = str(json_length)
         return Response(content, media_type="application/octet-stream", headers=headers)
+
+
+    # -- gRPC (KServe v2, inference.GRPCInferenceService; Ray's proxy calls these by RPC name) ----
+    def _not_found(self, name: str) -> GrpcProblem:
+        return GrpcProblem("NOT_FOUND", f"Model with name {name} does not exist (this application serves "
+                                        f"{self.model.name!r}; with several models, name the model's application "
+                                        "in the gRPC metadata key 'application')")
+
+    async def ServerLive(self, request, grpc_context=None):  # noqa: N802 -- RPC names
+        from tritonclient.grpc import service_pb2
+
+        return service_pb2.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, grpc_context=None):  # noqa: N802
+        from tritonclient.grpc import service_pb2
+
+        return service_pb2.ServerReadyResponse(ready=True)
+
+    async def ServerMetadata(self, request, grpc_context=None):  # noqa: N802
+        from tritonclient.grpc import service_pb2
+
+        from kilnrt import __version__
+
+        return service_pb2.ServerMetadataResponse(name="kilnrt", version=__version__, extensions=[])
+
+    async def ModelReady(self, request, grpc_context=None):  # noqa: N802
+        from tritonclient.grpc import service_pb2
+
+        if request.name != self.model.name:
+            return grpc_abort(grpc_context, self._not_found(request.name), service_pb2.ModelReadyResponse())
+        return service_pb2.ModelReadyResponse(ready=True)
+
+    async def ModelMetadata(self, request, grpc_context=None):  # noqa: N802
+        from tritonclient.grpc import service_pb2
+
+        if request.name != self.model.name:
+            return grpc_abort(grpc_context, self._not_found(request.name), service_pb2.ModelMetadataResponse())
+        meta = self.model.metadata()
+        tensors = [[service_pb2.ModelMetadataResponse.TensorMetadata(name=t["name"], datatype=t["datatype"],
+                                                                      shape=t["shape"]) for t in meta[key]]
+                   for key in ("inputs", "outputs")]
+        return service_pb2.ModelMetadataResponse(name=meta["name"], versions=meta["versions"],
+                                                 platform=meta["platform"], inputs=tensors[0], outputs=tensors[1])
+
+    async def ModelConfig(self, request, grpc_context=None):  # noqa: N802
+        from google.protobuf import json_format
+        from tritonclient.grpc import model_config_pb2, service_pb2
+
+        if request.name != self.model.name:
+            return grpc_abort(grpc_context, self._not_found(request.name), service_pb2.ModelConfigResponse())
+        config = json_format.ParseDict(self.model.config(), model_config_pb2.ModelConfig(), ignore_unknown_fields=True)
+        return service_pb2.ModelConfigResponse(config=config)
+
+    async def ModelInfer(self, request, grpc_context=None):  # noqa: N802
+        """KServe v2 ``ModelInfer``: the same checks and batcher as HTTP; outputs as raw bytes."""
+        import numpy as np
+        from tritonclient.grpc import service_pb2
+        from tritonclient.utils import serialize_byte_tensor
+
+        from kilnrt.serve.models import RequestError
+
+        if request.model_name != self.model.name:
+            return grpc_abort(grpc_context, self._not_found(request.model_name), service_pb2.ModelInferResponse())
+        try:
+            if request.ByteSize() > self.max_request_bytes:
+                raise GrpcProblem("RESOURCE_EXHAUSTED", f"request of {request.ByteSize()} bytes is over the "
+                                                        f"server's limit of {self.max_request_bytes} bytes")
+            feeds = grpc_feeds(request)
+        except GrpcProblem as problem:
+            self.metrics.failure(self.model.name, "invalid_request")
+            return grpc_abort(grpc_context, problem, service_pb2.ModelInferResponse())
+        try:
+            outputs = await self.infer(feeds, [o.name for o in request.outputs])
+        except RequestError as exc:
+            return grpc_abort(grpc_context, GrpcProblem("INVALID_ARGUMENT", exc.message),
+                               service_pb2.ModelInferResponse())
+        specs = {t.name: t for t in self.model.outputs}
+        response = service_pb2.ModelInferResponse(model_name=self.model.name, model_version=request.model_version,
+                                                  id=request.id)
+        for name, value in outputs.items():
+            datatype = specs[name].datatype
+            response.outputs.add(name=name, datatype=datatype, shape=list(value.shape))
+            if datatype == "BYTES":
+                data = serialize_byte_tensor(np.asarray(value, dtype=np.object_))
+                response.raw_output_contents.append(data.item() if data.size else b"")
+            else:
+                response.raw_output_contents.append(np.ascontiguousarray(value).tobytes())
+        if grpc_context is not None:
+            grpc_context.set_trailing_metadata([("kilnrt-replica", self.replica_id)])
+        return response
 
 
 class KilnrtHealth:
@@ -259,6 +420,22 @@ class KilnrtHealth:
             return _error(404, f"Model with name {name} does not exist (served: {', '.join(self.models)})")
         return _error(404, f"no route {request.method} {request.url.path}")
 
+    # gRPC, with the metadata ``application: kilnrt-health`` (several models): the server's RPCs
+    ServerLive = KilnrtReplica.ServerLive
+    ServerReady = KilnrtReplica.ServerReady
+    ServerMetadata = KilnrtReplica.ServerMetadata
+
+    async def _no_model(self, request, grpc_context=None):
+        from tritonclient.grpc import service_pb2
+
+        name = getattr(request, "model_name", "") or request.name
+        return grpc_abort(grpc_context, GrpcProblem("NOT_FOUND", f"Model with name {name} does not exist here; "
+                                                                  f"name its application in the gRPC metadata key "
+                                                                  f"'application' (served: {', '.join(self.models)})"),
+                           service_pb2.ModelInferResponse())
+
+    ModelReady = ModelMetadata = ModelConfig = ModelInfer = _no_model
+
 
 def build_applications(settings: list[ModelSettings], options: RayOptions, *, timing_cache_dir: str | None = None,
                        plan_key: bytes | None = None, cluster_gpus: float = 0.0):
@@ -266,13 +443,16 @@ def build_applications(settings: list[ModelSettings], options: RayOptions, *, ti
     from ray import serve
 
     apps = []
+    single = len(settings) == 1       # one application: a gRPC client needs no 'application' metadata
     for s in settings:
         if s.instances != 1:
             log.warning("model %r: instances=%d; under Ray each replica is one execution context, so "
                         "instances is not used (scale with replicas or autoscaling)", s.name, s.instances)
         deployment = serve.deployment(**deployment_options(s, options, cluster_gpus))(KilnrtReplica)
         app = deployment.bind(s.as_dict(), timing_cache_dir, plan_key, options.max_request_bytes)
-        apps.append((s.name, f"/v2/models/{s.name}", app))
+        apps.append((s.name, "/v2" if single else f"/v2/models/{s.name}", app))
+    if single:                         # the model's replicas answer /v2 and /v2/health too
+        return apps
     health = serve.deployment(name="kilnrt-health", num_replicas=1,
                               ray_actor_options={"num_cpus": 0})(KilnrtHealth).bind([s.name for s in settings])
     apps.append(("kilnrt-health", "/v2", health))
@@ -310,30 +490,42 @@ def app_builder(args: dict[str, Any]):
 
 
 def deploy(settings: list[ModelSettings], options: RayOptions | None = None, *, http_host: str = "127.0.0.1",
-           http_port: int = 8000, address: str | None = None, timing_cache_dir: str | None = None,
+           http_port: int = 8000, grpc_port: int | None = None, metrics_port: int | None = None,
+           address: str | None = None, timing_cache_dir: str | None = None,
            plan_key: bytes | None = None) -> dict[str, Any]:
     """Deploy every model on the Ray cluster at ``address`` (None: the one ``ray.init()`` finds or
-    starts); returns a DeploymentHandle per model, once every replica is up."""
+    starts); returns a DeploymentHandle per model, once every replica is up.  ``grpc_port``: Ray
+    Serve's gRPC proxy speaks KServe v2 gRPC there (None or 0: no gRPC).  Ray starts its proxies
+    once per cluster: ports and servicers of a Serve instance already running are kept.
+    ``metrics_port``: where a Ray instance started here exports its Prometheus metrics (Ray's
+    ``_metrics_export_port``; a cluster joined keeps its own)."""
     import ray
     from ray import serve
+    from ray.serve.config import gRPCOptions
 
     options = options or RayOptions()
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")   # no usage report over the network unless asked
-        ray.init(address=address)
+        local = address is None and not os.environ.get("RAY_ADDRESS")
+        ray.init(address=address, **({"_metrics_export_port": metrics_port} if local and metrics_port else {}))
     cluster_gpus = float(ray.cluster_resources().get("GPU", 0.0))
-    serve.start(http_options={"host": http_host, "port": http_port})
+    grpc_options = gRPCOptions(port=grpc_port, grpc_servicer_functions=[TRITON_SERVICER]) if grpc_port else None
+    serve.start(http_options={"host": http_host, "port": http_port}, grpc_options=grpc_options)
     handles = {}
     for name, prefix, app in build_applications(settings, options, timing_cache_dir=timing_cache_dir,
                                                 plan_key=plan_key, cluster_gpus=cluster_gpus):
         handles[name] = serve.run(app, name=name, route_prefix=prefix)
         log.warning("Ray Serve: %s at http://%s:%d%s", name, http_host, http_port, prefix)
+    if grpc_port:
+        log.warning("Ray Serve: KServe v2 gRPC on port %d%s", grpc_port, "" if len(settings) == 1 else
+                    " (name the model's application in the gRPC metadata key 'application')")
     handles.pop("kilnrt-health", None)
     return handles
 
 
-def run_ray(settings: list[ModelSettings], options: RayOptions, *, http_port: int, address: str | None = None,
-            http_host: str = "0.0.0.0", timing_cache_dir: str | None = None, plan_key: bytes | None = None) -> None:
+def run_ray(settings: list[ModelSettings], options: RayOptions, *, http_port: int, grpc_port: int | None = None,
+            metrics_port: int | None = None, address: str | None = None, http_host: str = "0.0.0.0", timing_cache_dir: str | None = None,
+            plan_key: bytes | None = None) -> None:
     """``kilnrt serve --ray``: deploy, then serve until SIGINT/SIGTERM."""
     import signal
     import threading
@@ -341,8 +533,8 @@ def run_ray(settings: list[ModelSettings], options: RayOptions, *, http_port: in
     import ray
     from ray import serve
 
-    deploy(settings, options, http_host=http_host, http_port=http_port, address=address,
-           timing_cache_dir=timing_cache_dir, plan_key=plan_key)
+    deploy(settings, options, http_host=http_host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+           address=address, timing_cache_dir=timing_cache_dir, plan_key=plan_key)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):       # after ray.init, which installs its own
         signal.signal(sig, lambda *_: stop.set())
