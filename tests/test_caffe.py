@@ -3,7 +3,8 @@
 The files are written with kilnrt's own Caffe schema (no real Caffe is installable here), and once
 with Caffe's own generated caffe_pb2 (the copy the mmdnn package ships); the reference is a
 float64 PyTorch reimplementation of each layer's documented Caffe semantics, written
-independently of kilnrt's converters (pooling by explicit window loops).
+independently of kilnrt's converters (pooling by explicit window loops), and for SSD Caffe's
+Normalize, Permute, PriorBox and DetectionOutput a float64 numpy one of its forward passes.
 """
 from __future__ import annotations
 
@@ -317,22 +318,21 @@ def test_batch_statistics_and_unknown_fields_raise():
 
 
 def test_parameters_of_unsupported_layer_types_name_those_layers():
-    """An SSD's Normalize and PriorBox carry norm_param / prior_box_param, which kilnrt's schema
-    lacks: the error names the layers and their types, not just the first unknown field."""
-    ssd = LENET.replace('layer { name: "pool1"', """
-layer { name: "norm" type: "Normalize" bottom: "conv1" top: "norm"
-  norm_param { across_spatial: false scale_filler { type: "constant" value: 20 } channel_shared: false } }
-layer { name: "prior" type: "PriorBox" bottom: "norm" bottom: "data" top: "prior"
-  prior_box_param { min_size: 30.0 aspect_ratio: 2 flip: true variance: 0.1 step: 8 } }
-layer { name: "prior2" type: "PriorBox" bottom: "norm" bottom: "data" top: "prior2"
-  prior_box_param { min_size: 60.0 } }
+    """Layer types kilnrt does not support carry parameter messages its schema lacks (Crop's
+    crop_param, Slice's slice_param): the error names the layers and their types, not just the
+    first unknown field."""
+    text = LENET.replace('layer { name: "pool1"', """
+layer { name: "crop" type: "Crop" bottom: "conv1" bottom: "data" top: "crop" crop_param { axis: 2 offset: 1 } }
+layer { name: "slice" type: "Slice" bottom: "crop" top: "s1" top: "s2" slice_param { axis: 1 slice_point: 2 } }
+layer { name: "slice2" type: "Slice" bottom: "s1" top: "s3" top: "s4" slice_param { axis: 1 slice_point: 1 } }
 layer { name: "pool1\"""")
     with pytest.raises(KilnError) as info:
-        parse(ssd)
-    text = str(info.value)
+        parse(text)
+    message = str(info.value)
     assert info.value.code == "UNSUPPORTED_NODE"
-    assert "Normalize (norm), PriorBox (2 layers: prior, prior2). Supported: " in text
-    assert 'no field named "norm_param"' in text and ".." not in text
+    assert "Crop (crop), Slice (2 layers: slice, slice2). Supported: " in message
+    assert "Normalize" in message and "DetectionOutput" in message       # SSD Caffe's are supported
+    assert 'no field named "crop_param"' in message and ".." not in message
     # a field a supported layer lacks still says where the prototxt stops parsing
     with pytest.raises(KilnError, match=r"\[INVALID_MODEL\] <text>: not a Caffe prototxt .*7:95 .*fancy_option"):
         parse(LENET.replace("engine: CAFFE", "fancy_option: 3"))
@@ -368,6 +368,254 @@ def test_nvidia_caffe_raw_data_blobs():
         parse(LENET, net.SerializeToString())
 
 
+# ----------------------------------------------------------------------------- SSD Caffe's layers
+# The references follow SSD Caffe's forward passes (github.com/weiliu89/caffe, branch ssd:
+# normalize_layer.cpp, permute_layer.cpp, prior_box_layer.cpp, detection_output_layer.cpp and
+# bbox_util.cpp) in float64 numpy, loop by loop, apart from kilnrt's converters.
+def ref_normalize(x, scale, across_spatial, eps):
+    x = x.astype(np.float64)
+    axes = tuple(range(1, x.ndim)) if across_spatial else (1,)
+    norm = np.sqrt((x * x).sum(axes, keepdims=True) + eps)
+    return x / norm * np.asarray(scale, np.float64).reshape((1, -1) + (1,) * (x.ndim - 2))
+
+
+@pytest.mark.parametrize("across_spatial", [False, True])
+@pytest.mark.parametrize("channel_shared", [False, True])
+def test_normalize(across_spatial, channel_shared):
+    rng = np.random.default_rng(10)
+    eps = 0.5        # large enough to matter: the sums are about 2 per position
+    text = f"""input: "x" input_shape {{ dim: 2 dim: 6 dim: 3 dim: 4 }}
+    layer {{ name: "norm" type: "Normalize" bottom: "x" top: "norm"
+      norm_param {{ across_spatial: {str(across_spatial).lower()} channel_shared: {str(channel_shared).lower()}
+                   eps: {eps} scale_filler {{ type: "constant" value: 20 }} }} }}"""
+    scale = rand(rng, 1 if channel_shared else 6, lo=5, hi=25)
+    x = rand(rng, 2, 6, 3, 4)
+    got = run(parse(text, caffemodel({"norm": [scale.reshape(()) if channel_shared else scale]})), {"x": x})["norm"]
+    assert_close(got, ref_normalize(x, scale, across_spatial, eps), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("order,full", [((0, 2, 3, 1), (0, 2, 3, 1)), ((0, 3), (0, 3, 1, 2)),
+                                        ((3, 1, 0, 2), (3, 1, 0, 2)), ((), (0, 1, 2, 3))])
+def test_permute(order, full):
+    """Caffe appends the axes that ``order`` does not name, in their order."""
+    text = 'input: "x" input_shape { dim: 2 dim: 3 dim: 4 dim: 5 }\n' \
+           'layer { name: "perm" type: "Permute" bottom: "x" top: "perm" permute_param { ' + \
+           " ".join(f"order: {o}" for o in order) + " } }"
+    x = rand(np.random.default_rng(11), 2, 3, 4, 5)
+    got = run(parse(text), {"x": x})["perm"]
+    assert got.shape == tuple(x.shape[a] for a in full)
+    np.testing.assert_array_equal(got, np.transpose(x, full))
+    for bad in ("order: 4", "order: 1 order: 1"):
+        with pytest.raises(KilnError, match=r"layer 'perm': Caffe Permute layer: order .* distinct axes"):
+            parse(text.replace("permute_param {", f"permute_param {{ {bad}"))
+
+
+def ref_prior_box(feature_hw, image_hw, min_size, max_size=(), aspect_ratio=(), flip=True, clip=False,
+                  variance=(0.1,), step=None, offset=0.5, img_size=None):
+    layer_h, layer_w = feature_hw
+    img_h, img_w = (img_size, img_size) if img_size else image_hw
+    step_h, step_w = (step, step) if step else (img_h / layer_h, img_w / layer_w)
+    ratios = [1.0]
+    for r in aspect_ratio:
+        if all(abs(r - q) >= 1e-6 for q in ratios):
+            ratios.append(r)
+            if flip:
+                ratios.append(1.0 / r)
+    boxes = []
+    for h in range(layer_h):
+        for w in range(layer_w):
+            cx, cy = (w + offset) * step_w, (h + offset) * step_h
+            for s, mn in enumerate(min_size):
+                mn = int(mn)
+                sizes = [(mn, mn)]
+                if max_size:
+                    sizes.append((math.sqrt(mn * int(max_size[s])),) * 2)
+                sizes += [(mn * math.sqrt(r), mn / math.sqrt(r)) for r in ratios if abs(r - 1) >= 1e-6]
+                for bw, bh in sizes:
+                    boxes.append([(cx - bw / 2) / img_w, (cy - bh / 2) / img_h,
+                                  (cx + bw / 2) / img_w, (cy + bh / 2) / img_h])
+    boxes = np.array(boxes, np.float64).ravel()
+    if clip:
+        boxes = np.clip(boxes, 0, 1)
+    variances = np.tile(variance if len(variance) == 4 else variance * 4, len(boxes) // 4)
+    return np.stack([boxes, variances])[None]
+
+
+PRIOR_BOX_CASES = {      # prior_box_param text -> the reference's arguments
+    "min_size: 6": dict(min_size=[6]),
+    "min_size: 6 max_size: 14 aspect_ratio: 2 flip: true clip: false variance: 0.1 variance: 0.1 variance: 0.2 "
+    "variance: 0.2 step: 8 offset: 0.5": dict(min_size=[6], max_size=[14], aspect_ratio=[2], variance=(0.1, 0.1, 0.2, 0.2),
+                                              step=8),
+    "min_size: 9.7 aspect_ratio: 2 aspect_ratio: 3 aspect_ratio: 0.5 flip: false clip: true variance: 0.2 offset: 0.3":
+        dict(min_size=[9.7], aspect_ratio=[2, 3, 0.5], flip=False, clip=True, variance=(0.2,), offset=0.3),
+    "min_size: 4 min_size: 12 max_size: 10 max_size: 20 aspect_ratio: 3 aspect_ratio: 0.3333333 clip: true img_size: 32":
+        dict(min_size=[4, 12], max_size=[10, 20], aspect_ratio=[3, 0.3333333], clip=True, img_size=32),
+}
+
+
+@pytest.mark.parametrize("param", list(PRIOR_BOX_CASES))
+def test_prior_box(param):
+    """A constant from the shapes of its bottoms: the image here is a net input, the feature
+    map a convolution's output (5 x 7 of 40 x 56)."""
+    text = f"""input: "data" input_shape {{ dim: 1 dim: 3 dim: 40 dim: 56 }}
+    layer {{ name: "conv" type: "Convolution" bottom: "data" top: "feat"
+      convolution_param {{ num_output: 2 kernel_size: 8 stride: 8 }} }}
+    layer {{ name: "prior" type: "PriorBox" bottom: "feat" bottom: "data" top: "prior" prior_box_param {{ {param} }} }}"""
+    rng = np.random.default_rng(12)
+    network = parse(text, caffemodel({"conv": [rand(rng, 2, 3, 8, 8), rand(rng, 2)]}), ["prior"])
+    got = run(network, {"data": rand(rng, 1, 3, 40, 56)})["prior"]
+    want = ref_prior_box((5, 7), (40, 56), **PRIOR_BOX_CASES[param])
+    assert got.shape == want.shape
+    assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_prior_box_errors():
+    text = """input: "data" input_shape { dim: 1 dim: 3 dim: -1 dim: 64 }
+    layer { name: "prior" type: "PriorBox" bottom: "data" bottom: "data" top: "prior" prior_box_param { min_size: 4 } }"""
+    with pytest.raises(KilnError, match=r"layer 'prior': Caffe PriorBox layer: the height and width of the first "
+                                        r"\(feature map\) bottom 'data' are not static \(\(1, 3, -1, 64\)\)"):
+        parse(text)
+    fixed = text.replace("dim: -1", "dim: 64")
+    for param, message in (("max_size: 2.5", r"max_size \[2.5\] must give one size above each min_size \[4\]"),
+                           ("variance: 0.1 variance: 0.2", r"variance takes 1 or 4 positive values, got \[0.1, 0.2\]"),
+                           ("step: 4 step_h: 2", "either step or step_h/step_w")):
+        with pytest.raises(KilnError, match=message):
+            parse(fixed.replace("min_size: 4", f"min_size: 4 {param}"))
+    with pytest.raises(KilnError, match="min_size is required"):
+        parse(fixed.replace("min_size: 4", ""))
+
+
+def ref_overlap(a, b):
+    """bbox_util.cpp's JaccardOverlap of normalized boxes (a box with max < min has size 0)."""
+    w, h = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    size = lambda r: 0.0 if r[2] < r[0] or r[3] < r[1] else (r[2] - r[0]) * (r[3] - r[1])
+    return w * h / (size(a) + size(b) - w * h)
+
+
+def ref_detection_output(loc, conf, prior, num_classes, share_location=True, background_label_id=0,
+                         code_type="CORNER", variance_encoded_in_target=False, nms_threshold=0.3, top_k=-1,
+                         keep_top_k=-1, confidence_threshold=None):
+    """[N, 7] rows (image, label, confidence, xmin, ymin, xmax, ymax), by descending confidence."""
+    count = prior.shape[2] // 4
+    priors = prior[0, 0].reshape(count, 4).astype(np.float64)
+    variances = prior[0, 1].reshape(count, 4).astype(np.float64) if not variance_encoded_in_target else None
+    deltas = loc.reshape(count, 1 if share_location else num_classes, 4).astype(np.float64)
+    scores = conf.reshape(count, num_classes).astype(np.float64)
+
+    def decode(p, v, d):
+        if v is not None:
+            d = d * v
+        if code_type == "CORNER":
+            return p + d
+        pw, ph = p[2] - p[0], p[3] - p[1]
+        cx, cy = d[0] * pw + (p[0] + p[2]) / 2, d[1] * ph + (p[1] + p[3]) / 2
+        w, h = math.exp(d[2]) * pw, math.exp(d[3]) * ph
+        return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+
+    found = []
+    for c in range(num_classes):
+        if c == background_label_id:
+            continue
+        boxes = [decode(priors[i], None if variances is None else variances[i],
+                        deltas[i, 0 if share_location else c]) for i in range(count)]
+        s = scores[:, c]
+        order = sorted((i for i in range(count) if confidence_threshold is None or s[i] > confidence_threshold),
+                       key=lambda i: -s[i])                                  # stable, as std::stable_sort
+        if top_k > -1:
+            order = order[:top_k]
+        kept = []
+        for i in order:
+            if all(ref_overlap(boxes[i], boxes[j]) <= nms_threshold for j in kept):
+                kept.append(i)
+        found += [[0, c, s[i], *boxes[i]] for i in kept]
+    found.sort(key=lambda row: -row[2])
+    if keep_top_k > -1:
+        found = found[:keep_top_k]
+    return np.array(found, np.float64).reshape(-1, 7)
+
+
+def ssd_inputs(rng, count, classes, loc_classes, variance_rows=2):
+    """Priors scattered over the image (many overlap), small location deltas, softmax scores."""
+    centers, sizes = rng.uniform(0.25, 0.75, (count, 2)), rng.uniform(0.2, 0.45, (count, 2))
+    boxes = np.concatenate([centers - sizes / 2, centers + sizes / 2], 1).reshape(-1)
+    variances = np.tile([0.1, 0.1, 0.2, 0.2], count)
+    prior = np.stack([boxes, variances][:variance_rows])[None].astype(np.float32)
+    loc = rng.normal(0, 0.5, (1, count * loc_classes * 4)).astype(np.float32)
+    logits = rng.normal(0, 1.5, (count, classes))
+    conf = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).reshape(1, -1).astype(np.float32)
+    return loc, conf, prior
+
+
+DETECTION_CASES = {      # detection_output_param text -> the reference's arguments (num_classes 3 unless said)
+    "share_location: true background_label_id: 0 code_type: CENTER_SIZE confidence_threshold: 0.05 "
+    "nms_param { nms_threshold: 0.45 top_k: 20 } keep_top_k: 15":
+        dict(code_type="CENTER_SIZE", confidence_threshold=0.05, nms_threshold=0.45, top_k=20, keep_top_k=15),
+    "share_location: false background_label_id: -1 code_type: CORNER confidence_threshold: 0.3 "
+    "nms_param { nms_threshold: 0.3 }":
+        dict(share_location=False, background_label_id=-1, confidence_threshold=0.3, nms_threshold=0.3),
+    "background_label_id: 1 code_type: CENTER_SIZE variance_encoded_in_target: true confidence_threshold: 0.4 "
+    "nms_param { nms_threshold: 0.5 top_k: 8 } keep_top_k: 100":
+        dict(background_label_id=1, code_type="CENTER_SIZE", variance_encoded_in_target=True,
+             confidence_threshold=0.4, nms_threshold=0.5, top_k=8, keep_top_k=100),
+    "share_location: false code_type: CENTER_SIZE confidence_threshold: 0.1 nms_param { nms_threshold: 0.4 top_k: 25 } "
+    "keep_top_k: 12 save_output_param { label_map_file: 'labels.prototxt' }":
+        dict(share_location=False, code_type="CENTER_SIZE", confidence_threshold=0.1, nms_threshold=0.4,
+             top_k=25, keep_top_k=12),
+}
+
+
+def detection_net(param: str, count: int, classes: int, loc_classes: int, variance_rows: int = 2) -> str:
+    return f"""input: "loc" input_shape {{ dim: 1 dim: {count * loc_classes * 4} }}
+    input: "conf" input_shape {{ dim: 1 dim: {count * classes} }}
+    input: "prior" input_shape {{ dim: 1 dim: {variance_rows} dim: {count * 4} }}
+    layer {{ name: "det" type: "DetectionOutput" bottom: "loc" bottom: "conf" bottom: "prior" top: "det"
+      include {{ phase: TEST }} detection_output_param {{ num_classes: {classes} {param} }} }}"""
+
+
+def by_confidence(rows: np.ndarray) -> np.ndarray:
+    return rows[np.lexsort((rows[:, 3], -rows[:, 2]))]
+
+
+@pytest.mark.parametrize("param", list(DETECTION_CASES))
+def test_detection_output(param):
+    args = DETECTION_CASES[param]
+    count, classes = 60, 3
+    loc_classes = 1 if args.get("share_location", True) else classes
+    rows = 1 if args.get("variance_encoded_in_target") else 2
+    rng = np.random.default_rng(13)
+    engine = kilnrt.build(parse(detection_net(param, count, classes, loc_classes, rows)), device="cpu")
+    for _ in range(3):
+        loc, conf, prior = ssd_inputs(rng, count, classes, loc_classes, rows)
+        if rows == 1:
+            loc *= 0.2               # targets with the variances in them
+        got = engine.run({"loc": loc, "conf": conf, "prior": prior})["det"]
+        want = ref_detection_output(loc, conf, prior, classes, **args)
+        assert got.shape[:2] == (1, 1) and got.shape[3] == 7
+        assert got.shape[2] == len(want) and len(want) > 3, (got.shape, len(want))
+        assert np.all(np.diff(got[0, 0, :, 2]) <= 0)                # by descending confidence
+        assert_close(by_confidence(got[0, 0]), by_confidence(want), rtol=0, atol=1e-5)
+
+
+def test_detection_output_finds_nothing_and_refuses_what_it_does_not_do():
+    count, classes = 10, 2
+    param = "code_type: CENTER_SIZE confidence_threshold: 0.999 nms_param { nms_threshold: 0.45 }"
+    loc, conf, prior = ssd_inputs(np.random.default_rng(14), count, classes, 1)
+    got = run(parse(detection_net(param, count, classes, 1)), {"loc": loc, "conf": conf, "prior": prior})["det"]
+    assert got.shape == (1, 1, 0, 7)          # Caffe writes one row of -1 instead
+    base = detection_net(param, count, classes, 1)
+    for text, message in (
+            (base.replace("CENTER_SIZE", "CORNER_SIZE"), "code_type CORNER_SIZE is not supported"),
+            (base.replace("nms_threshold: 0.45", "nms_threshold: 0.45 eta: 0.9"), r"adaptive NMS \(eta 0.9"),
+            (base.replace("num_classes: 2", "num_classes: 3"), r"the confidence bottom has shape \(1, 20\); 10 priors "
+                                                               "and 3 classes need 30 values"),
+            (base.replace("dim: 1 dim: 40", "dim: 2 dim: 40").replace("dim: 1 dim: 20", "dim: 2 dim: 20"),
+             "kilnrt detects in one image per run; the bottoms have batch 2")):
+        with pytest.raises(KilnError, match=r"layer 'det': Caffe DetectionOutput layer: " + message):
+            parse(text)
+
+
 # ----------------------------------------------------------------------------- the schema
 # (message, field) -> number, as read in BVLC Caffe's src/caffe/proto/caffe.proto
 CAFFE_PROTO_NUMBERS = {
@@ -401,10 +649,33 @@ CAFFE_PROTO_NUMBERS = {
 }
 
 
+# as read in SSD Caffe's caffe.proto (github.com/weiliu89/caffe, branch ssd), whose .caffemodel
+# files carry them (tests/test_caffe_real_model.py reads OpenCV's res10 face detector's);
+# OpenCV's opencv-caffe.proto numbers the four LayerParameter fields 147-150 instead
+SSD_CAFFE_PROTO_NUMBERS = {
+    ("LayerParameter", "detection_output_param"): 204, ("LayerParameter", "permute_param"): 202,
+    ("LayerParameter", "prior_box_param"): 203, ("LayerParameter", "norm_param"): 206,
+    ("NormalizeParameter", "across_spatial"): 1, ("NormalizeParameter", "scale_filler"): 2,
+    ("NormalizeParameter", "channel_shared"): 3, ("NormalizeParameter", "eps"): 4, ("PermuteParameter", "order"): 1,
+    ("PriorBoxParameter", "min_size"): 1, ("PriorBoxParameter", "max_size"): 2, ("PriorBoxParameter", "aspect_ratio"): 3,
+    ("PriorBoxParameter", "flip"): 4, ("PriorBoxParameter", "clip"): 5, ("PriorBoxParameter", "variance"): 6,
+    ("PriorBoxParameter", "img_size"): 7, ("PriorBoxParameter", "img_h"): 8, ("PriorBoxParameter", "img_w"): 9,
+    ("PriorBoxParameter", "step"): 10, ("PriorBoxParameter", "step_h"): 11, ("PriorBoxParameter", "step_w"): 12,
+    ("PriorBoxParameter", "offset"): 13, ("NonMaximumSuppressionParameter", "nms_threshold"): 1,
+    ("NonMaximumSuppressionParameter", "top_k"): 2, ("NonMaximumSuppressionParameter", "eta"): 3,
+    ("DetectionOutputParameter", "num_classes"): 1, ("DetectionOutputParameter", "share_location"): 2,
+    ("DetectionOutputParameter", "background_label_id"): 3, ("DetectionOutputParameter", "nms_param"): 4,
+    ("DetectionOutputParameter", "save_output_param"): 5, ("DetectionOutputParameter", "code_type"): 6,
+    ("DetectionOutputParameter", "keep_top_k"): 7, ("DetectionOutputParameter", "variance_encoded_in_target"): 8,
+    ("DetectionOutputParameter", "confidence_threshold"): 9,
+}
+
+
 def test_field_numbers_match_caffe_proto():
+    numbers = {**CAFFE_PROTO_NUMBERS, **SSD_CAFFE_PROTO_NUMBERS}
     wrong = {key: schema.message_class(key[0]).DESCRIPTOR.fields_by_name[key[1]].number
-             for key in CAFFE_PROTO_NUMBERS
-             if schema.message_class(key[0]).DESCRIPTOR.fields_by_name[key[1]].number != CAFFE_PROTO_NUMBERS[key]}
+             for key in numbers
+             if schema.message_class(key[0]).DESCRIPTOR.fields_by_name[key[1]].number != numbers[key]}
     assert not wrong
     blob = schema.BlobProto()        # packed floats under field 5, as Caffe writes them
     blob.data.extend([1.0, 2.0])

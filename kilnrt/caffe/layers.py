@@ -341,3 +341,7 @@ def reshape(ctx: Context, layer):
     if int(np.prod(dims, dtype=np.int64)) != total:
         raise ctx.fail(f"cannot reshape {shape} to {tuple(dims)}", "INVALID_NODE")
     return [_reshape(ctx, x, tuple(dims), "")]
+
+
+# SSD Caffe's layers register themselves here
+from kilnrt.caffe import ssd_layers  # noqa: E402,F401

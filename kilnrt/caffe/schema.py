@@ -1,7 +1,8 @@
 """Caffe's protobuf messages, built in Python: only the messages and fields kilnrt reads.
 
-Field numbers and types are those of BVLC Caffe's ``src/caffe/proto/caffe.proto`` (so real
-``deploy.prototxt`` and ``.caffemodel`` files parse); kilnrt's own declaration, not a copy of it.
+Field numbers and types are those of BVLC Caffe's ``src/caffe/proto/caffe.proto``, and for SSD's
+four layer types those of SSD Caffe's (so real ``deploy.prototxt`` and ``.caffemodel`` files
+parse); kilnrt's own declaration, not a copy of it.
 Fields a deploy file often carries but inference ignores (fillers, ``param { lr_mult }``,
 ``engine``) are declared so that they parse.  ``tests/test_caffe.py`` pins the core numbers.
 """
@@ -15,7 +16,8 @@ _SCALARS = {"string": F.TYPE_STRING, "float": F.TYPE_FLOAT, "double": F.TYPE_DOU
 ENGINE = {"DEFAULT": 0, "CAFFE": 1, "CUDNN": 2}
 
 # message -> (enums {name: {value: number}}, fields [(name, number, type, repeated, default, packed)])
-# a type is a scalar name, "enum:Name" (an enum of this message, or top-level), or a message name
+# a type is a scalar name, "enum:Name" (an enum of this message, "Message.Enum", or top-level),
+# or a message name
 MESSAGES: dict[str, tuple[dict, list]] = {
     "BlobShape": ({}, [("dim", 1, "int64", True, None, True)]),
     "BlobProto": ({}, [("shape", 7, "BlobShape", False, None, False),
@@ -95,6 +97,37 @@ MESSAGES: dict[str, tuple[dict, list]] = {
     "PReLUParameter": ({}, [("filler", 1, "FillerParameter", False, None, False),
                             ("channel_shared", 2, "bool", False, "false", False)]),
     "InputParameter": ({}, [("shape", 1, "BlobShape", True, None, False)]),
+    # SSD Caffe's (github.com/weiliu89/caffe, branch ssd): its messages and LayerParameter numbers,
+    # which its .caffemodel files carry (OpenCV's opencv-caffe.proto renumbers the four
+    # LayerParameter fields 147-150 and adds fields of its own)
+    "NormalizeParameter": ({}, [
+        ("across_spatial", 1, "bool", False, "true", False), ("scale_filler", 2, "FillerParameter", False, None, False),
+        ("channel_shared", 3, "bool", False, "true", False), ("eps", 4, "float", False, "1e-10", False)]),
+    "PermuteParameter": ({}, [("order", 1, "uint32", True, None, False)]),
+    "PriorBoxParameter": ({"CodeType": {"CORNER": 1, "CENTER_SIZE": 2, "CORNER_SIZE": 3}}, [
+        ("min_size", 1, "float", True, None, False), ("max_size", 2, "float", True, None, False),
+        ("aspect_ratio", 3, "float", True, None, False), ("flip", 4, "bool", False, "true", False),
+        ("clip", 5, "bool", False, "false", False), ("variance", 6, "float", True, None, False),
+        ("img_size", 7, "uint32", False, None, False), ("img_h", 8, "uint32", False, None, False),
+        ("img_w", 9, "uint32", False, None, False), ("step", 10, "float", False, None, False),
+        ("step_h", 11, "float", False, None, False), ("step_w", 12, "float", False, None, False),
+        ("offset", 13, "float", False, "0.5", False)]),
+    "NonMaximumSuppressionParameter": ({}, [
+        ("nms_threshold", 1, "float", False, "0.3", False), ("top_k", 2, "int32", False, None, False),
+        ("eta", 3, "float", False, "1", False)]),
+    "SaveOutputParameter": ({}, [       # read so that deploy files parse; kilnrt saves nothing
+        ("output_directory", 1, "string", False, None, False), ("output_name_prefix", 2, "string", False, None, False),
+        ("output_format", 3, "string", False, None, False), ("label_map_file", 4, "string", False, None, False),
+        ("name_size_file", 5, "string", False, None, False), ("num_test_image", 6, "uint32", False, None, False)]),
+    "DetectionOutputParameter": ({}, [
+        ("num_classes", 1, "uint32", False, None, False), ("share_location", 2, "bool", False, "true", False),
+        ("background_label_id", 3, "int32", False, "0", False),
+        ("nms_param", 4, "NonMaximumSuppressionParameter", False, None, False),
+        ("save_output_param", 5, "SaveOutputParameter", False, None, False),
+        ("code_type", 6, "enum:PriorBoxParameter.CodeType", False, "CORNER", False),
+        ("variance_encoded_in_target", 8, "bool", False, "false", False), ("keep_top_k", 7, "int32", False, "-1", False),
+        ("confidence_threshold", 9, "float", False, None, False), ("visualize", 10, "bool", False, "false", False),
+        ("visualize_threshold", 11, "float", False, None, False), ("save_file", 12, "string", False, None, False)]),
 }
 
 # LayerParameter's per-type parameter fields: (field, number, message)
@@ -107,7 +140,10 @@ LAYER_PARAMS = [("batch_norm_param", 139, "BatchNormParameter"), ("concat_param"
                 ("prelu_param", 131, "PReLUParameter"), ("relu_param", 123, "ReLUParameter"),
                 ("reshape_param", 133, "ReshapeParameter"), ("scale_param", 142, "ScaleParameter"),
                 ("sigmoid_param", 124, "SigmoidParameter"), ("softmax_param", 125, "SoftmaxParameter"),
-                ("tanh_param", 127, "TanHParameter")]
+                ("tanh_param", 127, "TanHParameter"),
+                # SSD Caffe's layers
+                ("detection_output_param", 204, "DetectionOutputParameter"), ("norm_param", 206, "NormalizeParameter"),
+                ("permute_param", 202, "PermuteParameter"), ("prior_box_param", 203, "PriorBoxParameter")]
 MESSAGES["LayerParameter"] = ({}, [
     ("name", 1, "string", False, None, False), ("type", 2, "string", False, None, False),
     ("bottom", 3, "string", True, None, False), ("top", 4, "string", True, None, False),
@@ -171,6 +207,7 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
             elif ftype.startswith("enum:"):
                 ename = ftype[5:]
                 f.type = F.TYPE_ENUM
+                # an enum of this message, of another ("PriorBoxParameter.CodeType") or top-level
                 f.type_name = f".caffe.{mname}.{ename}" if ename in enums else f".caffe.{ename}"
             else:
                 f.type, f.type_name = F.TYPE_MESSAGE, f".caffe.{ftype}"
