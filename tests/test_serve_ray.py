@@ -425,3 +425,43 @@ def test_app_builder_for_serve_config_files():
         app_builder({"model": f"digits={DIGITS}", "replica": 2})
     with pytest.raises(KilnError, match="no model"):
         app_builder({"replicas": 2})
+
+
+@pytest.mark.parametrize("case, message", [
+    ("negative dim", "dims must not be negative"),
+    ("too few values", "values for"),
+    ("twice", "is given twice"),
+    ("int8 out of range", "cannot read the request"),
+    ("contents and raw", "both contents and raw_input_contents"),
+])
+def test_grpc_inputs_that_cannot_be_read_are_the_clients_error(case, message):
+    """``v2_grpc.grpc_feeds`` refuses what it cannot read with INVALID_ARGUMENT (never a bare
+    exception, which Ray's proxy would send as INTERNAL with its traceback)."""
+    pytest.importorskip("tritonclient.grpc")
+    from tritonclient.grpc import service_pb2
+
+    from kilnrt.serve.v2_grpc import GrpcProblem, grpc_feeds
+
+    x = np.random.default_rng(fresh_seed()).standard_normal((2, 3)).astype(np.float32)
+    request = service_pb2.ModelInferRequest(model_name="m")
+    if case == "int8 out of range":
+        tensor = request.inputs.add(name="x", datatype="INT8", shape=[2])
+        tensor.contents.int_contents.extend([3, 300])
+    elif case == "contents and raw":
+        tensor = request.inputs.add(name="x", datatype="FP32", shape=[2, 3])
+        tensor.contents.fp32_contents.extend(x.ravel().tolist())
+        request.raw_input_contents.append(x.tobytes())
+    else:
+        shape = {"negative dim": [-1, 3], "too few values": [3, 3]}.get(case, [2, 3])
+        request.inputs.add(name="x", datatype="FP32", shape=shape)
+        request.raw_input_contents.append(x.tobytes())
+        if case == "twice":
+            request.inputs.add(name="x", datatype="FP32", shape=[2, 3])
+            request.raw_input_contents.append(x.tobytes())
+    with pytest.raises(GrpcProblem, match=message) as info:
+        grpc_feeds(request)
+    assert info.value.code == "INVALID_ARGUMENT"
+    good = service_pb2.ModelInferRequest(model_name="m")
+    good.inputs.add(name="x", datatype="FP32", shape=[2, 3])
+    good.raw_input_contents.append(x.tobytes())
+    np.testing.assert_array_equal(grpc_feeds(good)["x"], x)

@@ -21,7 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "REPOSITORY (a folder of model folders); repeatable")
     p.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000)")
     p.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001)")
-    p.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (default 8002; 0: off)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="Prometheus metrics port (default 8002; 0: off). With --ray: the port a Ray instance "
+                        "started here exports its metrics on (default: Ray's choice)")
     p.add_argument("--backend", choices=("auto", "triton", "kserve"), default="auto",
                    help="the server: Triton via PyTriton, KServe's model server, or auto (Triton where it runs)")
     p.add_argument("--access-token", metavar="TOKEN", default=os.environ.get("KILNRT_SERVE_ACCESS_TOKEN"),
@@ -93,7 +95,7 @@ def main(args: argparse.Namespace) -> int:
     if args.ray:
         return _serve_ray(args, settings, cache, plan_key(args))
     serve(settings, backend=args.backend, http_port=args.http_port, grpc_port=args.grpc_port,
-          metrics_port=args.metrics_port or None, max_request_bytes=args.max_request_bytes, timing_cache_dir=cache,
+          metrics_port=8002 if args.metrics_port is None else args.metrics_port or None, max_request_bytes=args.max_request_bytes, timing_cache_dir=cache,
           plan_key=plan_key(args), access_token=args.access_token)
     return 0
 
@@ -112,7 +114,7 @@ def _serve_ray(args, settings, cache, key) -> int:
     if args.access_token is not None:
         raise KilnError(ErrorCode.INVALID_ARGUMENT, "--access-token (or KILNRT_SERVE_ACCESS_TOKEN) and --ray: Ray "
                                                     "Serve has none of Triton's restricted APIs; drop the token")
-    if args.metrics_port and args.metrics_port != 8002 and (args.ray_address or os.environ.get("RAY_ADDRESS")):
+    if args.metrics_port and (args.ray_address or os.environ.get("RAY_ADDRESS")):
         log.warning("--metrics-port with a Ray cluster joined: not used; the cluster's nodes export Ray's "
                     "metrics (kilnrt's included) on their own metrics export port")
     autoscaling = None

@@ -33,6 +33,7 @@ clusters and Kubernetes.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import math
@@ -227,7 +228,7 @@ class KilnrtReplica:
                            f"{self.prefix}, {self.prefix}/ready, {self.prefix}/config and POST {self.prefix}/infer")
 
     async def _infer_http(self, request):
-        from starlette.responses import JSONResponse, Response
+        from starlette.responses import Response
 
         from kilnrt.serve.binary_http import NotReadHere, RequestProblem, encode_response, parse_request, output_names
         from kilnrt.serve.models import RequestError
@@ -250,63 +251,29 @@ class KilnrtReplica:
         except ValueError as exc:
             self.metrics.failure(self.model.name, "invalid_request")
             return _error(400, f"cannot read the request: {exc}")
-        # read by kilnrt (kilnrt.serve.binary_http: KServe's codec makes each binary input a Python
-        # list first); BYTES tensors and the like through KServe's codec
+        # read by kilnrt (kilnrt.serve.binary_http).  A datatype it leaves to KServe's codec (BYTES, one
+        # numpy lacks) is one no kilnrt engine takes: refused here, never through KServe's codec, whose
+        # protos cannot load next to tritonclient's (gRPC would then fail on this replica for good)
         try:
             request_read = parse_request(bytearray(body), json_length)
         except RequestProblem as exc:
             self.metrics.failure(self.model.name, "invalid_request")
             return _error(400, f"cannot read the request: {exc.message}")
         except NotReadHere:
-            request_read = None
-        if request_read is not None:
-            try:
-                outputs = await self.infer(request_read["feeds"], output_names(request_read))
-                _, headers, content = encode_response(self.model.name, request_read, outputs)
-            except RequestError as exc:
-                return _error(400, exc.message)
-            except RequestProblem as exc:
-                return _error(exc.status, exc.message)
-            headers = {k.decode(): v.decode() for k, v in headers if k != b"content-length"}
-            headers["kilnrt-replica"] = self.replica_id
-            return Response(content, media_type=headers.pop("content-type"), headers=headers)
-        # BYTES tensors and the like: KServe's v2 codec (imported with kilnrt's argv kept away from it)
-        from kilnrt.serve.kserve_backend import import_kserve
-
-        import_kserve()
-        try:
-            from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
-        except TypeError as exc:   # "duplicate symbol 'inference...'": tritonclient's gRPC protos are loaded
-            return _error(501, f"this replica has served gRPC, and KServe's v2 codec (for BYTES tensors and "
-                               f"the like over HTTP) cannot load next to tritonclient's protos: {exc}; send "
-                               "such requests over gRPC")
-
-        try:
-            payload = InferRequest.from_bytes(body, json_length, self.model.name)
-            feeds = {i.name: i.as_numpy() for i in payload.inputs}
-        except Exception as exc:  # noqa: BLE001 -- any unreadable body is the client's error
             self.metrics.failure(self.model.name, "invalid_request")
-            return _error(400, f"cannot read the request: {type(exc).__name__}: {exc}")
+            return _error(400, f"cannot read the request: an input's datatype is not one model "
+                               f"{self.model.name!r} takes; its inputs: "
+                               + ", ".join(f"{t.name} {t.datatype}" for t in self.model.inputs))
         try:
-            outputs = await self.infer(feeds, [o.name for o in payload.request_outputs or ()])
+            outputs = await self.infer(request_read["feeds"], output_names(request_read))
+            _, headers, content = encode_response(self.model.name, request_read, outputs)
         except RequestError as exc:
             return _error(400, exc.message)
-        specs = {t.name: t for t in self.model.outputs}
-        infer_outputs = []
-        for name, value in outputs.items():
-            out = InferOutput(name=name, shape=list(value.shape), datatype=specs[name].datatype)
-            out.set_data_from_numpy(value, binary_data=True)
-            infer_outputs.append(out)
-        response = InferResponse(response_id=payload.id or "", model_name=self.model.name,
-                                 infer_outputs=infer_outputs, use_binary_outputs=payload.use_binary_outputs,
-                                 requested_outputs=payload.request_outputs)
-        content, json_length = response.to_rest()
-        headers = {"kilnrt-replica": self.replica_id}
-        if json_length is None:
-            return JSONResponse(content, headers=headers)
-        headers["inference-header-content-length"] = str(json_length)
-        return Response(content, media_type="application/octet-stream", headers=headers)
-
+        except RequestProblem as exc:
+            return _error(exc.status, exc.message)
+        headers = {k.decode(): v.decode() for k, v in headers if k != b"content-length"}
+        headers["kilnrt-replica"] = self.replica_id
+        return Response(content, media_type=headers.pop("content-type"), headers=headers)
 
     # -- gRPC (KServe v2, inference.GRPCInferenceService; Ray's proxy calls these by RPC name) ----
     def _not_found(self, name: str) -> GrpcProblem:
@@ -438,12 +405,15 @@ class KilnrtHealth:
 
 
 def build_applications(settings: list[ModelSettings], options: RayOptions, *, timing_cache_dir: str | None = None,
-                       plan_key: bytes | None = None, cluster_gpus: float = 0.0):
-    """``[(app name, route prefix, Application)]``: one per model, and ``/v2`` for health."""
+                       plan_key: bytes | None = None, cluster_gpus: float = 0.0, single: bool = False):
+    """``[(app name, route prefix, Application)]``: one per model, and ``/v2`` for health; or, with
+    ``single`` (one model, alone on the cluster's Serve), the model's application at ``/v2``,
+    health included, so that a gRPC client needs no 'application' metadata (its replicas then
+    answer the health probes too, which count as requests for autoscaling)."""
     from ray import serve
 
     apps = []
-    single = len(settings) == 1       # one application: a gRPC client needs no 'application' metadata
+    single = single and len(settings) == 1
     for s in settings:
         if s.instances != 1:
             log.warning("model %r: instances=%d; under Ray each replica is one execution context, so "
@@ -509,15 +479,20 @@ def deploy(settings: list[ModelSettings], options: RayOptions | None = None, *, 
         local = address is None and not os.environ.get("RAY_ADDRESS")
         ray.init(address=address, **({"_metrics_export_port": metrics_port} if local and metrics_port else {}))
     cluster_gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    if grpc_port and importlib.util.find_spec("tritonclient") is None:
+        log.warning("Ray Serve: no gRPC: its servicer is tritonclient's (pip install 'tritonclient[grpc]'); HTTP only")
+        grpc_port = None
     grpc_options = gRPCOptions(port=grpc_port, grpc_servicer_functions=[TRITON_SERVICER]) if grpc_port else None
     serve.start(http_options={"host": http_host, "port": http_port}, grpc_options=grpc_options)
+    others = set(serve.status().applications) - {s.name for s in settings} - {"kilnrt-health"}
+    single = len(settings) == 1 and not others
     handles = {}
     for name, prefix, app in build_applications(settings, options, timing_cache_dir=timing_cache_dir,
-                                                plan_key=plan_key, cluster_gpus=cluster_gpus):
+                                                plan_key=plan_key, cluster_gpus=cluster_gpus, single=single):
         handles[name] = serve.run(app, name=name, route_prefix=prefix)
         log.warning("Ray Serve: %s at http://%s:%d%s", name, http_host, http_port, prefix)
     if grpc_port:
-        log.warning("Ray Serve: KServe v2 gRPC on port %d%s", grpc_port, "" if len(settings) == 1 else
+        log.warning("Ray Serve: KServe v2 gRPC on port %d%s", grpc_port, "" if single else
                     " (name the model's application in the gRPC metadata key 'application')")
     handles.pop("kilnrt-health", None)
     return handles

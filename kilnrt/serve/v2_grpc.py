@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.util
+import math
 import sys
 
 # Ray Serve's gRPC proxy imports this by name; it registers tritonclient's generated KServe v2
@@ -76,10 +77,18 @@ def grpc_feeds(request) -> dict:
                                               f"{len(raw)} raw_input_contents")
     for k, tensor in enumerate(request.inputs):
         shape = [int(d) for d in tensor.shape]
+        if tensor.name in feeds:
+            raise GrpcProblem("INVALID_ARGUMENT", f"cannot read the request: input {tensor.name!r} is given twice")
+        if any(d < 0 for d in shape):
+            raise GrpcProblem("INVALID_ARGUMENT", f"cannot read the request: input {tensor.name!r} has shape "
+                                                  f"{shape}; dims must not be negative")
         dtype = triton_to_np_dtype(tensor.datatype) if tensor.datatype != "BF16" else None
         if dtype is None:
             raise GrpcProblem("INVALID_ARGUMENT", f"cannot read the request: input {tensor.name!r} has datatype "
                                                   f"{tensor.datatype!r}, which is not read here")
+        if raw and tensor.HasField("contents"):
+            raise GrpcProblem("INVALID_ARGUMENT", f"cannot read the request: input {tensor.name!r} has both "
+                                                  "contents and raw_input_contents")
         try:
             if raw:
                 if tensor.datatype == "BYTES":
@@ -91,8 +100,10 @@ def grpc_feeds(request) -> dict:
                 if field is None:
                     raise ValueError(f"datatype {tensor.datatype} is sent only in raw_input_contents")
                 value = np.array(list(getattr(tensor.contents, field)), dtype=dtype)
+            if value.size != math.prod(shape):
+                raise ValueError(f"{value.size} values for {math.prod(shape)} elements")
             feeds[tensor.name] = value.reshape(shape)
-        except (ValueError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever cannot be read is the client's error (OverflowError, struct.error, ...)
             raise GrpcProblem("INVALID_ARGUMENT", f"cannot read the request: input {tensor.name!r} "
                                                   f"{tensor.datatype}{shape}: {exc}") from None
     return feeds
