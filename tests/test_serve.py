@@ -233,18 +233,32 @@ def test_batch_dim_in_a_later_dim_is_not_batched_dynamically(tmp_path, batch):
     batched = ServedModel.from_settings(ModelSettings("g", path, device="cpu", max_batch=8))
     with pytest.raises(KilnError, match="model 'g' cannot be batched dynamically: the batch dim is also in a later "
                                         r"dim of \{'gram': "):
-        ModelRequests(batched, batched.run, instances=1, executor=None)
+        ModelRequests(batched, instances=1, executor=None)
     alone = ServedModel.from_settings(ModelSettings("g", path, device="cpu", max_batch=8, dynamic_batching=False))
     x = np.random.default_rng(fresh_seed()).standard_normal((3, 4)).astype(np.float32)
-    out = asyncio.run(ModelRequests(alone, alone.run, instances=1, executor=None).infer({"x": x}))
+    out = asyncio.run(ModelRequests(alone, instances=1, executor=None).infer({"x": x}))
     np.testing.assert_allclose(out["gram"], x @ x.T, rtol=1e-5, atol=1e-5)
 
 
 def test_requests_are_checked_then_batched_or_run_alone():
     """ModelRequests, which KServe's model and a Ray replica both serve through: a request is
-    checked first (one refused never runs and is not counted as accepted), then stacked by the
-    dynamic batcher, or run alone where the model does not batch dynamically; it answers the
-    outputs asked for (all where none are)."""
+    checked first (one refused never runs and is counted as refused, not as accepted), then
+    stacked by the dynamic batcher, or run alone where the model does not batch dynamically; it
+    answers the outputs asked for (all where none are), and each run's batch size is counted."""
+
+    class Counts:
+        def __init__(self):
+            self.accepted, self.refused, self.batches = [], [], []
+
+        def request(self, model, batch):
+            self.accepted.append(batch)
+
+        def failure(self, model, reason):
+            self.refused.append((model, reason))
+
+        def batch(self, model, size):
+            self.batches.append(size)
+
     from kilnrt.serve.batching import ModelRequests
 
     rng = np.random.default_rng(fresh_seed())
@@ -253,21 +267,20 @@ def test_requests_are_checked_then_batched_or_run_alone():
     for batching in (True, False):
         model = ServedModel.from_settings(ModelSettings("digits", DIGITS, device="cpu", max_batch=16,
                                                         dynamic_batching=batching, max_queue_delay_us=20000))
-        runs, accepted = [], []
-        requests = ModelRequests(model, lambda feeds: runs.append(len(feeds["input"])) or model.run(feeds),
-                                 instances=1, executor=None)
+        counts = Counts()
+        requests = ModelRequests(model, instances=1, executor=None, metrics=counts)
         assert (requests.batcher is not None) == batching
 
         async def main():
-            refused = requests.infer({"input": xs[0]}, ["probs"], accepted=accepted.append)
-            answers = requests.infer({"input": xs[1]}, ["logits"], accepted=accepted.append)
-            return await asyncio.gather(refused, answers, *(requests.infer({"input": x}, accepted=accepted.append)
-                                                           for x in xs), return_exceptions=True)
+            refused = requests.infer({"input": xs[0]}, ["probs"])
+            answers = requests.infer({"input": xs[1]}, ["logits"])
+            return await asyncio.gather(refused, answers, *(requests.infer({"input": x}) for x in xs),
+                                        return_exceptions=True)
 
         refused, *outs = asyncio.run(main())
         assert isinstance(refused, RequestError) and "has no output 'probs'" in str(refused)
-        assert accepted == [3, 1, 3, 2]
-        assert sorted(runs) == ([9] if batching else [1, 2, 3, 3]), runs      # one batch, or each alone
+        assert counts.accepted == [3, 1, 3, 2] and counts.refused == [("digits", "invalid_request")]
+        assert sorted(counts.batches) == ([9] if batching else [1, 2, 3, 3]), counts.batches   # one batch, or each alone
         for x, out in zip(xs[1:2] + xs, outs):
             assert list(out) == ["logits"]
             assert_close(out["logits"], reference.run({"input": x})["logits"])

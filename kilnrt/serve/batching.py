@@ -163,32 +163,44 @@ class ModelRequests:
     server, a Ray replica): each is checked first, and one the model cannot take never runs;
     then it is stacked with others by a :class:`DynamicBatcher` where the model is batched
     dynamically, or run alone on ``executor``.  ``model`` is a
-    :class:`~kilnrt.serve.models.ServedModel`; ``run`` runs checked feeds on it (blocking)."""
+    :class:`~kilnrt.serve.models.ServedModel`.  ``metrics`` (``request(model, batch)``, ``failure(model, reason)``,
+    ``batch(model, size)``: :class:`~kilnrt.serve.metrics.ServeMetrics` or Ray's) counts the
+    accepted and refused requests and each run's batch size."""
 
-    def __init__(self, model, run: Callable[[Feeds], dict[str, np.ndarray]], *, instances: int,
-                 executor: Executor | None) -> None:
+    def __init__(self, model, *, instances: int, executor: Executor | None, metrics=None) -> None:
         self.model = model
-        self._run = run
+        self.metrics = metrics
         self._executor = executor
         self.batcher = None
         s = model.settings
         if s.dynamic_batching and model.max_batch > 0:
             model.check_dynamic_batching()
-            self.batcher = DynamicBatcher(run, max_batch=model.max_batch, instances=instances,
+            self.batcher = DynamicBatcher(self._counted_run, max_batch=model.max_batch, instances=instances,
                                           max_queue_delay_s=s.max_queue_delay_us / 1e6,
                                           preferred_batch_sizes=model.preferred_batch_sizes, executor=executor)
 
-    async def infer(self, feeds: Feeds, outputs: Sequence[str] = (), *,
-                    accepted: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    def _counted_run(self, feeds: Feeds) -> dict[str, np.ndarray]:
+        if self.metrics is not None:
+            self.metrics.batch(self.model.name, next(iter(feeds.values())).shape[0] if self.model.max_batch else 1)
+        return self.model.run(feeds)
+
+    async def infer(self, feeds: Feeds, outputs: Sequence[str] = ()) -> dict[str, np.ndarray]:
         """The ``outputs`` named (all where none are) of one request's ``feeds``.  A request the
         model cannot take (an unknown input or output, a wrong shape, ...) raises
-        :class:`~kilnrt.serve.models.RequestError` before anything runs; ``accepted(batch)`` is
-        told of each one that passed the checks."""
-        batch = self.model.check_request(feeds, outputs)
-        if accepted is not None:
-            accepted(batch)
+        :class:`~kilnrt.serve.models.RequestError` before anything runs, counted as a failure
+        (reason ``invalid_request``); one that passes the checks is counted as accepted."""
+        from kilnrt.serve.models import RequestError
+
+        try:
+            batch = self.model.check_request(feeds, outputs)
+        except RequestError:
+            if self.metrics is not None:
+                self.metrics.failure(self.model.name, "invalid_request")
+            raise
+        if self.metrics is not None:
+            self.metrics.request(self.model.name, batch)
         if self.batcher is not None:
             result = await self.batcher.submit(feeds, batch)
         else:
-            result = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, feeds)
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, self._counted_run, feeds)
         return {n: result[n] for n in outputs} if outputs else result

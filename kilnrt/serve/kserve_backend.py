@@ -73,7 +73,8 @@ def _model_class(kserve):
             super().__init__(served.name)
             self.served = served
             self.metrics = metrics
-            self.requests = ModelRequests(served, self._run, instances=served.settings.instances, executor=executor)
+            self.requests = ModelRequests(served, instances=served.settings.instances, executor=executor,
+                                          metrics=metrics)
             self.ready = True
 
         def load(self) -> bool:
@@ -86,19 +87,13 @@ def _model_class(kserve):
         def get_output_types(self):
             return self.served.metadata()["outputs"]
 
-        def _run(self, feeds):
-            self.metrics.batch(self.name, next(iter(feeds.values())).shape[0] if self.served.max_batch else 1)
-            return self.served.run(feeds)
-
         async def infer(self, feeds, outputs=()):
             """The ``outputs`` named (all where none are) of one request's ``feeds``, through the
             dynamic batcher where there is one; raises ``InvalidInput`` for a request the model
-            cannot take, before it runs, and counts it as refused."""
+            cannot take, before it runs (counted as refused)."""
             try:
-                return await self.requests.infer(feeds, outputs,
-                                                 accepted=lambda batch: self.metrics.request(self.name, batch))
+                return await self.requests.infer(feeds, outputs)
             except RequestError as exc:
-                self.metrics.failure(self.name, "invalid_request")
                 raise InvalidInput(exc.message) from None
 
         async def infer_binary_http(self, feeds, outputs):

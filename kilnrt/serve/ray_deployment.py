@@ -174,8 +174,6 @@ class KilnrtReplica:
         self.max_request_bytes = max_request_bytes
         self.prefix = f"/v2/models/{self.model.name}"
         self.health = KilnrtHealth([self.model.name])     # one model, one application: /v2 is here too
-        self.requests = ModelRequests(self.model, self._run, instances=1,
-                                      executor=ThreadPoolExecutor(1, thread_name_prefix=f"kilnrt-{self.model.name}"))
         try:
             from ray import serve
 
@@ -183,23 +181,14 @@ class KilnrtReplica:
         except Exception:  # noqa: BLE001 -- outside Ray (a plain object in a test): no replica id
             self.replica_id = "local"
         self.metrics = RayMetrics() if self.replica_id != "local" else _NoMetrics()
-
-    def _run(self, feeds):
-        self.metrics.batch(self.model.name, next(iter(feeds.values())).shape[0] if self.model.max_batch else 1)
-        return self.model.run(feeds)
+        self.requests = ModelRequests(self.model, instances=1, metrics=self.metrics,
+                                      executor=ThreadPoolExecutor(1, thread_name_prefix=f"kilnrt-{self.model.name}"))
 
     # -- Python callers (a DeploymentHandle) ------------------------------------------------
     async def infer(self, feeds: dict, outputs: Sequence[str] = ()) -> dict:
         """The ``outputs`` named (all where none are) of ``feeds``, batched with other requests;
         raises RequestError, before anything runs, for a request the model cannot take."""
-        from kilnrt.serve.models import RequestError
-
-        try:
-            return await self.requests.infer(feeds, outputs,
-                                             accepted=lambda batch: self.metrics.request(self.model.name, batch))
-        except RequestError:
-            self.metrics.failure(self.model.name, "invalid_request")
-            raise
+        return await self.requests.infer(feeds, outputs)
 
     def replica(self) -> str:
         """This replica's id (which replica answered)."""
